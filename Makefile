@@ -1,0 +1,39 @@
+# The two commands the README opens with: `make demo` and `make test`.
+# Both build (or refresh) the local virtual environment first; running them twice is safe.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medlens-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+# torch first: `torch==2.13.0` is the CPU build on this disk; an unpinned torch pulls a CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/medlens demo-data $(DEMO_DIR)
+	$(VENV)/bin/medlens inspect $(DEMO_DIR)/classification.csv --out $(DEMO_DIR)/card_classification.json
+	$(VENV)/bin/medlens split $(DEMO_DIR)/classification.csv --folds 3 --out $(DEMO_DIR)/splits_classification.json
+	$(VENV)/bin/medlens inspect $(DEMO_DIR)/segmentation --out $(DEMO_DIR)/card_segmentation.json
+	$(VENV)/bin/medlens info $(DEMO_DIR)/dicom/series_001
+	@echo "demo: dataset cards and splits are in $(DEMO_DIR)/"
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/io.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

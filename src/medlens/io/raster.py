@@ -1,0 +1,120 @@
+"""2D raster images (PNG, JPEG, TIFF, BMP, GIF) through Pillow.
+
+Grey images give one channel, colour images three (alpha is dropped when it is opaque).
+8- and 16-bit integers keep their dtype. PNGs written by medlens carry their geometry in a text
+chunk (``medlens:geometry``), so a PNG round trip keeps spacing, origin and direction exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import ReadError
+from medlens.io.image import Image, identity_direction
+
+GEOMETRY_KEY = "medlens:geometry"
+# A 2D medical image past this many pixels is far more likely a decompression bomb than a scan.
+MAX_PIXELS = 30_000 * 30_000
+
+
+def read_raster(path: Path) -> Image:
+    """Read a 2D raster image.
+
+    Returns:
+        Image ``(C, X, Y)`` with C = 1 (grey) or 3 (RGB).
+
+    Raises:
+        ReadError: corrupt/truncated file, several frames, or an unsupported pixel mode.
+    """
+    from PIL import Image as PILImage
+
+    PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with PILImage.open(path) as pil:
+            if getattr(pil, "n_frames", 1) > 1:
+                raise ReadError(f"{path} holds {pil.n_frames} frames; medlens reads single-frame 2D rasters. "
+                                "Save a volume as NIfTI or a DICOM series instead")
+            pil.load()
+            text = dict(getattr(pil, "text", {}) or {})
+            array = _to_array(pil, path)
+            dpi = pil.info.get("dpi")
+    except ReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+        raise ReadError(f"{path}: could not decode the image ({exc}); the file may be truncated or corrupt") from None
+    array = array.transpose(2, 1, 0)  # (H, W, C) -> (C, X, Y)
+    image = Image(array, (1.0, 1.0), (0.0, 0.0), identity_direction(2), spacing_known=False, path=Path(path))
+    if GEOMETRY_KEY in text:
+        _apply_geometry(image, text[GEOMETRY_KEY], path)
+    elif dpi and dpi[0] > 1 and abs(dpi[0] - 72) > 1e-6 and abs(dpi[0] - 96) > 1e-6:
+        # 72/96 dpi are screen defaults, not measurements.
+        image.spacing_mm = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
+        image.spacing_known = True
+    return image
+
+
+def _to_array(pil, path: Path) -> np.ndarray:
+    """Pixels as ``(H, W, C)``, grey or RGB, integer dtypes preserved."""
+    mode = pil.mode
+    if mode in ("P", "PA", "RGBA"):
+        rgb = _drop_opaque_alpha(np.asarray(pil.convert("RGBA")), path)
+        # palette images (GIF masks) whose colours are all grey levels are grey images
+        return rgb[..., :1] if mode != "RGBA" and _is_grey(rgb) else rgb
+    if mode in ("1", "LA"):
+        return np.asarray(pil.convert("L"))[..., None]
+    if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(pil)
+        if mode == "I" and array.min() >= 0 and array.max() < 65536:
+            array = array.astype(np.uint16)  # Pillow may open 16-bit PNGs as 32-bit "I"
+        return array[..., None]
+    if mode in ("RGB", "CMYK", "YCbCr"):
+        return np.asarray(pil.convert("RGB"))
+    raise ReadError(f"{path}: pixel mode {mode!r} is not supported; convert it to grey or RGB")
+
+
+def _drop_opaque_alpha(rgba: np.ndarray, path: Path) -> np.ndarray:
+    if rgba[..., 3].min() < 255:
+        raise ReadError(f"{path} has a transparent alpha channel; flatten it onto a background first")
+    return rgba[..., :3]
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+
+
+def _apply_geometry(image: Image, text: str, path: Path) -> None:
+    try:
+        geometry = json.loads(text)
+        image.spacing_mm = tuple(float(v) for v in geometry["spacing_mm"])
+        image.origin_mm = tuple(float(v) for v in geometry["origin_mm"])
+        image.direction = tuple(float(v) for v in geometry["direction"])
+    except (ValueError, KeyError, TypeError):
+        raise ReadError(f"{path}: the {GEOMETRY_KEY} text chunk is malformed; re-save the PNG") from None
+    image.spacing_known = True
+
+
+def write_png(image: Image, path: Path) -> None:
+    """Write a 2D grey or RGB image as PNG, with its geometry in a text chunk.
+
+    Raises:
+        ValueError: not 2D, not 1 or 3 channels, or not 8/16-bit unsigned integers.
+    """
+    from PIL import Image as PILImage
+    from PIL.PngImagePlugin import PngInfo
+
+    if image.spatial_dims != 2 or image.channels not in (1, 3):
+        raise ValueError(f"PNG holds 2D grey or RGB images; got spatial shape {image.spatial_shape} with "
+                         f"{image.channels} channels. Write NIfTI (.nii.gz) or MHA instead")
+    if image.array.dtype not in (np.uint8, np.uint16) or (image.channels == 3 and image.array.dtype != np.uint8):
+        raise ValueError(f"PNG holds 8-bit grey/RGB or 16-bit grey integers; got {image.array.dtype} with "
+                         f"{image.channels} channel(s). Rescale to uint8/uint16 or write NIfTI/MHA instead")
+    pixels = image.array.transpose(2, 1, 0)  # (C, X, Y) -> (H, W, C)
+    pixels = np.ascontiguousarray(pixels[..., 0] if image.channels == 1 else pixels)
+    info = PngInfo()
+    geometry = {"spacing_mm": image.spacing_mm, "origin_mm": image.origin_mm, "direction": image.direction}
+    info.add_text(GEOMETRY_KEY, json.dumps(geometry))
+    mode = "I;16" if pixels.dtype == np.uint16 else ("L" if image.channels == 1 else "RGB")
+    PILImage.fromarray(pixels, mode=mode if mode == "I;16" else None).save(path, format="PNG", pnginfo=info)

@@ -1,0 +1,60 @@
+"""Shared vocabulary: the task kinds and the :class:`Case` record every data source yields.
+
+Shape notation used across medlens docstrings:
+``C`` channels, ``X, Y[, Z]`` spatial axes in ITK index order (column, row[, slice]),
+so an image array is ``(C, X, Y)`` in 2D and ``(C, X, Y, Z)`` in 3D, the order MONAI uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+
+class Task(str, Enum):
+    """What a dataset asks a model to do."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    MULTILABEL = "multilabel"
+    ORDINAL = "ordinal"  # trained as multi-class for now
+    SEGMENTATION = "segmentation"
+
+
+class Split(str, Enum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One study: an image (or a channel stack of images) plus its label or mask.
+
+    Attributes:
+        case_id: unique, stable identifier within the dataset (a relative path, or
+            ``split/index`` for array archives); split files refer to cases by it.
+        images: path(s) of the image; several paths are stacked as channels (multi-modal MRI).
+        label: class index (binary / multi-class), or a tuple of 0/1 per class (multi-label);
+            ``None`` for segmentation or unlabelled cases.
+        mask: path of the label map for segmentation.
+        patient_id: cases of one patient always share a split; ``None`` when unknown.
+        split: a split fixed by the dataset itself (official MedMNIST splits, ``train/``
+            folders, a CSV ``split`` column); ``None`` when medlens is free to choose.
+        index: position inside an array archive (MedMNIST ``.npz``), else ``None``.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: int | tuple[int, ...] | None = None
+    mask: Path | None = None
+    patient_id: str | None = None
+    split: Split | None = None
+    index: int | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def image(self) -> Path:
+        """The first (often only) image path."""
+        return self.images[0]
