@@ -1,0 +1,61 @@
+"""The ``medlens`` console script: one subcommand per module, each a thin wrapper.
+
+Heavy libraries are imported inside the subcommands so ``medlens --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "inspect": ("medlens.cli.inspect", "audit a dataset and write its card (counts, sizes, leakage, bad files)"),
+    "split": ("medlens.cli.split", "make reproducible patient-level train/val/test splits"),
+    "info": ("medlens.cli.info", "read one image (file or DICOM folder) and print its geometry"),
+    "demo-data": ("medlens.cli.demo_data", "generate the embedded synthetic demo dataset"),
+    "fetch": ("medlens.cli.fetch", "download an official MedMNIST file and check its MD5"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from medlens import __version__
+
+    parser = argparse.ArgumentParser(prog="medlens", description="Deep learning on medical images: audit, "
+                                     "split, train, validate, explain and deploy.")
+    parser.add_argument("--version", action="version", version=f"medlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        _add_arguments(name, module, command)
+    return parser
+
+
+def _add_arguments(name: str, module: str, command: argparse.ArgumentParser) -> None:
+    # Each module declares its arguments in ARGUMENTS without importing heavy dependencies.
+    for flags, options in import_module(module).ARGUMENTS:
+        command.add_argument(*flags, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from medlens.errors import MedlensError
+
+    try:
+        return import_module(args._module).run(args) or 0
+    except (MedlensError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"medlens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``medlens inspect DATA``: the data audit, as a JSON card plus a readable summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ARGUMENTS = [
+    (["data"], {"help": "dataset: class-folder root, CSV manifest, MedMNIST .npz (or name), images/+labels/, "
+                        "or a Decathlon folder"}),
+    (["--out"], {"type": Path, "help": "where to write the card (default: ./<dataset>.card.json)"}),
+    (["--splits"], {"type": Path, "help": "a splits file to check for leakage as well"}),
+    (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to (default: the CSV's)"}),
+    (["--strict"], {"action": "store_true", "help": "exit with status 1 when the audit finds errors"}),
+]
+
+
+def default_card_path(data: str) -> Path:
+    name = Path(data).name.removesuffix(".npz").removesuffix(".csv") or "dataset"
+    return Path.cwd() / f"{name}.card.json"
+
+
+def run(args) -> int:
+    from medlens._files import write_json_atomic
+    from medlens.data import open_dataset
+    from medlens.data.audit import inspect_dataset
+    from medlens.data.splits import read_splits
+
+    dataset = open_dataset(args.data, image_root=args.image_root, strict=False)
+    splits = read_splits(args.splits, dataset) if args.splits else None
+    card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None)
+    out = write_json_atomic(args.out or default_card_path(args.data), card)
+    print(format_card(card))
+    print(f"card written to {out}")
+    errors = [f for f in card["findings"] if f["severity"] == "error"]
+    return 1 if args.strict and errors else 0
+
+
+def _progress(done: int, total: int) -> None:
+    if done == total or done % 200 == 0:
+        print(f"\rreading cases {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def format_card(card: dict) -> str:
+    """A short terminal summary of a dataset card."""
+    d = card["dataset"]
+    lines = [f"{d['source']}", f"  layout {d['layout']}, task {d['task_label']}, {d['num_cases']} cases "
+             f"({d['num_readable']} readable)" + (f", modality {d['modality']}" if d.get("modality") else "")]
+    if d["class_names"]:
+        lines.append(f"  classes: {', '.join(d['class_names'])}")
+    for split, counts in card["counts"]["by_split"].items():
+        lines.append(f"  {split:>10}: " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    if "patients_by_split" in card["counts"]:
+        lines.append("  patients: " + "  ".join(f"{k}={v}" for k, v in card["counts"]["patients_by_split"].items()))
+    lines += _image_lines(card.get("images") or {})
+    if "masks" in card:
+        lines.append("  mask labels (cases containing each): "
+                     + "  ".join(f"{k}:{v}" for k, v in card["masks"]["cases_with_label"].items()))
+    findings = card["findings"]
+    lines.append(f"  findings: {len(findings)}" + ("" if findings else " (none)"))
+    for f in findings:
+        lines.append(f"    [{f['severity']}] {f['code']}: {f['message']}")
+    return "\n".join(lines)
+
+
+def _image_lines(images: dict) -> list[str]:
+    if not images:
+        return []
+    shape = " x ".join(_range(v) for v in images["shape"].values())
+    lines = [f"  size (voxels): {shape}; channels {images['channels']}; dtypes {images['dtypes']}"]
+    if "spacing_mm" in images:
+        lines.append("  spacing (mm): " + " x ".join(_range(v, "{:.3g}") for v in images["spacing_mm"].values()))
+    else:
+        lines.append("  spacing: not stored in these files")
+    i = images["intensity"]
+    p = i["percentiles"]
+    lines.append(f"  intensity: min {i['min']:.4g}  p0.5 {p['0.5']:.4g}  median {p['50']:.4g}  p99.5 {p['99.5']:.4g}  "
+                 f"max {i['max']:.4g}")
+    return lines
+
+
+def _range(summary: dict, fmt: str = "{:.0f}") -> str:
+    lo, med, hi = (fmt.format(summary[k]) for k in ("min", "median", "max"))
+    return lo if lo == hi else f"{lo}-{hi} (median {med})"

@@ -1,0 +1,42 @@
+"""``medlens split DATA``: reproducible, stratified, patient-grouped splits written to a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ARGUMENTS = [
+    (["data"], {"help": "dataset (as for `medlens inspect`)"}),
+    (["--out"], {"type": Path, "help": "splits file to write (default: ./<dataset>.splits.json)"}),
+    (["--folds"], {"type": int, "default": 1, "help": "1 = one train/val split; k > 1 = k-fold cross-validation"}),
+    (["--val-fraction"], {"type": float, "default": 0.2, "help": "validation share when --folds 1 (default 0.2)"}),
+    (["--test-fraction"], {"type": float, "default": 0.2,
+                           "help": "test share when the dataset fixes no test split (default 0.2)"}),
+    (["--seed"], {"type": int, "default": 0, "help": "random seed (same seed, same splits)"}),
+    (["--card"], {"type": Path, "help": "a card from `medlens inspect`: identical images are kept in one split"}),
+    (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+]
+
+
+def run(args) -> int:
+    from medlens._files import write_json_atomic
+    from medlens.data import open_dataset
+    from medlens.data.splits import make_splits, summarize_splits
+    from medlens.errors import DatasetError
+
+    dataset = open_dataset(args.data, image_root=args.image_root)
+    duplicates = None
+    if args.card:
+        try:
+            duplicates = json.loads(Path(args.card).read_text())["duplicates"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{args.card}: not a dataset card ({exc}); make one with `medlens inspect`") from None
+    splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction,
+                         test_fraction=args.test_fraction, seed=args.seed, duplicates=duplicates)
+    name = Path(args.data).name.removesuffix(".npz").removesuffix(".csv") or "dataset"
+    out = write_json_atomic(args.out or Path.cwd() / f"{name}.splits.json", splits)
+    print(f"{dataset.root}: test from {splits['sources']['test']}, validation from {splits['sources']['val']}, "
+          f"grouped by {splits['grouped_by']}, seed {splits['seed']}")
+    print("\n".join(summarize_splits(dataset, splits)))
+    print(f"splits written to {out}")
+    return 0

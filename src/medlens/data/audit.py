@@ -1,0 +1,320 @@
+"""The data audit behind ``medlens inspect``: read every case, describe the dataset, flag problems.
+
+The card answers: how many cases per class and split, which task, 2D or 3D, what sizes,
+spacings and intensities, which files are unreadable, which images are exact duplicates, and
+whether duplicates or patients cross splits (leakage) or masks disagree with their images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from medlens.data.dataset import Dataset, Finding
+from medlens.errors import MedlensError
+from medlens.types import Case, Task
+
+SAMPLES_PER_CASE = 2048  # voxels drawn per case for the intensity percentiles
+
+
+@dataclass
+class CaseStats:
+    case_id: str
+    shape: tuple[int, ...] = ()
+    channels: int = 0
+    dtype: str = ""
+    spacing_mm: tuple[float, ...] | None = None
+    minimum: float = 0.0
+    maximum: float = 0.0
+    mean: float = 0.0
+    std: float = 0.0
+    sha1: str = ""
+    samples: np.ndarray | None = None
+    mask_labels: tuple[int, ...] = ()
+    modality: str | None = None
+    problems: list[Finding] = field(default_factory=list)
+
+
+def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=None) -> dict:
+    """Audit every case of ``dataset`` and return the dataset card (JSON-ready dict).
+
+    Args:
+        dataset: from :func:`medlens.data.open_dataset` (``strict=False`` keeps listing problems).
+        splits: a splits file's content (see :mod:`medlens.data.splits`) to check for leakage,
+            in addition to the splits the dataset fixes itself.
+        progress: optional ``callable(done, total)``.
+    """
+    stats, unreadable = [], []
+    rng = np.random.default_rng(0)
+    for i, case in enumerate(dataset.cases):
+        try:
+            stats.append(_scan_case(dataset, case, rng))
+        except (MedlensError, OSError, ValueError) as exc:
+            unreadable.append({"case": case.case_id, "path": str(case.image), "error": str(exc)})
+        if progress:
+            progress(i + 1, len(dataset.cases))
+    findings = list(dataset.findings) + [p for s in stats for p in s.problems]
+    findings += _unreadable_findings(unreadable)
+    card = {
+        "medlens_card_version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": _describe(dataset, stats),
+        "counts": _counts(dataset),
+        "images": _image_summary(stats),
+        "unreadable": unreadable,
+        "duplicates": _duplicate_groups(stats),
+    }
+    if dataset.task is Task.SEGMENTATION:
+        card["masks"] = _mask_summary(dataset, stats)
+    findings += _dimension_findings(stats)
+    findings += _duplicate_findings(card["duplicates"], _split_views(dataset, splits))
+    findings += _label_conflicts(dataset, card["duplicates"])
+    findings += _patient_findings(dataset, _split_views(dataset, splits))
+    findings += _class_findings(dataset, card["counts"])
+    card["findings"] = [f.as_dict() for f in findings]
+    card["fingerprint"] = _fingerprint(stats)
+    return card
+
+
+def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseStats:
+    image = dataset.load_image(case)
+    array = image.array
+    values = array.astype(np.float64, copy=False)
+    flat = values.reshape(-1)
+    sample = flat if flat.size <= SAMPLES_PER_CASE else flat[rng.integers(0, flat.size, SAMPLES_PER_CASE)]
+    digest = hashlib.sha1(np.ascontiguousarray(array).tobytes())
+    digest.update(repr((array.shape, str(array.dtype))).encode())
+    stats = CaseStats(case.case_id, image.spatial_shape, image.channels, str(array.dtype),
+                      image.spacing_mm if image.spacing_known else None, float(flat.min()), float(flat.max()),
+                      float(flat.mean()), float(flat.std()), digest.hexdigest(), sample.astype(np.float32),
+                      modality=image.meta.get("modality"))
+    if case.mask is not None:
+        _check_mask(dataset, case, image, stats)
+    return stats
+
+
+def _check_mask(dataset: Dataset, case: Case, image, stats: CaseStats) -> None:
+    try:
+        mask = dataset.load_mask(case)
+    except (MedlensError, OSError, ValueError) as exc:
+        stats.problems.append(Finding("error", "mask.unreadable", f"{case.mask}: {exc}", [case.case_id]))
+        return
+    values = np.unique(mask.array)
+    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+        stats.problems.append(Finding("error", "mask.values", f"{case.mask}: mask holds non-integer values "
+                                      f"(e.g. {values[values != np.round(values)][:3]}); a label map needs integer "
+                                      "class indices", [case.case_id]))
+    stats.mask_labels = tuple(int(v) for v in values if v == np.round(v))
+    declared = len(dataset.class_names)
+    outside = [v for v in stats.mask_labels if declared and not 0 <= v < declared]
+    if outside:
+        stats.problems.append(Finding("error", "mask.labels", f"{case.mask}: label value(s) {outside} are outside the "
+                                      f"declared classes 0..{declared - 1} ({', '.join(dataset.class_names)}); fix "
+                                      "the mask or the labels in dataset.json", [case.case_id]))
+    if not image.same_geometry(mask):
+        stats.problems.append(Finding("error", "mask.geometry", f"{case.mask}: mask grid (shape {mask.spatial_shape}, "
+                                      f"spacing {_round(mask.spacing_mm)}, origin {_round(mask.origin_mm)}) differs "
+                                      f"from image {case.image} (shape {image.spatial_shape}, spacing "
+                                      f"{_round(image.spacing_mm)}, origin {_round(image.origin_mm)}); resample the "
+                                      "mask onto the image grid (nearest neighbour)", [case.case_id]))
+
+
+def _round(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 3) for v in values)
+
+
+def _describe(dataset: Dataset, stats: list[CaseStats]) -> dict:
+    dims = Counter(len(s.shape) for s in stats)
+    spatial_dims = dataset.spatial_dims or (dims.most_common(1)[0][0] if dims else None)
+    modalities = Counter(s.modality for s in stats if s.modality)
+    modality = dataset.meta.get("modality") or (modalities.most_common(1)[0][0] if modalities else None)
+    return {"source": str(dataset.root), "layout": dataset.layout, "task": dataset.task.value,
+            "spatial_dims": spatial_dims, "task_label": f"{dataset.task.value} {spatial_dims}D",
+            "class_names": list(dataset.class_names), "num_cases": len(dataset.cases),
+            "num_readable": len(stats), "modality": modality,
+            "meta": {k: v for k, v in dataset.meta.items() if k != "columns"}}
+
+
+def _counts(dataset: Dataset) -> dict:
+    """Cases per split and class (positives per label for multi-label)."""
+    by_split: dict[str, Counter] = defaultdict(Counter)
+    patients: dict[str, set] = defaultdict(set)
+    for case in dataset.cases:
+        split = case.split.value if case.split else "unassigned"
+        if case.patient_id:
+            patients[split].add(case.patient_id)
+        if dataset.task is Task.SEGMENTATION or case.label is None:
+            by_split[split]["cases"] += 1
+        elif dataset.task is Task.MULTILABEL:
+            by_split[split]["cases"] += 1
+            for name, flag in zip(dataset.class_names, case.label):
+                by_split[split][name] += int(flag)
+        else:
+            by_split[split][dataset.class_names[case.label]] += 1
+    order = ["cases", *dataset.class_names]
+    ordered = lambda c: {k: c[k] for k in order if k in c}  # noqa: E731
+    counts = {"by_split": {s: ordered(c) for s, c in sorted(by_split.items(), key=lambda kv: _SPLIT_ORDER[kv[0]])},
+              "total": ordered(sum(by_split.values(), Counter()))}
+    if patients:
+        counts["patients_by_split"] = {s: len(p) for s, p in patients.items()}
+    return counts
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "unassigned": 3}
+
+
+def _summary(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"min": float(array.min()), "median": float(np.median(array)), "max": float(array.max())}
+
+
+def _image_summary(stats: list[CaseStats]) -> dict:
+    if not stats:
+        return {}
+    shapes = [s.shape for s in stats]
+    dims = max(len(s) for s in shapes)
+    summary = {
+        "shape": {f"axis{a}": _summary([s[a] for s in shapes if len(s) > a]) for a in range(dims)},
+        "distinct_shapes": len(set(shapes)),
+        "channels": dict(Counter(str(s.channels) for s in stats)),
+        "dtypes": dict(Counter(s.dtype for s in stats)),
+        "spacing_known": all(s.spacing_mm is not None for s in stats),
+    }
+    spacings = [s.spacing_mm for s in stats if s.spacing_mm is not None]
+    if spacings:
+        summary["spacing_mm"] = {f"axis{a}": _summary([sp[a] for sp in spacings if len(sp) > a]) for a in range(dims)}
+    samples = np.concatenate([s.samples for s in stats])
+    summary["intensity"] = {
+        "min": min(s.minimum for s in stats), "max": max(s.maximum for s in stats),
+        "mean": float(np.mean([s.mean for s in stats])), "std": float(np.mean([s.std for s in stats])),
+        "percentiles": {str(q): float(v) for q, v in zip((0.5, 1, 50, 99, 99.5), np.percentile(samples, [0.5, 1, 50, 99, 99.5]))},
+    }
+    return summary
+
+
+def _mask_summary(dataset: Dataset, stats: list[CaseStats]) -> dict:
+    present = Counter(v for s in stats for v in s.mask_labels)
+    names = dataset.class_names
+    return {"declared_labels": {str(i): n for i, n in enumerate(names)},
+            "cases_with_label": {str(v): present[v] for v in sorted(present)},
+            "all_background": [s.case_id for s in stats if s.mask_labels and max(s.mask_labels) == 0]}
+
+
+def _duplicate_groups(stats: list[CaseStats]) -> list[list[str]]:
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for s in stats:
+        by_hash[s.sha1].append(s.case_id)
+    return sorted((ids for ids in by_hash.values() if len(ids) > 1), key=lambda ids: ids[0])
+
+
+def _split_views(dataset: Dataset, splits: dict | None) -> list[tuple[str, dict[str, str]]]:
+    """Named assignments case id -> split to check: the dataset's own, and each fold of a splits file."""
+    views = []
+    own = {c.case_id: c.split.value for c in dataset.cases if c.split}
+    if own:
+        views.append(("dataset splits", own))
+    for k, fold in enumerate((splits or {}).get("folds", [])):
+        view = {cid: "test" for cid in splits.get("test", [])}
+        view.update({cid: "train" for cid in fold["train"]})
+        view.update({cid: "val" for cid in fold["val"]})
+        views.append((f"splits file fold {k}", view))
+    return views
+
+
+def _duplicate_findings(groups: list[list[str]], views) -> list[Finding]:
+    findings = []
+    if groups:
+        n = sum(len(g) for g in groups)
+        findings.append(Finding("warning", "duplicates", f"{len(groups)} group(s) of identical images ({n} cases), "
+                                f"e.g. {', '.join(groups[0][:3])}; remove copies or make sure they share a patient id",
+                                [cid for g in groups for cid in g]))
+    for name, view in views:
+        crossing = [g for g in groups if len({view[c] for c in g if c in view}) > 1]
+        if crossing:
+            findings.append(Finding("error", "leakage.duplicates", f"{name}: {len(crossing)} group(s) of identical "
+                                    f"images sit in more than one split (e.g. {', '.join(crossing[0][:3])}); the "
+                                    "test figures are optimistic. Remove the copies or re-split grouping them",
+                                    [cid for g in crossing for cid in g]))
+    return findings
+
+
+def _label_conflicts(dataset: Dataset, groups: list[list[str]]) -> list[Finding]:
+    if dataset.task is Task.SEGMENTATION:
+        return []
+    label_of = {c.case_id: c.label for c in dataset.cases}
+    conflicting = [g for g in groups if len({label_of[c] for c in g}) > 1]
+    if not conflicting:
+        return []
+    return [Finding("error", "label.conflict", f"{len(conflicting)} group(s) of identical images carry different "
+                    f"labels (e.g. {', '.join(conflicting[0][:3])}); check which label is right and remove the other",
+                    [cid for g in conflicting for cid in g])]
+
+
+def _patient_findings(dataset: Dataset, views) -> list[Finding]:
+    patient_of = {c.case_id: c.patient_id for c in dataset.cases if c.patient_id}
+    findings = []
+    for name, view in views:
+        splits_of: dict[str, set] = defaultdict(set)
+        for cid, split in view.items():
+            if cid in patient_of:
+                splits_of[patient_of[cid]].add(split)
+        crossing = sorted(p for p, s in splits_of.items() if len(s) > 1)
+        if crossing:
+            findings.append(Finding("error", "leakage.patient", f"{name}: {len(crossing)} patient(s) have cases in more "
+                                    f"than one split (e.g. {', '.join(crossing[:3])}); re-split with "
+                                    "`medlens split`, which groups by patient", crossing))
+    return findings
+
+
+def _class_findings(dataset: Dataset, counts: dict) -> list[Finding]:
+    if dataset.task in (Task.SEGMENTATION, Task.MULTILABEL):
+        return []
+    findings = []
+    total = counts["total"]
+    empty = [n for n in dataset.class_names if total.get(n, 0) == 0]
+    if empty:
+        findings.append(Finding("error", "class.empty", f"class(es) {', '.join(empty)} have no cases; add examples "
+                                "or remove the class"))
+    train = counts["by_split"].get("train")
+    if train is not None:
+        missing = [n for n in dataset.class_names if train.get(n, 0) == 0 and n not in empty]
+        if missing:
+            findings.append(Finding("error", "class.no_training", f"class(es) {', '.join(missing)} have no training "
+                                    "cases; a model cannot learn them"))
+    present = [total.get(n, 0) for n in dataset.class_names if total.get(n, 0)]
+    if present and max(present) >= 5 * min(present):
+        findings.append(Finding("info", "class.imbalance", f"classes are imbalanced (largest/smallest = "
+                                f"{max(present) / min(present):.1f}); training will weight them"))
+    return findings
+
+
+def _dimension_findings(stats: list[CaseStats]) -> list[Finding]:
+    dims = Counter(len(s.shape) for s in stats)
+    if len(dims) < 2:
+        return []
+    minority = min(dims, key=dims.get)
+    odd = [s.case_id for s in stats if len(s.shape) == minority]
+    return [Finding("error", "image.dims", f"{len(odd)} case(s) are {minority}D while most are "
+                    f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd)]
+
+
+def _unreadable_findings(unreadable: list[dict]) -> list[Finding]:
+    if not unreadable:
+        return []
+    nan = [u["case"] for u in unreadable if "NaN" in u["error"]]
+    findings = [Finding("error", "image.unreadable", f"{len(unreadable)} case(s) could not be read, e.g. "
+                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable])]
+    if nan:
+        findings.append(Finding("error", "image.nan", f"{len(nan)} case(s) hold NaN or infinite voxels", nan))
+    return findings
+
+
+def _fingerprint(stats: list[CaseStats]) -> str:
+    digest = hashlib.sha256()
+    for s in sorted(stats, key=lambda s: s.case_id):
+        digest.update(f"{s.case_id}:{s.sha1}\n".encode())
+    return digest.hexdigest()

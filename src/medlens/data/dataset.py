@@ -1,0 +1,125 @@
+"""The :class:`Dataset` every source yields, and how its cases are loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import DatasetError
+from medlens.io import Image, read_image
+from medlens.types import Case, Split, Task
+
+
+@dataclass
+class Finding:
+    """Something the audit or a source noticed: an error blocks training, a warning does not."""
+
+    severity: str  # "error" | "warning" | "info"
+    code: str  # e.g. "leakage.patient", "label.missing"
+    message: str
+    cases: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"severity": self.severity, "code": self.code, "message": self.message, "cases": self.cases}
+
+
+@dataclass
+class Dataset:
+    """A list of cases plus what is known about the task.
+
+    Attributes:
+        root: the folder, CSV or archive the user pointed at.
+        layout: which source built it (``class_folders``, ``manifest``, ``medmnist``,
+            ``segmentation_pairs``, ``decathlon``).
+        task: binary / multi-class / multi-label / ordinal / segmentation.
+        class_names: class (or label, or segmentation label) names, index = class id.
+        cases: the cases, in a stable order.
+        spatial_dims: 2 or 3 when known from the layout, else ``None`` (the audit finds out).
+        meta: layout details (MedMNIST name and size, modality, official split sizes...).
+        findings: problems noticed while listing cases (missing files, missing labels).
+    """
+
+    root: Path
+    layout: str
+    task: Task
+    class_names: tuple[str, ...]
+    cases: list[Case]
+    spatial_dims: int | None = None
+    meta: dict = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    loader: Callable[[Case], Image] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_image(self, case: Case) -> Image:
+        """Read a case's image; several image paths are stacked as channels."""
+        if self.loader is not None:
+            return self.loader(case)
+        return read_case_image(case, self.spatial_dims)
+
+    def load_mask(self, case: Case) -> Image | None:
+        if case.mask is None:
+            return None
+        return read_image(case.mask, spatial_dims=self.spatial_dims)
+
+    def by_split(self) -> dict[str, list[Case]]:
+        groups: dict[str, list[Case]] = {}
+        for case in self.cases:
+            groups.setdefault(case.split.value if case.split else "unassigned", []).append(case)
+        return groups
+
+    def raise_on_errors(self) -> None:
+        """Refuse a dataset whose listing found errors (training needs a clean list)."""
+        errors = [f for f in self.findings if f.severity == "error"]
+        if errors:
+            raise DatasetError("\n".join(f.message for f in errors))
+
+
+def read_case_image(case: Case, spatial_dims: int | None = None) -> Image:
+    """Read one case's image(s); channel images must share one grid."""
+    images = [read_image(p, spatial_dims=spatial_dims) for p in case.images]
+    if len(images) == 1:
+        return images[0]
+    first = images[0]
+    for path, other in zip(case.images[1:], images[1:]):
+        if not first.same_geometry(other):
+            raise DatasetError(f"case {case.case_id}: channel {path} has shape {other.spatial_shape} / spacing "
+                               f"{other.spacing_mm} but {case.images[0]} has {first.spatial_shape} / "
+                               f"{first.spacing_mm}; register the modalities onto one grid first")
+    return first.with_array(np.concatenate([im.array for im in images], axis=0))
+
+
+NEGATIVE_NAMES = {"normal", "negative", "benign", "healthy", "control", "no", "absent", "false", "0", "neg", "none"}
+
+
+def order_class_names(names: list[str]) -> list[str]:
+    """Sorted class names; for two classes, a 'normal'/'negative'/'benign'-like name comes first.
+
+    In a binary task class 1 is the positive (the finding), which is what sensitivity, AUC and
+    the decision threshold refer to.
+    """
+    ordered = sorted(names, key=lambda n: (int(n) if n.lstrip("-").isdigit() else float("inf"), n))
+    if len(ordered) == 2 and ordered[1].strip().lower() in NEGATIVE_NAMES:
+        ordered.reverse()
+    return ordered
+
+
+def parse_split(value: str | None, where: str) -> Split | None:
+    """Map common split spellings (train/training/val/valid/validation/test/testing) to a Split."""
+    if value is None or str(value).strip() == "":
+        return None
+    key = str(value).strip().lower()
+    aliases = {"train": Split.TRAIN, "training": Split.TRAIN, "tr": Split.TRAIN,
+               "val": Split.VAL, "valid": Split.VAL, "validation": Split.VAL, "dev": Split.VAL,
+               "test": Split.TEST, "testing": Split.TEST, "ts": Split.TEST, "holdout": Split.TEST}
+    if key not in aliases:
+        raise DatasetError(f"{where}: unknown split {value!r}; use train, val or test")
+    return aliases[key]

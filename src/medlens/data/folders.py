@@ -1,0 +1,88 @@
+"""Class folders: ``root/<class>/<image>`` with an optional split level ``root/<split>/<class>/``.
+
+The layout Keras' ``image_dataset_from_directory`` users know. An entry of a class folder may
+be an image file or a folder holding one DICOM series (one case per series folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlens.data.dataset import Dataset, Finding, order_class_names, parse_split
+from medlens.errors import DatasetError
+from medlens.io.formats import IMAGE_SUFFIXES, suffix_of
+from medlens.types import Case, Task
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and suffix_of(path) in IMAGE_SUFFIXES
+
+
+def looks_like_class_folders(root: Path) -> bool:
+    subdirs = _visible_dirs(root)
+    if not subdirs:
+        return False
+    if {d.name.lower() for d in subdirs} <= SPLIT_NAMES:
+        return all(_visible_dirs(d) for d in subdirs)
+    return any(_entries(d) for d in subdirs)
+
+
+def open_class_folders(root: Path) -> Dataset:
+    """List the cases of a class-folder dataset.
+
+    Raises:
+        DatasetError: fewer than two classes, or the split folders disagree on class names.
+    """
+    subdirs = _visible_dirs(root)
+    split_level = {d.name.lower() for d in subdirs} <= SPLIT_NAMES
+    groups = [(parse_split(d.name, str(d)), d) for d in subdirs] if split_level else [(None, root)]
+    class_names = order_class_names({c.name for _, base in groups for c in _visible_dirs(base)})
+    if len(class_names) < 2:
+        raise DatasetError(f"{root}: found {len(class_names)} class folder(s) ({', '.join(class_names) or 'none'}); "
+                           "a classification dataset needs root/<class_name>/<images> with at least two classes")
+    cases, findings = [], []
+    for split, base in groups:
+        for label, name in enumerate(class_names):
+            folder = base / name
+            entries = _entries(folder) if folder.is_dir() else []
+            if not entries:
+                findings.append(Finding("warning", "class.empty", f"{folder}: no images for class {name!r}"))
+            for entry in entries:
+                cases.append(_case(root, entry, label, split))
+    if not cases:
+        raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
+    return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
+                   meta={"split_level": split_level})
+
+
+def _case(root: Path, entry: Path, label: int, split) -> Case:
+    patient = None
+    if entry.is_dir():  # a DICOM series folder: the patient comes from its headers
+        patient = _dicom_patient(entry)
+    return Case(case_id=entry.relative_to(root).as_posix(), images=(entry,), label=label,
+                patient_id=patient, split=split)
+
+
+def _dicom_patient(folder: Path) -> str | None:
+    from medlens.io.dicom import read_header
+
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            header = read_header(path)
+            if header is not None:
+                return header.patient_key
+    return None
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _entries(folder: Path) -> list[Path]:
+    """Image files and DICOM series sub-folders of a class folder."""
+    files = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
+    series = [d for d in _visible_dirs(folder) if any(p.is_file() for p in d.iterdir())]
+    return files + series

@@ -1,0 +1,85 @@
+""":func:`open_dataset`: recognise a dataset's layout and list its cases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medlens.data.dataset import Dataset
+from medlens.errors import DatasetError
+from medlens.io.formats import suffix_of
+
+
+def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                 strict: bool = True) -> Dataset:
+    """Open a dataset in any layout medlens knows.
+
+    Args:
+        source: a class-folder root, a CSV manifest, a MedMNIST ``.npz`` (or just its name,
+            e.g. ``pneumoniamnist_64``, looked up in ``$MEDLENS_DATA_DIR`` and ``~/.medmnist``),
+            an ``images/`` + ``labels/`` folder, or a Decathlon folder with ``dataset.json``.
+        image_root: for a CSV, the folder its image paths are relative to.
+        strict: raise on listing errors (missing files or labels); ``False`` keeps them as
+            findings for the audit.
+
+    Raises:
+        FileNotFoundError / DataMissingError: nothing at ``source``.
+        DatasetError: a layout medlens does not recognise, or an invalid dataset.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        dataset = _open_by_name(str(source))
+    elif path.is_file():
+        dataset = _open_file(path, image_root)
+    else:
+        dataset = _open_folder(path)
+    if strict:
+        dataset.raise_on_errors()
+    return dataset
+
+
+def _open_by_name(text: str) -> Dataset:
+    from medlens.data.medmnist import locate, open_medmnist, parse_name
+
+    if "/" in text or os.sep in text or not text.lower().removesuffix(".npz").rstrip("_0123456789").endswith(("mnist", "mnist3d")):
+        raise FileNotFoundError(f"no such file or folder: {text}")
+    name, size = parse_name(text)
+    return open_medmnist(locate(name, size))
+
+
+def _open_file(path: Path, image_root) -> Dataset:
+    suffix = suffix_of(path)
+    if suffix in (".csv", ".tsv"):
+        from medlens.data.manifest import open_manifest
+
+        return open_manifest(path, Path(image_root) if image_root else None)
+    if suffix == ".npz":
+        from medlens.data.medmnist import open_medmnist
+
+        return open_medmnist(path)
+    if path.name == "dataset.json":
+        return _open_folder(path.parent)
+    raise DatasetError(f"{path} is a single file; a dataset is a folder, a CSV manifest or a MedMNIST .npz. "
+                       "To look at one image use `medlens info FILE`")
+
+
+def _open_folder(root: Path) -> Dataset:
+    from medlens.data import folders, segmentation
+
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise DatasetError(f"{root} is empty; expected class folders, images/ + labels/, or a dataset.json")
+    if (root / "dataset.json").is_file():
+        return segmentation.open_decathlon(root)
+    if segmentation.find_pair_dirs(root):
+        return segmentation.open_pairs(root)
+    if segmentation.looks_like_flat_pairs(root):
+        return segmentation.open_flat_pairs(root)
+    if folders.looks_like_class_folders(root):
+        return folders.open_class_folders(root)
+    if all(p.is_file() for p in entries):
+        raise DatasetError(f"{root} holds {len(entries)} files but no class folders or image/mask pairs; put images "
+                           "in root/<class_name>/, or images/ + labels/ for segmentation, or write a CSV manifest "
+                           "(a folder of DICOM slices is one image: `medlens info FOLDER`)")
+    raise DatasetError(f"{root}: layout not recognised; expected root/<class>/<images>, root/<split>/<class>/<images>, "
+                       "images/ + labels/, or a dataset.json")

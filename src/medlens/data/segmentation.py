@@ -1,0 +1,131 @@
+"""Segmentation datasets: image/mask pairs and Medical Segmentation Decathlon folders.
+
+Layouts:
+- ``root/images/`` + ``root/labels/`` (or ``masks/``) with matching file names; nnU-Net style
+  channel files ``case_0000.nii.gz``, ``case_0001.nii.gz`` are stacked as channels.
+- ``root/dataset.json`` in Decathlon layout (``training`` list, ``labels``, ``modality``).
+- a flat folder of ``X_image.ext`` + ``X_label.ext`` (or ``X.ext`` + ``X_mask.ext`` / ``X-label.ext``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from medlens.data.dataset import Dataset, Finding
+from medlens.data.folders import is_image_file
+from medlens.errors import DatasetError
+from medlens.io.formats import suffix_of
+from medlens.types import Case, Task
+
+IMAGE_DIRS = ("images", "imagesTr", "image", "imgs")
+MASK_DIRS = ("labels", "labelsTr", "masks", "mask", "label", "segmentations")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_MASK_TOKEN = re.compile(r"^(?P<case>.+?)[_-](label|labels|mask|seg|segmentation)$", re.IGNORECASE)
+_IMAGE_TOKEN = re.compile(r"^(?P<case>.+?)[_-](image|img)$", re.IGNORECASE)
+
+
+def stem(path: Path) -> str:
+    return path.name[: len(path.name) - len(suffix_of(path))]
+
+
+def find_pair_dirs(root: Path) -> tuple[Path, Path] | None:
+    images = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
+    masks = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
+    return (images, masks) if images and masks else None
+
+
+def open_pairs(root: Path) -> Dataset:
+    """Pair ``images/`` with ``labels/`` (or ``masks/``) by file name.
+
+    Raises:
+        DatasetError: no images, or no image has a mask.
+    """
+    image_dir, mask_dir = find_pair_dirs(root)
+    channels: dict[str, list[Path]] = {}
+    for path in sorted(p for p in image_dir.iterdir() if is_image_file(p)):
+        match = _CHANNEL.match(stem(path))
+        channels.setdefault(match["case"] if match else stem(path), []).append(path)
+    masks = {stem(p): p for p in mask_dir.iterdir() if is_image_file(p)}
+    cases = [Case(case_id=cid, images=tuple(paths), mask=masks[cid]) for cid, paths in channels.items() if cid in masks]
+    findings = _unpaired(root, set(channels) - set(masks), set(masks) - set(channels))
+    if not cases:
+        raise DatasetError(f"{root}: no image in {image_dir.name}/ has a mask of the same name in {mask_dir.name}/ "
+                           f"(e.g. {next(iter(channels), 'none')}); name each mask like its image")
+    return Dataset(root, "segmentation_pairs", Task.SEGMENTATION, (), cases, findings=findings)
+
+
+def looks_like_flat_pairs(root: Path) -> bool:
+    return any(_MASK_TOKEN.match(stem(p)) for p in root.iterdir() if is_image_file(p))
+
+
+def open_flat_pairs(root: Path) -> Dataset:
+    """Pair ``X_image.ext`` / ``X.ext`` with ``X_label.ext`` / ``X-label.ext`` / ``X_mask.ext`` in one folder."""
+    files = [p for p in sorted(root.iterdir()) if is_image_file(p)]
+    masks, images = {}, {}
+    for path in files:
+        mask_match = _MASK_TOKEN.match(stem(path))
+        if mask_match:
+            masks[mask_match["case"]] = path
+        else:
+            image_match = _IMAGE_TOKEN.match(stem(path))
+            images[image_match["case"] if image_match else stem(path)] = path
+    cases = [Case(case_id=cid, images=(path,), mask=masks[cid]) for cid, path in images.items() if cid in masks]
+    if not cases:
+        raise DatasetError(f"{root}: found mask files but no image named like them; name pairs X_image + X_label")
+    findings = _unpaired(root, set(images) - set(masks), set(masks) - set(images))
+    return Dataset(root, "segmentation_pairs", Task.SEGMENTATION, (), cases, findings=findings)
+
+
+def _unpaired(root: Path, images_only: set[str], masks_only: set[str]) -> list[Finding]:
+    findings = []
+    if images_only:
+        findings.append(Finding("warning", "mask.missing", f"{root}: {len(images_only)} image(s) have no mask and are "
+                                f"left out (e.g. {sorted(images_only)[0]})", sorted(images_only)))
+    if masks_only:
+        findings.append(Finding("warning", "image.missing", f"{root}: {len(masks_only)} mask(s) have no image "
+                                f"(e.g. {sorted(masks_only)[0]})", sorted(masks_only)))
+    return findings
+
+
+def open_decathlon(root: Path) -> Dataset:
+    """List the training cases of a Decathlon-style folder from its ``dataset.json``.
+
+    Raises:
+        DatasetError: unreadable ``dataset.json``, no ``training`` list, or listed files missing.
+    """
+    spec = _read_spec(root / "dataset.json")
+    labels = spec.get("labels") or {}
+    class_names = tuple(labels[k] for k in sorted(labels, key=int)) if isinstance(labels, dict) else tuple(labels)
+    cases, missing = [], []
+    for entry in spec["training"]:
+        image, mask = root / entry["image"], root / entry["label"]
+        for path in (image, mask):
+            if not path.exists():
+                missing.append(str(path.relative_to(root)))
+        if image.exists() and mask.exists():
+            cases.append(Case(case_id=stem(image), images=(image,), mask=mask))
+    findings = []
+    if missing:
+        findings.append(Finding("error", "file.missing", f"{root / 'dataset.json'} lists {len(missing)} file(s) that "
+                                f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing))
+    modality = spec.get("modality") or spec.get("channel_names") or {}
+    dims = 3 if str(spec.get("tensorImageSize", "3D")).upper().startswith("3") else 2
+    meta = {"name": spec.get("name"), "modality": [modality[k] for k in sorted(modality, key=int)],
+            "num_training": spec.get("numTraining")}
+    return Dataset(root, "decathlon", Task.SEGMENTATION, class_names, cases, spatial_dims=dims, meta=meta,
+                   findings=findings)
+
+
+def _read_spec(path: Path) -> dict:
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("training"), list) or not spec["training"]:
+        raise DatasetError(f"{path}: expected a 'training' list of {{'image': ..., 'label': ...}} entries")
+    bad = [e for e in spec["training"] if not isinstance(e, dict) or "image" not in e or "label" not in e]
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} training entries lack 'image' or 'label' (first: {bad[0]})")
+    return spec
