@@ -132,6 +132,8 @@ def _describe(dataset: Dataset, stats: list[CaseStats]) -> dict:
     spatial_dims = dataset.spatial_dims or (dims.most_common(1)[0][0] if dims else None)
     modalities = Counter(s.modality for s in stats if s.modality)
     modality = dataset.meta.get("modality") or (modalities.most_common(1)[0][0] if modalities else None)
+    if isinstance(modality, list):
+        modality = ", ".join(modality)
     return {"source": str(dataset.root), "layout": dataset.layout, "task": dataset.task.value,
             "spatial_dims": spatial_dims, "task_label": f"{dataset.task.value} {spatial_dims}D",
             "class_names": list(dataset.class_names), "num_cases": len(dataset.cases),

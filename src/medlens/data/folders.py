@@ -47,6 +47,7 @@ def open_class_folders(root: Path) -> Dataset:
         for label, name in enumerate(class_names):
             folder = base / name
             entries = _entries(folder) if folder.is_dir() else []
+            _refuse_loose_series(folder, entries)
             if not entries:
                 findings.append(Finding("warning", "class.empty", f"{folder}: no images for class {name!r}"))
             for entry in entries:
@@ -64,6 +65,18 @@ def _case(root: Path, entry: Path, label: int, split) -> Case:
         patient = _dicom_patient(entry)
     return Case(case_id=entry.relative_to(root).as_posix(), images=(entry,), label=label,
                 patient_id=patient, split=split)
+
+
+def _refuse_loose_series(folder: Path, entries: list[Path]) -> None:
+    """Slices of one DICOM series lying loose in a class folder would each become a case."""
+    from medlens.io.dicom import read_header
+
+    slices = [p for p in entries if p.is_file() and suffix_of(p) in (".dcm", ".dicom", ".ima")][:2]
+    headers = [read_header(p) for p in slices]
+    if len(headers) == 2 and all(headers) and headers[0].series_uid and headers[0].series_uid == headers[1].series_uid:
+        raise DatasetError(f"{folder} holds slices of one DICOM series ({slices[0].name}, {slices[1].name}, ...); "
+                           "a case is a whole series: put each series in its own sub-folder, "
+                           "root/<class>/<case>/*.dcm (to look at one series use `medlens info FOLDER`)")
 
 
 def _dicom_patient(folder: Path) -> str | None:

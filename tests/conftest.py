@@ -1,0 +1,280 @@
+"""Synthetic-data factories shared by every test: tiny images written to ``tmp_path``.
+
+Each image is written with the format's own library (SimpleITK, Pillow, NumPy, pydicom through
+``medlens.io.dicom_write``), never with medlens' writer, so the readers are checked against
+what another program wrote. A factory returns a :class:`Written` record saying what a reader
+should give back: the array in medlens' ``(C, X, Y[, Z])`` order and the geometry.
+
+>>> def test_nifti(make_image):
+...     written = make_image("nii.gz")           # float32 volume with an oblique direction
+...     image = read_image(written.path)
+...     np.testing.assert_array_equal(image.array, written.array)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@dataclass(frozen=True)
+class Written:
+    """What was written, in the form a medlens reader should return it.
+
+    Attributes:
+        kind: the factory kind that wrote it (``"nii.gz"``, ``"png16"``, ``"dicom_series"``...).
+        path: the file, or the folder of a DICOM series.
+        array: expected ``Image.array``, ``(C, X, Y)`` or ``(C, X, Y, Z)``.
+        spacing_mm, origin_mm, direction: expected geometry (direction flattened row-major).
+        spacing_known: whether the format stores a spacing.
+        dtype: expected array dtype; ``None`` where the reading library picks it (DICOM after rescale).
+        value_atol: tolerance on voxel values (lossy JPEG), 0 for exact formats.
+        geometry_atol: tolerance on geometry (NIfTI stores it as float32).
+        files: the slice files of a DICOM series, in slice order.
+    """
+
+    kind: str
+    path: Path
+    array: np.ndarray
+    spacing_mm: tuple[float, ...]
+    origin_mm: tuple[float, ...]
+    direction: tuple[float, ...]
+    spacing_known: bool = True
+    dtype: np.dtype | None = None
+    value_atol: float = 0.0
+    geometry_atol: float = 0.0
+    files: tuple[Path, ...] = ()
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """An orthonormal 3x3 direction matrix: rotations about x, then y, then z (radians)."""
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def rotation_2d(angle: float) -> np.ndarray:
+    return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+
+IDENTITY_3D = tuple(np.eye(3).ravel())
+IDENTITY_2D = tuple(np.eye(2).ravel())
+FLIP_XY_3D = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # LPS <-> RAS, common in NRRD/NIfTI
+OBLIQUE_3D = tuple(rotation(0.3, -0.2, 0.5).ravel())
+OBLIQUE_3D_B = tuple(rotation(-0.15, 0.4, -0.25).ravel())
+ROTATED_2D = tuple(rotation_2d(0.4).ravel())
+
+
+def random_array(shape: tuple[int, ...], dtype, seed: int = 0, low: float | None = None,
+                 high: float | None = None) -> np.ndarray:
+    """Reproducible values spread over the dtype's range, so swapped axes or a lost sign show."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        low = -1000.0 if low is None else low
+        high = 1000.0 if high is None else high
+        return rng.uniform(low, high, size=shape).astype(dtype)
+    info = np.iinfo(dtype)
+    low = info.min if low is None else low
+    high = info.max if high is None else high
+    return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+
+
+def to_numpy_order(array: np.ndarray) -> np.ndarray:
+    """``(C, X, Y[, Z])`` -> NumPy/SimpleITK order: ``(Y, X)``, ``(Z, Y, X)``, or channels last."""
+    spatial_reversed = tuple(range(array.ndim - 1, 0, -1))
+    reversed_axes = array.transpose(0, *spatial_reversed)
+    return np.ascontiguousarray(reversed_axes[0] if array.shape[0] == 1 else np.moveaxis(reversed_axes, 0, -1))
+
+
+def write_sitk(path: Path, array: np.ndarray, spacing_mm, origin_mm, direction, *, compress: bool = False) -> Path:
+    """Write ``(C, X, Y[, Z])`` with SimpleITK (vector pixels when C > 1)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(to_numpy_order(array), isVector=array.shape[0] > 1)
+    image.SetSpacing(tuple(float(s) for s in spacing_mm))
+    image.SetOrigin(tuple(float(o) for o in origin_mm))
+    image.SetDirection(tuple(float(d) for d in direction))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    return path
+
+
+def write_pillow(path: Path, array: np.ndarray, **save_kwargs) -> Path:
+    """Write ``(1|3, X, Y)`` with Pillow; the format follows the suffix unless ``format=`` is given."""
+    from PIL import Image as PILImage
+
+    pixels = to_numpy_order(array)  # (H, W) or (H, W, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(pixels).save(path, **save_kwargs)
+    return path
+
+
+class ImageFactory:
+    """Writes synthetic images under one folder; ``factory(kind)`` writes a ready-made example.
+
+    The lower-level methods take any array in medlens' ``(C, X, Y[, Z])`` order and return a
+    :class:`Written`; tests that need a particular image (a mask, a NaN, a long series) use them.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._builders = {
+            "nii": self._nii, "nii.gz": self._nii_gz, "mha": self._mha, "mha_vector": self._mha_vector,
+            "mhd": self._mhd, "nrrd": self._nrrd, "nii_2d": self._nii_2d,
+            "png8": self._png8, "png16": self._png16, "png_rgb": self._png_rgb, "jpeg": self._jpeg,
+            "tiff": self._tiff, "tiff_float": self._tiff_float, "bmp": self._bmp, "gif": self._gif,
+            "npy": self._npy, "npz": self._npz, "dicom_series": self._dicom_series, "dicom_file": self._dicom_file,
+        }
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self._builders)
+
+    def __call__(self, kind: str, name: str | None = None) -> Written:
+        if kind not in self._builders:
+            raise KeyError(f"unknown image kind {kind!r}; known: {', '.join(self._builders)}")
+        return self._builders[kind](name or f"{kind.replace('.', '_')}_image")
+
+    # --- general writers -------------------------------------------------------------------------
+
+    def itk(self, filename: str, array: np.ndarray, *, spacing_mm, origin_mm, direction, kind: str = "itk",
+            compress: bool = False) -> Written:
+        path = write_sitk(self.root / filename, array, spacing_mm, origin_mm, direction, compress=compress)
+        nifti = filename.endswith((".nii", ".nii.gz"))
+        return Written(kind, path, array, tuple(spacing_mm), tuple(origin_mm), tuple(direction), dtype=array.dtype,
+                       geometry_atol=1e-6 if nifti else 1e-12)
+
+    def raster(self, filename: str, array: np.ndarray, *, kind: str = "raster", value_atol: float = 0.0,
+               **save_kwargs) -> Written:
+        path = write_pillow(self.root / filename, array, **save_kwargs)
+        return Written(kind, path, array, (1.0, 1.0), (0.0, 0.0), IDENTITY_2D, spacing_known=False,
+                       dtype=array.dtype, value_atol=value_atol)
+
+    def npy(self, filename: str, array: np.ndarray, *, kind: str = "npy") -> Written:
+        """Save ``(C, X, Y[, Z])`` as NumPy-order ``.npy`` (grey/volume without a channel axis)."""
+        path = self.root / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, to_numpy_order(array))
+        return self._unknown_geometry(kind, path, array)
+
+    def npz(self, filename: str, array: np.ndarray, *, key: str = "image", kind: str = "npz", **extra) -> Written:
+        path = self.root / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{key: to_numpy_order(array)}, **extra)
+        return self._unknown_geometry(kind, path, array)
+
+    def dicom_series(self, folder: str, volume_xyz: np.ndarray, *, spacing_mm=(0.7, 0.8, 2.5),
+                     origin_mm=(-10.0, 20.0, 30.0), kind: str = "dicom_series", **kwargs) -> Written:
+        """A DICOM series (one file per slice) of ``volume_xyz`` in output units (HU for CT)."""
+        from medlens.io.dicom_write import write_dicom_series
+
+        files = write_dicom_series(volume_xyz, self.root / folder, spacing_mm=spacing_mm, origin_mm=origin_mm, **kwargs)
+        return Written(kind, self.root / folder, np.asarray(volume_xyz)[None], tuple(spacing_mm), tuple(origin_mm),
+                       IDENTITY_3D, files=tuple(files))
+
+    # --- ready-made examples -------------------------------------------------------------------
+
+    def _nii(self, name: str) -> Written:
+        array = random_array((1, 6, 5, 4), np.int16, seed=1)
+        return self.itk(f"{name}.nii", array, kind="nii", spacing_mm=(0.8, 0.9, 2.5), origin_mm=(-12.5, 30.25, 7.0),
+                        direction=FLIP_XY_3D)
+
+    def _nii_gz(self, name: str) -> Written:
+        array = random_array((1, 6, 5, 4), np.float32, seed=2)
+        return self.itk(f"{name}.nii.gz", array, kind="nii.gz", spacing_mm=(0.7, 0.9, 2.5),
+                        origin_mm=(-120.5, 33.25, -7.0), direction=OBLIQUE_3D, compress=True)
+
+    def _mha(self, name: str) -> Written:
+        array = random_array((1, 6, 5, 4), np.uint16, seed=3)
+        return self.itk(f"{name}.mha", array, kind="mha", spacing_mm=(0.6, 1.1, 3.3), origin_mm=(5.5, -60.0, 12.125),
+                        direction=OBLIQUE_3D_B, compress=True)
+
+    def _mha_vector(self, name: str) -> Written:
+        array = random_array((3, 6, 5, 4), np.float32, seed=4)
+        return self.itk(f"{name}.mha", array, kind="mha_vector", spacing_mm=(0.5, 0.75, 2.0),
+                        origin_mm=(1.0, 2.0, 3.0), direction=OBLIQUE_3D)
+
+    def _mhd(self, name: str) -> Written:
+        array = random_array((1, 6, 5, 4), np.uint8, seed=5)
+        return self.itk(f"{name}.mhd", array, kind="mhd", spacing_mm=(1.5, 1.25, 3.0), origin_mm=(100.0, -50.0, 0.5),
+                        direction=IDENTITY_3D)
+
+    def _nrrd(self, name: str) -> Written:
+        array = random_array((1, 6, 5, 4), np.int16, seed=6)
+        return self.itk(f"{name}.nrrd", array, kind="nrrd", spacing_mm=(0.78125, 0.78125, 6.5),
+                        origin_mm=(-99.6, 99.6, -78.0), direction=FLIP_XY_3D, compress=True)
+
+    def _nii_2d(self, name: str) -> Written:
+        array = random_array((1, 6, 4), np.float32, seed=7)
+        return self.itk(f"{name}.nii.gz", array, kind="nii_2d", spacing_mm=(0.3, 0.45), origin_mm=(-3.5, 8.25),
+                        direction=ROTATED_2D, compress=True)
+
+    def _png8(self, name: str) -> Written:
+        return self.raster(f"{name}.png", random_array((1, 6, 4), np.uint8, seed=8), kind="png8")
+
+    def _png16(self, name: str) -> Written:
+        return self.raster(f"{name}.png", random_array((1, 6, 4), np.uint16, seed=9, low=256), kind="png16")
+
+    def _png_rgb(self, name: str) -> Written:
+        return self.raster(f"{name}.png", random_array((3, 6, 4), np.uint8, seed=10), kind="png_rgb")
+
+    def _jpeg(self, name: str) -> Written:
+        # JPEG is lossy; 8x8 blocks of one grey level (its DCT block size) survive almost exactly.
+        blocks = np.array([[30, 90, 150], [200, 60, 120]], dtype=np.uint8)  # (Y blocks, X blocks)
+        array = np.kron(blocks, np.ones((8, 8), dtype=np.uint8)).T[None]  # (1, X=24, Y=16)
+        return self.raster(f"{name}.jpg", array, kind="jpeg", value_atol=2, quality=100)
+
+    def _tiff(self, name: str) -> Written:
+        return self.raster(f"{name}.tif", random_array((3, 6, 4), np.uint8, seed=11), kind="tiff")
+
+    def _tiff_float(self, name: str) -> Written:
+        return self.raster(f"{name}.tif", random_array((1, 6, 4), np.float32, seed=12), kind="tiff_float")
+
+    def _bmp(self, name: str) -> Written:
+        return self.raster(f"{name}.bmp", random_array((1, 6, 4), np.uint8, seed=13), kind="bmp")
+
+    def _gif(self, name: str) -> Written:
+        from PIL import Image as PILImage
+
+        array = random_array((1, 6, 4), np.uint8, seed=14)
+        path = self.root / f"{name}.gif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(to_numpy_order(array)).convert("P").save(path)  # grey palette, like DRIVE masks
+        return Written("gif", path, array, (1.0, 1.0), (0.0, 0.0), IDENTITY_2D, spacing_known=False, dtype=array.dtype)
+
+    def _npy(self, name: str) -> Written:
+        return self.npy(f"{name}.npy", random_array((1, 6, 5, 4), np.float32, seed=15))
+
+    def _npz(self, name: str) -> Written:
+        return self.npz(f"{name}.npz", random_array((1, 6, 4), np.uint8, seed=16), label=np.array(3))
+
+    def _dicom_series(self, name: str) -> Written:
+        volume = random_array((6, 5, 8), np.int16, seed=17, low=-1024, high=3000)
+        volume[0, 0, 0] = -1000  # air, in HU
+        return self.dicom_series(name, volume, patient_id="SYNTH-PATIENT-0042")
+
+    def _dicom_file(self, name: str) -> Written:
+        slice_xy = random_array((6, 5, 1), np.uint16, seed=18, high=4095)
+        series = self.dicom_series(name, slice_xy, spacing_mm=(0.7, 0.8, 3.0), origin_mm=(-10.0, 20.0, 30.0),
+                                   modality="MR", rescale_intercept=0.0, patient_id="SYNTH-PATIENT-0042",
+                                   uid_seed="single-file")
+        return Written("dicom_file", series.files[0], slice_xy[..., 0][None], (0.7, 0.8), (-10.0, 20.0), IDENTITY_2D,
+                       dtype=np.dtype(np.uint16), files=series.files)
+
+    @staticmethod
+    def _unknown_geometry(kind: str, path: Path, array: np.ndarray) -> Written:
+        dims = array.ndim - 1
+        return Written(kind, path, array, (1.0,) * dims, (0.0,) * dims, tuple(np.eye(dims).ravel()),
+                       spacing_known=False, dtype=array.dtype)
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> ImageFactory:
+    """Factory writing synthetic images under ``tmp_path / "images"``; see :class:`ImageFactory`."""
+    return ImageFactory(tmp_path / "images")
