@@ -29,7 +29,7 @@ def run(args) -> int:
     if args.card:
         try:
             duplicates = json.loads(Path(args.card).read_text())["duplicates"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DatasetError(f"{args.card}: not a dataset card ({exc}); make one with `medlens inspect`") from None
     splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, seed=args.seed, duplicates=duplicates)

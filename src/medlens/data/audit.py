@@ -109,12 +109,13 @@ def _check_mask(dataset: Dataset, case: Case, image, stats: CaseStats) -> None:
                                       f"(e.g. {values[values != np.round(values)][:3]}); a label map needs integer "
                                       "class indices", [case.case_id]))
     stats.mask_labels = tuple(int(v) for v in values if v == np.round(v))
-    declared = len(dataset.class_names)
-    outside = [v for v in stats.mask_labels if declared and not 0 <= v < declared]
+    declared = dataset.meta.get("label_values") or list(range(len(dataset.class_names)))
+    outside = [v for v in stats.mask_labels if declared and v not in declared]
     if outside:
+        names = ", ".join(f"{v}={n}" for v, n in zip(declared, dataset.class_names))
         stats.problems.append(Finding("error", "mask.labels", f"{case.mask}: label value(s) {outside} are outside the "
-                                      f"declared classes 0..{declared - 1} ({', '.join(dataset.class_names)}); fix "
-                                      "the mask or the labels in dataset.json", [case.case_id]))
+                                      f"declared labels ({names}); fix the mask or the labels in dataset.json",
+                                      [case.case_id]))
     if not image.same_geometry(mask):
         stats.problems.append(Finding("error", "mask.geometry", f"{case.mask}: mask grid (shape {mask.spatial_shape}, "
                                       f"spacing {_round(mask.spacing_mm)}, origin {_round(mask.origin_mm)}) differs "
@@ -201,7 +202,8 @@ def _image_summary(stats: list[CaseStats]) -> dict:
 def _mask_summary(dataset: Dataset, stats: list[CaseStats]) -> dict:
     present = Counter(v for s in stats for v in s.mask_labels)
     names = dataset.class_names
-    return {"declared_labels": {str(i): n for i, n in enumerate(names)},
+    values = dataset.meta.get("label_values") or range(len(names))
+    return {"declared_labels": {str(v): n for v, n in zip(values, names)},
             "cases_with_label": {str(v): present[v] for v in sorted(present)},
             "all_background": [s.case_id for s in stats if s.mask_labels and max(s.mask_labels) == 0]}
 

@@ -68,7 +68,7 @@ class Dataset:
     def load_mask(self, case: Case) -> Image | None:
         if case.mask is None:
             return None
-        return read_image(case.mask, spatial_dims=self.spatial_dims)
+        return read_image(case.mask)  # a mask of the wrong dimensionality is a geometry finding, not unreadable
 
     def by_split(self) -> dict[str, list[Case]]:
         groups: dict[str, list[Case]] = {}

@@ -70,6 +70,9 @@ def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
             header = reader.fieldnames or []
     except UnicodeDecodeError:
         raise DatasetError(f"{csv_path}: not a UTF-8 text CSV; save it as CSV (UTF-8)") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{csv_path} line {reader.line_num}: malformed CSV ({exc}); check for an unbalanced "
+                           "quote") from None
     if not rows:
         raise DatasetError(f"{csv_path}: the CSV has no data rows (header: {header})")
     columns = {}

@@ -44,10 +44,12 @@ def open_pairs(root: Path) -> Dataset:
     """
     image_dir, mask_dir = find_pair_dirs(root)
     channels: dict[str, list[Path]] = {}
+    masks = {stem(p): p for p in mask_dir.iterdir() if is_image_file(p)}
     for path in sorted(p for p in image_dir.iterdir() if is_image_file(p)):
         match = _CHANNEL.match(stem(path))
-        channels.setdefault(match["case"] if match else stem(path), []).append(path)
-    masks = {stem(p): p for p in mask_dir.iterdir() if is_image_file(p)}
+        # `scan_0001` with a mask `scan_0001` is numbering; `case_0000` with a mask `case` is a channel
+        case_id = match["case"] if match and stem(path) not in masks else stem(path)
+        channels.setdefault(case_id, []).append(path)
     cases = [Case(case_id=cid, images=tuple(paths), mask=masks[cid]) for cid, paths in channels.items() if cid in masks]
     findings = _unpaired(root, set(channels) - set(masks), set(masks) - set(channels))
     if not cases:
@@ -97,7 +99,11 @@ def open_decathlon(root: Path) -> Dataset:
     """
     spec = _read_spec(root / "dataset.json")
     labels = spec.get("labels") or {}
-    class_names = tuple(labels[k] for k in sorted(labels, key=int)) if isinstance(labels, dict) else tuple(labels)
+    if isinstance(labels, dict):
+        values = sorted(int(k) for k in labels)
+        class_names = tuple(labels[str(v)] if str(v) in labels else labels[v] for v in values)
+    else:
+        values, class_names = list(range(len(labels))), tuple(labels)
     cases, missing = [], []
     for entry in spec["training"]:
         image, mask = root / entry["image"], root / entry["label"]
@@ -112,7 +118,7 @@ def open_decathlon(root: Path) -> Dataset:
                                 f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing))
     modality = spec.get("modality") or spec.get("channel_names") or {}
     dims = 3 if str(spec.get("tensorImageSize", "3D")).upper().startswith("3") else 2
-    meta = {"name": spec.get("name"), "modality": [modality[k] for k in sorted(modality, key=int)],
+    meta = {"label_values": values, "name": spec.get("name"), "modality": [modality[k] for k in sorted(modality, key=int)],
             "num_training": spec.get("numTraining")}
     return Dataset(root, "decathlon", Task.SEGMENTATION, class_names, cases, spatial_dims=dims, meta=meta,
                    findings=findings)

@@ -75,16 +75,32 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
 
 
 def _merge_duplicate_groups(dataset: Dataset, duplicates: list[list[str]]) -> Dataset:
-    """A view of ``dataset`` whose identical images share a group id (their patient's, if any)."""
+    """A view of ``dataset`` where identical images and all cases of their patients share one group.
+
+    Groups are merged transitively (union-find): if one image is filed under two patients, all
+    cases of both patients end up in the same split.
+    """
     from dataclasses import replace
 
-    group_of = {}
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def node(case: Case) -> str:
+        return f"patient:{case.patient_id}" if case.patient_id else f"case:{case.case_id}"
+
     by_id = {c.case_id: c for c in dataset.cases}
     for group in duplicates:
-        members = [by_id[i] for i in group if i in by_id]
-        name = next((c.patient_id for c in members if c.patient_id), None) or f"dup:{group[0]}"
-        group_of.update({c.case_id: name for c in members})
-    cases = [replace(c, patient_id=group_of.get(c.case_id, c.patient_id)) for c in dataset.cases]
+        members = [node(by_id[i]) for i in group if i in by_id]
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    cases = [replace(c, patient_id=find(node(c)).split(":", 1)[1] if node(c) in parent else c.patient_id)
+             for c in dataset.cases]
     return replace(dataset, cases=cases)
 
 
@@ -143,7 +159,7 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> dict:
     """Load a splits file, checking it belongs to ``dataset`` when given.
 
     Raises:
-        DatasetError: unreadable file, or case ids the dataset does not have.
+        DatasetError: unreadable file, case ids the dataset does not have, or cases added since.
     """
     path = Path(path)
     try:
@@ -153,13 +169,20 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> dict:
     if not isinstance(splits, dict) or "folds" not in splits or "test" not in splits:
         raise DatasetError(f"{path}: not a medlens splits file (needs 'test' and 'folds'); make one with `medlens split`")
     if dataset is not None:
-        known = {c.case_id for c in dataset.cases}
-        listed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
-        unknown = sorted(listed - known)
-        if unknown:
-            raise DatasetError(f"{path} names {len(unknown)} case(s) this dataset does not have (e.g. {unknown[0]}); "
-                               "it was made for another dataset: run `medlens split` again")
+        _check_same_cases(path, splits, dataset)
     return splits
+
+
+def _check_same_cases(path: Path, splits: dict, dataset: Dataset) -> None:
+    known = {c.case_id for c in dataset.cases}
+    listed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
+    unknown = sorted(listed - known)
+    if unknown:
+        raise DatasetError(f"{path} names {len(unknown)} case(s) this dataset does not have (e.g. {unknown[0]}); "
+                           "it was made for another dataset: run `medlens split` again")
+    if splits.get("cases_hash") and splits["cases_hash"] != cases_hash(dataset):
+        raise DatasetError(f"{path} was made for another version of this dataset ({len(known - listed)} case(s) are "
+                           "in no split); run `medlens split` again so every case has a place")
 
 
 def summarize_splits(dataset: Dataset, splits: dict) -> list[str]:
