@@ -92,6 +92,14 @@ def to_numpy_order(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(reversed_axes[0] if array.shape[0] == 1 else np.moveaxis(reversed_axes, 0, -1))
 
 
+def to_medlens_npy_layout(array: np.ndarray) -> np.ndarray:
+    """``(C, X, Y[, Z])`` -> the layout medlens reads from NumPy files: ``(Y, X)``, ``(Y, X, 3)``,
+    ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (see ``medlens.io.arrays``)."""
+    if array.ndim == 4 and array.shape[0] > 1:
+        return np.ascontiguousarray(array.transpose(0, 3, 2, 1))
+    return to_numpy_order(array)
+
+
 def write_sitk(path: Path, array: np.ndarray, spacing_mm, origin_mm, direction, *, compress: bool = False) -> Path:
     """Write ``(C, X, Y[, Z])`` with SimpleITK (vector pixels when C > 1)."""
     import SimpleITK as sitk
@@ -122,6 +130,12 @@ class ImageFactory:
     :class:`Written`; tests that need a particular image (a mask, a NaN, a long series) use them.
     """
 
+    # The helpers, reachable from the fixture (test modules should not import conftest).
+    random_array = staticmethod(random_array)
+    rotation = staticmethod(rotation)
+    IDENTITY_2D, IDENTITY_3D, FLIP_XY_3D = IDENTITY_2D, IDENTITY_3D, FLIP_XY_3D
+    OBLIQUE_3D, OBLIQUE_3D_B, ROTATED_2D = OBLIQUE_3D, OBLIQUE_3D_B, ROTATED_2D
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self._builders = {
@@ -141,6 +155,28 @@ class ImageFactory:
             raise KeyError(f"unknown image kind {kind!r}; known: {', '.join(self._builders)}")
         return self._builders[kind](name or f"{kind.replace('.', '_')}_image")
 
+    def in_memory(self, name: str):
+        """A :class:`medlens.io.Image` not yet on disk, for writer tests.
+
+        ``oblique_volume`` int16 (1, 5, 6, 7); ``vector_volume`` float32 (3, 5, 6, 7), both oblique;
+        ``rotated_slice`` uint8 (1, 5, 6) and ``rgb_slice`` uint8 (3, 5, 6), both with a rotated 2D direction.
+        """
+        from medlens.io import Image
+
+        images = {
+            "oblique_volume": lambda: Image(random_array((1, 5, 6, 7), np.int16, seed=20), (0.7, 0.9, 2.5),
+                                            (-12.5, 30.25, 7.0), OBLIQUE_3D),
+            "vector_volume": lambda: Image(random_array((3, 5, 6, 7), np.float32, seed=21), (0.5, 0.75, 3.0),
+                                           (100.0, -20.0, 0.125), OBLIQUE_3D_B),
+            "rotated_slice": lambda: Image(random_array((1, 5, 6), np.uint8, seed=22), (0.3, 0.45), (-3.5, 8.25),
+                                           ROTATED_2D),
+            "rgb_slice": lambda: Image(random_array((3, 5, 6), np.uint8, seed=23), (0.3, 0.45), (-3.5, 8.25),
+                                       ROTATED_2D),
+        }
+        if name not in images:
+            raise KeyError(f"unknown in-memory image {name!r}; known: {', '.join(images)}")
+        return images[name]()
+
     # --- general writers -------------------------------------------------------------------------
 
     def itk(self, filename: str, array: np.ndarray, *, spacing_mm, origin_mm, direction, kind: str = "itk",
@@ -157,16 +193,16 @@ class ImageFactory:
                        dtype=array.dtype, value_atol=value_atol)
 
     def npy(self, filename: str, array: np.ndarray, *, kind: str = "npy") -> Written:
-        """Save ``(C, X, Y[, Z])`` as NumPy-order ``.npy`` (grey/volume without a channel axis)."""
+        """Save ``(C, X, Y[, Z])`` in the row-major layout medlens reads back (:func:`to_medlens_npy_layout`)."""
         path = self.root / filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, to_numpy_order(array))
+        np.save(path, to_medlens_npy_layout(array))
         return self._unknown_geometry(kind, path, array)
 
     def npz(self, filename: str, array: np.ndarray, *, key: str = "image", kind: str = "npz", **extra) -> Written:
         path = self.root / filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **{key: to_numpy_order(array)}, **extra)
+        np.savez(path, **{key: to_medlens_npy_layout(array)}, **extra)
         return self._unknown_geometry(kind, path, array)
 
     def dicom_series(self, folder: str, volume_xyz: np.ndarray, *, spacing_mm=(0.7, 0.8, 2.5),
