@@ -16,11 +16,7 @@ FORMAT_OF_KIND = {"nii": "nifti", "nii.gz": "nifti", "nii_2d": "nifti", "mha": "
                   "mhd": "metaimage", "nrrd": "nrrd", "png8": "png", "png16": "png", "png_rgb": "png", "jpeg": "jpeg",
                   "tiff": "tiff", "tiff_float": "tiff", "bmp": "bmp", "gif": "gif", "npy": "npy", "npz": "npz",
                   "dicom_series": "dicom_series", "dicom_file": "dicom"}
-BUG_DPI = ("src/medlens/io/raster.py read_raster: BMP and PNG store pixels per metre, so Pillow's default 96 dpi "
-           "comes back as 96.012 (72 dpi as 72.009) and slips past the exact `abs(dpi - 96) > 1e-6` test; the screen "
-           "default is then taken as a measured spacing of 0.2646 mm")
-GEOMETRY_KINDS = [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=BUG_DPI)) if k == "bmp" else k
-                  for k in KINDS]
+GEOMETRY_KINDS = list(KINDS)
 
 
 def test_the_kinds_tested_here_are_every_kind_the_factory_writes(make_image):
@@ -180,7 +176,6 @@ def test_png_resolution_in_dots_per_inch_becomes_the_spacing(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".png", ".bmp"])
-@pytest.mark.xfail(strict=True, reason=BUG_DPI)
 def test_screen_default_72_dpi_is_not_taken_as_a_spacing(tmp_path, suffix):
     path = tmp_path / f"screenshot{suffix}"
     PILImage.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(path, dpi=(72, 72))

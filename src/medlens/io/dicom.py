@@ -154,7 +154,9 @@ def _check_consistent(headers: list[SliceHeader], folder: Path) -> None:
 
 def _check_spacing(positions: list[float], ordered: list[SliceHeader], folder: Path) -> None:
     steps = np.diff(positions)
-    step = float(np.median(steps))
+    # the smallest real gap is the step: a median is pulled up by a gap in a short series
+    real = steps[steps >= 1e-4]
+    step = float(real.min()) if real.size else 0.0
     for i, gap in enumerate(steps):
         a, b = ordered[i].path.name, ordered[i + 1].path.name
         if gap < 1e-4:
@@ -165,7 +167,7 @@ def _check_spacing(positions: list[float], ordered: list[SliceHeader], folder: P
             raise DicomError(f"{folder}: about {round(ratio) - 1} slice(s) missing between {a} and {b} "
                              f"(gap {gap:.3f} mm, step {step:.3f} mm); copy the complete series")
         if abs(gap - step) > SPACING_RTOL * step + 1e-3:
-            raise DicomError(f"{folder}: uneven slice spacing: {gap:.3f} mm between {a} and {b}, but the median step "
+            raise DicomError(f"{folder}: uneven slice spacing: {gap:.3f} mm between {a} and {b}, but the step "
                              f"is {step:.3f} mm; resample the series or export it as one volume (NIfTI)")
 
 

@@ -49,8 +49,8 @@ def read_raster(path: Path) -> Image:
     image = Image(array, (1.0, 1.0), (0.0, 0.0), identity_direction(2), spacing_known=False, path=Path(path))
     if GEOMETRY_KEY in text:
         _apply_geometry(image, text[GEOMETRY_KEY], path)
-    elif dpi and dpi[0] > 1 and abs(dpi[0] - 72) > 1e-6 and abs(dpi[0] - 96) > 1e-6:
-        # 72/96 dpi are screen defaults, not measurements.
+    elif dpi and dpi[0] > 1 and min(abs(dpi[0] - 72), abs(dpi[0] - 96)) > 0.5:
+        # 72/96 dpi are screen defaults, not measurements (stored as whole pixels per metre: 96.012)
         image.spacing_mm = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
         image.spacing_known = True
     return image
@@ -116,5 +116,4 @@ def write_png(image: Image, path: Path) -> None:
     info = PngInfo()
     geometry = {"spacing_mm": image.spacing_mm, "origin_mm": image.origin_mm, "direction": image.direction}
     info.add_text(GEOMETRY_KEY, json.dumps(geometry))
-    mode = "I;16" if pixels.dtype == np.uint16 else ("L" if image.channels == 1 else "RGB")
-    PILImage.fromarray(pixels, mode=mode if mode == "I;16" else None).save(path, format="PNG", pnginfo=info)
+    PILImage.fromarray(pixels).save(path, format="PNG", pnginfo=info)
