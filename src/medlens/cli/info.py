@@ -24,7 +24,7 @@ def run(args) -> int:
     print(f"  origin {tuple(round(o, 3) for o in image.origin_mm)} mm")
     print(f"  direction {tuple(round(d, 4) for d in image.direction)}")
     finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
-    nonfinite = a.size - finite.size + image.meta.get("nonfinite_voxels", 0)
+    nonfinite = a.size - finite.size
     if finite.size:
         print(f"  intensity min {finite.min():.6g} max {finite.max():.6g} mean {finite.mean():.6g}")
     if nonfinite:

@@ -32,8 +32,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
         series_uid: which DICOM series, when a folder holds several.
         spatial_dims: 2 or 3 to insist on a dimensionality (a volume where a 2D image is
             expected is an error, not a silent slice).
-        allow_nan: keep NaN/inf voxels instead of refusing the image (NIfTI's reader turns
-            them into 0; ``meta["nonfinite_voxels"]`` says how many there were).
+        allow_nan: keep NaN/inf voxels instead of refusing the image.
 
     Returns:
         Image with array ``(C, X, Y)`` or ``(C, X, Y, Z)``.
@@ -49,9 +48,8 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
     if spatial_dims is not None and image.spatial_dims != spatial_dims:
         raise ReadError(f"{path}: expected a {spatial_dims}D image, found a {image.spatial_dims}D image of shape "
                         f"{image.spatial_shape}; use a {image.spatial_dims}D model or convert the file")
-    hidden = image.meta.get("nonfinite_voxels", 0)  # zeroed by the NIfTI reader, see io/itk.py
-    if not allow_nan and image.array.dtype.kind == "f" and (hidden or not np.isfinite(image.array).all()):
-        bad = hidden or int((~np.isfinite(image.array)).sum())
+    if not allow_nan and image.array.dtype.kind == "f" and not np.isfinite(image.array).all():
+        bad = int((~np.isfinite(image.array)).sum())
         raise ReadError(f"{path}: {bad} voxel(s) are NaN or infinite; fix the export, or replace them "
                         "(e.g. numpy.nan_to_num) before training")
     return image
