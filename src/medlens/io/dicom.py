@@ -50,13 +50,21 @@ def patient_key(patient_id: str | None) -> str | None:
     return "pid-" + hashlib.sha256(str(patient_id).encode()).hexdigest()[:16]
 
 
-def read_header(path: Path) -> SliceHeader | None:
-    """The header fields medlens needs; ``None`` when the file is not DICOM at all."""
+def read_header(path: Path, keep: dict | None = None) -> SliceHeader | None:
+    """The header fields medlens needs; ``None`` when the file is not DICOM at all.
+
+    Args:
+        keep: when given, the file is read whole (pixels included) and its dataset stored in
+            ``keep[path]``, so the pixels need no second read.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        if keep is None:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        else:
+            ds = keep[Path(path)] = pydicom.dcmread(path)
     except InvalidDicomError:
         return None
     except (OSError, ValueError, EOFError, AttributeError, TypeError) as exc:
@@ -79,7 +87,7 @@ def read_header(path: Path) -> SliceHeader | None:
     )
 
 
-def scan_folder(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
+def scan_folder(folder: Path, keep: dict | None = None) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
     """Group the image slices under ``folder`` (recursively) by series.
 
     Returns:
@@ -88,7 +96,7 @@ def scan_folder(folder: Path) -> tuple[dict[str, list[SliceHeader]], list[Path]]
     series: dict[str, list[SliceHeader]] = {}
     skipped: list[Path] = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
-        header = read_header(path)
+        header = read_header(path, keep)
         if header is None or not header.is_image:
             skipped.append(path)
             continue
@@ -183,10 +191,13 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     """
     import SimpleITK as sitk
 
-    series, skipped = scan_folder(Path(folder))
+    datasets: dict = {}
+    series, skipped = scan_folder(Path(folder), keep=datasets)
     ordered, notes = sort_slices(select_series(series, Path(folder), series_uid), Path(folder))
     if len(ordered) == 1:
         image = read_dicom_file(ordered[0].path)
+    elif (image := _stack_uncompressed(ordered, datasets)) is not None:
+        image.path = Path(folder)
     else:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(h.path) for h in ordered])
@@ -200,6 +211,49 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
                       series_description=first.description, patient_key=first.patient_key,
                       skipped_files=len(skipped))
     return image
+
+
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _stack_uncompressed(ordered: list[SliceHeader], datasets: dict) -> Image | None:
+    """Stack uncompressed single-channel slices from the datasets the scan already read.
+
+    Saves SimpleITK a second parse of every file. Compressed transfer syntaxes, colour,
+    multi-frame or undecodable slices return ``None``: SimpleITK's series reader takes those.
+    """
+    if any(h.position is None or h.orientation is None for h in ordered):
+        return None
+    slices, rescale = [], []
+    for h in ordered:
+        ds = datasets[h.path]
+        if ds.file_meta.get("TransferSyntaxUID") not in _UNCOMPRESSED or int(ds.get("SamplesPerPixel", 1)) != 1 \
+                or int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PixelData" not in ds:
+            return None
+        try:
+            slices.append(ds.pixel_array)
+        except (ValueError, AttributeError, NotImplementedError, RuntimeError):
+            return None  # let SimpleITK decode it or explain why it cannot
+        rescale.append((float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)))
+    spacing_rc = [float(v) for v in (datasets[ordered[0].path].get("PixelSpacing") or [1.0, 1.0])]
+    volume = _apply_rescale(np.stack(slices, axis=-1), rescale)  # (rows, columns, slices) = (Y, X, Z)
+    row, col = np.array(ordered[0].orientation[:3]), np.array(ordered[0].orientation[3:])
+    normal = np.cross(row, col)
+    span = float(np.dot(normal, np.subtract(ordered[-1].position, ordered[0].position)))
+    spacing = (spacing_rc[1], spacing_rc[0], span / (len(ordered) - 1))
+    direction = tuple(np.stack([row, col, normal], axis=1).ravel())
+    return Image(volume.transpose(1, 0, 2)[None], spacing, ordered[0].position, direction)
+
+
+def _apply_rescale(stored: np.ndarray, rescale: list[tuple[float, float]]) -> np.ndarray:
+    """Stored values to output units (HU for CT): int32 for integer rescales, else float32."""
+    if all(r == (1.0, 0.0) for r in rescale):
+        return stored
+    slopes = np.array([r[0] for r in rescale])
+    intercepts = np.array([r[1] for r in rescale])
+    if np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)):
+        return stored.astype(np.int32) * slopes.astype(np.int32) + intercepts.astype(np.int32)
+    return (stored.astype(np.float64) * slopes + intercepts).astype(np.float32)
 
 
 def read_dicom_file(path: Path) -> Image:
