@@ -71,9 +71,10 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     if dataset.task is Task.SEGMENTATION:
         card["masks"] = _mask_summary(dataset, stats)
     findings += _dimension_findings(stats)
-    findings += _duplicate_findings(card["duplicates"], _split_views(dataset, splits))
+    views = _split_views(dataset, splits)
+    findings += _duplicate_findings(card["duplicates"], views)
     findings += _label_conflicts(dataset, card["duplicates"])
-    findings += _patient_findings(dataset, _split_views(dataset, splits))
+    findings += _patient_findings(dataset, views)
     findings += _class_findings(dataset, card["counts"])
     card["findings"] = [f.as_dict() for f in findings]
     card["fingerprint"] = _fingerprint(stats)

@@ -41,9 +41,12 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
 def _open_by_name(text: str) -> Dataset:
     from medlens.data.medmnist import locate, open_medmnist, parse_name
 
-    if "/" in text or os.sep in text or not text.lower().removesuffix(".npz").rstrip("_0123456789").endswith(("mnist", "mnist3d")):
+    from medlens.data.medmnist import medmnist_info
+
+    base = text.lower().removesuffix(".npz").rsplit("_", 1)[0]
+    if "/" in text or os.sep in text or base not in medmnist_info():
         raise FileNotFoundError(f"no such file or folder: {text}")
-    name, size = parse_name(text)
+    name, size = parse_name(text)  # a known name with a size it does not come in is a DatasetError
     return open_medmnist(locate(name, size))
 
 
