@@ -1,0 +1,21 @@
+"""``medlens evaluate RUN``: test-split metrics with 95% CIs, calibration, MedMNIST figures, baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARGUMENTS = [
+    (["run"], {"type": Path, "help": "a run folder from `medlens train`"}),
+    (["--split"], {"default": "test", "choices": ["test", "val"], "help": "split to evaluate (default: test)"}),
+    (["--tta"], {"action": "store_true", "default": None, "help": "test-time augmentation (flips)"}),
+    (["--bootstrap"], {"type": int, "help": "bootstrap resamples for the CIs (default: from the plan, 1000)"}),
+    (["--no-baseline"], {"action": "store_true", "help": "skip the k-nearest-neighbours baseline"}),
+]
+
+
+def run(args) -> int:
+    from medlens.engine.evaluate import evaluate_run
+
+    evaluate_run(args.run, split=args.split, tta=args.tta, n_bootstrap=args.bootstrap,
+                 baseline=False if args.no_baseline else None)
+    return 0

@@ -1,0 +1,47 @@
+"""``medlens train DATA``: plan (unless --plan), train, keep the best model, calibrate it."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 90s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+ARGUMENTS = [
+    (["data"], {"nargs": "?", "help": "dataset (as for `medlens plan`); not needed with --resume"}),
+    (["--plan"], {"type": Path, "help": "a plan from `medlens plan` (default: plan now)"}),
+    (["--set"], {"dest": "overrides", "action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
+                 "help": "override a plan value, e.g. --set train.max_epochs=30 (repeatable)"}),
+    (["--time-budget"], {"type": parse_duration, "help": "training time limit, e.g. 90s, 10m (plans epochs to fit)"}),
+    (["--out"], {"type": Path, "help": "run folder to create (default: runs/<dataset>); never overwritten"}),
+    (["--resume"], {"type": Path, "metavar": "RUN", "help": "continue an interrupted run from its last checkpoint"}),
+    (["--init-from"], {"type": Path, "metavar": "CHECKPOINT_OR_RUN",
+                       "help": "start from these weights (local file or run folder); differing layers re-initialised"}),
+    (["--devices"], {"type": int, "default": 1, "help": "GPUs (or CPU processes with --strategy ddp) to use"}),
+    (["--strategy"], {"default": "auto", "choices": ["auto", "ddp", "ddp_spawn"],
+                      "help": "distribution strategy (ddp: one process per device)"}),
+    (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--no-progress"], {"action": "store_true", "help": "no progress bar (logs only)"}),
+]
+
+
+def run(args) -> int:
+    from medlens.engine.train import train
+
+    if args.data is None and args.resume is None:
+        from medlens.errors import ConfigError
+
+        raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
+    run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
+                       time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
+                       strategy=args.strategy, image_root=args.image_root, progress_bar=not args.no_progress)
+    print(f"trained: {run_folder.root}  (next: medlens evaluate {run_folder.root})")
+    return 0

@@ -1,0 +1,244 @@
+"""Configuration: frozen dataclasses hold every default; YAML and ``--set`` override; validated once.
+
+A :class:`Config` has one section per stage. ``plan`` fills it from the data and writes it as a
+readable YAML file where every value carries a one-line reason as a comment; the user may edit it::
+
+    train:
+      max_epochs: 24        # 4.1 s per epoch measured; fits the 120 s budget
+
+Below the CLI nothing handles raw dicts: :func:`config_from_dict` converts and checks every value
+(unknown keys fail with a "did you mean" suggestion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from medlens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    """Facts about the data the plan was made for (written by ``plan``, read by training)."""
+
+    source: str = ""
+    image_root: str = ""  # folder a CSV manifest's paths are relative to, when not the CSV's folder
+    layout: str = ""
+    task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation"] = "binary"
+    class_names: tuple[str, ...] = ()
+    spatial_dims: int = 2
+    modality: str = ""
+    fingerprint: str = ""
+    splits: str = ""  # a splits file; empty = the dataset's own splits, or generated ones
+    fold: int = 0
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Preprocessing: what every image becomes before the network sees it."""
+
+    input_size: tuple[int, ...] = (28, 28)
+    channels: int = 1
+    normalization: typing.Literal["scale01", "zscore", "ct_window", "none"] = "zscore"
+    intensity_range: tuple[float, ...] = ()  # (low, high) mapped to [0, 1] by scale01 / ct_window (HU for CT)
+    cache: typing.Literal["auto", "memory", "disk"] = "auto"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "resnet18_2d"
+    width: float = 1.0
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    """Random transforms applied to training images only (MONAI array transforms)."""
+
+    flip_axes: tuple[int, ...] = ()  # spatial axes that may be mirrored
+    rotate_deg: float = 0.0
+    scale: float = 0.0  # random zoom range, +/- fraction
+    translate: float = 0.0  # random shift, fraction of the image size
+    intensity: float = 0.0  # random scale/shift of intensities, +/- fraction
+    noise_std: float = 0.0
+    probability: float = 0.5  # chance each transform is applied
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    max_epochs: int = 30
+    batch_size: int = 64
+    optimizer: typing.Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: typing.Literal["cosine", "onecycle", "constant"] = "cosine"
+    loss: typing.Literal["ce", "weighted_ce", "focal", "bce"] = "ce"
+    label_smoothing: float = 0.0
+    sampler: typing.Literal["shuffle", "weighted"] = "shuffle"
+    patience: int = 10
+    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
+    time_budget_s: float = 0.0  # 0 = no limit
+    freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
+    finetune_lr_factor: float = 0.1
+    precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    n_bootstrap: int = 1000
+    tta: bool = False  # test-time augmentation: average over flips along augment.flip_axes
+    baseline: bool = True  # fit the k-nearest-neighbours baseline beside the network
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+
+    def as_dict(self) -> dict:
+        return {f.name: _plain(dataclasses.asdict(getattr(self, f.name))) for f in fields(self)}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_from_dict(raw: dict, *, where: str = "config") -> Config:
+    """Build a validated :class:`Config` from nested dicts (YAML content); missing keys keep defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections ({_section_names()}), found {type(raw).__name__}")
+    sections = {}
+    for name, value in raw.items():
+        section_type = _section_type(name, where)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: section `{name}` must be a mapping of keys, found {value!r}")
+        sections[name] = _build_section(section_type, value, f"{where}: {name}")
+    return Config(**sections)
+
+
+def _section_names() -> str:
+    return ", ".join(f.name for f in fields(Config))
+
+
+def _section_type(name: str, where: str):
+    types = {f.name: f.default_factory for f in fields(Config)}
+    if name not in types:
+        raise ConfigError(f"{where}: unknown section `{name}`{_suggest(name, types)}; sections are {_section_names()}")
+    return types[name]
+
+
+def _build_section(section_type, values: dict, where: str):
+    hints = typing.get_type_hints(section_type)
+    known = {f.name for f in fields(section_type)}
+    converted = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key `{key}`{_suggest(key, known)}")
+        converted[key] = convert_value(value, hints[key], f"{where}.{key}")
+    return section_type(**converted)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def convert_value(value, hint, where: str):
+    """Convert ``value`` to the annotated type, or raise a ConfigError naming what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
+                              f"{_suggest(str(value), [str(c) for c in choices])}")
+        return value
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(convert_value(v, item, where) for v in items)
+    try:
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if hint is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {hint.__name__}, found {value!r}") from None
+
+
+def apply_overrides(config: Config, assignments: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (``--set``); values are parsed as YAML (``[28, 28]``, ``true``)."""
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {assignment!r}: expected SECTION.KEY=VALUE, e.g. train.max_epochs=30")
+        section_type = _section_type(section, "--set")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        current = dataclasses.asdict(getattr(config, section))
+        current[name] = value
+        updated = _build_section(section_type, {k: v for k, v in current.items()}, f"--set {section}")
+        config = replace(config, **{section: updated})
+    return config
+
+
+# ---- plan files: YAML with one reason per value -------------------------------------------------
+
+def render_plan(config: Config, reasons: dict[str, str], header: str = "") -> str:
+    """YAML text of ``config`` with ``reasons["section.key"]`` as end-of-line comments."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    for section, values in config.as_dict().items():
+        lines.append(f"{section}:")
+        for key, value in values.items():
+            text = f"  {key}: {yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()}"
+            text = text.removesuffix("\n...")
+            reason = reasons.get(f"{section}.{key}")
+            lines.append(f"{text:<40} # {reason}" if reason else text)
+    return "\n".join(lines) + "\n"
+
+
+_COMMENT = re.compile(r"^  (\w+):.*?\s#\s(.*)$")
+
+
+def read_plan(path: str | Path) -> tuple[Config, dict[str, str]]:
+    """Load a plan file: the config and the reasons written beside its values."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not a readable plan ({exc}); make one with `medlens plan DATA`") from None
+    config = config_from_dict(raw, where=str(path))
+    reasons, section = {}, None
+    for line in text.splitlines():
+        if re.match(r"^\w+:\s*$", line):
+            section = line.rstrip(":").strip()
+        elif section and (match := _COMMENT.match(line)):
+            reasons[f"{section}.{match.group(1)}"] = match.group(2).strip()
+    return config, reasons

@@ -1,0 +1,33 @@
+"""Post-training calibration on the validation split: temperature and decision threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medlens.config import Config
+from medlens.engine.inference import predict_logits, to_probs
+from medlens.engine.prepared import SplitData
+
+
+def calibrate(model, config: Config, val: SplitData) -> dict:
+    """Fit a temperature (NLL on validation) and, for binary tasks, the Youden threshold.
+
+    Returns ``{"temperature", "threshold", "threshold_rule", "fitted_on"}``; the threshold applies
+    to the calibrated probability of class 1.
+    """
+    from medlens.evaluation import fit_temperature, youden_threshold
+
+    multilabel = config.dataset.task == "multilabel"
+    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config))
+    temperature = float(fit_temperature(logits, val.labels, multilabel=multilabel))
+    result = {"temperature": temperature, "threshold": 0.5, "threshold_rule": "0.5",
+              "fitted_on": f"val ({len(val.cases)} cases)"}
+    if config.dataset.task == "binary" and len(np.unique(val.labels)) == 2:
+        probs = to_probs(logits, multilabel=False, temperature=temperature)
+        result["threshold"] = float(youden_threshold(val.labels, probs[:, 1]))
+        result["threshold_rule"] = "Youden J on validation"
+    return result
+
+
+def _tta_axes(config: Config) -> tuple[int, ...]:
+    return tuple(config.augment.flip_axes) if config.evaluate.tta else ()

@@ -1,0 +1,71 @@
+"""Building the LightningModule and Trainer from a run's configuration."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from medlens.config import Config
+from medlens.engine.callbacks import EpochCSV
+from medlens.engine.checkpoints import AtomicCheckpointIO, transfer_weights
+from medlens.engine.prepared import SplitData
+from medlens.engine.runs import RunFolder
+from medlens.models import build_classifier
+from medlens.tasks.classification import ClassificationModule
+
+
+def build_model(config: Config):
+    return build_classifier(config.model.name, in_channels=config.data.channels,
+                            num_classes=len(config.dataset.class_names), input_size=tuple(config.data.input_size),
+                            width=config.model.width, dropout=config.model.dropout)
+
+
+def build_module(config: Config, train: SplitData, init_from=None) -> tuple[ClassificationModule, dict | None]:
+    """The module with a fresh (seeded) model, optional transferred weights, and class weights."""
+    torch.manual_seed(config.train.seed)
+    model = build_model(config)
+    transfer = transfer_weights(model, Path(init_from)) if init_from else None
+    return ClassificationModule(model, config, class_weights(config, train.labels)), transfer
+
+
+def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
+    """Inverse-frequency weights ``N / (K * n_k)`` for the weighted losses, else ``None``."""
+    if config.train.loss not in ("weighted_ce", "focal"):
+        return None
+    k = len(config.dataset.class_names)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy: str = "auto",
+                  progress_bar: bool = True) -> tuple[pl.Trainer, ModelCheckpoint]:
+    t = config.train
+    mode = "min" if t.monitor == "val_loss" else "max"
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=t.monitor, mode=mode, save_last=True,
+                           save_top_k=1, enable_version_counter=False)
+    callbacks = [best, EarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, check_finite=False),
+                 EpochCSV(run.metrics_csv)]
+    gpu = torch.cuda.is_available()
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported()
+                                                           else "16-mixed" if gpu else "32-true")
+    trainer = pl.Trainer(
+        accelerator="gpu" if gpu else "cpu", devices=devices, strategy=strategy, precision=precision,
+        max_epochs=t.max_epochs, max_time=timedelta(seconds=t.time_budget_s) if t.time_budget_s else None,
+        callbacks=callbacks, logger=_tensorboard(run), plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+        use_distributed_sampler=False, enable_progress_bar=progress_bar, enable_model_summary=False,
+        log_every_n_steps=10, default_root_dir=run.root)
+    return trainer, best
+
+
+def _tensorboard(run: RunFolder):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    try:
+        return TensorBoardLogger(save_dir=run.root, name="tensorboard", version="", default_hp_metric=False)
+    except (ImportError, ModuleNotFoundError):
+        return False

@@ -1,0 +1,64 @@
+"""From a run's configuration to the arrays of each split (the bridge between data and training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medlens.config import Config
+from medlens.data import open_dataset
+from medlens.data.dataset import Dataset
+from medlens.data.splits import make_splits, read_splits
+from medlens.data.tensors import label_array, preprocess_cases
+from medlens.errors import ConfigError, DatasetError
+from medlens.types import Case
+
+
+@dataclass
+class SplitData:
+    """One split, preprocessed: ``images (N, C, *input_size)``, ``labels (N,)`` or ``(N, L)``, ``groups (N,)``."""
+
+    name: str
+    cases: list[Case]
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Patient ids where known (bootstrap resamples patients), else case ids."""
+        return np.asarray([c.patient_id or c.case_id for c in self.cases])
+
+
+def open_config_dataset(config: Config) -> Dataset:
+    """Re-open the dataset a plan was made for, checking it still matches."""
+    dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None)
+    if tuple(dataset.class_names) != tuple(config.dataset.class_names):
+        raise ConfigError(f"{config.dataset.source}: classes are now {list(dataset.class_names)} but the plan was "
+                          f"made for {list(config.dataset.class_names)}; make a new plan with `medlens plan`")
+    return dataset
+
+
+def resolve_splits(dataset: Dataset, config: Config) -> dict:
+    """The splits file named in the plan, else splits made from the data (the dataset's own kept)."""
+    if config.dataset.splits:
+        splits = read_splits(Path(config.dataset.splits), dataset)
+    else:
+        splits = make_splits(dataset, seed=config.train.seed)
+    if not 0 <= config.dataset.fold < len(splits["folds"]):
+        raise ConfigError(f"dataset.fold={config.dataset.fold} but the splits hold {len(splits['folds'])} fold(s)")
+    return splits
+
+
+def split_cases(dataset: Dataset, splits: dict, fold: int) -> dict[str, list[Case]]:
+    by_id = {c.case_id: c for c in dataset.cases}
+    chosen = {"train": splits["folds"][fold]["train"], "val": splits["folds"][fold]["val"], "test": splits["test"]}
+    return {name: [by_id[i] for i in ids] for name, ids in chosen.items()}
+
+
+def prepare_split(dataset: Dataset, name: str, cases: list[Case], config: Config, progress=None) -> SplitData:
+    if not cases:
+        raise DatasetError(f"the {name} split is empty; make splits with `medlens split` or add data")
+    images = preprocess_cases(dataset, cases, config.data, progress=progress)
+    return SplitData(name, cases, images, label_array(dataset, cases))

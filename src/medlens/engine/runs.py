@@ -1,0 +1,101 @@
+"""The run folder: everything a training run leaves behind, in one place a person can browse.
+
+    runs/NAME/
+      plan.yaml            the resolved configuration, with the reason for each value
+      run.json             status (running / finished), dataset facts, timings, versions
+      card.json            the dataset card from the audit
+      splits.json          the case ids of each split
+      checkpoints/         last.ckpt (resume) and best.ckpt, written atomically
+      weights.pt           the best model's state_dict (what evaluate / predict / export load)
+      calibration.json     temperature and decision threshold fitted on validation
+      metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
+      tensorboard/         TensorBoard event files
+      metrics.json         written by ``medlens evaluate``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medlens._files import write_json_atomic
+from medlens.config import Config, read_plan
+from medlens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    plan = property(lambda self: self.root / "plan.yaml")
+    info = property(lambda self: self.root / "run.json")
+    card = property(lambda self: self.root / "card.json")
+    splits = property(lambda self: self.root / "splits.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.ckpt")
+    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.ckpt")
+    weights = property(lambda self: self.root / "weights.pt")
+    calibration = property(lambda self: self.root / "calibration.json")
+    metrics_csv = property(lambda self: self.root / "metrics.csv")
+    metrics_json = property(lambda self: self.root / "metrics.json")
+
+    def read_info(self) -> dict:
+        try:
+            return json.loads(self.info.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigError(f"{self.root} is not a medlens run folder (no readable run.json); "
+                              "pass the folder `medlens train` created (see its --out)") from None
+
+    def update_info(self, **fields) -> dict:
+        info = self.read_info() if self.info.exists() else {}
+        info.update(fields)
+        write_json_atomic(self.info, info)
+        return info
+
+    def read_config(self) -> Config:
+        if not self.plan.exists():
+            raise ConfigError(f"{self.root}: no plan.yaml; this is not a complete medlens run folder")
+        return read_plan(self.plan)[0]
+
+    def read_calibration(self) -> dict:
+        if not self.calibration.exists():
+            return {"temperature": 1.0, "threshold": 0.5}
+        return json.loads(self.calibration.read_text(encoding="utf-8"))
+
+
+def open_run(path: str | os.PathLike, *, finished: bool = True) -> RunFolder:
+    """An existing run folder; ``finished`` requires trained weights."""
+    run = RunFolder(Path(path))
+    if not run.root.is_dir():
+        raise ConfigError(f"{run.root}: no such run folder; train one with `medlens train DATA --out {run.root}`")
+    info = run.read_info()
+    if finished and not run.weights.exists():
+        raise ConfigError(f"{run.root}: training did not finish (status {info.get('status', 'unknown')}); "
+                          f"continue it with `medlens train --resume {run.root}`")
+    return run
+
+
+def new_run(out: str | os.PathLike | None, name_hint: str, runs_root: Path = Path("runs")) -> RunFolder:
+    """Create a fresh run folder. An existing non-empty folder is never reused (use ``--resume``)."""
+    if out is None:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", name_hint).strip("-") or "run"
+        out = runs_root / stem
+        k = 2
+        while out.exists() and any(out.iterdir()):
+            out, k = runs_root / f"{stem}-{k}", k + 1
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} already holds a run; choose another --out, or continue it with "
+                          f"`medlens train --resume {root}`")
+    root.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(root)
+    run.update_info(medlens_run_version=1, status="created", created=now())
+    return run
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,217 @@
+"""Self-configuration for classification: from a dataset card to a plan with a reason per value.
+
+Rules are written as small functions over the card (what the audit measured) so each choice can
+be read, tested and explained. The epoch count is not a guess: the chosen network is timed for
+a few steps on this machine and the epochs that fit the time budget are planned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+
+from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
+                            TrainSection)
+from medlens.errors import DatasetError
+
+DEFAULT_BUDGET_S = {"cpu": 600.0, "gpu": 1800.0}
+
+
+def plan_classification(card: dict, *, time_budget_s: float | None = None, device: str = "cpu",
+                        probe: bool = True) -> tuple[Config, dict[str, str]]:
+    """Choose every setting for ``card``'s dataset; returns the config and ``{"section.key": reason}``.
+
+    Args:
+        card: from :func:`medlens.data.audit.inspect_dataset`.
+        time_budget_s: training time to plan for; default 10 min on CPU, 30 min on GPU.
+        device: ``"cpu"`` or ``"gpu"`` (what training will run on).
+        probe: time the network to set the epoch count (off in unit tests of the rules).
+    """
+    reasons: dict[str, str] = {}
+    dataset = _dataset_section(card, reasons)
+    data = _data_section(card, dataset, device, reasons)
+    model = _model_section(dataset, data, device, reasons)
+    budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
+    train = _train_section(card, dataset, data, model, budget, device, probe, reasons)
+    augment = _augment_section(card, dataset, reasons)
+    config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train,
+                    evaluate=EvaluateSection())
+    reasons.setdefault("evaluate.n_bootstrap", "1000 bootstrap resamples (patients when known) for 95% CIs")
+    return config, reasons
+
+
+def _dataset_section(card: dict, reasons: dict) -> DatasetSection:
+    described = card["dataset"]
+    task = described["task"]
+    if task == "segmentation":
+        raise DatasetError(f"{described['source']} is a segmentation dataset; classification plans need labels")
+    if not described.get("spatial_dims"):
+        raise DatasetError(f"{described['source']}: no readable image, so nothing to plan; run `medlens inspect`")
+    reasons["dataset.task"] = f"from the {described['layout']} layout"
+    return DatasetSection(source=described["source"], layout=described["layout"], task=task,
+                          class_names=tuple(described["class_names"]), spatial_dims=int(described["spatial_dims"]),
+                          modality=str(described.get("modality") or ""), fingerprint=card.get("fingerprint", ""))
+
+
+def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dict) -> DataSection:
+    images, dims = card["images"], dataset.spatial_dims
+    median = [int(round(images["shape"][f"axis{a}"]["median"])) for a in range(dims)]
+    cap = {2: {"cpu": 128, "gpu": 224}, 3: {"cpu": 64, "gpu": 96}}[dims][device]
+    side = max(median)
+    if side <= 64:
+        size, why = tuple(median), f"native size (median {'x'.join(map(str, median))}); small enough to keep"
+    else:
+        target = min(cap, 8 * round(side / 8))
+        size, why = (target,) * dims, f"median size {'x'.join(map(str, median))} resized to {target} ({device} cap {cap})"
+    reasons["data.input_size"] = why
+    channel_counts = Counter({int(k): v for k, v in images["channels"].items()})
+    channels = channel_counts.most_common(1)[0][0]
+    reasons["data.channels"] = f"{channels} channel(s) in {channel_counts[channels]} of {sum(channel_counts.values())} images"
+    normalization, intensity_range = _normalization(card, dataset, reasons)
+    return DataSection(input_size=size, channels=channels, normalization=normalization,
+                       intensity_range=intensity_range)
+
+
+def _normalization(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, tuple[float, ...]]:
+    intensity, dtypes = card["images"]["intensity"], card["images"]["dtypes"]
+    if "CT" in dataset.modality.upper().split(", "):
+        low = max(float(intensity["percentiles"]["0.5"]), -1024.0)
+        high = min(float(intensity["percentiles"]["99.5"]), 3071.0)
+        reasons["data.normalization"] = "CT: window the Hounsfield units to the 0.5-99.5 percentiles, scaled to [0, 1]"
+        reasons["data.intensity_range"] = "HU window from the audit's intensity percentiles"
+        return "ct_window", (round(low, 1), round(high, 1))
+    if set(dtypes) <= {"uint8"}:
+        reasons["data.normalization"] = "8-bit images: fixed scaling 0..255 -> [0, 1] keeps brightness comparable"
+        reasons["data.intensity_range"] = "the 8-bit range"
+        return "scale01", (0.0, 255.0)
+    reasons["data.normalization"] = f"{'/'.join(sorted(dtypes))} intensities without a fixed scale: z-score per image"
+    return "zscore", ()
+
+
+# Default network per (dimensionality, small input, device): measured on the 2-core CPU for speed
+# (see benchmarks/medmnist.py), MedMNIST's ResNet-18 for the GPU.
+MODEL_CHOICES = {
+    (2, True, "cpu"): ("resnet18_2d", 0.25), (2, False, "cpu"): ("resnet18_2d", 0.5),
+    (2, True, "gpu"): ("resnet18_2d", 1.0), (2, False, "gpu"): ("resnet18_2d", 1.0),
+    (3, True, "cpu"): ("resnet18_3d", 0.25), (3, False, "cpu"): ("resnet18_3d", 0.5),
+    (3, True, "gpu"): ("resnet18_3d", 1.0), (3, False, "gpu"): ("resnet18_3d", 1.0),
+}
+
+
+def _model_section(dataset: DatasetSection, data: DataSection, device: str, reasons: dict) -> ModelSection:
+    small = max(data.input_size) <= 64
+    name, width = MODEL_CHOICES[(dataset.spatial_dims, small, device)]
+    reasons["model.name"] = (f"ResNet-18 ({dataset.spatial_dims}D){' with the small-input stem' if small else ''}: "
+                             "the MedMNIST reference network")
+    reasons["model.width"] = f"width {width}: {'fits the CPU time budget' if device == 'cpu' else 'full width on GPU'}"
+    reasons["model.dropout"] = "no dropout: augmentation and weight decay regularise"
+    return ModelSection(name=name, width=width, dropout=0.0)
+
+
+def _batch_size(data: DataSection, dims: int) -> int:
+    voxels = int(np.prod(data.input_size)) * data.channels
+    for batch in (128, 64, 32, 16, 8):
+        if batch * voxels <= 128 * 28 * 28 * 28 // (1 if dims == 3 else 4):
+            return batch
+    return 4
+
+
+def _train_section(card, dataset, data, model, budget_s, device, probe, reasons) -> TrainSection:
+    train_n = _split_count(card, "train")
+    batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 32) / 4))))
+    reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
+    loss, sampler = _imbalance(card, dataset, reasons)
+    epochs = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
+    reasons["train.optimizer"] = "AdamW: robust default without per-dataset tuning"
+    reasons["train.lr"] = "1e-3 with cosine decay, per-step"
+    reasons["train.patience"] = "stop when validation AUC has not improved for a quarter of the epochs"
+    reasons["train.time_budget_s"] = "hard stop; the epoch count above was planned to fit it"
+    reasons["train.precision"] = "mixed precision on GPU, 32-bit on CPU"
+    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+                        schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
+                        monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto")
+
+
+def _split_count(card: dict, split: str) -> int:
+    by_split = card["counts"]["by_split"]
+    if split in by_split:
+        counts = by_split[split]
+        return int(counts.get("cases") or sum(v for k, v in counts.items() if k != "cases"))
+    total = card["counts"]["total"]
+    n = int(total.get("cases") or sum(v for k, v in total.items() if k != "cases"))
+    return int(n * 0.64)  # generated splits: 80% of the 80% left after the test split
+
+
+def _imbalance(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, str]:
+    if dataset.task == "multilabel":
+        reasons["train.loss"] = "multi-label: one sigmoid per label, binary cross-entropy"
+        return "bce", "shuffle"
+    counts = card["counts"]["by_split"].get("train") or card["counts"]["total"]
+    sizes = [counts.get(name, 0) for name in dataset.class_names]
+    ratio = max(sizes) / max(min(sizes), 1)
+    if ratio > 10:
+        reasons["train.loss"] = f"classes skewed {ratio:.1f}:1 -> cross-entropy on class-balanced batches"
+        reasons["train.sampler"] = "weighted sampler draws every class equally often"
+        return "ce", "weighted"
+    if ratio > 1.5:
+        reasons["train.loss"] = f"classes skewed {ratio:.1f}:1 -> cross-entropy weighted by inverse class frequency"
+        reasons["train.sampler"] = "plain shuffling; the loss weights handle the imbalance"
+        return "weighted_ce", "shuffle"
+    reasons["train.loss"] = f"classes balanced ({ratio:.1f}:1) -> plain cross-entropy"
+    reasons["train.sampler"] = "plain shuffling"
+    return "ce", "shuffle"
+
+
+def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons) -> int:
+    steps = max(train_n // batch, 1)
+    if not probe:
+        reasons["train.max_epochs"] = "default (the network was not timed)"
+        return 30
+    step_s = time_training_step(model, data, dataset, batch, device)
+    epoch_s = steps * step_s * 1.15  # validation and bookkeeping
+    epochs = int(np.clip(0.85 * budget_s // epoch_s, 3, 100))
+    reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms); "
+                                   f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..100)")
+    return epochs
+
+
+def time_training_step(model_section: ModelSection, data: DataSection, dataset: DatasetSection, batch: int,
+                       device: str, repeats: int = 3) -> float:
+    """Seconds per optimisation step of the planned network on random input (median of ``repeats``)."""
+    import torch
+
+    from medlens.models import build_classifier
+
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    net = build_classifier(model_section.name, in_channels=data.channels, num_classes=max(len(dataset.class_names), 2),
+                           input_size=tuple(data.input_size), width=model_section.width).to(torch_device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
+    y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _augment_section(card: dict, dataset: DatasetSection, reasons: dict) -> AugmentSection:
+    train_n = _split_count(card, "train")
+    strong = train_n < 2000
+    reasons["augment.flip_axes"] = "left-right mirroring (axis 0); add axes if anatomy allows"
+    reasons["augment.rotate_deg"] = f"{'15' if strong else '10'} degrees: small in-plane tilt"
+    reasons["augment.scale"] = "+/-10% zoom"
+    reasons["augment.translate"] = "shift up to 5% of the size"
+    reasons["augment.intensity"] = "+/-10% brightness/contrast"
+    reasons["augment.probability"] = (f"{'stronger' if strong else 'moderate'} augmentation: "
+                                      f"{train_n} training cases")
+    return AugmentSection(flip_axes=(0,), rotate_deg=15.0 if strong else 10.0, scale=0.1, translate=0.05,
+                          intensity=0.1, noise_std=0.0, probability=0.7 if strong else 0.5)

@@ -1,0 +1,132 @@
+"""The LightningModule for classification: a training step that reads top to bottom.
+
+Batches arrive preprocessed; augmentation runs on the batch, on the training device. Every
+random draw of epoch *e* comes from ``(seed, e)``, so a run resumed from its epoch-*e*
+checkpoint retraces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from medlens.config import Config
+from medlens.tasks.losses import build_loss
+from medlens.transforms import BatchAugment
+
+
+class ClassificationModule(pl.LightningModule):
+    """Wraps a registry :class:`~medlens.models.Classifier` with its loss, augmentation and optimiser.
+
+    Args:
+        model: ``forward(x (B, C, *spatial)) -> logits (B, K)``.
+        config: the run's resolved configuration.
+        class_weights: ``(K,)`` loss weights (weighted CE / focal) or BCE positive weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.config = model, config
+        self.multilabel = config.dataset.task == "multilabel"
+        self.loss = build_loss(config.train.loss, multilabel=self.multilabel, class_weights=class_weights,
+                               label_smoothing=config.train.label_smoothing)
+        self.augment = BatchAugment(config.augment, config.dataset.spatial_dims)
+        self.generator: torch.Generator | None = None
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---- training ---------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        seed, epoch = self.config.train.seed, self.current_epoch
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout and anything else drawing from torch
+        self.generator = torch.Generator(device=self.device).manual_seed(seed * 100_019 + epoch + 1)
+        self._set_backbone_trainable(epoch >= self.config.train.freeze_epochs)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        x = self.augment(x, self.generator)
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    # ---- validation -------------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        loss_sum = self.loss(logits, y).detach() * len(x)
+        self._val_outputs.append((logits.detach().float().cpu(), y.cpu(), loss_sum.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        logits = torch.cat([o[0] for o in self._val_outputs])
+        targets = torch.cat([o[1] for o in self._val_outputs])
+        loss = float(sum(o[2] for o in self._val_outputs)) / len(targets)
+        self._val_outputs.clear()
+        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        self.log_dict({"val_loss": loss, "val_auc": quick_auc(targets.numpy(), probs.numpy(), self.multilabel),
+                       "val_accuracy": quick_accuracy(targets.numpy(), probs.numpy(), self.multilabel)},
+                      prog_bar=True, sync_dist=False)
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.config.train
+        head = list(self.model.head_parameters())
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
+        groups = [{"params": backbone, "lr": t.lr}, {"params": head, "lr": t.lr}]
+        if t.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        freeze_steps = t.freeze_epochs * steps_per_epoch
+        shape = lambda step: schedule_factor(t.schedule, step, total)  # noqa: E731
+        after = lambda step: 1.0 if step < freeze_steps or not freeze_steps else t.finetune_lr_factor  # noqa: E731
+        lambdas = [lambda s: 0.0 if s < freeze_steps else shape(s) * after(s), lambda s: shape(s) * after(s)]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        head_ids = {id(p) for p in self.model.head_parameters()}
+        for p in self.model.parameters():
+            if id(p) not in head_ids:
+                p.requires_grad_(trainable)
+
+
+def schedule_factor(kind: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``: cosine decay, one-cycle (warm-up then cosine), constant."""
+    progress = min(step / total, 1.0)
+    if kind == "constant":
+        return 1.0
+    if kind == "onecycle":
+        warm = 0.3
+        if progress < warm:
+            return 0.04 + 0.96 * progress / warm
+        progress = (progress - warm) / (1 - warm)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def quick_auc(targets: np.ndarray, probs: np.ndarray, multilabel: bool) -> float:
+    """Macro one-vs-rest AUC over the classes present (nan when only one class is present)."""
+    from sklearn.metrics import roc_auc_score
+
+    onehot = targets if multilabel else np.eye(probs.shape[1])[targets]
+    scores = [roc_auc_score(onehot[:, k], probs[:, k]) for k in range(probs.shape[1])
+              if 0 < onehot[:, k].sum() < len(onehot)]
+    if probs.shape[1] == 2 and not multilabel:
+        scores = scores[1:]  # binary: the positive class's AUC (the negative's is the same)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def quick_accuracy(targets: np.ndarray, probs: np.ndarray, multilabel: bool) -> float:
+    if multilabel:
+        return float(((probs >= 0.5) == (targets >= 0.5)).mean())
+    return float((probs.argmax(1) == targets).mean())
