@@ -43,5 +43,8 @@ def run(args) -> int:
     run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
                        time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                        strategy=args.strategy, image_root=args.image_root, progress_bar=not args.no_progress)
-    print(f"trained: {run_folder.root}  (next: medlens evaluate {run_folder.root})")
+    import os
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # DDP workers stay quiet
+        print(f"trained: {run_folder.root}  (next: medlens evaluate {run_folder.root})")
     return 0

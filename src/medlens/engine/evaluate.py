@@ -75,12 +75,25 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     if config.evaluate.baseline if baseline is None else baseline:
         doc["baseline"] = _baseline(dataset, cases, config, data, common)
     doc["seconds"] = round(time.perf_counter() - started, 2)
-    write_json_atomic(run.metrics_json, doc)
+    write_json_atomic(run.metrics_json, json_safe(doc))
     write_text_atomic(run.root / f"predictions_{split}.csv", predictions_csv(data, probs, names))
     log(format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)"))
     log(_summary_lines(doc))
     log(f"metrics written to {run.metrics_json}")
     return doc
+
+
+def json_safe(value):
+    """NaN / infinity -> ``None`` so the file is strict JSON (browsers and ``jq`` reject ``NaN``)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _baseline(dataset, cases, config: Config, test: SplitData, common: dict) -> dict:

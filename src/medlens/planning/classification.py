@@ -178,8 +178,12 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
 
 
 def time_training_step(model_section: ModelSection, data: DataSection, dataset: DatasetSection, batch: int,
-                       device: str, repeats: int = 3) -> float:
-    """Seconds per optimisation step of the planned network on random input (median of ``repeats``)."""
+                       device: str, repeats: int = 4, warmup: int = 2) -> float:
+    """Seconds per optimisation step of the planned network on random input.
+
+    The fastest of ``repeats`` timed steps after ``warmup`` untimed ones (the first steps pay for
+    allocator and kernel set-up; the minimum is robust to other processes' load).
+    """
     import torch
 
     from medlens.models import build_classifier
@@ -191,16 +195,16 @@ def time_training_step(model_section: ModelSection, data: DataSection, dataset: 
     x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
     y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
     times = []
-    for i in range(repeats + 1):
+    for i in range(repeats + warmup):
         start = time.perf_counter()
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
         if torch_device.type == "cuda":
             torch.cuda.synchronize()
-        if i:  # the first step warms up allocators and kernels
+        if i >= warmup:
             times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(min(times))
 
 
 def _augment_section(card: dict, dataset: DatasetSection, reasons: dict) -> AugmentSection:

@@ -52,7 +52,7 @@ class ClassificationModule(pl.LightningModule):
         x = self.augment(x, self.generator)
         logits = self.model(x)
         loss = self.loss(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
 
     # ---- validation -------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class ClassificationModule(pl.LightningModule):
         probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
         self.log_dict({"val_loss": loss, "val_auc": quick_auc(targets.numpy(), probs.numpy(), self.multilabel),
                        "val_accuracy": quick_accuracy(targets.numpy(), probs.numpy(), self.multilabel)},
-                      prog_bar=True, sync_dist=False)
+                      prog_bar=True, sync_dist=True)  # every rank scores the whole validation split
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
