@@ -24,7 +24,13 @@ demo: setup
 	$(VENV)/bin/medlens split $(DEMO_DIR)/classification.csv --folds 3 --out $(DEMO_DIR)/splits_classification.json
 	$(VENV)/bin/medlens inspect $(DEMO_DIR)/segmentation --out $(DEMO_DIR)/card_segmentation.json
 	$(VENV)/bin/medlens info $(DEMO_DIR)/dicom/series_001
-	@echo "demo: dataset cards and splits are in $(DEMO_DIR)/"
+	$(VENV)/bin/medlens plan $(DEMO_DIR)/classification.csv --time-budget 90s --out $(DEMO_DIR)/plan.yaml
+	rm -rf $(DEMO_DIR)/run
+	$(VENV)/bin/medlens train $(DEMO_DIR)/classification.csv --plan $(DEMO_DIR)/plan.yaml --out $(DEMO_DIR)/run
+	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/run
+	$(VENV)/bin/medlens predict $(DEMO_DIR)/run $(DEMO_DIR)/new_studies --out $(DEMO_DIR)/run/new_studies.csv
+	@echo "demo: cards and splits in $(DEMO_DIR)/; the trained run (plan, checkpoints, metrics.json,"
+	@echo "      metrics.csv, predictions) in $(DEMO_DIR)/run/; the truth for new_studies in $(DEMO_DIR)/new_studies/answers.csv"
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -34,6 +40,7 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/io.py
+	$(PY) benchmarks/medmnist.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -43,6 +43,7 @@ def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volum
     try:
         rng = np.random.default_rng(seed)
         _write_classification(staging, rng, patients)
+        _write_new_studies(staging / "new_studies", np.random.default_rng(seed + 1))
         _write_segmentation(staging / "segmentation", rng, volumes)
         _write_dicom(staging / "dicom" / "series_001", rng)
         (staging / MARKER).write_text(f"medlens demo data, seed {seed}\n")
@@ -94,6 +95,17 @@ def _write_classification(root: Path, rng: np.random.Generator, patients: int) -
         writer = csv.DictWriter(f, fieldnames=["image", "label", "patient_id"])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _write_new_studies(folder: Path, rng: np.random.Generator, count: int = 4) -> None:
+    """Studies outside the dataset, for trying ``medlens predict``; ``answers.csv`` holds their truth."""
+    rows = []
+    for k in range(count):
+        label = "lesion" if k % 2 == 0 else "normal"
+        image = Image(chest_image(rng, lesion=label == "lesion").T[None], (0.6, 0.6), (0.0, 0.0), identity_direction(2))
+        write_image(image, folder / f"study_{k + 1:02d}.png")
+        rows.append(f"study_{k + 1:02d}.png,{label}")
+    (folder / "answers.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
 
 
 def lesion_volume(rng: np.random.Generator, shape=(48, 48, 32), spacing=(0.8, 0.8, 1.5)):

@@ -25,7 +25,7 @@ class EpochCSV(pl.Callback):
         self.path, self.start = Path(path), time.perf_counter()
         self.elapsed_before = 0.0
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:  # after a checkpoint restored the epoch
         if trainer.global_rank != 0:
             return
         rows = read_epoch_rows(self.path)

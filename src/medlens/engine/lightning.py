@@ -44,6 +44,7 @@ def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
 
 def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy: str = "auto",
                   progress_bar: bool = True) -> tuple[pl.Trainer, ModelCheckpoint]:
+    _quiet_lightning()
     t = config.train
     mode = "min" if t.monitor == "val_loss" else "max"
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=t.monitor, mode=mode, save_last=True,
@@ -60,6 +61,18 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
         use_distributed_sampler=False, enable_progress_bar=progress_bar, enable_model_summary=False,
         log_every_n_steps=10, default_root_dir=run.root)
     return trainer, best
+
+
+def _quiet_lightning() -> None:
+    """Keep the terminal for what matters: no tips, no warnings about choices medlens made on purpose."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # data are preprocessed in memory
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def _tensorboard(run: RunFolder):

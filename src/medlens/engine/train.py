@@ -147,6 +147,8 @@ def _fit(run, config, dataset, splits, *, init_from, devices, strategy, checkpoi
         run.update_info(status="running", started=now(), dataset=config.dataset.source, task=config.dataset.task,
                         transfer=transfer, prepare_seconds=round(time.perf_counter() - started, 2))
     trainer.fit(module, *loaders, ckpt_path=checkpoint)
+    if trainer.global_rank == 0 and trainer.world_size > 1:
+        run.update_info(world_size=trainer.world_size, backend=torch.distributed.get_backend())
     if trainer.global_rank != 0:
         return run
     if trainer.interrupted:

@@ -170,7 +170,7 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
         reasons["train.max_epochs"] = "default (the network was not timed)"
         return 30
     step_s = time_training_step(model, data, dataset, batch, device)
-    epoch_s = steps * step_s * 1.15  # validation and bookkeeping
+    epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
     epochs = int(np.clip(0.85 * budget_s // epoch_s, 3, 100))
     reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms); "
                                    f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..100)")

@@ -1,0 +1,175 @@
+"""plan -> train -> evaluate -> predict through the CLI on the demo data; resume after kill -9; DDP; bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
+
+
+def medlens(*argv, env=None, **kwargs) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "medlens.cli", *map(str, argv)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dir) -> Path:
+    """One short run on the demo CSV, shared by the tests that only read it."""
+    from medlens.cli import main
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", str(demo_dir / "classification.csv"), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_plan_writes_an_editable_plan_with_reasons(cli, demo_dir, tmp_path):
+    result = cli("plan", demo_dir / "classification.csv", "--out", tmp_path / "plan.yaml", "--time-budget", "30s",
+                 "--set", "model.width=0.5")
+    assert result.rc == 0, result.err
+    from medlens.config import read_plan
+
+    config, reasons = read_plan(tmp_path / "plan.yaml")
+    assert config.dataset.task == "binary" and config.dataset.class_names == ("normal", "lesion")
+    assert config.data.input_size == (64, 64) and config.data.normalization == "scale01"
+    assert config.model.width == 0.5 and reasons["model.width"] == "set on the command line"
+    assert "s per epoch measured here" in reasons["train.max_epochs"]
+    assert 3 <= config.train.max_epochs <= 100 and config.train.time_budget_s == 30.0
+
+
+def test_train_leaves_a_complete_run_folder(trained):
+    info = json.loads((trained / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_run"] == 3
+    for name in ("plan.yaml", "card.json", "splits.json", "weights.pt", "calibration.json", "metrics.csv",
+                 "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (trained / name).is_file(), name
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["train_loss"]) > 0 and 0 <= float(r["val_auc"]) <= 1 for r in rows)
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(trained.rglob("*.tmp"))
+    calibration = json.loads((trained / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and 0 <= calibration["threshold"] <= 1
+
+
+def test_evaluate_writes_strict_json_with_cis_calibration_and_baseline(cli, trained):
+    result = cli("evaluate", trained, "--bootstrap", "50")
+    assert result.rc == 0, result.err
+    doc = json.loads((trained / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    auc = doc["metrics"]["auc"]
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    assert doc["n_cases"] == 32 and doc["grouped_by"] == "patient" and doc["metrics"]["n_groups"] == 16
+    assert {"ece_before", "ece_after", "temperature"} <= set(doc["calibration"])
+    assert {"auc", "acc"} <= set(doc["medmnist_protocol"]) and "k" in doc["baseline"]
+    assert "metrics_youden" in doc
+    assert "accuracy" in result.out and "baseline k-NN" in result.out
+    predictions = list(csv.DictReader(open(trained / "predictions_test.csv")))
+    assert len(predictions) == 32 and {"p_normal", "p_lesion"} <= set(predictions[0])
+
+
+def test_predict_new_files_uses_the_runs_preprocessing(cli, trained, demo_dir, tmp_path):
+    out = tmp_path / "new.csv"
+    result = cli("predict", trained, demo_dir / "new_studies", "--out", out)
+    assert result.rc == 0, result.out
+    rows = list(csv.DictReader(open(out)))
+    assert [Path(r["path"]).name for r in rows] == [f"study_{k:02d}.png" for k in range(1, 5)]
+    for row in rows:
+        assert row["predicted"] in ("normal", "lesion")
+        assert abs(float(row["p_normal"]) + float(row["p_lesion"]) - 1) < 1e-4
+
+
+def test_predict_reports_an_unreadable_file_and_goes_on(cli, trained, demo_dir, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    result = cli("predict", trained, bad, demo_dir / "new_studies" / "study_01.png")
+    assert result.rc == 1
+    assert "broken.png: error" in result.out and "study_01.png: " in result.out
+
+
+def test_an_existing_run_folder_is_never_overwritten(cli, trained, demo_dir):
+    before = (trained / "weights.pt").stat().st_mtime_ns
+    result = cli("train", demo_dir / "classification.csv", "--out", trained, *FAST)
+    assert result.rc == 2 and "already holds a run" in result.err and "--resume" in result.err
+    assert (trained / "weights.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_epoch=3", "did you mean `max_epochs`"),
+    ("model.name=resnet18_3d", "does not take 2D data"),
+    ("train.loss=bce", "does not fit a single-label task"),
+    ("model.name=resnet19_2d", "did you mean"),
+])
+def test_bad_plan_values_fail_before_training(cli, demo_dir, tmp_path, override, message):
+    result = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "run", "--set", override, *FAST)
+    assert result.rc == 2 and message in result.err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_class_without_training_examples_is_refused(cli, demo_dir, tmp_path):
+    rows = list(csv.DictReader(open(demo_dir / "classification.csv")))
+    for row in rows:
+        row["image"] = str(demo_dir / row["image"])
+        row["split"] = "test" if row["label"] == "lesion" else ""
+    manifest = tmp_path / "skewed.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = cli("train", manifest, "--out", tmp_path / "run", *FAST)
+    assert result.rc == 2 and "no training" in result.err
+
+
+def test_init_from_reinitialises_the_head_and_refuses_another_network(cli, trained, demo_dir, tmp_path):
+    result = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "tl", "--init-from", trained,
+                 "--set", "train.freeze_epochs=1", "--set", "train.max_epochs=2", "--no-progress")
+    assert result.rc == 0, result.err
+    assert json.loads((tmp_path / "tl" / "run.json").read_text())["transfer"]["loaded"] > 0
+    other = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "other", "--init-from", trained,
+                "--set", "model.name=seedcnn_2d", *FAST)
+    assert other.rc == 2 and "another network or task" in other.err
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "weights.pt", weights_only=True)
+
+
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, tmp_path):
+    args = ["train", demo_dir / "classification.csv", "--set", "train.max_epochs=6", "--set", "train.patience=50",
+            "--set", "data.input_size=[96,96]", "--no-progress"]
+    env = {"OMP_NUM_THREADS": "1"}
+    assert medlens(*args, "--out", tmp_path / "whole", env=env).returncode == 0
+    victim = subprocess.Popen([sys.executable, "-m", "medlens.cli", *map(str, args), "--out", tmp_path / "killed"],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
+    resumed = medlens("train", "--resume", tmp_path / "killed", "--no-progress", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    whole, killed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert all(torch.allclose(whole[k].float(), killed[k].float(), atol=1e-5) for k in whole)
+    rows = lambda run: [(r["epoch"], r["val_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
+    assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
+
+
+def test_ddp_with_two_cpu_processes_on_gloo(demo_dir, tmp_path):
+    result = medlens("train", demo_dir / "classification.csv", "--out", tmp_path / "ddp", "--devices", "2",
+                     "--strategy", "ddp", "--set", "train.max_epochs=2", "--no-progress", env={"OMP_NUM_THREADS": "1"},
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
+    info = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["status"] == "finished" and info["world_size"] == 2 and info["backend"] == "gloo"
+    assert len(list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))) == 2
