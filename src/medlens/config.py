@@ -182,8 +182,13 @@ def convert_value(value, hint, where: str):
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if hint is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        if hint in (int, float) and isinstance(value, bool):
             raise ValueError
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if hint is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
+            raise ConfigError(f"{where}: expected text, found the boolean {value!r} (YAML reads no/yes/on/off as "
+                              "booleans); quote the value, e.g. 'no'")
         return hint(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {hint.__name__}, found {value!r}") from None
@@ -223,7 +228,16 @@ def render_plan(config: Config, reasons: dict[str, str], header: str = "") -> st
     return "\n".join(lines) + "\n"
 
 
-_COMMENT = re.compile(r"^  (\w+):.*?\s#\s(.*)$")
+_KEY_LINE = re.compile(r"^  (\w+):(.*)$")
+
+
+def _reason(rest: str) -> str | None:
+    """The end-of-line comment of a YAML value: the first `` # `` outside quotes."""
+    for match in re.finditer(r"\s#\s", rest):
+        before = rest[:match.start()]
+        if before.count("'") % 2 == 0 and before.count('"') % 2 == 0:
+            return rest[match.end():].strip()
+    return None
 
 
 def read_plan(path: str | Path) -> tuple[Config, dict[str, str]]:
@@ -239,6 +253,6 @@ def read_plan(path: str | Path) -> tuple[Config, dict[str, str]]:
     for line in text.splitlines():
         if re.match(r"^\w+:\s*$", line):
             section = line.rstrip(":").strip()
-        elif section and (match := _COMMENT.match(line)):
-            reasons[f"{section}.{match.group(1)}"] = match.group(2).strip()
+        elif section and (match := _KEY_LINE.match(line)) and (reason := _reason(match.group(2))):
+            reasons[f"{section}.{match.group(1)}"] = reason
     return config, reasons

@@ -56,6 +56,7 @@ class Preprocessor:
             low, high = self.data.intensity_range
             return np.clip((array - low) / max(high - low, 1e-8), 0.0, 1.0)
         if kind == "zscore":
+            array = np.where(np.isfinite(array), array, np.nan)  # one inf voxel must not blank the image
             axes = tuple(range(1, array.ndim))
             mean = np.nanmean(array, axis=axes, keepdims=True)
             std = np.nanstd(array, axis=axes, keepdims=True)
