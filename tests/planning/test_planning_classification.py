@@ -136,13 +136,14 @@ def test_2d_small_input_on_cpu_gets_a_narrow_resnet():
     assert config.dataset.spatial_dims == 2
 
 
-def test_3d_card_gets_the_3d_resnet():
+def test_3d_card_gets_a_3d_network_fast_on_cpu_and_the_resnet_on_gpu():
     config, reasons = plan(card(shape=(28, 28, 28), dtypes=("float32",)))
 
-    assert config.model.name == "resnet18_3d"
+    assert config.model.name == "seedcnn_3d" and config.model.width == 0.5
     assert config.dataset.spatial_dims == 3
     assert config.data.input_size == (28, 28, 28)
-    assert "3D" in reasons["model.name"]
+    assert "3D" in reasons["model.name"] and config.train.batch_size == 32
+    assert plan(card(shape=(28, 28, 28), dtypes=("float32",)), device="gpu")[0].model.name == "resnet18_3d"
 
 
 def test_large_2d_on_cpu_gets_width_half_and_on_gpu_full():
