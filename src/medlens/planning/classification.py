@@ -125,7 +125,7 @@ def _batch_size(data: DataSection, dims: int) -> int:
 
 def _train_section(card, dataset, data, model, budget_s, device, probe, reasons) -> TrainSection:
     train_n = _split_count(card, "train")
-    batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 32) / 4))))
+    batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 128) / 16))))  # >= ~16 steps per epoch
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
     loss, sampler = _imbalance(card, dataset, reasons)
     epochs = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
