@@ -173,3 +173,24 @@ def test_ddp_with_two_cpu_processes_on_gloo(demo_dir, tmp_path):
     info = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert info["status"] == "finished" and info["world_size"] == 2 and info["backend"] == "gloo"
     assert len(list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))) == 2
+
+
+def test_multilabel_manifest_trains_with_bce_and_evaluates_per_label(cli, demo_dir, tmp_path):
+    rows = list(csv.DictReader(open(demo_dir / "classification.csv")))
+    manifest = tmp_path / "multilabel.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "patient_id"])
+        writer.writeheader()
+        for row in rows:
+            extra = ";marker" if int(row["patient_id"][1:]) % 3 == 0 else ""
+            writer.writerow({"image": demo_dir / row["image"], "label": row["label"] + extra,
+                             "patient_id": row["patient_id"]})
+    assert cli("train", manifest, "--out", tmp_path / "ml", "--set", "train.max_epochs=2", "--no-progress").rc == 0
+    from medlens.config import read_plan
+
+    assert read_plan(tmp_path / "ml" / "plan.yaml")[0].train.loss == "bce"
+    assert cli("evaluate", tmp_path / "ml", "--bootstrap", "30").rc == 0
+    doc = json.loads((tmp_path / "ml" / "metrics.json").read_text())
+    assert set(doc["metrics"]["per_class"]) == {"lesion", "marker", "normal"}
+    result = cli("predict", tmp_path / "ml", demo_dir / "new_studies" / "study_01.png")
+    assert result.rc == 0 and "marker=" in result.out
