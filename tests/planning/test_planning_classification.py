@@ -237,7 +237,8 @@ def test_default_budget_depends_on_the_device():
 
 
 @pytest.mark.parametrize(("train", "shape", "batch"), [
-    ({"normal": 50, "lesion": 50}, (28, 28), 16),  # 2 ** int(log2(100 / 4)) = 16
+    ({"normal": 50, "lesion": 50}, (28, 28), 8),  # 2 ** int(log2(128 / 16)) = 8: ~16 steps per epoch
+    ({"normal": 300, "lesion": 300}, (28, 28), 32),  # 2 ** int(log2(600 / 16)) = 32
     ({"normal": 5000, "lesion": 5000}, (28, 28), 128),  # memory allows 128 at 28x28
     ({"normal": 5000, "lesion": 5000}, (512, 512), 32),  # 128x128 inputs: 32 fit
     ({"normal": 4, "lesion": 4}, (28, 28), 8),  # at least 8

@@ -123,7 +123,7 @@ class MobileNet(nn.Module):
 
     Stem conv3x3 (32), five stages of inverted residuals (expansion, channels, blocks) given by
     ``stages``, then a 1x1 conv to 512 channels and global pooling. The stem and the first block of
-    stages 2-5 may halve the image (see :func:`downsample_flags`).
+    every stage but the first may halve the image (see :func:`downsample_flags`).
 
     Args:
         spatial_dims: 2 or 3.

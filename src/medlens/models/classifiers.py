@@ -13,6 +13,7 @@ choice MedMNIST made for its 28x28 baselines, so they are not downsampled to not
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def build_classifier(
     spatial_dims = int(name.rsplit("_", 1)[1][:-1])
     input_size = _check_input_size(name, spatial_dims, input_size)
     _check_numbers(name, in_channels=in_channels, num_classes=num_classes, width=width, dropout=dropout)
+    in_channels, num_classes = int(in_channels), int(num_classes)
     backbone = builder(spatial_dims=spatial_dims, in_channels=in_channels, input_size=input_size, width=width)
     return Classifier(
         backbone, name=name, in_channels=in_channels, num_classes=num_classes,
@@ -147,8 +149,9 @@ def build_classifier(
 
 def _check_input_size(name: str, spatial_dims: int, input_size: Sequence[int]) -> tuple[int, ...]:
     size = tuple(input_size)
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+    if not all(_is_whole(s) for s in size):
         raise ConfigError(f"input_size must be whole numbers of voxels, got {size} for `{name}`")
+    size = tuple(int(s) for s in size)
     if len(size) != spatial_dims:
         raise ConfigError(_dims_message(name, spatial_dims, size))
     if min(size) < MIN_INPUT:
@@ -175,11 +178,11 @@ def _dims_message(name: str, spatial_dims: int, size: tuple[int, ...]) -> str:
 
 def _check_numbers(name: str, *, in_channels: int, num_classes: int, width: float, dropout: float) -> None:
     for label, value in (("in_channels", in_channels), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_whole(value) or value < 1:
             raise ConfigError(f"{label} must be a whole number >= 1, got {value!r} for `{name}`")
-    if not 0.0 <= dropout < 1.0:
+    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout is a probability in [0, 1), got {dropout!r} for `{name}`")
-    if not width > 0:
+    if not isinstance(width, numbers.Real) or not width > 0:
         raise ConfigError(f"width multiplies channel counts and must be > 0, got {width!r} for `{name}`")
     family = name.rsplit("_", 1)[0]
     if width != 1.0 and family in FIXED_WIDTH_FAMILIES:
@@ -190,6 +193,11 @@ def _check_numbers(name: str, *, in_channels: int, num_classes: int, width: floa
         )
 
 
+def _is_whole(value: object) -> bool:
+    """An int, NumPy integer included (sizes often come from array shapes), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _is_small(input_size: Sequence[int]) -> bool:
     return min(input_size) < SMALL_INPUT
 
@@ -197,7 +205,9 @@ def _is_small(input_size: Sequence[int]) -> bool:
 # --- MONAI networks ------------------------------------------------------------------------------
 
 
-def _resnet(block: str, layers: list[int], spatial_dims: int, in_channels: int, input_size, width: float) -> Backbone:
+def _resnet(
+    block: str, layers: list[int], spatial_dims: int, in_channels: int, input_size: Sequence[int], width: float
+) -> Backbone:
     small = _is_small(input_size)
     net = nets.ResNet(
         block, layers, [64, 128, 256, 512], spatial_dims=spatial_dims, n_input_channels=in_channels,
