@@ -14,7 +14,7 @@ from medlens.types import Task
 
 
 def pngs(root):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    return sorted(p.relative_to(root).as_posix() for p in (root / "classification").rglob("*.png"))
 
 
 def test_the_same_seed_writes_byte_identical_images(tmp_path, demo_dir):
@@ -95,3 +95,14 @@ def test_segmentation_masks_lie_on_the_bright_lesions(demo_dir):
         assert inside.sum() > 0, case.case_id
         volume = image.array[0]
         assert volume[inside].mean() > volume[~inside].mean() + 100, case.case_id
+
+
+def test_new_studies_lie_outside_the_dataset_with_their_answers(demo_dir):
+    import csv
+
+    studies = sorted(p.name for p in (demo_dir / "new_studies").glob("*.png"))
+    answers = {r["image"]: r["label"] for r in csv.DictReader(open(demo_dir / "new_studies" / "answers.csv"))}
+    assert studies == sorted(answers) and len(studies) == 4
+    assert set(answers.values()) == {"lesion", "normal"}
+    dataset_bytes = {p.read_bytes() for p in (demo_dir / "classification").rglob("*.png")}
+    assert not any((demo_dir / "new_studies" / s).read_bytes() in dataset_bytes for s in studies)

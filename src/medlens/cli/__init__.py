@@ -13,7 +13,7 @@ from importlib import import_module
 COMMANDS = {
     "plan": ("medlens.cli.plan", "audit a dataset and write an editable training plan (plan.yaml)"),
     "train": ("medlens.cli.train", "train a model (plans first unless --plan); resumable"),
-    "evaluate": ("medlens.cli.evaluate", "metrics with 95% CIs, calibration and a baseline on the test split"),
+    "evaluate": ("medlens.cli.evaluate", "metrics with 95%% CIs, calibration and a baseline on the test split"),
     "predict": ("medlens.cli.predict", "predict new images with a trained run"),
     "inspect": ("medlens.cli.inspect", "audit a dataset and write its card (counts, sizes, leakage, bad files)"),
     "split": ("medlens.cli.split", "make reproducible patient-level train/val/test splits"),
