@@ -82,8 +82,11 @@ def test_youden_threshold_hand_example():
     # ROC points: p >= 0.7 gives TPR 2/3, FPR 0 (J = 0.667); p >= 0.35 gives TPR 1, FPR 1/4 (J = 0.75).
     y = np.array([0, 0, 1, 1, 0, 1, 0])
     p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.7, 0.3])
-    assert youden_threshold(y, p) == pytest.approx(0.35)
-    assert youden_threshold([0, 1], [0.2, 0.9]) == pytest.approx(0.9)
+    # the best ROC threshold is 0.35; the next score below it is 0.3, so the middle of the gap: 0.325
+    assert youden_threshold(y, p) == pytest.approx(0.325)
+    # perfectly separated scores: the middle between the classes, not the edge of the positives
+    assert youden_threshold([0, 1], [0.2, 0.9]) == pytest.approx(0.55)
+    assert youden_threshold([0, 0, 1, 1], [0.0, 0.01, 0.999, 1.0]) == pytest.approx(0.5045)
 
 
 def test_youden_threshold_needs_both_classes():

@@ -47,9 +47,10 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
     _quiet_lightning()
     t = config.train
     mode = "min" if t.monitor == "val_loss" else "max"
-    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=t.monitor, mode=mode, save_last=True,
+    monitor = "val_auc_then_loss" if t.monitor == "val_auc" else t.monitor
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
-    callbacks = [best, EarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, check_finite=False),
+    callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=t.patience, check_finite=False),
                  EpochCSV(run.metrics_csv)]
     gpu = torch.cuda.is_available()
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported()

@@ -200,9 +200,9 @@ def _finish(run: RunFolder, config: Config, model, val: SplitData, trainer, best
     score = best.best_model_score
     run.update_info(status="finished", finished=now(), epochs_run=trainer.current_epoch,
                     best_checkpoint=source.name, best_score=None if score is None else round(float(score), 6),
-                    monitor=config.train.monitor, train_seconds=round(time.perf_counter() - started, 2),
+                    monitor=best.monitor, train_seconds=round(time.perf_counter() - started, 2),
                     stopped_by=_stop_reason(trainer, config))
-    log(f"best {config.train.monitor} {float(score) if score is not None else float('nan'):.4f}; "
+    log(f"best {best.monitor} {float(score) if score is not None else float('nan'):.4f}; "
         f"temperature {calibration['temperature']:.3f}; weights in {run.weights}")
 
 

@@ -132,7 +132,8 @@ def youden_threshold(y_true, p_positive) -> float:
     """Threshold maximising sensitivity + specificity - 1 over the ROC curve's thresholds.
 
     Predict positive when ``p >= threshold`` (scikit-learn's ``roc_curve`` convention, the same
-    as :func:`~medlens.evaluation.classification_metrics`). Ties go to the higher threshold.
+    as :func:`~medlens.evaluation.classification_metrics`). Ties go to the higher ROC threshold,
+    then the threshold is moved to the middle of the score gap below it (same J, larger margin).
 
     Args:
         y_true: ``(N,)`` 0/1 labels.
@@ -154,4 +155,9 @@ def youden_threshold(y_true, p_positive) -> float:
         raise DatasetError(f"Youden's threshold needs both classes in y_true, found {np.unique(y).tolist()}; "
                            "choose the threshold on a validation split with positive and negative cases")
     fpr, tpr, thresholds = roc_curve(y, p)
-    return float(np.clip(thresholds[np.argmax(tpr - fpr)], 0.0, 1.0))
+    best = float(thresholds[np.argmax(tpr - fpr)])
+    below = p[p < best]
+    # every threshold in (highest score below `best`, best] gives the same J: take the middle of that
+    # gap, so perfectly separated validation scores do not push the threshold to the edge of a class
+    middle = (best + below.max()) / 2 if below.size and np.isfinite(best) else best
+    return float(np.clip(middle, 0.0, 1.0))

@@ -70,9 +70,11 @@ class ClassificationModule(pl.LightningModule):
         loss = float(sum(o[2] for o in self._val_outputs)) / len(targets)
         self._val_outputs.clear()
         probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-        self.log_dict({"val_loss": loss, "val_auc": quick_auc(targets.numpy(), probs.numpy(), self.multilabel),
+        auc = quick_auc(targets.numpy(), probs.numpy(), self.multilabel)
+        self.log_dict({"val_loss": loss, "val_auc": auc,
                        "val_accuracy": quick_accuracy(targets.numpy(), probs.numpy(), self.multilabel)},
                       prog_bar=True, sync_dist=True)  # every rank scores the whole validation split
+        self.log("val_auc_then_loss", selection_score(auc, loss), sync_dist=True)
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -112,6 +114,14 @@ def schedule_factor(kind: str, step: int, total: int) -> float:
             return 0.04 + 0.96 * progress / warm
         progress = (progress - warm) / (1 - warm)
     return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def selection_score(auc: float, loss: float) -> float:
+    """Validation AUC with ties broken by the lower loss (AUC often saturates on small validation
+    splits, and the first epoch to reach it may be badly calibrated); ``-loss`` when AUC is undefined."""
+    if not math.isfinite(auc):
+        return -loss
+    return auc - 1e-4 * min(loss, 10.0)
 
 
 def quick_auc(targets: np.ndarray, probs: np.ndarray, multilabel: bool) -> float:
