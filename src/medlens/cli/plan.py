@@ -22,7 +22,7 @@ def run(args) -> int:
     from medlens.config import apply_overrides, render_plan
     from medlens.engine.train import make_plan, plan_header
 
-    config, reasons, card = make_plan(args.data, image_root=args.image_root, time_budget_s=args.time_budget)
+    config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root, time_budget_s=args.time_budget)
     config = apply_overrides(config, args.overrides)
     for key in (o.split("=", 1)[0].strip() for o in args.overrides):
         reasons[key] = "set on the command line"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from medlens._files import write_atomic
 from medlens.errors import ConfigError
 
 
@@ -21,18 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomic(obj, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` that leaves the old file or the new one, never a half-written one."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -34,10 +34,15 @@ class SplitData:
 def open_config_dataset(config: Config) -> Dataset:
     """Re-open the dataset a plan was made for, checking it still matches."""
     dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None)
+    check_plan_fits(config, dataset)
+    return dataset
+
+
+def check_plan_fits(config: Config, dataset: Dataset) -> None:
+    """The plan's classes must be the dataset's (a plan made for other data is refused)."""
     if tuple(dataset.class_names) != tuple(config.dataset.class_names):
         raise ConfigError(f"{config.dataset.source}: classes are now {list(dataset.class_names)} but the plan was "
                           f"made for {list(config.dataset.class_names)}; make a new plan with `medlens plan`")
-    return dataset
 
 
 def resolve_splits(dataset: Dataset, config: Config) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from medlens.config import Config, apply_overrides, read_plan, render_plan
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
 from medlens.data.splits import read_splits
-from medlens.engine.prepared import SplitData, open_config_dataset, prepare_split, resolve_splits, split_cases
+from medlens.engine.prepared import (SplitData, check_plan_fits, open_config_dataset, prepare_split, resolve_splits,
+                                     split_cases)
 from medlens.engine.runs import RunFolder, new_run, now, open_run
 from medlens.errors import ConfigError, DatasetError
 
@@ -30,7 +30,7 @@ BLOCKING = {"class.empty", "class.no_training", "image.dims", "image.unreadable"
 
 
 def make_plan(source, *, image_root=None, time_budget_s: float | None = None, log=print):
-    """Open and audit ``source``, then plan. Returns ``(config, reasons, card)``."""
+    """Open and audit ``source``, then plan. Returns ``(config, reasons, card, dataset)``."""
     from medlens.planning import plan_classification
 
     dataset = open_dataset(source, image_root=image_root)
@@ -40,7 +40,7 @@ def make_plan(source, *, image_root=None, time_budget_s: float | None = None, lo
     config, reasons = plan_classification(card, time_budget_s=time_budget_s, device=device)
     if image_root:
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
-    return config, reasons, card
+    return config, reasons, card, dataset
 
 
 def check_card(card: dict, log=print) -> None:
@@ -79,9 +79,9 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
                     checkpoint=checkpoint, progress_bar=progress_bar, log=log)
     if source is None:
         raise ConfigError("give the dataset to train on (or --resume RUN_FOLDER)")
-    config, reasons, card = _initial_config(source, plan, image_root, time_budget_s, log)
+    config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, log)
     config = apply_overrides(config, list(overrides))
-    dataset = open_config_dataset(config)
+    check_plan_fits(config, dataset)
     check_compatible(config)
     splits = resolve_splits(dataset, config)
     run = new_run(out, Path(str(source)).name.removesuffix(".npz").removesuffix(".csv"))
@@ -104,7 +104,7 @@ def _initial_config(source, plan, image_root, time_budget_s, log):
     dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None)
     card = inspect_dataset(dataset)
     check_card(card, log)
-    return config, reasons, card
+    return config, reasons, card, dataset
 
 
 def check_compatible(config: Config) -> None:
