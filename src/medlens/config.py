@@ -33,6 +33,7 @@ class DatasetSection:
     layout: str = ""
     task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation"] = "binary"
     class_names: tuple[str, ...] = ()
+    label_values: tuple[int, ...] = ()  # segmentation: the mask value of each class (index 0 = background)
     spatial_dims: int = 2
     modality: str = ""
     fingerprint: str = ""
@@ -46,8 +47,10 @@ class DataSection:
 
     input_size: tuple[int, ...] = (28, 28)
     channels: int = 1
-    normalization: typing.Literal["scale01", "zscore", "ct_window", "none"] = "zscore"
+    normalization: typing.Literal["scale01", "zscore", "ct_window", "ct_foreground", "none"] = "zscore"
     intensity_range: tuple[float, ...] = ()  # (low, high) mapped to [0, 1] by scale01 / ct_window (HU for CT)
+    foreground_stats: tuple[float, ...] = ()  # ct_foreground: (mean, std) of foreground voxels after clipping
+    target_spacing: tuple[float, ...] = ()  # segmentation: images are resampled to this voxel size (mm)
     cache: typing.Literal["auto", "memory", "disk"] = "auto"
     num_workers: int = 0
 
@@ -57,6 +60,10 @@ class ModelSection:
     name: str = "resnet18_2d"
     width: float = 1.0
     dropout: float = 0.0
+    filters: tuple[int, ...] = ()  # segmentation: feature maps per resolution level
+    strides: tuple[tuple[int, ...], ...] = ()  # segmentation: down-sampling per level and axis
+    kernels: tuple[tuple[int, ...], ...] = ()  # segmentation: convolution kernel per level and axis
+    deep_supervision: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class AugmentSection:
     translate: float = 0.0  # random shift, fraction of the image size
     intensity: float = 0.0  # random scale/shift of intensities, +/- fraction
     noise_std: float = 0.0
+    gamma: float = 0.0  # random gamma in [1 - g, 1 + g] on intensities (segmentation)
+    elastic: float = 0.0  # smooth random deformation, displacement as a fraction of the patch
     probability: float = 0.5  # chance each transform is applied
 
 
@@ -79,17 +88,29 @@ class TrainSection:
     optimizer: typing.Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: typing.Literal["cosine", "onecycle", "constant"] = "cosine"
-    loss: typing.Literal["ce", "weighted_ce", "focal", "bce"] = "ce"
+    schedule: typing.Literal["cosine", "onecycle", "poly", "constant"] = "cosine"
+    loss: typing.Literal["ce", "weighted_ce", "focal", "bce", "dice_ce"] = "ce"
     label_smoothing: float = 0.0
     sampler: typing.Literal["shuffle", "weighted"] = "shuffle"
     patience: int = 10
-    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
+    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_dice"] = "val_auc"
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
     finetune_lr_factor: float = 0.1
     precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentSection:
+    """Segmentation only: how training patches are drawn and how whole images are predicted."""
+
+    iterations_per_epoch: int = 250  # training patches batches per epoch (nnU-Net: 250)
+    foreground_fraction: float = 0.33  # share of patches centred on a foreground voxel
+    overlap: float = 0.5  # sliding-window overlap between neighbouring patches
+    sw_batch_size: int = 4  # patches per forward pass at inference
+    mirror_tta: bool = False  # average predictions over mirrored copies (augment.flip_axes)
+    keep_largest: typing.Literal["auto", "always", "never"] = "auto"  # auto: per class, if it helps on validation
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     train: TrainSection = field(default_factory=TrainSection)
+    segment: SegmentSection = field(default_factory=SegmentSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     def as_dict(self) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medlens.engine.callbacks import COLUMNS, EpochCSV, read_epoch_rows
+from medlens.engine.callbacks import CLASSIFICATION_METRICS, EpochCSV, read_epoch_rows
 from medlens.engine.checkpoints import load_state_dict, save_atomic, transfer_weights
 from medlens.engine.runs import RunFolder, new_run, open_run
 from medlens.errors import ConfigError
@@ -241,7 +241,7 @@ def test_epoch_csv_appends_a_row_per_epoch(tmp_path):
     callback.on_train_epoch_end(fake_trainer(1, {"train_loss": 0.25}, lr=5e-4), None)
 
     rows = read_epoch_rows(path)
-    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert path.read_text().splitlines()[0] == ",".join(["epoch", *CLASSIFICATION_METRICS, "lr", "elapsed_s"])
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert (rows[0]["train_loss"], rows[0]["val_auc"], rows[0]["val_loss"], rows[0]["lr"]) == ("0.5", "0.75", "",
                                                                                               "0.001")

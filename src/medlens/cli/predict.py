@@ -1,4 +1,4 @@
-"""``medlens predict RUN FILE_OR_FOLDER...``: calibrated probabilities and the predicted class."""
+"""``medlens predict RUN FILE_OR_FOLDER...``: classes with calibrated probabilities, or masks."""
 
 from __future__ import annotations
 
@@ -7,17 +7,23 @@ from pathlib import Path
 ARGUMENTS = [
     (["run"], {"type": Path, "help": "a run folder from `medlens train`"}),
     (["inputs"], {"type": Path, "nargs": "+", "help": "image files, DICOM series folders, or folders of images"}),
-    (["--out"], {"type": Path, "help": "write predictions here (.csv, or .json); default: print only"}),
-    (["--tta"], {"action": "store_true", "default": None, "help": "test-time augmentation (flips)"}),
+    (["--out"], {"type": Path, "help": "classification: write predictions here (.csv or .json; default: print "
+                                       "only); segmentation: the folder for the masks (default: predictions/)"}),
+    (["--tta"], {"action": "store_true", "default": None, "help": "test-time augmentation (flips / mirroring)"}),
+    (["--probabilities"], {"action": "store_true", "help": "segmentation: also write class probability maps"}),
 ]
 
 
 def run(args) -> int:
-    from medlens.engine.predict import predict_paths, write_predictions
     from medlens.engine.runs import open_run
 
+    config = open_run(args.run).read_config()
+    if config.dataset.task == "segmentation":
+        return _segment(args)
+    from medlens.engine.predict import predict_paths, write_predictions
+
     rows = predict_paths(args.run, args.inputs, tta=args.tta)
-    names = list(open_run(args.run).read_config().dataset.class_names)
+    names = list(config.dataset.class_names)
     for row in rows:
         if "error" in row:
             print(f"{row['path']}: error: {row['error']}")
@@ -26,6 +32,24 @@ def run(args) -> int:
             print(f"{row['path']}: {row['predicted'] or '(none)'}  {probs}")
     if args.out:
         print(f"predictions written to {write_predictions(rows, args.out, names)}")
+    return _failures(rows)
+
+
+def _segment(args) -> int:
+    from medlens.engine.segment_io import predict_segmentation
+
+    out = args.out or Path("predictions")
+    rows = predict_segmentation(args.run, args.inputs, out, tta=args.tta, probabilities=args.probabilities)
+    for row in rows:
+        if "error" in row:
+            print(f"{row['path']}: error: {row['error']}")
+        else:
+            voxels = "  ".join(f"{n}={v}" for n, v in row["voxels"].items())
+            print(f"{row['path']} -> {row['mask']}  voxels: {voxels}")
+    return _failures(rows)
+
+
+def _failures(rows: list[dict]) -> int:
     failed = sum("error" in r for r in rows)
     if failed:
         print(f"{failed} of {len(rows)} input(s) could not be predicted")

@@ -38,7 +38,7 @@ def load_model(run: RunFolder, config: Config):
 
 
 def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootstrap: int | None = None,
-                 baseline: bool | None = None, log=print) -> dict:
+                 baseline: bool | None = None, save_masks: bool = False, log=print) -> dict:
     """Evaluate the run at ``path`` on ``split`` (``test`` or ``val``); returns the metrics document."""
     from medlens.evaluation import (classification_metrics, expected_calibration_error, format_metrics_table,
                                     medmnist_metrics)
@@ -48,6 +48,11 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     config = run.read_config()
     if split not in ("test", "val"):
         raise ConfigError(f"--split {split}: choose test (the locked split) or val")
+    if config.dataset.task == "segmentation":
+        from medlens.engine.segment_io import evaluate_segmentation
+
+        return evaluate_segmentation(run, config, load_model(run, config), split=split, tta=tta,
+                                     n_bootstrap=n_bootstrap, save_masks=save_masks, log=log)
     dataset = open_config_dataset(config)
     cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)
     data = prepare_split(dataset, split, cases[split], config)

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medlens.config import Config
-from medlens.engine.callbacks import EpochCSV
+from medlens.engine.callbacks import CLASSIFICATION_METRICS, EpochCSV
 from medlens.engine.checkpoints import AtomicCheckpointIO, transfer_weights
 from medlens.engine.prepared import SplitData
 from medlens.engine.runs import RunFolder
@@ -20,6 +20,14 @@ from medlens.tasks.classification import ClassificationModule
 
 
 def build_model(config: Config):
+    """The network a plan describes: a registry classifier, or a segmentation network."""
+    if config.dataset.task == "segmentation":
+        from medlens.models import build_segmenter
+
+        m = config.model
+        return build_segmenter(m.name, in_channels=config.data.channels, num_classes=len(config.dataset.class_names),
+                               filters=m.filters, strides=m.strides, kernels=m.kernels,
+                               deep_supervision=m.deep_supervision, dropout=m.dropout)
     return build_classifier(config.model.name, in_channels=config.data.channels,
                             num_classes=len(config.dataset.class_names), input_size=tuple(config.data.input_size),
                             width=config.model.width, dropout=config.model.dropout)
@@ -46,12 +54,12 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
                   progress_bar: bool = True) -> tuple[pl.Trainer, ModelCheckpoint]:
     _quiet_lightning()
     t = config.train
-    mode = "min" if t.monitor == "val_loss" else "max"
+    mode = "min" if t.monitor == "val_loss" else "max"  # val_dice, val_auc, val_accuracy: higher is better
     monitor = "val_auc_then_loss" if t.monitor == "val_auc" else t.monitor
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
     callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=t.patience, check_finite=False),
-                 EpochCSV(run.metrics_csv)]
+                 EpochCSV(run.metrics_csv, _csv_metrics(config))]
     gpu = torch.cuda.is_available()
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported()
                                                            else "16-mixed" if gpu else "32-true")
@@ -62,6 +70,12 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
         use_distributed_sampler=False, enable_progress_bar=progress_bar, enable_model_summary=False,
         log_every_n_steps=10, default_root_dir=run.root)
     return trainer, best
+
+
+def _csv_metrics(config: Config) -> tuple[str, ...]:
+    if config.dataset.task == "segmentation":
+        return ("train_loss", "val_dice", *[f"val_dice_{n}" for n in config.dataset.class_names[1:]])
+    return CLASSIFICATION_METRICS
 
 
 def _quiet_lightning() -> None:

@@ -7,7 +7,8 @@
       splits.json          the case ids of each split
       checkpoints/         last.ckpt (resume) and best.ckpt, written atomically
       weights.pt           the best model's state_dict (what evaluate / predict / export load)
-      calibration.json     temperature and decision threshold fitted on validation
+      calibration.json     temperature and decision threshold fitted on validation (classification)
+      postprocess.json     per class, keep the largest connected component or not (segmentation)
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
       metrics.json         written by ``medlens evaluate``
@@ -40,6 +41,7 @@ class RunFolder:
     best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.ckpt")
     weights = property(lambda self: self.root / "weights.pt")
     calibration = property(lambda self: self.root / "calibration.json")
+    postprocess = property(lambda self: self.root / "postprocess.json")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     metrics_json = property(lambda self: self.root / "metrics.json")
 
@@ -60,6 +62,11 @@ class RunFolder:
         if not self.plan.exists():
             raise ConfigError(f"{self.root}: no plan.yaml; this is not a complete medlens run folder")
         return read_plan(self.plan)[0]
+
+    def read_postprocess(self) -> dict:
+        if not self.postprocess.exists():
+            return {"keep_largest": {}}
+        return json.loads(self.postprocess.read_text(encoding="utf-8"))
 
     def read_calibration(self) -> dict:
         if not self.calibration.exists():

@@ -26,18 +26,21 @@ from medlens.engine.prepared import (SplitData, check_plan_fits, open_config_dat
 from medlens.engine.runs import RunFolder, new_run, now, open_run
 from medlens.errors import ConfigError, DatasetError
 
-BLOCKING = {"class.empty", "class.no_training", "image.dims", "image.unreadable", "file.missing", "label.missing"}
+BLOCKING = {"class.empty", "class.no_training", "image.dims", "image.unreadable", "file.missing", "label.missing",
+            "mask.unreadable", "mask.values", "mask.labels", "mask.geometry", "mask.dims", "mask.channels",
+            "mask.all_background"}
 
 
 def make_plan(source, *, image_root=None, time_budget_s: float | None = None, log=print):
     """Open and audit ``source``, then plan. Returns ``(config, reasons, card, dataset)``."""
-    from medlens.planning import plan_classification
+    from medlens.planning import plan_classification, plan_segmentation
 
     dataset = open_dataset(source, image_root=image_root)
     card = inspect_dataset(dataset)
     check_card(card, log)
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    config, reasons = plan_classification(card, time_budget_s=time_budget_s, device=device)
+    planner = plan_segmentation if card["dataset"]["task"] == "segmentation" else plan_classification
+    config, reasons = planner(card, time_budget_s=time_budget_s, device=device)
     if image_root:
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
     return config, reasons, card, dataset
@@ -108,8 +111,10 @@ def _initial_config(source, plan, image_root, time_budget_s, log):
 
 
 def check_compatible(config: Config) -> None:
-    """The plan's model must fit its data: dimensionality and input size."""
+    """The plan's model must fit its data: dimensionality, input (patch) size, task."""
     dims = config.dataset.spatial_dims
+    if config.dataset.task == "segmentation":
+        return check_segmentation_plan(config)
     if not config.model.name.endswith(f"_{dims}d"):
         family = config.model.name.rsplit("_", 1)[0]
         raise ConfigError(f"model.name={config.model.name} does not take {dims}D data "
@@ -117,8 +122,31 @@ def check_compatible(config: Config) -> None:
     if len(config.data.input_size) != dims:
         raise ConfigError(f"data.input_size={list(config.data.input_size)} has {len(config.data.input_size)} axes "
                           f"but the data are {dims}D")
-    if config.dataset.task == "segmentation":
-        raise ConfigError("this plan is for segmentation; classification training needs a classification plan")
+    from medlens.models import CLASSIFIERS
+
+    if config.model.name not in CLASSIFIERS:
+        raise ConfigError(f"model.name={config.model.name} is not a classifier; this plan is for "
+                          f"{config.dataset.task} classification ({', '.join(CLASSIFIERS.names()[:4])}, ...)")
+
+
+def check_segmentation_plan(config: Config) -> None:
+    """A segmentation network of the data's dimensionality whose patch every level divides evenly."""
+    from medlens.models import SEGMENTERS, patch_multiple
+
+    dims, name, patch = config.dataset.spatial_dims, config.model.name, tuple(config.data.input_size)
+    if name not in SEGMENTERS:
+        raise ConfigError(f"model.name={name} is not a segmentation network; use one of "
+                          f"{', '.join(n for n in SEGMENTERS.names() if n.endswith(f'_{dims}d'))}")
+    if not name.endswith(f"_{dims}d") or len(patch) != dims:
+        raise ConfigError(f"model.name={name} with patch data.input_size={list(patch)} does not fit {dims}D data; "
+                          f"use {name.rsplit('_', 1)[0]}_{dims}d and a {dims}-axis patch")
+    multiple = patch_multiple(name, config.model.strides)
+    if any(p % m for p, m in zip(patch, multiple)):
+        raise ConfigError(f"data.input_size={list(patch)}: {name} with these strides needs every patch side to be a "
+                          f"multiple of {list(multiple)}; e.g. {[-(-p // m) * m for p, m in zip(patch, multiple)]}")
+    if len(config.dataset.label_values) != len(config.dataset.class_names):
+        raise ConfigError(f"dataset.label_values {list(config.dataset.label_values)} and dataset.class_names "
+                          f"{list(config.dataset.class_names)} need one entry per class")
 
 
 def _ddp_child_run() -> RunFolder | None:
@@ -132,6 +160,11 @@ def _fit(run, config, dataset, splits, *, init_from, devices, strategy, checkpoi
     from medlens.engine.lightning import build_module, build_trainer
 
     cases = split_cases(dataset, splits, config.dataset.fold)
+    if config.dataset.task == "segmentation":
+        from medlens.engine.segment import fit_segmentation
+
+        return fit_segmentation(run, config, dataset, cases, checkpoint=checkpoint, devices=devices,
+                                strategy=strategy, init_from=init_from, progress_bar=progress_bar, log=log)
     started = time.perf_counter()
     train_data = prepare_split(dataset, "train", cases["train"], config)
     val_data = prepare_split(dataset, "val", cases["val"], config)
@@ -201,12 +234,12 @@ def _finish(run: RunFolder, config: Config, model, val: SplitData, trainer, best
     run.update_info(status="finished", finished=now(), epochs_run=trainer.current_epoch,
                     best_checkpoint=source.name, best_score=None if score is None else round(float(score), 6),
                     monitor=best.monitor, train_seconds=round(time.perf_counter() - started, 2),
-                    stopped_by=_stop_reason(trainer, config))
+                    stopped_by=stop_reason(trainer, config))
     log(f"best {best.monitor} {float(score) if score is not None else float('nan'):.4f}; "
         f"temperature {calibration['temperature']:.3f}; weights in {run.weights}")
 
 
-def _stop_reason(trainer, config: Config) -> str:
+def stop_reason(trainer, config: Config) -> str:
     if trainer.current_epoch >= config.train.max_epochs:
         return "max_epochs"
     stopper = trainer.early_stopping_callback

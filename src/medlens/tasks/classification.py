@@ -104,10 +104,13 @@ class ClassificationModule(pl.LightningModule):
 
 
 def schedule_factor(kind: str, step: int, total: int) -> float:
-    """Learning-rate multiplier at ``step`` of ``total``: cosine decay, one-cycle (warm-up then cosine), constant."""
+    """Learning-rate multiplier at ``step`` of ``total``: cosine decay, one-cycle (warm-up then cosine),
+    polynomial ``(1 - t)^0.9`` (nnU-Net), constant."""
     progress = min(step / total, 1.0)
     if kind == "constant":
         return 1.0
+    if kind == "poly":
+        return (1 - progress) ** 0.9
     if kind == "onecycle":
         warm = 0.3
         if progress < warm:

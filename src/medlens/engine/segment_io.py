@@ -1,0 +1,132 @@
+"""``evaluate`` and ``predict`` for segmentation runs: whole images in, masks on the input's grid out.
+
+Evaluation segments every case of the split on its own grid (the same path as prediction) and
+scores it against the original mask, in millimetres: per case and class Dice, IoU, HD95, mean
+surface distance and size difference, summarised with bootstrap 95% CIs (the empty-mask rules
+are in :mod:`medlens.evaluation.segmentation`). Prediction writes one mask per input with exactly
+the input's spacing, origin and direction, and class probabilities on request.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medlens._files import write_json_atomic, write_text_atomic
+from medlens.config import Config
+from medlens.data.splits import read_splits
+from medlens.engine.prepared import open_config_dataset, split_cases
+from medlens.engine.runs import RunFolder, now, open_run
+from medlens.engine.segment import segment_image
+from medlens.errors import ConfigError, MedlensError
+from medlens.io import Image, read_image, write_image
+from medlens.io.formats import suffix_of
+
+
+def evaluate_segmentation(run: RunFolder, config: Config, model, *, split: str, tta: bool | None,
+                          n_bootstrap: int | None, save_masks: bool = False, log=print) -> dict:
+    """Segment and score every case of ``split``; writes ``metrics.json`` and ``segmentation_<split>.csv``."""
+    from medlens.evaluation import case_metrics, format_segmentation_table, summarize_segmentation
+
+    started = time.perf_counter()
+    dataset = open_config_dataset(config)
+    cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)[split]
+    mirror = config.segment.mirror_tta if tta is None else tta
+    post, labels = run.read_postprocess(), class_labels(config)
+    rows = []
+    for case in cases:
+        image = dataset.load_image(case)
+        result = segment_image(model, image, config, post, mirror=mirror, where=f"case {case.case_id}")
+        reference = dataset.load_mask(case)
+        if save_masks:
+            write_image(result.as_image(), run.root / f"masks_{split}" / f"{_safe(case.case_id)}.nii.gz")
+        rows.append({"case_id": case.case_id, "patient_id": case.patient_id,
+                     "metrics": case_metrics(result.labels, np.rint(reference.array[0]).astype(np.int64), labels,
+                                             image.spacing_mm)})
+    groups = [r["patient_id"] or r["case_id"] for r in rows]
+    n_boot = config.evaluate.n_bootstrap if n_bootstrap is None else n_bootstrap
+    summary = summarize_segmentation(rows, list(labels.values()), n_boot=n_boot, seed=config.train.seed,
+                                     groups=groups)
+    doc = {"medlens_metrics_version": 1, "run": str(run.root), "split": split, "created": now(), "task": "segmentation",
+           "tta": mirror, "postprocess": post.get("keep_largest", {}), "n_cases": len(rows),
+           "grouped_by": "patient" if any(c.patient_id for c in cases) else "case", "metrics": summary,
+           "seconds": round(time.perf_counter() - started, 2)}
+    from medlens.engine.evaluate import json_safe
+
+    write_json_atomic(run.metrics_json, json_safe(doc))
+    write_text_atomic(run.root / f"segmentation_{split}.csv", per_case_csv(rows, list(labels.values())))
+    log(format_segmentation_table(summary, title=f"{run.root} — {split} split ({len(rows)} cases)"))
+    log(f"metrics written to {run.metrics_json}; per case in {run.root / f'segmentation_{split}.csv'}")
+    return doc
+
+
+def class_labels(config: Config) -> dict[int, str]:
+    """Mask value -> class name for the foreground classes."""
+    values = config.dataset.label_values or tuple(range(len(config.dataset.class_names)))
+    return {int(v): n for v, n in zip(values[1:], config.dataset.class_names[1:])}
+
+
+def per_case_csv(rows: list[dict], names: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    keys = ["dice", "iou", "hd95_mm", "msd_mm", "size_pred", "size_ref", "status"]
+    writer.writerow(["case_id", *[f"{n}_{k}" for n in names for k in keys]])
+    for row in rows:
+        values = [row["metrics"][n].get(k) for n in names for k in keys]
+        writer.writerow([row["case_id"], *["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+                                           for v in values]])
+    return buffer.getvalue()
+
+
+def _safe(case_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
+
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
+
+
+def predict_segmentation(run_path, inputs: list[Path], out_dir: Path, *, tta: bool | None = None,
+                         probabilities: bool = False) -> list[dict]:
+    """Segment each input; write ``<out_dir>/<name>_seg<suffix>`` (and ``_probs``) on the input's grid.
+
+    Returns one dict per input: ``path``, ``mask`` (written file), ``voxels`` per class, or ``error``.
+    """
+    from medlens.engine.evaluate import load_model
+    from medlens.engine.predict import expand_inputs
+
+    run = open_run(run_path)
+    config = run.read_config()
+    if config.dataset.task != "segmentation":
+        raise ConfigError(f"{run.root} is a {config.dataset.task} run; segmentation output needs a segmentation run")
+    model, post = load_model(run, config), run.read_postprocess()
+    mirror = config.segment.mirror_tta if tta is None else tta
+    rows = []
+    for path in expand_inputs(inputs):
+        try:
+            image = read_image(path, spatial_dims=config.dataset.spatial_dims)
+            result = segment_image(model, image, config, post, mirror=mirror, keep_probs=probabilities,
+                                   where=str(path))
+        except (MedlensError, OSError, ValueError) as exc:
+            rows.append({"path": str(path), "error": str(exc)})
+            continue
+        target = out_dir / output_name(path, "_seg")
+        write_image(result.as_image(), target)
+        row = {"path": str(path), "mask": str(target),
+               "voxels": {n: int((result.labels == v).sum()) for v, n in class_labels(config).items()}}
+        if probabilities:
+            probs = Image(result.probs.astype(np.float32), image.spacing_mm, image.origin_mm, image.direction)
+            row["probabilities"] = str(write_image(probs, out_dir / output_name(path, "_probs", ".nii.gz")))
+        rows.append(row)
+    return rows
+
+
+def output_name(path: Path, tag: str, suffix: str | None = None) -> str:
+    """``scan.nrrd -> scan_seg.nrrd``; DICOM and formats medlens does not write become NIfTI."""
+    own = suffix_of(path) if path.is_file() else ""
+    stem = path.name[: len(path.name) - len(own)] if own else path.name
+    chosen = suffix or (own if own in MASK_SUFFIXES else ".nii.gz")
+    return f"{stem}{tag}{chosen}"

@@ -1,0 +1,291 @@
+"""Self-configuration for segmentation, after nnU-Net's rules (Isensee et al., Nature Methods 2021).
+
+From the dataset card: a target spacing (the median; for strongly anisotropic data the coarse
+axis keeps a finer spacing), the patch the network trains on (the median image, shrunk to fit
+the memory budget), the network topology that patch allows (down-sample an axis while its
+feature map stays >= 4 voxels and its spacing is not already much coarser than the others; 1-voxel
+kernels across coarse axes), the normalisation (CT: clip to the foreground's 0.5-99.5
+percentiles, then z-score with foreground statistics; anything else: z-score per image), and the
+epochs that fit the time budget, measured by timing the network on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
+                            SegmentSection, TrainSection)
+from medlens.errors import DatasetError
+
+DEFAULT_BUDGET_S = {"cpu": 1800.0, "gpu": 3600.0}
+PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 40 * 56 * 48, ("gpu", 2): 512 * 512, ("gpu", 3): 128 ** 3}
+BATCH_VOXELS = {("cpu", 2): 4 * 256 * 256, ("gpu", 2): 12 * 512 * 512}  # 3D trains with batch 2
+BASE_FILTERS = {"cpu": 16, "gpu": 32}
+MAX_FILTERS = {2: 512, 3: 320}
+MIN_FEATURE_MAP = 4  # voxels per axis at the lowest resolution
+MAX_POOLS = 5
+ANISOTROPY = 3.0  # nnU-Net: max/min spacing above this is "anisotropic"
+ITERATIONS = {"cpu": 100, "gpu": 250}
+
+
+def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device: str = "cpu",
+                      probe: bool = True) -> tuple[Config, dict[str, str]]:
+    """Choose every segmentation setting for ``card``'s dataset; returns the config and the reasons.
+
+    Args:
+        card: from :func:`medlens.data.audit.inspect_dataset` on a segmentation dataset.
+        time_budget_s: training time to plan for; default 30 min on CPU, 60 min on GPU.
+        device: ``"cpu"`` or ``"gpu"``.
+        probe: time the network to set the epoch count (off in unit tests of the rules).
+    """
+    reasons: dict[str, str] = {}
+    dataset = _dataset_section(card, reasons)
+    data, pools = _data_section(card, dataset, device, reasons)
+    model = _model_section(data, pools, dataset, device, reasons)
+    segment = SegmentSection(iterations_per_epoch=ITERATIONS[device])
+    reasons["segment.iterations_per_epoch"] = f"{ITERATIONS[device]} patch batches per epoch (nnU-Net: 250)"
+    reasons["segment.foreground_fraction"] = "one patch in three is centred on a foreground voxel (nnU-Net)"
+    reasons["segment.overlap"] = "sliding-window inference: half-patch overlap, Gaussian-weighted"
+    reasons["segment.keep_largest"] = "keep only the largest component of a class if that raises validation Dice"
+    budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
+    train = _train_section(card, dataset, data, model, segment, budget, device, probe, reasons)
+    augment = _augment_section(dataset, reasons)
+    config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train, segment=segment,
+                    evaluate=EvaluateSection(baseline=False))
+    reasons.setdefault("evaluate.n_bootstrap", "1000 bootstrap resamples of cases (patients when known) for 95% CIs")
+    return config, reasons
+
+
+def _dataset_section(card: dict, reasons: dict) -> DatasetSection:
+    described = card["dataset"]
+    if described["task"] != "segmentation":
+        raise DatasetError(f"{described['source']} is a {described['task']} dataset, not image + mask pairs")
+    if not described.get("spatial_dims"):
+        raise DatasetError(f"{described['source']}: no readable image, so nothing to plan; run `medlens inspect`")
+    masks = card.get("masks") or {}
+    declared = {int(v): name for v, name in (masks.get("declared_labels") or {}).items()}
+    if declared and described.get("class_names"):
+        values, names = sorted(declared), tuple(declared[v] for v in sorted(declared))
+        reasons["dataset.label_values"] = "the labels the dataset declares"
+    else:
+        values = sorted({0, *(int(v) for v in masks.get("cases_with_label", {}))})
+        names = tuple("background" if v == 0 else f"label_{v}" for v in values)
+        reasons["dataset.label_values"] = "the values found in the masks; 0 is background"
+    if len(values) < 2:
+        raise DatasetError(f"{described['source']}: every mask holds background (0) only, so there is nothing to "
+                           "segment; check that the masks are the right files")
+    reasons["dataset.task"] = f"masks found ({described['layout']} layout)"
+    reasons["dataset.class_names"] = "one class per mask value; index 0 is background"
+    return DatasetSection(source=described["source"], layout=described["layout"], task="segmentation",
+                          class_names=names, label_values=tuple(values), spatial_dims=int(described["spatial_dims"]),
+                          modality=str(described.get("modality") or ""), fingerprint=card.get("fingerprint", ""))
+
+
+def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dict) -> tuple[DataSection, list[int]]:
+    images, dims = card["images"], dataset.spatial_dims
+    spacing = target_spacing(images, dims, reasons)
+    median_spacing = [_axis(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)]
+    shape = [_axis(images["shape"], a, "median", 32) * median_spacing[a] / spacing[a] for a in range(dims)]
+    channels = max(int(c) for c in images["channels"])
+    patch, pools = patch_and_pools(shape, spacing, PATCH_VOXELS[(device, dims)])
+    reasons["data.input_size"] = (f"training patch (voxels): the median image {[round(s) for s in shape]} at the "
+                                  f"target spacing, rounded to a multiple of {[2 ** p for p in pools]}, within "
+                                  f"{PATCH_VOXELS[(device, dims)]} voxels on {device.upper()}; inference slides it")
+    reasons["data.channels"] = "channels (modalities) of the images"
+    normalization, low_high, stats = _normalization(card, dataset, reasons)
+    return DataSection(input_size=tuple(patch), channels=channels, normalization=normalization,
+                       intensity_range=low_high, foreground_stats=stats, target_spacing=tuple(spacing)), pools
+
+
+def _axis(summary: dict | None, axis: int, key: str, default: float) -> float:
+    try:
+        return float(summary[f"axis{axis}"][key])
+    except (KeyError, TypeError):
+        return float(default)
+
+
+def target_spacing(images: dict, dims: int, reasons: dict) -> list[float]:
+    """The median spacing; on anisotropic data the coarse axis takes its 10th percentile (nnU-Net)."""
+    summary = images.get("spacing_mm")
+    if not images.get("spacing_known") or not summary:
+        reasons["data.target_spacing"] = "the images carry no spacing: kept on their own grid (1 voxel = 1 unit)"
+        return [1.0] * dims
+    median = [_axis(summary, a, "median", 1.0) for a in range(dims)]
+    coarse = int(np.argmax(median))
+    if max(median) > ANISOTROPY * min(median):
+        median[coarse] = _axis(summary, coarse, "p10", median[coarse])
+        reasons["data.target_spacing"] = (f"median spacing; axis {coarse} is over {ANISOTROPY:g}x coarser than the "
+                                          "finest, so it keeps its 10th-percentile spacing (nnU-Net); images are "
+                                          "resampled linearly, masks by nearest neighbour")
+    else:
+        reasons["data.target_spacing"] = ("median spacing of the dataset (mm); images are resampled linearly, "
+                                          "masks by nearest neighbour; equal grids are not touched")
+    return [round(v, 4) for v in median]
+
+
+def patch_and_pools(shape: list[float], spacing: list[float], budget: int) -> tuple[list[int], list[int]]:
+    """The patch (voxels per axis) and the down-sampling count per axis.
+
+    Start from the median image shape; while the patch exceeds ``budget`` voxels, shrink the axis
+    with the largest physical extent. Each axis is down-sampled while its feature map stays
+    >= :data:`MIN_FEATURE_MAP` and its spacing is not over twice the finest; the patch is then
+    rounded up to a multiple of ``2 ** pools`` so that every level divides evenly.
+    """
+    patch = [max(float(s), MIN_FEATURE_MAP) for s in shape]
+    while math.prod(patch) > budget:
+        extents = [p * s for p, s in zip(patch, spacing)]
+        axis = int(np.argmax(extents))
+        patch[axis] *= 0.9
+    pools = pool_counts(patch, spacing)
+    multiples = [2 ** p for p in pools]
+    return [int(math.ceil(p / m - 1e-3) * m) for p, m in zip(patch, multiples)], pools  # float32 spacing noise
+
+
+def pool_counts(patch: list[float], spacing: list[float]) -> list[int]:
+    pools, size, current = [0] * len(patch), list(patch), list(spacing)
+    for _ in range(MAX_POOLS):
+        finest = min(current)
+        step = [s / 2 >= MIN_FEATURE_MAP and c <= 2 * finest for s, c in zip(size, current)]
+        if not any(step):
+            break
+        for a, go in enumerate(step):
+            if go:
+                pools[a], size[a], current[a] = pools[a] + 1, size[a] / 2, current[a] * 2
+    return pools
+
+
+def topology(pools: list[int], spacing: list[float]) -> tuple[tuple, tuple]:
+    """Per level, the strides and kernels: stride 2 on axes still being down-sampled; a kernel of 1
+    across an axis whose spacing is over twice the finest at that level (nnU-Net)."""
+    levels = max(pools) + 1
+    strides, kernels, current = [], [], list(spacing)
+    for level in range(levels):
+        stride = tuple(1 if level == 0 or level > p else 2 for p in pools)
+        current = [c * s for c, s in zip(current, stride)]
+        finest = min(current)
+        strides.append(stride)
+        kernels.append(tuple(1 if c > 2 * finest else 3 for c in current))
+    return tuple(strides), tuple(kernels)
+
+
+def _normalization(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, tuple, tuple]:
+    foreground = (card.get("masks") or {}).get("foreground_intensity") or {}
+    if dataset.modality.upper() == "CT" and foreground.get("percentiles"):
+        pct = foreground["percentiles"]
+        low, high = float(pct["0.5"]), float(pct["99.5"])
+        stats = (round(float(foreground["mean"]), 4), round(max(float(foreground["std"]), 1e-6), 4))
+        reasons["data.normalization"] = "CT: clip to the foreground's 0.5-99.5 percentiles, z-score with its mean/std"
+        reasons["data.intensity_range"] = "0.5 and 99.5 percentiles of foreground intensities (HU)"
+        reasons["data.foreground_stats"] = "mean and std of foreground intensities (HU)"
+        return "ct_foreground", (round(low, 4), round(high, 4)), stats
+    reasons["data.normalization"] = (f"{dataset.modality or 'non-CT'} intensities have no fixed scale: z-score per "
+                                     "image and channel")
+    return "zscore", (), ()
+
+
+def _model_section(data: DataSection, pools: list[int], dataset: DatasetSection, device: str,
+                   reasons: dict) -> ModelSection:
+    dims = dataset.spatial_dims
+    strides, kernels = topology(pools, list(data.target_spacing))
+    base = BASE_FILTERS[device]
+    filters = tuple(min(base * 2 ** k, MAX_FILTERS[dims]) for k in range(len(strides)))
+    reasons["model.name"] = f"nnU-Net-style {dims}D U-Net (MONAI DynUNet) configured from patch and spacing"
+    reasons["model.filters"] = f"{base} feature maps at full resolution, doubling per level (cap {MAX_FILTERS[dims]})"
+    reasons["model.strides"] = (f"{len(strides) - 1} down-samplings: an axis stops when its feature map would fall "
+                                f"below {MIN_FEATURE_MAP} voxels or its spacing is over twice the finest")
+    reasons["model.kernels"] = "3 per axis; 1 across an axis much coarser than the others"
+    reasons["model.deep_supervision"] = "loss on the two levels above the lowest as well (nnU-Net)"
+    return ModelSection(name=f"dynunet_{dims}d", width=1.0, dropout=0.0, filters=filters, strides=strides,
+                        kernels=kernels, deep_supervision=True)
+
+
+def _batch_size(data: DataSection, dims: int, device: str) -> int:
+    if dims == 3:
+        return 2
+    return int(np.clip(BATCH_VOXELS[(device, 2)] // math.prod(data.input_size), 2, 32))
+
+
+def _train_section(card, dataset, data, model, segment, budget_s, device, probe, reasons) -> TrainSection:
+    batch = _batch_size(data, dataset.spatial_dims, device)
+    reasons["train.batch_size"] = f"{batch} patches per step (nnU-Net uses at least 2)"
+    reasons["train.optimizer"] = "SGD, Nesterov momentum 0.99 (nnU-Net)"
+    reasons["train.lr"] = "0.01 with polynomial decay (nnU-Net)"
+    reasons["train.loss"] = "Dice + cross-entropy (nnU-Net)"
+    reasons["train.monitor"] = "mean foreground Dice of sliding-window predictions on the validation cases"
+    epochs = _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons)
+    patience = max(10, epochs // 3)
+    reasons["train.patience"] = f"stop when validation Dice has not improved for {patience} epochs"
+    reasons["train.time_budget_s"] = "hard stop: training ends at this time even mid-plan"
+    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="sgd", lr=0.01, weight_decay=3e-5,
+                        schedule="poly", loss="dice_ce", sampler="shuffle", patience=patience, monitor="val_dice",
+                        time_budget_s=budget_s)
+
+
+def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons) -> int:
+    if not probe:
+        reasons["train.max_epochs"] = "default (the network was not timed)"
+        return 50
+    step_s, forward_s = time_segmentation_step(model, data, dataset, batch, device)
+    val_cases = max(int(round(card["dataset"].get("num_readable", 10) * 0.16)), 1)
+    median = [_axis(card["images"]["shape"], a, "median", 32) for a in range(dataset.spatial_dims)]
+    windows = math.prod(max(1, math.ceil(m / (p * (1 - segment.overlap)))) for m, p in zip(median, data.input_size))
+    epoch_s = segment.iterations_per_epoch * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
+    epochs = int(np.clip(0.85 * budget_s // epoch_s, 2, 1000))
+    reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({segment.iterations_per_epoch} steps of "
+                                   f"{step_s * 1000:.0f} ms + validation); {epochs} epochs fit 85% of the "
+                                   f"{budget_s:.0f} s budget")
+    return epochs
+
+
+def time_segmentation_step(model: ModelSection, data: DataSection, dataset: DatasetSection, batch: int,
+                           device: str, repeats: int = 3, warmup: int = 2) -> tuple[float, float]:
+    """Seconds per training step and per forward pass of ``sw_batch_size`` patches (fastest of ``repeats``)."""
+    import torch
+
+    from medlens.models import build_segmenter
+
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    k = len(dataset.class_names)
+    net = build_segmenter(model.name, in_channels=data.channels, num_classes=k, filters=model.filters,
+                          strides=model.strides, kernels=model.kernels).to(torch_device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
+    y = torch.randint(0, k, (batch, *data.input_size), device=torch_device)
+    train_times, forward_times = [], []
+    for i in range(repeats + warmup):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        _sync(torch_device)
+        middle = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+        _sync(torch_device)
+        if i >= warmup:
+            train_times.append(middle - start)
+            forward_times.append(time.perf_counter() - middle)
+    return float(min(train_times)), float(min(forward_times))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _augment_section(dataset: DatasetSection, reasons: dict) -> AugmentSection:
+    dims = dataset.spatial_dims
+    reasons["augment.flip_axes"] = "mirror along every axis (nnU-Net); remove an axis if anatomy forbids it"
+    reasons["augment.rotate_deg"] = "rotations up to 15 degrees"
+    reasons["augment.scale"] = "+/-15% zoom"
+    reasons["augment.gamma"] = "gamma 0.7-1.3 on intensities"
+    reasons["augment.noise_std"] = "Gaussian noise, 0.1 standard deviations"
+    reasons["augment.elastic"] = "elastic deformation off by default (costly on CPU); e.g. 0.05 to turn it on"
+    reasons["augment.probability"] = "each transform applied to 20-30% of patches"
+    return AugmentSection(flip_axes=tuple(range(dims)), rotate_deg=15.0, scale=0.15, translate=0.0,
+                          intensity=0.1, noise_std=0.1, gamma=0.3, elastic=0.0, probability=0.25)
