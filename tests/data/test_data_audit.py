@@ -175,7 +175,10 @@ def test_a_clean_segmentation_dataset_has_no_mask_findings(tmp_path, make):
 
     assert findings(card) == []
     assert card["masks"] == {"declared_labels": {"0": "background", "1": "lesion"},
-                             "cases_with_label": {"0": 1, "1": 1}, "all_background": []}
+                             "cases_with_label": {"0": 1, "1": 1}, "all_background": [],
+                             "label_voxels": {"0": 112, "1": 8}, "foreground_fraction": 8 / 120,
+                             "foreground_intensity": {"percentiles": {"0.5": 1.0, "50": 1.0, "99.5": 1.0},
+                                                      "mean": 1.0, "std": 0.0, "voxels_sampled": 8}}
     assert card["dataset"]["task_label"] == "segmentation 3D"
     assert card["images"]["spacing_mm"]["axis2"] == {"min": 1.0, "median": 1.0, "max": 1.0}
 
@@ -206,20 +209,20 @@ def test_a_mask_on_another_grid_is_flagged(tmp_path, make, geometry):
     assert "resample the mask onto the image grid" in bad["message"]
 
 
-def test_a_2d_mask_for_a_3d_image_is_a_geometry_problem(tmp_path, make):
+def test_a_2d_mask_for_a_3d_image_is_a_dims_problem(tmp_path, make):
     make.volume(tmp_path / "images" / "c.nii.gz", np.ones((6, 5, 4), np.float32))
     make.volume(tmp_path / "labels" / "c.nii.gz", _mask()[:, :, 0])
 
     card = inspect_dataset(open_dataset(tmp_path))
 
-    (bad,) = findings(card, "mask.geometry")
+    (bad,) = findings(card, "mask.dims")
     assert bad["cases"] == ["c"] and "shape (6, 5)" in bad["message"]
 
 
-def test_a_2d_mask_in_a_decathlon_folder_is_a_geometry_problem(tmp_path, make):
+def test_a_2d_mask_in_a_decathlon_folder_is_a_dims_problem_only(tmp_path, make):
     card = inspect_dataset(_decathlon(tmp_path, make, _mask()[:, :, 0]))
 
-    assert [f["code"] for f in findings(card) if f["code"].startswith("mask.")] == ["mask.geometry"]
+    assert [f["code"] for f in findings(card) if f["code"].startswith("mask.")] == ["mask.dims"]
 
 
 def test_mixed_2d_and_3d_images_are_flagged(tmp_path, make):
