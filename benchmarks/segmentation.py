@@ -1,12 +1,13 @@
 """Segmentation with the default plan on real data, beside the published reference; sliding-window cost.
 
-    python benchmarks/segmentation.py [--data-dir DIR] [--time-budget 55m] [--only hippocampus|isbi2012]
+    python benchmarks/segmentation.py [--data-dir DIR] [--time-budget 55m] [--only hippocampus drive isbi2012]
                                       [--runs-dir DIR] [--reuse] [--skip-sliding]
 
 1. For each dataset: ``medlens train DATA --time-budget B`` (default plan, generated splits:
    20% test locked away, 20% of the rest for validation) in a fresh process, then ``medlens
    evaluate`` on the held-out test split. Prints mean Dice per class beside the published figure
-   (../shared/REFERENCES.md: nnU-Net on Decathlon Hippocampus, 5-fold CV 0.8975 / 0.8807).
+   (../shared/REFERENCES.md: nnU-Net on Decathlon Hippocampus, 5-fold CV 0.8975 / 0.8807; DRIVE:
+   typical U-Net vessel F1 0.80-0.83 on its official test images, via a CSV manifest).
    Target: within 0.03 Dice of the reference on each class, training at most 60 minutes on CPU.
    Our test split is a held-out 20% of the Decathlon training set (the official test labels are
    not public), and we train on 64% of the cases where nnU-Net's folds train on 80%.
@@ -34,9 +35,23 @@ DATASETS = {
     # name: (path under the data folder, reference per class, reference source, default budget)
     "hippocampus": ("seg3d/Task04_Hippocampus", {"Anterior": 0.8975, "Posterior": 0.8807},
                     "nnU-Net 3d_fullres, 5-fold CV (REFERENCES.md)", "55m"),
+    "drive": ("seg2d/drive", {"label_255": 0.80}, "typical U-Net vessel F1 0.80-0.83 on the DRIVE test images "
+              "(MANIFEST.md); the lower end is our target", "10m"),
     "isbi2012": ("seg2d/isbi2012_em_membrane/train", {}, "no published Dice for membrane pixels (use Rand / "
                  "warping error); reported for information", "10m"),
 }
+
+
+def drive_manifest(root: Path, out: Path) -> Path:
+    """DRIVE as a CSV manifest: its 20 training images (train/val) and 20 test images (locked test split)."""
+    rows = ["image,mask,split"]
+    for split, folder in (("train", "training"), ("test", "test")):
+        for image in sorted((root / folder / "images").glob("*.tif")):
+            number = image.name.split("_")[0]
+            rows.append(f"{image.resolve()},{(root / folder / '1st_manual' / f'{number}_manual1.gif').resolve()},{split}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "drive.csv").write_text("\n".join(rows) + "\n")
+    return out / "drive.csv"
 TOLERANCE = 0.03
 
 
@@ -57,6 +72,8 @@ def main(argv=None) -> int:
             print(f"{name}: {data} not found; set --data-dir or MEDLENS_DATA_DIR (see ../shared/datasets/MANIFEST.md)")
             continue
         run = args.runs_dir / f"seg-{name}"
+        if name == "drive":
+            data = drive_manifest(data, args.runs_dir / "drive-manifest")
         seconds = None if args.reuse else train(data, run, args.time_budget or budget)
         doc = evaluate(run)
         results.append((name, reference, source, doc, seconds, run))

@@ -29,8 +29,8 @@ def test_counts_per_split_and_class(tmp_path, make):
     assert card["counts"]["total"] == {"normal": 4, "lesion": 4}
     assert card["dataset"]["task_label"] == "binary 2D"
     assert card["dataset"]["num_cases"] == card["dataset"]["num_readable"] == 8
-    assert card["images"]["shape"] == {"axis0": {"min": 8.0, "median": 8.0, "max": 8.0},
-                                       "axis1": {"min": 8.0, "median": 8.0, "max": 8.0}}
+    assert card["images"]["shape"] == {"axis0": {"min": 8.0, "p10": 8.0, "median": 8.0, "max": 8.0},
+                                       "axis1": {"min": 8.0, "p10": 8.0, "median": 8.0, "max": 8.0}}
     assert card["unreadable"] == [] and card["duplicates"] == []
     assert findings(card) == []
 
@@ -180,7 +180,7 @@ def test_a_clean_segmentation_dataset_has_no_mask_findings(tmp_path, make):
                              "foreground_intensity": {"percentiles": {"0.5": 1.0, "50": 1.0, "99.5": 1.0},
                                                       "mean": 1.0, "std": 0.0, "voxels_sampled": 8}}
     assert card["dataset"]["task_label"] == "segmentation 3D"
-    assert card["images"]["spacing_mm"]["axis2"] == {"min": 1.0, "median": 1.0, "max": 1.0}
+    assert card["images"]["spacing_mm"]["axis2"] == {"min": 1.0, "p10": 1.0, "median": 1.0, "max": 1.0}
 
 
 def test_a_mask_label_outside_the_declared_labels_is_flagged(tmp_path, make):

@@ -237,3 +237,10 @@ def test_format_metrics_table_shows_the_numbers():
     assert lesion_row.split() == ["lesion", "0.800", "0.667", "0.750", "0.727", "0.833", "6"]
     assert "n/a" in format_metrics_table(classification_metrics(
         np.array([0, 0, 1, 1, 0, 1]), np.full((6, 3), 1 / 3), "multiclass", ["a", "b", "c"], n_boot=0))
+
+
+def test_bootstrap_ci_with_no_resample_gives_the_value_and_a_nan_interval():
+    from medlens.evaluation import bootstrap_ci
+
+    value, low, high = bootstrap_ci(np.mean, np.arange(5.0), n_boot=0)
+    assert value == 2.0 and math.isnan(low) and math.isnan(high)

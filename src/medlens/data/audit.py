@@ -225,8 +225,10 @@ _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "unassigned": 3}
 
 
 def _summary(values: list[float]) -> dict:
+    """min, 10th percentile (the spacing nnU-Net keeps on a coarse axis), median, max."""
     array = np.asarray(values, dtype=np.float64)
-    return {"min": float(array.min()), "median": float(np.median(array)), "max": float(array.max())}
+    return {"min": float(array.min()), "p10": float(np.percentile(array, 10)), "median": float(np.median(array)),
+            "max": float(array.max())}
 
 
 def _image_summary(stats: list[CaseStats]) -> dict:

@@ -18,6 +18,7 @@ from medlens.types import Case, Task
 COLUMNS = {
     "image": ("image", "image_path", "path", "file", "filename", "file_name"),
     "label": ("label", "labels", "class", "target", "diagnosis"),
+    "mask": ("mask", "mask_path", "segmentation", "seg", "label_map", "annotation"),
     "patient_id": ("patient_id", "patient", "patientid", "subject", "subject_id"),
     "split": ("split", "set", "subset"),
 }
@@ -36,6 +37,8 @@ def open_manifest(csv_path: Path, image_root: Path | None = None) -> Dataset:
     """
     rows, columns = _read_rows(csv_path)
     image_root = Path(image_root) if image_root else csv_path.parent
+    if "mask" in columns and "label" not in columns:
+        return _open_segmentation_manifest(csv_path, rows, columns, image_root)
     labels = [(row[columns["label"]] or "").strip() for row in rows]
     multilabel = any(sep in value for value in labels for sep in LABEL_SEPARATORS)
     class_names = _class_names(labels, multilabel)
@@ -80,11 +83,32 @@ def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
         found = next((h for h in header if h and h.strip().lower() in names), None)
         if found:
             columns[role] = found
-    for role in ("image", "label"):
-        if role not in columns:
-            raise DatasetError(f"{csv_path}: no {role} column; expected one of {', '.join(COLUMNS[role])}, "
-                               f"found columns {header}")
+    if "image" not in columns:
+        raise DatasetError(f"{csv_path}: no image column; expected one of {', '.join(COLUMNS['image'])}, "
+                           f"found columns {header}")
+    if "label" not in columns and "mask" not in columns:
+        raise DatasetError(f"{csv_path}: no label column (classification: one of {', '.join(COLUMNS['label'])}) "
+                           f"and no mask column (segmentation: one of {', '.join(COLUMNS['mask'])}); found "
+                           f"columns {header}")
     return rows, columns
+
+
+def _open_segmentation_manifest(csv_path: Path, rows: list[dict], columns: dict, image_root: Path) -> Dataset:
+    """Rows of ``image, mask[, patient_id, split]``: one image + label map pair per row."""
+    cases, missing = [], []
+    for line, row in enumerate(rows, start=2):
+        rel, mask_rel = (row[columns["image"]] or "").strip(), (row[columns["mask"]] or "").strip()
+        paths = [image_root / rel, image_root / mask_rel]
+        absent = [r or "(empty)" for r, path in zip((rel, mask_rel), paths) if not r or not path.exists()]
+        if absent:
+            missing.append(f"line {line}: {', '.join(absent)}")
+            continue
+        cases.append(Case(case_id=rel, images=(paths[0],), mask=paths[1],
+                          patient_id=_optional(row, columns.get("patient_id")),
+                          split=parse_split(_optional(row, columns.get("split")), f"{csv_path} line {line}")))
+    findings = _findings(csv_path, image_root, missing, [])
+    return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases, findings=findings,
+                   meta={"columns": columns, "image_root": str(image_root)})
 
 
 def _class_names(labels: list[str], multilabel: bool) -> list[str]:

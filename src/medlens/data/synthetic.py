@@ -7,6 +7,8 @@
   Two studies per patient; ``classification.csv`` lists them with their ``patient_id``.
 - ``segmentation/``: Decathlon layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``), 3D
   MR-like NIfTI volumes (48 x 48 x 32, 0.8 x 0.8 x 1.5 mm) with a lesion mask (label 1).
+- ``new_volumes/``: one fresh lesion volume on another grid (oblique direction, 0.7 x 0.7 x 1.9 mm)
+  for ``medlens predict`` on a segmentation run; its true mask is in ``new_volumes/truth/``.
 - ``dicom/series_001/``: one CT series (64 x 64 x 20, HU, proper geometry tags).
 
 The findings are visible and learnable: a small CNN separates the classes and a U-Net finds
@@ -45,6 +47,7 @@ def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volum
         _write_classification(staging, rng, patients)
         _write_new_studies(staging / "new_studies", np.random.default_rng(seed + 1))
         _write_segmentation(staging / "segmentation", rng, volumes)
+        _write_new_volume(staging / "new_volumes", np.random.default_rng(seed + 2))
         _write_dicom(staging / "dicom" / "series_001", rng)
         (staging / MARKER).write_text(f"medlens demo data, seed {seed}\n")
         if out.exists():
@@ -134,6 +137,15 @@ def _write_segmentation(root: Path, rng: np.random.Generator, volumes: int) -> N
             "tensorImageSize": "3D", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "lesion"},
             "numTraining": volumes, "numTest": 0, "training": training, "test": []}
     (root / "dataset.json").write_text(json.dumps(spec, indent=2))
+
+
+def _write_new_volume(folder: Path, rng: np.random.Generator) -> None:
+    spacing, angle = (0.7, 0.7, 1.9), np.radians(20)
+    volume, mask = lesion_volume(rng, shape=(54, 54, 26), spacing=spacing)
+    direction = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, 1.0)
+    origin = (12.5, -40.25, 7.0)
+    write_image(Image(volume[None], spacing, origin, direction), folder / "lesion_new.nii.gz")
+    write_image(Image(mask[None], spacing, origin, direction), folder / "truth" / "lesion_new.nii.gz")
 
 
 def _write_dicom(folder: Path, rng: np.random.Generator) -> None:

@@ -93,6 +93,8 @@ def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[np.nda
         ``B`` resamples are defined.
     """
     values = np.asarray(values, dtype=float)
+    if len(values) == 0:  # n_boot = 0: no resample, no interval
+        return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
     valid = np.isfinite(values)
     enough = valid.sum(axis=0) * 2 >= max(len(values), 1)
     masked = np.where(valid, values, np.nan)

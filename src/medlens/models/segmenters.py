@@ -55,9 +55,9 @@ def build_segmenter(name: str, *, in_channels: int, num_classes: int, filters: S
 
 
 def _dynunet(*, dims, in_channels, num_classes, filters, strides, kernels, deep_supervision, dropout):
-    if not (len(filters) == len(strides) == len(kernels)) or len(filters) < 2:
+    if not (len(filters) == len(strides) == len(kernels)) or len(filters) < 3:
         raise ConfigError(f"dynunet: model.filters ({len(filters)}), model.strides ({len(strides)}) and "
-                          f"model.kernels ({len(kernels)}) need one entry per level, at least 2 levels; "
+                          f"model.kernels ({len(kernels)}) need one entry per level, at least 3 levels; "
                           "make a new plan with `medlens plan` or fix the lists")
     supervised_heads = min(2, len(filters) - 2)
     return nets.DynUNet(dims, in_channels, num_classes, kernel_size=kernels, strides=strides,
@@ -78,7 +78,7 @@ def _vnet(*, dims, in_channels, num_classes, filters, strides, kernels, deep_sup
     if 16 % in_channels:
         raise ConfigError(f"vnet_3d takes 1, 2, 4, 8 or 16 input channels, the data have {in_channels}; "
                           "use dynunet_3d or unet_3d")
-    return nets.VNet(dims, in_channels, num_classes, dropout_prob=dropout or None, dropout_prob_down=dropout or None,
+    return nets.VNet(dims, in_channels, num_classes, dropout_prob_down=dropout or None,
                      dropout_prob_up=(dropout or None, dropout or 0.0))
 
 

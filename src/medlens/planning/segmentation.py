@@ -26,6 +26,7 @@ BATCH_VOXELS = {("cpu", 2): 4 * 256 * 256, ("gpu", 2): 12 * 512 * 512}  # 3D tra
 BASE_FILTERS = {"cpu": 16, "gpu": 32}
 MAX_FILTERS = {2: 512, 3: 320}
 MIN_FEATURE_MAP = 4  # voxels per axis at the lowest resolution
+MIN_PATCH = 4 * MIN_FEATURE_MAP  # a patch side allows at least two down-samplings (DynUNet needs 3 levels)
 MAX_POOLS = 5
 ANISOTROPY = 3.0  # nnU-Net: max/min spacing above this is "anisotropic"
 ITERATIONS = {"cpu": 100, "gpu": 250}
@@ -43,8 +44,8 @@ def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device:
     """
     reasons: dict[str, str] = {}
     dataset = _dataset_section(card, reasons)
-    data, pools = _data_section(card, dataset, device, reasons)
-    model = _model_section(data, pools, dataset, device, reasons)
+    data, steps = _data_section(card, dataset, device, reasons)
+    model = _model_section(data, steps, dataset, device, reasons)
     segment = SegmentSection(iterations_per_epoch=ITERATIONS[device])
     reasons["segment.iterations_per_epoch"] = f"{ITERATIONS[device]} patch batches per epoch (nnU-Net: 250)"
     reasons["segment.foreground_fraction"] = "one patch in three is centred on a foreground voxel (nnU-Net)"
@@ -90,14 +91,15 @@ def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dic
     median_spacing = [_axis(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)]
     shape = [_axis(images["shape"], a, "median", 32) * median_spacing[a] / spacing[a] for a in range(dims)]
     channels = max(int(c) for c in images["channels"])
-    patch, pools = patch_and_pools(shape, spacing, PATCH_VOXELS[(device, dims)])
+    patch, steps = patch_and_pools(shape, spacing, PATCH_VOXELS[(device, dims)])
+    multiples = [2 ** k for k in pool_counts(steps, dims)]
     reasons["data.input_size"] = (f"training patch (voxels): the median image {[round(s) for s in shape]} at the "
-                                  f"target spacing, rounded to a multiple of {[2 ** p for p in pools]}, within "
+                                  f"target spacing, rounded to a multiple of {multiples}, within "
                                   f"{PATCH_VOXELS[(device, dims)]} voxels on {device.upper()}; inference slides it")
     reasons["data.channels"] = "channels (modalities) of the images"
     normalization, low_high, stats = _normalization(card, dataset, reasons)
     return DataSection(input_size=tuple(patch), channels=channels, normalization=normalization,
-                       intensity_range=low_high, foreground_stats=stats, target_spacing=tuple(spacing)), pools
+                       intensity_range=low_high, foreground_stats=stats, target_spacing=tuple(spacing)), steps
 
 
 def _axis(summary: dict | None, axis: int, key: str, default: float) -> float:
@@ -126,49 +128,53 @@ def target_spacing(images: dict, dims: int, reasons: dict) -> list[float]:
     return [round(v, 4) for v in median]
 
 
-def patch_and_pools(shape: list[float], spacing: list[float], budget: int) -> tuple[list[int], list[int]]:
-    """The patch (voxels per axis) and the down-sampling count per axis.
+def patch_and_pools(shape: list[float], spacing: list[float], budget: int) -> tuple[list[int], list[tuple]]:
+    """The patch (voxels per axis) and the down-sampling steps (one stride tuple per step).
 
     Start from the median image shape; while the patch exceeds ``budget`` voxels, shrink the axis
-    with the largest physical extent. Each axis is down-sampled while its feature map stays
-    >= :data:`MIN_FEATURE_MAP` and its spacing is not over twice the finest; the patch is then
-    rounded up to a multiple of ``2 ** pools`` so that every level divides evenly.
+    with the largest physical extent. Then see :func:`downsampling_steps`; the patch is rounded up
+    to a multiple of each axis's total stride so that every level divides evenly.
     """
-    patch = [max(float(s), MIN_FEATURE_MAP) for s in shape]
+    patch = [max(float(s), MIN_PATCH) for s in shape]
     while math.prod(patch) > budget:
         extents = [p * s for p, s in zip(patch, spacing)]
         axis = int(np.argmax(extents))
         patch[axis] *= 0.9
-    pools = pool_counts(patch, spacing)
-    multiples = [2 ** p for p in pools]
-    return [int(math.ceil(p / m - 1e-3) * m) for p, m in zip(patch, multiples)], pools  # float32 spacing noise
+    steps = downsampling_steps(patch, spacing)
+    multiples = [2 ** k for k in pool_counts(steps, len(patch))]
+    return [int(math.ceil(p / m - 1e-3) * m) for p, m in zip(patch, multiples)], steps  # float32 spacing noise
 
 
-def pool_counts(patch: list[float], spacing: list[float]) -> list[int]:
-    pools, size, current = [0] * len(patch), list(patch), list(spacing)
+def pool_counts(steps: list[tuple[int, ...]], dims: int) -> list[int]:
+    """How many times each axis is halved over ``steps``."""
+    return [sum(step[a] == 2 for step in steps) for a in range(dims)]
+
+
+def downsampling_steps(patch: list[float], spacing: list[float]) -> list[tuple[int, ...]]:
+    """Per down-sampling step, the stride per axis: 2 on an axis whose feature map stays >=
+    :data:`MIN_FEATURE_MAP` and whose spacing is not over twice the finest at that step (so a
+    coarse axis waits until the fine axes have caught up), else 1; at most :data:`MAX_POOLS` steps."""
+    steps, size, current = [], list(patch), list(spacing)
     for _ in range(MAX_POOLS):
         finest = min(current)
-        step = [s / 2 >= MIN_FEATURE_MAP and c <= 2 * finest for s, c in zip(size, current)]
-        if not any(step):
+        step = tuple(2 if s / 2 >= MIN_FEATURE_MAP and c <= 2 * finest else 1 for s, c in zip(size, current))
+        if max(step) == 1:
             break
-        for a, go in enumerate(step):
-            if go:
-                pools[a], size[a], current[a] = pools[a] + 1, size[a] / 2, current[a] * 2
-    return pools
+        steps.append(step)
+        size = [s / k for s, k in zip(size, step)]
+        current = [c * k for c, k in zip(current, step)]
+    return steps
 
 
-def topology(pools: list[int], spacing: list[float]) -> tuple[tuple, tuple]:
-    """Per level, the strides and kernels: stride 2 on axes still being down-sampled; a kernel of 1
-    across an axis whose spacing is over twice the finest at that level (nnU-Net)."""
-    levels = max(pools) + 1
-    strides, kernels, current = [], [], list(spacing)
-    for level in range(levels):
-        stride = tuple(1 if level == 0 or level > p else 2 for p in pools)
+def topology(steps: list[tuple[int, ...]], spacing: list[float]) -> tuple[tuple, tuple]:
+    """Per level, the strides and kernels: level 0 has stride 1, then one level per down-sampling
+    step; a kernel of 1 across an axis whose spacing is over twice the finest at that level (nnU-Net)."""
+    strides = (tuple(1 for _ in spacing), *[tuple(step) for step in steps])
+    kernels, current = [], list(spacing)
+    for stride in strides:
         current = [c * s for c, s in zip(current, stride)]
-        finest = min(current)
-        strides.append(stride)
-        kernels.append(tuple(1 if c > 2 * finest else 3 for c in current))
-    return tuple(strides), tuple(kernels)
+        kernels.append(tuple(1 if c > 2 * min(current) else 3 for c in current))
+    return strides, tuple(kernels)
 
 
 def _normalization(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, tuple, tuple]:
@@ -186,10 +192,10 @@ def _normalization(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[
     return "zscore", (), ()
 
 
-def _model_section(data: DataSection, pools: list[int], dataset: DatasetSection, device: str,
+def _model_section(data: DataSection, steps: list[tuple], dataset: DatasetSection, device: str,
                    reasons: dict) -> ModelSection:
     dims = dataset.spatial_dims
-    strides, kernels = topology(pools, list(data.target_spacing))
+    strides, kernels = topology(steps, list(data.target_spacing))
     base = BASE_FILTERS[device]
     filters = tuple(min(base * 2 ** k, MAX_FILTERS[dims]) for k in range(len(strides)))
     reasons["model.name"] = f"nnU-Net-style {dims}D U-Net (MONAI DynUNet) configured from patch and spacing"

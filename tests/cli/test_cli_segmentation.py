@@ -1,0 +1,191 @@
+"""Segmentation through the CLI on the demo lesions: plan -> train -> evaluate -> predict; geometry; resume; bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.data.synthetic import lesion_volume
+from medlens.io import Image, read_image, write_image
+
+FAST = ["--set", "train.max_epochs=2", "--set", "segment.iterations_per_epoch=60", "--set", "train.patience=50",
+        "--no-progress"]
+
+
+def medlens(*argv, env=None, **kwargs) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "medlens.cli", *map(str, argv)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory, demo_dir) -> Path:
+    """One short segmentation run on the demo lesions (7 train, 2 val, 3 test volumes)."""
+    from medlens.cli import main
+
+    out = tmp_path_factory.mktemp("seg") / "run"
+    assert main(["train", str(demo_dir / "segmentation"), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def oblique_lesion(seed: int = 7) -> tuple[Image, np.ndarray]:
+    """A lesion volume on another grid than the training data: oblique direction, own origin and spacing."""
+    spacing = (0.7, 0.7, 1.9)
+    volume, mask = lesion_volume(np.random.default_rng(seed), shape=(54, 54, 26), spacing=spacing)
+    angle = np.radians(20)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    return Image(volume[None], spacing, (12.5, -40.25, 7.0), tuple(direction.ravel())), mask
+
+
+def test_train_leaves_a_segmentation_run_folder(seg_run):
+    plan = (seg_run / "plan.yaml").read_text()
+    assert "task: segmentation" in plan and "dynunet_3d" in plan and "target_spacing" in plan
+    info = json.loads((seg_run / "run.json").read_text())
+    assert info["status"] == "finished" and info["monitor"] == "val_dice"
+    rows = list(csv.DictReader(open(seg_run / "metrics.csv")))
+    assert len(rows) == 2 and float(rows[-1]["val_dice_lesion"]) > 0
+    post = json.loads((seg_run / "postprocess.json").read_text())
+    assert set(post["keep_largest"]) == {"lesion"} and "validation_dice" in post
+
+
+def test_evaluate_reaches_dice_08_on_the_easy_synthetic_lesions(cli, seg_run):
+    result = cli("evaluate", seg_run, "--bootstrap", "200", "--save-masks")
+    assert result.rc == 0, result.err
+    doc = json.loads((seg_run / "metrics.json").read_text())  # strict JSON: no NaN
+    dice = doc["metrics"]["per_class"]["lesion"]["dice"]
+    assert doc["task"] == "segmentation" and doc["n_cases"] == 3
+    assert dice["value"] >= 0.8 and dice["ci_low"] <= dice["value"] <= dice["ci_high"]
+    assert doc["metrics"]["per_class"]["lesion"]["hd95_mm"]["value"] is not None
+    assert "lesion" in result.out and "HD95" in result.out
+    assert len(list((seg_run / "masks_test").glob("*.nii.gz"))) == 3
+    assert (seg_run / "segmentation_test.csv").read_text().startswith("case_id,lesion_dice")
+
+
+def test_predicted_mask_has_exactly_the_inputs_geometry_on_an_oblique_volume(cli, seg_run, tmp_path):
+    image, truth = oblique_lesion()
+    source = write_image(image, tmp_path / "oblique.nrrd")
+    result = cli("predict", seg_run, source, "--out", tmp_path / "out", "--probabilities")
+    assert result.rc == 0, result.out
+    mask = read_image(tmp_path / "out" / "oblique_seg.nrrd")
+    original = read_image(source)
+    assert mask.spatial_shape == original.spatial_shape
+    for ours, theirs in ((mask.spacing_mm, original.spacing_mm), (mask.origin_mm, original.origin_mm),
+                         (mask.direction, original.direction)):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)  # NRRD: spacing x direction, float rounding
+    found = mask.array[0] == 1
+    assert 2 * (found & (truth == 1)).sum() / (found.sum() + truth.sum()) > 0.6  # resampled both ways, still found
+    probs = read_image(tmp_path / "out" / "oblique_probs.nii.gz")
+    assert probs.channels == 2 and np.allclose(probs.array.sum(0), 1, atol=1e-4)
+
+
+def test_predict_reports_an_unreadable_file_and_goes_on(cli, seg_run, demo_dir, tmp_path):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    good = demo_dir / "segmentation" / "imagesTr" / "lesion_000.nii.gz"
+    result = cli("predict", seg_run, broken, good, "--out", tmp_path / "out")
+    assert result.rc == 1 and "broken.nii.gz: error" in result.out
+    assert (tmp_path / "out" / "lesion_000_seg.nii.gz").exists()
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "weights.pt", weights_only=True)
+
+
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, tmp_path):
+    args = ["train", demo_dir / "segmentation", "--set", "train.max_epochs=3", "--set",
+            "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set", "segment.keep_largest=never",
+            "--no-progress"]
+    env = {"OMP_NUM_THREADS": "1"}
+    assert medlens(*args, "--out", tmp_path / "whole", env=env).returncode == 0
+    victim = subprocess.Popen([sys.executable, "-m", "medlens.cli", *map(str, args), "--out", tmp_path / "killed"],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
+    resumed = medlens("train", "--resume", tmp_path / "killed", "--no-progress", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    whole, killed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert all(torch.allclose(whole[k].float(), killed[k].float(), atol=1e-5) for k in whole)
+    rows = lambda run: [(r["epoch"], r["val_dice"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
+    assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
+
+
+@pytest.fixture
+def seg_copy(demo_dir, tmp_path) -> Path:
+    """A private copy of the demo segmentation folder that a test may break."""
+    return Path(shutil.copytree(demo_dir / "segmentation", tmp_path / "segmentation"))
+
+
+def _rewrite_mask(folder: Path, name: str, make) -> None:
+    path = folder / "labelsTr" / name
+    write_image(make(read_image(path)), path)
+
+
+def test_a_mask_on_another_grid_is_refused_before_training_naming_the_file(cli, seg_copy, tmp_path):
+    _rewrite_mask(seg_copy, "lesion_003.nii.gz", lambda m: Image(m.array[:, :40], m.spacing_mm, m.origin_mm,
+                                                                 m.direction))
+    with pytest.raises(Exception, match=r"(?s)mask\.geometry.*lesion_003"):
+        cli("train", seg_copy, "--out", tmp_path / "run", *FAST)
+    assert not (tmp_path / "run" / "weights.pt").exists()
+
+
+def test_a_2d_mask_for_a_3d_image_is_refused(cli, seg_copy, tmp_path):
+    path = seg_copy / "labelsTr" / "lesion_004.nii.gz"
+    mask = read_image(path)
+    path.unlink()
+    write_image(Image(mask.array[..., 10], mask.spacing_mm[:2], mask.origin_mm[:2], (1.0, 0.0, 0.0, 1.0)), path)
+    with pytest.raises(Exception, match=r"(?s)mask\.dims.*lesion_004"):
+        cli("train", seg_copy, "--out", tmp_path / "run", *FAST)
+
+
+def test_unexpected_label_values_are_refused(cli, seg_copy, tmp_path):
+    _rewrite_mask(seg_copy, "lesion_005.nii.gz", lambda m: m.with_array(m.array * 3))
+    with pytest.raises(Exception, match=r"(?s)mask\.labels.*lesion_005"):
+        cli("train", seg_copy, "--out", tmp_path / "run", *FAST)
+
+
+def test_an_all_background_training_set_is_refused(cli, seg_copy, tmp_path):
+    for path in (seg_copy / "labelsTr").iterdir():
+        _rewrite_mask(seg_copy, path.name, lambda m: m.with_array(np.zeros_like(m.array)))
+    with pytest.raises(Exception, match="background"):
+        cli("train", seg_copy, "--out", tmp_path / "run", *FAST)
+
+
+def write_2d_pairs(root: Path, count: int = 14) -> Path:
+    """``images/`` + ``labels/`` PNG pairs: a bright disc (label 255) on noise, 48 x 48."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(count):
+        cy, cx, r = rng.uniform(14, 34), rng.uniform(14, 34), rng.uniform(5, 9)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        image = np.clip(60 + 120 * disc + rng.normal(0, 15, disc.shape), 0, 255).astype(np.uint8)
+        for folder, array in (("images", image), ("labels", (disc * 255).astype(np.uint8))):
+            write_image(Image(array.T[None], (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),
+                        root / folder / f"disc_{i:02d}.png")
+    return root
+
+
+def test_2d_image_mask_pairs_plan_train_and_evaluate_in_square_millimetres(cli, tmp_path):
+    data = write_2d_pairs(tmp_path / "discs")
+    plan = cli("plan", data, "--out", tmp_path / "plan.yaml")
+    assert plan.rc == 0 and "dynunet_2d" in plan.out and "label_255" in plan.out
+    result = cli("train", data, "--plan", tmp_path / "plan.yaml", "--out", tmp_path / "run", "--set",
+                 "train.max_epochs=2", "--set", "segment.iterations_per_epoch=25", "--no-progress")
+    assert result.rc == 0, result.err
+    assert cli("evaluate", tmp_path / "run", "--bootstrap", "50").rc == 0
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert doc["metrics"]["size_unit"] == "mm2" and doc["metrics"]["per_class"]["label_255"]["dice"]["value"] > 0.5
