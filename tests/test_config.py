@@ -33,7 +33,7 @@ def test_config_is_frozen():
 def test_as_dict_turns_tuples_into_lists():
     plain = Config(dataset=DatasetSection(class_names=("a", "b"))).as_dict()
 
-    assert list(plain) == ["dataset", "data", "model", "augment", "train", "evaluate"]
+    assert list(plain) == ["dataset", "data", "model", "augment", "train", "segment", "evaluate"]
     assert plain["data"]["input_size"] == [28, 28]
     assert plain["dataset"]["class_names"] == ["a", "b"]
     assert plain["train"]["max_epochs"] == 30
@@ -125,7 +125,7 @@ def test_literal_refuses_with_the_choices_listed():
 
 
 def test_literal_refusal_suggests_the_closest_choice():
-    with pytest.raises(ConfigError, match=r"'zscor' is not one of scale01, zscore, ct_window, none; "
+    with pytest.raises(ConfigError, match=r"'zscor' is not one of scale01, zscore, ct_window, ct_foreground, none; "
                                           r"did you mean `zscore`\?"):
         config_from_dict({"data": {"normalization": "zscor"}})
 
@@ -144,7 +144,7 @@ def test_unknown_key_without_a_close_match_has_no_suggestion():
 
 def test_unknown_section_suggests_and_lists_sections():
     with pytest.raises(ConfigError, match=r"unknown section `trian`; did you mean `train`\?; sections are "
-                                          r"dataset, data, model, augment, train, evaluate"):
+                                          r"dataset, data, model, augment, train, segment, evaluate"):
         config_from_dict({"trian": {"max_epochs": 5}})
 
 

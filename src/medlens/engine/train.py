@@ -122,11 +122,12 @@ def check_compatible(config: Config) -> None:
     if len(config.data.input_size) != dims:
         raise ConfigError(f"data.input_size={list(config.data.input_size)} has {len(config.data.input_size)} axes "
                           f"but the data are {dims}D")
-    from medlens.models import CLASSIFIERS
+    from medlens.models import CLASSIFIERS, SEGMENTERS
 
-    if config.model.name not in CLASSIFIERS:
-        raise ConfigError(f"model.name={config.model.name} is not a classifier; this plan is for "
+    if config.model.name in SEGMENTERS:
+        raise ConfigError(f"model.name={config.model.name} is a segmentation network; this plan is for "
                           f"{config.dataset.task} classification ({', '.join(CLASSIFIERS.names()[:4])}, ...)")
+    CLASSIFIERS.get(config.model.name)  # an unknown name fails here, with a "did you mean"
 
 
 def check_segmentation_plan(config: Config) -> None:
