@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from medlens.data import open_dataset
-from medlens.data.audit import FOREGROUND_SAMPLES_PER_CASE, inspect_dataset
+from medlens.data.audit import inspect_dataset
+from medlens.data.audit_masks import FOREGROUND_SAMPLES_PER_CASE
 from medlens.io import Image, identity_direction, write_image
 from medlens.types import Split
 
