@@ -64,7 +64,7 @@ def test_evaluate_reaches_dice_08_on_the_easy_synthetic_lesions(cli, seg_run):
     assert result.rc == 0, result.err
     doc = json.loads((seg_run / "metrics.json").read_text())  # strict JSON: no NaN
     dice = doc["metrics"]["per_class"]["lesion"]["dice"]
-    assert doc["task"] == "segmentation" and doc["n_cases"] == 3
+    assert doc["task"] == "segmentation" and doc["n_cases"] == 3 and doc["distances_in"] == "mm"
     assert dice["value"] >= 0.8 and dice["ci_low"] <= dice["value"] <= dice["ci_high"]
     assert doc["metrics"]["per_class"]["lesion"]["hd95_mm"]["value"] is not None
     assert "lesion" in result.out and "HD95" in result.out
@@ -190,3 +190,4 @@ def test_2d_image_mask_pairs_plan_train_and_evaluate_in_square_millimetres(cli, 
     assert cli("evaluate", tmp_path / "run", "--bootstrap", "50").rc == 0
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert doc["metrics"]["size_unit"] == "mm2" and doc["metrics"]["per_class"]["label_255"]["dice"]["value"] > 0.5
+    assert doc["distances_in"] == "mm"  # medlens writes the 1 mm spacing into the PNG (pHYs)

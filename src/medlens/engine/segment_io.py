@@ -37,9 +37,10 @@ def evaluate_segmentation(run: RunFolder, config: Config, model, *, split: str, 
     cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)[split]
     mirror = config.segment.mirror_tta if tta is None else tta
     post, labels = run.read_postprocess(), class_labels(config)
-    rows = []
+    rows, spacing_known = [], True
     for case in cases:
         image = dataset.load_image(case)
+        spacing_known &= image.spacing_known
         result = segment_image(model, image, config, post, mirror=mirror, where=f"case {case.case_id}")
         reference = dataset.load_mask(case)
         if save_masks:
@@ -53,13 +54,16 @@ def evaluate_segmentation(run: RunFolder, config: Config, model, *, split: str, 
                                      groups=groups)
     doc = {"medlens_metrics_version": 1, "run": str(run.root), "split": split, "created": now(), "task": "segmentation",
            "tta": mirror, "postprocess": post.get("keep_largest", {}), "n_cases": len(rows),
-           "grouped_by": "patient" if any(c.patient_id for c in cases) else "case", "metrics": summary,
+           "grouped_by": "patient" if any(c.patient_id for c in cases) else "case",
+           "distances_in": "mm" if spacing_known else "pixels (the images carry no spacing)", "metrics": summary,
            "seconds": round(time.perf_counter() - started, 2)}
     from medlens.engine.evaluate import json_safe
 
     write_json_atomic(run.metrics_json, json_safe(doc))
     write_text_atomic(run.root / f"segmentation_{split}.csv", per_case_csv(rows, list(labels.values())))
     log(format_segmentation_table(summary, title=f"{run.root} — {split} split ({len(rows)} cases)"))
+    if not spacing_known:
+        log("note: these images carry no pixel spacing, so HD95 / MSD are in pixels and sizes in pixels, not mm")
     log(f"metrics written to {run.metrics_json}; per case in {run.root / f'segmentation_{split}.csv'}")
     return doc
 
