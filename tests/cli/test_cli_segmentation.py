@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medlens.data.synthetic import lesion_volume
 from medlens.io import Image, read_image, write_image
 
 FAST = ["--set", "train.max_epochs=2", "--set", "segment.iterations_per_epoch=60", "--set", "train.patience=50",
         "--no-progress"]
-
-
-def medlens(*argv, env=None, **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "medlens.cli", *map(str, argv)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -98,31 +87,10 @@ def test_predict_reports_an_unreadable_file_and_goes_on(cli, seg_run, demo_dir, 
     assert (tmp_path / "out" / "lesion_000_seg.nii.gz").exists()
 
 
-def _weights(run: Path) -> dict:
-    return torch.load(run / "weights.pt", weights_only=True)
-
-
-def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, tmp_path):
-    args = ["train", demo_dir / "segmentation", "--set", "train.max_epochs=3", "--set",
-            "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set", "segment.keep_largest=never",
-            "--no-progress"]
-    env = {"OMP_NUM_THREADS": "1"}
-    assert medlens(*args, "--out", tmp_path / "whole", env=env).returncode == 0
-    victim = subprocess.Popen([sys.executable, "-m", "medlens.cli", *map(str, args), "--out", tmp_path / "killed"],
-                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "killed" / "metrics.csv"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
-    resumed = medlens("train", "--resume", tmp_path / "killed", "--no-progress", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    whole, killed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
-    assert all(torch.allclose(whole[k].float(), killed[k].float(), atol=1e-5) for k in whole)
-    rows = lambda run: [(r["epoch"], r["val_dice"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
-    assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, kill_and_resume):
+    kill_and_resume(["train", demo_dir / "segmentation", "--set", "train.max_epochs=3", "--set",
+                     "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set",
+                     "segment.keep_largest=never", "--no-progress"], "val_dice", lines=2)
 
 
 @pytest.fixture

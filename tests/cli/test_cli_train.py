@@ -5,14 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
 
@@ -138,30 +135,9 @@ def test_init_from_reinitialises_the_head_and_refuses_another_network(cli, train
     assert other.rc == 2 and "another network or task" in other.err
 
 
-def _weights(run: Path) -> dict:
-    return torch.load(run / "weights.pt", weights_only=True)
-
-
-def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, tmp_path):
-    args = ["train", demo_dir / "classification.csv", "--set", "train.max_epochs=6", "--set", "train.patience=50",
-            "--set", "data.input_size=[96,96]", "--no-progress"]
-    env = {"OMP_NUM_THREADS": "1"}
-    assert medlens(*args, "--out", tmp_path / "whole", env=env).returncode == 0
-    victim = subprocess.Popen([sys.executable, "-m", "medlens.cli", *map(str, args), "--out", tmp_path / "killed"],
-                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "killed" / "metrics.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
-    resumed = medlens("train", "--resume", tmp_path / "killed", "--no-progress", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    whole, killed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
-    assert all(torch.allclose(whole[k].float(), killed[k].float(), atol=1e-5) for k in whole)
-    rows = lambda run: [(r["epoch"], r["val_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
-    assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, kill_and_resume):
+    kill_and_resume(["train", demo_dir / "classification.csv", "--set", "train.max_epochs=6", "--set",
+                     "train.patience=50", "--set", "data.input_size=[96,96]", "--no-progress"], "val_loss", lines=3)
 
 
 def test_ddp_with_two_cpu_processes_on_gloo(demo_dir, tmp_path):

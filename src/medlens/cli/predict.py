@@ -23,15 +23,10 @@ def run(args) -> int:
     from medlens.engine.predict import predict_paths, write_predictions
 
     rows = predict_paths(args.run, args.inputs, tta=args.tta)
-    names = list(config.dataset.class_names)
-    for row in rows:
-        if "error" in row:
-            print(f"{row['path']}: error: {row['error']}")
-        else:
-            probs = "  ".join(f"{n}={p:.3f}" for n, p in row["probabilities"].items())
-            print(f"{row['path']}: {row['predicted'] or '(none)'}  {probs}")
+    _report(rows, lambda row: f"{row['path']}: {row['predicted'] or '(none)'}  "
+                              + "  ".join(f"{n}={p:.3f}" for n, p in row["probabilities"].items()))
     if args.out:
-        print(f"predictions written to {write_predictions(rows, args.out, names)}")
+        print(f"predictions written to {write_predictions(rows, args.out, list(config.dataset.class_names))}")
     return _failures(rows)
 
 
@@ -40,13 +35,15 @@ def _segment(args) -> int:
 
     out = args.out or Path("predictions")
     rows = predict_segmentation(args.run, args.inputs, out, tta=args.tta, probabilities=args.probabilities)
-    for row in rows:
-        if "error" in row:
-            print(f"{row['path']}: error: {row['error']}")
-        else:
-            voxels = "  ".join(f"{n}={v}" for n, v in row["voxels"].items())
-            print(f"{row['path']} -> {row['mask']}  voxels: {voxels}")
+    _report(rows, lambda row: f"{row['path']} -> {row['mask']}  voxels: "
+                              + "  ".join(f"{n}={v}" for n, v in row["voxels"].items()))
     return _failures(rows)
+
+
+def _report(rows: list[dict], describe) -> None:
+    """One line per input: ``describe(row)``, or the error that input met."""
+    for row in rows:
+        print(f"{row['path']}: error: {row['error']}" if "error" in row else describe(row))
 
 
 def _failures(rows: list[dict]) -> int:

@@ -14,6 +14,7 @@ mode a DynUNet with deep supervision returns ``(B, 1 + S, K, *spatial)`` (the ma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from monai.networks import nets
@@ -93,12 +94,6 @@ def patch_multiple(name: str, strides: Sequence[Sequence[int]]) -> tuple[int, ..
     dims = int(name.rsplit("_", 1)[1][:-1])
     if name.startswith("vnet"):
         return (16,) * dims
-    multiple = [1] * dims
-    for level in strides:
-        multiple = [m * s for m, s in zip(multiple, level)]
-    if name.startswith("unet"):
-        total = 1
-        for level in strides[1:]:
-            total *= max(level)
-        return (total,) * dims
-    return tuple(multiple)
+    if name.startswith("unet"):  # one stride per level, the largest of the plan's, on every axis
+        return (math.prod(max(level) for level in strides[1:]),) * dims
+    return tuple(math.prod(level[a] for level in strides) for a in range(dims))
