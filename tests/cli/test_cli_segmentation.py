@@ -87,6 +87,21 @@ def test_predict_reports_an_unreadable_file_and_goes_on(cli, seg_run, demo_dir, 
     assert (tmp_path / "out" / "lesion_000_seg.nii.gz").exists()
 
 
+def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_run, tmp_path):
+    image, truth = oblique_lesion()
+    source = write_image(image, tmp_path / "oblique.nii.gz")
+    result = cli("explain", seg_run, source, "--out", tmp_path / "cams")
+    assert result.rc == 0, result.out + result.err
+    heat = read_image(tmp_path / "cams" / "oblique_cam.nii.gz")
+    assert heat.spatial_shape == image.spatial_shape
+    np.testing.assert_allclose(heat.direction, image.direction, atol=1e-6)
+    np.testing.assert_allclose(heat.origin_mm, image.origin_mm, atol=1e-4)
+    assert np.isfinite(heat.array).all() and heat.array.max() == pytest.approx(1.0, abs=1e-3)
+    row = json.loads((tmp_path / "cams" / "explanations.json").read_text())["inputs"][0]
+    assert row["explained_class"] == "lesion" and row["predicted_voxels"]["lesion"] > 0
+    assert (tmp_path / "cams" / "oblique_cam.png").stat().st_size > 0
+
+
 def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, kill_and_resume):
     kill_and_resume(["train", demo_dir / "segmentation", "--set", "train.max_epochs=3", "--set",
                      "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set",
