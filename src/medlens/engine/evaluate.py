@@ -60,7 +60,8 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     tta = config.evaluate.tta if tta is None else tta
     n_boot = config.evaluate.n_bootstrap if n_bootstrap is None else n_bootstrap
     multilabel, task = config.dataset.task == "multilabel", config.dataset.task
-    logits = predict_logits(load_model(run, config), data.images,
+    model = load_model(run, config)
+    logits = predict_logits(model, data.images,
                             tta_flip_axes=tuple(config.augment.flip_axes) if tta else ())
     raw = to_probs(logits, multilabel=multilabel)
     probs = to_probs(logits, multilabel=multilabel, temperature=calibration["temperature"])
@@ -85,6 +86,10 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     log(format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)"))
     log(_summary_lines(doc))
     log(f"metrics written to {run.metrics_json}")
+    from medlens.report import ClassificationEvidence, write_report
+
+    write_report(run, classification=ClassificationEvidence(model, data.images, data.labels, raw, probs,
+                                                            [c.case_id for c in data.cases]), log=log)
     return doc
 
 

@@ -85,6 +85,9 @@ def _finish(run: RunFolder, config: Config, model, val_volumes, trainer, best, s
     kept = [n for n, keep in post["keep_largest"].items() if keep]
     log(f"best {best.monitor} {float(score) if score is not None else float('nan'):.4f}; keep largest component: "
         f"{', '.join(kept) or 'no class'}; weights in {run.weights}")
+    from medlens.report import write_report
+
+    write_report(run, log=log)
 
 
 def choose_postprocessing(model, config: Config, volumes) -> dict:

@@ -65,6 +65,9 @@ def evaluate_segmentation(run: RunFolder, config: Config, model, *, split: str, 
     if not spacing_known:
         log("note: these images carry no pixel spacing, so HD95 / MSD are in pixels and sizes in pixels, not mm")
     log(f"metrics written to {run.metrics_json}; per case in {run.root / f'segmentation_{split}.csv'}")
+    from medlens.report import SegmentationEvidence, write_report
+
+    write_report(run, segmentation=SegmentationEvidence(model, dataset, cases, post, mirror), log=log)
     return doc
 
 

@@ -238,6 +238,9 @@ def _finish(run: RunFolder, config: Config, model, val: SplitData, trainer, best
                     stopped_by=stop_reason(trainer, config))
     log(f"best {best.monitor} {float(score) if score is not None else float('nan'):.4f}; "
         f"temperature {calibration['temperature']:.3f}; weights in {run.weights}")
+    from medlens.report import write_report
+
+    write_report(run, log=log)
 
 
 def stop_reason(trainer, config: Config) -> str:

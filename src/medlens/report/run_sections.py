@@ -1,0 +1,146 @@
+"""Report sections every run has: the dataset card, the plan with its reasons, the training curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+from medlens.engine.runs import RunFolder
+from medlens.report.document import Figure, Section, Table
+from medlens.report.plots import curves_png, loss_columns, validation_columns
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+MAX_MESSAGE = 400
+
+
+def read_epoch_rows(path: Path) -> list[dict]:
+    """The rows of metrics.csv (``[]`` before the first epoch)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def dataset_section(run: RunFolder, config, card: dict) -> Section:
+    """What the data are: task, sizes, counts per class and split, and the audit's findings."""
+    facts = card.get("dataset", {})
+    section = Section("Dataset", key="dataset")
+    section.text(f"**{facts.get('source', config.dataset.source)}**: {facts.get('task_label', config.dataset.task)}"
+                 f", {facts.get('num_cases', '?')} cases ({facts.get('num_readable', '?')} readable)"
+                 + (f", modality {facts['modality']}" if facts.get("modality") else "")
+                 + f"; classes {', '.join(config.dataset.class_names)}.")
+    section.table(split_table(run, config, card))
+    if card.get("findings"):
+        return section.table(findings_table(card))
+    return section.text("The audit found nothing to report: no leakage (no patient or identical image in two "
+                        "splits), no unreadable file, no label conflict.")
+
+
+def split_table(run: RunFolder, config, card: dict) -> Table:
+    """Cases per split and class, for the splits this run used (``splits.json``, its fold)."""
+    names = list(config.dataset.class_names)
+    counts = split_counts(run, config)
+    if counts is None:  # the data moved: the card's own counts (made before the splits)
+        by_split = card.get("counts", {}).get("by_split", {})
+        columns = sorted({k for c in by_split.values() for k in c}, key=lambda k: (k != "cases", k))
+        rows = [[s, *[str(c.get(k, 0)) for k in columns]] for s, c in by_split.items()]
+        return Table(["split", *columns], rows, key="split-counts", caption="cases per split (from the audit)")
+    segmentation = config.dataset.task == "segmentation"
+    columns = ["cases"] if segmentation else ["cases", *names]
+    rows = [[split, *[str(c.get(k, 0)) for k in columns]] for split, c in counts.items()]
+    total = sum(counts.values(), Counter())
+    rows.append(["total", *[str(total.get(k, 0)) for k in columns]])
+    caption = f"cases per split and class (fold {config.dataset.fold} of splits.json)"
+    if config.dataset.task == "multilabel":
+        caption += "; a label column counts the cases where that label is present"
+    return Table(["split", *columns], rows, key="split-counts", caption=caption)
+
+
+def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
+    """``{split: Counter(cases=n, class=n, ...)}``; ``None`` when the dataset can no longer be opened."""
+    from medlens.data import open_dataset
+    from medlens.errors import MedlensError
+
+    splits = read_json(run.splits)
+    if not splits:
+        return None
+    fold = splits["folds"][config.dataset.fold]
+    ids = {"train": fold["train"], "val": fold["val"], "test": splits["test"]}
+    if config.dataset.task == "segmentation":
+        return {s: Counter(cases=len(v)) for s, v in ids.items()}
+    try:
+        dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None)
+    except (MedlensError, OSError, ValueError):
+        return None
+    labels = {c.case_id: c.label for c in dataset.cases}
+    names = list(config.dataset.class_names)
+    counts = {}
+    for split, members in ids.items():
+        counter = Counter(cases=len(members))
+        for case_id in members:
+            label = labels.get(case_id)
+            if label is None:
+                continue
+            if config.dataset.task == "multilabel":
+                counter.update({n: int(f) for n, f in zip(names, label)})
+            else:
+                counter[names[int(label)]] += 1
+        counts[split] = counter
+    return counts
+
+
+def findings_table(card: dict) -> Table:
+    """The audit's findings, leakage first, then by severity."""
+    findings = sorted(card["findings"], key=lambda f: (not f["code"].startswith("leakage"),
+                                                       SEVERITY_ORDER.get(f["severity"], 3)))
+    rows = []
+    for f in findings:
+        message = f["message"] if len(f["message"]) <= MAX_MESSAGE else f["message"][:MAX_MESSAGE] + " …"
+        rows.append([f["severity"], f["code"], message, str(len(f.get("cases", [])))])
+    leaks = sum(f["code"].startswith("leakage") for f in findings)
+    caption = (f"audit findings: {leaks} leakage finding(s)" if leaks else "audit findings (no leakage found)")
+    return Table(["severity", "code", "finding", "cases"], rows, key="findings", caption=caption)
+
+
+def plan_section(config, reasons: dict[str, str]) -> Section:
+    """The resolved plan: every value chosen for a reason, with the reason; the defaults in one line."""
+    section = Section("Plan", key="plan")
+    rows, defaults = [], []
+    for name, values in config.as_dict().items():
+        for key, value in values.items():
+            reason = reasons.get(f"{name}.{key}")
+            text = json.dumps(value) if not isinstance(value, str) else value
+            if reason:
+                rows.append([f"{name}.{key}", text, reason])
+            elif value not in ("", [], None) and name != "dataset":
+                defaults.append(f"{name}.{key}={text}")
+    section.table(Table(["setting", "value", "why"], rows, key="plan", caption="values chosen from the data"))
+    if defaults:
+        section.text("At their defaults: " + ", ".join(defaults) + ".")
+    return section
+
+
+def training_section(run: RunFolder) -> Section:
+    """Status and timings from ``run.json``; loss and validation metric per epoch from ``metrics.csv``."""
+    info, rows = read_json(run.info), read_epoch_rows(run.metrics_csv)
+    section = Section("Training", key="training")
+    best = info.get("best_score")
+    section.text(f"status **{info.get('status', 'unknown')}** after {info.get('epochs_run', len(rows))} epoch(s), "
+                 f"stopped by {info.get('stopped_by', 'n/a')}; best {info.get('monitor', 'score')} "
+                 f"{'n/a' if best is None else f'{best:.4f}'}; {info.get('train_seconds', 'n/a')} s of training.")
+    figures = [Figure(name, png, caption) for name, png, caption in (
+        ("loss", curves_png([("run", rows)], loss_columns(rows), title="loss", ylabel="loss"), "loss per epoch"),
+        ("validation", curves_png([("run", rows)], validation_columns(rows), title="validation",
+                                  ylabel="metric"), "validation metrics per epoch"))
+        if png is not None]
+    if figures:
+        section.figures(*figures)
+    else:
+        section.text("metrics.csv holds no epoch yet.")
+    return section

@@ -1,0 +1,201 @@
+"""The evaluation part of a segmentation report: metrics with CIs, per-case table, box plots, overlays."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medlens.report.classification import num
+from medlens.report.document import Figure, Section, Table
+from medlens.report.plots import figure, to_png
+from medlens.report.published import decathlon_benchmark
+
+#: Per class: (reference, prediction) contour colours.
+PAIRS = (("#2ca02c", "#d62728"), ("#1f77b4", "#ff7f0e"), ("#9467bd", "#e377c2"), ("#17becf", "#bcbd22"))
+SCORES = (("dice", "Dice"), ("iou", "IoU"), ("hd95_mm", "HD95"), ("msd_mm", "MSD"))
+
+
+@dataclass
+class SegmentationEvidence:
+    """What ``evaluate`` holds in memory to segment the worst, median and best cases again.
+
+    Attributes:
+        model: the trained segmenter. dataset, cases: the split's cases. postprocess: postprocess.json.
+        mirror: whether evaluation used mirroring test-time augmentation.
+    """
+
+    model: object
+    dataset: object
+    cases: list
+    postprocess: dict
+    mirror: bool
+
+
+def read_case_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+def mean_dice(row: dict, names: list[str]) -> float | None:
+    """The case's Dice averaged over the classes defined on it (both-empty classes left out)."""
+    values = [v for n in names if (v := _float(row.get(f"{n}_dice"))) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def metrics_table(doc: dict) -> Table:
+    """Per class (and the mean over classes) each score with its 95% CI: the numbers of metrics.json."""
+    summary, rows = doc["metrics"], []
+    groups = [*summary["per_class"].items(), ("mean", summary["mean"])]
+    for name, entries in groups:
+        for key, label in SCORES:
+            e = entries[key]
+            rows.append([name, label, num(e["value"]), num(e["ci_low"]), num(e["ci_high"]), str(e.get("n", ""))])
+    return Table(["class", "metric", "value", "95% CI low", "95% CI high", "n"], rows, key="metrics",
+                 caption=f"distances in {doc.get('distances_in', 'mm')}")
+
+
+def metrics_section(doc: dict) -> Section:
+    boot = doc["metrics"]["bootstrap"]
+    section = Section(f"Test metrics ({doc['split']} split)", key="metrics-section")
+    section.text(f"{doc['n_cases']} cases ({doc['metrics']['n_groups']} {doc['grouped_by']}s); 95% CIs from "
+                 f"{boot['n_boot']} bootstrap resamples of {boot['resampled']}s"
+                 f"{'; mirroring test-time augmentation' if doc.get('tta') else ''}. Both-empty cases are left out "
+                 "of a class's mean; a missed or false-positive class counts as Dice 0 and the image diagonal.")
+    return section.table(metrics_table(doc))
+
+
+def per_case_section(rows: list[dict], names: list[str], split: str) -> Section:
+    """Every case, worst mean Dice first, with its boxes: Dice and HD95 per class."""
+    ranked = sorted(rows, key=lambda r: (mean_dice(r, names) is not None, mean_dice(r, names) or 0.0))
+    header = ["case", *[f"{n} {label}" for n in names for label in ("Dice", "HD95", "status")]]
+    table = [[r["case_id"], *[c for n in names for c in (num(_float(r.get(f"{n}_dice"))),
+                                                         num(_float(r.get(f"{n}_hd95_mm"))), r.get(f"{n}_status", ""))]]
+             for r in ranked]
+    section = Section("Per case", key="per-case")
+    section.figures(Figure("boxes", boxes_png(rows, names), "Dice and HD95 per class over the cases"))
+    return section.table(Table(header, table, key="per-case-table",
+                               caption=f"segmentation_{split}.csv, worst mean Dice first"))
+
+
+def boxes_png(rows: list[dict], names: list[str]) -> bytes:
+    fig, axes = figure(2, size=(max(3.0, 1.2 * len(names) + 1.5), 3.2))
+    for ax, key, label in ((axes[0, 0], "dice", "Dice"), (axes[0, 1], "hd95_mm", "HD95")):
+        data = [[v for r in rows if (v := _float(r.get(f"{n}_{key}"))) is not None] for n in names]
+        ax.boxplot([d or [np.nan] for d in data], showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), names, fontsize=8)
+        ax.set(title=label, ylabel=label)
+        ax.grid(alpha=0.3, axis="y")
+    return to_png(fig)
+
+
+def chosen_cases(rows: list[dict], names: list[str]) -> list[tuple[str, dict]]:
+    """``[("worst", row), ("median", row), ("best", row)]`` by mean Dice (fewer when there are fewer cases)."""
+    scored = sorted((r for r in rows if mean_dice(r, names) is not None), key=lambda r: mean_dice(r, names))
+    if not scored:
+        return []
+    picks = {"worst": 0, "median": (len(scored) - 1) // 2, "best": len(scored) - 1}
+    seen, out = set(), []
+    for title, index in picks.items():
+        if index not in seen:
+            seen.add(index)
+            out.append((title, scored[index]))
+    return out
+
+
+def display_slice(array: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The 2D plane to show of ``array (*S)``: itself in 2D; in 3D the axial (last-axis) slice holding the most
+    reference foreground. Returns ``(plane (rows, cols), slice index or None)``, rows along the second axis."""
+    if array.ndim == 2:
+        return array.T, None
+    k = int(np.argmax((reference > 0).reshape(-1, reference.shape[-1]).sum(axis=0)))
+    return array[..., k].T, k
+
+
+def overlay_png(image: np.ndarray, reference: np.ndarray, predicted: np.ndarray, values: dict[int, str],
+                title: str) -> bytes:
+    """The image in grey with the reference (solid) and predicted (dashed) contour of each class.
+
+    Args:
+        image: ``(C, *S)``, first channel shown between its 1st and 99th percentile.
+        reference, predicted: ``(*S)`` label maps in the dataset's mask values.
+        values: mask value -> class name of the foreground classes.
+    """
+    plane, k = display_slice(image[0].astype(np.float32), reference)
+    low, high = np.percentile(plane, [1, 99])
+    fig, axes = figure(size=(3.6, 3.6))
+    ax = axes[0, 0]
+    ax.imshow(plane, cmap="gray", vmin=low, vmax=max(high, low + 1e-6))
+    for j, (value, name) in enumerate(values.items()):
+        for mask, style, colour, who in ((reference, "solid", PAIRS[j % len(PAIRS)][0], "reference"),
+                                         (predicted, "dashed", PAIRS[j % len(PAIRS)][1], "prediction")):
+            plane_mask = display_slice((mask == value).astype(float), reference)[0]
+            if plane_mask.any():
+                ax.contour(plane_mask, levels=[0.5], colors=colour, linestyles=style, linewidths=1.3)
+            ax.plot([], [], color=colour, linestyle=style, label=f"{name} {who}")
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.7)
+    ax.set_title(title + ("" if k is None else f" (axial slice {k})"), fontsize=9)
+    ax.axis("off")
+    return to_png(fig)
+
+
+def overlays_section(rows: list[dict], names: list[str], evidence: SegmentationEvidence, config) -> Section:
+    """Prediction versus reference on the worst, median and best cases, segmented again as in evaluation."""
+    from medlens.engine.segment import segment_image
+    from medlens.engine.segment_io import class_labels
+
+    by_id = {c.case_id: c for c in evidence.cases}
+    values, figures = class_labels(config), []
+    for title, row in chosen_cases(rows, names):
+        case = by_id[row["case_id"]]
+        image = evidence.dataset.load_image(case)
+        reference = np.rint(evidence.dataset.load_mask(case).array[0]).astype(np.int64)
+        result = segment_image(evidence.model, image, config, evidence.postprocess, mirror=evidence.mirror,
+                               where=f"case {case.case_id}")
+        dice = mean_dice(row, names)
+        figures.append(Figure(f"overlay_{title}", overlay_png(image.array, reference, result.labels, values,
+                                                              f"{title}: {case.case_id}, Dice {dice:.3f}"),
+                              f"{title} case by mean Dice"))
+    section = Section("Prediction versus reference", key="overlays")
+    section.text("Solid contours: reference; dashed: prediction.")
+    return section.figures(*figures)
+
+
+def published_section(doc: dict, card: dict) -> Section | None:
+    """Our Dice per class beside nnU-Net's, for the Decathlon Hippocampus."""
+    bench = decathlon_benchmark(card)
+    if bench is None:
+        return None
+    rows = []
+    for name, entries in doc["metrics"]["per_class"].items():
+        theirs = bench["dice"].get(name.lower())
+        test = bench["test_dice"].get(name.lower())
+        rows.append([name, num(entries["dice"]["value"]), "n/a" if theirs is None else f"{theirs:.4f}",
+                     "n/a" if test is None else f"{test:.2f}"])
+    section = Section("Beside published figures", key="published")
+    section.text(f"Sources: {bench['source']}; {bench['test_source']}. Ours is measured on this run's "
+                 f"{doc['split']} split, so the figures are comparable in kind, not case for case.")
+    return section.table(Table(["class", "Dice (this run)", "nnU-Net 5-fold CV", "nnU-Net MSD test"], rows,
+                               key="benchmark"))
+
+
+def segmentation_sections(run, doc: dict, card: dict, config, evidence: SegmentationEvidence | None) -> list[Section]:
+    """All evaluation sections; without ``evidence`` no overlays (nothing to segment with)."""
+    names = list(doc["metrics"]["per_class"])
+    rows = read_case_rows(run.root / f"segmentation_{doc['split']}.csv")
+    sections = [metrics_section(doc)]
+    if (bench := published_section(doc, card)) is not None:
+        sections.append(bench)
+    if rows:
+        sections.append(per_case_section(rows, names, doc["split"]))
+    if rows and evidence is not None:
+        sections.append(overlays_section(rows, names, evidence, config))
+    return sections
