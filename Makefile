@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medlens-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup browser demo test test-all bench clean
 
 setup: $(STAMP)
 
@@ -38,10 +38,14 @@ demo: setup
 	@echo "      the segmentation run in $(DEMO_DIR)/seg_run/, its mask for new_volumes/lesion_new.nii.gz in"
 	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/)"
 
-test: setup
+# The report's browser test drives the system chromium (Debian package; the machine runs as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: setup
+test-all: setup browser
 	$(PY) -m pytest -q
 
 bench: setup
