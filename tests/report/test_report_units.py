@@ -100,3 +100,27 @@ def test_a_report_that_cannot_be_made_is_a_warning_not_a_failure(tmp_path):
     assert write_report(tmp_path, log=lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("warning: report.html not written (ConfigError")
     assert "not a readable plan" in lines[0] and not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_classification_figures_are_pngs_for_every_task(task, pages):
+    import base64
+
+    from medlens.evaluation import classification_metrics
+    from medlens.report.classification_plots import confusion_png, reliability_png, roc_pr_png
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b"] if task == "binary" else ["a", "b", "c"]
+    if task == "multilabel":
+        labels = rng.integers(0, 2, (40, 3))
+        raw = np.clip(labels * 0.6 + rng.random((40, 3)) * 0.4, 0, 1)
+    else:
+        labels = rng.integers(0, len(names), 40)
+        raw = rng.dirichlet(np.ones(len(names)), 40) + np.eye(len(names))[labels]
+        raw /= raw.sum(1, keepdims=True)
+    confusion = classification_metrics(labels, raw, task, names, n_boot=0)["confusion_matrix"]
+    for png in (roc_pr_png(labels, raw, names, task), confusion_png(confusion),
+                reliability_png(labels, raw, raw ** 1.2 / (raw ** 1.2).sum(1, keepdims=True) if task != "multilabel"
+                                else raw, temperature=1.3, ece=(0.1, 0.05))):
+        image = pages.decode_png("data:image/png;base64," + base64.b64encode(png).decode())
+        assert 200 < image.width < 1600 and 150 < image.height < 1200

@@ -65,12 +65,16 @@ def curves_png(series: Sequence[tuple[str, list[dict]]], columns: Sequence[str],
     """
     fig, axes = figure(size=(4.6, 3.2))
     ax, drawn = axes[0, 0], 0
-    for label, rows in series:
-        for column in columns:
+    styles = ("solid", "dashed", "dotted", "dashdot")
+    for k, (label, rows) in enumerate(series):
+        for j, column in enumerate(columns):
             epochs, values = _floats(rows, column)
-            if values:
+            if values:  # one colour per run, one line style per column (a single run: one colour per column)
+                colour = f"C{j if len(series) == 1 else k}"
+                style = "solid" if len(series) == 1 else styles[j % len(styles)]
                 name = column if len(series) == 1 else f"{label}: {column}"
-                ax.plot(epochs, values, marker="o" if len(values) < 30 else None, markersize=3, label=name)
+                ax.plot(epochs, values, color=colour, linestyle=style, marker="o" if len(values) < 30 else None,
+                        markersize=3, label=name)
                 drawn += 1
     if not drawn:
         pyplot().close(fig)
