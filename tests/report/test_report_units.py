@@ -124,3 +124,14 @@ def test_classification_figures_are_pngs_for_every_task(task, pages):
                                 else raw, temperature=1.3, ece=(0.1, 0.05))):
         image = pages.decode_png("data:image/png;base64," + base64.b64encode(png).decode())
         assert 200 < image.width < 1600 and 150 < image.height < 1200
+
+
+def test_leakage_findings_come_first_and_are_counted():
+    from medlens.report.run_sections import findings_table
+
+    card = {"findings": [{"severity": "warning", "code": "class.imbalance", "message": "few lesions", "cases": []},
+                         {"severity": "error", "code": "leakage.patient", "message": "p1 in train and test",
+                          "cases": ["a", "b"]}]}
+    table = findings_table(card)
+    assert [r[1] for r in table.rows] == ["leakage.patient", "class.imbalance"] and table.rows[0][3] == "2"
+    assert table.caption == "audit findings: 1 leakage finding(s)"
