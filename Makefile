@@ -29,14 +29,18 @@ demo: setup
 	$(VENV)/bin/medlens train $(DEMO_DIR)/classification.csv --plan $(DEMO_DIR)/plan.yaml --out $(DEMO_DIR)/run
 	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/run
 	$(VENV)/bin/medlens predict $(DEMO_DIR)/run $(DEMO_DIR)/new_studies --out $(DEMO_DIR)/run/new_studies.csv
+	$(VENV)/bin/medlens explain $(DEMO_DIR)/run $(DEMO_DIR)/new_studies --out $(DEMO_DIR)/run/explanations
 	rm -rf $(DEMO_DIR)/seg_run
 	$(VENV)/bin/medlens train $(DEMO_DIR)/segmentation --time-budget 60s --out $(DEMO_DIR)/seg_run --no-progress
 	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/seg_run
 	$(VENV)/bin/medlens predict $(DEMO_DIR)/seg_run $(DEMO_DIR)/new_volumes/lesion_new.nii.gz --out $(DEMO_DIR)/seg_run/new_masks
+	$(VENV)/bin/medlens explain $(DEMO_DIR)/seg_run $(DEMO_DIR)/new_volumes/lesion_new.nii.gz --out $(DEMO_DIR)/seg_run/explanations
 	@echo "demo: cards and splits in $(DEMO_DIR)/; the classification run (plan, checkpoints, metrics.json,"
 	@echo "      metrics.csv, predictions) in $(DEMO_DIR)/run/; the truth for new_studies in $(DEMO_DIR)/new_studies/answers.csv;"
 	@echo "      the segmentation run in $(DEMO_DIR)/seg_run/, its mask for new_volumes/lesion_new.nii.gz in"
-	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/)"
+	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/);"
+	@echo "      open $(DEMO_DIR)/run/report.html and $(DEMO_DIR)/seg_run/report.html in a browser; Grad-CAM"
+	@echo "      overlays of the new studies in $(DEMO_DIR)/run/explanations/, of the new volume in $(DEMO_DIR)/seg_run/explanations/"
 
 # The report's browser test drives the system chromium (Debian package; the machine runs as root).
 browser:

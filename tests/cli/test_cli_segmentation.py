@@ -96,7 +96,7 @@ def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_run, 
     assert heat.spatial_shape == image.spatial_shape
     np.testing.assert_allclose(heat.direction, image.direction, atol=1e-6)
     np.testing.assert_allclose(heat.origin_mm, image.origin_mm, atol=1e-4)
-    assert np.isfinite(heat.array).all() and heat.array.max() == pytest.approx(1.0, abs=1e-3)
+    assert np.isfinite(heat.array).all() and 0.9 <= heat.array.max() <= 1.0  # peak 1 before resampling
     row = json.loads((tmp_path / "cams" / "explanations.json").read_text())["inputs"][0]
     assert row["explained_class"] == "lesion" and row["predicted_voxels"]["lesion"] > 0
     assert (tmp_path / "cams" / "oblique_cam.png").stat().st_size > 0
