@@ -1,0 +1,305 @@
+"""The prediction service: an HTTP API and a web page over one :class:`~medlens.deploy.Predictor`.
+
+>>> app = create_app(Predictor.from_bundle("model.bundle"), token="s3cret")
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)           # or `medlens serve model.bundle`
+
+Endpoints: ``POST /v1/predict`` (multipart field ``file``; ``heatmap=true``, ``mask=true`` as query or
+form fields), ``GET /v1/model`` (the model card), ``GET /healthz``, ``GET /metrics`` (Prometheus text)
+and ``GET /`` (the web page). With a token every endpoint but ``/healthz`` and ``/`` needs
+``Authorization: Bearer <token>``. Every refusal is JSON ``{"error": "..."}``; logs and errors carry
+status, size, type and latency only, never a file name, a path or anything from a DICOM header.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import threading
+import time
+from pathlib import Path
+
+from medlens.deploy.uploads import UploadError, UploadLimits, staged_upload
+from medlens.errors import MedlensError
+
+LOG = logging.getLogger("medlens.service")
+ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict")
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# multipart boundaries and part headers around the file
+_FORM_OVERHEAD_BYTES = 64 * 1024
+# a refused body up to this much past the limit is read and dropped so the client sees the 413
+_DRAIN_BYTES = 16 << 20
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+class Metrics:
+    """Request counts per endpoint, method and status, and a latency histogram per endpoint (thread-safe)."""
+
+    def __init__(self, info: dict[str, str]):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, list] = {}  # endpoint -> [bucket counts..., sum, count]
+        self._info = info
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (endpoint, method, status)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            row = self._latency.setdefault(endpoint, [0] * len(LATENCY_BUCKETS_S) + [0.0, 0])
+            for i, bound in enumerate(LATENCY_BUCKETS_S):
+                row[i] += seconds <= bound
+            row[-2] += seconds
+            row[-1] += 1
+
+    def render(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        labels = ",".join(f'{k}="{_escape(v)}"' for k, v in self._info.items())
+        lines = ["# HELP medlens_model_info The model this service predicts with.", "# TYPE medlens_model_info gauge",
+                 f"medlens_model_info{{{labels}}} 1",
+                 "# HELP medlens_requests_total HTTP requests by endpoint, method and status.",
+                 "# TYPE medlens_requests_total counter"]
+        with self._lock:
+            for (endpoint, method, status), n in sorted(self._counts.items()):
+                lines.append(f'medlens_requests_total{{endpoint="{endpoint}",method="{method}",status="{status}"}} {n}')
+            lines += ["# HELP medlens_request_duration_seconds Time from request to the end of the response.",
+                      "# TYPE medlens_request_duration_seconds histogram"]
+            for endpoint, row in sorted(self._latency.items()):
+                for bound, n in zip((*LATENCY_BUCKETS_S, "+Inf"), (*row[:-2], row[-1])):
+                    lines.append(f'medlens_request_duration_seconds_bucket{{endpoint="{endpoint}",le="{bound}"}} {n}')
+                lines.append(f'medlens_request_duration_seconds_sum{{endpoint="{endpoint}"}} {row[-2]:.6f}')
+                lines.append(f'medlens_request_duration_seconds_count{{endpoint="{endpoint}"}} {row[-1]}')
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Gate:
+    """ASGI middleware: caps the request body while it streams in, counts and times every request, logs it.
+
+    A ``Content-Length`` past the cap is answered 413 before the body is read; a body without one
+    (chunked) is counted as it arrives and the endpoint reading it gets an :class:`UploadError` (413).
+    """
+
+    def __init__(self, app, *, metrics: Metrics, max_body_bytes: int):
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, state = time.perf_counter(), {"status": 500, "received": 0}
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        scope.setdefault("state", {})
+
+        async def counted_receive():
+            message = await receive()
+            state["received"] += len(message.get("body", b""))
+            if state["received"] > self.max_body_bytes:
+                await _drain(receive, message)
+                raise UploadError(f"the request body is larger than the limit of {self.max_body_bytes / 2**20:.1f} "
+                                  "MiB; send a smaller image or raise the server's --max-upload-mb", 413)
+            return message
+
+        async def tracked_send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
+                                                  (b"cache-control", b"no-store")]}
+            await send(message)
+
+        try:
+            if _content_length(scope) > self.max_body_bytes:
+                if _content_length(scope) <= self.max_body_bytes + _DRAIN_BYTES:
+                    await _drain(receive, {"more_body": True})
+                await _send_json(tracked_send, 413, f"the request body ({_content_length(scope):,} bytes) is larger "
+                                 f"than the limit of {self.max_body_bytes:,} bytes; send a smaller image")
+            else:
+                await self.app(scope, counted_receive, tracked_send)
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.observe(endpoint, scope["method"], state["status"], seconds)
+            LOG.info("%s %s %d %dB %s %.1fms", scope["method"], endpoint, state["status"], state["received"],
+                     scope["state"].get("upload_kind", "-"), seconds * 1000)
+
+
+async def _drain(receive, message: dict) -> None:
+    """Read and drop what is left of a refused body, up to ``_DRAIN_BYTES``.
+
+    A server that answers and closes while the client still sends makes many clients (httpx,
+    requests) see a reset connection instead of the 413; a modest overshoot is cheaper to swallow.
+    """
+    dropped = 0
+    while message.get("more_body", False) and dropped <= _DRAIN_BYTES:
+        message = await receive()
+        dropped += len(message.get("body", b""))
+
+
+def _content_length(scope) -> int:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _send_json(send, status: int, error: str) -> None:
+    import json
+
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 64 << 20,
+               limits: UploadLimits | None = None):
+    """The FastAPI application serving ``predictor``.
+
+    Args:
+        predictor: a :class:`~medlens.deploy.Predictor` (``card``, ``task``, ``predict``).
+        token: when given, clients must send ``Authorization: Bearer <token>`` (not for ``/healthz``, ``/``).
+        max_upload_bytes: the largest uploaded file; the request body may exceed it by the form's overhead.
+        limits: the other upload limits (voxels, zip entries, decompressed size); its
+            ``max_upload_bytes`` is replaced by the argument.
+
+    Returns:
+        A FastAPI app; run it with uvicorn.
+    """
+    from dataclasses import replace
+
+    from fastapi import Depends, FastAPI
+
+    limits = replace(limits or UploadLimits(), max_upload_bytes=max_upload_bytes)
+    metrics = Metrics({"model_version": predictor.card.get("model_version", ""), "task": predictor.task})
+    app = FastAPI(title="medlens prediction service", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Gate, metrics=metrics, max_body_bytes=max_upload_bytes + _FORM_OVERHEAD_BYTES)
+    _add_error_handlers(app)
+    guard = [Depends(_bearer_check(token))]
+    _add_routes(app, predictor, guard, metrics, limits, guard_needed=bool(token))
+    return app
+
+
+def _bearer_check(token: str | None):
+    from fastapi import HTTPException, Request
+
+    expected = token.encode() if token else None
+
+    def check(request) -> None:
+        if expected is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(401, "missing or wrong bearer token; send the header 'Authorization: Bearer <token>' "
+                                     "with the token the server was started with", headers={"WWW-Authenticate": "Bearer"})
+
+    check.__annotations__ = {"request": Request, "return": None}  # real classes: FastAPI injects by type
+    return check
+
+
+def _add_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        return JSONResponse({"error": f"invalid request: {exc.errors()[:3]}"}, status_code=400)
+
+
+def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLimits, *, guard_needed: bool) -> None:
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from starlette.concurrency import run_in_threadpool
+
+    page = (Path(__file__).with_name("page.html")).read_text(encoding="utf-8")
+    lock = threading.Lock()  # Grad-CAM hooks the network: one prediction at a time
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'none'; img-src data: blob:; "
+                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
+
+    @app.get("/healthz")
+    def healthz():  # says whether a token is needed, so the page asks for one before calling the API
+        return {"status": "ok", "auth": "bearer" if guard_needed else "none"}
+
+    @app.get("/v1/model", dependencies=guard)
+    def model_card():
+        return predictor.card
+
+    @app.get("/metrics", dependencies=guard)
+    def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def predict(request):
+        try:
+            upload, options = await _read_form(request)
+            body = await run_in_threadpool(_predict, predictor, lock, upload, options, limits, request.state)
+            return JSONResponse(body)
+        except UploadError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except Exception as exc:  # the server keeps serving; the client learns nothing about the internals
+            LOG.error("POST /v1/predict failed unexpectedly: %s", type(exc).__name__)
+            return JSONResponse({"error": "internal error while predicting; the server log has the error type"},
+                                status_code=500)
+
+    # `from __future__ import annotations` makes annotations strings FastAPI cannot resolve from here
+    predict.__annotations__ = {"request": Request}
+    app.post("/v1/predict", dependencies=guard)(predict)
+
+
+async def _read_form(request) -> tuple[object, dict[str, bool]]:
+    """The uploaded file object and the boolean options, from the multipart form and the query."""
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UploadError("send the image as multipart/form-data with the field 'file' (curl -F file=@image.png)")
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+        raise UploadError(f"malformed multipart body ({exc.detail}); send one field 'file' with the image") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise UploadError("no file in the form field 'file'; send the image as multipart/form-data field 'file'")
+    options = {}
+    for name in ("heatmap", "mask"):
+        value = form.get(name) if isinstance(form.get(name), str) else request.query_params.get(name, "")
+        if str(value).lower() not in _TRUE + _FALSE:
+            raise UploadError(f"option {name}={str(value)[:20]!r}: expected true or false")
+        options[name] = str(value).lower() in _TRUE
+    return upload, options
+
+
+def _predict(predictor, lock: threading.Lock, upload, options: dict[str, bool], limits: UploadLimits,
+             state) -> dict:
+    """Stage the upload, predict under the lock, and build the JSON body (in a worker thread)."""
+    with staged_upload(upload.file, limits) as staged:
+        state.upload_kind = staged.kind
+        try:
+            with lock:
+                result = predictor.predict(staged.path, heatmap=options["heatmap"])
+        except MedlensError as exc:
+            raise UploadError(staged.scrub(str(exc)), 422) from None
+        body = _json_result(result, options, staged.folder)
+        body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
+        return body
+
+
+def _json_result(result: dict, options: dict[str, bool], folder: Path) -> dict:
+    if result["task"] == "segmentation":
+        body = {key: result[key] for key in ("task", "voxels", "model_version")}
+        if options["mask"]:
+            from medlens.io import write_image
+
+            body["mask_nifti"] = base64.b64encode(write_image(result["mask"], folder / "mask.nii.gz").read_bytes()).decode()
+        return body
+    body = {key: result.get(key) for key in ("task", "label", "probabilities", "confidence", "model_version",
+                                             "explained_class")}
+    if result.get("heatmap_png"):
+        body["heatmap_png"] = base64.b64encode(result["heatmap_png"]).decode()
+    return body
