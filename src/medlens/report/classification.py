@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medlens.report.classification_plots import confusion_png, reliability_png, roc_pr_png
-from medlens.report.document import Figure, Section, Table
+from medlens.report.document import Figure, Section, Table, count_phrase
 from medlens.report.published import approx, medmnist_benchmark
 
 OVERALL = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
@@ -62,7 +62,7 @@ def metrics_section(doc: dict) -> Section:
     metrics, boot = doc["metrics"], doc["metrics"]["bootstrap"]
     rule = "argmax" if metrics["threshold"] is None else f"p ≥ {metrics['threshold']}"
     section = Section(f"Test metrics ({doc['split']} split)", key="metrics-section")
-    section.text(f"{doc['n_cases']} cases ({metrics['n_groups']} {doc['grouped_by']}s); predicted class: {rule} on "
+    section.text(f"{count_phrase(doc)}; predicted class: {rule} on "
                  f"calibrated probabilities; 95% CIs from {boot['n_boot']} bootstrap resamples of "
                  f"{boot['resampled']}s{' with test-time augmentation' if doc.get('tta') else ''}.")
     section.table(metrics_table(metrics, "metrics", "headline metrics"))

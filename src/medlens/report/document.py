@@ -185,3 +185,12 @@ def write_report_files(report: Report, html_path: Path, markdown: bool = True) -
             write_atomic(html_path.parent / relative, lambda f, data=data: f.write(data))
         write_text_atomic(html_path.with_suffix(".md"), text)
     return html_path
+
+
+def count_phrase(doc: dict) -> str:
+    """``"624 cases"``, or ``"624 cases (310 patients)"`` when the bootstrap resampled patients."""
+    groups = doc["metrics"].get("n_groups")
+    if doc.get("grouped_by") == "patient" and groups is not None:
+        return f"{doc['n_cases']} cases ({groups} patients)"
+    return f"{doc['n_cases']} cases"
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.report.classification import num
-from medlens.report.document import Figure, Section, Table
+from medlens.report.document import Figure, Section, Table, count_phrase
 from medlens.report.plots import figure, to_png
 from medlens.report.published import decathlon_benchmark
 
@@ -66,7 +66,7 @@ def metrics_table(doc: dict) -> Table:
 def metrics_section(doc: dict) -> Section:
     boot = doc["metrics"]["bootstrap"]
     section = Section(f"Test metrics ({doc['split']} split)", key="metrics-section")
-    section.text(f"{doc['n_cases']} cases ({doc['metrics']['n_groups']} {doc['grouped_by']}s); 95% CIs from "
+    section.text(f"{count_phrase(doc)}; 95% CIs from "
                  f"{boot['n_boot']} bootstrap resamples of {boot['resampled']}s"
                  f"{'; mirroring test-time augmentation' if doc.get('tta') else ''}. Both-empty cases are left out "
                  "of a class's mean; a missed or false-positive class counts as Dice 0 and the image diagonal.")
