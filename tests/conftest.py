@@ -314,3 +314,38 @@ class ImageFactory:
 def make_image(tmp_path: Path) -> ImageFactory:
     """Factory writing synthetic images under ``tmp_path / "images"``; see :class:`ImageFactory`."""
     return ImageFactory(tmp_path / "images")
+
+
+def blob_volume(rng: np.random.Generator, lesion: bool, direction=None, spacing=(1.0, 1.0, 2.0)):
+    """A 20 x 20 x 12 ``Image`` of noise around 100; a lesion adds a bright ball at a random place."""
+    from medlens.io import Image
+
+    array = rng.normal(100, 10, (20, 20, 12)).astype(np.float32)
+    if lesion:
+        cx, cy, cz = rng.integers(5, 15), rng.integers(5, 15), rng.integers(3, 9)
+        x, y, z = np.mgrid[0:20, 0:20, 0:12]
+        array += 120 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (2 * (z - cz)) ** 2) / 8)
+    return Image(array[None], spacing, (10.0, -5.0, 3.0), direction or tuple(np.eye(3).ravel()))
+
+
+@pytest.fixture(scope="session")
+def make_blob_volume():
+    """``make_blob_volume(rng, lesion, direction=None, spacing=(1, 1, 2))``: see :func:`blob_volume`."""
+    return blob_volume
+
+
+@pytest.fixture(scope="session")
+def blob_run_3d(tmp_path_factory) -> Path:
+    """A short 3D classification run (class folders of NIfTI volumes: normal / lesion), trained once."""
+    from medlens.cli import main
+    from medlens.io import write_image
+
+    root = tmp_path_factory.mktemp("blob3d")
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        label = ("normal", "lesion")[i % 2]
+        write_image(blob_volume(rng, label == "lesion"), root / "data" / label / f"case_{i:02d}.nii.gz")
+    out = root / "run"
+    assert main(["train", str(root / "data"), "--out", str(out), "--set", "train.max_epochs=3", "--set",
+                 "train.patience=50", "--no-progress"]) == 0
+    return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medlens.io import Image, read_image, write_image
+from medlens.io import read_image, write_image
 
 FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
 
@@ -70,36 +70,12 @@ def test_the_class_option_and_bad_input(cli, run_2d, demo_dir, tmp_path):
     assert (tmp_path / "c" / "study_01_cam.png").exists()
 
 
-def blob_volume(rng, lesion: bool, direction=None, spacing=(1.0, 1.0, 2.0)) -> Image:
-    """A 20 x 20 x 12 volume; a lesion is a bright ball at a random place."""
-    array = rng.normal(100, 10, (20, 20, 12)).astype(np.float32)
-    if lesion:
-        cx, cy, cz = rng.integers(5, 15), rng.integers(5, 15), rng.integers(3, 9)
-        x, y, z = np.mgrid[0:20, 0:20, 0:12]
-        array += 120 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (2 * (z - cz)) ** 2) / 8)
-    return Image(array[None], spacing, (10.0, -5.0, 3.0), direction or tuple(np.eye(3).ravel()))
-
-
-@pytest.fixture(scope="module")
-def run_3d(tmp_path_factory) -> Path:
-    from medlens.cli import main
-
-    root = tmp_path_factory.mktemp("explain3d")
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        label = ("normal", "lesion")[i % 2]
-        write_image(blob_volume(rng, label == "lesion"), root / "data" / label / f"case_{i:02d}.nii.gz")
-    out = root / "run"
-    assert main(["train", str(root / "data"), "--out", str(out), *FAST]) == 0
-    return out
-
-
-def test_3d_explain_writes_a_heat_map_on_the_inputs_own_oblique_grid(cli, run_3d, tmp_path):
+def test_3d_explain_writes_a_heat_map_on_the_inputs_own_oblique_grid(cli, blob_run_3d, make_blob_volume, tmp_path):
     c, s = np.cos(0.4), np.sin(0.4)
     oblique = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
-    source = write_image(blob_volume(np.random.default_rng(7), True, oblique, (0.9, 0.9, 2.5)),
+    source = write_image(make_blob_volume(np.random.default_rng(7), True, oblique, (0.9, 0.9, 2.5)),
                          tmp_path / "new.nii.gz")
-    result = cli("explain", run_3d, source, "--out", tmp_path / "cams")
+    result = cli("explain", blob_run_3d, source, "--out", tmp_path / "cams")
     assert result.rc == 0, result.err
     heat, original = read_image(tmp_path / "cams" / "new_cam.nii.gz"), read_image(source)
     assert heat.spatial_shape == original.spatial_shape == (20, 20, 12)

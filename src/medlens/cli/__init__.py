@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("medlens.cli.train", "train a model (plans first unless --plan); resumable"),
     "evaluate": ("medlens.cli.evaluate", "metrics with 95%% CIs, calibration and a baseline on the test split"),
     "predict": ("medlens.cli.predict", "predict new images with a trained run"),
+    "export": ("medlens.cli.export", "write a deployable bundle: weights, model card, exports, checksums"),
     "serve": ("medlens.cli.serve", "serve a bundle or run over HTTP: /v1/predict, a web page, metrics; token auth"),
     "explain": ("medlens.cli.explain", "Grad-CAM heat maps of a trained run on images, with a sanity check"),
     "report": ("medlens.cli.report", "compare runs side by side in one HTML file (each run has RUN/report.html)"),

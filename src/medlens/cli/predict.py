@@ -1,40 +1,43 @@
-"""``medlens predict RUN FILE_OR_FOLDER...``: classes with calibrated probabilities, or masks."""
+"""``medlens predict RUN_OR_BUNDLE FILE_OR_FOLDER...``: classes with calibrated probabilities, or masks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ARGUMENTS = [
-    (["run"], {"type": Path, "help": "a run folder from `medlens train`"}),
+    (["run"], {"type": Path, "help": "a run folder from `medlens train`, or a bundle from `medlens export`"}),
     (["inputs"], {"type": Path, "nargs": "+", "help": "image files, DICOM series folders, or folders of images"}),
     (["--out"], {"type": Path, "help": "classification: write predictions here (.csv or .json; default: print "
                                        "only); segmentation: the folder for the masks (default: predictions/)"}),
     (["--tta"], {"action": "store_true", "default": None, "help": "test-time augmentation (flips / mirroring)"}),
     (["--probabilities"], {"action": "store_true", "help": "segmentation: also write class probability maps"}),
+    (["--backend"], {"default": "torch", "choices": ["torch", "torchscript", "onnx"],
+                     "help": "classification with a bundle: run its TorchScript or ONNX export (default: torch)"}),
 ]
 
 
 def run(args) -> int:
-    from medlens.engine.runs import open_run
+    from medlens.deploy import Predictor
 
-    config = open_run(args.run).read_config()
-    if config.dataset.task == "segmentation":
-        return _segment(args)
-    from medlens.engine.predict import predict_paths, write_predictions
+    predictor = Predictor.from_path(args.run, backend=args.backend)
+    if predictor.task == "segmentation":
+        return _segment(predictor, args)
+    from medlens.deploy.files import classify_files
+    from medlens.engine.predict import write_predictions
 
-    rows = predict_paths(args.run, args.inputs, tta=args.tta)
+    rows = classify_files(predictor, args.inputs, tta=args.tta)
     _report(rows, lambda row: f"{row['path']}: {row['predicted'] or '(none)'}  "
                               + "  ".join(f"{n}={p:.3f}" for n, p in row["probabilities"].items()))
     if args.out:
-        print(f"predictions written to {write_predictions(rows, args.out, list(config.dataset.class_names))}")
+        print(f"predictions written to {write_predictions(rows, args.out, predictor.class_names)}")
     return _failures(rows)
 
 
-def _segment(args) -> int:
-    from medlens.engine.segment_io import predict_segmentation
+def _segment(predictor, args) -> int:
+    from medlens.deploy.files import segment_files
 
-    out = args.out or Path("predictions")
-    rows = predict_segmentation(args.run, args.inputs, out, tta=args.tta, probabilities=args.probabilities)
+    rows = segment_files(predictor, args.inputs, args.out or Path("predictions"), tta=args.tta,
+                         probabilities=args.probabilities)
     _report(rows, lambda row: f"{row['path']} -> {row['mask']}  voxels: "
                               + "  ".join(f"{n}={v}" for n, v in row["voxels"].items()))
     return _failures(rows)

@@ -21,13 +21,12 @@ import torch
 from medlens._files import write_bytes_atomic, write_text_atomic
 from medlens.config import Config
 from medlens.engine.evaluate import json_safe, load_model
-from medlens.engine.inference import predict_logits, to_probs
-from medlens.engine.predict import decide, expand_inputs
+from medlens.engine.inference import predict_logits
+from medlens.engine.predict import classify_image, expand_inputs
 from medlens.engine.runs import open_run
 from medlens.engine.segment_io import output_name
 from medlens.errors import ConfigError, MedlensError
 from medlens.io import Image, read_image, write_image
-from medlens.transforms import Preprocessor
 from medlens.transforms.volume import resample
 
 
@@ -87,24 +86,16 @@ def _explain_image(run, config: Config, model, image: Image, path: Path, out_dir
     """One classification input: prediction, map on the input grid, overlay (and NIfTI in 3D)."""
     from medlens.explain import compute_cams
 
-    calibration, names, task = run.read_calibration(), list(config.dataset.class_names), config.dataset.task
-    array = Preprocessor(config.data)(image, where=str(path))
-    logits = predict_logits(model, array[None])
-    probs = to_probs(logits, multilabel=task == "multilabel", temperature=calibration["temperature"])[0]
-    predicted = decide(probs, task, names, calibration["threshold"])
-    target = names.index(class_name) if class_name else _target(probs, predicted, names, task)
-    cam = compute_cams(model, array[None], class_indices=[target], method=method)[0]
-    row = {"path": str(path), "predicted": predicted,
-           "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}, "explained_class": names[target]}
+    names = list(config.dataset.class_names)
+    result = classify_image(lambda x: predict_logits(model, x), image, config, run.read_calibration(),
+                            where=str(path))
+    target = names.index(class_name) if class_name else result.target
+    cam = compute_cams(model, result.array[None], class_indices=[target], method=method)[0]
+    row = {"path": str(path), "predicted": result.predicted,
+           "probabilities": {n: round(float(p), 6) for n, p in zip(names, result.probs)},
+           "explained_class": names[target]}
     row.update(_write_maps(image, cam, path, out_dir))
-    return row, (array, target)
-
-
-def _target(probs: np.ndarray, predicted: str, names: list[str], task: str) -> int:
-    """The class to explain by default: the decision (binary / multi-class), the likeliest label (multi-label)."""
-    if task == "multilabel" or not predicted:
-        return int(np.argmax(probs))
-    return names.index(predicted)
+    return row, (result.array, target)
 
 
 def _explain_region(run, config: Config, model, image: Image, path: Path, out_dir: Path, method: str,
@@ -125,20 +116,31 @@ def _explain_region(run, config: Config, model, image: Image, path: Path, out_di
                            "choose another --class")
     with torch.enable_grad():
         cam = region_cam(model, array, labels == target, target, tuple(config.data.input_size), method)
-    cam = resample(cam[None], image.spatial_shape)[0]
     row = {"path": str(path), "explained_class": names[target],
            "predicted_voxels": {n: int(c) for n, c in zip(names[1:], counts[1:])}}
     row.update(_write_maps(image, cam, path, out_dir))
     return row, None
 
 
+def map_on_grid(image: Image, cam: np.ndarray) -> np.ndarray:
+    """A map of the network's grid ``(*input_size)`` resampled onto the image's own grid, in [0, 1]."""
+    return np.clip(resample(cam[None].astype(np.float32), image.spatial_shape)[0], 0, 1)
+
+
+def overlay_png(image: Image, cam_on_grid: np.ndarray) -> bytes:
+    """The PNG overlay of a map on the image as it was read (three slices in 3D)."""
+    from medlens.explain import overlay_rgb, png_bytes
+
+    return png_bytes(overlay_rgb(image.array, cam_on_grid, spacing_mm=image.spacing_mm))
+
+
 def _write_maps(image: Image, cam: np.ndarray, path: Path, out_dir: Path) -> dict:
     """The map back on the input's grid; the overlay PNG, and in 3D the NIfTI heat map."""
-    from medlens.explain import hottest_point, overlay_rgb, png_bytes
+    from medlens.explain import hottest_point
 
-    cam = np.clip(resample(cam[None].astype(np.float32), image.spatial_shape)[0], 0, 1)
+    cam = map_on_grid(image, cam)
     overlay = out_dir / output_name(path, "_cam", ".png")
-    write_bytes_atomic(overlay, png_bytes(overlay_rgb(image.array, cam, spacing_mm=image.spacing_mm)))
+    write_bytes_atomic(overlay, overlay_png(image, cam))
     point = hottest_point(cam)
     row = {"overlay": str(overlay), "hottest_index": list(point), "hottest_mm": _world(image, point)}
     if image.spatial_dims == 3:

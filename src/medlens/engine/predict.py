@@ -1,7 +1,7 @@
-"""``predict``: new images through a trained run, with the run's own preprocessing and calibration.
+"""``predict``: the pieces every prediction path shares (CLI, library ``Predictor``, service, explain).
 
 Nothing comes from code defaults: input size, channels, normalisation, temperature and threshold
-are read from the run folder. One file that cannot be read gives an error row, not a crash.
+are read from the run (or bundle). :class:`medlens.deploy.Predictor` puts them together.
 """
 
 from __future__ import annotations
@@ -9,18 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medlens._files import write_text_atomic
-from medlens.engine.evaluate import load_model
-from medlens.engine.inference import predict_logits, to_probs
-from medlens.engine.runs import open_run
-from medlens.errors import ConfigError, MedlensError
-from medlens.io import read_image
+from medlens.config import Config
+from medlens.engine.inference import to_probs
+from medlens.errors import ConfigError
 from medlens.io.formats import suffix_of
-from medlens.transforms import Preprocessor
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -49,27 +47,36 @@ def _is_series(folder: Path) -> bool:
     return bool(files) and all(suffix_of(p) in (".dcm", ".dicom", ".ima", "") for p in files[:20])
 
 
-def predict_paths(run_path, inputs: list[Path], *, tta: bool | None = None) -> list[dict]:
-    """One dict per input: ``path``, ``predicted`` (class name, or names joined by ``;``), ``probabilities``
-    (calibrated, per class), or ``error``."""
-    run = open_run(run_path)
-    config = run.read_config()
-    calibration = run.read_calibration()
-    prepare, model = Preprocessor(config.data), load_model(run, config)
+@dataclass
+class Classified:
+    """One image through a classifier: ``array (C, *input_size)`` as the network saw it, calibrated
+    ``probs (K,)``, the decision (class name, or names joined by ``;``) and the class a map should explain."""
+
+    array: np.ndarray
+    probs: np.ndarray
+    predicted: str
+    target: int
+
+
+def classify_image(logits_of, image, config: Config, calibration: dict, *, tta: bool = False,
+                   where: str = "image") -> Classified:
+    """Preprocess ``image`` as the run was trained, score it, calibrate, decide.
+
+    Args:
+        logits_of: ``images (B, C, *input_size) -> logits (B, K)`` (PyTorch, TorchScript or ONNX Runtime).
+        tta: average the logits over the mirrored copies along ``augment.flip_axes``.
+    """
+    from medlens.transforms import Preprocessor
+
     names, task = list(config.dataset.class_names), config.dataset.task
-    tta = config.evaluate.tta if tta is None else tta
-    rows = []
-    for path in expand_inputs(inputs):
-        try:
-            array = prepare(read_image(path, spatial_dims=config.dataset.spatial_dims), where=str(path))
-        except (MedlensError, OSError, ValueError) as exc:
-            rows.append({"path": str(path), "error": str(exc)})
-            continue
-        logits = predict_logits(model, array[None], tta_flip_axes=tuple(config.augment.flip_axes) if tta else ())
-        probs = to_probs(logits, multilabel=task == "multilabel", temperature=calibration["temperature"])[0]
-        rows.append({"path": str(path), "predicted": decide(probs, task, names, calibration["threshold"]),
-                     "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}})
-    return rows
+    array = Preprocessor(config.data)(image, where=where)
+    axes = [a + 1 for a in config.augment.flip_axes] if tta else []
+    variants = [array[None]] + [np.flip(array[None], axis=a + 1).copy() for a in axes]
+    logits = np.mean([logits_of(v) for v in variants], axis=0)
+    probs = to_probs(logits, multilabel=task == "multilabel", temperature=calibration["temperature"])[0]
+    predicted = decide(probs, task, names, calibration["threshold"])
+    target = int(np.argmax(probs)) if task == "multilabel" or not predicted else names.index(predicted)
+    return Classified(array, probs, predicted, target)
 
 
 def decide(probs: np.ndarray, task: str, names: list[str], threshold: float) -> str:

@@ -1,10 +1,10 @@
-"""``evaluate`` and ``predict`` for segmentation runs: whole images in, masks on the input's grid out.
+"""``evaluate`` for segmentation runs: whole images in, masks on the input's grid out.
 
 Evaluation segments every case of the split on its own grid (the same path as prediction) and
 scores it against the original mask, in millimetres: per case and class Dice, IoU, HD95, mean
 surface distance and size difference, summarised with bootstrap 95% CIs (the empty-mask rules
-are in :mod:`medlens.evaluation.segmentation`). Prediction writes one mask per input with exactly
-the input's spacing, origin and direction, and class probabilities on request.
+are in :mod:`medlens.evaluation.segmentation`). Prediction (:mod:`medlens.deploy.files`) writes one
+mask per input with exactly the input's spacing, origin and direction.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from medlens._files import write_json_atomic, write_text_atomic
 from medlens.config import Config
 from medlens.data.splits import read_splits
 from medlens.engine.prepared import open_config_dataset, split_cases
-from medlens.engine.runs import RunFolder, now, open_run
+from medlens.engine.runs import RunFolder, now
 from medlens.engine.segment import segment_image
-from medlens.errors import ConfigError, MedlensError
-from medlens.io import Image, read_image, write_image
+from medlens.io import write_image
 from medlens.io.formats import suffix_of
 
 
@@ -94,41 +93,6 @@ def _safe(case_id: str) -> str:
 
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
-
-
-def predict_segmentation(run_path, inputs: list[Path], out_dir: Path, *, tta: bool | None = None,
-                         probabilities: bool = False) -> list[dict]:
-    """Segment each input; write ``<out_dir>/<name>_seg<suffix>`` (and ``_probs``) on the input's grid.
-
-    Returns one dict per input: ``path``, ``mask`` (written file), ``voxels`` per class, or ``error``.
-    """
-    from medlens.engine.evaluate import load_model
-    from medlens.engine.predict import expand_inputs
-
-    run = open_run(run_path)
-    config = run.read_config()
-    if config.dataset.task != "segmentation":
-        raise ConfigError(f"{run.root} is a {config.dataset.task} run; segmentation output needs a segmentation run")
-    model, post = load_model(run, config), run.read_postprocess()
-    mirror = config.segment.mirror_tta if tta is None else tta
-    rows = []
-    for path in expand_inputs(inputs):
-        try:
-            image = read_image(path, spatial_dims=config.dataset.spatial_dims)
-            result = segment_image(model, image, config, post, mirror=mirror, keep_probs=probabilities,
-                                   where=str(path))
-        except (MedlensError, OSError, ValueError) as exc:
-            rows.append({"path": str(path), "error": str(exc)})
-            continue
-        target = out_dir / output_name(path, "_seg")
-        write_image(result.as_image(), target)
-        row = {"path": str(path), "mask": str(target),
-               "voxels": {n: int((result.labels == v).sum()) for v, n in class_labels(config).items()}}
-        if probabilities:
-            probs = Image(result.probs.astype(np.float32), image.spacing_mm, image.origin_mm, image.direction)
-            row["probabilities"] = str(write_image(probs, out_dir / output_name(path, "_probs", ".nii.gz")))
-        rows.append(row)
-    return rows
 
 
 def output_name(path: Path, tag: str, suffix: str | None = None) -> str:

@@ -1,0 +1,88 @@
+"""The model card: what a bundle's model is, how its input must be prepared, how well it did, and its limits.
+
+Everything serving needs to rebuild the preprocessing is here and in the bundle's ``plan.yaml``
+[timm ``pretrained_cfg``]; nothing comes from code defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medlens.config import Config
+from medlens.engine.runs import RunFolder, now
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auc")
+
+
+def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
+    """The card of the run's model (JSON-ready)."""
+    from medlens import __version__
+
+    info, data = run.read_info(), config.data
+    card = {
+        "medlens_card": 1, "model_version": f"{run.root.name}-{weights_sha256[:12]}", "medlens_version": __version__,
+        "created": now(), "task": config.dataset.task, "spatial_dims": config.dataset.spatial_dims,
+        "class_names": list(config.dataset.class_names), "label_values": list(config.dataset.label_values),
+        "model": {"name": config.model.name, "width": config.model.width, "weights_sha256": weights_sha256},
+        "input": {"size": list(data.input_size), "channels": data.channels,
+                  "target_spacing_mm": list(data.target_spacing) or None},
+        "preprocessing": {"normalization": data.normalization, "intensity_range": list(data.intensity_range),
+                          "foreground_stats": list(data.foreground_stats),
+                          "steps": _steps(config)},
+        "calibration": _calibration(run, config),
+        "training_data": _training_data(run),
+        "training": {"epochs_run": info.get("epochs_run"), "monitor": info.get("monitor"),
+                     "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},
+        "metrics": _metrics(run),
+    }
+    card["intended_use"] = intended_use(card)
+    return card
+
+
+def _steps(config: Config) -> list[str]:
+    data = config.data
+    if config.dataset.task == "segmentation":
+        return [f"resample to {list(data.target_spacing) or 'the native'} mm (images linear, masks nearest)",
+                f"normalise: {data.normalization}", f"sliding window of {list(data.input_size)} voxels, "
+                f"overlap {config.segment.overlap}, Gaussian blending", "probabilities back to the input grid"]
+    return [f"channels -> {data.channels}", f"normalise: {data.normalization} {list(data.intensity_range) or ''}".strip(),
+            f"resize to {list(data.input_size)}", "softmax / sigmoid of logits / temperature"]
+
+
+def _calibration(run: RunFolder, config: Config) -> dict | None:
+    if config.dataset.task == "segmentation":
+        return None
+    c = run.read_calibration()
+    return {"temperature": c["temperature"], "threshold": c["threshold"], "threshold_rule": c.get("threshold_rule"),
+            "fitted_on": c.get("fitted_on")}
+
+
+def _training_data(run: RunFolder) -> dict:
+    """Counts and the audit's fingerprint (a hash of every case's pixels) of the data the model learnt from."""
+    card = json.loads(run.card.read_text(encoding="utf-8")) if run.card.exists() else {}
+    dataset = card.get("dataset", {})
+    return {"name": Path(str(dataset.get("source", ""))).name, "layout": dataset.get("layout"),
+            "modality": dataset.get("modality"), "num_cases": dataset.get("num_cases"),
+            "counts_by_split": card.get("counts", {}).get("by_split"), "fingerprint_sha256": card.get("fingerprint")}
+
+
+def _metrics(run: RunFolder) -> dict | None:
+    """Headline figures with their 95% CIs from ``medlens evaluate`` (None when the run was never evaluated)."""
+    if not run.metrics_json.exists():
+        return None
+    doc = json.loads(run.metrics_json.read_text(encoding="utf-8"))
+    metrics = doc.get("metrics", {})
+    chosen = metrics if doc.get("task") == "segmentation" else {k: metrics.get(k) for k in HEADLINE}
+    return {"split": doc.get("split"), "n_cases": doc.get("n_cases"), "grouped_by": doc.get("grouped_by"), **chosen}
+
+
+def intended_use(card: dict) -> str:
+    data, names = card["training_data"], ", ".join(card["class_names"])
+    size = "x".join(map(str, card["input"]["size"]))
+    return (f"Research use only; not a medical device and not for diagnosis. {card['task']} "
+            f"({card['spatial_dims']}D) over {names}, learnt from {data['num_cases']} cases of "
+            f"'{data['name']}' ({data['modality'] or 'modality not recorded'}). Inputs are prepared as "
+            f"'preprocessing' says (network input {size}, {card['input']['channels']} channel(s)); images unlike "
+            "the training data (another modality, scanner, population or view) are outside what was validated, "
+            "and the figures under 'metrics' do not hold for them.")
