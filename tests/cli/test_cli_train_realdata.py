@@ -1,5 +1,6 @@
 """Real data in CI: a short PneumoniaMNIST training must reach test AUC >= 0.90 (official splits); its Grad-CAM
-maps of official test images must pass the randomisation test."""
+maps of official test images must pass the randomisation test, and its exported bundle must give the same
+probabilities through TorchScript and ONNX Runtime (1e-4)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ def test_short_pneumoniamnist_training_reaches_test_auc_090(cli, tmp_path):
     assert doc["metrics"]["auc"]["value"] >= 0.90, doc["metrics"]["auc"]
     assert doc["medmnist_protocol"]["auc"] >= 0.90
     _explain_test_images(cli, run, tmp_path)
+    _bundle_parity(cli, run, tmp_path)
+
+
+def _bundle_parity(cli, run: Path, tmp_path: Path) -> None:
+    """The exported bundle's TorchScript and ONNX networks give the trained model's probabilities (1e-4) on
+    64 official test images, read as PNG files through the bundle's own preprocessing."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from medlens.deploy import Predictor
+
+    assert cli("export", run, "--out", tmp_path / "model.bundle").rc == 0
+    data = np.load(PNEUMONIA)
+    folder = tmp_path / "parity"
+    folder.mkdir()
+    for i, image in enumerate(data["test_images"][:64]):
+        PILImage.fromarray(image).save(folder / f"{i:03d}.png")
+    backends = {b: Predictor.from_bundle(tmp_path / "model.bundle", backend=b) for b in ("torch", "torchscript", "onnx")}
+    worst = 0.0
+    for path in sorted(folder.iterdir()):
+        results = {b: p.predict(path) for b, p in backends.items()}
+        for b in ("torchscript", "onnx"):
+            worst = max(worst, *(abs(results[b]["probabilities"][k] - v)
+                                 for k, v in results["torch"]["probabilities"].items()))
+            assert results[b]["label"] == results["torch"]["label"]
+    assert worst <= 1e-4, worst
 
 
 def _explain_test_images(cli, run: Path, tmp_path: Path) -> None:

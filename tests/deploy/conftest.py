@@ -76,3 +76,19 @@ def live(predictor):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def serve():
+    """``serve(predictor, **create_app_options)`` -> a started LiveServer for any predictor; stopped after the module."""
+    from medlens.deploy.service import create_app
+
+    servers = []
+
+    def start(predictor, **options) -> LiveServer:
+        servers.append(LiveServer(create_app(predictor, **options)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

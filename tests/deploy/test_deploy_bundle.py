@@ -163,6 +163,10 @@ def test_the_predictor_reads_every_3d_format_alike(blob_run_3d, make_blob_volume
     result = predictor.predict(tmp_path / "dicom", heatmap=True)
     assert result["probabilities"] == pytest.approx(expected, abs=1e-5)
     assert PILImage.open(io.BytesIO(result["heatmap_png"])).size[0] > 256  # three slices side by side
+    with zipfile.ZipFile(tmp_path / "series.zip", "w") as archive:
+        for path in sorted((tmp_path / "dicom").iterdir()):
+            archive.write(path, arcname=f"study/{path.name}")
+    assert predictor.predict(tmp_path / "series.zip")["probabilities"] == result["probabilities"]
 
 
 def test_a_segmentation_bundle_writes_masks_on_the_input_grid(cli, demo, tmp_path):

@@ -28,6 +28,12 @@ def blob_images(n: int, seed: int) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def make_blob_images():
+    """``make_blob_images(n, seed)``: see :func:`blob_images`."""
+    return blob_images
+
+
+@pytest.fixture(scope="session")
 def blob_model():
     """``(model, initial)``: seedcnn_2d trained to find the blob, and the same network before training."""
     torch.manual_seed(0)

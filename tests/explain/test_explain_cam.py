@@ -16,8 +16,6 @@ from medlens.explain.regions import region_cam, window_around
 from medlens.explain.sanity import randomised_copy, rank_correlation
 from medlens.models import CLASSIFIERS, build_classifier, build_segmenter
 
-from conftest import blob_images  # tests/explain/conftest.py
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
@@ -67,9 +65,9 @@ def test_normalize_maps_scales_each_map_by_its_peak_and_keeps_zero_maps_zero():
     np.testing.assert_allclose(normalize_maps(maps), [[[0, 1], [0.5, 0]], [[0, 0], [0, 0]]])
 
 
-def test_the_heat_map_finds_the_finding_where_it_was_put(blob_model):
+def test_the_heat_map_finds_the_finding_where_it_was_put(blob_model, make_blob_images):
     model, _ = blob_model
-    test = blob_images(120, seed=9)
+    test = make_blob_images(120, seed=9)
     positive = test.labels == 1
     assert (model(torch.from_numpy(test.images)).argmax(1).numpy() == test.labels).mean() >= 0.95
 
@@ -79,9 +77,9 @@ def test_the_heat_map_finds_the_finding_where_it_was_put(blob_model):
     assert np.mean(hits) >= 0.9, f"hottest point within 4 px of the blob in {np.mean(hits):.0%} of the images"
 
 
-def test_randomisation_check_passes_a_trained_model_and_flags_an_untrained_one(blob_model):
+def test_randomisation_check_passes_a_trained_model_and_flags_an_untrained_one(blob_model, make_blob_images):
     model, initial = blob_model
-    images = blob_images(40, seed=5).images
+    images = make_blob_images(40, seed=5).images
 
     trained = randomisation_check(model, initial, images)
     # a network that never left its initial weights, checked against them as `medlens explain` does

@@ -23,6 +23,14 @@ from medlens.errors import ConfigError, MedlensError
 from medlens.io import Image, identity_direction, read_image
 
 Backend = Literal["torch", "torchscript", "onnx"]
+LOCAL_ZIP_BYTES = 8 << 30  # a zipped series on the user's own disk may be larger than an upload
+
+
+def _is_zip(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 class Predictor:
@@ -88,8 +96,11 @@ class Predictor:
                    logits_of=logits_of, keep_alive=keep)
 
     def read(self, source) -> Image:
-        """An ``Image`` from a path (file or DICOM series folder), an ``Image``, or an array ``(C, *spatial)``."""
+        """An ``Image`` from a path (file, DICOM series folder, zip of a DICOM series), an ``Image``, or an
+        array ``(C, *spatial)``."""
         dims = self.config.dataset.spatial_dims
+        if isinstance(source, (str, Path)) and _is_zip(Path(source)):
+            return self._read_zip(Path(source))
         if isinstance(source, Image):
             return source
         if isinstance(source, np.ndarray):
@@ -99,6 +110,16 @@ class Predictor:
                                   f"or (*spatial) with {dims} spatial axes")
             return Image(array, (1.0,) * dims, (0.0,) * dims, identity_direction(dims), spacing_known=False)
         return read_image(Path(source), spatial_dims=dims)
+
+    def _read_zip(self, path: Path) -> Image:
+        """A zipped DICOM series, unpacked with the service's checks (zip-slip, bombs, size) into a temporary folder."""
+        from medlens.deploy.uploads import UploadLimits, staged_upload
+
+        with open(path, "rb") as f, staged_upload(f, UploadLimits(max_upload_bytes=LOCAL_ZIP_BYTES)) as staged:
+            try:
+                return read_image(staged.path, spatial_dims=self.config.dataset.spatial_dims)
+            except MedlensError as exc:
+                raise type(exc)(f"{path}: {staged.scrub(str(exc))}") from None
 
     def predict(self, source, *, heatmap: bool = False, tta: bool | None = None, probabilities: bool = False) -> dict:
         """Predict one image (``tta``: flips / mirroring; default from the plan).
