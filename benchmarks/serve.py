@@ -6,7 +6,10 @@ MODEL is a bundle (``medlens export``) or a run folder; IMAGE is sent as the upl
 request. The service (``create_app``, a bearer token, uvicorn) runs in a background thread on a free
 127.0.0.1 port; each client is a thread with its own httpx connection that posts IMAGE back to back
 for 3 s of warm-up (3 requests per client first) plus ``--seconds``, timed. Prints requests/s, p50/p90/p99 latency
-(ms) and the error count, which must be 0 (the script exits 1 otherwise).
+(ms) and the error count, which must be 0 (the script exits 1 otherwise). Then the single-image
+latency of ``Predictor.predict(IMAGE)`` (read, preprocess, network, calibration; median and p90 of
+``--repeats`` calls after 20 of warm-up) through every backend the bundle carries: PyTorch,
+TorchScript and ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from pathlib import Path
 def serve(app):
     import uvicorn
 
-    sock = socket.socket()
+    # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every connection, as it does when uvicorn binds
+    # (`medlens serve`); a plain socket.socket() does not, and each response waits ~40 ms for a delayed ACK
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -56,8 +61,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--heatmap", action="store_true")
     parser.add_argument("--backend", default="torch", choices=["torch", "torchscript", "onnx"])
+    parser.add_argument("--repeats", type=int, default=200, help="Predictor latency: calls per backend")
     args = parser.parse_args(argv)
+    errors = service_benchmark(args)
+    predictor_latency(args.model, args.image, args.repeats)
+    return 1 if errors else 0
 
+
+def predictor_latency(model: Path, image: Path, repeats: int) -> None:
+    """Median / p90 ms of one ``Predictor.predict(image)`` per backend (the bundle's exports only)."""
+    from medlens.deploy import Predictor
+    from medlens.deploy.bundle import is_bundle
+
+    backends = ["torch"] + (["torchscript", "onnx"] if is_bundle(model) else [])
+    for backend in backends:
+        try:
+            predictor = Predictor.from_path(model, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - a bundle exported with --format none lacks the exports
+            print(f"Predictor latency, {backend}: skipped ({exc})")
+            continue
+        for _ in range(20):
+            predictor.predict(image)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.predict(image)
+            times.append(time.perf_counter() - start)
+        cuts = statistics.quantiles(times, n=10)
+        print(f"Predictor latency, {backend:<11}: median {statistics.median(times) * 1000:.2f} ms, "
+              f"p90 {cuts[8] * 1000:.2f} ms ({repeats} calls)")
+
+
+def service_benchmark(args) -> list:
+    """The concurrent-clients run; returns the non-200 statuses."""
     from medlens.deploy import Predictor
     from medlens.deploy.service import create_app
 
@@ -83,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.clients} clients x {args.seconds:.0f} s: {len(timed)} requests, {len(timed) / elapsed:.1f} req/s, "
           f"p50 {cuts[49] * 1000:.1f} ms, p90 {cuts[89] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms, "
           f"errors {len(errors)}")
-    return 1 if errors else 0
+    return errors
 
 
 if __name__ == "__main__":

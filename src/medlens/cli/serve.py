@@ -12,6 +12,9 @@ ARGUMENTS = [
     (["--token-file"], {"type": Path, "help": "a file holding the bearer token clients must send "
                                               "(Authorization: Bearer TOKEN); /healthz and / stay open"}),
     (["--max-upload-mb"], {"type": float, "default": 64.0, "help": "largest upload accepted, in MiB (default 64)"}),
+    (["--backend"], {"default": "torch", "choices": ["torch", "torchscript", "onnx"],
+                     "help": "classification: run the bundle's TorchScript or ONNX export (default: torch; heat maps "
+                             "always use the PyTorch weights)"}),
 ]
 
 
@@ -29,7 +32,7 @@ def run(args) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be 1..65535")
     token = read_token(args.token_file) if args.token_file else None
-    predictor = Predictor.from_path(args.model)
+    predictor = Predictor.from_path(args.model, backend=args.backend)
     app = create_app(predictor, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"medlens serve: {predictor.task} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
