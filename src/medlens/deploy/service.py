@@ -101,11 +101,22 @@ class Gate:
                                   "MiB; send a smaller image or raise the server's --max-upload-mb", 413)
             return message
 
+        def record() -> None:
+            if state.get("recorded"):
+                return
+            state["recorded"] = True
+            seconds = time.perf_counter() - start
+            self.metrics.observe(endpoint, scope["method"], state["status"], seconds)
+            LOG.info("%s %s %d %dB %s %.1fms", scope["method"], endpoint, state["status"], state["received"],
+                     scope["state"].get("upload_kind", "-"), seconds * 1000)
+
         async def tracked_send(message):
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
                                                   (b"cache-control", b"no-store")]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last byte goes out: a client that reads /metrics next sees this request
             await send(message)
 
         try:
@@ -117,10 +128,7 @@ class Gate:
             else:
                 await self.app(scope, counted_receive, tracked_send)
         finally:
-            seconds = time.perf_counter() - start
-            self.metrics.observe(endpoint, scope["method"], state["status"], seconds)
-            LOG.info("%s %s %d %dB %s %.1fms", scope["method"], endpoint, state["status"], state["received"],
-                     scope["state"].get("upload_kind", "-"), seconds * 1000)
+            record()  # once: here only when no complete response went out (client gone, server error)
 
 
 async def _drain(receive, message: dict) -> None:
