@@ -30,6 +30,9 @@ demo: setup
 	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/run
 	$(VENV)/bin/medlens predict $(DEMO_DIR)/run $(DEMO_DIR)/new_studies --out $(DEMO_DIR)/run/new_studies.csv
 	$(VENV)/bin/medlens explain $(DEMO_DIR)/run $(DEMO_DIR)/new_studies --out $(DEMO_DIR)/run/explanations
+	rm -rf $(DEMO_DIR)/model.bundle
+	$(VENV)/bin/medlens export $(DEMO_DIR)/run --out $(DEMO_DIR)/model.bundle
+	$(VENV)/bin/medlens predict $(DEMO_DIR)/model.bundle $(DEMO_DIR)/new_studies --backend onnx
 	rm -rf $(DEMO_DIR)/seg_run
 	$(VENV)/bin/medlens train $(DEMO_DIR)/segmentation --time-budget 60s --out $(DEMO_DIR)/seg_run --no-progress
 	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/seg_run
@@ -40,7 +43,9 @@ demo: setup
 	@echo "      the segmentation run in $(DEMO_DIR)/seg_run/, its mask for new_volumes/lesion_new.nii.gz in"
 	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/);"
 	@echo "      open $(DEMO_DIR)/run/report.html and $(DEMO_DIR)/seg_run/report.html in a browser; Grad-CAM"
-	@echo "      overlays of the new studies in $(DEMO_DIR)/run/explanations/, of the new volume in $(DEMO_DIR)/seg_run/explanations/"
+	@echo "      overlays of the new studies in $(DEMO_DIR)/run/explanations/, of the new volume in $(DEMO_DIR)/seg_run/explanations/;"
+	@echo "      the deployable bundle in $(DEMO_DIR)/model.bundle: serve it with"
+	@echo "      $(VENV)/bin/medlens serve $(DEMO_DIR)/model.bundle   (then open http://127.0.0.1:8000/)"
 
 # The report's browser test drives the system chromium (Debian package; the machine runs as root).
 browser:
