@@ -349,3 +349,59 @@ def blob_run_3d(tmp_path_factory) -> Path:
     assert main(["train", str(root / "data"), "--out", str(out), "--set", "train.max_epochs=3", "--set",
                  "train.patience=50", "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("inspect", DATA, ...)`` -> namespace(rc, out, err): ``medlens ARGV`` run in this process."""
+    from types import SimpleNamespace
+
+    from medlens.cli import main
+
+    def run(*argv) -> SimpleNamespace:
+        rc = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return SimpleNamespace(rc=rc, out=captured.out, err=captured.err)
+
+    return run
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by playwright (never `playwright install`). `make test` installs
+    chromium; where the variable CI is set, a missing browser fails instead of skipping."""
+    import os
+
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def open_watched(browser):
+    """``open_watched(url, allowed=(prefixes...), viewport=(w, h))`` -> (page, errors): the page loaded, and
+    every console error, page error and request to an address outside ``allowed`` it raised."""
+
+    def open_page(url: str, allowed: tuple[str, ...], viewport=(1200, 820)):
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: None if request.url.startswith(allowed) else
+                errors.append(f"request outside {allowed}: {request.url}"))
+        page.goto(url, wait_until="load")
+        return page, errors
+
+    return open_page

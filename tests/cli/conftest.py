@@ -11,27 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from medlens.cli import main
 from medlens.data import medmnist
 from medlens.io import Image, identity_direction, write_image
-
-
-@pytest.fixture
-def cli(capsys):
-    """``cli("inspect", DATA, ...)`` -> namespace(rc, out, err)."""
-
-    def run(*argv) -> SimpleNamespace:
-        rc = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        return SimpleNamespace(rc=rc, out=captured.out, err=captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="session")

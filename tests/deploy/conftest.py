@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-TOKEN = "test-token-7d1f"
 FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
 
 

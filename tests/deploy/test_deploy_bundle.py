@@ -18,39 +18,19 @@ from medlens.errors import ConfigError
 from medlens.io import Image, read_image, write_image
 from medlens.io.dicom_write import write_dicom_series
 
-FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
-
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*argv)`` -> namespace(rc, out, err) of ``medlens ARGV`` run in this process."""
-    from types import SimpleNamespace
-
-    from medlens.cli import main
-
-    def run(*argv) -> SimpleNamespace:
-        rc = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        return SimpleNamespace(rc=rc, out=captured.out, err=captured.err)
-
-    return run
+@pytest.fixture(scope="module")
+def demo(deploy_demo) -> Path:
+    return deploy_demo
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from medlens.data.synthetic import write_demo_data
-
-    return write_demo_data(tmp_path_factory.mktemp("deploy-demo") / "demo")
-
-
-@pytest.fixture(scope="module")
-def run_2d(tmp_path_factory, demo) -> Path:
+def run_2d(cls_run_folder) -> Path:
+    """The deploy tests' demo classifier, evaluated (the card carries the test metrics)."""
     from medlens.cli import main
 
-    out = tmp_path_factory.mktemp("deploy-run") / "run"
-    assert main(["train", str(demo / "classification.csv"), "--out", str(out), *FAST]) == 0
-    assert main(["evaluate", str(out), "--bootstrap", "50", "--no-baseline"]) == 0
-    return out
+    if not (cls_run_folder / "metrics.json").exists():
+        assert main(["evaluate", str(cls_run_folder), "--bootstrap", "50", "--no-baseline"]) == 0
+    return cls_run_folder
 
 
 @pytest.fixture(scope="module")

@@ -11,39 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+TOKEN = "test-token-7d1f"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield launched
-        launched.close()
-
-
-def open_page(browser, url: str):
-    """The page and the console errors, page errors and foreign requests it raised."""
-    page = browser.new_page(viewport={"width": 1200, "height": 820})
-    errors = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: None if request.url.startswith((url, "data:", "blob:")) else
-            errors.append(f"request outside the server: {request.url}"))
-    page.goto(url + "/", wait_until="load")
-    return page, errors
 
 
 def wait_until_decoded(page, selector: str, timeout_s: float = 20) -> None:
@@ -54,10 +25,10 @@ def wait_until_decoded(page, selector: str, timeout_s: float = 20) -> None:
         time.sleep(0.05)
 
 
-def test_uploading_a_png_shows_label_confidence_probabilities_and_the_heat_map(browser, live, predictor,
+def test_uploading_a_png_shows_label_confidence_probabilities_and_the_heat_map(open_watched, live, predictor,
                                                                                deploy_demo, tmp_path):
     server = live(token=TOKEN)
-    page, errors = open_page(browser, server.url)
+    page, errors = open_watched(server.url + "/", (server.url, "data:", "blob:"))
     page.wait_for_selector("#model:has-text('token')")
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
@@ -82,9 +53,9 @@ def test_uploading_a_png_shows_label_confidence_probabilities_and_the_heat_map(b
     assert errors == []
 
 
-def test_a_refused_upload_shows_the_servers_message(browser, live, tmp_path):
+def test_a_refused_upload_shows_the_servers_message(open_watched, live, tmp_path):
     server = live()
-    page, errors = open_page(browser, server.url)
+    page, errors = open_watched(server.url + "/", (server.url, "data:", "blob:"))
     page.wait_for_selector("#model:has-text('binary')")
     bad = tmp_path / "scan.png"
     bad.write_bytes(b"this is not a PNG")

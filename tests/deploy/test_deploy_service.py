@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import TOKEN
 from corpus import dicom_files, malformed_uploads
 
 from medlens.io import Image, identity_direction, read_image, write_image
 
+TOKEN = "test-token-7d1f"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_UPLOAD = 2 << 20
 

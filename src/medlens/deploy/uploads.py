@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import shutil
 import stat
 import struct
 import tempfile

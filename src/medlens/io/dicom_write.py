@@ -26,7 +26,6 @@ def write_dicom_series(volume: np.ndarray, out_dir: Path, *, spacing_mm=(1.0, 1.
     Returns:
         The written paths, in slice order.
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
