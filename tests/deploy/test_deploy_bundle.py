@@ -53,6 +53,10 @@ def test_a_bundle_holds_weights_card_plan_and_a_checksum_of_every_file(bundle_2d
     assert card["calibration"]["threshold"] == calibration["threshold"]
     assert card["training_data"]["fingerprint_sha256"] == dataset_card["fingerprint"]
     assert card["metrics"]["split"] == "test" and {"value", "ci_low", "ci_high"} <= set(card["metrics"]["auc"])
+    validation = card["validation_metrics"]
+    assert validation["split"] == "val" and validation["n_cases"] == len(json.loads(
+        (run_2d / "splits.json").read_text())["folds"][0]["val"])
+    assert validation["auc"]["ci_low"] <= validation["auc"]["value"] <= validation["auc"]["ci_high"]
     assert card["medlens_version"] and card["model_version"].startswith("run-")
     assert "not a medical device" in card["intended_use"]
 

@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 from medlens.config import Config
+from medlens.engine.calibrate import HEADLINE
 from medlens.engine.runs import RunFolder, now
-
-HEADLINE = ("accuracy", "balanced_accuracy", "auc")
 
 
 def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
@@ -34,6 +33,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
         "training_data": _training_data(run),
         "training": {"epochs_run": info.get("epochs_run"), "monitor": info.get("monitor"),
                      "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},
+        "validation_metrics": _read(run.validation),
         "metrics": _metrics(run),
     }
     card["intended_use"] = intended_use(card)
@@ -65,6 +65,10 @@ def _training_data(run: RunFolder) -> dict:
     return {"name": Path(str(dataset.get("source", ""))).name, "layout": dataset.get("layout"),
             "modality": dataset.get("modality"), "num_cases": dataset.get("num_cases"),
             "counts_by_split": card.get("counts", {}).get("by_split"), "fingerprint_sha256": card.get("fingerprint")}
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _metrics(run: RunFolder) -> dict | None:

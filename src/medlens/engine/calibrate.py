@@ -35,3 +35,23 @@ def calibrate(model, config: Config, val: SplitData) -> dict:
 
 def _tta_axes(config: Config) -> tuple[int, ...]:
     return tuple(config.augment.flip_axes) if config.evaluate.tta else ()
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auc")
+
+
+def validation_metrics(model, config: Config, val: SplitData, calibration: dict) -> dict:
+    """Headline metrics with bootstrap 95% CIs on the validation split, for the model card.
+
+    The probabilities are calibrated with the temperature fitted on this same split (which does not
+    move AUC); the test split's figures come from ``medlens evaluate``.
+    """
+    from medlens.evaluation import classification_metrics
+
+    multilabel = config.dataset.task == "multilabel"
+    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config))
+    probs = to_probs(logits, multilabel=multilabel, temperature=calibration["temperature"])
+    metrics = classification_metrics(val.labels, probs, config.dataset.task, list(config.dataset.class_names),
+                                     groups=val.groups, n_boot=config.evaluate.n_bootstrap, seed=config.train.seed)
+    return {"split": "val", "n_cases": len(val.cases), "note": "temperature fitted on this split",
+            **{k: metrics[k] for k in HEADLINE}}

@@ -8,6 +8,7 @@
       checkpoints/         last.ckpt (resume) and best.ckpt, written atomically
       weights.pt           the best model's state_dict (what evaluate / predict / export load)
       calibration.json     temperature and decision threshold fitted on validation (classification)
+      validation.json      headline validation metrics with 95% CIs (classification; for the model card)
       postprocess.json     per class, keep the largest connected component or not (segmentation)
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
@@ -41,6 +42,7 @@ class RunFolder:
     best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.ckpt")
     weights = property(lambda self: self.root / "weights.pt")
     calibration = property(lambda self: self.root / "calibration.json")
+    validation = property(lambda self: self.root / "validation.json")
     postprocess = property(lambda self: self.root / "postprocess.json")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     metrics_json = property(lambda self: self.root / "metrics.json")

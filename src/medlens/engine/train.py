@@ -224,13 +224,15 @@ def _loaders(config: Config, train: SplitData, val: SplitData):
 def _finish(run: RunFolder, config: Config, model, val: SplitData, trainer, best, started: float, log) -> None:
     """Keep the best weights, fit the temperature and threshold on validation, mark the run finished."""
     from medlens.engine.checkpoints import load_state_dict, save_atomic
-    from medlens.engine.calibrate import calibrate
+    from medlens.engine.calibrate import calibrate, validation_metrics
+    from medlens.engine.evaluate import json_safe
 
     source = Path(best.best_model_path) if best.best_model_path else run.last_checkpoint
     model.load_state_dict(load_state_dict(source))
     save_atomic(model.state_dict(), run.weights)
     calibration = calibrate(model, config, val)
     write_json_atomic(run.calibration, calibration)
+    write_json_atomic(run.validation, json_safe(validation_metrics(model, config, val, calibration)))
     score = best.best_model_score
     run.update_info(status="finished", finished=now(), epochs_run=trainer.current_epoch,
                     best_checkpoint=source.name, best_score=None if score is None else round(float(score), 6),
