@@ -37,3 +37,9 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return write_atomic(path, lambda f: f.write(data))
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """The JSON document at ``path``, or ``default`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default

@@ -73,4 +73,4 @@ def _explain_test_images(cli, run: Path, tmp_path: Path) -> None:
     assert result.rc == 0, result.err
     doc = json.loads((tmp_path / "cams" / "explanations.json").read_text())
     assert len(doc["inputs"]) == 6 and all(PILImage.open(r["overlay"]).size == (256, 256) for r in doc["inputs"])
-    assert doc["sanity"]["passed"], doc["sanity"]["message"]  # measured: mean rho 0.00 after a 60 s training
+    assert doc["sanity"]["passed"], doc["sanity"]["message"]  # requires mean Spearman rho < 0.5

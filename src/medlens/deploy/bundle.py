@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from medlens._files import write_json_atomic
+from medlens._files import read_json, write_json_atomic
 from medlens.errors import ConfigError, MedlensError
 
 Format = Literal["torchscript", "onnx", "both", "none"]
@@ -50,9 +50,8 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.root / name
 
-    def read_json(self, name: str, default: dict | None = None) -> dict:
-        path = self.root / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else dict(default or {})
+    def read_json(self, name: str, default: dict | None = None) -> dict | None:
+        return read_json(self.root / name, default)
 
 
 def export_bundle(run_path, out: Path, *, formats: Format = "both", log=print) -> Path:

@@ -6,9 +6,9 @@ Everything serving needs to rebuild the preprocessing is here and in the bundle'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from medlens._files import read_json
 from medlens.config import Config
 from medlens.engine.calibrate import HEADLINE
 from medlens.engine.runs import RunFolder, now
@@ -33,7 +33,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
         "training_data": _training_data(run),
         "training": {"epochs_run": info.get("epochs_run"), "monitor": info.get("monitor"),
                      "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},
-        "validation_metrics": _read(run.validation),
+        "validation_metrics": read_json(run.validation),
         "metrics": _metrics(run),
     }
     card["intended_use"] = intended_use(card)
@@ -60,22 +60,18 @@ def _calibration(run: RunFolder, config: Config) -> dict | None:
 
 def _training_data(run: RunFolder) -> dict:
     """Counts and the audit's fingerprint (a hash of every case's pixels) of the data the model learnt from."""
-    card = json.loads(run.card.read_text(encoding="utf-8")) if run.card.exists() else {}
+    card = read_json(run.card, {})
     dataset = card.get("dataset", {})
     return {"name": Path(str(dataset.get("source", ""))).name, "layout": dataset.get("layout"),
             "modality": dataset.get("modality"), "num_cases": dataset.get("num_cases"),
             "counts_by_split": card.get("counts", {}).get("by_split"), "fingerprint_sha256": card.get("fingerprint")}
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def _metrics(run: RunFolder) -> dict | None:
     """Headline figures with their 95% CIs from ``medlens evaluate`` (None when the run was never evaluated)."""
-    if not run.metrics_json.exists():
+    doc = read_json(run.metrics_json)
+    if doc is None:
         return None
-    doc = json.loads(run.metrics_json.read_text(encoding="utf-8"))
     metrics = doc.get("metrics", {})
     chosen = metrics if doc.get("task") == "segmentation" else {k: metrics.get(k) for k in HEADLINE}
     return {"split": doc.get("split"), "n_cases": doc.get("n_cases"), "grouped_by": doc.get("grouped_by"), **chosen}

@@ -84,15 +84,15 @@ class Predictor:
         """Open and verify a bundle (checksums first), then build the network from its safetensors weights."""
         from medlens.deploy.bundle import load_weights, open_bundle
         from medlens.engine.lightning import build_model
+        from medlens.engine.runs import NO_CALIBRATION, NO_POSTPROCESS
 
         keep = tempfile.TemporaryDirectory(prefix="medlens-bundle-") if Path(path).is_file() else None
         bundle = open_bundle(path, unpack_to=Path(keep.name) if keep else None)
         config = read_plan(bundle.file("plan.yaml"))[0]
         model = load_weights(build_model(config), bundle)
         logits_of = _exported_logits(bundle, backend, config)
-        return cls(config, model, calibration=bundle.read_json("calibration.json", {"temperature": 1.0,
-                                                                                       "threshold": 0.5}),
-                   postprocess=bundle.read_json("postprocess.json", {"keep_largest": {}}), card=bundle.card,
+        return cls(config, model, calibration=bundle.read_json("calibration.json", dict(NO_CALIBRATION)),
+                   postprocess=bundle.read_json("postprocess.json", dict(NO_POSTPROCESS)), card=bundle.card,
                    logits_of=logits_of, keep_alive=keep)
 
     def read(self, source) -> Image:

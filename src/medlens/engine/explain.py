@@ -61,11 +61,11 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
     if class_name is not None and class_name not in names:
         raise ConfigError(f"--class {class_name}: the run's classes are {', '.join(names)}")
     explainer = _explain_region if config.dataset.task == "segmentation" else _explain_image
-    model, rows, batch = load_model(run, config), [], []
+    model, calibration, rows, batch = load_model(run, config), run.read_calibration(), [], []
     for path in expand_inputs(inputs):
         try:
             image = read_image(path, spatial_dims=config.dataset.spatial_dims)
-            row, prepared = explainer(run, config, model, image, path, out_dir, method, class_name)
+            row, prepared = explainer(calibration, config, model, image, path, out_dir, method, class_name)
         except (MedlensError, OSError, ValueError) as exc:
             rows.append({"path": str(path), "error": str(exc)})
             log(f"{path}: error: {exc}")
@@ -81,14 +81,13 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
     return doc
 
 
-def _explain_image(run, config: Config, model, image: Image, path: Path, out_dir: Path, method: str,
-                   class_name: str | None):
+def _explain_image(calibration: dict, config: Config, model, image: Image, path: Path, out_dir: Path,
+                   method: str, class_name: str | None):
     """One classification input: prediction, map on the input grid, overlay (and NIfTI in 3D)."""
     from medlens.explain import compute_cams
 
     names = list(config.dataset.class_names)
-    result = classify_image(lambda x: predict_logits(model, x), image, config, run.read_calibration(),
-                            where=str(path))
+    result = classify_image(lambda x: predict_logits(model, x), image, config, calibration, where=str(path))
     target = names.index(class_name) if class_name else result.target
     cam = compute_cams(model, result.array[None], class_indices=[target], method=method)[0]
     row = {"path": str(path), "predicted": result.predicted,
@@ -98,8 +97,8 @@ def _explain_image(run, config: Config, model, image: Image, path: Path, out_dir
     return row, (result.array, target)
 
 
-def _explain_region(run, config: Config, model, image: Image, path: Path, out_dir: Path, method: str,
-                    class_name: str | None):
+def _explain_region(calibration: dict, config: Config, model, image: Image, path: Path, out_dir: Path,
+                    method: str, class_name: str | None):
     """One segmentation input: the map of the predicted region of ``class_name`` (default: the largest class)."""
     from medlens.engine.sliding import sliding_probs
     from medlens.explain.regions import region_cam

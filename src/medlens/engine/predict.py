@@ -66,13 +66,14 @@ def classify_image(logits_of, image, config: Config, calibration: dict, *, tta: 
         logits_of: ``images (B, C, *input_size) -> logits (B, K)`` (PyTorch, TorchScript or ONNX Runtime).
         tta: average the logits over the mirrored copies along ``augment.flip_axes``.
     """
-    from medlens.transforms import Preprocessor
+    import torch
+
+    from medlens.transforms import Preprocessor, flip_variants
 
     names, task = list(config.dataset.class_names), config.dataset.task
     array = Preprocessor(config.data)(image, where=where)
-    axes = [a + 1 for a in config.augment.flip_axes] if tta else []
-    variants = [array[None]] + [np.flip(array[None], axis=a + 1).copy() for a in axes]
-    logits = np.mean([logits_of(v) for v in variants], axis=0)
+    variants = flip_variants(torch.from_numpy(array[None]), tuple(config.augment.flip_axes) if tta else ())
+    logits = np.mean([logits_of(v.numpy()) for v in variants], axis=0)
     probs = to_probs(logits, multilabel=task == "multilabel", temperature=calibration["temperature"])[0]
     predicted = decide(probs, task, names, calibration["threshold"])
     target = int(np.argmax(probs)) if task == "multilabel" or not predicted else names.index(predicted)

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medlens._files import write_json_atomic
+from medlens._files import read_json, write_json_atomic
 from medlens.config import Config, read_plan
 from medlens.errors import ConfigError
+
+
+NO_CALIBRATION = {"temperature": 1.0, "threshold": 0.5}  # a run (or bundle) without calibration.json
+NO_POSTPROCESS = {"keep_largest": {}}  # ... without postprocess.json
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,10 @@ class RunFolder:
         return read_plan(self.plan)[0]
 
     def read_postprocess(self) -> dict:
-        if not self.postprocess.exists():
-            return {"keep_largest": {}}
-        return json.loads(self.postprocess.read_text(encoding="utf-8"))
+        return read_json(self.postprocess, dict(NO_POSTPROCESS))
 
     def read_calibration(self) -> dict:
-        if not self.calibration.exists():
-            return {"temperature": 1.0, "threshold": 0.5}
-        return json.loads(self.calibration.read_text(encoding="utf-8"))
+        return read_json(self.calibration, dict(NO_CALIBRATION))
 
 
 def open_run(path: str | os.PathLike, *, finished: bool = True) -> RunFolder:

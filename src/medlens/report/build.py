@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medlens._files import read_json
 from medlens.engine.runs import RunFolder, now
 from medlens.report.classification import ClassificationEvidence, classification_sections
 from medlens.report.document import Report, Section, write_report_files
-from medlens.report.run_sections import dataset_section, plan_section, read_json, training_section
+from medlens.report.run_sections import dataset_section, plan_section, training_section
 from medlens.report.segmentation import SegmentationEvidence, segmentation_sections
 
 
@@ -24,8 +25,8 @@ def build_report(run: RunFolder, *, classification: ClassificationEvidence | Non
     from medlens.config import read_plan
 
     config, reasons = read_plan(run.plan)
-    card, doc = read_json(run.card), read_json(run.metrics_json)
-    info = read_json(run.info)
+    card, doc = read_json(run.card, {}), read_json(run.metrics_json, {})
+    info = read_json(run.info, {})
     report = Report(f"medlens report: {run.root.name}",
                     f"{config.dataset.task} {config.dataset.spatial_dims}D · {config.model.name} · "
                     f"{info.get('status', 'unknown')} · written {now()} · run folder {run.root}")

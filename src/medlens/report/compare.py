@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medlens._files import read_json
 from medlens.engine.runs import RunFolder, now
 from medlens.errors import ConfigError
 from medlens.report.classification import OVERALL, num
 from medlens.report.document import Figure, Report, Section, Table, write_report_files
 from medlens.report.plots import curves_png, loss_columns
-from medlens.report.run_sections import read_epoch_rows, read_json
+from medlens.report.run_sections import read_epoch_rows
 
 NOT_EVALUATED = "not evaluated yet"
 
@@ -43,7 +44,7 @@ def open_runs(paths: list) -> list[tuple[str, RunFolder, object]]:
 def classification_table(runs) -> Table:
     rows = []
     for label, run, config in runs:
-        doc = read_json(run.metrics_json)
+        doc = read_json(run.metrics_json, {})
         cells = [with_ci(doc["metrics"][k]) for k, _ in OVERALL] if doc else [NOT_EVALUATED, "", ""]
         rows.append([label, config.model.name, doc.get("split", ""), str(doc.get("n_cases", "")), *cells])
     return Table(["run", "model", "split", "cases", *(f"{name} [95% CI]" for _, name in OVERALL)], rows,
@@ -54,7 +55,7 @@ def segmentation_table(runs) -> Table:
     names = list(dict.fromkeys(n for _, _, c in runs for n in c.dataset.class_names[1:]))
     rows = []
     for label, run, config in runs:
-        doc = read_json(run.metrics_json)
+        doc = read_json(run.metrics_json, {})
         per_class = doc.get("metrics", {}).get("per_class", {})
         cells = [with_ci(per_class[n][k]) if n in per_class else "" for n in names for k in ("dice", "hd95_mm")]
         if not doc:
@@ -67,7 +68,7 @@ def segmentation_table(runs) -> Table:
 def training_table(runs) -> Table:
     rows = []
     for label, run, config in runs:
-        info = read_json(run.info)
+        info = read_json(run.info, {})
         best = info.get("best_score")
         rows.append([label, config.dataset.source, info.get("status", "unknown"), str(info.get("epochs_run", "")),
                      info.get("stopped_by", ""), f"{info.get('monitor', '')} {num(best) if best is not None else ''}",

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from medlens._files import read_json
 from medlens.engine.runs import RunFolder
 from medlens.report.document import Figure, Section, Table
 from medlens.report.plots import curves_png, loss_columns, validation_columns
@@ -21,10 +22,6 @@ def read_epoch_rows(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def read_json(path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def dataset_section(run: RunFolder, config, card: dict) -> Section:
@@ -67,7 +64,7 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     from medlens.data import open_dataset
     from medlens.errors import MedlensError
 
-    splits = read_json(run.splits)
+    splits = read_json(run.splits, {})
     if not splits:
         return None
     fold = splits["folds"][config.dataset.fold]
@@ -128,7 +125,7 @@ def plan_section(config, reasons: dict[str, str]) -> Section:
 
 def training_section(run: RunFolder) -> Section:
     """Status and timings from ``run.json``; loss and validation metric per epoch from ``metrics.csv``."""
-    info, rows = read_json(run.info), read_epoch_rows(run.metrics_csv)
+    info, rows = read_json(run.info, {}), read_epoch_rows(run.metrics_csv)
     section = Section("Training", key="training")
     best = info.get("best_score")
     section.text(f"status **{info.get('status', 'unknown')}** after {info.get('epochs_run', len(rows))} epoch(s), "
