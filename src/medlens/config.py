@@ -60,6 +60,7 @@ class ModelSection:
     name: str = "resnet18_2d"
     width: float = 1.0
     dropout: float = 0.0
+    members: int = 1  # classifiers trained side by side from different initialisations, logits averaged
     filters: tuple[int, ...] = ()  # segmentation: feature maps per resolution level
     strides: tuple[tuple[int, ...], ...] = ()  # segmentation: down-sampling per level and axis
     kernels: tuple[tuple[int, ...], ...] = ()  # segmentation: convolution kernel per level and axis
@@ -97,6 +98,7 @@ class TrainSection:
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
     finetune_lr_factor: float = 0.1
+    ema_epochs: float = 0.0  # keep an exponential moving average of the weights over about this many epochs; 0 = off
     precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
 

@@ -25,7 +25,7 @@ from medlens.deploy import export
 from medlens.deploy.export import (OnnxRunner, TorchRunner, TorchScriptRunner, export_onnx, export_torchscript,
                                    load_runner)
 from medlens.errors import ConfigError
-from medlens.models import CLASSIFIERS, build_classifier
+from medlens.models import CLASSIFIERS, Ensemble, build_classifier
 from medlens.models.classifiers import FIXED_WIDTH_FAMILIES
 from medlens.models.segmenters import build_segmenter
 
@@ -289,3 +289,15 @@ def test_pneumoniamnist_test_images_give_the_same_logits_through_every_runner(tm
         got = runner(images)
         assert np.abs(got - expected).max() < TOLERANCE, kind
         assert (got.argmax(1) == expected.argmax(1)).all(), kind
+
+
+def test_an_ensemble_exports_as_one_graph(tmp_path):
+    torch.manual_seed(0)
+    members = [build_classifier("resnet18_2d", in_channels=1, num_classes=NUM_CLASSES, input_size=(28, 28), width=0.25)
+               for _ in range(3)]
+    model, example = Ensemble(members).eval(), torch.zeros(1, 1, 28, 28)
+
+    runners = {"torchscript": TorchScriptRunner(export_torchscript(model, example, tmp_path / "model.ts")),
+               "onnx": OnnxRunner(export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript"))}
+
+    assert_parity(model, example, runners)

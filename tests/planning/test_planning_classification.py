@@ -160,11 +160,11 @@ def test_balanced_classes_get_plain_ce():
     assert "balanced (1.0:1)" in reasons["train.loss"]
 
 
-def test_3_to_1_gets_weighted_ce():
+def test_3_to_1_keeps_plain_ce_and_leaves_the_operating_point_to_the_threshold():
     config, reasons = plan(card(train={"normal": 75, "lesion": 25}))
 
-    assert (config.train.loss, config.train.sampler) == ("weighted_ce", "shuffle")
-    assert "3.0:1" in reasons["train.loss"]
+    assert (config.train.loss, config.train.sampler) == ("ce", "shuffle")
+    assert "3.0:1" in reasons["train.loss"] and "Youden threshold on validation" in reasons["train.loss"]
 
 
 def test_20_to_1_gets_the_weighted_sampler():
@@ -177,9 +177,9 @@ def test_20_to_1_gets_the_weighted_sampler():
 
 def test_imbalance_is_read_from_the_train_split():
     # balanced overall, 3:1 in training: the training split is what the loss sees
-    config, _ = plan(card(train={"normal": 75, "lesion": 25}, total={"normal": 100, "lesion": 100}))
+    _, reasons = plan(card(train={"normal": 75, "lesion": 25}, total={"normal": 100, "lesion": 100}))
 
-    assert config.train.loss == "weighted_ce"
+    assert "3.0:1" in reasons["train.loss"]
 
 
 def test_imbalance_without_splits_uses_the_total():
@@ -327,3 +327,24 @@ def test_probe_times_the_network_and_fits_the_budget(one_thread):
     assert "s per epoch" in reasons["train.max_epochs"]
     assert "30 s budget" in reasons["train.max_epochs"]
     assert config.train.patience == max(5, config.train.max_epochs // 4)
+
+
+@pytest.mark.parametrize(("step_ms", "members", "epochs"), [(1.0, 5, 100), (75.0, 2, 100), (280.0, 1, 85)])
+def test_a_budget_that_fits_the_schedule_twice_trains_an_ensemble(monkeypatch, step_ms, members, epochs):
+    monkeypatch.setattr("medlens.planning.classification.time_training_step", lambda *a, **k: step_ms / 1000)
+    c = card(train={"normal": 400, "lesion": 144})  # BreastMNIST's size: 17 steps of 32 per epoch
+
+    config, reasons = plan(c, probe=True, time_budget_s=600.0)
+
+    assert (config.model.members, config.train.max_epochs) == (members, epochs)
+    assert ("deep ensemble" in reasons["model.members"]) == (members > 1)
+
+
+@pytest.mark.parametrize(("epochs", "ema"), [(100, 5.0), (30, 1.5), (3, 0.1)])
+def test_the_weight_average_spans_a_twentieth_of_the_schedule(monkeypatch, epochs, ema):
+    monkeypatch.setattr("medlens.planning.classification._epochs", lambda *a: (epochs, 1))
+
+    config, reasons = plan(card())
+
+    assert config.train.ema_epochs == ema
+    assert f"last ~{ema:g} epochs" in reasons["train.ema_epochs"]

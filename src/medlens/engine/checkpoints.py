@@ -52,11 +52,15 @@ def transfer_weights(model: torch.nn.Module, source: Path) -> dict:
     """Load matching weights from ``source`` into ``model``; report what was re-initialised.
 
     Tensors whose shapes differ (typically the classifier head, when the class count changes) keep
-    their fresh initialisation. Raises ConfigError when less than half of the model's tensors match,
+    their fresh initialisation. A single network's weights seed every member of an ensemble.
+    Raises ConfigError when less than half of the model's tensors match,
     which means the checkpoint belongs to another network or task.
     """
     state = load_state_dict(source)
     own = model.state_dict()
+    members = getattr(model, "members", None)
+    if members is not None and not any(k.startswith("members.") for k in state):  # one network -> each member
+        state = {f"members.{i}.{k}": v for i in range(len(members)) for k, v in state.items()}
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     reshaped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     missing = sorted(k for k in own if k not in state)

@@ -15,7 +15,8 @@ from medlens.engine.callbacks import CLASSIFICATION_METRICS, EpochCSV
 from medlens.engine.checkpoints import AtomicCheckpointIO, transfer_weights
 from medlens.engine.prepared import SplitData
 from medlens.engine.runs import RunFolder
-from medlens.models import build_classifier
+from medlens.errors import ConfigError
+from medlens.models import Ensemble, build_classifier
 from medlens.tasks.classification import ClassificationModule
 
 
@@ -28,9 +29,13 @@ def build_model(config: Config):
         return build_segmenter(m.name, in_channels=config.data.channels, num_classes=len(config.dataset.class_names),
                                filters=m.filters, strides=m.strides, kernels=m.kernels,
                                deep_supervision=m.deep_supervision, dropout=m.dropout)
-    return build_classifier(config.model.name, in_channels=config.data.channels,
-                            num_classes=len(config.dataset.class_names), input_size=tuple(config.data.input_size),
-                            width=config.model.width, dropout=config.model.dropout)
+    m = config.model
+    if m.members < 1:
+        raise ConfigError(f"model.members={m.members}: give 1 (one network) or more (an ensemble)")
+    members = [build_classifier(m.name, in_channels=config.data.channels, num_classes=len(config.dataset.class_names),
+                                input_size=tuple(config.data.input_size), width=m.width, dropout=m.dropout)
+               for _ in range(m.members)]
+    return members[0] if m.members == 1 else Ensemble(members)
 
 
 def build_module(config: Config, train: SplitData, init_from=None) -> tuple[ClassificationModule, dict | None]:
@@ -51,7 +56,8 @@ def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
 
 
 def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy: str = "auto",
-                  progress_bar: bool = True) -> tuple[pl.Trainer, ModelCheckpoint]:
+                  progress_bar: bool = True, steps_per_epoch: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Trainer with medlens' callbacks; ``steps_per_epoch`` sizes the weight average (``train.ema_epochs``)."""
     _quiet_lightning()
     t = config.train
     mode = "min" if t.monitor == "val_loss" else "max"  # val_dice, val_auc, val_accuracy: higher is better
@@ -59,7 +65,7 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
     callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=t.patience, check_finite=False),
-                 EpochCSV(run.metrics_csv, _csv_metrics(config))]
+                 EpochCSV(run.metrics_csv, _csv_metrics(config)), *weight_averaging(config, steps_per_epoch)]
     gpu = torch.cuda.is_available()
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported()
                                                            else "16-mixed" if gpu else "32-true")
@@ -70,6 +76,18 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
         use_distributed_sampler=False, enable_progress_bar=progress_bar, enable_model_summary=False,
         log_every_n_steps=10, default_root_dir=run.root)
     return trainer, best
+
+
+def weight_averaging(config: Config, steps_per_epoch: int) -> list[pl.Callback]:
+    """An exponential moving average of the weights over about ``train.ema_epochs`` epochs (Lightning's
+    ``EMAWeightAveraging``): validation, the best checkpoint and the final weights all use the average,
+    so the checkpoint chosen on a small validation split is not one noisy step's weights."""
+    horizon = config.train.ema_epochs * steps_per_epoch
+    if horizon <= 0:
+        return []
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    return [EMAWeightAveraging(decay=1.0 - 1.0 / max(horizon, 1.0))]
 
 
 def _csv_metrics(config: Config) -> tuple[str, ...]:

@@ -174,7 +174,9 @@ def _fit(run, config, dataset, splits, *, init_from, devices, strategy, checkpoi
     module, transfer = build_module(config, train_data, init_from)
     if transfer:
         log(f"--init-from: loaded {transfer['loaded']} tensors; re-initialised {transfer['reinitialised'] or 'none'}")
-    trainer, best = build_trainer(run, config, devices=devices, strategy=strategy, progress_bar=progress_bar)
+    steps = -(-len(train_data.images) // (config.train.batch_size * max(devices, 1)))
+    trainer, best = build_trainer(run, config, devices=devices, strategy=strategy, progress_bar=progress_bar,
+                                  steps_per_epoch=steps)
     loaders = _loaders(config, train_data, val_data)
     os.environ["MEDLENS_RUN_DIR"] = str(run.root.resolve())
     if trainer.global_rank == 0:

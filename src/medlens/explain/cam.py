@@ -44,7 +44,8 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, *, class_indices: S
     """Class activation maps for a batch of preprocessed images.
 
     Args:
-        model: a registry classifier (its ``cam_layer`` is used unless ``layer`` is given).
+        model: a registry classifier (its ``cam_layer`` is used unless ``layer`` is given), or an
+            ``Ensemble``: each member's map for the ensemble's class, averaged, then scaled.
         images: float32 ``(N, C, *spatial)``, prepared as for training.
         class_indices: ``N`` target classes; ``None`` explains each image's predicted class.
         method: ``"gradcam"`` or ``"gradcam++"``.
@@ -54,7 +55,6 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, *, class_indices: S
     Returns:
         float32 ``(N, *spatial)``, each map scaled to [0, 1] (a map with no positive evidence is 0).
     """
-    device = next(model.parameters()).device
     model = model.eval()
     images = np.asarray(images, dtype=np.float32)
     if class_indices is None:
@@ -62,7 +62,18 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, *, class_indices: S
     class_indices = np.asarray(class_indices, dtype=np.int64)
     if len(class_indices) != len(images):
         raise ConfigError(f"{len(class_indices)} target classes for {len(images)} images; give one per image")
-    engine = cam_engine(model, layer or model.cam_layer, method)
+    members = getattr(model, "members", None)
+    if members is not None and layer is None:  # an ensemble: the mean of its members' maps
+        return normalize_maps(np.mean([_raw_cams(m, images, class_indices, method, batch_size, m.cam_layer)
+                                       for m in members], axis=0))
+    return normalize_maps(_raw_cams(model, images, class_indices, method, batch_size, layer or model.cam_layer))
+
+
+def _raw_cams(model, images: np.ndarray, class_indices: np.ndarray, method: Method, batch_size: int,
+              layer: str) -> np.ndarray:
+    """Un-normalised maps ``(N, *spatial)`` of ``model.layer`` for each image's target class."""
+    device = next(model.parameters()).device
+    engine = cam_engine(model, layer, method)
     step = 1 if method == "gradcam++" else batch_size
     maps = np.zeros((len(images), *images.shape[2:]), dtype=np.float32)
     for k in np.unique(class_indices):
@@ -71,7 +82,7 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, *, class_indices: S
             rows = chosen[start:start + step]
             x = torch.from_numpy(images[rows]).to(device)
             maps[rows] = engine(x, class_idx=int(k))[:, 0].detach().float().cpu().numpy()
-    return normalize_maps(maps)
+    return maps
 
 
 @torch.no_grad()

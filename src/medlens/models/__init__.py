@@ -1,6 +1,6 @@
 """Models behind one interface: ``build_classifier(name, ...)`` -> :class:`Classifier`.
 
-``CLASSIFIERS.names()`` lists the registered 2D and 3D classifiers (``resnet18_2d``,
+``Ensemble(members)`` averages several classifiers' logits. ``CLASSIFIERS.names()`` lists the registered 2D and 3D classifiers (``resnet18_2d``,
 ``densenet121_3d``, ``seedcnn_2d``...); ``build_segmenter(name, ...)`` the segmentation networks
 (``dynunet_3d``, ``unet_2d``, ``vnet_3d``...).
 """
@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from medlens.models.classifiers import CLASSIFIERS, Backbone, Classifier, build_classifier
+from medlens.models.ensemble import Ensemble
 from medlens.models.segmenters import SEGMENTERS, build_segmenter, patch_multiple
 
-__all__ = ["CLASSIFIERS", "SEGMENTERS", "Backbone", "Classifier", "build_classifier", "build_segmenter",
+__all__ = ["CLASSIFIERS", "SEGMENTERS", "Backbone", "Classifier", "Ensemble", "build_classifier", "build_segmenter",
            "patch_multiple"]

@@ -100,6 +100,10 @@ class Classifier(nn.Module):
         """Logits ``(B, num_classes)`` of images ``(B, C, *spatial)``."""
         return self.head(self.backbone(x))
 
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(1, B, num_classes)``: a single network is an ensemble of one (see :mod:`.ensemble`)."""
+        return self(x)[None]
+
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the final classifier (names starting with ``head_prefix``)."""
         return (p for n, p in self.named_parameters() if _in_head(n, self.head_prefix))

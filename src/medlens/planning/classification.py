@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -34,7 +35,8 @@ def plan_classification(card: dict, *, time_budget_s: float | None = None, devic
     data = _data_section(card, dataset, device, reasons)
     model = _model_section(dataset, data, device, reasons)
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
-    train = _train_section(card, dataset, data, model, budget, device, probe, reasons)
+    train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons)
+    model = replace(model, members=members)
     augment = _augment_section(card, dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train,
                     evaluate=EvaluateSection())
@@ -123,12 +125,17 @@ def _batch_size(data: DataSection, dims: int) -> int:
     return 4
 
 
-def _train_section(card, dataset, data, model, budget_s, device, probe, reasons) -> TrainSection:
+def _train_section(card, dataset, data, model, budget_s, device, probe, reasons) -> tuple[TrainSection, int]:
+    """The training settings, and how many ensemble members the budget fits."""
     train_n = _split_count(card, "train")
     batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 128) / 16))))  # >= ~16 steps per epoch
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
     loss, sampler = _imbalance(card, dataset, reasons)
-    epochs = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
+    epochs, members = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
+    ema = round(min(5.0, epochs / 20), 1)
+    reasons["train.ema_epochs"] = (f"validate, keep and ship a moving average of the weights over the last ~{ema:g} "
+                                   "epochs: smoother than one step's weights, so the checkpoint picked on a small "
+                                   "validation split is less a matter of luck")
     reasons["train.optimizer"] = "AdamW: robust default without per-dataset tuning"
     reasons["train.lr"] = "1e-3 with cosine decay, per-step"
     reasons["train.patience"] = "stop when validation AUC has not improved for a quarter of the epochs"
@@ -136,7 +143,8 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons)
     reasons["train.precision"] = "mixed precision on GPU, 32-bit on CPU"
     return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
                         schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
-                        monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto")
+                        monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto",
+                        ema_epochs=ema), members
 
 
 def _split_count(card: dict, split: str) -> int:
@@ -161,25 +169,38 @@ def _imbalance(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str,
         reasons["train.sampler"] = "weighted sampler draws every class equally often"
         return "ce", "weighted"
     if ratio > 1.5:
-        reasons["train.loss"] = f"classes skewed {ratio:.1f}:1 -> cross-entropy weighted by inverse class frequency"
-        reasons["train.sampler"] = "plain shuffling; the loss weights handle the imbalance"
-        return "weighted_ce", "shuffle"
+        reasons["train.loss"] = (f"classes skewed {ratio:.1f}:1 -> plain cross-entropy keeps the probabilities "
+                                 "calibrated; the operating point is set after training (Youden threshold on "
+                                 "validation), not by re-weighting the loss")
+        reasons["train.sampler"] = "plain shuffling: every class is in most batches at this ratio"
+        return "ce", "shuffle"
     reasons["train.loss"] = f"classes balanced ({ratio:.1f}:1) -> plain cross-entropy"
     reasons["train.sampler"] = "plain shuffling"
     return "ce", "shuffle"
 
 
-def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons) -> int:
+MAX_EPOCHS, MAX_MEMBERS = 100, 5
+
+
+def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons) -> tuple[int, int]:
+    """Epochs of the schedule and ensemble members: a budget that fits the whole 100-epoch schedule
+    twice or more trains that many networks side by side (at most 5), each for the whole schedule."""
     steps = max(train_n // batch, 1)
     if not probe:
         reasons["train.max_epochs"] = "default (the network was not timed)"
-        return 30
+        reasons["model.members"] = "one network (the network was not timed)"
+        return 30, 1
     step_s = time_training_step(model, data, dataset, batch, device)
     epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
-    epochs = int(np.clip(0.85 * budget_s // epoch_s, 3, 100))
+    fit = int(0.85 * budget_s // epoch_s)
+    epochs, members = int(np.clip(fit, 3, MAX_EPOCHS)), int(np.clip(fit // MAX_EPOCHS, 1, MAX_MEMBERS))
     reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms); "
-                                   f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..100)")
-    return epochs
+                                   f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..{MAX_EPOCHS})")
+    reasons["model.members"] = (f"{members} networks from different initialisations, trained side by side and "
+                                f"averaged (deep ensemble): the budget fits {fit} epochs, {members}x the whole "
+                                "schedule" if members > 1 else
+                                f"one network: the budget fits {fit} epochs, less than the whole schedule twice")
+    return epochs, members
 
 
 def time_training_step(model_section: ModelSection, data: DataSection, dataset: DatasetSection, batch: int,

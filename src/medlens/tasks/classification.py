@@ -22,7 +22,8 @@ class ClassificationModule(pl.LightningModule):
     """Wraps a registry :class:`~medlens.models.Classifier` with its loss, augmentation and optimiser.
 
     Args:
-        model: ``forward(x (B, C, *spatial)) -> logits (B, K)``.
+        model: a Classifier or an Ensemble: ``forward(x (B, C, *spatial)) -> logits (B, K)`` and
+            ``member_logits(x) -> (M, B, K)`` (each member gets its own loss).
         config: the run's resolved configuration.
         class_weights: ``(K,)`` loss weights (weighted CE / focal) or BCE positive weights.
     """
@@ -50,10 +51,10 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         x = self.augment(x, self.generator)
-        logits = self.model(x)
-        loss = self.loss(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
-        return loss
+        losses = torch.stack([self.loss(logits, y) for logits in self.model.member_logits(x)])
+        self.log("train_loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
+        return losses.sum()  # each ensemble member learns from its own loss, as if trained alone
 
     # ---- validation -------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
