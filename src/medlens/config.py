@@ -98,7 +98,7 @@ class TrainSection:
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
     finetune_lr_factor: float = 0.1
-    ema_epochs: float = 0.0  # keep an exponential moving average of the weights over about this many epochs; 0 = off
+    ema_fraction: float = 0.0  # keep an exponential moving average of the weights over this share of training; 0 = off
     precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
 

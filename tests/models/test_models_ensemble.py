@@ -119,3 +119,19 @@ def test_a_single_networks_weights_seed_every_member(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     for m in target.members:
         torch.testing.assert_close(m(x), source(x))
+
+
+@pytest.mark.parametrize(("fraction", "epochs", "steps", "decay"), [(0.05, 100, 17, 1 - 1 / 85), (0.05, 3, 4, 0.0),
+                                                                     (0.1, 20, 50, 0.99)])
+def test_the_weight_average_spans_a_share_of_the_steps(fraction, epochs, steps, decay):
+    from dataclasses import replace
+
+    from medlens.engine.lightning import weight_averaging
+
+    c = config(1)
+    c = replace(c, train=replace(c.train, ema_fraction=fraction, max_epochs=epochs))
+    (callback,) = weight_averaging(c, steps)
+    average = callback._kwargs["avg_fn"]
+    ema, param = torch.tensor([1.0]), torch.tensor([0.0])
+    torch.testing.assert_close(average(ema, param, 1), torch.tensor([decay]))  # decay * ema + (1 - decay) * param
+    assert weight_averaging(replace(c, train=replace(c.train, ema_fraction=0.0)), steps) == []

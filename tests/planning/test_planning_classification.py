@@ -340,11 +340,11 @@ def test_a_budget_that_fits_the_schedule_twice_trains_an_ensemble(monkeypatch, s
     assert ("deep ensemble" in reasons["model.members"]) == (members > 1)
 
 
-@pytest.mark.parametrize(("epochs", "ema"), [(100, 5.0), (30, 1.5), (3, 0.1)])
-def test_the_weight_average_spans_a_twentieth_of_the_schedule(monkeypatch, epochs, ema):
+@pytest.mark.parametrize(("epochs", "shown"), [(100, "5.0"), (30, "1.5")])
+def test_the_weight_average_spans_the_last_twentieth_of_training(monkeypatch, epochs, shown):
     monkeypatch.setattr("medlens.planning.classification._epochs", lambda *a: (epochs, 1))
 
     config, reasons = plan(card())
 
-    assert config.train.ema_epochs == ema
-    assert f"last ~{ema:g} epochs" in reasons["train.ema_epochs"]
+    assert config.train.ema_fraction == 0.05
+    assert f"(~{shown} epochs)" in reasons["train.ema_fraction"]

@@ -57,7 +57,7 @@ def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
 
 def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy: str = "auto",
                   progress_bar: bool = True, steps_per_epoch: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """The Trainer with medlens' callbacks; ``steps_per_epoch`` sizes the weight average (``train.ema_epochs``)."""
+    """The Trainer with medlens' callbacks; ``steps_per_epoch`` sizes the weight average (``train.ema_fraction``)."""
     _quiet_lightning()
     t = config.train
     mode = "min" if t.monitor == "val_loss" else "max"  # val_dice, val_auc, val_accuracy: higher is better
@@ -79,10 +79,11 @@ def build_trainer(run: RunFolder, config: Config, *, devices: int = 1, strategy:
 
 
 def weight_averaging(config: Config, steps_per_epoch: int) -> list[pl.Callback]:
-    """An exponential moving average of the weights over about ``train.ema_epochs`` epochs (Lightning's
-    ``EMAWeightAveraging``): validation, the best checkpoint and the final weights all use the average,
-    so the checkpoint chosen on a small validation split is not one noisy step's weights."""
-    horizon = config.train.ema_epochs * steps_per_epoch
+    """An exponential moving average of the weights over the last ``train.ema_fraction`` of the
+    ``max_epochs * steps_per_epoch`` steps (Lightning's ``EMAWeightAveraging``): validation, the best
+    checkpoint and the final weights all use the average, so the checkpoint chosen on a small
+    validation split is not one noisy step's weights."""
+    horizon = config.train.ema_fraction * config.train.max_epochs * steps_per_epoch
     if horizon <= 0:
         return []
     from lightning.pytorch.callbacks import EMAWeightAveraging

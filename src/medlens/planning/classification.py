@@ -132,10 +132,9 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons)
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
     loss, sampler = _imbalance(card, dataset, reasons)
     epochs, members = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
-    ema = round(min(5.0, epochs / 20), 1)
-    reasons["train.ema_epochs"] = (f"validate, keep and ship a moving average of the weights over the last ~{ema:g} "
-                                   "epochs: smoother than one step's weights, so the checkpoint picked on a small "
-                                   "validation split is less a matter of luck")
+    reasons["train.ema_fraction"] = (f"validate, keep and ship a moving average of the weights over the last ~5% of "
+                                     f"training (~{epochs / 20:.1f} epochs): smoother than one step's weights, so the "
+                                     "checkpoint picked on a small validation split is less a matter of luck")
     reasons["train.optimizer"] = "AdamW: robust default without per-dataset tuning"
     reasons["train.lr"] = "1e-3 with cosine decay, per-step"
     reasons["train.patience"] = "stop when validation AUC has not improved for a quarter of the epochs"
@@ -144,7 +143,7 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons)
     return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
                         schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
                         monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto",
-                        ema_epochs=ema), members
+                        ema_fraction=0.05), members
 
 
 def _split_count(card: dict, split: str) -> int:
