@@ -50,8 +50,8 @@ def test_the_interface_is_the_members():
         ("seedcnn_2d", 1, 3, (28, 28))
     assert ensemble.cam_layer in dict(ensemble.named_modules())
     heads = list(ensemble.head_parameters())
-    assert len(heads) == 4 and all(any(p is q for q in m.head.parameters()) for m in ensemble.members
-                                   for p in m.head.parameters())
+    assert [id(p) for p in heads] == [id(p) for m in ensemble.members for p in m.head.parameters()]
+    assert len(heads) == 4  # each member's head weight and bias
     assert len(list(ensemble.backbone_parameters())) + len(heads) == len(list(ensemble.parameters()))
 
 

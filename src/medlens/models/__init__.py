@@ -1,6 +1,7 @@
 """Models behind one interface: ``build_classifier(name, ...)`` -> :class:`Classifier`.
 
-``Ensemble(members)`` averages several classifiers' logits. ``CLASSIFIERS.names()`` lists the registered 2D and 3D classifiers (``resnet18_2d``,
+``Ensemble(members)`` averages several classifiers' logits. ``CLASSIFIERS.names()`` lists the
+registered 2D and 3D classifiers (``resnet18_2d``,
 ``densenet121_3d``, ``seedcnn_2d``...); ``build_segmenter(name, ...)`` the segmentation networks
 (``dynunet_3d``, ``unet_2d``, ``vnet_3d``...).
 """

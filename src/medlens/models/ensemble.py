@@ -34,8 +34,6 @@ class Ensemble(nn.Module):
             maps of every member's own ``cam_layer``).
     """
 
-    head_prefix = "head"
-
     def __init__(self, members: Sequence[Classifier]):
         super().__init__()
         if len(members) < 2 or len({(m.name, m.in_channels, m.num_classes, m.input_size) for m in members}) != 1:
