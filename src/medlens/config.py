@@ -57,8 +57,10 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    name: str = "resnet18_2d"
-    width: float = 1.0
+    """The network: a name in the model registry and the settings it is built with."""
+
+    name: str = "resnet18_2d"  # a registered classifier or segmenter of the data's dimensionality
+    width: float = 1.0  # classifiers: channel multiplier
     dropout: float = 0.0
     members: int = 1  # classifiers trained side by side from different initialisations, logits averaged
     filters: tuple[int, ...] = ()  # segmentation: feature maps per resolution level
@@ -84,21 +86,25 @@ class AugmentSection:
 
 @dataclass(frozen=True)
 class TrainSection:
+    """The optimisation: schedule, loss, sampling, stopping, and the hardware it runs on."""
+
     max_epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 64  # images (or patches) per optimisation step in each process
     optimizer: typing.Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
+    momentum: float = 0.9  # SGD: Nesterov momentum; AdamW: the first-moment decay (beta1)
     weight_decay: float = 1e-4
     schedule: typing.Literal["cosine", "onecycle", "poly", "constant"] = "cosine"
-    loss: typing.Literal["ce", "weighted_ce", "focal", "bce", "dice_ce"] = "ce"
+    loss: str = "ce"  # a name in the loss registry that fits the task (ce, weighted_ce, focal, bce, dice_ce)
     label_smoothing: float = 0.0
     sampler: typing.Literal["shuffle", "weighted"] = "shuffle"
-    patience: int = 10
+    patience: int = 10  # epochs without a better validation score before training stops
     monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_dice"] = "val_auc"
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
-    finetune_lr_factor: float = 0.1
+    finetune_lr_factor: float = 0.1  # transfer learning: lr multiplier once the backbone is unfrozen
     ema_fraction: float = 0.0  # keep an exponential moving average of the weights over this share of training; 0 = off
+    processes: int = 1  # training processes the plan was made for (devices x nodes); batch_size is per process
     precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
 
@@ -111,15 +117,16 @@ class SegmentSection:
     foreground_fraction: float = 0.33  # share of patches centred on a foreground voxel
     overlap: float = 0.5  # sliding-window overlap between neighbouring patches
     sw_batch_size: int = 4  # patches per forward pass at inference
-    mirror_tta: bool = False  # average predictions over mirrored copies (augment.flip_axes)
     keep_largest: typing.Literal["auto", "always", "never"] = "auto"  # auto: per class, if it helps on validation
 
 
 @dataclass(frozen=True)
 class EvaluateSection:
-    n_bootstrap: int = 1000
-    tta: bool = False  # test-time augmentation: average over flips along augment.flip_axes
-    baseline: bool = True  # fit the k-nearest-neighbours baseline beside the network
+    """How the trained model is scored and how it predicts."""
+
+    n_bootstrap: int = 1000  # bootstrap resamples (patients when known) behind every 95% CI
+    tta: bool = False  # test-time augmentation: average over mirrored copies along augment.flip_axes
+    baseline: bool = False  # classification: fit the k-nearest-neighbours baseline beside the network
 
 
 @dataclass(frozen=True)
@@ -144,10 +151,38 @@ def _plain(value):
     return value
 
 
+#: Keys of plans written by earlier medlens versions -> where their value lives now.
+RENAMED_KEYS = {("segment", "mirror_tta"): ("evaluate", "tta")}
+
+
+def upgrade_plan(raw: dict) -> dict:
+    """Plan content of an earlier medlens version in today's keys (a new dict; ``raw`` is not changed).
+
+    ``segment.mirror_tta`` became ``evaluate.tta`` (one test-time augmentation key for every task). A
+    plan written before ``train.momentum`` existed gets the momentum its optimiser used then: 0.99 for
+    SGD with Dice + cross-entropy (the segmentation rule), 0.9 otherwise.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (section, key), (new_section, new_key) in RENAMED_KEYS.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            value = raw[section].pop(key)
+            target = raw.setdefault(new_section, {}) or {}
+            raw[new_section] = target
+            target.setdefault(new_key, value)
+    train = raw.get("train")
+    if isinstance(train, dict) and train and "momentum" not in train:
+        legacy_sgd_dice = train.get("optimizer") == "sgd" and train.get("loss") == "dice_ce"
+        train["momentum"] = 0.99 if legacy_sgd_dice else 0.9
+    return raw
+
+
 def config_from_dict(raw: dict, *, where: str = "config") -> Config:
     """Build a validated :class:`Config` from nested dicts (YAML content); missing keys keep defaults."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections ({_section_names()}), found {type(raw).__name__}")
+    raw = upgrade_plan(raw)
     sections = {}
     for name, value in raw.items():
         section_type = _section_type(name, where)
@@ -226,6 +261,8 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
         if not sep or not dot:
             raise ConfigError(f"--set {assignment!r}: expected SECTION.KEY=VALUE, e.g. train.max_epochs=30")
         section_type = _section_type(section, "--set")
+        if (section, name) in RENAMED_KEYS:
+            raise ConfigError(f"--set {key.strip()}: this key is now `{'.'.join(RENAMED_KEYS[section, name])}`")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -239,12 +276,19 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
 
 # ---- plan files: YAML with one reason per value -------------------------------------------------
 
-def render_plan(config: Config, reasons: dict[str, str], header: str = "") -> str:
-    """YAML text of ``config`` with ``reasons["section.key"]`` as end-of-line comments."""
+def render_plan(config: Config, reasons: dict[str, str], header: str = "", *, omit=frozenset()) -> str:
+    """YAML text of ``config`` with ``reasons["section.key"]`` as end-of-line comments.
+
+    Args:
+        omit: ``"section.key"`` (or ``"section"``) entries left out: the keys the plan's task does not use.
+    """
     lines = [f"# {line}" for line in header.splitlines()] if header else []
     for section, values in config.as_dict().items():
+        kept = {k: v for k, v in values.items() if section not in omit and f"{section}.{k}" not in omit}
+        if not kept:
+            continue
         lines.append(f"{section}:")
-        for key, value in values.items():
+        for key, value in kept.items():
             text = f"  {key}: {yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()}"
             text = text.removesuffix("\n...")
             reason = reasons.get(f"{section}.{key}")

@@ -13,13 +13,25 @@ from pathlib import Path
 
 
 class Task(str, Enum):
-    """What a dataset asks a model to do."""
+    """What a dataset's labels are, as the data layer detects it (the plan's ``dataset.task``).
+
+    The task that trains each kind is looked up in :mod:`medlens.tasks.registry`; code below the tasks
+    asks a kind how its cases are labelled (:attr:`label_form`), never which kind it is.
+    """
 
     BINARY = "binary"
     MULTICLASS = "multiclass"
     MULTILABEL = "multilabel"
     ORDINAL = "ordinal"  # trained as multi-class for now
     SEGMENTATION = "segmentation"
+
+    @property
+    def label_form(self) -> str:
+        """``"class"`` (one class index per case), ``"flags"`` (a 0/1 flag per class) or ``"mask"`` (a label map)."""
+        return _LABEL_FORMS.get(self.value, "class")
+
+
+_LABEL_FORMS = {"multilabel": "flags", "segmentation": "mask"}
 
 
 class Split(str, Enum):

@@ -15,20 +15,26 @@ ARGUMENTS = [
     (["--set"], {"dest": "overrides", "action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
                  "help": "override a planned value, e.g. --set model.name=densenet121_2d (repeatable)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--devices"], {"type": int, "default": 1, "help": "plan for this many training processes per node"}),
+    (["--num-nodes"], {"type": int, "default": 1, "help": "plan for this many nodes (machines)"}),
 ]
 
 
 def run(args) -> int:
-    from medlens._files import write_text_atomic
-    from medlens.config import apply_overrides, render_plan
-    from medlens.engine.train import make_plan, plan_header
+    from medlens.config import apply_overrides
+    from medlens.engine.train import make_plan, write_plan
+    from medlens.errors import ConfigError
+    from medlens.tasks import task_for
 
-    config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root, time_budget_s=args.time_budget)
+    if args.devices < 1 or args.num_nodes < 1:
+        raise ConfigError(f"--devices {args.devices} --num-nodes {args.num_nodes}: both must be at least 1")
+    config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root, time_budget_s=args.time_budget,
+                                                 processes=args.devices * args.num_nodes)
     config = apply_overrides(config, args.overrides)
     for key in (o.split("=", 1)[0].strip() for o in args.overrides):
         reasons[key] = "set on the command line"
-    text = render_plan(config, reasons, plan_header(args.data))
-    write_text_atomic(args.out, text)
-    print(text, end="")
+    task_for(config).check(config)
+    write_plan(args.out, config, reasons, args.data)
+    print(args.out.read_text(encoding="utf-8"), end="")
     print(f"plan written to {args.out}; edit it, then: medlens train {args.data} --plan {args.out}")
     return 0

@@ -14,7 +14,7 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
-    from medlens.report import write_comparison
+    from medlens.engine.compare import compare_runs
 
-    write_comparison(args.runs, args.out)
+    compare_runs(args.runs, args.out)
     return 0

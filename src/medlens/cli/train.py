@@ -25,7 +25,10 @@ ARGUMENTS = [
     (["--resume"], {"type": Path, "metavar": "RUN", "help": "continue an interrupted run from its last checkpoint"}),
     (["--init-from"], {"type": Path, "metavar": "CHECKPOINT_OR_RUN",
                        "help": "start from these weights (local file or run folder); differing layers re-initialised"}),
-    (["--devices"], {"type": int, "default": 1, "help": "GPUs (or CPU processes with --strategy ddp) to use"}),
+    (["--devices"], {"type": int, "default": 1, "help": "GPUs (or CPU processes with --strategy ddp) per node"}),
+    (["--num-nodes"], {"type": int, "default": 1, "help": "machines taking part (each started by torchrun or SLURM's "
+                                                          "srun with the same command); the plan shares every epoch "
+                                                          "among devices x nodes processes"}),
     (["--strategy"], {"default": "auto", "choices": ["auto", "ddp", "ddp_spawn"],
                       "help": "distribution strategy (ddp: one process per device)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
@@ -42,9 +45,9 @@ def run(args) -> int:
         raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
     run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
                        time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
-                       strategy=args.strategy, image_root=args.image_root, progress_bar=not args.no_progress)
+                       num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root, progress_bar=not args.no_progress)
     import os
 
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # DDP workers stay quiet
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # other DDP processes stay quiet
         print(f"trained: {run_folder.root}  (next: medlens evaluate {run_folder.root})")
     return 0

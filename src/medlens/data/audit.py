@@ -72,7 +72,7 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
         "unreadable": unreadable,
         "duplicates": _duplicate_groups(stats),
     }
-    if dataset.task is Task.SEGMENTATION:
+    if dataset.task.label_form == "mask":
         card["masks"] = mask_summary(dataset, stats)
         findings += background_findings(dataset, stats)
     findings += _dimension_findings(stats)
@@ -129,9 +129,9 @@ def _counts(dataset: Dataset) -> dict:
         split = case.split.value if case.split else "unassigned"
         if case.patient_id:
             patients[split].add(case.patient_id)
-        if dataset.task is Task.SEGMENTATION or case.label is None:
+        if dataset.task.label_form == "mask" or case.label is None:
             by_split[split]["cases"] += 1
-        elif dataset.task is Task.MULTILABEL:
+        elif dataset.task.label_form == "flags":
             by_split[split]["cases"] += 1
             for name, flag in zip(dataset.class_names, case.label):
                 by_split[split][name] += int(flag)
@@ -219,7 +219,7 @@ def _duplicate_findings(groups: list[list[str]], views) -> list[Finding]:
 
 
 def _label_conflicts(dataset: Dataset, groups: list[list[str]]) -> list[Finding]:
-    if dataset.task is Task.SEGMENTATION:
+    if dataset.task.label_form == "mask":
         return []
     label_of = {c.case_id: c.label for c in dataset.cases}
     conflicting = [g for g in groups if len({label_of[c] for c in g}) > 1]
@@ -247,20 +247,20 @@ def _patient_findings(dataset: Dataset, views) -> list[Finding]:
 
 
 def _class_findings(dataset: Dataset, counts: dict) -> list[Finding]:
-    if dataset.task in (Task.SEGMENTATION, Task.MULTILABEL):
+    if dataset.task.label_form != "class":
         return []
     findings = []
     total = counts["total"]
     empty = [n for n in dataset.class_names if total.get(n, 0) == 0]
     if empty:
         findings.append(Finding("error", "class.empty", f"class(es) {', '.join(empty)} have no cases; add examples "
-                                "or remove the class"))
+                                "or remove the class", blocks_training=True))
     train = counts["by_split"].get("train")
     if train is not None:
         missing = [n for n in dataset.class_names if train.get(n, 0) == 0 and n not in empty]
         if missing:
             findings.append(Finding("error", "class.no_training", f"class(es) {', '.join(missing)} have no training "
-                                    "cases; a model cannot learn them"))
+                                    "cases; a model cannot learn them", blocks_training=True))
     present = [total.get(n, 0) for n in dataset.class_names if total.get(n, 0)]
     if present and max(present) >= 5 * min(present):
         findings.append(Finding("info", "class.imbalance", f"classes are imbalanced (largest/smallest = "
@@ -275,7 +275,7 @@ def _dimension_findings(stats: list[CaseStats]) -> list[Finding]:
     minority = min(dims, key=dims.get)
     odd = [s.case_id for s in stats if len(s.shape) == minority]
     return [Finding("error", "image.dims", f"{len(odd)} case(s) are {minority}D while most are "
-                    f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd)]
+                    f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd, blocks_training=True)]
 
 
 def _unreadable_findings(unreadable: list[dict]) -> list[Finding]:
@@ -283,7 +283,7 @@ def _unreadable_findings(unreadable: list[dict]) -> list[Finding]:
         return []
     nan = [u["case"] for u in unreadable if "NaN" in u["error"]]
     findings = [Finding("error", "image.unreadable", f"{len(unreadable)} case(s) could not be read, e.g. "
-                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable])]
+                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable], blocks_training=True)]
     if nan:
         findings.append(Finding("error", "image.nan", f"{len(nan)} case(s) hold NaN or infinite voxels", nan))
     return findings

@@ -15,15 +15,22 @@ from medlens.types import Case, Split, Task
 
 @dataclass
 class Finding:
-    """Something the audit or a source noticed: an error blocks training, a warning does not."""
+    """Something the audit or a source noticed.
+
+    ``blocks_training`` marks what training cannot go past (unreadable files, a class without examples,
+    masks off their images); other errors (leakage, label conflicts) are reported loudly but leave the
+    decision to the user.
+    """
 
     severity: str  # "error" | "warning" | "info"
     code: str  # e.g. "leakage.patient", "label.missing"
     message: str
     cases: list[str] = field(default_factory=list)
+    blocks_training: bool = False
 
     def as_dict(self) -> dict:
-        return {"severity": self.severity, "code": self.code, "message": self.message, "cases": self.cases}
+        return {"severity": self.severity, "code": self.code, "message": self.message, "cases": self.cases,
+                "blocks_training": self.blocks_training}
 
 
 @dataclass

@@ -43,13 +43,8 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rank(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def __len__(self) -> int:
-        return self.n // self._rank()[1]
+        return self.n // _rank()[1]
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -57,9 +52,35 @@ class EpochSampler(Sampler[int]):
             order = rng.permutation(self.n)
         else:
             order = rng.choice(self.n, size=self.n, replace=True, p=self.weights / self.weights.sum())
-        rank, world = self._rank()
+        rank, world = _rank()
         share = self.n // world
         return iter(order[rank * share:(rank + 1) * share].tolist())
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``0..n-1`` in order, each DDP rank taking its own contiguous share (the whole range alone).
+
+    For datasets whose item ``i`` is already a random draw from ``(seed, epoch, i)``, such as the
+    segmentation patch sampler: the order needs no shuffling, only a fair split across processes.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n // _rank()[1]
+
+    def __iter__(self):
+        rank, world = _rank()
+        share = self.n // world
+        return iter(range(rank * share, (rank + 1) * share))
+
+
+def _rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside distributed training."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

@@ -143,9 +143,9 @@ def _findings(csv_path: Path, image_root: Path, missing_files: list[str], missin
         findings.append(Finding("error", "file.missing",
                                 f"{csv_path}: {len(missing_files)} row(s) point at files that do not exist under "
                                 f"{image_root} (first: {'; '.join(missing_files[:3])}); fix the paths, or pass "
-                                "--image-root if they are relative to another folder", missing_files))
+                                "--image-root if they are relative to another folder", missing_files, blocks_training=True))
     if missing_labels:
         findings.append(Finding("error", "label.missing",
                                 f"{csv_path}: {len(missing_labels)} row(s) have no label (first: "
-                                f"{'; '.join(missing_labels[:3])}); fill them in or remove the rows", missing_labels))
+                                f"{'; '.join(missing_labels[:3])}); fill them in or remove the rows", missing_labels, blocks_training=True))
     return findings

@@ -101,7 +101,7 @@ def open_medmnist(path: Path) -> Dataset:
             raise DatasetError(f"{path}: {split.value} split has {len(labels)} images; the official {name} has "
                                f"{expected}. The file is not the official one: re-fetch it")
         for i, row in enumerate(labels):
-            label = tuple(int(v) for v in row) if task is Task.MULTILABEL else int(row[0])
+            label = tuple(int(v) for v in row) if task.label_form == "flags" else int(row[0])
             cases.append(Case(case_id=f"{split.value}/{i:06d}", images=(path,), label=label, split=split, index=i))
     meta = {"medmnist": name, "size": size, "modality": info["modality"], "n_channels": info["n_channels"],
             "official_n_samples": info["n_samples"], "md5": info["files"][str(size)]["md5"]}

@@ -115,7 +115,7 @@ def open_decathlon(root: Path) -> Dataset:
     findings = []
     if missing:
         findings.append(Finding("error", "file.missing", f"{root / 'dataset.json'} lists {len(missing)} file(s) that "
-                                f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing))
+                                f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing, blocks_training=True))
     modality = spec.get("modality") or spec.get("channel_names") or {}
     dims = 3 if str(spec.get("tensorImageSize", "3D")).upper().startswith("3") else 2
     meta = {"label_values": values, "name": spec.get("name"), "modality": [modality[k] for k in sorted(modality, key=int)],

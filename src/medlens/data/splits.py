@@ -67,7 +67,7 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         "cases_hash": cases_hash(dataset),
         "seed": seed,
         "grouped_by": "patient_id" if any(c.patient_id for c in dataset.cases) else "case",
-        "stratified_by": None if dataset.task is Task.SEGMENTATION else "label",
+        "stratified_by": None if dataset.task.label_form == "mask" else "label",
         "sources": {"test": test_source, "val": val_source},
         "test": [c.case_id for c in test],
         "folds": [{"train": [c.case_id for c in tr], "val": [c.case_id for c in va]} for tr, va in fold_list],
@@ -110,9 +110,9 @@ def cases_hash(dataset: Dataset) -> str:
 
 
 def _strata(dataset: Dataset, cases: list[Case]) -> np.ndarray:
-    if dataset.task is Task.SEGMENTATION or any(c.label is None for c in cases):
+    if dataset.task.label_form == "mask" or any(c.label is None for c in cases):
         return np.zeros(len(cases), dtype=int)
-    if dataset.task is Task.MULTILABEL:
+    if dataset.task.label_form == "flags":
         # stratify on the rarest positive label of each case (0 = no finding)
         prevalence = np.sum([c.label for c in cases], axis=0)
         return np.array([1 + min((i for i, v in enumerate(c.label) if v), key=lambda i: prevalence[i], default=-1)
@@ -200,7 +200,7 @@ def summarize_splits(dataset: Dataset, splits: dict) -> list[str]:
 
 
 def _class_counts(dataset: Dataset, cases: list[Case]) -> str:
-    if dataset.task in (Task.SEGMENTATION, Task.MULTILABEL) or not cases:
+    if dataset.task.label_form != "class" or not cases:
         return ""
     counts = np.bincount([c.label for c in cases], minlength=dataset.num_classes)
     return "  ".join(f"{n}={k}" for n, k in zip(dataset.class_names, counts))

@@ -92,7 +92,7 @@ def label_array(dataset: Dataset, cases: list[Case]) -> np.ndarray:
     missing = [c.case_id for c in cases if c.label is None]
     if missing:
         raise DatasetError(f"{len(missing)} case(s) have no label (e.g. {missing[0]}); label them or leave them out")
-    if dataset.task is Task.MULTILABEL:
+    if dataset.task.label_form == "flags":
         bad = [c.case_id for c in cases if not isinstance(c.label, tuple) or len(c.label) != dataset.num_classes]
         if bad:
             raise DatasetError(f"case {bad[0]}: a multi-label task needs {dataset.num_classes} 0/1 flags per case "

@@ -60,7 +60,7 @@ def export_bundle(run_path, out: Path, *, formats: Format = "both", log=print) -
     Raises:
         ConfigError: the run did not finish, ``out`` already exists, or an unknown format.
     """
-    from medlens.engine.runs import open_run
+    from medlens.runs import open_run
 
     out = Path(out)
     if out.exists():
@@ -89,7 +89,7 @@ def _write_contents(run, folder: Path, formats: Format, log) -> None:
     from safetensors.torch import save_model
 
     from medlens.deploy.card import model_card
-    from medlens.engine.evaluate import load_model
+    from medlens.tasks import load_model
 
     config = run.read_config()
     model = load_model(run, config)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from medlens._files import read_json
 from medlens.config import Config
-from medlens.engine.calibrate import HEADLINE
-from medlens.engine.runs import RunFolder, now
+from medlens.runs import RunFolder, now
+from medlens.tasks import task_for
 
 
 def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
@@ -19,6 +19,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
     from medlens import __version__
 
     info, data = run.read_info(), config.data
+    details = task_for(config).card_details(run, config)
     card = {
         "medlens_card": 1, "model_version": f"{run.root.name}-{weights_sha256[:12]}", "medlens_version": __version__,
         "created": now(), "task": config.dataset.task, "spatial_dims": config.dataset.spatial_dims,
@@ -29,34 +30,16 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
                   "target_spacing_mm": list(data.target_spacing) or None},
         "preprocessing": {"normalization": data.normalization, "intensity_range": list(data.intensity_range),
                           "foreground_stats": list(data.foreground_stats),
-                          "steps": _steps(config)},
-        "calibration": _calibration(run, config),
+                          "steps": details["steps"]},
+        "calibration": details["calibration"],
         "training_data": _training_data(run),
         "training": {"epochs_run": info.get("epochs_run"), "monitor": info.get("monitor"),
                      "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},
         "validation_metrics": read_json(run.validation),
-        "metrics": _metrics(run),
+        "metrics": _metrics(run, details["metrics"]),
     }
     card["intended_use"] = intended_use(card)
     return card
-
-
-def _steps(config: Config) -> list[str]:
-    data = config.data
-    if config.dataset.task == "segmentation":
-        return [f"resample to {list(data.target_spacing) or 'the native'} mm (images linear, masks nearest)",
-                f"normalise: {data.normalization}", f"sliding window of {list(data.input_size)} voxels, "
-                f"overlap {config.segment.overlap}, Gaussian blending", "probabilities back to the input grid"]
-    return [f"channels -> {data.channels}", f"normalise: {data.normalization} {list(data.intensity_range) or ''}".strip(),
-            f"resize to {list(data.input_size)}", "softmax / sigmoid of logits / temperature"]
-
-
-def _calibration(run: RunFolder, config: Config) -> dict | None:
-    if config.dataset.task == "segmentation":
-        return None
-    c = run.read_calibration()
-    return {"temperature": c["temperature"], "threshold": c["threshold"], "threshold_rule": c.get("threshold_rule"),
-            "fitted_on": c.get("fitted_on")}
 
 
 def _training_data(run: RunFolder) -> dict:
@@ -68,13 +51,11 @@ def _training_data(run: RunFolder) -> dict:
             "counts_by_split": card.get("counts", {}).get("by_split"), "fingerprint_sha256": card.get("fingerprint")}
 
 
-def _metrics(run: RunFolder) -> dict | None:
-    """Headline figures with their 95% CIs from ``medlens evaluate`` (None when the run was never evaluated)."""
+def _metrics(run: RunFolder, chosen: dict) -> dict | None:
+    """The task's headline figures with their 95% CIs from ``medlens evaluate`` (None when never evaluated)."""
     doc = read_json(run.metrics_json)
     if doc is None:
         return None
-    metrics = doc.get("metrics", {})
-    chosen = metrics if doc.get("task") == "segmentation" else {k: metrics.get(k) for k in HEADLINE}
     return {"split": doc.get("split"), "n_cases": doc.get("n_cases"), "grouped_by": doc.get("grouped_by"), **chosen}
 
 

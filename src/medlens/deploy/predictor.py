@@ -34,24 +34,24 @@ def _is_zip(path: Path) -> bool:
 
 
 class Predictor:
-    """A trained model with its own preprocessing.
+    """A trained model with its own preprocessing; what a prediction returns is its task's answer.
 
     Attributes:
         config: the run's resolved plan.
         card: the model card (JSON-ready); for a run folder, the card a bundle of it would carry.
-        task: ``binary``, ``multiclass``, ``multilabel`` or ``segmentation``.
+        task: the :class:`~medlens.tasks.Task` the model was trained for.
+        logits_of: ``images (B, C, *input_size) -> logits`` through the chosen backend.
     """
 
     def __init__(self, config: Config, model: torch.nn.Module, *, calibration: dict, postprocess: dict,
                  card: dict, logits_of=None, keep_alive=None):
-        self.config, self.model, self.card = config, model.eval(), card
-        self.calibration, self.postprocess = calibration, postprocess
-        self._logits_of = logits_of or _torch_logits(self.model)
-        self._keep_alive = keep_alive  # the temporary folder of an unzipped bundle lives as long as we do
+        from medlens.tasks import task_for
 
-    @property
-    def task(self) -> str:
-        return self.config.dataset.task
+        self.config, self.model, self.card = config, model.eval(), card
+        self.task = task_for(config)
+        self.calibration, self.postprocess = calibration, postprocess
+        self.logits_of = logits_of or _torch_logits(self.model)
+        self._keep_alive = keep_alive  # the temporary folder of an unzipped bundle lives as long as we do
 
     @property
     def class_names(self) -> list[str]:
@@ -66,10 +66,10 @@ class Predictor:
 
     @classmethod
     def from_run(cls, path, *, backend: Backend = "torch") -> Predictor:
-        from medlens.deploy.card import model_card
         from medlens.deploy.bundle import sha256
-        from medlens.engine.evaluate import load_model
-        from medlens.engine.runs import open_run
+        from medlens.deploy.card import model_card
+        from medlens.runs import open_run
+        from medlens.tasks import load_model
 
         if backend != "torch":
             raise ConfigError(f"backend {backend}: a run folder holds PyTorch weights only; export a bundle with "
@@ -83,13 +83,13 @@ class Predictor:
     def from_bundle(cls, path, *, backend: Backend = "torch") -> Predictor:
         """Open and verify a bundle (checksums first), then build the network from its safetensors weights."""
         from medlens.deploy.bundle import load_weights, open_bundle
-        from medlens.engine.lightning import build_model
-        from medlens.engine.runs import NO_CALIBRATION, NO_POSTPROCESS
+        from medlens.runs import NO_CALIBRATION, NO_POSTPROCESS
+        from medlens.tasks import task_for
 
         keep = tempfile.TemporaryDirectory(prefix="medlens-bundle-") if Path(path).is_file() else None
         bundle = open_bundle(path, unpack_to=Path(keep.name) if keep else None)
         config = read_plan(bundle.file("plan.yaml"))[0]
-        model = load_weights(build_model(config), bundle)
+        model = load_weights(task_for(config).build_model(config), bundle)
         logits_of = _exported_logits(bundle, backend, config)
         return cls(config, model, calibration=bundle.read_json("calibration.json", dict(NO_CALIBRATION)),
                    postprocess=bundle.read_json("postprocess.json", dict(NO_POSTPROCESS)), card=bundle.card,
@@ -122,58 +122,24 @@ class Predictor:
                 raise type(exc)(f"{path}: {staged.scrub(str(exc))}") from None
 
     def predict(self, source, *, heatmap: bool = False, tta: bool | None = None, probabilities: bool = False) -> dict:
-        """Predict one image (``tta``: flips / mirroring; default from the plan).
+        """Predict one image (``tta``: average over mirrored copies; default from the plan's ``evaluate.tta``).
 
         Returns:
-            classification: ``task, label, probabilities {class: p}, confidence, model_version,
-            explained_class, heatmap_png`` (bytes or None). segmentation: ``task, mask`` (an ``Image`` on
-            the input's grid), ``voxels {class: n}``, ``model_version`` (and ``probabilities`` ``(K, *S)`` if asked).
+            What the task answers, with ``task`` and ``model_version``. Classification: ``label``,
+            ``probabilities {class: p}``, ``confidence``, ``explained_class``, ``heatmap_png`` (bytes, with
+            ``heatmap``). Segmentation: ``mask`` (an ``Image`` on the input's grid), ``voxels {class: n}``, and
+            ``probabilities (K, *S)`` with ``probabilities``.
 
         Raises:
             ReadError / MedlensError: the input cannot be read or does not fit the model.
         """
         image = self.read(source)
         where = str(source) if isinstance(source, (str, Path)) else "image"
-        if self.task == "segmentation":
-            mirror = self.config.segment.mirror_tta if tta is None else tta
-            return self._segment(image, mirror, probabilities, where)
-        return self._classify(image, heatmap, self.config.evaluate.tta if tta is None else tta, where)
-
-    def _classify(self, image: Image, heatmap: bool, tta: bool, where: str) -> dict:
-        from medlens.engine.predict import classify_image
-
-        result = classify_image(self._logits_of, image, self.config, self.calibration, tta=tta, where=where)
-        names = self.class_names
-        chosen = [n for n in result.predicted.split(";") if n] or [names[result.target]]
-        return {"task": self.task, "label": result.predicted,
-                "probabilities": {n: round(float(p), 6) for n, p in zip(names, result.probs)},
-                "confidence": round(float(min(result.probs[names.index(n)] for n in chosen)), 6),
-                "model_version": self.card.get("model_version"),
-                "explained_class": names[result.target] if heatmap else None,
-                "heatmap_png": self._heatmap(image, result.array, result.target) if heatmap else None}
-
-    def _heatmap(self, image: Image, array: np.ndarray, target: int) -> bytes:
-        from medlens.engine.explain import map_on_grid, overlay_png
-        from medlens.explain import compute_cams
-
-        cam = compute_cams(self.model, array[None], class_indices=[target])[0]
-        return overlay_png(image, map_on_grid(image, cam))
-
-    def _segment(self, image: Image, mirror: bool, probabilities: bool, where: str) -> dict:
-        from medlens.engine.segment import segment_image
-        from medlens.engine.segment_io import class_labels
-
-        result = segment_image(self.model, image, self.config, self.postprocess, mirror=mirror,
-                               keep_probs=probabilities, where=where)
-        out = {"task": "segmentation", "mask": result.as_image(), "model_version": self.card.get("model_version"),
-               "voxels": {n: int((result.labels == v).sum()) for v, n in class_labels(self.config).items()}}
-        if probabilities:
-            out["probabilities"] = result.probs
-        return out
+        return self.task.predict(self, image, heatmap=heatmap, tta=tta, probabilities=probabilities, where=where)
 
 
 def _torch_logits(model: torch.nn.Module):
-    from medlens.engine.inference import predict_logits
+    from medlens.models.inference import predict_logits
 
     return lambda images: predict_logits(model, images)
 
@@ -182,8 +148,10 @@ def _exported_logits(bundle, backend: Backend, config: Config):
     """The runner of the exported network the bundle carries, or None for PyTorch."""
     if backend == "torch":
         return None
-    if config.dataset.task == "segmentation":
-        raise ConfigError(f"backend {backend}: segmentation runs through PyTorch (sliding windows); use backend torch")
+    from medlens.tasks import task_for
+
+    if not task_for(config).runs_exports:
+        raise ConfigError(f"backend {backend}: {task_for(config).name} runs through PyTorch; use backend torch")
     from medlens.deploy.export import OnnxRunner, TorchScriptRunner
 
     name, runner = {"onnx": ("model.onnx", OnnxRunner), "torchscript": ("model.ts", TorchScriptRunner)}.get(

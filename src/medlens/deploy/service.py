@@ -12,7 +12,6 @@ status, size, type and latency only, never a file name, a path or anything from 
 
 from __future__ import annotations
 
-import base64
 import hmac
 import logging
 import threading
@@ -30,6 +29,7 @@ _FORM_OVERHEAD_BYTES = 64 * 1024
 # a refused body up to this much past the limit is read and dropped so the client sees the 413
 _DRAIN_BYTES = 16 << 20
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+OPTIONS = ("heatmap", "mask")  # POST /v1/predict's boolean options; each task answers some of them
 
 
 class Metrics:
@@ -178,7 +178,7 @@ def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 6
     from fastapi import Depends, FastAPI
 
     limits = replace(limits or UploadLimits(), max_upload_bytes=max_upload_bytes)
-    metrics = Metrics({"model_version": predictor.card.get("model_version", ""), "task": predictor.task})
+    metrics = Metrics({"model_version": predictor.card.get("model_version", ""), "task": predictor.config.dataset.task})
     app = FastAPI(title="medlens prediction service", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Gate, metrics=metrics, max_body_bytes=max_upload_bytes + _FORM_OVERHEAD_BYTES)
     _add_error_handlers(app)
@@ -236,8 +236,8 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLim
         return {"status": "ok", "auth": "bearer" if guard_needed else "none"}
 
     @app.get("/v1/model", dependencies=guard)
-    def model_card():
-        return predictor.card
+    def model_card():  # the card, and the options POST /v1/predict takes for this model (the page shows them)
+        return {**predictor.card, "service": {"options": list(predictor.task.service_options)}}
 
     @app.get("/metrics", dependencies=guard)
     def prometheus():
@@ -275,7 +275,7 @@ async def _read_form(request) -> tuple[object, dict[str, bool]]:
     if not isinstance(upload, UploadFile):
         raise UploadError("no file in the form field 'file'; send the image as multipart/form-data field 'file'")
     options = {}
-    for name in ("heatmap", "mask"):
+    for name in OPTIONS:
         value = form.get(name) if isinstance(form.get(name), str) else request.query_params.get(name, "")
         if str(value).lower() not in _TRUE + _FALSE:
             raise UploadError(f"option {name}={str(value)[:20]!r}: expected true or false")
@@ -283,9 +283,19 @@ async def _read_form(request) -> tuple[object, dict[str, bool]]:
     return upload, options
 
 
+def _check_options(task, options: dict[str, bool]) -> None:
+    """An option the model's task does not answer with is refused, not ignored."""
+    for name, wanted in options.items():
+        if wanted and name not in task.service_options:
+            offered = ", ".join(f"{o}=true" for o in task.service_options) or "none"
+            raise UploadError(f"{name}=true: a {task.name} model does not answer with a {name} (its options: "
+                              f"{offered})")
+
+
 def _predict(predictor, lock: threading.Lock, upload, options: dict[str, bool], limits: UploadLimits,
              state) -> dict:
     """Stage the upload, predict under the lock, and build the JSON body (in a worker thread)."""
+    _check_options(predictor.task, options)
     with staged_upload(upload.file, limits) as staged:
         state.upload_kind = staged.kind
         try:
@@ -293,21 +303,6 @@ def _predict(predictor, lock: threading.Lock, upload, options: dict[str, bool], 
                 result = predictor.predict(staged.path, heatmap=options["heatmap"])
         except MedlensError as exc:
             raise UploadError(staged.scrub(str(exc)), 422) from None
-        body = _json_result(result, options, staged.folder)
+        body = predictor.task.to_json(result, options, staged.folder)
         body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
         return body
-
-
-def _json_result(result: dict, options: dict[str, bool], folder: Path) -> dict:
-    if result["task"] == "segmentation":
-        body = {key: result[key] for key in ("task", "voxels", "model_version")}
-        if options["mask"]:
-            from medlens.io import write_image
-
-            body["mask_nifti"] = base64.b64encode(write_image(result["mask"], folder / "mask.nii.gz").read_bytes()).decode()
-        return body
-    body = {key: result.get(key) for key in ("task", "label", "probabilities", "confidence", "model_version",
-                                             "explained_class")}
-    if result.get("heatmap_png"):
-        body["heatmap_png"] = base64.b64encode(result["heatmap_png"]).decode()
-    return body

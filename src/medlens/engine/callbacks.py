@@ -10,19 +10,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from medlens._files import write_text_atomic
-
-CLASSIFICATION_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
+from medlens.runs import read_epoch_rows
 
 
 class EpochCSV(pl.Callback):
-    """Appends ``epoch, <metrics>..., lr, elapsed_s`` after each epoch (classification: train_loss,
-    val_loss, val_auc, val_accuracy; segmentation: train_loss, val_dice and val_dice per class).
+    """Appends ``epoch, <metrics>..., lr, elapsed_s`` after each epoch (the metrics the task names, e.g.
+    train_loss, val_loss, val_auc, val_accuracy; or train_loss, val_dice and val_dice per class).
 
     On a resumed run, rows of epochs the checkpoint had not reached are dropped first, so the file
     always describes the training that the weights come from.
     """
 
-    def __init__(self, path: Path, metrics: tuple[str, ...] = CLASSIFICATION_METRICS):
+    def __init__(self, path: Path, metrics: tuple[str, ...]):
         self.path, self.start = Path(path), time.perf_counter()
         self.columns = ["epoch", *metrics, "lr", "elapsed_s"]
         self.elapsed_before = 0.0
@@ -45,13 +44,6 @@ class EpochCSV(pl.Callback):
         row = {"epoch": trainer.current_epoch, **{k: value(k) for k in self.columns[1:-2]}, "lr": f"{lr:.6g}",
                "elapsed_s": f"{self.elapsed_before + time.perf_counter() - self.start:.2f}"}
         _write(self.path, read_epoch_rows(self.path) + [row], self.columns)
-
-
-def read_epoch_rows(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def _write(path: Path, rows: list[dict], columns: list[str]) -> None:

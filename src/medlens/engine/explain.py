@@ -1,5 +1,8 @@
 """``explain``: heat maps of what a trained run looks at, for new images, with a sanity check.
 
+The run's task computes each map (:meth:`medlens.tasks.Task.explain`); this module reads the inputs,
+puts every map back on its input's grid and writes the files.
+
 For each input: the prediction (calibrated, as ``predict`` gives it) and a class activation map
 on the input's own grid. 2D: ``<name>_cam.png``, the overlay. 3D: ``<name>_cam.nii.gz``, the map
 with the input's spacing, origin and direction, plus ``<name>_cam.png``, the axial, coronal and
@@ -16,30 +19,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medlens._files import write_bytes_atomic, write_text_atomic
-from medlens.config import Config
-from medlens.engine.evaluate import json_safe, load_model
-from medlens.engine.inference import predict_logits
-from medlens.engine.predict import classify_image, expand_inputs
-from medlens.engine.runs import open_run
-from medlens.engine.segment_io import output_name
+from medlens.data.inputs import expand_inputs, output_name
 from medlens.errors import ConfigError, MedlensError
 from medlens.io import Image, read_image, write_image
-from medlens.transforms.volume import resample
-
-
-def initial_model(config: Config) -> torch.nn.Module:
-    """The run's network with the random weights training starts from (seeded as ``train`` seeds it)."""
-    from medlens.engine.lightning import build_model
-
-    state = torch.random.get_rng_state()
-    torch.manual_seed(config.train.seed)
-    try:
-        return build_model(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
+from medlens.runs import json_safe, open_run
+from medlens.tasks import load_model, task_for
 
 
 def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = "gradcam",
@@ -48,8 +34,8 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
 
     Returns:
         ``{"run", "method", "explained", "inputs": [row per input], "sanity": {...} | None}``; a row holds
-        ``path``, ``predicted``, ``probabilities``, ``explained_class``, ``overlay``, ``heatmap`` (3D),
-        ``hottest_index`` / ``hottest_mm``, or ``error``.
+        ``path``, what the task says of the input (the prediction, ``explained_class``...), ``overlay``,
+        ``heatmap`` (3D), ``hottest_index`` / ``hottest_mm``, or ``error``.
     """
     from medlens.explain import METHODS
 
@@ -60,82 +46,35 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
     names = list(config.dataset.class_names)
     if class_name is not None and class_name not in names:
         raise ConfigError(f"--class {class_name}: the run's classes are {', '.join(names)}")
-    explainer = _explain_region if config.dataset.task == "segmentation" else _explain_image
-    model, calibration, rows, batch = load_model(run, config), run.read_calibration(), [], []
+    task = task_for(config)
+    model, calibration, rows, items = load_model(run, config), run.read_calibration(), [], []
     for path in expand_inputs(inputs):
         try:
             image = read_image(path, spatial_dims=config.dataset.spatial_dims)
-            row, prepared = explainer(calibration, config, model, image, path, out_dir, method, class_name)
+            explained = task.explain(model, config, calibration, image, method=method, class_name=class_name,
+                                     where=str(path))
         except (MedlensError, OSError, ValueError) as exc:
             rows.append({"path": str(path), "error": str(exc)})
             log(f"{path}: error: {exc}")
             continue
-        rows.append(row)
-        batch.append(prepared)
-        log(_describe(row))
+        rows.append({"path": str(path), **explained.row, **_write_maps(image, explained.cam, path, out_dir)})
+        if explained.sanity_item is not None:
+            items.append(explained.sanity_item)
+        log(_describe(rows[-1]))
+    check = task.sanity(model, config, items, method) if sanity and items else None
+    if check is not None:
+        log(check["message"])
     doc = {"run": str(run.root), "method": method, "explained": class_name or "the predicted class", "inputs": rows,
-           "sanity": _sanity(config, model, batch, method, log) if sanity and batch else None}
+           "sanity": check}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "explanations.json", json.dumps(json_safe(doc), indent=2) + "\n")
     log(f"explanations written to {out_dir}")
     return doc
 
 
-def _explain_image(calibration: dict, config: Config, model, image: Image, path: Path, out_dir: Path,
-                   method: str, class_name: str | None):
-    """One classification input: prediction, map on the input grid, overlay (and NIfTI in 3D)."""
-    from medlens.explain import compute_cams
-
-    names = list(config.dataset.class_names)
-    result = classify_image(lambda x: predict_logits(model, x), image, config, calibration, where=str(path))
-    target = names.index(class_name) if class_name else result.target
-    cam = compute_cams(model, result.array[None], class_indices=[target], method=method)[0]
-    row = {"path": str(path), "predicted": result.predicted,
-           "probabilities": {n: round(float(p), 6) for n, p in zip(names, result.probs)},
-           "explained_class": names[target]}
-    row.update(_write_maps(image, cam, path, out_dir))
-    return row, (result.array, target)
-
-
-def _explain_region(calibration: dict, config: Config, model, image: Image, path: Path, out_dir: Path,
-                    method: str, class_name: str | None):
-    """One segmentation input: the map of the predicted region of ``class_name`` (default: the largest class)."""
-    from medlens.engine.sliding import sliding_probs
-    from medlens.explain.regions import region_cam
-    from medlens.transforms.volume import prepare_image
-
-    array = prepare_image(image, config.data, str(path))
-    probs = sliding_probs(model, torch.from_numpy(array)[None], config)[0]
-    labels = probs.argmax(0).cpu().numpy()
-    names = list(config.dataset.class_names)
-    counts = np.bincount(labels.ravel(), minlength=len(names))
-    target = names.index(class_name) if class_name else int(np.argmax(counts[1:]) + 1) if len(names) > 1 else 0
-    if not counts[target]:
-        raise MedlensError(f"{path}: no voxel is predicted as {names[target]}, so there is no region to explain; "
-                           "choose another --class")
-    with torch.enable_grad():
-        cam = region_cam(model, array, labels == target, target, tuple(config.data.input_size), method)
-    row = {"path": str(path), "explained_class": names[target],
-           "predicted_voxels": {n: int(c) for n, c in zip(names[1:], counts[1:])}}
-    row.update(_write_maps(image, cam, path, out_dir))
-    return row, None
-
-
-def map_on_grid(image: Image, cam: np.ndarray) -> np.ndarray:
-    """A map of the network's grid ``(*input_size)`` resampled onto the image's own grid, in [0, 1]."""
-    return np.clip(resample(cam[None].astype(np.float32), image.spatial_shape)[0], 0, 1)
-
-
-def overlay_png(image: Image, cam_on_grid: np.ndarray) -> bytes:
-    """The PNG overlay of a map on the image as it was read (three slices in 3D)."""
-    from medlens.explain import overlay_rgb, png_bytes
-
-    return png_bytes(overlay_rgb(image.array, cam_on_grid, spacing_mm=image.spacing_mm))
-
-
 def _write_maps(image: Image, cam: np.ndarray, path: Path, out_dir: Path) -> dict:
     """The map back on the input's grid; the overlay PNG, and in 3D the NIfTI heat map."""
-    from medlens.explain import hottest_point
+    from medlens.explain import hottest_point, map_on_grid, overlay_png
 
     cam = map_on_grid(image, cam)
     overlay = out_dir / output_name(path, "_cam", ".png")
@@ -156,19 +95,6 @@ def _world(image: Image, index) -> list[float]:
     direction = np.asarray(image.direction, dtype=np.float64).reshape(dims, dims)
     offset = direction @ (np.asarray(index, dtype=np.float64) * np.asarray(image.spacing_mm))
     return [round(float(v), 3) for v in np.asarray(image.origin_mm) + offset]
-
-
-def _sanity(config: Config, model, batch: list, method: str, log) -> dict | None:
-    """The randomisation test over every explained image (classification runs)."""
-    from medlens.explain import randomisation_check
-
-    if config.dataset.task == "segmentation":
-        return None
-    images = np.stack([a for a, _ in batch])
-    result = randomisation_check(model, initial_model(config), images, class_indices=[t for _, t in batch],
-                                 method=method)
-    log(result["message"])
-    return result
 
 
 def _describe(row: dict) -> str:

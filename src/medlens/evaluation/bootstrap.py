@@ -4,7 +4,7 @@ A resample is written as a weight per row: how many times the row was drawn. Res
 draws ``N`` rows with replacement; resampling groups (the cluster bootstrap) draws as many groups
 as there are, with replacement, and every row of a drawn group gets that group's draw count, so
 the images of one patient always travel together. Both :func:`bootstrap_ci` and the vectorised
-metrics of :mod:`medlens.evaluation.classification` consume the same weights, so one seed gives
+metrics of :mod:`medlens.tasks.classification.metrics` consume the same weights, so one seed gives
 the same resamples everywhere.
 
 The interval is the percentile interval (Efron & Tibshirani 1993, ch. 13): the ``alpha / 2`` and

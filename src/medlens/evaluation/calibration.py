@@ -19,7 +19,7 @@ from scipy.special import expit, log_softmax, softmax
 from sklearn.metrics import roc_curve
 
 from medlens.errors import ConfigError, DatasetError
-from medlens.evaluation.classification import to_numpy
+from medlens.evaluation.arrays import to_numpy
 
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -132,7 +132,7 @@ def youden_threshold(y_true, p_positive) -> float:
     """Threshold maximising sensitivity + specificity - 1 over the ROC curve's thresholds.
 
     Predict positive when ``p >= threshold`` (scikit-learn's ``roc_curve`` convention, the same
-    as :func:`~medlens.evaluation.classification_metrics`). Ties go to the higher ROC threshold,
+    as :func:`~medlens.tasks.classification.metrics.classification_metrics`). Ties go to the higher ROC threshold,
     then the threshold is moved to the middle of the score gap below it (same J, larger margin).
 
     Args:

@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 from medlens.explain.cam import METHODS, compute_cams, normalize_maps, predicted_classes
-from medlens.explain.overlay import hottest_point, overlay_rgb, png_bytes
+from medlens.explain.overlay import hottest_point, map_on_grid, overlay_png, overlay_rgb, png_bytes
 from medlens.explain.sanity import randomisation_check
 
-__all__ = ["METHODS", "compute_cams", "hottest_point", "normalize_maps", "overlay_rgb", "png_bytes",
-           "predicted_classes", "randomisation_check"]
+__all__ = ["METHODS", "compute_cams", "hottest_point", "map_on_grid", "normalize_maps", "overlay_png", "overlay_rgb",
+           "png_bytes", "predicted_classes", "randomisation_check"]

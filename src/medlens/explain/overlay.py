@@ -117,3 +117,16 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     PILImage.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def map_on_grid(image, cam: np.ndarray) -> np.ndarray:
+    """A map of the network's grid ``(*input_size)`` resampled onto ``image``'s own grid (an
+    :class:`~medlens.io.Image`), in [0, 1]."""
+    from medlens.transforms.volume import resample
+
+    return np.clip(resample(cam[None].astype(np.float32), image.spatial_shape)[0], 0, 1)
+
+
+def overlay_png(image, cam_on_grid: np.ndarray) -> bytes:
+    """The PNG overlay of a map on ``image`` as it was read (three orthogonal slices in 3D)."""
+    return png_bytes(overlay_rgb(image.array, cam_on_grid, spacing_mm=image.spacing_mm))

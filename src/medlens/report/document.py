@@ -187,6 +187,16 @@ def write_report_files(report: Report, html_path: Path, markdown: bool = True) -
     return html_path
 
 
+def num(value) -> str:
+    """A metric value with 4 decimals, ``n/a`` for undefined (``None`` / NaN in metrics.json)."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def with_ci(entry: dict) -> str:
+    """``0.8123 [0.7801, 0.8432]`` (4 decimals, as in metrics.json)."""
+    return f"{num(entry['value'])} [{num(entry['ci_low'])}, {num(entry['ci_high'])}]"
+
+
 def count_phrase(doc: dict) -> str:
     """``"624 cases"``, or ``"624 cases (310 patients)"`` when the bootstrap resampled patients."""
     groups = doc["metrics"].get("n_groups")

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from medlens._files import read_json
-from medlens.engine.runs import RunFolder
+from medlens.runs import RunFolder
 from medlens.report.document import Figure, Section, Table
 from medlens.report.plots import curves_png, loss_columns, validation_columns
 
@@ -40,27 +40,28 @@ def dataset_section(run: RunFolder, config, card: dict) -> Section:
 
 
 def split_table(run: RunFolder, config, card: dict) -> Table:
-    """Cases per split and class, for the splits this run used (``splits.json``, its fold)."""
-    names = list(config.dataset.class_names)
+    """Cases per split (and per class, where cases carry class labels), for the splits this run used."""
     counts = split_counts(run, config)
     if counts is None:  # the data moved: the card's own counts (made before the splits)
         by_split = card.get("counts", {}).get("by_split", {})
         columns = sorted({k for c in by_split.values() for k in c}, key=lambda k: (k != "cases", k))
         rows = [[s, *[str(c.get(k, 0)) for k in columns]] for s, c in by_split.items()]
         return Table(["split", *columns], rows, key="split-counts", caption="cases per split (from the audit)")
-    segmentation = config.dataset.task == "segmentation"
-    columns = ["cases"] if segmentation else ["cases", *names]
-    rows = [[split, *[str(c.get(k, 0)) for k in columns]] for split, c in counts.items()]
     total = sum(counts.values(), Counter())
+    columns = ["cases", *[n for n in config.dataset.class_names if n in total]]
+    rows = [[split, *[str(c.get(k, 0)) for k in columns]] for split, c in counts.items()]
     rows.append(["total", *[str(total.get(k, 0)) for k in columns]])
-    caption = f"cases per split and class (fold {config.dataset.fold} of splits.json)"
-    if config.dataset.task == "multilabel":
+    caption = f"cases per split{' and class' if len(columns) > 1 else ''} (fold {config.dataset.fold} of splits.json)"
+    if "_multilabel" in total:
         caption += "; a label column counts the cases where that label is present"
     return Table(["split", *columns], rows, key="split-counts", caption=caption)
 
 
 def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
-    """``{split: Counter(cases=n, class=n, ...)}``; ``None`` when the dataset can no longer be opened."""
+    """``{split: Counter(cases=n, class=n, ...)}``; ``None`` when the dataset can no longer be opened.
+
+    A case with one class label counts for that class; a multi-label case for each label it carries; a
+    case without a class label (a mask) only as a case."""
     from medlens.data import open_dataset
     from medlens.errors import MedlensError
 
@@ -69,8 +70,6 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
         return None
     fold = splits["folds"][config.dataset.fold]
     ids = {"train": fold["train"], "val": fold["val"], "test": splits["test"]}
-    if config.dataset.task == "segmentation":
-        return {s: Counter(cases=len(v)) for s, v in ids.items()}
     try:
         dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None)
     except (MedlensError, OSError, ValueError):
@@ -82,11 +81,10 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
         counter = Counter(cases=len(members))
         for case_id in members:
             label = labels.get(case_id)
-            if label is None:
-                continue
-            if config.dataset.task == "multilabel":
+            if isinstance(label, tuple):
                 counter.update({n: int(f) for n, f in zip(names, label)})
-            else:
+                counter["_multilabel"] = 1
+            elif label is not None:
                 counter[names[int(label)]] += 1
         counts[split] = counter
     return counts
@@ -125,7 +123,7 @@ def plan_section(config, reasons: dict[str, str]) -> Section:
 
 def training_section(run: RunFolder) -> Section:
     """Status and timings from ``run.json``; loss and validation metric per epoch from ``metrics.csv``."""
-    info, rows = read_json(run.info, {}), read_epoch_rows(run.metrics_csv)
+    info, rows = read_json(run.info, {}), run.read_epoch_rows()
     section = Section("Training", key="training")
     best = info.get("best_score")
     section.text(f"status **{info.get('status', 'unknown')}** after {info.get('epochs_run', len(rows))} epoch(s), "

@@ -1,6 +1,23 @@
-"""Classification losses by name (plan key ``train.loss``): logits ``(B, K)`` and targets -> scalar."""
+"""Losses by name (plan key ``train.loss``), each declaring the targets it takes.
+
+=============  ===========================================  ============================
+name           what                                         targets
+=============  ===========================================  ============================
+ce             cross-entropy (optional label smoothing)     class indices ``(B,)``
+weighted_ce    cross-entropy, one weight per class          class indices ``(B,)``
+focal          focal loss, gamma 2 (Lin et al. 2017)        class indices ``(B,)``
+bce            one sigmoid per label                        0/1 per label ``(B, L)``
+dice_ce        soft Dice + cross-entropy (nnU-Net)          label maps ``(B, 1, *S)``
+=============  ===========================================  ============================
+
+>>> build_loss("dice_c", targets="mask")   # ConfigError: unknown loss `dice_c`; did you mean `dice_ce`? ...
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -8,22 +25,43 @@ from torch import nn
 from medlens.errors import ConfigError
 from medlens.registry import Registry
 
-LOSSES = Registry("loss")
+Targets = Literal["index", "multilabel", "mask"]
+TARGET_WORDS = {"index": "single-label classification", "multilabel": "multi-label classification",
+                "mask": "segmentation"}
 
 
-@LOSSES.register("ce")
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: ``build(class_weights, label_smoothing) -> nn.Module`` and the targets it takes."""
+
+    build: Callable[[torch.Tensor | None, float], nn.Module]
+    targets: Targets
+
+
+LOSSES: Registry[LossSpec] = Registry("loss")
+
+
+def _register(name: str, targets: Targets):
+    def decorator(build):
+        LOSSES.register(name)(LossSpec(build, targets))
+        return build
+
+    return decorator
+
+
+@_register("ce", "index")
 def cross_entropy(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     """Cross-entropy (targets: class indices ``(B,)``), with optional label smoothing."""
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
-@LOSSES.register("weighted_ce")
+@_register("weighted_ce", "index")
 def weighted_cross_entropy(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     """Cross-entropy with one weight per class (rarer classes weigh more)."""
     return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
 
 
-@LOSSES.register("focal")
+@_register("focal", "index")
 def focal(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     """Focal loss (MONAI, softmax, gamma 2): down-weights easy examples."""
     from monai.losses import FocalLoss
@@ -32,10 +70,19 @@ def focal(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Modu
     return _IndexTargets(inner)
 
 
-@LOSSES.register("bce")
+@_register("bce", "multilabel")
 def binary_cross_entropy(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     """Multi-label: one sigmoid per label (targets 0/1 ``(B, L)``); ``class_weights`` = positive weights."""
     return _SmoothedBCE(class_weights, label_smoothing)
+
+
+@_register("dice_ce", "mask")
+def dice_cross_entropy(class_weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+    """Soft Dice (over the whole batch) plus cross-entropy of logits ``(B, K, *S)`` against label maps
+    ``(B, 1, *S)`` (MONAI ``DiceCELoss``; the nnU-Net loss, Isensee et al. 2021)."""
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
 
 
 class _IndexTargets(nn.Module):
@@ -60,11 +107,21 @@ class _SmoothedBCE(nn.Module):
         return self.loss(logits, target)
 
 
-def build_loss(name: str, *, multilabel: bool, class_weights: torch.Tensor | None = None,
+def check_loss(name: str, targets: Targets) -> LossSpec:
+    """The registered loss ``name``, which must take ``targets``.
+
+    Raises:
+        ConfigError: unknown name (with "did you mean"), or a loss for other targets (naming those that fit).
+    """
+    spec = LOSSES.get(name)
+    if spec.targets != targets:
+        fitting = [n for n in LOSSES if LOSSES.get(n).targets == targets]
+        raise ConfigError(f"train.loss={name} is a {TARGET_WORDS[spec.targets]} loss and does not fit a "
+                          f"{TARGET_WORDS[targets]} task; use {' or '.join(fitting)}")
+    return spec
+
+
+def build_loss(name: str, *, targets: Targets, class_weights: torch.Tensor | None = None,
                label_smoothing: float = 0.0) -> nn.Module:
-    """The loss ``name`` for the task; a single-label loss on a multi-label task (or back) is an error."""
-    if multilabel != (name == "bce"):
-        expected = "bce" if multilabel else "ce, weighted_ce or focal"
-        raise ConfigError(f"train.loss={name} does not fit a {'multi-label' if multilabel else 'single-label'} task; "
-                          f"use {expected}")
-    return LOSSES.get(name)(class_weights, label_smoothing)
+    """The loss module ``name`` for ``targets`` (see :func:`check_loss`)."""
+    return check_loss(name, targets).build(class_weights, label_smoothing)

@@ -1,6 +1,6 @@
 """Classification figures: ROC and precision-recall per class, confusion matrix, reliability diagram.
 
-Conventions are those of :mod:`medlens.evaluation.classification`: ``labels (N,)`` class indices
+Conventions are those of :mod:`medlens.tasks.classification.metrics`: ``labels (N,)`` class indices
 (``(N, L)`` 0/1 for multi-label) and ``probs (N, K)``; binary tasks draw the positive class only.
 """
 

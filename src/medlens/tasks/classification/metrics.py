@@ -1,6 +1,6 @@
 """Classification metrics with bootstrap confidence intervals, as one JSON-ready dict.
 
-Conventions (shared by the whole :mod:`medlens.evaluation` package):
+Conventions (shared by the classification task's evaluation):
 
 - ``y_true``: ``(N,)`` int class indices for binary / multi-class / ordinal tasks, ``(N, L)``
   0/1 for multi-label tasks. MedMNIST's ``(N, 1)`` label column is accepted and flattened.
@@ -24,19 +24,13 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from medlens.errors import ConfigError
+from medlens.evaluation.arrays import to_numpy
 from medlens.evaluation.bootstrap import (check_bootstrap_args, group_index, percentile_interval,
                                           resample_weights)
 from medlens.types import Task
 
 PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
 OVERALL = ("accuracy", "balanced_accuracy", "auc")
-
-
-def to_numpy(x) -> np.ndarray:
-    """A NumPy view of an array-like or a (CPU or GPU, grad or not) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def as_task(task: Task | str) -> Task:

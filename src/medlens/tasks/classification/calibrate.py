@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from medlens.config import Config
-from medlens.engine.inference import predict_logits, to_probs
-from medlens.engine.prepared import SplitData
+from medlens.data.prepared import SplitData
+from medlens.models.inference import predict_logits, to_probs
 
 
 def calibrate(model, config: Config, val: SplitData) -> dict:
@@ -46,7 +46,7 @@ def validation_metrics(model, config: Config, val: SplitData, calibration: dict)
     The probabilities are calibrated with the temperature fitted on this same split (which does not
     move AUC); the test split's figures come from ``medlens evaluate``.
     """
-    from medlens.evaluation import classification_metrics
+    from medlens.tasks.classification.metrics import classification_metrics
 
     multilabel = config.dataset.task == "multilabel"
     logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config))

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medlens.report.classification import num
-from medlens.report.document import Figure, Section, Table, count_phrase
+from medlens._files import read_json
+from medlens.report.document import Figure, Section, Table, count_phrase, num, with_ci
 from medlens.report.plots import figure, to_png
 from medlens.report.published import decathlon_benchmark
+from medlens.tasks.segmentation.evaluate import CaseOverlay, mean_dice, parse_float
 
 #: Per class: (reference, prediction) contour colours.
 PAIRS = (("#2ca02c", "#d62728"), ("#1f77b4", "#ff7f0e"), ("#9467bd", "#e377c2"), ("#17becf", "#bcbd22"))
 SCORES = (("dice", "Dice"), ("iou", "IoU"), ("hd95_mm", "HD95"), ("msd_mm", "MSD"))
-
-
-@dataclass
-class SegmentationEvidence:
-    """What ``evaluate`` holds in memory to segment the worst, median and best cases again.
-
-    Attributes:
-        model: the trained segmenter. dataset, cases: the split's cases. postprocess: postprocess.json.
-        mirror: whether evaluation used mirroring test-time augmentation.
-    """
-
-    model: object
-    dataset: object
-    cases: list
-    postprocess: dict
-    mirror: bool
 
 
 def read_case_rows(path: Path) -> list[dict]:
@@ -39,16 +23,6 @@ def read_case_rows(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def _float(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
-
-
-def mean_dice(row: dict, names: list[str]) -> float | None:
-    """The case's Dice averaged over the classes defined on it (both-empty classes left out)."""
-    values = [v for n in names if (v := _float(row.get(f"{n}_dice"))) is not None]
-    return float(np.mean(values)) if values else None
 
 
 def metrics_table(doc: dict) -> Table:
@@ -77,8 +51,8 @@ def per_case_section(rows: list[dict], names: list[str], split: str) -> Section:
     """Every case, worst mean Dice first, with its boxes: Dice and HD95 per class."""
     ranked = sorted(rows, key=lambda r: (mean_dice(r, names) is not None, mean_dice(r, names) or 0.0))
     header = ["case", *[f"{n} {label}" for n in names for label in ("Dice", "HD95", "status")]]
-    table = [[r["case_id"], *[c for n in names for c in (num(_float(r.get(f"{n}_dice"))),
-                                                         num(_float(r.get(f"{n}_hd95_mm"))), r.get(f"{n}_status", ""))]]
+    table = [[r["case_id"], *[c for n in names for c in (num(parse_float(r.get(f"{n}_dice"))),
+                                                         num(parse_float(r.get(f"{n}_hd95_mm"))), r.get(f"{n}_status", ""))]]
              for r in ranked]
     section = Section("Per case", key="per-case")
     section.figures(Figure("boxes", boxes_png(rows, names), "Dice and HD95 per class over the cases"))
@@ -89,26 +63,12 @@ def per_case_section(rows: list[dict], names: list[str], split: str) -> Section:
 def boxes_png(rows: list[dict], names: list[str]) -> bytes:
     fig, axes = figure(2, size=(max(3.0, 1.2 * len(names) + 1.5), 3.2))
     for ax, key, label in ((axes[0, 0], "dice", "Dice"), (axes[0, 1], "hd95_mm", "HD95")):
-        data = [[v for r in rows if (v := _float(r.get(f"{n}_{key}"))) is not None] for n in names]
+        data = [[v for r in rows if (v := parse_float(r.get(f"{n}_{key}"))) is not None] for n in names]
         ax.boxplot([d or [np.nan] for d in data], showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set(title=label, ylabel=label)
         ax.grid(alpha=0.3, axis="y")
     return to_png(fig)
-
-
-def chosen_cases(rows: list[dict], names: list[str]) -> list[tuple[str, dict]]:
-    """``[("worst", row), ("median", row), ("best", row)]`` by mean Dice (fewer when there are fewer cases)."""
-    scored = sorted((r for r in rows if mean_dice(r, names) is not None), key=lambda r: mean_dice(r, names))
-    if not scored:
-        return []
-    picks = {"worst": 0, "median": (len(scored) - 1) // 2, "best": len(scored) - 1}
-    seen, out = set(), []
-    for title, index in picks.items():
-        if index not in seen:
-            seen.add(index)
-            out.append((title, scored[index]))
-    return out
 
 
 def display_slice(array: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, int | None]:
@@ -147,23 +107,11 @@ def overlay_png(image: np.ndarray, reference: np.ndarray, predicted: np.ndarray,
     return to_png(fig)
 
 
-def overlays_section(rows: list[dict], names: list[str], evidence: SegmentationEvidence, config) -> Section:
-    """Prediction versus reference on the worst, median and best cases, segmented again as in evaluation."""
-    from medlens.engine.segment import segment_image
-    from medlens.engine.segment_io import class_labels
-
-    by_id = {c.case_id: c for c in evidence.cases}
-    values, figures = class_labels(config), []
-    for title, row in chosen_cases(rows, names):
-        case = by_id[row["case_id"]]
-        image = evidence.dataset.load_image(case)
-        reference = np.rint(evidence.dataset.load_mask(case).array[0]).astype(np.int64)
-        result = segment_image(evidence.model, image, config, evidence.postprocess, mirror=evidence.mirror,
-                               where=f"case {case.case_id}")
-        dice = mean_dice(row, names)
-        figures.append(Figure(f"overlay_{title}", overlay_png(image.array, reference, result.labels, values,
-                                                              f"{title}: {case.case_id}, Dice {dice:.3f}"),
-                              f"{title} case by mean Dice"))
+def overlays_section(overlays: list[CaseOverlay], values: dict[int, str]) -> Section:
+    """Prediction versus reference on the worst, median and best cases (the masks evaluation predicted)."""
+    figures = [Figure(f"overlay_{o.title}", overlay_png(o.image, o.reference, o.predicted, values,
+                                                        f"{o.title}: {o.case_id}, Dice {o.dice:.3f}"),
+                      f"{o.title} case by mean Dice") for o in overlays]
     section = Section("Prediction versus reference", key="overlays")
     section.text("Solid contours: reference; dashed: prediction.")
     return section.figures(*figures)
@@ -187,8 +135,10 @@ def published_section(doc: dict, card: dict) -> Section | None:
                                key="benchmark"))
 
 
-def segmentation_sections(run, doc: dict, card: dict, config, evidence: SegmentationEvidence | None) -> list[Section]:
-    """All evaluation sections; without ``evidence`` no overlays (nothing to segment with)."""
+def segmentation_sections(run, doc: dict, card: dict, config, overlays: list[CaseOverlay] | None) -> list[Section]:
+    """All evaluation sections; without ``overlays`` (nothing in memory) no contour figures."""
+    from medlens.tasks.segmentation.infer import class_labels
+
     names = list(doc["metrics"]["per_class"])
     rows = read_case_rows(run.root / f"segmentation_{doc['split']}.csv")
     sections = [metrics_section(doc)]
@@ -196,6 +146,23 @@ def segmentation_sections(run, doc: dict, card: dict, config, evidence: Segmenta
         sections.append(bench)
     if rows:
         sections.append(per_case_section(rows, names, doc["split"]))
-    if rows and evidence is not None:
-        sections.append(overlays_section(rows, names, evidence, config))
+    if overlays:
+        sections.append(overlays_section(overlays, class_labels(config)))
     return sections
+
+
+def compare_table(runs: list) -> Table:
+    """``medlens report A B``: Dice and HD95 per class with CIs (``runs`` as ``[(label, run, config)]``)."""
+    from medlens.report.compare import NOT_EVALUATED
+
+    names = list(dict.fromkeys(n for _, _, c in runs for n in c.dataset.class_names[1:]))
+    rows = []
+    for label, run, config in runs:
+        doc = read_json(run.metrics_json, {})
+        per_class = doc.get("metrics", {}).get("per_class", {})
+        cells = [with_ci(per_class[n][k]) if n in per_class else "" for n in names for k in ("dice", "hd95_mm")]
+        if not doc:
+            cells = [NOT_EVALUATED, *[""] * (len(cells) - 1)]
+        rows.append([label, config.model.name, doc.get("split", ""), str(doc.get("n_cases", "")), *cells])
+    header = ["run", "model", "split", "cases", *(f"{n} {m} [95% CI]" for n in names for m in ("Dice", "HD95"))]
+    return Table(header, rows, key="compare", caption="headline metrics from each run's metrics.json")

@@ -20,7 +20,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from medlens.errors import ConfigError
-from medlens.evaluation.classification import as_task, check_inputs, to_numpy
+from medlens.evaluation.arrays import to_numpy
+from medlens.tasks.classification.metrics import as_task, check_inputs
 from medlens.types import Task
 
 #: Largest pooled side per spatial dimensionality: 16 x 16 in 2D, 8 x 8 x 8 in 3D.

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from medlens.config import Config
-from medlens.tasks.classification import schedule_factor
+from medlens.tasks.losses import build_loss
+from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
 from medlens.transforms import BatchAugment
 
 
@@ -31,10 +32,8 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, model: torch.nn.Module, config: Config, patches=None):
         super().__init__()
-        from monai.losses import DiceCELoss
-
         self.model, self.config, self.patches = model, config, patches
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.loss = build_loss(config.train.loss, targets="mask")
         self.augment = BatchAugment(config.augment, config.dataset.spatial_dims)
         self.generator: torch.Generator | None = None
         self._dice: list[np.ndarray] = []
@@ -54,7 +53,7 @@ class SegmentationModule(pl.LightningModule):
         x, y = self.augment(x, self.generator, y)
         out = self.model(x)
         loss = self.supervised_loss(out, y[:, None])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def supervised_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -72,7 +71,7 @@ class SegmentationModule(pl.LightningModule):
 
     def predict_volume(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax ``(1, K, *S)`` of a whole preprocessed case ``x (1, C, *S)`` by sliding windows."""
-        from medlens.engine.sliding import sliding_probs
+        from medlens.models.sliding import sliding_probs
 
         return sliding_probs(self.model, x, self.config)
 
@@ -82,19 +81,16 @@ class SegmentationModule(pl.LightningModule):
         scores = np.stack(self._dice)  # (cases, K-1), NaN where a class is absent from both
         self._dice.clear()
         value = float(np.nanmean(scores)) if np.isfinite(scores).any() else 0.0
-        self.log("val_dice", value, prog_bar=True)
+        self.log("val_dice", value, prog_bar=True, sync_dist=True)  # every rank scores the whole validation split
         for k, name in enumerate(self.config.dataset.class_names[1:]):
             column = scores[:, k]
-            self.log(f"val_dice_{name}", float(np.nanmean(column)) if np.isfinite(column).any() else 0.0)
+            self.log(f"val_dice_{name}", float(np.nanmean(column)) if np.isfinite(column).any() else 0.0,
+                     sync_dist=True)
 
     def configure_optimizers(self):
         t = self.config.train
-        if t.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=0.99, nesterov=True,
-                                        weight_decay=t.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        total = max(t.max_epochs * self.config.segment.iterations_per_epoch, 1)
+        optimizer = build_optimizer(self.model.parameters(), t)
+        total = total_steps(self.trainer)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(t.schedule, step, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -15,6 +15,7 @@ import torch
 
 from medlens.config import Config
 from medlens.tasks.losses import build_loss
+from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
 from medlens.transforms import BatchAugment
 
 
@@ -32,8 +33,8 @@ class ClassificationModule(pl.LightningModule):
         super().__init__()
         self.model, self.config = model, config
         self.multilabel = config.dataset.task == "multilabel"
-        self.loss = build_loss(config.train.loss, multilabel=self.multilabel, class_weights=class_weights,
-                               label_smoothing=config.train.label_smoothing)
+        self.loss = build_loss(config.train.loss, targets="multilabel" if self.multilabel else "index",
+                               class_weights=class_weights, label_smoothing=config.train.label_smoothing)
         self.augment = BatchAugment(config.augment, config.dataset.spatial_dims)
         self.generator: torch.Generator | None = None
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -83,12 +84,8 @@ class ClassificationModule(pl.LightningModule):
         head = list(self.model.head_parameters())
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
-        groups = [{"params": backbone, "lr": t.lr}, {"params": head, "lr": t.lr}]
-        if t.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        optimizer = build_optimizer([{"params": backbone, "lr": t.lr}, {"params": head, "lr": t.lr}], t)
+        total = total_steps(self.trainer)
         steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
         freeze_steps = t.freeze_epochs * steps_per_epoch
         shape = lambda step: schedule_factor(t.schedule, step, total)  # noqa: E731
@@ -102,22 +99,6 @@ class ClassificationModule(pl.LightningModule):
         for p in self.model.parameters():
             if id(p) not in head_ids:
                 p.requires_grad_(trainable)
-
-
-def schedule_factor(kind: str, step: int, total: int) -> float:
-    """Learning-rate multiplier at ``step`` of ``total``: cosine decay, one-cycle (warm-up then cosine),
-    polynomial ``(1 - t)^0.9`` (nnU-Net), constant."""
-    progress = min(step / total, 1.0)
-    if kind == "constant":
-        return 1.0
-    if kind == "poly":
-        return (1 - progress) ** 0.9
-    if kind == "onecycle":
-        warm = 0.3
-        if progress < warm:
-            return 0.04 + 0.96 * progress / warm
-        progress = (progress - warm) / (1 - warm)
-    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def selection_score(auc: float, loss: float) -> float:

@@ -13,10 +13,15 @@
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
       metrics.json         written by ``medlens evaluate``
+      report.html          the run's report (and report.md), rewritten after training and each evaluation
+
+Every layer reads and writes a run through :class:`RunFolder`, which sits below the engine, the
+tasks and the report: none of them needs another to find a file.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -24,9 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from medlens._files import read_json, write_json_atomic
 from medlens.config import Config, read_plan
 from medlens.errors import ConfigError
+
+RUN_VERSION = 1  # run.json's medlens_run_version: the layout of this folder
 
 
 NO_CALIBRATION = {"temperature": 1.0, "threshold": 0.5}  # a run (or bundle) without calibration.json
@@ -53,10 +62,15 @@ class RunFolder:
 
     def read_info(self) -> dict:
         try:
-            return json.loads(self.info.read_text(encoding="utf-8"))
+            info = json.loads(self.info.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise ConfigError(f"{self.root} is not a medlens run folder (no readable run.json); "
                               "pass the folder `medlens train` created (see its --out)") from None
+        version = info.get("medlens_run_version", 1)
+        if not isinstance(version, int) or version > RUN_VERSION:
+            raise ConfigError(f"{self.root}: run folder version {version!r} is newer than this medlens reads "
+                              f"(version {RUN_VERSION}); upgrade medlens to use it")
+        return info
 
     def update_info(self, **fields) -> dict:
         info = self.read_info() if self.info.exists() else {}
@@ -69,11 +83,19 @@ class RunFolder:
             raise ConfigError(f"{self.root}: no plan.yaml; this is not a complete medlens run folder")
         return read_plan(self.plan)[0]
 
+    def read_card(self) -> dict:
+        """The dataset card from the audit (``{}`` when the run has none)."""
+        return read_json(self.card, {})
+
     def read_postprocess(self) -> dict:
         return read_json(self.postprocess, dict(NO_POSTPROCESS))
 
     def read_calibration(self) -> dict:
         return read_json(self.calibration, dict(NO_CALIBRATION))
+
+    def read_epoch_rows(self) -> list[dict]:
+        """The rows of metrics.csv (``[]`` before the first epoch)."""
+        return read_epoch_rows(self.metrics_csv)
 
 
 def open_run(path: str | os.PathLike, *, finished: bool = True) -> RunFolder:
@@ -102,9 +124,30 @@ def new_run(out: str | os.PathLike | None, name_hint: str, runs_root: Path = Pat
                           f"`medlens train --resume {root}`")
     root.mkdir(parents=True, exist_ok=True)
     run = RunFolder(root)
-    run.update_info(medlens_run_version=1, status="created", created=now())
+    run.update_info(medlens_run_version=RUN_VERSION, status="created", created=now())
     return run
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_epoch_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.csv file as dicts of text (``[]`` when there is no file yet)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def json_safe(value):
+    """NaN / infinity -> ``None`` so the file is strict JSON (browsers and ``jq`` reject ``NaN``)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -40,7 +40,7 @@ def open_config_dataset(config: Config) -> Dataset:
 
 def check_plan_fits(config: Config, dataset: Dataset) -> None:
     """The plan's classes must be the dataset's (a plan made for other data is refused)."""
-    if config.dataset.task == "segmentation" and not dataset.class_names:
+    if not dataset.class_names:
         return  # image/mask pairs name no classes; the plan took them from the mask values
     if tuple(dataset.class_names) != tuple(config.dataset.class_names):
         raise ConfigError(f"{config.dataset.source}: classes are now {list(dataset.class_names)} but the plan was "

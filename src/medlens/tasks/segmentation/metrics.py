@@ -35,7 +35,7 @@ every status, both-empty included (0).
 from :func:`~medlens.evaluation.bootstrap.bootstrap_ci` (cases, or whole patients with
 ``groups``). A metric that is ``None`` on a case leaves that case out of that metric's mean and
 interval; only the both-empty rule produces ``None``. Undefined summary values are NaN, as in
-:mod:`medlens.evaluation.classification`.
+:mod:`medlens.tasks.classification.metrics`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import numpy as np
 
 from medlens.errors import ConfigError
 from medlens.evaluation.bootstrap import bootstrap_ci, check_bootstrap_args, group_index
-from medlens.evaluation.classification import to_numpy
+from medlens.evaluation.arrays import to_numpy
 
 Status = Literal["ok", "both_empty", "missed", "false_positive"]
 

@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from medlens.report.classification_plots import confusion_png, reliability_png, roc_pr_png
-from medlens.report.document import Figure, Section, Table, count_phrase
+from medlens.report.document import Figure, Section, Table, count_phrase, num
 from medlens.report.published import approx, medmnist_benchmark
+from medlens.tasks.classification.evaluate import ClassificationEvidence
+from medlens.tasks.classification.plots import confusion_png, reliability_png, roc_pr_png
 
 OVERALL = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
-GALLERY_SIZE = 8
-
-
-@dataclass
-class ClassificationEvidence:
-    """What ``evaluate`` holds in memory: the model, the split's preprocessed images and probabilities.
-
-    Attributes:
-        model: the trained registry classifier.
-        images: ``(N, C, *spatial)`` float32, preprocessed as for training.
-        labels: ``(N,)`` class indices, or ``(N, L)`` 0/1 for multi-label.
-        raw: ``(N, K)`` probabilities before temperature scaling.
-        probs: ``(N, K)`` calibrated probabilities (the ones metrics.json scores).
-        case_ids: ``N`` case ids.
-    """
-
-    model: object
-    images: np.ndarray
-    labels: np.ndarray
-    raw: np.ndarray
-    probs: np.ndarray
-    case_ids: list[str]
-
-
-def num(value) -> str:
-    """A metric value with 4 decimals, ``n/a`` for undefined (``None`` / NaN in metrics.json)."""
-    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def metrics_table(metrics: dict, key: str, caption: str) -> Table:
@@ -117,47 +89,35 @@ def curves_section(doc: dict, evidence: ClassificationEvidence, names: list[str]
                "reliability before / after temperature scaling"))
 
 
-def gallery_cases(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(predicted (N,), right (N,) bool, order)``: the most confident mistakes first, then the most confident
-    correct cases, up to :data:`GALLERY_SIZE` of each. Multi-label: the top-scoring label, right if present."""
-    predicted = probs.argmax(axis=1)
-    right = labels[np.arange(len(labels)), predicted] == 1 if labels.ndim == 2 else predicted == labels
-    confidence = probs[np.arange(len(probs)), predicted]
-    by_confidence = np.argsort(-confidence, kind="stable")
-    wrong = [i for i in by_confidence if not right[i]][:GALLERY_SIZE]
-    correct = [i for i in by_confidence if right[i]][:GALLERY_SIZE]
-    return predicted, right, np.asarray(wrong + correct, dtype=np.int64)
-
-
 def gallery_section(evidence: ClassificationEvidence, names: list[str]) -> Section:
-    """Grad-CAM overlays of the predicted class, wrongly then correctly classified cases."""
-    from medlens.explain import compute_cams
+    """Grad-CAM overlays of the predicted class (maps computed by evaluation), wrong then right cases."""
+    from medlens.explain import overlay_rgb, png_bytes
 
-    predicted, right, order = gallery_cases(evidence.labels, evidence.probs)
+    predicted = evidence.probs.argmax(axis=1)
     section = Section("Grad-CAM gallery", key="gallery")
     section.text("Where the network looked for the class it predicted (Grad-CAM on its last feature layer; red = "
                  "most evidence). The most confident mistakes come first; 3D cases show the three slices through "
                  "the hottest point.")
-    if not len(order):
+    if not evidence.gallery:
         return section
-    cams = compute_cams(evidence.model, evidence.images[order], class_indices=predicted[order].tolist())
     for group, title in ((False, "wrongly classified"), (True, "correctly classified")):
-        figures = [_gallery_figure(i, cam, evidence, names, predicted)
-                   for i, cam in zip(order, cams) if right[i] == group]
+        figures = [Figure(f"cam_{i:05d}", png_bytes(overlay_rgb(image, cam)),
+                          _caption(i, evidence, names, predicted), small=True)
+                   for i, image, cam in evidence.gallery if _right(evidence.labels[i], predicted[i]) == group]
         section.text(f"**{title}**: {len(figures)} shown" + ("" if figures else " (none in this split)"))
         section.figures(*figures)
     return section
 
 
-def _gallery_figure(i: int, cam: np.ndarray, evidence: ClassificationEvidence, names: list[str],
-                    predicted: np.ndarray) -> Figure:
-    from medlens.explain import overlay_rgb, png_bytes
+def _right(label, predicted: int) -> bool:
+    return bool(label[predicted] == 1) if np.ndim(label) else bool(predicted == label)
 
+
+def _caption(i: int, evidence: ClassificationEvidence, names: list[str], predicted: np.ndarray) -> str:
     label = evidence.labels[i]
     truth = (", ".join(n for n, f in zip(names, label) if f) or "none") if np.ndim(label) else names[int(label)]
     p = evidence.probs[i, predicted[i]]
-    caption = f"{evidence.case_ids[i]}: true {truth}, predicted {names[predicted[i]]} (p = {p:.2f})"
-    return Figure(f"cam_{i:05d}", png_bytes(overlay_rgb(evidence.images[i], cam)), caption, small=True)
+    return f"{evidence.case_ids[i]}: true {truth}, predicted {names[predicted[i]]} (p = {p:.2f})"
 
 
 def classification_sections(doc: dict, evidence: ClassificationEvidence | None, names: list[str],
@@ -167,3 +127,18 @@ def classification_sections(doc: dict, evidence: ClassificationEvidence | None, 
     if evidence is not None:
         sections += [curves_section(doc, evidence, names), gallery_section(evidence, names)]
     return sections
+
+
+def compare_table(runs: list) -> Table:
+    """``medlens report A B``: each run's headline metrics with CIs (``runs`` as ``[(label, run, config)]``)."""
+    from medlens._files import read_json
+    from medlens.report.compare import NOT_EVALUATED
+    from medlens.report.document import with_ci
+
+    rows = []
+    for label, run, config in runs:
+        doc = read_json(run.metrics_json, {})
+        cells = [with_ci(doc["metrics"][k]) for k, _ in OVERALL] if doc else [NOT_EVALUATED, "", ""]
+        rows.append([label, config.model.name, doc.get("split", ""), str(doc.get("n_cases", "")), *cells])
+    return Table(["run", "model", "split", "cases", *(f"{name} [95% CI]" for _, name in OVERALL)], rows,
+                 key="compare", caption="headline metrics from each run's metrics.json")

@@ -1,4 +1,4 @@
-"""``predict``: the pieces every prediction path shares (CLI, library ``Predictor``, service, explain).
+"""Classifying one image, the way every prediction path does it (CLI, ``Predictor``, service, explain).
 
 Nothing comes from code defaults: input size, channels, normalisation, temperature and threshold
 are read from the run (or bundle). :class:`medlens.deploy.Predictor` puts them together.
@@ -16,35 +16,7 @@ import numpy as np
 
 from medlens._files import write_text_atomic
 from medlens.config import Config
-from medlens.engine.inference import to_probs
-from medlens.errors import ConfigError
-from medlens.io.formats import suffix_of
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder is one DICOM series when it holds DICOM slices, else every image under it."""
-    from medlens.data.folders import is_image_file
-
-    expanded = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise ConfigError(f"{path}: no such file or folder")
-        if path.is_file() or _is_series(path):
-            expanded.append(path)
-            continue
-        for item in sorted(path.rglob("*")):
-            if is_image_file(item) and not _is_series(item.parent):
-                expanded.append(item)
-            elif item.is_dir() and _is_series(item):
-                expanded.append(item)
-    if not expanded:
-        raise ConfigError(f"no image found in {', '.join(map(str, paths))}")
-    return expanded
-
-
-def _is_series(folder: Path) -> bool:
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
-    return bool(files) and all(suffix_of(p) in (".dcm", ".dicom", ".ima", "") for p in files[:20])
+from medlens.models.inference import to_probs
 
 
 @dataclass

@@ -16,18 +16,21 @@ import numpy as np
 from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
                             TrainSection)
 from medlens.errors import DatasetError
+from medlens.tasks.planning import per_process_batch, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 600.0, "gpu": 1800.0}
+KINDS = ("binary", "multiclass", "multilabel", "ordinal")  # the label kinds this task trains
 
 
 def plan_classification(card: dict, *, time_budget_s: float | None = None, device: str = "cpu",
-                        probe: bool = True) -> tuple[Config, dict[str, str]]:
+                        processes: int = 1, probe: bool = True) -> tuple[Config, dict[str, str]]:
     """Choose every setting for ``card``'s dataset; returns the config and ``{"section.key": reason}``.
 
     Args:
         card: from :func:`medlens.data.audit.inspect_dataset`.
         time_budget_s: training time to plan for; default 10 min on CPU, 30 min on GPU.
         device: ``"cpu"`` or ``"gpu"`` (what training will run on).
+        processes: training processes (devices x nodes): each takes its share of every batch and epoch.
         probe: time the network to set the epoch count (off in unit tests of the rules).
     """
     reasons: dict[str, str] = {}
@@ -35,20 +38,21 @@ def plan_classification(card: dict, *, time_budget_s: float | None = None, devic
     data = _data_section(card, dataset, device, reasons)
     model = _model_section(dataset, data, device, reasons)
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
-    train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons)
+    train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons, processes)
     model = replace(model, members=members)
     augment = _augment_section(card, dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train,
-                    evaluate=EvaluateSection())
+                    evaluate=EvaluateSection(baseline=True))
     reasons.setdefault("evaluate.n_bootstrap", "1000 bootstrap resamples (patients when known) for 95% CIs")
+    reasons["evaluate.baseline"] = "a k-nearest-neighbours classifier on pooled pixels beside the network"
     return config, reasons
 
 
 def _dataset_section(card: dict, reasons: dict) -> DatasetSection:
     described = card["dataset"]
     task = described["task"]
-    if task == "segmentation":
-        raise DatasetError(f"{described['source']} is a segmentation dataset; classification plans need labels")
+    if task not in KINDS:
+        raise DatasetError(f"{described['source']} holds {task} data; classification plans need class labels")
     if not described.get("spatial_dims"):
         raise DatasetError(f"{described['source']}: no readable image, so nothing to plan; run `medlens inspect`")
     reasons["dataset.task"] = f"from the {described['layout']} layout"
@@ -125,13 +129,16 @@ def _batch_size(data: DataSection, dims: int) -> int:
     return 4
 
 
-def _train_section(card, dataset, data, model, budget_s, device, probe, reasons) -> tuple[TrainSection, int]:
+def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
+                   processes: int = 1) -> tuple[TrainSection, int]:
     """The training settings, and how many ensemble members the budget fits."""
     train_n = _split_count(card, "train")
     batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 128) / 16))))  # >= ~16 steps per epoch
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
+    batch = per_process_batch(batch, processes, reasons)
+    reasons["train.processes"] = processes_reason(processes)
     loss, sampler = _imbalance(card, dataset, reasons)
-    epochs, members = _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons)
+    epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons)
     reasons["train.ema_fraction"] = (f"validate, keep and ship a moving average of the weights over the last ~5% of "
                                      f"training (~{epochs / 20:.1f} epochs): smoother than one step's weights, so the "
                                      "checkpoint picked on a small validation split is less a matter of luck")
@@ -140,10 +147,11 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons)
     reasons["train.patience"] = "stop when validation AUC has not improved for a quarter of the epochs"
     reasons["train.time_budget_s"] = "hard stop; the epoch count above was planned to fit it"
     reasons["train.precision"] = "mixed precision on GPU, 32-bit on CPU"
-    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
-                        schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
+    reasons["train.momentum"] = "AdamW's first-moment decay (beta1), its usual 0.9"
+    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, momentum=0.9,
+                        weight_decay=1e-4, schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
                         monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto",
-                        ema_fraction=0.05), members
+                        ema_fraction=0.05, processes=processes), members
 
 
 def _split_count(card: dict, split: str) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
                             SegmentSection, TrainSection)
 from medlens.errors import DatasetError
+from medlens.tasks.planning import per_process_batch, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 1800.0, "gpu": 3600.0}
 PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 40 * 56 * 48, ("gpu", 2): 512 * 512, ("gpu", 3): 128 ** 3}
@@ -30,16 +31,18 @@ MIN_PATCH = 4 * MIN_FEATURE_MAP  # a patch side allows at least two down-samplin
 MAX_POOLS = 5
 ANISOTROPY = 3.0  # nnU-Net: max/min spacing above this is "anisotropic"
 ITERATIONS = {"cpu": 100, "gpu": 250}
+KINDS = ("segmentation",)  # the label kinds this task trains: masks
 
 
 def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device: str = "cpu",
-                      probe: bool = True) -> tuple[Config, dict[str, str]]:
+                      processes: int = 1, probe: bool = True) -> tuple[Config, dict[str, str]]:
     """Choose every segmentation setting for ``card``'s dataset; returns the config and the reasons.
 
     Args:
         card: from :func:`medlens.data.audit.inspect_dataset` on a segmentation dataset.
         time_budget_s: training time to plan for; default 30 min on CPU, 60 min on GPU.
         device: ``"cpu"`` or ``"gpu"``.
+        processes: training processes (devices x nodes): each draws its share of every epoch's patches.
         probe: time the network to set the epoch count (off in unit tests of the rules).
     """
     reasons: dict[str, str] = {}
@@ -52,17 +55,18 @@ def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device:
     reasons["segment.overlap"] = "sliding-window inference: half-patch overlap, Gaussian-weighted"
     reasons["segment.keep_largest"] = "keep only the largest component of a class if that raises validation Dice"
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
-    train = _train_section(card, dataset, data, model, segment, budget, device, probe, reasons)
+    train = _train_section(card, dataset, data, model, segment, budget, device, probe, reasons, processes)
     augment = _augment_section(dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train, segment=segment,
-                    evaluate=EvaluateSection(baseline=False))
+                    evaluate=EvaluateSection())
+    reasons["evaluate.tta"] = "off: predict each image once; --tta (or true here) averages the 2^D mirrored copies"
     reasons.setdefault("evaluate.n_bootstrap", "1000 bootstrap resamples of cases (patients when known) for 95% CIs")
     return config, reasons
 
 
 def _dataset_section(card: dict, reasons: dict) -> DatasetSection:
     described = card["dataset"]
-    if described["task"] != "segmentation":
+    if described["task"] not in KINDS:
         raise DatasetError(f"{described['source']} is a {described['task']} dataset, not image + mask pairs")
     if not described.get("spatial_dims"):
         raise DatasetError(f"{described['source']}: no readable image, so nothing to plan; run `medlens inspect`")
@@ -214,23 +218,27 @@ def _batch_size(data: DataSection, dims: int, device: str) -> int:
     return int(np.clip(BATCH_VOXELS[(device, 2)] // math.prod(data.input_size), 2, 32))
 
 
-def _train_section(card, dataset, data, model, segment, budget_s, device, probe, reasons) -> TrainSection:
+def _train_section(card, dataset, data, model, segment, budget_s, device, probe, reasons,
+                   processes: int = 1) -> TrainSection:
     batch = _batch_size(data, dataset.spatial_dims, device)
-    reasons["train.batch_size"] = f"{batch} patches per step (nnU-Net uses at least 2)"
-    reasons["train.optimizer"] = "SGD, Nesterov momentum 0.99 (nnU-Net)"
+    reasons["train.batch_size"] = (f"{batch} patches per step (nnU-Net uses at least 2)"
+                                   + (" in each process" if processes > 1 else ""))
+    reasons["train.processes"] = processes_reason(processes)
+    reasons["train.optimizer"] = "SGD with Nesterov momentum (nnU-Net)"
+    reasons["train.momentum"] = "0.99 (nnU-Net)"
     reasons["train.lr"] = "0.01 with polynomial decay (nnU-Net)"
     reasons["train.loss"] = "Dice + cross-entropy (nnU-Net)"
     reasons["train.monitor"] = "mean foreground Dice of sliding-window predictions on the validation cases"
-    epochs = _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons)
+    epochs = _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons, processes)
     patience = max(10, epochs // 3)
     reasons["train.patience"] = f"stop when validation Dice has not improved for {patience} epochs"
     reasons["train.time_budget_s"] = "hard stop: training ends at this time even mid-plan"
-    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="sgd", lr=0.01, weight_decay=3e-5,
-                        schedule="poly", loss="dice_ce", sampler="shuffle", patience=patience, monitor="val_dice",
-                        time_budget_s=budget_s)
+    return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="sgd", lr=0.01, momentum=0.99,
+                        weight_decay=3e-5, schedule="poly", loss="dice_ce", sampler="shuffle", patience=patience,
+                        monitor="val_dice", time_budget_s=budget_s, processes=processes)
 
 
-def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons) -> int:
+def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe, reasons, processes: int = 1) -> int:
     if not probe:
         reasons["train.max_epochs"] = "default (the network was not timed)"
         return 50
@@ -238,9 +246,10 @@ def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe,
     val_cases = max(int(round(card["dataset"].get("num_readable", 10) * 0.16)), 1)
     median = [_axis(card["images"]["shape"], a, "median", 32) for a in range(dataset.spatial_dims)]
     windows = math.prod(max(1, math.ceil(m / (p * (1 - segment.overlap)))) for m, p in zip(median, data.input_size))
-    epoch_s = segment.iterations_per_epoch * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
+    steps = math.ceil(segment.iterations_per_epoch / processes)  # each process draws its share of the patches
+    epoch_s = steps * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
     epochs = int(np.clip(0.85 * budget_s // epoch_s, 2, 1000))
-    reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({segment.iterations_per_epoch} steps of "
+    reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({steps} steps of "
                                    f"{step_s * 1000:.0f} ms + validation); {epochs} epochs fit 85% of the "
                                    f"{budget_s:.0f} s budget")
     return epochs

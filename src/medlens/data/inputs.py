@@ -1,0 +1,46 @@
+"""What the user asked to predict (files, DICOM series folders, folders of images) and what outputs are called."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlens.errors import ConfigError
+from medlens.io.formats import suffix_of
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder is one DICOM series when it holds DICOM slices, else every image under it."""
+    from medlens.data.folders import is_image_file
+
+    expanded = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder")
+        if path.is_file() or _is_series(path):
+            expanded.append(path)
+            continue
+        for item in sorted(path.rglob("*")):
+            if is_image_file(item) and not _is_series(item.parent):
+                expanded.append(item)
+            elif item.is_dir() and _is_series(item):
+                expanded.append(item)
+    if not expanded:
+        raise ConfigError(f"no image found in {', '.join(map(str, paths))}")
+    return expanded
+
+
+def _is_series(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
+    return bool(files) and all(suffix_of(p) in (".dcm", ".dicom", ".ima", "") for p in files[:20])
+
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
+
+
+def output_name(path: Path, tag: str, suffix: str | None = None) -> str:
+    """The file name of an output for ``path``: ``scan.nrrd -> scan_seg.nrrd``; DICOM and formats medlens does
+    not write become NIfTI (``.nii.gz``) unless ``suffix`` says otherwise."""
+    own = suffix_of(path) if path.is_file() else ""
+    stem = path.name[: len(path.name) - len(own)] if own else path.name
+    chosen = suffix or (own if own in MASK_SUFFIXES else ".nii.gz")
+    return f"{stem}{tag}{chosen}"

@@ -1,0 +1,81 @@
+"""What classification hands the engine's training loop: preprocessed arrays, the module, the loaders, and
+the calibration (temperature, threshold) fitted on validation once the best weights are back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from medlens._files import write_json_atomic
+from medlens.config import Config
+from medlens.data.prepared import SplitData, prepare_split
+from medlens.errors import DatasetError
+from medlens.runs import json_safe
+from medlens.tasks.base import Fit
+
+CSV_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
+
+
+def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, log) -> Fit:
+    """Preprocess train and val once into arrays; the module with a seeded model, loss weights and loaders."""
+    from medlens.data.loading import EpochSampler, balanced_weights, make_loader
+    from medlens.tasks.classification.module import ClassificationModule
+
+    train = prepare_split(dataset, "train", cases["train"], config)
+    val = prepare_split(dataset, "val", cases["val"], config)
+    check_labels(config, train)
+    config = fit_monitor(config, val, log)
+    torch.manual_seed(config.train.seed)
+    module = ClassificationModule(task.build_model(config), config, class_weights(config, train.labels))
+    t, workers = config.train, config.data.num_workers
+    weights = balanced_weights(train.labels) if t.sampler == "weighted" else None
+    loader = make_loader(train.images, train.labels, t.batch_size, sampler=EpochSampler(len(train.images), t.seed,
+                                                                                        weights), num_workers=workers)
+    val_loader = make_loader(val.images, val.labels, max(t.batch_size, 256), num_workers=workers)
+    steps = -(-len(train.images) // (t.batch_size * max(world_size, 1)))
+    # AUC saturates on small validation splits: ties go to the lower loss (ClassificationModule logs both as one)
+    select_by = "val_auc_then_loss" if config.train.monitor == "val_auc" else config.train.monitor
+    return Fit(module, loader, val_loader, config, steps, validation=val, csv_metrics=CSV_METRICS,
+               select_by=select_by)
+
+
+def check_labels(config: Config, train: SplitData) -> None:
+    """Every class needs training examples (multi-label: labels may be absent from a split)."""
+    if train.labels.ndim != 1:
+        return
+    counts = np.bincount(train.labels, minlength=len(config.dataset.class_names))
+    empty = [n for n, c in zip(config.dataset.class_names, counts) if c == 0]
+    if empty:
+        raise DatasetError(f"class(es) {', '.join(empty)} have no training example (train counts "
+                           f"{dict(zip(config.dataset.class_names, counts.tolist()))}); add data or change the splits")
+
+
+def fit_monitor(config: Config, val: SplitData, log) -> Config:
+    """AUC is undefined on a validation split of one class: monitor the loss instead, and say so."""
+    labels = val.labels if val.labels.ndim == 1 else val.labels.argmax(1)
+    if config.train.monitor == "val_auc" and len(np.unique(labels)) < 2:
+        log("warning: the validation split holds one class only, so AUC is undefined; monitoring val_loss")
+        return replace(config, train=replace(config.train, monitor="val_loss"))
+    return config
+
+
+def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
+    """Inverse-frequency weights ``N / (K * n_k)`` for the weighted losses, else ``None``."""
+    if config.train.loss not in ("weighted_ce", "focal"):
+        return None
+    k = len(config.dataset.class_names)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def finish(run, config: Config, model, fit: Fit, log) -> str:
+    """Fit the temperature and threshold on validation (``calibration.json``) and score validation with CIs
+    for the model card (``validation.json``)."""
+    from medlens.tasks.classification.calibrate import calibrate, validation_metrics
+
+    calibration = calibrate(model, config, fit.validation)
+    write_json_atomic(run.calibration, calibration)
+    write_json_atomic(run.validation, json_safe(validation_metrics(model, config, fit.validation, calibration)))
+    return f"temperature {calibration['temperature']:.3f}"

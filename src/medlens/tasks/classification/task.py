@@ -1,0 +1,138 @@
+"""The classification task: one label per image (binary, multi-class, ordinal) or several (multi-label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlens._files import read_json
+from medlens.config import Config
+from medlens.errors import ConfigError
+from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor
+from medlens.tasks.classification.plan import KINDS
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auc")  # the model card's figures
+
+
+class ClassificationTask:
+    """Classifiers from the registry (or ensembles of them) on preprocessed whole images; see :mod:`.plan`,
+    :mod:`.module`, :mod:`.evaluate`, :mod:`.report`, :mod:`.outputs`."""
+
+    name = "classification"
+    kinds = KINDS
+    monitors = ("val_auc", "val_loss", "val_accuracy")
+    ignored = frozenset({"segment", "model.filters", "model.strides", "model.kernels", "model.deep_supervision",
+                         "data.target_spacing", "data.foreground_stats"})
+    runs_exports = True
+    service_options = ("heatmap",)
+
+    # ---- plan ----------------------------------------------------------------------------------------
+    def plan(self, card, *, time_budget_s, device, processes=1, probe=True):
+        from medlens.tasks.classification.plan import plan_classification
+
+        return plan_classification(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe)
+
+    def check(self, config: Config) -> None:
+        """A registry classifier of the data's dimensionality, an input size with as many axes, a
+        classification loss for these labels, and no key this task ignores."""
+        from medlens.models import CLASSIFIERS, SEGMENTERS
+        from medlens.tasks.losses import check_loss
+
+        dims, name = config.dataset.spatial_dims, config.model.name
+        if name in SEGMENTERS:
+            raise ConfigError(f"model.name={name} is a segmentation network; this plan is for "
+                              f"{config.dataset.task} classification ({', '.join(CLASSIFIERS.names()[:4])}, ...)")
+        CLASSIFIERS.get(name)  # an unknown name fails here, with a "did you mean"
+        if not name.endswith(f"_{dims}d"):
+            raise ConfigError(f"model.name={name} does not take {dims}D data (input {list(config.data.input_size)}); "
+                              f"use {name.rsplit('_', 1)[0]}_{dims}d")
+        if len(config.data.input_size) != dims:
+            raise ConfigError(f"data.input_size={list(config.data.input_size)} has {len(config.data.input_size)} "
+                              f"axes but the data are {dims}D")
+        if config.model.members < 1:
+            raise ConfigError(f"model.members={config.model.members}: give 1 (one network) or more (an ensemble)")
+        check_loss(config.train.loss, "multilabel" if config.dataset.task == "multilabel" else "index")
+        check_monitor(self, config)
+        check_ignored(self, config)
+
+    # ---- training ------------------------------------------------------------------------------------
+    def build_model(self, config: Config):
+        """A registry classifier, or an :class:`~medlens.models.Ensemble` of ``model.members`` of them."""
+        from medlens.models import Ensemble, build_classifier
+
+        m = config.model
+        if m.members < 1:
+            raise ConfigError(f"model.members={m.members}: give 1 (one network) or more (an ensemble)")
+        members = [build_classifier(m.name, in_channels=config.data.channels,
+                                    num_classes=len(config.dataset.class_names),
+                                    input_size=tuple(config.data.input_size), width=m.width, dropout=m.dropout)
+                   for _ in range(m.members)]
+        return members[0] if m.members == 1 else Ensemble(members)
+
+    def prepare_fit(self, config, dataset, cases, *, world_size, log) -> Fit:
+        from medlens.tasks.classification.fit import prepare_fit
+
+        return prepare_fit(self, config, dataset, cases, world_size=world_size, log=log)
+
+    def finish(self, run, config, model, fit, log) -> str:
+        from medlens.tasks.classification.fit import finish
+
+        return finish(run, config, model, fit, log)
+
+    # ---- evaluation and report -------------------------------------------------------------------------
+    def evaluate(self, run, config, model, options: EvaluateOptions, log) -> Evaluation:
+        from medlens.tasks.classification.evaluate import evaluate_classification
+
+        return evaluate_classification(run, config, model, options, log)
+
+    def report_sections(self, run, config, card, doc, evidence) -> list:
+        from medlens.tasks.classification.report import classification_sections
+
+        return classification_sections(doc, evidence, list(config.dataset.class_names), config.dataset.source)
+
+    def compare_table(self, runs):
+        from medlens.tasks.classification.report import compare_table
+
+        return compare_table(runs)
+
+    # ---- deployment ------------------------------------------------------------------------------------
+    def card_details(self, run, config: Config) -> dict:
+        data = config.data
+        c = run.read_calibration()
+        doc = read_json(run.metrics_json)
+        metrics = doc.get("metrics", {}) if doc else {}
+        return {"steps": [f"channels -> {data.channels}",
+                          f"normalise: {data.normalization} {list(data.intensity_range) or ''}".strip(),
+                          f"resize to {list(data.input_size)}", "softmax / sigmoid of logits / temperature"],
+                "calibration": {"temperature": c["temperature"], "threshold": c["threshold"],
+                                "threshold_rule": c.get("threshold_rule"), "fitted_on": c.get("fitted_on")},
+                "metrics": {k: metrics.get(k) for k in HEADLINE}}
+
+    def predict(self, predictor, image, *, heatmap, tta, probabilities, where) -> dict:
+        from medlens.tasks.classification.outputs import predict
+
+        return predict(predictor, image, heatmap=heatmap, tta=tta, where=where)
+
+    def to_json(self, result, options, folder: Path) -> dict:
+        from medlens.tasks.classification.outputs import to_json
+
+        return to_json(result, options, folder)
+
+    def write_outputs(self, predictor, inputs, out, *, tta, probabilities, log) -> int:
+        from medlens.tasks.classification.outputs import write_outputs
+
+        if probabilities:
+            raise ConfigError("--probabilities writes segmentation probability maps; a classification run already "
+                              "prints every class's probability (and --out writes them)")
+        return write_outputs(predictor, inputs, out, tta=tta, log=log)
+
+    # ---- explanations ----------------------------------------------------------------------------------
+    def explain(self, model, config, calibration, image, *, method, class_name, where) -> Explained:
+        from medlens.tasks.classification.explain import explain_image
+
+        return explain_image(model, config, calibration, image, method=method, class_name=class_name, where=where)
+
+    def sanity(self, model, config, items, method) -> dict | None:
+        from medlens.tasks.base import initial_model
+        from medlens.tasks.classification.explain import randomisation_test
+
+        return randomisation_test(model, initial_model(self, config), items, method) if items else None

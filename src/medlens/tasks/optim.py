@@ -1,0 +1,42 @@
+"""Optimisers and learning-rate schedules from the plan's ``train`` section, shared by every task."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from medlens.config import TrainSection
+
+
+def build_optimizer(params, train: TrainSection) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum ``train.momentum``, or AdamW whose first-moment decay is ``train.momentum``.
+
+    Args:
+        params: parameters, or parameter groups (dicts with ``params`` and their own ``lr``).
+    """
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True,
+                               weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, betas=(train.momentum, 0.999), weight_decay=train.weight_decay)
+
+
+def schedule_factor(kind: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``: cosine decay, one-cycle (warm-up then cosine),
+    polynomial ``(1 - t)^0.9`` (nnU-Net), constant."""
+    progress = min(step / total, 1.0)
+    if kind == "constant":
+        return 1.0
+    if kind == "poly":
+        return (1 - progress) ** 0.9
+    if kind == "onecycle":
+        warm = 0.3
+        if progress < warm:
+            return 0.04 + 0.96 * progress / warm
+        progress = (progress - warm) / (1 - warm)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def total_steps(trainer) -> int:
+    """Optimisation steps of the whole planned training in this process (at least 1)."""
+    return max(int(trainer.estimated_stepping_batches), 1)

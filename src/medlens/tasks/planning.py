@@ -1,0 +1,23 @@
+"""Plan rules every task shares: how a batch and an epoch are shared by several training processes."""
+
+from __future__ import annotations
+
+import math
+
+
+def per_process_batch(batch: int, processes: int, reasons: dict[str, str]) -> int:
+    """The batch each of ``processes`` processes takes so the global batch stays ``batch`` (at least 1 each);
+    adds the reason for ``train.batch_size`` when there is more than one process."""
+    if processes <= 1:
+        return batch
+    share = max(math.ceil(batch / processes), 1)
+    reasons["train.batch_size"] = (f"{share} per process: the planned batch of {batch} shared by {processes} "
+                                   f"processes (global batch {share * processes})")
+    return share
+
+
+def processes_reason(processes: int) -> str:
+    if processes <= 1:
+        return "one training process; `medlens train --devices N --num-nodes M` shares every epoch among N x M"
+    return (f"planned for {processes} training processes (devices x nodes): each takes 1/{processes} of every "
+            "epoch, so the epoch count is planned for that share")
