@@ -171,9 +171,9 @@ def plain_loop(run: Path, epochs: int) -> tuple[float, int]:
     import numpy as np
     import torch
 
+    from medlens.data.splits import read_splits
     from medlens.engine.lightning import build_model
     from medlens.engine.prepared import open_config_dataset, prepare_split, split_cases
-    from medlens.data.splits import read_splits
     from medlens.engine.runs import RunFolder
     from medlens.tasks.classification import schedule_factor
 

@@ -43,11 +43,13 @@ def test_explain_writes_overlays_with_the_predictions_of_predict(cli, run_2d, de
 
 
 def test_an_untrained_network_is_flagged_by_the_randomisation_test(cli, run_2d, demo_dir, tmp_path):
-    from medlens.engine.explain import initial_model
-    from medlens.engine.runs import open_run
+    from medlens.runs import open_run
+    from medlens.tasks import task_for
+    from medlens.tasks.base import initial_model
 
     untrained = Path(shutil.copytree(run_2d, tmp_path / "untrained"))
-    torch.save(initial_model(open_run(untrained).read_config()).state_dict(), untrained / "weights.pt")
+    config = open_run(untrained).read_config()
+    torch.save(initial_model(task_for(config), config).state_dict(), untrained / "weights.pt")
     result = cli("explain", untrained, demo_dir / "new_studies", "--out", tmp_path / "cams")
     assert result.rc == 0
     sanity = json.loads((tmp_path / "cams" / "explanations.json").read_text())["sanity"]

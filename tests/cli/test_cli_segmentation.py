@@ -1,4 +1,5 @@
-"""Segmentation through the CLI on the demo lesions: plan -> train -> evaluate -> predict; geometry; resume; bad input."""
+"""Segmentation through the CLI on the demo lesions: plan -> train -> evaluate -> predict; geometry; resume;
+bad input."""
 
 from __future__ import annotations
 

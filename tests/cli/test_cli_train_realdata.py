@@ -46,7 +46,8 @@ def _bundle_parity(cli, run: Path, tmp_path: Path) -> None:
     folder.mkdir()
     for i, image in enumerate(data["test_images"][:64]):
         PILImage.fromarray(image).save(folder / f"{i:03d}.png")
-    backends = {b: Predictor.from_bundle(tmp_path / "model.bundle", backend=b) for b in ("torch", "torchscript", "onnx")}
+    bundle = tmp_path / "model.bundle"
+    backends = {b: Predictor.from_bundle(bundle, backend=b) for b in ("torch", "torchscript", "onnx")}
     worst = 0.0
     for path in sorted(folder.iterdir()):
         results = {b: p.predict(path) for b, p in backends.items()}

@@ -14,12 +14,26 @@ import torch
 
 from medlens.config import Config, DataSection, DatasetSection, SegmentSection
 from medlens.data import open_dataset
-from medlens.data.volumes import (FOREGROUND_SAMPLES, PatchDataset, Volume, VolumeDataset, crop, foreground_positions,
-                                  prepare_volumes)
+from medlens.data.volumes import (
+    FOREGROUND_SAMPLES,
+    PatchDataset,
+    Volume,
+    VolumeDataset,
+    crop,
+    foreground_positions,
+    prepare_volumes,
+)
 from medlens.errors import DatasetError
 from medlens.io import Image, identity_direction, write_image
-from medlens.transforms.volume import (label_lookup, normalize, prepare_image, prepare_mask, resample, target_shape,
-                                       to_original_grid)
+from medlens.transforms.volume import (
+    label_lookup,
+    normalize,
+    prepare_image,
+    prepare_mask,
+    resample,
+    target_shape,
+    to_original_grid,
+)
 from medlens.types import Case
 
 SHAPE = (16, 16, 16)

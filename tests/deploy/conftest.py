@@ -80,7 +80,8 @@ def live(predictor):
 
 @pytest.fixture(scope="module")
 def serve():
-    """``serve(predictor, **create_app_options)`` -> a started LiveServer for any predictor; stopped after the module."""
+    """``serve(predictor, **create_app_options)`` -> a started LiveServer for any predictor; stopped after the
+    module."""
     from medlens.deploy.service import create_app
 
     servers = []

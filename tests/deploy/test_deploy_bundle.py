@@ -18,6 +18,7 @@ from medlens.errors import ConfigError
 from medlens.io import Image, read_image, write_image
 from medlens.io.dicom_write import write_dicom_series
 
+
 @pytest.fixture(scope="module")
 def demo(deploy_demo) -> Path:
     return deploy_demo

@@ -22,8 +22,14 @@ import torch
 from torch import nn
 
 from medlens.deploy import export
-from medlens.deploy.export import (OnnxRunner, TorchRunner, TorchScriptRunner, export_onnx, export_torchscript,
-                                   load_runner)
+from medlens.deploy.export import (
+    OnnxRunner,
+    TorchRunner,
+    TorchScriptRunner,
+    export_onnx,
+    export_torchscript,
+    load_runner,
+)
 from medlens.errors import ConfigError
 from medlens.models import CLASSIFIERS, Ensemble, build_classifier
 from medlens.models.classifiers import FIXED_WIDTH_FAMILIES

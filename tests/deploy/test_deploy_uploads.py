@@ -121,7 +121,8 @@ def test_a_zip_slip_writes_nothing_outside_the_upload_folder(tmp_path):
 
 
 def test_unknown_content_lists_what_is_accepted():
-    with pytest.raises(UploadError, match=r"match no accepted image type. Accepted: DICOM .*NIfTI.*PNG, JPEG") as caught:
+    accepted = r"match no accepted image type. Accepted: DICOM .*NIfTI.*PNG, JPEG"
+    with pytest.raises(UploadError, match=accepted) as caught:
         detect_upload(b"GIF89a......")
     assert caught.value.status == 415
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medlens.engine.callbacks import CLASSIFICATION_METRICS, EpochCSV, read_epoch_rows
-from medlens.engine.checkpoints import load_state_dict, save_atomic, transfer_weights
-from medlens.engine.runs import RunFolder, new_run, open_run
+from medlens.engine.callbacks import EpochCSV
 from medlens.errors import ConfigError
 from medlens.models import build_classifier
-from medlens.tasks.classification import schedule_factor
-from medlens.tasks.losses import build_loss
-
+from medlens.models.weights import load_state_dict, save_atomic, transfer_weights
+from medlens.runs import RunFolder, new_run, open_run, read_epoch_rows
+from medlens.tasks.classification.fit import CSV_METRICS as CLASSIFICATION_METRICS
+from medlens.tasks.losses import LOSSES, build_loss
+from medlens.tasks.optim import schedule_factor
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ def fake_trainer(epoch: int, metrics: dict | None = None, lr: float = 1e-3):
 
 def test_epoch_csv_appends_a_row_per_epoch(tmp_path):
     path = tmp_path / "metrics.csv"
-    callback = EpochCSV(path)
+    callback = EpochCSV(path, CLASSIFICATION_METRICS)
 
     start(callback, fake_trainer(0))
     callback.on_train_epoch_end(fake_trainer(0, {"train_loss": 0.5, "val_auc": 0.75}), None)
@@ -253,7 +253,7 @@ def test_epoch_csv_on_resume_drops_epochs_the_checkpoint_had_not_reached(tmp_pat
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,train_loss,val_loss,val_auc,val_accuracy,lr,elapsed_s\n"
                     + "".join(f"{e},0.5,0.5,0.5,0.5,0.001,{10.0 * (e + 1):.2f}\n" for e in range(4)))
-    callback = EpochCSV(path)
+    callback = EpochCSV(path, CLASSIFICATION_METRICS)
 
     start(callback, fake_trainer(2))  # resumed from the end of epoch 1
 
@@ -267,7 +267,7 @@ def test_epoch_csv_on_resume_drops_epochs_the_checkpoint_had_not_reached(tmp_pat
 
 def test_epoch_csv_ignores_other_ranks_and_sanity_checks(tmp_path):
     path = tmp_path / "metrics.csv"
-    callback = EpochCSV(path)
+    callback = EpochCSV(path, CLASSIFICATION_METRICS)
     sanity = fake_trainer(0, {"train_loss": 1.0})
     sanity.sanity_checking = True
     other_rank = fake_trainer(0, {"train_loss": 1.0})
@@ -309,27 +309,38 @@ def test_constant_schedule(step):
 # ---- losses -----------------------------------------------------------------------------------
 
 def test_bce_on_a_single_label_task_is_refused():
-    with pytest.raises(ConfigError, match=r"train\.loss=bce does not fit a single-label task; use ce, weighted_ce "
-                                          r"or focal"):
-        build_loss("bce", multilabel=False)
+    with pytest.raises(ConfigError, match=r"train\.loss=bce is a multi-label classification loss and does not fit a "
+                                          r"single-label classification task; use ce or focal or weighted_ce"):
+        build_loss("bce", targets="index")
 
 
 @pytest.mark.parametrize("name", ["ce", "weighted_ce", "focal"])
 def test_single_label_losses_on_a_multilabel_task_are_refused(name):
-    with pytest.raises(ConfigError, match=rf"train\.loss={name} does not fit a multi-label task; use bce"):
-        build_loss(name, multilabel=True)
+    with pytest.raises(ConfigError, match=rf"train\.loss={name} .* does not fit a multi-label classification task; "
+                                          r"use bce"):
+        build_loss(name, targets="multilabel")
 
 
-def test_unknown_loss_is_refused():
-    with pytest.raises(ConfigError, match=r"dice"):
-        build_loss("dice", multilabel=False)
+def test_dice_ce_is_registered_for_masks_only():
+    assert LOSSES.get("dice_ce").targets == "mask"
+    with pytest.raises(ConfigError, match=r"train\.loss=dice_ce is a segmentation loss .* use ce or focal or "
+                                          r"weighted_ce"):
+        build_loss("dice_ce", targets="index")
+    logits = torch.zeros(1, 2, 4, 4)
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    assert float(build_loss("dice_ce", targets="mask")(logits, target)) > 0
+
+
+def test_unknown_loss_is_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown loss `dice`; did you mean `dice_ce`"):
+        build_loss("dice", targets="mask")
 
 
 def test_ce_hand_computed():
     logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
     target = torch.tensor([0, 0])
 
-    loss = build_loss("ce", multilabel=False)(logits, target)
+    loss = build_loss("ce", targets="index")(logits, target)
 
     # -log(1/2) and -log(3/4), averaged
     assert loss.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, rel=1e-6)
@@ -339,7 +350,7 @@ def test_ce_with_label_smoothing_matches_torch():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
     target = torch.tensor([0, 2])
 
-    loss = build_loss("ce", multilabel=False, label_smoothing=0.1)(logits, target)
+    loss = build_loss("ce", targets="index", label_smoothing=0.1)(logits, target)
 
     torch.testing.assert_close(loss, F.cross_entropy(logits, target, label_smoothing=0.1))
 
@@ -349,7 +360,7 @@ def test_weighted_ce_uses_the_weights():
     target = torch.tensor([0, 2, 1])
     weights = torch.tensor([0.2, 3.0, 1.0])
 
-    loss = build_loss("weighted_ce", multilabel=False, class_weights=weights)(logits, target)
+    loss = build_loss("weighted_ce", targets="index", class_weights=weights)(logits, target)
 
     torch.testing.assert_close(loss, F.cross_entropy(logits, target, weight=weights))
     per_case = F.cross_entropy(logits, target, reduction="none")
@@ -359,7 +370,7 @@ def test_weighted_ce_uses_the_weights():
 
 
 def test_focal_confident_correct_is_below_uncertain():
-    focal = build_loss("focal", multilabel=False)
+    focal = build_loss("focal", targets="index")
     target = torch.tensor([1])
 
     confident = focal(torch.tensor([[-3.0, 3.0]]), target)
@@ -373,7 +384,7 @@ def test_focal_hand_computed():
     logits = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])  # p(target) = 3/4 and 1/2
     target = torch.tensor([0, 1])
 
-    loss = build_loss("focal", multilabel=False)(logits, target)
+    loss = build_loss("focal", targets="index")(logits, target)
 
     # (1 - p)^2 * -log p per case; MONAI's mean runs over cases *and* classes (K = 2), so / 2 more
     per_case = [(1 / 4) ** 2 * -math.log(3 / 4), (1 / 2) ** 2 * -math.log(1 / 2)]
@@ -381,7 +392,7 @@ def test_focal_hand_computed():
 
 
 def test_focal_down_weights_easy_cases_relative_to_ce():
-    focal, ce = build_loss("focal", multilabel=False), build_loss("ce", multilabel=False)
+    focal, ce = build_loss("focal", targets="index"), build_loss("ce", targets="index")
     target = torch.tensor([0])
     easy, hard = torch.tensor([[2.0, 0.0]]), torch.tensor([[-1.0, 0.0]])
 
@@ -393,7 +404,7 @@ def test_bce_with_smoothing_matches_torch():
     target = torch.tensor([[1, 0, 1], [0, 1, 0]])
     pos_weight = torch.tensor([1.0, 2.0, 0.5])
 
-    loss = build_loss("bce", multilabel=True, class_weights=pos_weight, label_smoothing=0.2)(logits, target)
+    loss = build_loss("bce", targets="multilabel", class_weights=pos_weight, label_smoothing=0.2)(logits, target)
 
     smoothed = target.float() * 0.8 + 0.1  # 1 -> 0.9, 0 -> 0.1
     torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logits, smoothed, pos_weight=pos_weight))

@@ -12,7 +12,6 @@ from medlens.errors import MedlensError, ReadError
 from medlens.io import detect_format, read_image
 
 
-
 def float_volume() -> np.ndarray:
     """(Z, Y, X) float32 with no zeros, so a zero-filled tail is visible."""
     return np.random.default_rng(0).uniform(1.0, 2.0, size=(20, 30, 40)).astype(np.float32)

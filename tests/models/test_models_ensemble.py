@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from medlens.config import Config, DatasetSection, DataSection, ModelSection
-from medlens.engine.checkpoints import save_atomic, transfer_weights
-from medlens.engine.lightning import build_model
+from medlens.config import Config, DataSection, DatasetSection, ModelSection
 from medlens.errors import ConfigError
 from medlens.explain import compute_cams
 from medlens.models import Ensemble, build_classifier
-from medlens.tasks.classification import ClassificationModule
+from medlens.models.weights import save_atomic, transfer_weights
+from medlens.tasks import task_for
+from medlens.tasks.classification.module import ClassificationModule
 
 
 def member(seed: int, num_classes: int = 3, name: str = "seedcnn_2d") -> torch.nn.Module:
@@ -67,6 +67,10 @@ def config(members: int) -> Config:
     return Config(dataset=DatasetSection(class_names=("a", "b"), spatial_dims=2),
                   data=DataSection(input_size=(28, 28), channels=1),
                   model=ModelSection(name="seedcnn_2d", width=0.25, members=members))
+
+
+def build_model(config: Config):
+    return task_for(config).build_model(config)
 
 
 def test_build_model_makes_an_ensemble_from_model_members():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+
 def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -67,7 +68,8 @@ def test_gallery_shows_the_most_confident_mistakes_first(cls_run):
     wrong = gallery[:gallery.index("correctly classified")]
     confidences = [float(p) for p in re.findall(r"\(p = ([0-9.]+)\)</figcaption>", wrong)]
     assert confidences == sorted(confidences, reverse=True)
-    assert all("predicted lesion" in c or "predicted normal" in c for c in re.findall(r"true \w+, predicted \w+", wrong))
+    captions = re.findall(r"true \w+, predicted \w+", wrong)
+    assert all("predicted lesion" in c or "predicted normal" in c for c in captions)
     assert not any(re.findall(r"true (\w+), predicted \1", wrong))  # every case there is a mistake
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.report.classification import gallery_cases, num
-from medlens.report.classification_plots import reliability_bins
-from medlens.report.document import Figure, Report, Section, Table, render_html, render_markdown
+from medlens.report.document import Figure, Report, Section, Table, num, render_html, render_markdown
 from medlens.report.published import approx, decathlon_benchmark, medmnist_benchmark
-from medlens.report.segmentation import chosen_cases, display_slice, mean_dice
+from medlens.tasks.classification.evaluate import gallery_cases
+from medlens.tasks.classification.plots import reliability_bins
+from medlens.tasks.segmentation.evaluate import chosen_cases, mean_dice
+from medlens.tasks.segmentation.report import display_slice
 
 
 def test_gallery_puts_the_most_confident_mistakes_first_then_the_most_confident_hits():
@@ -106,8 +107,8 @@ def test_a_report_that_cannot_be_made_is_a_warning_not_a_failure(tmp_path):
 def test_classification_figures_are_pngs_for_every_task(task, pages):
     import base64
 
-    from medlens.evaluation import classification_metrics
-    from medlens.report.classification_plots import confusion_png, reliability_png, roc_pr_png
+    from medlens.tasks.classification.metrics import classification_metrics
+    from medlens.tasks.classification.plots import confusion_png, reliability_png, roc_pr_png
 
     rng = np.random.default_rng(0)
     names = ["a", "b"] if task == "binary" else ["a", "b", "c"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 ARGUMENTS = [
     (["run"], {"type": Path, "help": "a finished run folder from `medlens train`"}),
-    (["--out"], {"type": Path, "required": True, "help": "the bundle to write: a new folder, or a file ending in .zip"}),
+    (["--out"], {"type": Path, "required": True,
+                 "help": "the bundle to write: a new folder, or a file ending in .zip"}),
     (["--format"], {"default": "both", "choices": ["torchscript", "onnx", "both", "none"],
                     "help": "exported networks beside the safetensors weights (default: both)"}),
 ]

@@ -10,8 +10,9 @@ ARGUMENTS = [
     (["data"], {"help": "dataset: class folders, CSV manifest, MedMNIST .npz or name; for segmentation a Decathlon "
                         "folder, images/ + labels/, or a CSV with a mask column"}),
     (["--out"], {"type": Path, "default": Path("plan.yaml"), "help": "plan file to write (default: plan.yaml)"}),
-    (["--time-budget"], {"type": parse_duration, "help": "training time to plan for, e.g. 90s, 10m, 1h "
-                                                          "(default: classification 10m on CPU, 30m on GPU; segmentation 30m / 60m)"}),
+    (["--time-budget"], {"type": parse_duration,
+                         "help": "training time to plan for, e.g. 90s, 10m, 1h (default: classification 10m on CPU, "
+                                 "30m on GPU; segmentation 30m / 60m)"}),
     (["--set"], {"dest": "overrides", "action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
                  "help": "override a planned value, e.g. --set model.name=densenet121_2d (repeatable)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),

@@ -19,9 +19,10 @@ import numpy as np
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
 from medlens.data.dataset import Dataset, Finding
 from medlens.errors import MedlensError
-from medlens.types import Case, Task
+from medlens.types import Case
 
 SAMPLES_PER_CASE = 2048  # voxels drawn per case for the intensity percentiles
+PERCENTILES = (0.5, 1, 50, 99, 99.5)  # the card's intensity percentiles (normalisation windows are planned from them)
 
 
 @dataclass
@@ -175,7 +176,7 @@ def _image_summary(stats: list[CaseStats]) -> dict:
     summary["intensity"] = {
         "min": min(s.minimum for s in stats), "max": max(s.maximum for s in stats),
         "mean": float(np.mean([s.mean for s in stats])), "std": float(np.mean([s.std for s in stats])),
-        "percentiles": {str(q): float(v) for q, v in zip((0.5, 1, 50, 99, 99.5), np.percentile(samples, [0.5, 1, 50, 99, 99.5]))},
+        "percentiles": {str(q): float(v) for q, v in zip(PERCENTILES, np.percentile(samples, PERCENTILES))},
     }
     return summary
 
@@ -240,8 +241,8 @@ def _patient_findings(dataset: Dataset, views) -> list[Finding]:
                 splits_of[patient_of[cid]].add(split)
         crossing = sorted(p for p, s in splits_of.items() if len(s) > 1)
         if crossing:
-            findings.append(Finding("error", "leakage.patient", f"{name}: {len(crossing)} patient(s) have cases in more "
-                                    f"than one split (e.g. {', '.join(crossing[:3])}); re-split with "
+            findings.append(Finding("error", "leakage.patient", f"{name}: {len(crossing)} patient(s) have cases in "
+                                    f"more than one split (e.g. {', '.join(crossing[:3])}); re-split with "
                                     "`medlens split`, which groups by patient", crossing))
     return findings
 
@@ -253,14 +254,14 @@ def _class_findings(dataset: Dataset, counts: dict) -> list[Finding]:
     total = counts["total"]
     empty = [n for n in dataset.class_names if total.get(n, 0) == 0]
     if empty:
-        findings.append(Finding("error", "class.empty", f"class(es) {', '.join(empty)} have no cases; add examples "
-                                "or remove the class", blocks_training=True))
+        findings.append(Finding.blocking("class.empty", f"class(es) {', '.join(empty)} have no cases; add examples "
+                                "or remove the class"))
     train = counts["by_split"].get("train")
     if train is not None:
         missing = [n for n in dataset.class_names if train.get(n, 0) == 0 and n not in empty]
         if missing:
-            findings.append(Finding("error", "class.no_training", f"class(es) {', '.join(missing)} have no training "
-                                    "cases; a model cannot learn them", blocks_training=True))
+            findings.append(Finding.blocking("class.no_training", f"class(es) {', '.join(missing)} have no training "
+                                    "cases; a model cannot learn them"))
     present = [total.get(n, 0) for n in dataset.class_names if total.get(n, 0)]
     if present and max(present) >= 5 * min(present):
         findings.append(Finding("info", "class.imbalance", f"classes are imbalanced (largest/smallest = "
@@ -274,16 +275,16 @@ def _dimension_findings(stats: list[CaseStats]) -> list[Finding]:
         return []
     minority = min(dims, key=dims.get)
     odd = [s.case_id for s in stats if len(s.shape) == minority]
-    return [Finding("error", "image.dims", f"{len(odd)} case(s) are {minority}D while most are "
-                    f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd, blocks_training=True)]
+    return [Finding.blocking("image.dims", f"{len(odd)} case(s) are {minority}D while most are "
+                    f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd)]
 
 
 def _unreadable_findings(unreadable: list[dict]) -> list[Finding]:
     if not unreadable:
         return []
     nan = [u["case"] for u in unreadable if "NaN" in u["error"]]
-    findings = [Finding("error", "image.unreadable", f"{len(unreadable)} case(s) could not be read, e.g. "
-                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable], blocks_training=True)]
+    findings = [Finding.blocking("image.unreadable", f"{len(unreadable)} case(s) could not be read, e.g. "
+                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable])]
     if nan:
         findings.append(Finding("error", "image.nan", f"{len(nan)} case(s) hold NaN or infinite voxels", nan))
     return findings

@@ -38,7 +38,7 @@ def check_mask(dataset: Dataset, case: Case, image: Image, stats: CaseStats, rng
     try:
         mask = dataset.load_mask(case)
     except (MedlensError, OSError, ValueError) as exc:
-        stats.problems.append(Finding("error", "mask.unreadable", f"{case.mask}: {exc}", [case.case_id], blocks_training=True))
+        stats.problems.append(Finding.blocking("mask.unreadable", f"{case.mask}: {exc}", [case.case_id]))
         return
     shape_problem = _mask_shape_problem(case, image, mask)
     if shape_problem:
@@ -53,24 +53,24 @@ def check_mask(dataset: Dataset, case: Case, image: Image, stats: CaseStats, rng
     if image.same_geometry(mask):
         stats.foreground = _sample_foreground(image, mask, rng)
     else:
-        stats.problems.append(Finding("error", "mask.geometry", f"{case.mask}: mask grid (shape {mask.spatial_shape}, "
+        stats.problems.append(Finding.blocking("mask.geometry", f"{case.mask}: mask grid (shape {mask.spatial_shape}, "
                                       f"spacing {_round(mask.spacing_mm)}, origin {_round(mask.origin_mm)}) differs "
                                       f"from image {case.image} (shape {image.spatial_shape}, spacing "
                                       f"{_round(image.spacing_mm)}, origin {_round(image.origin_mm)}); resample the "
-                                      "mask onto the image grid (nearest neighbour)", [case.case_id], blocks_training=True))
+                                      "mask onto the image grid (nearest neighbour)", [case.case_id]))
 
 
 def _mask_shape_problem(case: Case, image: Image, mask: Image) -> Finding | None:
     """``mask.dims`` when the mask is 2D for a 3D image (or the reverse), ``mask.channels`` when C > 1."""
     if mask.spatial_dims != image.spatial_dims:
-        return Finding("error", "mask.dims", f"{case.mask}: mask is {mask.spatial_dims}D (shape {mask.spatial_shape}) "
+        return Finding.blocking("mask.dims", f"{case.mask}: mask is {mask.spatial_dims}D (shape {mask.spatial_shape}) "
                        f"but its image {case.image} is {image.spatial_dims}D (shape {image.spatial_shape}); save one "
                        f"mask per image on the image's grid, i.e. a {image.spatial_dims}D label map of shape "
-                       f"{image.spatial_shape} with the image's spacing and origin", [case.case_id], blocks_training=True)
+                       f"{image.spatial_shape} with the image's spacing and origin", [case.case_id])
     if mask.channels > 1:
-        return Finding("error", "mask.channels", f"{case.mask}: mask has {mask.channels} channels (array shape "
+        return Finding.blocking("mask.channels", f"{case.mask}: mask has {mask.channels} channels (array shape "
                        f"{mask.array.shape}) but a label map has one, holding a class index per voxel; save it as a "
-                       "single-channel image (grey, not RGB; class indices, not one channel per class)", [case.case_id], blocks_training=True)
+                       "single-channel image (grey, not RGB; class indices, not one channel per class)", [case.case_id])
     return None
 
 
@@ -78,14 +78,15 @@ def _mask_value_problems(dataset: Dataset, case: Case, fractional: np.ndarray, l
     """``mask.values`` for non-integer values, ``mask.labels`` for integer values no label declares."""
     problems = []
     if fractional.size:
-        problems.append(Finding("error", "mask.values", f"{case.mask}: mask holds non-integer values "
-                                f"(e.g. {fractional[:3]}); a label map needs integer class indices", [case.case_id], blocks_training=True))
+        problems.append(Finding.blocking("mask.values", f"{case.mask}: mask holds non-integer values "
+                                f"(e.g. {fractional[:3]}); a label map needs integer class indices", [case.case_id]))
     declared = dataset.meta.get("label_values") or list(range(len(dataset.class_names)))
     outside = [v for v in labels if declared and v not in declared]
     if outside:
         names = ", ".join(f"{v}={n}" for v, n in zip(declared, dataset.class_names))
-        problems.append(Finding("error", "mask.labels", f"{case.mask}: label value(s) {outside} are outside the "
-                                f"declared labels ({names}); fix the mask or the labels in dataset.json", [case.case_id], blocks_training=True))
+        problems.append(Finding.blocking("mask.labels", f"{case.mask}: label value(s) {outside} are outside the "
+                                         f"declared labels ({names}); fix the mask or the labels in dataset.json",
+                                         [case.case_id]))
     return problems
 
 
@@ -146,17 +147,17 @@ def background_findings(dataset: Dataset, stats: list[CaseStats]) -> list[Findin
     if not empty:
         return []
     if len(empty) == len(checked):
-        return [Finding("error", "mask.all_background", f"all {len(checked)} checked mask(s) hold only background (0), "
+        return [Finding.blocking("mask.all_background", f"all {len(checked)} checked mask(s) hold only background (0), "
                         "so there is nothing to learn; check that the mask files are the right ones (not blank "
                         "exports) and that foreground voxels carry label values > 0 (1, 2, ...)",
-                        empty, blocks_training=True)]
+                        empty)]
     training = {c.case_id for c in dataset.cases if c.split is Split.TRAIN}
     train_empty = [cid for cid in empty if cid in training]
     if train_empty and len(train_empty) == sum(s.case_id in training for s in checked):
-        return [Finding("error", "mask.all_background", f"all {len(train_empty)} training mask(s) hold only "
+        return [Finding.blocking("mask.all_background", f"all {len(train_empty)} training mask(s) hold only "
                         f"background (0); the {len(checked) - len(empty)} case(s) with foreground are all outside "
                         "the training split, so a model cannot learn the labels. Fix the training masks or move "
-                        "cases with foreground into training", train_empty, blocks_training=True)]
+                        "cases with foreground into training", train_empty)]
     return [Finding("info", "mask.all_background", f"{len(empty)} of {len(checked)} mask(s) hold only background "
                     f"(e.g. {', '.join(empty[:3])}); fine for cases without the structure, check them otherwise",
                     empty)]

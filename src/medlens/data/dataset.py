@@ -28,6 +28,11 @@ class Finding:
     cases: list[str] = field(default_factory=list)
     blocks_training: bool = False
 
+    @classmethod
+    def blocking(cls, code: str, message: str, cases: list[str] | None = None) -> Finding:
+        """An error training cannot go past."""
+        return cls("error", code, message, list(cases or []), blocks_training=True)
+
     def as_dict(self) -> dict:
         return {"severity": self.severity, "code": self.code, "message": self.message, "cases": self.cases,
                 "blocks_training": self.blocks_training}

@@ -140,12 +140,12 @@ def _optional(row: dict, column: str | None) -> str | None:
 def _findings(csv_path: Path, image_root: Path, missing_files: list[str], missing_labels: list[str]) -> list[Finding]:
     findings = []
     if missing_files:
-        findings.append(Finding("error", "file.missing",
+        findings.append(Finding.blocking("file.missing",
                                 f"{csv_path}: {len(missing_files)} row(s) point at files that do not exist under "
                                 f"{image_root} (first: {'; '.join(missing_files[:3])}); fix the paths, or pass "
-                                "--image-root if they are relative to another folder", missing_files, blocks_training=True))
+                                "--image-root if they are relative to another folder", missing_files))
     if missing_labels:
-        findings.append(Finding("error", "label.missing",
+        findings.append(Finding.blocking("label.missing",
                                 f"{csv_path}: {len(missing_labels)} row(s) have no label (first: "
-                                f"{'; '.join(missing_labels[:3])}); fill them in or remove the rows", missing_labels, blocks_training=True))
+                                f"{'; '.join(missing_labels[:3])}); fill them in or remove the rows", missing_labels))
     return findings

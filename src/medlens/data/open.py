@@ -39,9 +39,7 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
 
 
 def _open_by_name(text: str) -> Dataset:
-    from medlens.data.medmnist import locate, open_medmnist, parse_name
-
-    from medlens.data.medmnist import medmnist_info
+    from medlens.data.medmnist import locate, medmnist_info, open_medmnist, parse_name
 
     base = text.lower().removesuffix(".npz").rsplit("_", 1)[0]
     if "/" in text or os.sep in text or base not in medmnist_info():

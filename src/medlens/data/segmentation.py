@@ -114,12 +114,12 @@ def open_decathlon(root: Path) -> Dataset:
             cases.append(Case(case_id=stem(image), images=(image,), mask=mask))
     findings = []
     if missing:
-        findings.append(Finding("error", "file.missing", f"{root / 'dataset.json'} lists {len(missing)} file(s) that "
-                                f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing, blocks_training=True))
+        findings.append(Finding.blocking("file.missing", f"{root / 'dataset.json'} lists {len(missing)} file(s) that "
+                                f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing))
     modality = spec.get("modality") or spec.get("channel_names") or {}
     dims = 3 if str(spec.get("tensorImageSize", "3D")).upper().startswith("3") else 2
-    meta = {"label_values": values, "name": spec.get("name"), "modality": [modality[k] for k in sorted(modality, key=int)],
-            "num_training": spec.get("numTraining")}
+    meta = {"label_values": values, "name": spec.get("name"),
+            "modality": [modality[k] for k in sorted(modality, key=int)], "num_training": spec.get("numTraining")}
     return Dataset(root, "decathlon", Task.SEGMENTATION, class_names, cases, spatial_dims=dims, meta=meta,
                    findings=findings)
 

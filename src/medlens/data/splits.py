@@ -19,7 +19,7 @@ import numpy as np
 
 from medlens.data.dataset import Dataset
 from medlens.errors import DatasetError
-from medlens.types import Case, Split, Task
+from medlens.types import Case, Split
 
 
 def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
@@ -136,7 +136,8 @@ def _holdout(dataset: Dataset, cases: list[Case], fraction: float, seed: int, wh
     _check_enough(cases, n_splits, what)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" is reported by the audit
-        kept, held = next(_splitter(n_splits, seed).split(np.zeros(len(cases)), _strata(dataset, cases), _groups(cases)))
+        splitter = _splitter(n_splits, seed)
+        kept, held = next(splitter.split(np.zeros(len(cases)), _strata(dataset, cases), _groups(cases)))
     return [cases[i] for i in kept], [cases[i] for i in held]
 
 
@@ -167,7 +168,8 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> dict:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a readable splits file ({exc}); make one with `medlens split DATA`") from None
     if not isinstance(splits, dict) or "folds" not in splits or "test" not in splits:
-        raise DatasetError(f"{path}: not a medlens splits file (needs 'test' and 'folds'); make one with `medlens split`")
+        raise DatasetError(f"{path}: not a medlens splits file (needs 'test' and 'folds'); make one with "
+                           "`medlens split`")
     if dataset is not None:
         _check_same_cases(path, splits, dataset)
     return splits

@@ -39,7 +39,8 @@ def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volum
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise MedlensError(f"{out} exists and holds files that are not medlens demo data; choose an empty or new folder")
+        raise MedlensError(f"{out} exists and holds files that are not medlens demo data; choose an empty or new "
+                           "folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

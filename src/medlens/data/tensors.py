@@ -21,7 +21,7 @@ from medlens.config import DataSection
 from medlens.data.dataset import Dataset
 from medlens.errors import DatasetError, MedlensError
 from medlens.transforms import Preprocessor
-from medlens.types import Case, Task
+from medlens.types import Case
 
 MEMORY_LIMIT_BYTES = 2 << 30
 

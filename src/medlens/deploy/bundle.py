@@ -34,6 +34,7 @@ Format = Literal["torchscript", "onnx", "both", "none"]
 CHECKSUMS = "checksums.json"
 WEIGHTS = "model.safetensors"
 MAX_BUNDLE_ZIP_BYTES = 4 << 30  # an archive that unpacks to more is not a medlens bundle
+CARD_VERSION = 1  # card.json's medlens_card: the layout of a bundle this medlens writes and reads
 
 
 class BundleError(MedlensError):
@@ -164,7 +165,12 @@ def open_bundle(path, *, unpack_to: Path | None = None) -> Bundle:
         if sha256(root / name) != digest:
             raise BundleError(f"{root}: {name} does not match its checksum; the bundle was altered or damaged, "
                               "so it is refused: export it again from the run")
-    return Bundle(root, json.loads((root / "card.json").read_text(encoding="utf-8")))
+    card = json.loads((root / "card.json").read_text(encoding="utf-8"))
+    version = card.get("medlens_card", 1)
+    if not isinstance(version, int) or version > CARD_VERSION:
+        raise BundleError(f"{root}: bundle version {version!r} (card.json medlens_card) is newer than this medlens "
+                          f"reads (version {CARD_VERSION}); upgrade medlens to serve it")
+    return Bundle(root, card)
 
 
 def _unpack(archive: Path, target: Path) -> Path:

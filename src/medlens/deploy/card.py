@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medlens._files import read_json
 from medlens.config import Config
+from medlens.deploy.bundle import CARD_VERSION
 from medlens.runs import RunFolder, now
 from medlens.tasks import task_for
 
@@ -21,7 +22,8 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
     info, data = run.read_info(), config.data
     details = task_for(config).card_details(run, config)
     card = {
-        "medlens_card": 1, "model_version": f"{run.root.name}-{weights_sha256[:12]}", "medlens_version": __version__,
+        "medlens_card": CARD_VERSION, "model_version": f"{run.root.name}-{weights_sha256[:12]}",
+        "medlens_version": __version__,
         "created": now(), "task": config.dataset.task, "spatial_dims": config.dataset.spatial_dims,
         "class_names": list(config.dataset.class_names), "label_values": list(config.dataset.label_values),
         "model": {"name": config.model.name, "width": config.model.width, "members": config.model.members,

@@ -143,7 +143,7 @@ def _trace_or_script(model: nn.Module, example: torch.Tensor, name: str) -> torc
         except Exception as error:  # noqa: BLE001 - any failure means "try the other way"
             errors.append(f"torch.jit.{how}: {type(error).__name__}: {_last_line(error)}")
             continue
-        problem = _parity_problem(model, lambda x: module(torch.from_numpy(x)).numpy(), example)
+        problem = _parity_problem(model, lambda x, m=module: m(torch.from_numpy(x)).numpy(), example)
         if problem is None:
             return module
         errors.append(f"torch.jit.{how}: {problem}")

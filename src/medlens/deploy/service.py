@@ -155,7 +155,8 @@ async def _send_json(send, status: int, error: str) -> None:
 
     body = json.dumps({"error": error}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -198,7 +199,8 @@ def _bearer_check(token: str | None):
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise HTTPException(401, "missing or wrong bearer token; send the header 'Authorization: Bearer <token>' "
-                                     "with the token the server was started with", headers={"WWW-Authenticate": "Bearer"})
+                                     "with the token the server was started with",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     check.__annotations__ = {"request": Request, "return": None}  # real classes: FastAPI injects by type
     return check

@@ -21,9 +21,10 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from medlens.errors import MedlensError
 
@@ -184,7 +185,8 @@ def _stage_raster(raw: Path, head: bytes, limits: UploadLimits, fmt: str) -> tup
                 width, height = pil.size
                 bands = len(pil.getbands())
     except (PILImage.DecompressionBombWarning, PILImage.DecompressionBombError) as exc:
-        raise UploadError(f"the {fmt.upper()} header declares too many pixels ({exc}); send a smaller image", 413) from None
+        raise UploadError(f"the {fmt.upper()} header declares too many pixels ({exc}); send a smaller image",
+                          413) from None
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise UploadError(f"the {fmt.upper()} header could not be read ({exc}); the file is truncated or corrupt, "
                           "export it again") from None
@@ -221,7 +223,8 @@ def _nifti_voxels(head: bytes, limits: UploadLimits) -> int:
                           "or .nii.gz", 415)
     dims = struct.unpack(endian + "8h", head[40:56]) if size == 348 else struct.unpack(endian + "8q", head[16:80])
     if not 1 <= dims[0] <= 7 or any(d < 1 for d in dims[1 : dims[0] + 1]):
-        raise UploadError(f"the NIfTI header has invalid dimensions {list(dims[: dims[0] + 1 if 0 <= dims[0] <= 7 else 1])}"
+        shown = list(dims[: dims[0] + 1 if 0 <= dims[0] <= 7 else 1])
+        raise UploadError(f"the NIfTI header has invalid dimensions {shown}"
                           "; expected dim[0] in 1..7 and every size >= 1. Export the file again")
     voxels = 1
     for d in dims[1 : dims[0] + 1]:
@@ -261,7 +264,8 @@ def _stage_gzip(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path, int
 
 def _gzipped_nifti_voxels(header: bytes, limits: UploadLimits) -> int:
     if _nifti_sizeof_hdr(header) is None:
-        raise UploadError(f"a gzip upload must hold a NIfTI image (.nii.gz), found other data; accepted: {ACCEPTED}", 415)
+        raise UploadError(f"a gzip upload must hold a NIfTI image (.nii.gz), found other data; accepted: {ACCEPTED}",
+                          415)
     return _nifti_voxels(header, limits)
 
 
@@ -312,7 +316,8 @@ def _product(values: list[int]) -> int:
 def _stage_metaimage(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path, int]:
     fields = _metaimage_fields(head)
     if fields.get("ObjectType", "").lower() != "image":
-        raise UploadError(f"a MetaImage upload must have ObjectType = Image, found {fields.get('ObjectType', '')[:40]!r}")
+        raise UploadError(f"a MetaImage upload must have ObjectType = Image, found "
+                          f"{fields.get('ObjectType', '')[:40]!r}")
     data_file = fields.get("ElementDataFile")
     if data_file is None:
         raise UploadError(f"the MetaImage header has no ElementDataFile line within its first {HEADER_BYTES} bytes; "
@@ -322,8 +327,8 @@ def _stage_metaimage(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path
                           "reads nothing but the upload: save it as one .mha (ElementDataFile = LOCAL)")
     sizes = _ints(fields.get("DimSize", ""), "MetaImage DimSize")
     channels = _ints(fields.get("ElementNumberOfChannels", "1"), "MetaImage ElementNumberOfChannels")
-    return _moved(raw, "upload.mha"), _check_voxels(_product(sizes + channels), f"the MetaImage header (DimSize {sizes})",
-                                                    limits)
+    voxels = _check_voxels(_product(sizes + channels), f"the MetaImage header (DimSize {sizes})", limits)
+    return _moved(raw, "upload.mha"), voxels
 
 
 def _stage_nrrd(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path, int]:

@@ -14,8 +14,10 @@ from medlens.engine.checkpoints import AtomicCheckpointIO
 from medlens.engine.distributed import Launch
 from medlens.runs import RunFolder
 
+ONE_PROCESS = Launch()
 
-def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], *, launch: Launch = Launch(),
+
+def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], *, launch: Launch = ONE_PROCESS,
                   strategy: str = "auto", progress_bar: bool = True, steps_per_epoch: int = 0,
                   select_by: str = "") -> tuple[pl.Trainer, ModelCheckpoint]:
     """The Trainer with medlens' callbacks.

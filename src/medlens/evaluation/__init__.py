@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from medlens.evaluation.arrays import to_numpy
 from medlens.evaluation.bootstrap import bootstrap_ci
-from medlens.evaluation.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
-                                            youden_threshold)
+from medlens.evaluation.calibration import (
+                                            apply_temperature,
+                                            expected_calibration_error,
+                                            fit_temperature,
+                                            youden_threshold,
+)
 
 __all__ = ["apply_temperature", "bootstrap_ci", "expected_calibration_error", "fit_temperature", "to_numpy",
            "youden_threshold"]

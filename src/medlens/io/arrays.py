@@ -23,7 +23,8 @@ def read_npy(path: Path) -> Image:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ReadError(f"{path}: not a readable .npy array ({exc}); it may be truncated or hold pickled objects") from None
+        raise ReadError(f"{path}: not a readable .npy array ({exc}); it may be truncated or hold pickled "
+                        "objects") from None
     return _array_to_image(array, path)
 
 

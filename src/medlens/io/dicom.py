@@ -442,7 +442,8 @@ def read_dicom_file(path: Path) -> Image:
     try:
         sitk_image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ReadError(f"{path}: the DICOM pixel data could not be decoded ({str(exc).splitlines()[-1][:200]})") from None
+        reason = str(exc).splitlines()[-1][:200]
+        raise ReadError(f"{path}: the DICOM pixel data could not be decoded ({reason})") from None
     image = from_sitk(sitk_image, path=Path(path))
     if image.spatial_dims == 3 and image.spatial_shape[2] == 1:
         image = Image(image.array[..., 0], image.spacing_mm[:2], image.origin_mm[:2],

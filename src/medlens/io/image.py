@@ -62,13 +62,13 @@ class Image:
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape[1:])
 
-    def with_array(self, array: np.ndarray) -> "Image":
+    def with_array(self, array: np.ndarray) -> Image:
         """A copy that keeps the geometry but carries another array of the same spatial shape."""
         if tuple(array.shape[1:]) != self.spatial_shape:
             raise ValueError(f"new array shape {array.shape} does not match spatial shape {self.spatial_shape}")
         return replace(self, array=array, meta=dict(self.meta))
 
-    def same_geometry(self, other: "Image", *, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> bool:
+    def same_geometry(self, other: Image, *, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> bool:
         """Whether ``other`` sits on the same voxel grid (shape, spacing, origin, direction)."""
         return (
             self.spatial_shape == other.spatial_shape

@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from medlens._files import read_json
-from medlens.runs import RunFolder
 from medlens.report.document import Figure, Section, Table
 from medlens.report.plots import curves_png, loss_columns, validation_columns
+from medlens.runs import RunFolder
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 MAX_MESSAGE = 400

@@ -25,8 +25,7 @@ from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_a
 
 from medlens.errors import ConfigError
 from medlens.evaluation.arrays import to_numpy
-from medlens.evaluation.bootstrap import (check_bootstrap_args, group_index, percentile_interval,
-                                          resample_weights)
+from medlens.evaluation.bootstrap import check_bootstrap_args, group_index, percentile_interval, resample_weights
 from medlens.types import Task
 
 PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")

@@ -13,8 +13,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
-                            TrainSection)
+from medlens.config import (
+    AugmentSection,
+    Config,
+    DataSection,
+    DatasetSection,
+    EvaluateSection,
+    ModelSection,
+    TrainSection,
+)
 from medlens.errors import DatasetError
 from medlens.tasks.planning import per_process_batch, processes_reason
 
@@ -70,11 +77,13 @@ def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dic
         size, why = tuple(median), f"native size (median {'x'.join(map(str, median))}); small enough to keep"
     else:
         target = min(cap, 8 * round(side / 8))
-        size, why = (target,) * dims, f"median size {'x'.join(map(str, median))} resized to {target} ({device} cap {cap})"
+        size = (target,) * dims
+        why = f"median size {'x'.join(map(str, median))} resized to {target} ({device} cap {cap})"
     reasons["data.input_size"] = why
     channel_counts = Counter({int(k): v for k, v in images["channels"].items()})
     channels = channel_counts.most_common(1)[0][0]
-    reasons["data.channels"] = f"{channels} channel(s) in {channel_counts[channels]} of {sum(channel_counts.values())} images"
+    reasons["data.channels"] = (f"{channels} channel(s) in {channel_counts[channels]} of "
+                                f"{sum(channel_counts.values())} images")
     normalization, intensity_range = _normalization(card, dataset, reasons)
     return DataSection(input_size=size, channels=channels, normalization=normalization,
                        intensity_range=intensity_range)
@@ -133,7 +142,8 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
                    processes: int = 1) -> tuple[TrainSection, int]:
     """The training settings, and how many ensemble members the budget fits."""
     train_n = _split_count(card, "train")
-    batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 128) / 16))))  # >= ~16 steps per epoch
+    # >= ~16 steps per epoch
+    batch = min(_batch_size(data, dataset.spatial_dims), max(8, 2 ** int(np.log2(max(train_n, 128) / 16))))
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
     batch = per_process_batch(batch, processes, reasons)
     reasons["train.processes"] = processes_reason(processes)
@@ -201,7 +211,8 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
     epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
     fit = int(0.85 * budget_s // epoch_s)
     epochs, members = int(np.clip(fit, 3, MAX_EPOCHS)), int(np.clip(fit // MAX_EPOCHS, 1, MAX_MEMBERS))
-    reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms); "
+    reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of "
+                                   f"{step_s * 1000:.0f} ms); "
                                    f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..{MAX_EPOCHS})")
     reasons["model.members"] = (f"{members} networks from different initialisations, trained side by side and "
                                 f"averaged (deep ensemble): the budget fits {fit} epochs, {members}x the whole "

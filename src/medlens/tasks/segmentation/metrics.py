@@ -48,8 +48,8 @@ from typing import Literal
 import numpy as np
 
 from medlens.errors import ConfigError
-from medlens.evaluation.bootstrap import bootstrap_ci, check_bootstrap_args, group_index
 from medlens.evaluation.arrays import to_numpy
+from medlens.evaluation.bootstrap import bootstrap_ci, check_bootstrap_args, group_index
 
 Status = Literal["ok", "both_empty", "missed", "false_positive"]
 
@@ -140,8 +140,7 @@ def measure_masks(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing_mm: tuple
         ``{"dice", "iou", "hd95_mm", "msd_mm"}`` as floats.
     """
     import torch
-    from monai.metrics import (compute_average_surface_distance, compute_dice, compute_hausdorff_distance,
-                               compute_iou)
+    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
     y_pred = torch.as_tensor(pred_mask)[None, None]  # (B=1, C=1, *spatial)
     y = torch.as_tensor(ref_mask)[None, None]

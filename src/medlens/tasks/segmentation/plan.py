@@ -16,10 +16,18 @@ import time
 
 import numpy as np
 
-from medlens.config import (AugmentSection, Config, DataSection, DatasetSection, EvaluateSection, ModelSection,
-                            SegmentSection, TrainSection)
+from medlens.config import (
+    AugmentSection,
+    Config,
+    DataSection,
+    DatasetSection,
+    EvaluateSection,
+    ModelSection,
+    SegmentSection,
+    TrainSection,
+)
 from medlens.errors import DatasetError
-from medlens.tasks.planning import per_process_batch, processes_reason
+from medlens.tasks.planning import processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 1800.0, "gpu": 3600.0}
 PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 40 * 56 * 48, ("gpu", 2): 512 * 512, ("gpu", 3): 128 ** 3}

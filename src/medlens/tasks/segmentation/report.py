@@ -51,13 +51,17 @@ def per_case_section(rows: list[dict], names: list[str], split: str) -> Section:
     """Every case, worst mean Dice first, with its boxes: Dice and HD95 per class."""
     ranked = sorted(rows, key=lambda r: (mean_dice(r, names) is not None, mean_dice(r, names) or 0.0))
     header = ["case", *[f"{n} {label}" for n in names for label in ("Dice", "HD95", "status")]]
-    table = [[r["case_id"], *[c for n in names for c in (num(parse_float(r.get(f"{n}_dice"))),
-                                                         num(parse_float(r.get(f"{n}_hd95_mm"))), r.get(f"{n}_status", ""))]]
-             for r in ranked]
+    table = [[r["case_id"], *[c for n in names for c in _cells(r, n)]] for r in ranked]
     section = Section("Per case", key="per-case")
     section.figures(Figure("boxes", boxes_png(rows, names), "Dice and HD95 per class over the cases"))
     return section.table(Table(header, table, key="per-case-table",
                                caption=f"segmentation_{split}.csv, worst mean Dice first"))
+
+
+def _cells(row: dict, name: str) -> tuple[str, str, str]:
+    """Dice, HD95 and status of one class of one per-case row."""
+    return (num(parse_float(row.get(f"{name}_dice"))), num(parse_float(row.get(f"{name}_hd95_mm"))),
+            row.get(f"{name}_status", ""))
 
 
 def boxes_png(rows: list[dict], names: list[str]) -> bytes:

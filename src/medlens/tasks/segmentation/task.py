@@ -95,7 +95,8 @@ class SegmentationTask:
         doc = read_json(run.metrics_json)
         return {"steps": [f"resample to {list(data.target_spacing) or 'the native'} mm (images linear, masks nearest)",
                           f"normalise: {data.normalization}", f"sliding window of {list(data.input_size)} voxels, "
-                          f"overlap {config.segment.overlap}, Gaussian blending", "probabilities back to the input grid"],
+                          f"overlap {config.segment.overlap}, Gaussian blending",
+                          "probabilities back to the input grid"],
                 "calibration": None, "metrics": doc.get("metrics", {}) if doc else {}}
 
     def predict(self, predictor, image, *, heatmap, tta, probabilities, where) -> dict:

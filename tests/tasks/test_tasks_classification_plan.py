@@ -6,7 +6,7 @@ import pytest
 
 from medlens.config import Config
 from medlens.errors import DatasetError
-from medlens.planning import plan_classification
+from medlens.tasks.classification.plan import plan_classification
 
 
 def card(*, shape=(28, 28), dtypes=("uint8",), modality=None, task="binary", class_names=("normal", "lesion"),
@@ -207,7 +207,8 @@ def test_multilabel_gets_bce():
 # ---- errors -----------------------------------------------------------------------------------
 
 def test_segmentation_card_is_refused():
-    with pytest.raises(DatasetError, match=r"/data/seg is a segmentation dataset; classification plans need labels"):
+    with pytest.raises(DatasetError, match=r"/data/seg holds segmentation data; classification plans need class "
+                                           r"labels"):
         plan(card(task="segmentation", shape=(32, 32, 32), source="/data/seg"))
 
 
@@ -331,7 +332,7 @@ def test_probe_times_the_network_and_fits_the_budget(one_thread):
 
 @pytest.mark.parametrize(("step_ms", "members", "epochs"), [(1.0, 5, 100), (75.0, 2, 100), (280.0, 1, 85)])
 def test_a_budget_that_fits_the_schedule_twice_trains_an_ensemble(monkeypatch, step_ms, members, epochs):
-    monkeypatch.setattr("medlens.planning.classification.time_training_step", lambda *a, **k: step_ms / 1000)
+    monkeypatch.setattr("medlens.tasks.classification.plan.time_training_step", lambda *a, **k: step_ms / 1000)
     c = card(train={"normal": 400, "lesion": 144})  # BreastMNIST's size: 17 steps of 32 per epoch
 
     config, reasons = plan(c, probe=True, time_budget_s=600.0)
@@ -342,7 +343,7 @@ def test_a_budget_that_fits_the_schedule_twice_trains_an_ensemble(monkeypatch, s
 
 @pytest.mark.parametrize(("epochs", "shown"), [(100, "5.0"), (30, "1.5")])
 def test_the_weight_average_spans_the_last_twentieth_of_training(monkeypatch, epochs, shown):
-    monkeypatch.setattr("medlens.planning.classification._epochs", lambda *a: (epochs, 1))
+    monkeypatch.setattr("medlens.tasks.classification.plan._epochs", lambda *a: (epochs, 1))
 
     config, reasons = plan(card())
 

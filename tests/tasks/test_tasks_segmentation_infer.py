@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from medlens.config import AugmentSection, Config, DataSection, DatasetSection, ModelSection, SegmentSection
-from medlens.engine.segment import choose_postprocessing, keep_largest_component, segment_image
-from medlens.engine.segment_io import output_name
-from medlens.engine.sliding import mirror_sets, sliding_probs
+from medlens.data.inputs import output_name
 from medlens.io import Image, read_image, write_image
 from medlens.models import build_segmenter
+from medlens.models.sliding import mirror_sets, sliding_probs
+from medlens.tasks.segmentation.infer import segment_image
+from medlens.tasks.segmentation.postprocess import choose_postprocessing, keep_largest_component
 
 
 def tiny_config(target_spacing=(1.0, 1.0, 2.0), label_values=(0, 1, 4)) -> Config:
@@ -72,8 +73,8 @@ def test_keep_largest_component_removes_the_smaller_islands_of_each_class_only()
 def test_postprocessing_rules_always_and_never_skip_the_validation_comparison():
     config = tiny_config()
     for rule, expected in (("always", True), ("never", False)):
-        chosen = choose_postprocessing(None, Config(**{**config.__dict__, "segment": SegmentSection(keep_largest=rule)}),
-                                       [])
+        ruled = Config(**{**config.__dict__, "segment": SegmentSection(keep_largest=rule)})
+        chosen = choose_postprocessing(None, ruled, [])
         assert chosen["keep_largest"] == {"a": expected, "b": expected}
 
 

@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medlens.errors import ConfigError
-from medlens.evaluation import bootstrap_ci, classification_metrics, format_metrics_table
+from medlens.evaluation import bootstrap_ci
 from medlens.evaluation.bootstrap import group_index, resample_weights
-from medlens.evaluation.classification import auc_plan, weighted_auc
+from medlens.tasks.classification.metrics import auc_plan, classification_metrics, format_metrics_table, weighted_auc
 from medlens.types import Task
 
 # Binary: 4 negatives, 6 positives. At 0.5: TP 4 (0.9 0.8 0.7 0.55), FN 2 (0.3 0.45), FP 1 (0.6), TN 3.

@@ -9,8 +9,8 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from medlens.errors import ConfigError
-from medlens.evaluation import classification_metrics, knn_baseline, medmnist_metrics
-from medlens.evaluation.baseline import _vote, pool_features
+from medlens.tasks.classification.baseline import _vote, knn_baseline, medmnist_metrics, pool_features
+from medlens.tasks.classification.metrics import classification_metrics
 from medlens.types import Task
 
 

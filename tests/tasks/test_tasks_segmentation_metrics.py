@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import ConfigError
-from medlens.evaluation import case_metrics, format_segmentation_table, summarize_segmentation
+from medlens.tasks.segmentation.metrics import case_metrics, format_segmentation_table, summarize_segmentation
 
 
 def boxes_2d() -> tuple[np.ndarray, np.ndarray]:

@@ -16,10 +16,16 @@ from medlens.config import Config, read_plan, render_plan
 from medlens.data import inspect_dataset, open_dataset
 from medlens.errors import DatasetError
 from medlens.io import Image, identity_direction, write_image
-from medlens.planning import plan_segmentation
-from medlens.planning import segmentation as planner
-from medlens.planning.segmentation import (PATCH_VOXELS, downsampling_steps, patch_and_pools, pool_counts,
-                                           target_spacing, topology)
+from medlens.tasks.segmentation import plan as planner
+from medlens.tasks.segmentation.plan import (
+    PATCH_VOXELS,
+    downsampling_steps,
+    patch_and_pools,
+    plan_segmentation,
+    pool_counts,
+    target_spacing,
+    topology,
+)
 
 
 def axes(values, extra: dict | None = None) -> dict:
@@ -175,7 +181,8 @@ def test_patch_fits_the_budget_before_rounding_and_divides_by_the_pools(monkeypa
     budget = PATCH_VOXELS[("cpu", 3)]
     seen = []
     original = planner.downsampling_steps
-    monkeypatch.setattr(planner, "downsampling_steps", lambda patch, sp: seen.append(list(patch)) or original(patch, sp))
+    monkeypatch.setattr(planner, "downsampling_steps",
+                        lambda patch, sp: seen.append(list(patch)) or original(patch, sp))
 
     patch, steps = patch_and_pools(list(shape), list(spacing), budget)
     pools = pool_counts(steps, 3)

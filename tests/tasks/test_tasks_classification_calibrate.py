@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from medlens.config import Config, DatasetSection
-from medlens.engine.calibrate import calibrate
-from medlens.engine.prepared import SplitData
+from medlens.data.prepared import SplitData
+from medlens.tasks.classification.calibrate import calibrate
 from medlens.types import Case
 
 
