@@ -5,18 +5,59 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medlens-installed
 DEMO_DIR ?= demo_out
+# Every package of `.[dev]`, pinned exactly (`make lock` regenerates it from pyproject.toml).
+LOCK := requirements/lock.txt
+# The CPU build on this disk (/opt/wheels); an unpinned torch pulls a CUDA build of several GB.
+TORCH := torch==2.13.0
+# pip itself comes from the lock too, so two machines resolve and install alike.
+PIP_PIN := $(shell grep -E '^pip==' $(LOCK) 2>/dev/null || echo pip)
+FAST_TESTS := not slow and not realdata and not browser and not e2e
 
-.PHONY: setup browser demo test test-all bench clean
+.PHONY: setup lock browser demo test test-all check lint docs bench clean
 
 setup: $(STAMP)
 
-# torch first: `torch==2.13.0` is the CPU build on this disk; an unpinned torch pulls a CUDA build.
-$(STAMP): pyproject.toml Makefile
+# torch first, with pip and the exact pin (uv/poetry would not see the local CPU build), then the lock,
+# then medlens itself without dependencies (the lock has them all) and without build isolation (the
+# lock's setuptools builds it, nothing is fetched). `pip check` fails if pyproject.toml asks for
+# something the lock lacks: run `make lock`.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "$(PIP_PIN)"
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Regenerate $(LOCK) after changing dependencies in pyproject.toml: keeps every pin that still fits;
+# `make lock LOCK_ARGS=--upgrade` (or `LOCK_ARGS="--upgrade-package NAME"`) moves pins to the newest
+# allowed releases. Run it on a machine that has the local torch CPU wheel: torch resolves to
+# 2.13.0+cpu there (its CPU dependencies, no nvidia-* packages). The self-reference `medlens @ file://`
+# (dev pulls in medlens[deploy,docs]) is dropped: `make setup` installs medlens itself.
+define LOCK_HEADER
+# Exact versions of every package `pip install -e ".[dev]"` needs (Python 3.11, Linux x86_64),
+# torch's CPU build included. `make setup` installs $(TORCH) first (pip, local CPU wheel), then
+# `pip install -r $(LOCK)`, then `pip install --no-deps --no-build-isolation -e .`.
+#
+# Do not edit by hand. To regenerate after changing dependencies in pyproject.toml:
+#     make lock                      # keeps the pins that still satisfy pyproject.toml
+#     make lock LOCK_ARGS=--upgrade  # newest allowed release of everything
+# (pip-compile from pip-tools: --extra dev --strip-extras --allow-unsafe, torch constrained to $(TORCH)).
+endef
+export LOCK_HEADER
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip-compile || $(PY) -m pip install -q "$(PIP_PIN)" $$(grep -E '^pip-tools==' $(LOCK) 2>/dev/null || echo pip-tools)
+	mkdir -p $(dir $(LOCK))
+	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
+	test ! -f $(LOCK) || cp $(LOCK) $(LOCK).new  # pip-compile keeps the pins it finds in its output file
+	$(VENV)/bin/pip-compile --quiet --no-header --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	    --no-emit-find-links -c $(VENV)/torch-constraint.txt $(LOCK_ARGS) -o $(LOCK).new pyproject.toml
+	{ printf '%s\n\n' "$$LOCK_HEADER"; sed -e '/^medlens @ /,/^[^ ]/{/^medlens @ /d;/^    #/d;}' \
+	    -e 's|-c .*torch-constraint.txt|-c $(TORCH) (Makefile)|' $(LOCK).new; } > $(LOCK)
+	rm -f $(LOCK).new
 
 demo: setup
 	$(VENV)/bin/medlens demo-data $(DEMO_DIR)
@@ -51,15 +92,30 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser
+# What CI runs (.ci/run): lint, the import contracts, the documentation build, then every test but the slow
+# ones (real-data tests included; they skip when ../shared/datasets is absent).
+test: setup browser lint docs
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup browser
 	$(PY) -m pytest -q
+
+# Lint (ruff, configured in pyproject.toml), import contracts (import-linter, [tool.importlinter] in
+# pyproject.toml) and the fast unit tests: no training runs, no browser, no shared datasets.
+check: lint
+	$(PY) -m pytest -q -m "$(FAST_TESTS)"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks docs/hooks
+	$(VENV)/bin/lint-imports
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict turns every warning into an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 bench: setup
 	$(PY) benchmarks/io.py
 	$(PY) benchmarks/medmnist.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache site

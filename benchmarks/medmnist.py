@@ -138,7 +138,8 @@ def table(files: list[Path], refs: dict, runs: Path, budget: str) -> bool:
 
 
 def time_to_accuracy(npz: Path, runs: Path) -> bool:
-    print("\n== 2. Time to accuracy: PneumoniaMNIST, `medlens train --time-budget 100s`, process start to saved model ==")
+    print("\n== 2. Time to accuracy: PneumoniaMNIST, `medlens train --time-budget 100s`, "
+          "process start to saved model ==")
     run = runs / "bench-tta-pneumoniamnist"
     wall = train(npz, run, "100s")
     doc = evaluate(run)
@@ -171,11 +172,11 @@ def plain_loop(run: Path, epochs: int) -> tuple[float, int]:
     import numpy as np
     import torch
 
+    from medlens.data.prepared import open_config_dataset, prepare_split, split_cases
     from medlens.data.splits import read_splits
-    from medlens.engine.lightning import build_model
-    from medlens.engine.prepared import open_config_dataset, prepare_split, split_cases
-    from medlens.engine.runs import RunFolder
-    from medlens.tasks.classification import schedule_factor
+    from medlens.runs import RunFolder
+    from medlens.tasks import task_for
+    from medlens.tasks.optim import schedule_factor
 
     folder = RunFolder(run)
     config = folder.read_config()
@@ -186,7 +187,7 @@ def plain_loop(run: Path, epochs: int) -> tuple[float, int]:
     x, y = torch.from_numpy(train_data.images), torch.from_numpy(train_data.labels)
     xv = torch.from_numpy(val_data.images)
     torch.manual_seed(config.train.seed)
-    model = build_model(config)
+    model = task_for(config).build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     batch = config.train.batch_size
     steps = -(-len(x) // batch)  # the last partial batch too, as medlens does

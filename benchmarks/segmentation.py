@@ -48,7 +48,8 @@ def drive_manifest(root: Path, out: Path) -> Path:
     for split, folder in (("train", "training"), ("test", "test")):
         for image in sorted((root / folder / "images").glob("*.tif")):
             number = image.name.split("_")[0]
-            rows.append(f"{image.resolve()},{(root / folder / '1st_manual' / f'{number}_manual1.gif').resolve()},{split}")
+            mask = root / folder / "1st_manual" / f"{number}_manual1.gif"
+            rows.append(f"{image.resolve()},{mask.resolve()},{split}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "drive.csv").write_text("\n".join(rows) + "\n")
     return out / "drive.csv"
@@ -106,12 +107,12 @@ def sliding_benchmark(run: Path, cases: int = 12, repeats: int = 5) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from medlens.data.prepared import open_config_dataset, split_cases
     from medlens.data.splits import read_splits
     from medlens.data.volumes import prepare_volumes
-    from medlens.engine.evaluate import load_model
-    from medlens.engine.prepared import open_config_dataset, split_cases
-    from medlens.engine.runs import open_run
-    from medlens.engine.sliding import sliding_probs
+    from medlens.models.sliding import sliding_probs
+    from medlens.runs import open_run
+    from medlens.tasks import load_model
 
     folder = open_run(run)
     config = folder.read_config()

@@ -351,6 +351,91 @@ def blob_run_3d(tmp_path_factory) -> Path:
     return out
 
 
+# ---- the demo data and the demo runs: made once per session, shared by every test that reads them ---------
+
+#: fixtures that train (or stand on a trained model): a test using one is end-to-end (`e2e`), out of `make check`
+TRAINED_FIXTURES = {"cls_run", "seg_run", "seg_bundle", "blob_run_3d", "blob_model", "kill_and_resume", "predictor"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+#: the default plan (an ensemble on the demo data), cut to 3 epochs
+CLS_FAST = ("--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress")
+#: the default segmentation plan, cut to 2 epochs of 60 patch batches (enough for Dice >= 0.8 on the demo lesions)
+SEG_FAST = ("--set", "train.max_epochs=2", "--set", "segment.iterations_per_epoch=60", "--set", "train.patience=50",
+            "--no-progress")
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A run trained and evaluated once per session. Tests read it and never change it: one that needs to
+    change a run copies it first (``shutil.copytree(run.root, tmp_path / ...)``).
+
+    Attributes:
+        root: the run folder. train_out / eval_out: what ``medlens train`` / ``medlens evaluate`` printed.
+        report_after_train / markdown_after_train: ``report.html`` / ``report.md`` as training left them.
+    """
+
+    root: Path
+    train_out: str
+    report_after_train: str
+    markdown_after_train: str
+    eval_out: str
+
+
+def medlens_in_process(*argv) -> str:
+    """``medlens ARGV`` in this process; what it printed (the test fails on a non-zero exit)."""
+    import contextlib
+    import io
+
+    from medlens.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main([str(a) for a in argv]) == 0, printed.getvalue()[-2000:]
+    return printed.getvalue()
+
+
+def train_then_evaluate(data: Path, out: Path, train: tuple, evaluate: tuple) -> DemoRun:
+    train_out = medlens_in_process("train", data, "--out", out, *train)
+    html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    return DemoRun(out, train_out, html, md, medlens_in_process("evaluate", out, *evaluate))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The demo dataset (seed 0), written once; tests must not modify it."""
+    from medlens.data.synthetic import write_demo_data
+
+    return write_demo_data(tmp_path_factory.mktemp("demo") / "demo")
+
+
+@pytest.fixture(scope="session")
+def cls_run(tmp_path_factory, demo_dir) -> DemoRun:
+    """The demo classifier: the default plan (an ensemble) for 3 epochs, evaluated with 50 bootstrap resamples."""
+    return train_then_evaluate(demo_dir / "classification.csv", tmp_path_factory.mktemp("cls") / "run", CLS_FAST,
+                               ("--bootstrap", "50"))
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory, demo_dir) -> DemoRun:
+    """The demo segmenter (3D lesions: 7 train, 2 val, 3 test volumes), evaluated with its masks saved."""
+    return train_then_evaluate(demo_dir / "segmentation", tmp_path_factory.mktemp("seg") / "run", SEG_FAST,
+                               ("--bootstrap", "200", "--save-masks"))
+
+
+@pytest.fixture(scope="session")
+def seg_bundle(seg_run, tmp_path_factory) -> Path:
+    """The demo segmenter exported as a bundle (no TorchScript / ONNX: segmentation runs through PyTorch)."""
+    from medlens.deploy import export_bundle
+
+    return export_bundle(seg_run.root, tmp_path_factory.mktemp("seg-bundle") / "seg.bundle", formats="none",
+                         log=lambda m: None)
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli("inspect", DATA, ...)`` -> namespace(rc, out, err): ``medlens ARGV`` run in this process."""

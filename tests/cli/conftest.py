@@ -20,14 +20,6 @@ from medlens.data import medmnist
 from medlens.io import Image, identity_direction, write_image
 
 
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    """The demo dataset (seed 0), written once; tests must not modify it."""
-    from medlens.data.synthetic import write_demo_data
-
-    return write_demo_data(tmp_path_factory.mktemp("cli-demo") / "demo")
-
-
 def write_png(path: Path, seed: int) -> Path:
     rows_cols = np.random.default_rng(seed).integers(0, 256, (8, 8), dtype=np.uint8)
     return write_image(Image(rows_cols.T[None], (1.0, 1.0), (0.0, 0.0), identity_direction(2)), path)

@@ -14,16 +14,11 @@ from PIL import Image as PILImage
 
 from medlens.io import read_image, write_image
 
-FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
 
-
-@pytest.fixture(scope="module")
-def run_2d(tmp_path_factory, demo_dir) -> Path:
-    from medlens.cli import main
-
-    out = tmp_path_factory.mktemp("explain") / "run"
-    assert main(["train", str(demo_dir / "classification.csv"), "--out", str(out), *FAST]) == 0
-    return out
+@pytest.fixture
+def run_2d(cls_run) -> Path:
+    """The session's demo classifier (read only)."""
+    return cls_run.root
 
 
 def test_explain_writes_overlays_with_the_predictions_of_predict(cli, run_2d, demo_dir, tmp_path):

@@ -19,14 +19,10 @@ FAST = ["--set", "train.max_epochs=2", "--set", "segment.iterations_per_epoch=60
         "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory, demo_dir) -> Path:
-    """One short segmentation run on the demo lesions (7 train, 2 val, 3 test volumes)."""
-    from medlens.cli import main
-
-    out = tmp_path_factory.mktemp("seg") / "run"
-    assert main(["train", str(demo_dir / "segmentation"), "--out", str(out), *FAST]) == 0
-    return out
+@pytest.fixture
+def seg_root(seg_run) -> Path:
+    """The session's demo segmenter (read only)."""
+    return seg_run.root
 
 
 def oblique_lesion(seed: int = 7) -> tuple[Image, np.ndarray]:
@@ -38,34 +34,34 @@ def oblique_lesion(seed: int = 7) -> tuple[Image, np.ndarray]:
     return Image(volume[None], spacing, (12.5, -40.25, 7.0), tuple(direction.ravel())), mask
 
 
-def test_train_leaves_a_segmentation_run_folder(seg_run):
-    plan = (seg_run / "plan.yaml").read_text()
+def test_train_leaves_a_segmentation_run_folder(seg_root):
+    plan = (seg_root / "plan.yaml").read_text()
     assert "task: segmentation" in plan and "dynunet_3d" in plan and "target_spacing" in plan
-    info = json.loads((seg_run / "run.json").read_text())
+    info = json.loads((seg_root / "run.json").read_text())
     assert info["status"] == "finished" and info["monitor"] == "val_dice"
-    rows = list(csv.DictReader(open(seg_run / "metrics.csv")))
+    rows = list(csv.DictReader(open(seg_root / "metrics.csv")))
     assert len(rows) == 2 and float(rows[-1]["val_dice_lesion"]) > 0
-    post = json.loads((seg_run / "postprocess.json").read_text())
+    post = json.loads((seg_root / "postprocess.json").read_text())
     assert set(post["keep_largest"]) == {"lesion"} and "validation_dice" in post
 
 
-def test_evaluate_reaches_dice_08_on_the_easy_synthetic_lesions(cli, seg_run):
-    result = cli("evaluate", seg_run, "--bootstrap", "200", "--save-masks")
-    assert result.rc == 0, result.err
-    doc = json.loads((seg_run / "metrics.json").read_text())  # strict JSON: no NaN
+def test_evaluate_reaches_dice_08_on_the_easy_synthetic_lesions(seg_run):
+    """The session's run was evaluated with `medlens evaluate RUN --bootstrap 200 --save-masks`."""
+    root = seg_run.root
+    doc = json.loads((root / "metrics.json").read_text())  # strict JSON: no NaN
     dice = doc["metrics"]["per_class"]["lesion"]["dice"]
     assert doc["task"] == "segmentation" and doc["n_cases"] == 3 and doc["distances_in"] == "mm"
     assert dice["value"] >= 0.8 and dice["ci_low"] <= dice["value"] <= dice["ci_high"]
     assert doc["metrics"]["per_class"]["lesion"]["hd95_mm"]["value"] is not None
-    assert "lesion" in result.out and "HD95" in result.out
-    assert len(list((seg_run / "masks_test").glob("*.nii.gz"))) == 3
-    assert (seg_run / "segmentation_test.csv").read_text().startswith("case_id,lesion_dice")
+    assert "lesion" in seg_run.eval_out and "HD95" in seg_run.eval_out
+    assert len(list((root / "masks_test").glob("*.nii.gz"))) == 3
+    assert (root / "segmentation_test.csv").read_text().startswith("case_id,lesion_dice")
 
 
-def test_predicted_mask_has_exactly_the_inputs_geometry_on_an_oblique_volume(cli, seg_run, tmp_path):
+def test_predicted_mask_has_exactly_the_inputs_geometry_on_an_oblique_volume(cli, seg_root, tmp_path):
     image, truth = oblique_lesion()
     source = write_image(image, tmp_path / "oblique.nrrd")
-    result = cli("predict", seg_run, source, "--out", tmp_path / "out", "--probabilities")
+    result = cli("predict", seg_root, source, "--out", tmp_path / "out", "--probabilities")
     assert result.rc == 0, result.out
     mask = read_image(tmp_path / "out" / "oblique_seg.nrrd")
     original = read_image(source)
@@ -79,19 +75,19 @@ def test_predicted_mask_has_exactly_the_inputs_geometry_on_an_oblique_volume(cli
     assert probs.channels == 2 and np.allclose(probs.array.sum(0), 1, atol=1e-4)
 
 
-def test_predict_reports_an_unreadable_file_and_goes_on(cli, seg_run, demo_dir, tmp_path):
+def test_predict_reports_an_unreadable_file_and_goes_on(cli, seg_root, demo_dir, tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
     good = demo_dir / "segmentation" / "imagesTr" / "lesion_000.nii.gz"
-    result = cli("predict", seg_run, broken, good, "--out", tmp_path / "out")
+    result = cli("predict", seg_root, broken, good, "--out", tmp_path / "out")
     assert result.rc == 1 and "broken.nii.gz: error" in result.out
     assert (tmp_path / "out" / "lesion_000_seg.nii.gz").exists()
 
 
-def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_run, tmp_path):
+def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_root, tmp_path):
     image, truth = oblique_lesion()
     source = write_image(image, tmp_path / "oblique.nii.gz")
-    result = cli("explain", seg_run, source, "--out", tmp_path / "cams")
+    result = cli("explain", seg_root, source, "--out", tmp_path / "cams")
     assert result.rc == 0, result.out + result.err
     heat = read_image(tmp_path / "cams" / "oblique_cam.nii.gz")
     assert heat.spatial_shape == image.spatial_shape
@@ -103,8 +99,9 @@ def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_run, 
     assert (tmp_path / "cams" / "oblique_cam.png").stat().st_size > 0
 
 
-def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, kill_and_resume):
-    kill_and_resume(["train", demo_dir / "segmentation", "--set", "train.max_epochs=3", "--set",
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, seg_root, kill_and_resume):
+    kill_and_resume(["train", demo_dir / "segmentation", "--plan", seg_root / "plan.yaml", "--set",
+                     "train.max_epochs=3", "--set",
                      "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set",
                      "segment.keep_largest=never", "--no-progress"], "val_dice", lines=2)
 
@@ -164,6 +161,7 @@ def write_2d_pairs(root: Path, count: int = 14) -> Path:
     return root
 
 
+@pytest.mark.e2e
 def test_2d_image_mask_pairs_plan_train_and_evaluate_in_square_millimetres(cli, tmp_path):
     data = write_2d_pairs(tmp_path / "discs")
     plan = cli("plan", data, "--out", tmp_path / "plan.yaml")

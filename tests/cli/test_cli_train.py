@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +11,10 @@ import pytest
 FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
 
 
-def medlens(*argv, env=None, **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "medlens.cli", *map(str, argv)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_dir) -> Path:
-    """One short run on the demo CSV, shared by the tests that only read it."""
-    from medlens.cli import main
-
-    out = tmp_path_factory.mktemp("train") / "run"
-    assert main(["train", str(demo_dir / "classification.csv"), "--out", str(out), *FAST]) == 0
-    return out
+@pytest.fixture
+def trained(cls_run) -> Path:
+    """The session's demo classifier (read only)."""
+    return cls_run.root
 
 
 def test_plan_writes_an_editable_plan_with_reasons(cli, demo_dir, tmp_path):
@@ -58,9 +46,8 @@ def test_train_leaves_a_complete_run_folder(trained):
     assert calibration["temperature"] > 0 and 0 <= calibration["threshold"] <= 1
 
 
-def test_evaluate_writes_strict_json_with_cis_calibration_and_baseline(cli, trained):
-    result = cli("evaluate", trained, "--bootstrap", "50")
-    assert result.rc == 0, result.err
+def test_evaluate_writes_strict_json_with_cis_calibration_and_baseline(cls_run, trained):
+    """The session's run was evaluated with `medlens evaluate RUN --bootstrap 50`."""
     doc = json.loads((trained / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     auc = doc["metrics"]["auc"]
     assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
@@ -68,7 +55,7 @@ def test_evaluate_writes_strict_json_with_cis_calibration_and_baseline(cli, trai
     assert {"ece_before", "ece_after", "temperature"} <= set(doc["calibration"])
     assert {"auc", "acc"} <= set(doc["medmnist_protocol"]) and "k" in doc["baseline"]
     assert "metrics_youden" in doc
-    assert "accuracy" in result.out and "baseline k-NN" in result.out
+    assert "accuracy" in cls_run.eval_out and "baseline k-NN" in cls_run.eval_out
     predictions = list(csv.DictReader(open(trained / "predictions_test.csv")))
     assert len(predictions) == 32 and {"p_normal", "p_lesion"} <= set(predictions[0])
 
@@ -105,8 +92,9 @@ def test_an_existing_run_folder_is_never_overwritten(cli, trained, demo_dir):
     ("train.loss=bce", "does not fit a single-label classification task"),
     ("model.name=resnet19_2d", "did you mean"),
 ])
-def test_bad_plan_values_fail_before_training(cli, demo_dir, tmp_path, override, message):
-    result = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "run", "--set", override, *FAST)
+def test_bad_plan_values_fail_before_training(cli, demo_dir, trained, tmp_path, override, message):
+    result = cli("train", demo_dir / "classification.csv", "--plan", trained / "plan.yaml", "--out", tmp_path / "run",
+                 "--set", override, *FAST)
     assert result.rc == 2 and message in result.err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -126,20 +114,24 @@ def test_a_class_without_training_examples_is_refused(cli, demo_dir, tmp_path):
 
 
 def test_init_from_reinitialises_the_head_and_refuses_another_network(cli, trained, demo_dir, tmp_path):
-    result = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "tl", "--init-from", trained,
-                 "--set", "train.freeze_epochs=1", "--set", "train.max_epochs=2", "--no-progress")
+    result = cli("train", demo_dir / "classification.csv", "--plan", trained / "plan.yaml", "--out", tmp_path / "tl",
+                 "--init-from", trained, "--set", "train.freeze_epochs=1", "--set", "train.max_epochs=2",
+                 "--no-progress")
     assert result.rc == 0, result.err
     assert json.loads((tmp_path / "tl" / "run.json").read_text())["transfer"]["loaded"] > 0
-    other = cli("train", demo_dir / "classification.csv", "--out", tmp_path / "other", "--init-from", trained,
-                "--set", "model.name=seedcnn_2d", *FAST)
+    other = cli("train", demo_dir / "classification.csv", "--plan", trained / "plan.yaml", "--out",
+                tmp_path / "other", "--init-from", trained, "--set", "model.name=seedcnn_2d", *FAST)
     assert other.rc == 2 and "another network or task" in other.err
 
 
-def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, kill_and_resume):
-    kill_and_resume(["train", demo_dir / "classification.csv", "--set", "train.max_epochs=6", "--set",
-                     "train.patience=50", "--set", "data.input_size=[96,96]", "--no-progress"], "val_loss", lines=3)
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, trained, kill_and_resume):
+    # the session run's plan (weights averaged over the last 5% of steps), as a 2-member ensemble
+    kill_and_resume(["train", demo_dir / "classification.csv", "--plan", trained / "plan.yaml", "--set",
+                     "train.max_epochs=6", "--set", "train.patience=50", "--set", "data.input_size=[96,96]", "--set",
+                     "model.members=2", "--no-progress"], "val_loss", lines=3)
 
 
+@pytest.mark.e2e
 def test_multilabel_manifest_trains_with_bce_and_evaluates_per_label(cli, demo_dir, tmp_path):
     rows = list(csv.DictReader(open(demo_dir / "classification.csv")))
     manifest = tmp_path / "multilabel.csv"

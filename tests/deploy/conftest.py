@@ -1,40 +1,20 @@
-"""Fixtures for the deployment tests: a short real training run, its Predictor, and a live service on loopback."""
+"""Fixtures for the deployment tests: the demo classifier's Predictor, and a live service on loopback."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
-
 
 @pytest.fixture(scope="session")
-def deploy_demo(tmp_path_factory) -> Path:
-    """The demo dataset (seed 0), written once; tests must not modify it."""
-    from medlens.data.synthetic import write_demo_data
-
-    return write_demo_data(tmp_path_factory.mktemp("deploy-demo") / "demo")
-
-
-@pytest.fixture(scope="session")
-def cls_run_folder(tmp_path_factory, deploy_demo) -> Path:
-    """A 2D binary classifier trained for 3 epochs on the demo CSV (about 30 s)."""
-    from medlens.cli import main
-
-    out = tmp_path_factory.mktemp("deploy-train") / "run"
-    assert main(["train", str(deploy_demo / "classification.csv"), "--out", str(out), *FAST]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def predictor(cls_run_folder):
+def predictor(cls_run):
+    """The Predictor of the session's demo classifier (a 2D binary ensemble on the demo CSV)."""
     from medlens.deploy import Predictor
 
-    return Predictor.from_run(cls_run_folder)
+    return Predictor.from_run(cls_run.root)
 
 
 class LiveServer:

@@ -19,19 +19,15 @@ from medlens.io import Image, read_image, write_image
 from medlens.io.dicom_write import write_dicom_series
 
 
-@pytest.fixture(scope="module")
-def demo(deploy_demo) -> Path:
-    return deploy_demo
+@pytest.fixture
+def demo(demo_dir) -> Path:
+    return demo_dir
 
 
-@pytest.fixture(scope="module")
-def run_2d(cls_run_folder) -> Path:
-    """The deploy tests' demo classifier, evaluated (the card carries the test metrics)."""
-    from medlens.cli import main
-
-    if not (cls_run_folder / "metrics.json").exists():
-        assert main(["evaluate", str(cls_run_folder), "--bootstrap", "50", "--no-baseline"]) == 0
-    return cls_run_folder
+@pytest.fixture
+def run_2d(cls_run) -> Path:
+    """The session's demo classifier, evaluated (the card carries the test metrics); read only."""
+    return cls_run.root
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +150,8 @@ def test_the_predictor_reads_every_3d_format_alike(blob_run_3d, make_blob_volume
     assert predictor.predict(tmp_path / "series.zip")["probabilities"] == result["probabilities"]
 
 
-def test_a_segmentation_bundle_writes_masks_on_the_input_grid(cli, demo, tmp_path):
-    from medlens.cli import main
-
-    run = tmp_path / "seg"
-    assert main(["train", str(demo / "segmentation"), "--out", str(run), "--set", "train.max_epochs=1", "--set",
-                 "segment.iterations_per_epoch=10", "--set", "train.patience=50", "--no-progress"]) == 0
-    bundle = export_bundle(run, tmp_path / "seg.bundle", formats="none", log=lambda m: None)
+def test_a_segmentation_bundle_writes_masks_on_the_input_grid(cli, demo, seg_run, seg_bundle, tmp_path):
+    run, bundle = seg_run.root, seg_bundle
     source = demo / "new_volumes" / "lesion_new.nii.gz"
     ours, theirs = Predictor.from_bundle(bundle).predict(source), Predictor.from_run(run).predict(source)
     assert ours["task"] == "segmentation" and ours["voxels"] == theirs["voxels"]

@@ -26,14 +26,14 @@ def wait_until_decoded(page, selector: str, timeout_s: float = 20) -> None:
 
 
 def test_uploading_a_png_shows_label_confidence_probabilities_and_the_heat_map(open_watched, live, predictor,
-                                                                               deploy_demo, tmp_path):
+                                                                               demo_dir, tmp_path):
     server = live(token=TOKEN)
     page, errors = open_watched(server.url + "/", (server.url, "data:", "blob:"))
     page.wait_for_selector("#model:has-text('token')")
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
     page.wait_for_selector("#model:has-text('binary')")
-    study = deploy_demo / "new_studies" / "study_01.png"
+    study = demo_dir / "new_studies" / "study_01.png"
     page.set_input_files("#file", str(study))
     page.wait_for_selector("#heatmap-figure:not([hidden])", timeout=60_000)
     wait_until_decoded(page, "#heatmap-img")

@@ -32,8 +32,8 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def study(deploy_demo):
-    return deploy_demo / "new_studies" / "study_01.png"
+def study(demo_dir):
+    return demo_dir / "new_studies" / "study_01.png"
 
 
 def post(client, data: bytes, name: str = "image", headers=AUTH, **params) -> httpx.Response:

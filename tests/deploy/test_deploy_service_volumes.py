@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from medlens.deploy import Predictor, export_bundle
+from medlens.deploy import Predictor
 from medlens.io import read_image
 from medlens.io.dicom_write import write_dicom_series
 
@@ -46,17 +46,9 @@ def test_a_zipped_dicom_series_is_classified_and_no_identifier_leaves_the_server
         assert PATIENT not in text and "DOE" not in text and "JANE" not in text
 
 
-def test_a_segmentation_bundle_returns_a_nifti_mask_on_the_uploads_grid(serve, tmp_path):
-    from medlens.cli import main
-    from medlens.data.synthetic import write_demo_data
-
-    demo = write_demo_data(tmp_path / "demo")
-    run = tmp_path / "seg"
-    assert main(["train", str(demo / "segmentation"), "--out", str(run), "--set", "train.max_epochs=1", "--set",
-                 "segment.iterations_per_epoch=10", "--set", "train.patience=50", "--no-progress"]) == 0
-    bundle = export_bundle(run, tmp_path / "seg.bundle", formats="none", log=lambda m: None)
-    server = serve(Predictor.from_bundle(bundle))
-    source = demo / "new_volumes" / "lesion_new.nii.gz"
+def test_a_segmentation_bundle_returns_a_nifti_mask_on_the_uploads_grid(serve, seg_bundle, demo_dir, tmp_path):
+    server = serve(Predictor.from_bundle(seg_bundle))
+    source = demo_dir / "new_volumes" / "lesion_new.nii.gz"
     response = httpx.post(f"{server.url}/v1/predict?mask=true", timeout=120,
                           files={"file": ("scan.nii.gz", source.read_bytes(), "application/gzip")})
     assert response.status_code == 200, response.text

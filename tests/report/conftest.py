@@ -1,60 +1,15 @@
-"""Short demo runs (classification and segmentation), trained and evaluated once per session, and
-helpers that read a report back: its images, its tables, its links."""
+"""Helpers that read a report back: its images, its tables, its links (the demo runs, trained and
+evaluated once per session, are the root conftest's ``cls_run`` and ``seg_run``)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-FAST = ["--set", "train.max_epochs=3", "--set", "train.patience=50", "--no-progress"]
-SEG_FAST = ["--set", "train.max_epochs=1", "--set", "segment.iterations_per_epoch=30", "--set",
-            "train.patience=50", "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def report_demo(tmp_path_factory) -> Path:
-    """The demo dataset (seed 0), written once; tests must not modify it."""
-    from medlens.data.synthetic import write_demo_data
-
-    return write_demo_data(tmp_path_factory.mktemp("report-demo") / "demo")
-
-
-def _main(*argv) -> str:
-    """``medlens ARGV`` in this process; what it printed (fails on a non-zero exit)."""
-    from medlens.cli import main
-
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert main([str(a) for a in argv]) == 0
-    return printed.getvalue()
-
-
-def _train_then_evaluate(data: Path, out: Path, fast: list[str]) -> SimpleNamespace:
-    """Train, keep what the report looked like then, evaluate; the run and both reports."""
-    train_out = _main("train", data, "--out", out, *fast)
-    after_train = SimpleNamespace(html=(out / "report.html").read_text(), md=(out / "report.md").read_text(),
-                                  out=train_out)
-    return SimpleNamespace(root=out, after_train=after_train, eval_out=_main("evaluate", out, "--bootstrap", "50"))
-
-
-@pytest.fixture(scope="session")
-def cls_run(tmp_path_factory, report_demo) -> SimpleNamespace:
-    """A 3-epoch demo classification run, evaluated on its test split."""
-    return _train_then_evaluate(report_demo / "classification.csv", tmp_path_factory.mktemp("report-cls") / "run",
-                                FAST)
-
-
-@pytest.fixture(scope="session")
-def seg_run(tmp_path_factory, report_demo) -> SimpleNamespace:
-    """A 1-epoch demo segmentation run (3D lesions), evaluated on its 3 test volumes."""
-    return _train_then_evaluate(report_demo / "segmentation", tmp_path_factory.mktemp("report-seg") / "run",
-                                SEG_FAST)
 
 
 class PageParser(HTMLParser):

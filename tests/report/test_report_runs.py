@@ -26,8 +26,8 @@ def classification_cells(doc: dict, key: str = "metrics") -> list[list[str]]:
 
 
 def test_train_writes_a_report_with_card_plan_and_curves(cls_run, pages):
-    text, root = cls_run.after_train.html, cls_run.root
-    assert f"report written to {root / 'report.html'}" in cls_run.after_train.out
+    text, root = cls_run.report_after_train, cls_run.root
+    assert f"report written to {root / 'report.html'}" in cls_run.train_out
     images = check_self_contained(pages, text, at_least=2)  # loss, validation metric
     assert all(image.width <= 1600 for image in images)
     page = pages.parse(text)
@@ -38,7 +38,7 @@ def test_train_writes_a_report_with_card_plan_and_curves(cls_run, pages):
     plan = {row[0]: row for row in page.tables["plan"][1:]}
     assert plan["model.name"][1] == "resnet18_2d" and "MedMNIST reference" in plan["model.name"][2]
     assert plan["train.max_epochs"][1] == "3"
-    assert "not evaluated yet" in text and "not evaluated yet" in cls_run.after_train.md
+    assert "not evaluated yet" in text and "not evaluated yet" in cls_run.markdown_after_train
 
 
 def test_evaluate_adds_metrics_curves_and_gallery_with_the_numbers_of_metrics_json(cls_run, pages):
@@ -86,8 +86,8 @@ def test_markdown_report_has_the_same_numbers_and_its_figures(cls_run):
 
 def test_segmentation_reports_after_train_and_after_evaluate(seg_run, pages):
     root = seg_run.root
-    assert "not evaluated yet" in seg_run.after_train.html
-    check_self_contained(pages, seg_run.after_train.html, at_least=2)
+    assert "not evaluated yet" in seg_run.report_after_train
+    check_self_contained(pages, seg_run.report_after_train, at_least=2)
     text = (root / "report.html").read_text()
     check_self_contained(pages, text, at_least=2 + 1 + 3)  # curves, box plots, worst / median / best overlays
     doc = json.loads((root / "metrics.json").read_text())

@@ -252,7 +252,7 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLim
             return JSONResponse(body)
         except UploadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except Exception as exc:  # the server keeps serving; the client learns nothing about the internals
+        except Exception as exc:  # noqa: BLE001 - the server keeps serving; the client learns nothing internal
             LOG.error("POST /v1/predict failed unexpectedly: %s", type(exc).__name__)
             return JSONResponse({"error": "internal error while predicting; the server log has the error type"},
                                 status_code=500)

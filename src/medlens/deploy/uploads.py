@@ -362,7 +362,7 @@ def _dicom_voxels(path: Path) -> int | None:
             return None
         frames = int(ds.get("NumberOfFrames") or 1)
         return int(ds.Rows) * int(ds.Columns) * max(frames, 1) * max(int(ds.get("SamplesPerPixel") or 1), 1)
-    except Exception as exc:  # pydicom raises many types on crafted headers; all mean "unreadable header"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on crafted headers: "unreadable header"
         raise UploadError(f"a DICOM header could not be parsed ({type(exc).__name__}); the file is truncated or "
                           "corrupt, export it again") from None
 

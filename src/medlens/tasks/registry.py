@@ -63,5 +63,5 @@ def all_kinds() -> tuple[str, ...]:
 
 def _load_builtin() -> None:
     """Import the task packages that ship with medlens (each registers itself on import)."""
-    import medlens.tasks.classification  # noqa: F401
+    import medlens.tasks.classification
     import medlens.tasks.segmentation  # noqa: F401
