@@ -92,7 +92,7 @@ class TrainSection:
     batch_size: int = 64  # images (or patches) per optimisation step in each process
     optimizer: typing.Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
-    momentum: float = 0.9  # SGD: Nesterov momentum; AdamW: the first-moment decay (beta1)
+    momentum: float = 0.9  # SGD's Nesterov momentum (AdamW keeps its own moment decays, 0.9 and 0.999)
     weight_decay: float = 1e-4
     schedule: typing.Literal["cosine", "onecycle", "poly", "constant"] = "cosine"
     loss: str = "ce"  # a name in the loss registry that fits the task (ce, weighted_ce, focal, bce, dice_ce)

@@ -61,7 +61,7 @@ def test_segmentation_trains_on_two_processes_of_one_machine(demo_dir, tmp_path)
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "medlens.cli", "train", str(demo_dir / "segmentation"), "--out", str(out),
                "--devices", "2", "--strategy", "ddp", "--set", "train.max_epochs=1", "--set",
-               "segment.iterations_per_epoch=8", "--no-progress"]
+               "segment.iterations_per_epoch=8", "--set", "data.input_size=[32,32,32]", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -101,9 +101,9 @@ def test_explain_maps_the_predicted_lesion_on_the_inputs_own_grid(cli, seg_root,
 
 def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, seg_root, kill_and_resume):
     kill_and_resume(["train", demo_dir / "segmentation", "--plan", seg_root / "plan.yaml", "--set",
-                     "train.max_epochs=3", "--set",
-                     "segment.iterations_per_epoch=8", "--set", "train.patience=50", "--set",
-                     "segment.keep_largest=never", "--no-progress"], "val_dice", lines=2)
+                     "train.max_epochs=3", "--set", "segment.iterations_per_epoch=8", "--set", "train.patience=50",
+                     "--set", "data.input_size=[32,32,32]", "--set", "segment.keep_largest=never", "--no-progress"],
+                    "val_dice", lines=2)
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def test_init_from_reinitialises_the_head_and_refuses_another_network(cli, train
 def test_resume_after_kill_9_ends_where_an_uninterrupted_run_ends(demo_dir, trained, kill_and_resume):
     # the session run's plan (weights averaged over the last 5% of steps), as a 2-member ensemble
     kill_and_resume(["train", demo_dir / "classification.csv", "--plan", trained / "plan.yaml", "--set",
-                     "train.max_epochs=6", "--set", "train.patience=50", "--set", "data.input_size=[96,96]", "--set",
+                     "train.max_epochs=4", "--set", "train.patience=50", "--set", "data.input_size=[96,96]", "--set",
                      "model.members=2", "--no-progress"], "val_loss", lines=3)
 
 

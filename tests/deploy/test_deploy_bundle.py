@@ -19,12 +19,12 @@ from medlens.io import Image, read_image, write_image
 from medlens.io.dicom_write import write_dicom_series
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo(demo_dir) -> Path:
     return demo_dir
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def run_2d(cls_run) -> Path:
     """The session's demo classifier, evaluated (the card carries the test metrics); read only."""
     return cls_run.root

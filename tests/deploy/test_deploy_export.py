@@ -102,6 +102,7 @@ def assert_parity(model: nn.Module, example: torch.Tensor, runners: dict) -> Non
         assert np.abs(runner(images) - singles).max() < TOLERANCE, kind
 
 
+@pytest.mark.e2e  # every registered network exported twice: minutes, so out of `make check`
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript_and_onnx_give_pytorch_logits(name, tmp_path):
     model, example = built(name)
@@ -113,6 +114,7 @@ def test_torchscript_and_onnx_give_pytorch_logits(name, tmp_path):
     assert runners["torchscript"].input_shape == runners["onnx"].input_shape == tuple(example.shape[1:])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", [n if n in DYNAMO_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
                                   for n in NAMES])
 def test_dynamo_onnx_export_gives_pytorch_logits(name, tmp_path, caplog):
@@ -297,6 +299,7 @@ def test_pneumoniamnist_test_images_give_the_same_logits_through_every_runner(tm
         assert (got.argmax(1) == expected.argmax(1)).all(), kind
 
 
+@pytest.mark.e2e
 def test_an_ensemble_exports_as_one_graph(tmp_path):
     torch.manual_seed(0)
     members = [build_classifier("resnet18_2d", in_channels=1, num_classes=NUM_CLASSES, input_size=(28, 28), width=0.25)

@@ -62,9 +62,16 @@ def test_predict_needs_the_token_too(client, study):
     assert response.status_code == 401 and "error" in response.json()
 
 
-def test_the_model_card_is_served_as_json(client, predictor):
+def test_the_model_card_is_served_as_json_with_the_options_the_task_answers(client, predictor):
     response = client.get("/v1/model", headers=AUTH)
-    assert response.status_code == 200 and response.json() == predictor.card
+    assert response.status_code == 200 and response.json() == {**predictor.card, "service": {"options": ["heatmap"]}}
+
+
+def test_an_option_the_task_does_not_answer_is_refused(client, study):
+    response = client.post("/v1/predict?mask=true", headers=AUTH, files={"file": ("a.png", study.read_bytes())})
+    assert response.status_code == 400
+    assert response.json()["error"] == "mask=true: a classification model does not answer with a mask (its options: " \
+                                       "heatmap=true)"
 
 
 def test_prediction_of_a_png_matches_the_predictor_and_carries_a_heat_map(client, predictor, study):

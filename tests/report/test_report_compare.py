@@ -51,7 +51,7 @@ def test_runs_of_different_tasks_are_refused(cls_run, seg_run, tmp_path):
     result = medlens("report", cls_run.root, seg_run.root, "--out", tmp_path / "mixed.html")
     assert result.rc == 2
     assert "cannot compare runs of different tasks" in result.err and "is segmentation" in result.err
-    assert "is binary" in result.err and not (tmp_path / "mixed.html").exists()
+    assert "is classification" in result.err and not (tmp_path / "mixed.html").exists()
 
 
 def test_a_folder_that_is_not_a_run_is_refused(cls_run, tmp_path):

@@ -153,12 +153,13 @@ def test_plans_of_earlier_versions_read_with_todays_keys():
         apply_overrides(Config(), ["segment.mirror_tta=true"])
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_momentum_reaches_the_optimiser(optimizer):
+def test_momentum_reaches_sgd_and_leaves_adamw_alone():
     import torch
 
     from medlens.tasks.optim import build_optimizer
 
-    built = build_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainSection(optimizer=optimizer, momentum=0.7))
-    group = built.param_groups[0]
-    assert (group["momentum"] if optimizer == "sgd" else group["betas"][0]) == 0.7
+    sgd = build_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainSection(optimizer="sgd", momentum=0.7))
+    assert sgd.param_groups[0]["momentum"] == 0.7 and sgd.param_groups[0]["nesterov"]
+    # a segmentation plan (SGD, momentum 0.99) switched to AdamW keeps AdamW's own decays
+    adamw = build_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainSection(optimizer="adamw", momentum=0.99))
+    assert adamw.param_groups[0]["betas"] == (0.9, 0.999)

@@ -29,12 +29,24 @@ from medlens.runs import RunFolder, new_run, now, open_run
 from medlens.tasks import Fit, Task, task_for
 
 
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on this process's CPU.
+
+    Early in training (random weights, SGD with momentum) activations and gradients fall into the
+    denormal range, where x86 CPUs compute many times slower: on the demo lesions the first epoch took
+    76 s instead of 34 s, with identical losses and Dice. Values below ~1e-38 become 0. The planner's
+    timing probe runs under the same setting, so the epochs it plans are the epochs that run.
+    """
+    torch.set_flush_denormal(True)
+
+
 def make_plan(source, *, image_root=None, time_budget_s: float | None = None, processes: int = 1, log=print):
     """Open and audit ``source``, then plan with the task its data call for.
 
     Returns:
         ``(config, reasons, card, dataset)``.
     """
+    flush_denormals()
     dataset = open_dataset(source, image_root=image_root)
     card = inspect_dataset(dataset)
     check_card(card, log)
@@ -145,6 +157,7 @@ def _fit(run: RunFolder, config: Config, dataset, splits: dict, *, init_from, wo
     from medlens.engine.lightning import build_trainer
 
     task = task_for(config)
+    flush_denormals()
     started = time.perf_counter()
     fit = task.prepare_fit(config, dataset, split_cases(dataset, splits, config.dataset.fold),
                            world_size=world.processes, log=log)

@@ -10,7 +10,10 @@ from medlens.config import TrainSection
 
 
 def build_optimizer(params, train: TrainSection) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum ``train.momentum``, or AdamW whose first-moment decay is ``train.momentum``.
+    """SGD with Nesterov momentum ``train.momentum``, or AdamW with its usual moment decays (0.9, 0.999).
+
+    ``train.momentum`` is SGD's alone: a plan planned for SGD (nnU-Net's 0.99) and switched to AdamW with
+    ``--set train.optimizer=adamw`` must not hand AdamW a first-moment decay of 0.99.
 
     Args:
         params: parameters, or parameter groups (dicts with ``params`` and their own ``lr``).
@@ -18,7 +21,7 @@ def build_optimizer(params, train: TrainSection) -> torch.optim.Optimizer:
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True,
                                weight_decay=train.weight_decay)
-    return torch.optim.AdamW(params, lr=train.lr, betas=(train.momentum, 0.999), weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def schedule_factor(kind: str, step: int, total: int) -> float:

@@ -157,7 +157,6 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
     reasons["train.patience"] = "stop when validation AUC has not improved for a quarter of the epochs"
     reasons["train.time_budget_s"] = "hard stop; the epoch count above was planned to fit it"
     reasons["train.precision"] = "mixed precision on GPU, 32-bit on CPU"
-    reasons["train.momentum"] = "AdamW's first-moment decay (beta1), its usual 0.9"
     return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, momentum=0.9,
                         weight_decay=1e-4, schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
                         monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto",
