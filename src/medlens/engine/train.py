@@ -11,6 +11,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +124,7 @@ def _resume(path, world, strategy, progress_bar, log) -> RunFolder:
     if run.read_info().get("status") == "finished":
         log(f"{run.root}: this run already finished; nothing to resume")
         return run
+    os.environ[distributed.RUN_DIR_VARIABLE] = str(run.root.resolve())  # the processes Lightning starts join it
     config = run.read_config()
     dataset = open_config_dataset(config)
     checkpoint = run.last_checkpoint if run.last_checkpoint.exists() else None
@@ -144,11 +146,6 @@ def _initial_config(source, plan, image_root, time_budget_s, processes: int, log
     card = inspect_dataset(dataset)
     check_card(card, log)
     return config, reasons, card, dataset
-
-
-def check_compatible(config: Config) -> None:
-    """The plan's model, sizes, loss and keys must fit its task (see each task's ``check``)."""
-    task_for(config).check(config)
 
 
 def _fit(run: RunFolder, config: Config, dataset, splits: dict, *, init_from, world, strategy: str, checkpoint,
