@@ -29,3 +29,13 @@ class ConfigError(MedlensError):
 
 class DataMissingError(DatasetError, FileNotFoundError):
     """A data file is absent; the message says where it was looked for and how to get it."""
+
+
+class BudgetError(MedlensError):
+    """A step would make more than the work budget allows (see :mod:`medlens.budget`).
+
+    Attributes:
+        status: the HTTP status the service answers with (413: the input asks too much).
+    """
+
+    status = 413
