@@ -11,6 +11,10 @@ ARGUMENTS = [
     (["--out"], {"type": Path, "help": "where to write the card (default: ./<dataset>.card.json)"}),
     (["--splits"], {"type": Path, "help": "a splits file to check for leakage as well"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to (default: the CSV's)"}),
+    (["--allow-outside-root"], {"action": "store_true",
+                                "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
+                                        "--image-root): ../.., absolute paths elsewhere, links pointing out "
+                                        "(refused by default)"}),
     (["--strict"], {"action": "store_true", "help": "exit with status 1 when the audit finds errors"}),
 ]
 
@@ -26,7 +30,8 @@ def run(args) -> int:
     from medlens.data.audit import inspect_dataset
     from medlens.data.splits import read_splits
 
-    dataset = open_dataset(args.data, image_root=args.image_root, strict=False)
+    dataset = open_dataset(args.data, image_root=args.image_root, strict=False,
+                           allow_outside_root=args.allow_outside_root)
     splits = read_splits(args.splits, dataset) if args.splits else None
     card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None)
     out = write_json_atomic(args.out or default_card_path(args.data), card)
@@ -60,7 +65,18 @@ def format_card(card: dict) -> str:
     lines.append(f"  findings: {len(findings)}" + ("" if findings else " (none)"))
     for f in findings:
         lines.append(f"    [{f['severity']}] {f['code']}: {f['message']}")
+    lines += _unreadable_lines(card.get("unreadable") or [])
     return "\n".join(lines)
+
+
+def _unreadable_lines(unreadable: list[dict], shown: int = 20) -> list[str]:
+    """Every unreadable case with its reason (the first ``shown``; the card lists them all)."""
+    if not unreadable:
+        return []
+    lines = [f"  unreadable ({len(unreadable)}):"] + [f"    {u['case']}: {u['error']}" for u in unreadable[:shown]]
+    if len(unreadable) > shown:
+        lines.append(f"    ... and {len(unreadable) - shown} more (see the card's 'unreadable' list)")
+    return lines
 
 
 def _image_lines(images: dict) -> list[str]:

@@ -32,21 +32,27 @@ ARGUMENTS = [
     (["--strategy"], {"default": "auto", "choices": ["auto", "ddp", "ddp_spawn"],
                       "help": "distribution strategy (ddp: one process per device)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--allow-outside-root"], {"action": "store_true",
+                                "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
+                                        "--image-root): ../.., absolute paths elsewhere, links pointing out "
+                                        "(refused by default)"}),
     (["--no-progress"], {"action": "store_true", "help": "no progress bar (logs only)"}),
 ]
 
 
 def run(args) -> int:
+    from medlens.data.dataset import outside_root_allowed
     from medlens.engine.train import train
 
     if args.data is None and args.resume is None:
         from medlens.errors import ConfigError
 
         raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
-    run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
-                       time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
-                       num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,
-                       progress_bar=not args.no_progress)
+    with outside_root_allowed(args.allow_outside_root):  # the engine opens the dataset, layers down
+        run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
+                           time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
+                           num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,
+                           progress_bar=not args.no_progress)
     import os
 
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # other DDP processes stay quiet

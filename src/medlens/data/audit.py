@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
-from medlens.data.dataset import Dataset, Finding
-from medlens.errors import MedlensError
+from medlens.data.dataset import Dataset, Finding, describe_read_failure
 from medlens.types import Case
 
 SAMPLES_PER_CASE = 2048  # voxels drawn per case for the intensity percentiles
@@ -58,8 +57,9 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     for i, case in enumerate(dataset.cases):
         try:
             stats.append(_scan_case(dataset, case, rng))
-        except (MedlensError, OSError, ValueError) as exc:
-            unreadable.append({"case": case.case_id, "path": str(case.image), "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - any failure reading one case is that case's finding
+            reason = describe_read_failure(case.image, exc)
+            unreadable.append({"case": case.case_id, "path": str(case.image), "error": reason})
         if progress:
             progress(i + 1, len(dataset.cases))
     findings = list(dataset.findings) + [p for s in stats for p in s.problems]

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medlens.data.dataset import Dataset, Finding
-from medlens.errors import MedlensError
+from medlens.data.dataset import Dataset, Finding, describe_read_failure
 from medlens.io import Image
 from medlens.types import Case, Split
 
@@ -37,8 +36,9 @@ def check_mask(dataset: Dataset, case: Case, image: Image, stats: CaseStats, rng
     """
     try:
         mask = dataset.load_mask(case)
-    except (MedlensError, OSError, ValueError) as exc:
-        stats.problems.append(Finding.blocking("mask.unreadable", f"{case.mask}: {exc}", [case.case_id]))
+    except Exception as exc:  # noqa: BLE001 - any failure reading one mask is that case's finding
+        stats.problems.append(Finding.blocking("mask.unreadable", describe_read_failure(case.mask, exc),
+                                               [case.case_id]))
         return
     shape_problem = _mask_shape_problem(case, image, mask)
     if shape_problem:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medlens.errors import DatasetError
+from medlens.errors import DatasetError, MedlensError
 from medlens.io import Image, read_image
 from medlens.types import Case, Split, Task
 
@@ -107,6 +110,95 @@ def read_case_image(case: Case, spatial_dims: int | None = None) -> Image:
                                f"{other.spacing_mm} but {case.images[0]} has {first.spatial_shape} / "
                                f"{first.spacing_mm}; register the modalities onto one grid first")
     return first.with_array(np.concatenate([im.array for im in images], axis=0))
+
+
+def describe_read_failure(path, exc: BaseException) -> str:
+    """Why the file at ``path`` could not be read, in words for the card and the terminal; names ``path``.
+
+    A medlens error already says what went wrong and how to fix it (only a budget refusal lacks the
+    file, so it is prefixed). Any other exception (a decoder's ``struct.error``, ``MemoryError``,
+    ``RecursionError``...) is given with its type, and quoted text in its message is elided: third-party
+    messages may quote header values, such as a name in a field that failed to parse.
+    """
+    if isinstance(exc, MedlensError):
+        message = str(exc)
+        return message if str(path) in message else f"{path}: {message}"
+    message = _QUOTED.sub("'...'", str(exc))
+    if len(message) > MAX_REASON_CHARS:
+        message = message[:MAX_REASON_CHARS] + "..."
+    return (f"{path}: {type(exc).__name__}" + (f": {message}" if message else "")
+            + "; the file is corrupt or not what its name says: export it again, or remove it")
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+MAX_REASON_CHARS = 200  # of a third-party exception's message
+
+
+_OUTSIDE_ROOT_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_outside_root", default=False)
+
+
+@contextlib.contextmanager
+def outside_root_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within the block, datasets opened without an explicit ``allow_outside_root`` follow ``allowed``.
+
+    For callers that open a dataset several layers down (``medlens plan`` / ``train`` through the
+    engine): the CLI's ``--allow-outside-root`` is put in force around the whole command.
+    """
+    token = _OUTSIDE_ROOT_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _OUTSIDE_ROOT_ALLOWED.reset(token)
+
+
+def allow_outside_root_in_force(explicit: bool | None = None) -> bool:
+    """``explicit`` when given, else what :func:`outside_root_allowed` put in force (default: refused)."""
+    return _OUTSIDE_ROOT_ALLOWED.get() if explicit is None else bool(explicit)
+
+
+def lies_outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` leaves ``root`` once ``..`` and symbolic links are resolved.
+
+    ``root/sub/../x.png`` stays inside; ``root/../x.png``, an absolute path elsewhere and a link
+    inside ``root`` pointing elsewhere do not. A path that cannot be resolved (a link loop) counts
+    as inside: it is then simply missing.
+    """
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return True
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        return False
+    return False
+
+
+# what spreadsheets and data tools write for an empty cell: pandas' default ``na_values`` (case as written;
+# lowercase ``none`` stays a class name, e.g. "no finding")
+MISSING_VALUE_MARKERS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                                   "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+FORMULA_PREFIXES = ("=", "+", "-", "@")  # a cell starting with one of these runs as a formula in a spreadsheet
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name, or ``None`` when it can.
+
+    Refused: empty names, missing-value markers (:data:`MISSING_VALUE_MARKERS`, e.g. ``nan``, ``None``,
+    ``NA``: a label lost on the way, not a class) and names a spreadsheet would run as a formula
+    (starting with ``=``, ``+``, ``-`` or ``@``, e.g. ``=HYPERLINK(...)``): class names end up in
+    prediction CSVs and reports. A negative number (``-1``, ``-0.5``) is a legitimate ordinal or
+    "uncertain" label (CheXpert's ``-1``) and is kept.
+    """
+    if name in MISSING_VALUE_MARKERS:
+        return "is empty" if not name else f"{name!r} is a missing-value marker, not a class"
+    if name.startswith(FORMULA_PREFIXES) and not _NUMBER.fullmatch(name):
+        return (f"{_shorten(name)!r} starts with {name[0]!r}, which a spreadsheet runs as a formula; write the class "
+                "name itself (a negative number such as -1 is fine)")
+    return None
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 NEGATIVE_NAMES = {"normal", "negative", "benign", "healthy", "control", "no", "absent", "false", "0", "neg", "none"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, Finding, order_class_names, parse_split
+from medlens.data.dataset import Dataset, Finding, class_name_problem, order_class_names, parse_split
 from medlens.errors import DatasetError
 from medlens.io.formats import IMAGE_SUFFIXES, suffix_of
 from medlens.types import Case, Task
@@ -39,6 +39,7 @@ def open_class_folders(root: Path) -> Dataset:
     split_level = {d.name.lower() for d in subdirs} <= SPLIT_NAMES
     groups = [(parse_split(d.name, str(d)), d) for d in subdirs] if split_level else [(None, root)]
     class_names = order_class_names({c.name for _, base in groups for c in _visible_dirs(base)})
+    _refuse_bad_class_names(root, class_names)
     if len(class_names) < 2:
         raise DatasetError(f"{root}: found {len(class_names)} class folder(s) ({', '.join(class_names) or 'none'}); "
                            "a classification dataset needs root/<class_name>/<images> with at least two classes")
@@ -67,12 +68,23 @@ def _case(root: Path, entry: Path, label: int, split) -> Case:
                 patient_id=patient, split=split)
 
 
+def _refuse_bad_class_names(root: Path, class_names: list[str]) -> None:
+    """A folder called ``nan`` or ``=HYPERLINK(...)`` would become a class of that name.
+
+    Raises:
+        DatasetError: naming each such folder and why (see :func:`class_name_problem`).
+    """
+    problems = [f"folder {name!r}: {problem}" for name in class_names if (problem := class_name_problem(name))]
+    if problems:
+        raise DatasetError(f"{root}: {len(problems)} class folder name(s) cannot be class names ("
+                           f"{'; '.join(problems[:3])}); a class folder's name is the class: rename the folder "
+                           "after the class, or move its images into the right class folder")
+
+
 def _refuse_loose_series(folder: Path, entries: list[Path]) -> None:
     """Slices of one DICOM series lying loose in a class folder would each become a case."""
-    from medlens.io.dicom import read_header
-
     slices = [p for p in entries if p.is_file() and suffix_of(p) in (".dcm", ".dicom", ".ima")][:2]
-    headers = [read_header(p) for p in slices]
+    headers = [_header_or_none(p) for p in slices]
     if len(headers) == 2 and all(headers) and headers[0].series_uid and headers[0].series_uid == headers[1].series_uid:
         raise DatasetError(f"{folder} holds slices of one DICOM series ({slices[0].name}, {slices[1].name}, ...); "
                            "a case is a whole series: put each series in its own sub-folder, "
@@ -80,14 +92,27 @@ def _refuse_loose_series(folder: Path, entries: list[Path]) -> None:
 
 
 def _dicom_patient(folder: Path) -> str | None:
-    from medlens.io.dicom import read_header
-
+    """The patient of the first readable slice in ``folder`` (the audit reports the unreadable ones)."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            header = read_header(path)
+            header = _header_or_none(path)
             if header is not None:
                 return header.patient_key
     return None
+
+
+def _header_or_none(path: Path):
+    """The DICOM header of ``path``, or ``None`` when it is not DICOM or cannot be parsed.
+
+    Listing cases must survive a truncated or malformed slice: reading the case later fails with
+    the reason, and the audit lists it as unreadable instead of stopping.
+    """
+    from medlens.io.dicom import read_header
+
+    try:
+        return read_header(path)
+    except Exception:  # noqa: BLE001 - whatever a malformed header raises, the audit reports it per case
+        return None
 
 
 def _visible_dirs(folder: Path) -> list[Path]:

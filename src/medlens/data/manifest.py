@@ -4,14 +4,31 @@ Columns (first match wins, case-insensitive): image ``image|image_path|path|file
 label ``label|labels|class|target|diagnosis``, patient ``patient_id|patient|subject|subject_id``,
 split ``split|set|subset``. Several labels in one cell, separated by ``;`` or ``|``, make the
 task multi-label.
+
+Rows are checked before they become cases, each problem a finding naming the CSV lines:
+``file.missing``, ``path.outside_root`` (a path leaving the root once ``..`` and links are resolved,
+refused unless ``allow_outside_root``), ``label.missing``, ``label.invalid`` (``nan``, ``None``,
+``=HYPERLINK(...)``: see :func:`~medlens.data.dataset.class_name_problem`), ``label.conflict`` (one
+file listed with two labels, or two masks), ``row.conflict`` (one file with two patients or splits)
+and ``duplicates.rows`` (a row repeated; the warning alone). Every file is one case however often
+it is listed, so a splits file never names it twice.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, Finding, order_class_names, parse_split
+from medlens.data.dataset import (
+    Dataset,
+    Finding,
+    allow_outside_root_in_force,
+    class_name_problem,
+    lies_outside,
+    order_class_names,
+    parse_split,
+)
 from medlens.errors import DatasetError
 from medlens.types import Case, Task
 
@@ -25,44 +42,84 @@ COLUMNS = {
 LABEL_SEPARATORS = (";", "|")
 
 
-def open_manifest(csv_path: Path, image_root: Path | None = None) -> Dataset:
+@dataclass
+class _Row:
+    """One CSV data row, its paths joined to the image root (``mask_rel`` is ``None`` for classification)."""
+
+    line: int
+    rel: str
+    path: Path
+    label: str
+    patient_id: str | None
+    split: str | None
+    mask_rel: str | None = None
+    mask: Path | None = None
+
+    @property
+    def where(self) -> str:
+        files = [self.rel] + ([self.mask_rel] if self.mask_rel is not None else [])
+        return f"line {self.line}: {', '.join(f or '(empty)' for f in files)}"
+
+    def files(self) -> list[tuple[str, Path]]:
+        """``(path as written, path joined to the root)`` for the image and, for segmentation, the mask."""
+        return [(self.rel, self.path)] + ([(self.mask_rel, self.mask)] if self.mask_rel is not None else [])
+
+    def label_key(self, multilabel: bool):
+        """What two rows of one file must agree on: the mask file, the set of labels, or the label."""
+        if self.mask_rel is not None:
+            return self.mask.resolve()
+        return frozenset(_split_labels(self.label)) if multilabel else self.label
+
+
+def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outside_root: bool | None = None) -> Dataset:
     """List the cases of a CSV manifest.
 
     Args:
         csv_path: the manifest.
-        image_root: folder the image paths are relative to (default: the CSV's folder).
+        image_root: folder the image paths are relative to (default: the CSV's folder). Paths must
+            stay under it.
+        allow_outside_root: follow paths leaving ``image_root`` (``../..``, absolute paths elsewhere,
+            links pointing out); ``None`` = what :func:`~medlens.data.dataset.outside_root_allowed` says.
 
     Raises:
         DatasetError: no image or label column, an empty CSV, fewer than two classes.
     """
-    rows, columns = _read_rows(csv_path)
+    table, columns = _read_rows(csv_path)
     image_root = Path(image_root) if image_root else csv_path.parent
+    rows = [_row(line, raw, columns, image_root) for line, raw in enumerate(table, start=2)]
+    allow = allow_outside_root_in_force(allow_outside_root)
     if "mask" in columns and "label" not in columns:
-        return _open_segmentation_manifest(csv_path, rows, columns, image_root)
-    labels = [(row[columns["label"]] or "").strip() for row in rows]
-    multilabel = any(sep in value for value in labels for sep in LABEL_SEPARATORS)
-    class_names = _class_names(labels, multilabel)
+        return _open_segmentation_manifest(csv_path, rows, columns, image_root, allow)
+    multilabel = any(sep in row.label for row in rows for sep in LABEL_SEPARATORS)
+    labelled, label_findings = _check_labels(csv_path, rows, multilabel)
+    class_names = _class_names([row.label for row in labelled], multilabel)
     if len(class_names) < 2:
-        raise DatasetError(f"{csv_path}: column {columns['label']!r} holds {len(class_names)} distinct label(s) "
-                           f"({', '.join(class_names)}); classification needs at least two")
-    cases, missing_files, missing_labels = [], [], []
-    for line, (row, label) in enumerate(zip(rows, labels), start=2):
-        rel = (row[columns["image"]] or "").strip()
-        path = image_root / rel
-        if not rel or not path.exists():
-            missing_files.append(f"line {line}: {rel or '(empty)'}")
-            continue
-        if not label:
-            missing_labels.append(f"line {line}: {rel}")
-            continue
-        where = f"{csv_path} line {line}"
-        cases.append(Case(case_id=rel, images=(path,), label=_encode(label, class_names, multilabel),
-                          patient_id=_optional(row, columns.get("patient_id")),
-                          split=parse_split(_optional(row, columns.get("split")), where)))
-    findings = _findings(csv_path, image_root, missing_files, missing_labels)
+        raise DatasetError(f"{csv_path}: column {columns['label']!r} holds {len(class_names)} distinct usable "
+                           f"label(s) ({', '.join(class_names)}); classification needs at least two"
+                           + "".join(f". {f.message}" for f in label_findings))
+    present, path_findings = _check_paths(csv_path, image_root, labelled, allow)
+    unique, duplicate_findings = _check_repeats(csv_path, present, multilabel)
+    cases = [Case(case_id=row.rel, images=(row.path,), label=_encode(row.label, class_names, multilabel),
+                  patient_id=row.patient_id, split=parse_split(row.split, f"{csv_path} line {row.line}"))
+             for row in unique]
     task = Task.MULTILABEL if multilabel else (Task.BINARY if len(class_names) == 2 else Task.MULTICLASS)
-    return Dataset(csv_path, "manifest", task, tuple(class_names), cases, findings=findings,
+    return Dataset(csv_path, "manifest", task, tuple(class_names), cases,
+                   findings=path_findings + label_findings + duplicate_findings,
                    meta={"columns": columns, "image_root": str(image_root)})
+
+
+def _row(line: int, raw: dict, columns: dict, image_root: Path) -> _Row:
+    rel = _cell(raw, columns["image"])
+    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), _cell(raw, columns.get("patient_id"))
+               or None, _cell(raw, columns.get("split")) or None)
+    if "label" not in columns:  # segmentation: the mask is the label
+        row.mask_rel = _cell(raw, columns["mask"])
+        row.mask = image_root / row.mask_rel
+    return row
+
+
+def _cell(raw: dict, column: str | None) -> str:
+    return (raw.get(column) or "").strip() if column else ""
 
 
 def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
@@ -93,22 +150,125 @@ def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
     return rows, columns
 
 
-def _open_segmentation_manifest(csv_path: Path, rows: list[dict], columns: dict, image_root: Path) -> Dataset:
+def _open_segmentation_manifest(csv_path: Path, rows: list[_Row], columns: dict, image_root: Path,
+                                allow_outside_root: bool) -> Dataset:
     """Rows of ``image, mask[, patient_id, split]``: one image + label map pair per row."""
-    cases, missing = [], []
-    for line, row in enumerate(rows, start=2):
-        rel, mask_rel = (row[columns["image"]] or "").strip(), (row[columns["mask"]] or "").strip()
-        paths = [image_root / rel, image_root / mask_rel]
-        absent = [r or "(empty)" for r, path in zip((rel, mask_rel), paths) if not r or not path.exists()]
-        if absent:
-            missing.append(f"line {line}: {', '.join(absent)}")
-            continue
-        cases.append(Case(case_id=rel, images=(paths[0],), mask=paths[1],
-                          patient_id=_optional(row, columns.get("patient_id")),
-                          split=parse_split(_optional(row, columns.get("split")), f"{csv_path} line {line}")))
-    findings = _findings(csv_path, image_root, missing, [])
-    return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases, findings=findings,
+    present, path_findings = _check_paths(csv_path, image_root, rows, allow_outside_root)
+    unique, duplicate_findings = _check_repeats(csv_path, present, multilabel=False)
+    cases = [Case(case_id=row.rel, images=(row.path,), mask=row.mask, patient_id=row.patient_id,
+                  split=parse_split(row.split, f"{csv_path} line {row.line}")) for row in unique]
+    return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases, findings=path_findings + duplicate_findings,
                    meta={"columns": columns, "image_root": str(image_root)})
+
+
+def _check_labels(csv_path: Path, rows: list[_Row], multilabel: bool) -> tuple[list[_Row], list[Finding]]:
+    """The rows whose label can be used; ``label.missing`` and ``label.invalid`` for the others."""
+    kept, missing, invalid = [], [], []
+    for row in rows:
+        parts = _split_labels(row.label) if multilabel else [row.label]
+        problems = [problem for part in parts if (problem := class_name_problem(part))]
+        if not row.label or not parts:
+            missing.append(row.where)
+        elif problems:
+            invalid.append(f"line {row.line}: label {problems[0]}")
+        else:
+            kept.append(row)
+    findings = []
+    if missing:
+        findings.append(Finding.blocking("label.missing", f"{csv_path}: {len(missing)} row(s) have no label (first: "
+                                         f"{'; '.join(missing[:3])}); fill them in or remove the rows", missing))
+    if invalid:
+        findings.append(Finding.blocking("label.invalid", f"{csv_path}: {len(invalid)} row(s) have a label that "
+                                         f"cannot be a class name (first: {'; '.join(invalid[:3])}); write the real "
+                                         "class name in these rows, or remove them", invalid))
+    return kept, findings
+
+
+def _check_paths(csv_path: Path, image_root: Path, rows: list[_Row], allow_outside_root: bool
+                 ) -> tuple[list[_Row], list[Finding]]:
+    """The rows whose files exist under ``image_root``; ``path.outside_root`` and ``file.missing`` for the others.
+
+    A path leaving the root is refused before anything looks at it (not even whether it exists).
+    """
+    kept, outside, missing = [], [], []
+    for row in rows:
+        files = row.files()
+        if not all(rel for rel, _ in files):
+            missing.append(row.where)
+        elif not allow_outside_root and any(lies_outside(path, image_root) for _, path in files):
+            outside.append(row.where)
+        elif not all(path.exists() for _, path in files):
+            missing.append(row.where)
+        else:
+            kept.append(row)
+    return kept, _path_findings(csv_path, image_root, outside, missing)
+
+
+def _check_repeats(csv_path: Path, rows: list[_Row], multilabel: bool) -> tuple[list[_Row], list[Finding]]:
+    """One row per file (the first); a file listed again is a conflict or a duplicate.
+
+    Files are compared once resolved, so ``a.png``, ``./a.png`` and ``sub/../a.png`` are one file.
+    """
+    first: dict[Path, _Row] = {}
+    conflicts, row_conflicts, repeats = [], [], []
+    for row in rows:
+        earlier = first.setdefault(row.path.resolve(), row)
+        if earlier is row:
+            continue
+        said = f"line {row.line} ({row.rel}) repeats line {earlier.line}"
+        if row.label_key(multilabel) != earlier.label_key(multilabel):
+            what = "mask" if row.mask_rel is not None else "label"
+            conflicts.append((earlier.rel, f"{said} with another {what} ({_shown(earlier, row)})"))
+        elif (row.patient_id, row.split) != (earlier.patient_id, earlier.split):
+            row_conflicts.append((earlier.rel, f"{said} with another patient id or split"))
+        else:
+            repeats.append((earlier.rel, said))
+    return list(first.values()), _repeat_findings(csv_path, conflicts, row_conflicts, repeats)
+
+
+def _shown(earlier: _Row, row: _Row) -> str:
+    if row.mask_rel is not None:
+        return f"{earlier.mask_rel} vs {row.mask_rel}"
+    return f"{earlier.label!r} vs {row.label!r}"
+
+
+def _path_findings(csv_path: Path, image_root: Path, outside: list[str], missing: list[str]) -> list[Finding]:
+    findings = []
+    if outside:
+        findings.append(Finding.blocking("path.outside_root", f"{csv_path}: {len(outside)} row(s) point outside "
+                                         f"{image_root} (first: {'; '.join(outside[:3])}); medlens reads a "
+                                         "manifest's files only under its folder. Move the images under it, point "
+                                         "--image-root at the folder that holds them, or pass --allow-outside-root "
+                                         "if these paths are meant", outside))
+    if missing:
+        findings.append(Finding.blocking("file.missing", f"{csv_path}: {len(missing)} row(s) point at files that do "
+                                         f"not exist under {image_root} (first: {'; '.join(missing[:3])}); fix the "
+                                         "paths, or pass --image-root if they are relative to another folder",
+                                         missing))
+    return findings
+
+
+def _repeat_findings(csv_path: Path, conflicts: list, row_conflicts: list, repeats: list) -> list[Finding]:
+    """``label.conflict`` and ``row.conflict`` (both block training) and ``duplicates.rows`` (a warning)."""
+    findings = []
+    if conflicts:
+        findings.append(Finding.blocking("label.conflict", f"{csv_path}: {len(conflicts)} row(s) list a file again "
+                                         f"with a different label (first: {'; '.join(m for _, m in conflicts[:3])}); "
+                                         "decide which is right and delete the other row", _ids(conflicts)))
+    if row_conflicts:
+        findings.append(Finding.blocking("row.conflict", f"{csv_path}: {len(row_conflicts)} row(s) list a file "
+                                         f"again under another patient id or split (first: "
+                                         f"{'; '.join(m for _, m in row_conflicts[:3])}); one file belongs to one "
+                                         "patient and one split: delete the wrong row", _ids(row_conflicts)))
+    if repeats:
+        findings.append(Finding("warning", "duplicates.rows", f"{csv_path}: {len(repeats)} row(s) repeat a file "
+                                f"already listed with the same label (first: {'; '.join(m for _, m in repeats[:3])}); "
+                                "each file counts once and the repeats are ignored: delete them", _ids(repeats)))
+    return findings
+
+
+def _ids(entries: list[tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(case_id for case_id, _ in entries))
 
 
 def _class_names(labels: list[str], multilabel: bool) -> list[str]:
@@ -130,22 +290,3 @@ def _encode(label: str, class_names: list[str], multilabel: bool) -> int | tuple
         return class_names.index(label)
     present = set(_split_labels(label))
     return tuple(int(name in present) for name in class_names)
-
-
-def _optional(row: dict, column: str | None) -> str | None:
-    value = (row.get(column) or "").strip() if column else ""
-    return value or None
-
-
-def _findings(csv_path: Path, image_root: Path, missing_files: list[str], missing_labels: list[str]) -> list[Finding]:
-    findings = []
-    if missing_files:
-        findings.append(Finding.blocking("file.missing",
-                                f"{csv_path}: {len(missing_files)} row(s) point at files that do not exist under "
-                                f"{image_root} (first: {'; '.join(missing_files[:3])}); fix the paths, or pass "
-                                "--image-root if they are relative to another folder", missing_files))
-    if missing_labels:
-        findings.append(Finding.blocking("label.missing",
-                                f"{csv_path}: {len(missing_labels)} row(s) have no label (first: "
-                                f"{'; '.join(missing_labels[:3])}); fill them in or remove the rows", missing_labels))
-    return findings

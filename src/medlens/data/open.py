@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medlens.data.dataset import Dataset
+from medlens.data.dataset import Dataset, allow_outside_root_in_force
 from medlens.errors import DatasetError
 from medlens.io.formats import suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                 strict: bool = True) -> Dataset:
+                 strict: bool = True, allow_outside_root: bool | None = None) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
@@ -19,6 +19,9 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
             e.g. ``pneumoniamnist_64``, looked up in ``$MEDLENS_DATA_DIR`` and ``~/.medmnist``),
             an ``images/`` + ``labels/`` folder, or a Decathlon folder with ``dataset.json``.
         image_root: for a CSV, the folder its image paths are relative to.
+        allow_outside_root: follow a CSV's (or ``dataset.json``'s) paths that leave the dataset's
+            folder or ``image_root``; ``None`` = what :func:`~medlens.data.dataset.outside_root_allowed`
+            put in force (refused by default, as a ``path.outside_root`` finding).
         strict: raise on listing errors (missing files or labels); ``False`` keeps them as
             findings for the audit.
 
@@ -27,12 +30,13 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
         DatasetError: a layout medlens does not recognise, or an invalid dataset.
     """
     path = Path(source).expanduser()
+    allow = allow_outside_root_in_force(allow_outside_root)
     if not path.exists():
         dataset = _open_by_name(str(source))
     elif path.is_file():
-        dataset = _open_file(path, image_root)
+        dataset = _open_file(path, image_root, allow)
     else:
-        dataset = _open_folder(path)
+        dataset = _open_folder(path, allow)
     if strict:
         dataset.raise_on_errors()
     return dataset
@@ -48,30 +52,30 @@ def _open_by_name(text: str) -> Dataset:
     return open_medmnist(locate(name, size))
 
 
-def _open_file(path: Path, image_root) -> Dataset:
+def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
     suffix = suffix_of(path)
     if suffix in (".csv", ".tsv"):
         from medlens.data.manifest import open_manifest
 
-        return open_manifest(path, Path(image_root) if image_root else None)
+        return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root)
     if suffix == ".npz":
         from medlens.data.medmnist import open_medmnist
 
         return open_medmnist(path)
     if path.name == "dataset.json":
-        return _open_folder(path.parent)
+        return _open_folder(path.parent, allow_outside_root)
     raise DatasetError(f"{path} is a single file; a dataset is a folder, a CSV manifest or a MedMNIST .npz. "
                        "To look at one image use `medlens info FILE`")
 
 
-def _open_folder(root: Path) -> Dataset:
+def _open_folder(root: Path, allow_outside_root: bool) -> Dataset:
     from medlens.data import folders, segmentation
 
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise DatasetError(f"{root} is empty; expected class folders, images/ + labels/, or a dataset.json")
     if (root / "dataset.json").is_file():
-        return segmentation.open_decathlon(root)
+        return segmentation.open_decathlon(root, allow_outside_root=allow_outside_root)
     if segmentation.find_pair_dirs(root):
         return segmentation.open_pairs(root)
     if segmentation.looks_like_flat_pairs(root):

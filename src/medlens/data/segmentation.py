@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, Finding
+from medlens.data.dataset import Dataset, Finding, lies_outside
 from medlens.data.folders import is_image_file
 from medlens.errors import DatasetError
 from medlens.io.formats import suffix_of
@@ -91,28 +91,35 @@ def _unpaired(root: Path, images_only: set[str], masks_only: set[str]) -> list[F
     return findings
 
 
-def open_decathlon(root: Path) -> Dataset:
+def open_decathlon(root: Path, *, allow_outside_root: bool = False) -> Dataset:
     """List the training cases of a Decathlon-style folder from its ``dataset.json``.
+
+    Args:
+        allow_outside_root: follow listed paths that leave ``root`` (``../..``, absolute paths
+            elsewhere, links pointing out); refused by default, as a ``path.outside_root`` finding.
 
     Raises:
         DatasetError: unreadable ``dataset.json``, no ``training`` list, or listed files missing.
     """
     spec = _read_spec(root / "dataset.json")
-    labels = spec.get("labels") or {}
-    if isinstance(labels, dict):
-        values = sorted(int(k) for k in labels)
-        class_names = tuple(labels[str(v)] if str(v) in labels else labels[v] for v in values)
-    else:
-        values, class_names = list(range(len(labels))), tuple(labels)
-    cases, missing = [], []
+    values, class_names = _labels(spec.get("labels") or {}, root / "dataset.json")
+    cases, missing, outside = [], [], []
     for entry in spec["training"]:
         image, mask = root / entry["image"], root / entry["label"]
+        if not allow_outside_root and (lies_outside(image, root) or lies_outside(mask, root)):
+            outside.append(f"{entry['image']}, {entry['label']}")
+            continue
         for path in (image, mask):
             if not path.exists():
-                missing.append(str(path.relative_to(root)))
+                missing.append(str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
         if image.exists() and mask.exists():
             cases.append(Case(case_id=stem(image), images=(image,), mask=mask))
     findings = []
+    if outside:
+        findings.append(Finding.blocking("path.outside_root", f"{root / 'dataset.json'} lists {len(outside)} case(s) "
+                                         f"outside {root} (first: {'; '.join(outside[:3])}); medlens reads only files "
+                                         "under the dataset's folder: move them under it, or pass "
+                                         "--allow-outside-root if these paths are meant", outside))
     if missing:
         findings.append(Finding.blocking("file.missing", f"{root / 'dataset.json'} lists {len(missing)} file(s) that "
                                 f"do not exist (first: {', '.join(missing[:3])}); copy them or fix the list", missing))
@@ -124,6 +131,28 @@ def open_decathlon(root: Path) -> Dataset:
                    findings=findings)
 
 
+def _labels(labels, path: Path) -> tuple[list[int], tuple[str, ...]]:
+    """Mask values and class names from ``labels``: ``{"0": "background", ...}`` (Decathlon), ``{"background":
+    0, ...}`` (nnU-Net v2) or a list of names (value = position).
+
+    Raises:
+        DatasetError: anything else, naming the expected forms.
+    """
+    if isinstance(labels, list) and all(isinstance(name, str) for name in labels):
+        return list(range(len(labels))), tuple(labels)
+    if isinstance(labels, dict) and all(str(k).strip().isdigit() for k in labels):
+        by_value = {int(k): str(name) for k, name in labels.items()}
+    elif isinstance(labels, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                          for v in labels.values()):
+        by_value = {v: str(name) for name, v in labels.items()}
+    else:
+        raise DatasetError(f"{path}: 'labels' must map mask values to names ({{\"0\": \"background\", \"1\": "
+                           f"\"tumour\"}}), names to values ({{\"background\": 0, \"tumour\": 1}}) or list the names "
+                           "in value order")
+    values = sorted(by_value)
+    return values, tuple(by_value[v] for v in values)
+
+
 def _read_spec(path: Path) -> dict:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -131,7 +160,9 @@ def _read_spec(path: Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("training"), list) or not spec["training"]:
         raise DatasetError(f"{path}: expected a 'training' list of {{'image': ..., 'label': ...}} entries")
-    bad = [e for e in spec["training"] if not isinstance(e, dict) or "image" not in e or "label" not in e]
+    bad = [i for i, e in enumerate(spec["training"]) if not isinstance(e, dict)
+           or not all(isinstance(e.get(key), str) and e[key].strip() for key in ("image", "label"))]
     if bad:
-        raise DatasetError(f"{path}: {len(bad)} training entries lack 'image' or 'label' (first: {bad[0]})")
+        raise DatasetError(f"{path}: {len(bad)} training entries lack an 'image' or 'label' path (first: entry "
+                           f"{bad[0]}); each entry is {{'image': 'imagesTr/x.nii.gz', 'label': 'labelsTr/x.nii.gz'}}")
     return spec

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
     if folds < 1 or not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
         raise DatasetError(f"invalid split request: folds={folds}, val_fraction={val_fraction}, "
                            f"test_fraction={test_fraction}; use folds >= 1 and fractions in (0, 1)")
+    dataset = _unique_cases(dataset)
     if duplicates:
         dataset = _merge_duplicate_groups(dataset, duplicates)
     fixed_test = [c for c in dataset.cases if c.split is Split.TEST]
@@ -72,6 +74,20 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         "test": [c.case_id for c in test],
         "folds": [{"train": [c.case_id for c in tr], "val": [c.case_id for c in va]} for tr, va in fold_list],
     }
+
+
+def _unique_cases(dataset: Dataset) -> Dataset:
+    """``dataset`` with each case id once (the first), so no splits file names a case twice.
+
+    The sources list every file once (a manifest reports its repeated rows as findings); this
+    keeps a dataset built some other way from putting one case in two splits.
+    """
+    from dataclasses import replace
+
+    first: dict[str, Case] = {}
+    for case in dataset.cases:
+        first.setdefault(case.case_id, case)
+    return dataset if len(first) == len(dataset.cases) else replace(dataset, cases=list(first.values()))
 
 
 def _merge_duplicate_groups(dataset: Dataset, duplicates: list[list[str]]) -> Dataset:
@@ -178,6 +194,11 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> dict:
 def _check_same_cases(path: Path, splits: dict, dataset: Dataset) -> None:
     known = {c.case_id for c in dataset.cases}
     listed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
+    for k, fold in enumerate(splits["folds"]):
+        twice = [i for i, n in Counter([*splits["test"], *fold["train"], *fold["val"]]).items() if n > 1]
+        if twice:
+            raise DatasetError(f"{path}: fold {k} lists {len(twice)} case(s) more than once (e.g. {twice[0]}), in "
+                               "one split or in two; each case belongs to one split: run `medlens split` again")
     unknown = sorted(listed - known)
     if unknown:
         raise DatasetError(f"{path} names {len(unknown)} case(s) this dataset does not have (e.g. {unknown[0]}); "

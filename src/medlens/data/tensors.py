@@ -18,8 +18,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from medlens.config import DataSection
-from medlens.data.dataset import Dataset
-from medlens.errors import DatasetError, MedlensError
+from medlens.data.dataset import Dataset, describe_read_failure
+from medlens.errors import DatasetError
 from medlens.transforms import Preprocessor
 from medlens.types import Case
 
@@ -65,9 +65,9 @@ def _fill(out: np.ndarray, dataset: Dataset, cases: list[Case], data: DataSectio
     for i, case in enumerate(cases):
         try:
             out[i] = prepare(dataset.load_image(case), where=f"case {case.case_id} ({case.image})")
-        except (MedlensError, OSError, ValueError) as exc:
-            raise DatasetError(f"case {case.case_id}: {exc}. Run `medlens inspect` to list every unreadable "
-                               "case, then fix or remove it") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a bad file raises, training stops with its name
+            raise DatasetError(f"case {case.case_id}: {describe_read_failure(case.image, exc)}. Run `medlens "
+                               "inspect` to list every unreadable case, then fix or remove it") from None
         if progress:
             progress(i + 1, len(cases))
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from medlens.config import Config
-from medlens.data.dataset import Dataset
+from medlens.data.dataset import Dataset, describe_read_failure
 from medlens.data.tensors import MEMORY_LIMIT_BYTES, cache_dir
 from medlens.errors import DatasetError, MedlensError
 from medlens.transforms.volume import prepare_image, prepare_mask, target_shape
@@ -69,8 +69,11 @@ def _prepare(dataset: Dataset, case: Case, config: Config) -> Volume:
         if case.mask is None:
             raise DatasetError(f"{where}: no mask; segmentation training needs one per case")
         mask = prepare_mask(dataset.load_mask(case), image, config.data, list(config.dataset.label_values), where)
-    except (MedlensError, OSError, ValueError) as exc:
+    except MedlensError as exc:
         raise DatasetError(f"{exc}. Run `medlens inspect` to list every problem case, then fix or remove it") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a bad file raises, training stops with its name
+        raise DatasetError(f"{where}: {describe_read_failure(case.image, exc)}. Run `medlens inspect` to list every "
+                           "problem case, then fix or remove it") from None
     return Volume(case, array, mask, foreground_positions(mask, len(config.dataset.class_names), case.case_id))
 
 
