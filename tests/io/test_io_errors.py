@@ -111,7 +111,7 @@ def test_truncated_metaimage_or_nrrd_is_refused(tmp_path, suffix, compress):
     sitk.WriteImage(sitk.GetImageFromArray(float_volume()), str(tmp_path / f"whole{suffix}"), useCompression=compress)
     truncated = cut_in_half(tmp_path / f"whole{suffix}", tmp_path / f"half{suffix}")
 
-    expected = r"half\.(mha|nrrd): could not be read as an image .*may be truncated or corrupt"
+    expected = r"half\.(mha|nrrd): truncated: the (compressed data inflates to|header declares) .*copy or export it"
     with pytest.raises(ReadError, match=expected):
         read_image(truncated)
 
@@ -135,7 +135,7 @@ def test_metaimage_header_without_its_raw_file_is_refused(make_image):
 def test_truncated_png_is_refused(make_image, tmp_path):
     truncated = cut_in_half(make_image("png_rgb").path, tmp_path / "half.png")
 
-    with pytest.raises(ReadError, match=r"half\.png: could not decode the image \(image file is truncated"):
+    with pytest.raises(ReadError, match=r"half\.png: could not decode the image \(.*truncated"):
         read_image(truncated)
 
 
@@ -239,7 +239,7 @@ def test_matching_dimensionality_is_accepted(make_image):
 def test_npz_with_several_arrays_none_of_them_the_image_is_refused(tmp_path):
     np.savez(tmp_path / "bundle.npz", weights=np.zeros(3), bias=np.ones(2))
 
-    with pytest.raises(ReadError, match=r"holds 2 arrays \(weights, bias\) and none is named image / images / arr_0; "
+    with pytest.raises(ReadError, match=r"holds 2 arrays and none is named image / images / arr_0; "
                                         r"save the image under the key 'image'"):
         read_image(tmp_path / "bundle.npz")
 
@@ -255,7 +255,7 @@ def test_medmnist_like_npz_is_pointed_to_the_dataset_reader(tmp_path):
 def test_npy_holding_pickled_objects_is_refused_without_unpickling(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
 
-    with pytest.raises(ReadError, match=r"objects\.npy: not a readable \.npy array .*hold pickled objects"):
+    with pytest.raises(ReadError, match=r"objects\.npy: holds pickled Python objects, not numbers; medlens never unpickles"):
         read_image(tmp_path / "objects.npy")
 
 
@@ -278,7 +278,7 @@ def test_truncated_npy_is_refused(tmp_path):
     np.save(tmp_path / "whole.npy", float_volume())
     truncated = cut_in_half(tmp_path / "whole.npy", tmp_path / "half.npy")
 
-    with pytest.raises(ReadError, match=r"half\.npy: not a readable \.npy array"):
+    with pytest.raises(ReadError, match=r"half\.npy: truncated: the \.npy header declares shape \(20, 30, 40\) of float32"):
         read_image(truncated)
 
 

@@ -8,10 +8,13 @@ array is ``(C, X, Y)`` (column, row) and a 3D array ``(C, X, Y, Z)``; ``spacing_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from medlens.errors import ReadError
 
 
 @dataclass
@@ -82,17 +85,34 @@ def identity_direction(dims: int) -> tuple[float, ...]:
     return tuple(np.eye(dims).ravel().tolist())
 
 
+@functools.cache
+def simpleitk():
+    """The SimpleITK module, with ITK's warnings off: they go to stderr and quote file paths (an
+    upload's temporary path); medlens checks what it reads itself and says what is wrong."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
+
+
 def from_sitk(sitk_image, path: Path | None = None) -> Image:
     """Convert a SimpleITK image (scalar or vector, 2D, 3D, or 4D as 3D + channels).
 
     Returns:
         Image with array ``(C, X, Y[, Z])``; a 4D image's last axis becomes the channels.
-    """
-    import SimpleITK as sitk
 
-    array = sitk.GetArrayViewFromImage(sitk_image)  # (Z, Y, X) or (Z, Y, X, C) for vector pixels
+    Raises:
+        ReadError: more than 4 dimensions, or vector pixels on a 4D grid.
+    """
+    sitk = simpleitk()
     dims = sitk_image.GetDimension()
-    if sitk_image.GetNumberOfComponentsPerPixel() > 1:
+    vector = sitk_image.GetNumberOfComponentsPerPixel() > 1
+    if dims not in (2, 3, 4) or (vector and dims == 4):
+        raise ReadError(f"{path}: a {dims}D image{' of vector pixels' if vector else ''} of size "
+                        f"{sitk_image.GetSize()}; medlens reads 2D and 3D images, and 4D ones whose 4th axis "
+                        "holds the channels. Split it into 3D volumes")
+    array = sitk.GetArrayViewFromImage(sitk_image)  # (Z, Y, X) or (Z, Y, X, C) for vector pixels
+    if vector:
         channels_last = np.array(array)  # the view dies with sitk_image
         array = np.moveaxis(channels_last, -1, 0)
         array = array.transpose(0, *range(dims, 0, -1))
@@ -109,7 +129,7 @@ def from_sitk(sitk_image, path: Path | None = None) -> Image:
 
 def to_sitk(image: Image):
     """Convert to a SimpleITK image (vector pixels when there are several channels)."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     dims = image.spatial_dims
     spatial_reversed = tuple(range(dims, 0, -1))

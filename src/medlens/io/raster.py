@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.budget import check_voxels
 from medlens.errors import ReadError
+from medlens.io.codecs import MAX_JPEG_SCANS, StreamError, check_png_data, jpeg_scans, png_header
 from medlens.io.image import Image, identity_direction
 
 GEOMETRY_KEY = "medlens:geometry"
@@ -23,27 +25,35 @@ MAX_PIXELS = 30_000 * 30_000
 def read_raster(path: Path) -> Image:
     """Read a 2D raster image.
 
+    The codec's own header is checked before Pillow decodes anything: the pixel count against the
+    work budget, a PNG's data against its IHDR (CRCs, truncation), a JPEG's number of scans.
+
     Returns:
         Image ``(C, X, Y)`` with C = 1 (grey) or 3 (RGB).
 
     Raises:
         ReadError: corrupt/truncated file, several frames, or an unsupported pixel mode.
+        BudgetError: the declared pixel count is past the work budget.
     """
+    import io
+    import warnings
+
     from PIL import Image as PILImage
 
     PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+    data = Path(path).read_bytes()
     try:
-        with PILImage.open(path) as pil:
-            if getattr(pil, "n_frames", 1) > 1:
-                raise ReadError(f"{path} holds {pil.n_frames} frames; medlens reads single-frame 2D rasters. "
-                                "Save a volume as NIfTI or a DICOM series instead")
-            pil.load()
-            text = dict(getattr(pil, "text", {}) or {})
-            array = _to_array(pil, path)
-            dpi = pil.info.get("dpi")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the budget below decides
+            with PILImage.open(io.BytesIO(data)) as pil:
+                _check_before_decode(pil, data, path)
+                pil.load()
+                text = dict(getattr(pil, "text", {}) or {})
+                array = _to_array(pil, path)
+                dpi = pil.info.get("dpi")
     except ReadError:
         raise
-    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError, StreamError) as exc:
         raise ReadError(f"{path}: could not decode the image ({exc}); the file may be truncated or corrupt") from None
     array = array.transpose(2, 1, 0)  # (H, W, C) -> (C, X, Y)
     image = Image(array, (1.0, 1.0), (0.0, 0.0), identity_direction(2), spacing_known=False, path=Path(path))
@@ -54,6 +64,26 @@ def read_raster(path: Path) -> Image:
         image.spacing_mm = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
         image.spacing_known = True
     return image
+
+
+def _check_before_decode(pil, data: bytes, path: Path) -> None:
+    """Frames, budget and the codec's own stream, from the header Pillow has parsed (nothing decoded yet).
+
+    Raises:
+        ReadError: several frames.
+        BudgetError: width x height x bands past the work budget.
+        StreamError: a PNG's data contradicts its header, or a JPEG has absurdly many scans.
+    """
+    if getattr(pil, "n_frames", 1) > 1:
+        raise ReadError(f"{path} holds {pil.n_frames} frames; medlens reads single-frame 2D rasters. "
+                        "Save a volume as NIfTI or a DICOM series instead")
+    width, height = pil.size
+    check_voxels((len(pil.getbands()), width, height), f"decoding {Path(path).name}")
+    if pil.format == "PNG":
+        check_png_data(data, png_header(data))
+    elif pil.format in ("JPEG", "MPO") and jpeg_scans(data) > MAX_JPEG_SCANS:
+        raise StreamError(f"the JPEG holds {jpeg_scans(data)} scans (more than {MAX_JPEG_SCANS}); a real image "
+                          "has about 10, re-export it")
 
 
 def _to_array(pil, path: Path) -> np.ndarray:
