@@ -3,7 +3,8 @@
 Windows of the training patch size overlap by ``segment.overlap`` and are blended with Gaussian
 weights (centre voxels count more than edges, as in nnU-Net). The network runs on the model's
 device; when a volume's stitched output would be large on a GPU, stitching happens in CPU
-memory instead (``device="cpu"``), so memory stays bounded whatever the image size.
+memory instead (``device="cpu"``). The stitched output, ``K`` classes over the image padded to at
+least one window, is checked against the work budget (:mod:`medlens.budget`) before any window runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from itertools import combinations
 
 import torch
 
+from medlens.budget import check_voxels
 from medlens.config import Config
 
 GPU_STITCH_LIMIT = 512 ** 3  # output voxels x classes above which stitching moves to CPU memory
@@ -25,11 +27,16 @@ def sliding_probs(model: torch.nn.Module, x: torch.Tensor, config: Config, *, mi
         model: in eval mode, ``(B, C, *P) -> (B, K, *P)`` logits.
         mirror: also predict mirrored copies along every combination of ``augment.flip_axes`` and
             average (test-time augmentation, ``2 ** len(flip_axes)`` passes).
+
+    Raises:
+        BudgetError: the stitched output ``(B, K, *padded S)`` is past the work budget in force.
     """
     from monai.inferers import sliding_window_inference
 
-    device = next(model.parameters()).device
     k = len(config.dataset.class_names)
+    check_voxels(output_shape(tuple(x.shape), k, tuple(config.data.input_size)),
+                 f"stitching the sliding-window output ({k} classes)")
+    device = next(model.parameters()).device
     stitch = "cpu" if device.type == "cuda" and x[0, 0].numel() * k > GPU_STITCH_LIMIT else device
     flips = mirror_sets(tuple(config.augment.flip_axes)) if mirror else [()]
     total = None
@@ -44,6 +51,12 @@ def sliding_probs(model: torch.nn.Module, x: torch.Tensor, config: Config, *, mi
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs
     return total / len(flips)
+
+
+def output_shape(shape: tuple[int, ...], num_classes: int, window: tuple[int, ...]) -> tuple[int, ...]:
+    """``(B, K, *padded)`` the stitched output of ``x (B, C, *S)`` occupies: MONAI pads every side
+    shorter than the window up to it."""
+    return (shape[0], num_classes, *(max(s, w) for s, w in zip(shape[2:], window)))
 
 
 def mirror_sets(axes: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from medlens.budget import check_voxels
 from medlens.config import DataSection
 from medlens.errors import ConfigError, DatasetError
 from medlens.io import Image
@@ -19,7 +20,9 @@ class Preprocessor:
     Steps, in order: channel adaptation (grey repeated to 3 channels, RGB averaged to grey),
     intensity normalisation (``scale01``/``ct_window``: clip ``intensity_range`` to [0, 1];
     ``zscore``: per image and channel), NaN set to 0, resize to ``input_size`` (MONAI ``Resize``:
-    area interpolation when shrinking, (tri)linear when enlarging).
+    area interpolation when shrinking, (tri)linear when enlarging). The source image, as float32
+    with the plan's channels, is checked against the work budget (:mod:`medlens.budget`) before it
+    is converted: a PNG declaring 30000 x 30000 must be refused, not resized.
     """
 
     def __init__(self, data: DataSection):
@@ -30,11 +33,19 @@ class Preprocessor:
                               f"found {list(data.intensity_range)}; e.g. --set data.intensity_range=[0,255]")
 
     def __call__(self, image: Image | np.ndarray, where: str = "image") -> np.ndarray:
+        """``(C, *spatial)`` of any dtype -> float32 ``(channels, *input_size)``.
+
+        Raises:
+            DatasetError: the image's dimensions or channels do not fit the plan.
+            BudgetError: the image, converted to float with the plan's channels, is past the work budget.
+        """
         array = image.array if isinstance(image, Image) else np.asarray(image)
         if array.ndim != self.spatial_dims + 1:
             raise DatasetError(f"{where}: a {array.ndim - 1}D image (shape {array.shape[1:]}) but the model takes "
                                f"{self.spatial_dims}D input {tuple(self.data.input_size)}; use a "
                                f"{array.ndim - 1}D dataset or model")
+        check_voxels((max(array.shape[0], self.data.channels), *array.shape[1:]),
+                     f"converting the image to float for resizing to {tuple(self.data.input_size)}")
         array = self._channels(array.astype(np.float32, copy=False), where)
         array = np.nan_to_num(self._normalize(array), nan=0.0, posinf=0.0, neginf=0.0)
         return self._resize(array)

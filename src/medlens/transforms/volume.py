@@ -5,30 +5,61 @@ What the network sees is the image on the *target grid*: same origin and directi
 target)``). Images are resampled linearly, masks by nearest neighbour; when the grid already has
 the target spacing nothing is resampled. :func:`to_original_grid` takes class probabilities
 back to the image's own grid, so predicted masks have exactly the input's shape and geometry.
+
+Every array made here is checked against the work budget (:mod:`medlens.budget`) before it is
+allocated: a small file with huge voxels (16 mm, or 1000 mm) asks the resampler for billions of them.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from medlens.budget import check_voxels
 from medlens.config import DataSection
-from medlens.errors import DatasetError
+from medlens.errors import ConfigError, DatasetError
 from medlens.io import Image
+
+_MAX_SIDE = float(1 << 40)  # a side past any budget: an overflowed (inf) size still becomes a whole number
 
 
 def target_shape(image: Image, data: DataSection) -> tuple[int, ...]:
-    """Spatial shape on the target grid; the image's own shape when no target spacing is planned."""
+    """Spatial shape on the target grid; the image's own shape when no target spacing is planned.
+
+    Nothing is allocated here: callers check the shape against the work budget before resampling.
+
+    Raises:
+        DatasetError: the image's spacing is not positive and finite (a corrupt header).
+        ConfigError: the plan's ``data.target_spacing`` is not positive and finite.
+    """
     if not data.target_spacing or not image.spacing_known:
         return image.spatial_shape
-    return tuple(max(int(round(n * s / t)), 1) for n, s, t in
+    if not all(math.isfinite(t) and t > 0 for t in data.target_spacing):
+        raise ConfigError(f"data.target_spacing must be positive numbers of mm, found {list(data.target_spacing)}; "
+                          "fix the plan (e.g. --set data.target_spacing=[1,1,1])")
+    if not all(math.isfinite(s) and s > 0 for s in image.spacing_mm):
+        raise DatasetError(f"the image's voxel spacing {image.spacing_mm} mm is not a positive finite size; its "
+                           "header is corrupt, export the image again")
+    # n * s / t overflows to inf for absurd headers; capped, the budget check refuses it with its size
+    return tuple(max(int(round(min(n * s / t, _MAX_SIDE))), 1) for n, s, t in
                  zip(image.spatial_shape, image.spacing_mm, data.target_spacing))
 
 
-def resample(array: np.ndarray, shape: tuple[int, ...], *, nearest: bool = False) -> np.ndarray:
-    """Resample ``(C, *spatial)`` to ``(C, *shape)``: linear, or nearest neighbour for label maps."""
+def resample(array: np.ndarray, shape: tuple[int, ...], *, nearest: bool = False,
+             what: str = "resampling the image") -> np.ndarray:
+    """Resample ``(C, *spatial)`` to ``(C, *shape)``: linear, or nearest neighbour for label maps.
+
+    Args:
+        what: the step, as a refusal names it ("resampling to the plan's spacing ...").
+
+    Raises:
+        BudgetError: ``(C, *shape)`` is past the work budget in force (checked before interpolating).
+    """
     if tuple(array.shape[1:]) == tuple(shape):
         return array
+    check_voxels((array.shape[0], *shape), what)
     tensor = torch.as_tensor(np.ascontiguousarray(array))[None]
     if nearest:
         out = torch.nn.functional.interpolate(tensor.float(), size=shape, mode="nearest-exact")
@@ -63,14 +94,22 @@ def prepare_image(image: Image, data: DataSection, where: str) -> np.ndarray:
     """``(C, *spatial)`` of any dtype -> normalised float32 ``(C, *target_shape)``.
 
     Raises:
-        DatasetError: the channels differ from the plan's.
+        DatasetError: the channels differ from the plan's, or the image's spacing is corrupt.
+        BudgetError: the image on the target grid would be past the work budget in force.
     """
     if image.channels != data.channels:
         raise DatasetError(f"{where}: {image.channels} channel(s) but the plan expects {data.channels}; every case "
                            "needs the same modalities, in the same order")
     array = image.array.astype(np.float32, copy=False)
-    array = resample(array, target_shape(image, data))
+    array = resample(array, target_shape(image, data), what=_resampling("the image", image, data))
     return np.ascontiguousarray(np.nan_to_num(normalize(array, data)), dtype=np.float32)
+
+
+def _resampling(what: str, image: Image, data: DataSection) -> str:
+    """The resampling step, as a refusal names it: the two spacings say why the grid grows."""
+    spacing = ", ".join(f"{s:g}" for s in image.spacing_mm)
+    target = ", ".join(f"{t:g}" for t in data.target_spacing)
+    return f"resampling {what} to the plan's spacing ({target} mm) from its own ({spacing} mm)"
 
 
 def label_lookup(values: list[int]) -> np.ndarray:
@@ -85,6 +124,7 @@ def prepare_mask(mask: Image, image: Image, data: DataSection, values: list[int]
 
     Raises:
         DatasetError: the mask's grid is not the image's, or it holds undeclared label values.
+        BudgetError: the mask on the target grid would be past the work budget in force.
     """
     if mask.spatial_dims != image.spatial_dims or not image.same_geometry(mask):
         raise DatasetError(f"{where}: the mask (shape {mask.spatial_shape}, spacing {mask.spacing_mm}) is not on "
@@ -96,12 +136,17 @@ def prepare_mask(mask: Image, image: Image, data: DataSection, values: list[int]
         raise DatasetError(f"{where}: mask values {unknown} are not among the planned labels {values}; fix the mask "
                            "or the dataset's label list")
     indices = label_lookup(values)[raw]
-    return resample(indices, target_shape(image, data), nearest=True)[0]
+    return resample(indices, target_shape(image, data), nearest=True, what=_resampling("the mask", image, data))[0]
 
 
 def to_original_grid(probs: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Class probabilities ``(K, *target_shape)`` -> ``(K, *shape)`` on the image's own grid (linear)."""
+    """Class probabilities ``(K, *target_shape)`` -> ``(K, *shape)`` on the image's own grid (linear).
+
+    Raises:
+        BudgetError: ``(K, *shape)`` is past the work budget in force (checked before interpolating).
+    """
     if tuple(probs.shape[1:]) == tuple(shape):
         return probs
+    check_voxels((probs.shape[0], *shape), "mapping the class probabilities back to the image's grid")
     mode = "bilinear" if len(shape) == 2 else "trilinear"
     return torch.nn.functional.interpolate(probs[None].float(), size=shape, mode=mode, align_corners=False)[0]
