@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import malformed_uploads, png_bytes
+from corpus import dicom_files, malformed_uploads, png_bytes
 
+from medlens.budget import WorkBudget, work_budget
 from medlens.deploy.uploads import UploadError, UploadLimits, detect_upload, staged_upload
 from medlens.errors import MedlensError
 from medlens.io import read_image
@@ -132,3 +134,107 @@ def test_scrub_removes_the_temporary_folder_from_reader_messages():
         message = staged.scrub(f"{staged.path}: could not decode; see {staged.folder}")
     assert message == "upload.png: could not decode; see upload"
     shutil.rmtree(staged.folder, ignore_errors=True)
+
+
+# ---- zip entry names: refused without being quoted --------------------------------------------------
+
+MARKER = "JOHN_DOE_1957_MARKER"
+
+
+def zip_of(*infos: tuple[zipfile.ZipInfo | str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about duplicate names, which one test wants
+        with zipfile.ZipFile(buffer, "w", compression) as archive:
+            for info, data in infos:  # a ZipInfo: writestr(name) refuses the empty name the tests need
+                archive.writestr(info if isinstance(info, zipfile.ZipInfo) else zipfile.ZipInfo(info), data)
+    return buffer.getvalue()
+
+
+def with_mode(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = mode << 16
+    return info
+
+
+def refusal(data: bytes) -> UploadError:
+    with pytest.raises(UploadError) as caught:
+        with staged_upload(data):
+            pytest.fail("staged a malformed zip")
+    return caught.value
+
+
+@pytest.mark.parametrize("name", ["", ".", "./", "./."])
+def test_a_zip_entry_with_an_empty_name_is_a_400_naming_its_number(name):
+    data = zip_of((f"{MARKER}/slice_0.dcm", b"x"), (name, b"DICM"))
+    error = refusal(data)
+    assert error.status == 400
+    assert str(error).startswith("zip entry #2 has an empty name")
+
+
+def test_a_zip_entry_named_only_a_slash_is_a_400():
+    error = refusal(zip_of(("/", b"DICM")))
+    assert error.status == 400 and "zip entry #1 points outside the archive" in str(error)
+
+
+def corrupt_crc() -> bytes:
+    data = bytearray(zip_of((f"{MARKER}/slice.dcm", b"\x00" * 200), compression=zipfile.ZIP_STORED))
+    data[data.find(b"\x00" * 200) + 100] = 1  # stored data no longer matches its CRC
+    return bytes(data)
+
+
+def encrypted() -> bytes:
+    data = bytearray(zip_of((f"{MARKER}/slice.dcm", b"x")))
+    data[6] |= 1  # the encryption flag, in the local header and the central directory (zipfile clears it on write)
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    return bytes(data)
+
+
+@pytest.mark.parametrize("make, status, message", [
+    (lambda: zip_of((f"../{MARKER}.dcm", b"x")), 400, "zip entry #1 points outside the archive"),
+    (lambda: zip_of((f"/{MARKER}.dcm", b"x")), 400, "zip entry #1 points outside the archive"),
+    (lambda: zip_of(("a.dcm", b"x"), (with_mode(MARKER, 0o120777), b"/etc/passwd")), 400,
+     "zip entry #2 is a symbolic link or special file"),
+    (encrypted, 400, "zip entry #1 is encrypted"),
+    (lambda: zip_of((MARKER, b"x"), (MARKER, b"y")), 400, "zip entry #2 repeats the name of an earlier entry"),
+    (corrupt_crc, 400, "the zip archive is corrupt or uses an unsupported feature (BadZipFile)"),
+])
+def test_no_zip_refusal_quotes_an_entry_name(make, status, message):
+    error = refusal(make())
+    assert error.status == status and message in str(error), str(error)
+    assert MARKER not in str(error)
+
+
+def test_metaimage_refusals_do_not_quote_the_headers_text():
+    data_file = ("ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\n"
+                 f"ElementDataFile = {MARKER}.raw\n")
+    for header in (data_file, data_file.replace("ObjectType = Image", f"ObjectType = {MARKER}"),
+                   data_file.replace("DimSize = 8 8", f"DimSize = 8 {MARKER}")):
+        error = refusal(header.encode())
+        assert error.status == 400 and MARKER not in str(error), str(error)
+
+
+# ---- the work budget in force also bounds what an upload may declare ---------------------------------
+
+def test_the_work_budget_refuses_an_upload_past_it_even_under_the_stagers_own_limit():
+    data = png_bytes((64, 48))
+    with work_budget(WorkBudget(max_voxels=64 * 48, hint="the budget's hint")), staged_upload(data) as staged:
+        assert staged.voxels == 64 * 48
+    with work_budget(WorkBudget(max_voxels=64 * 48 - 1, hint="the budget's hint")):
+        error = refusal(data)
+    assert error.status == 413
+    assert "3,072 voxels, more than the limit of 3,071; the budget's hint" in str(error)
+    # the stager's own limit, when it is the smaller one, still answers with its own advice
+    with work_budget(WorkBudget(max_voxels=10**6, hint="the budget's hint")), pytest.raises(
+            UploadError, match="more than the limit of 3,071; send a smaller or downsampled image"):
+        with staged_upload(data, UploadLimits(max_voxels=64 * 48 - 1)):
+            pass
+
+
+def test_a_zipped_dicom_series_is_judged_against_the_budget_too():
+    files = dicom_files()  # 16 x 12 x 3 slices
+    with work_budget(WorkBudget(max_voxels=16 * 12 * 3, hint="h")), staged_upload(zip_of(*files)) as staged:
+        assert staged.voxels == 16 * 12 * 3
+    with work_budget(WorkBudget(max_voxels=16 * 12 * 3 - 1, hint="h")):
+        error = refusal(zip_of(*files))
+    assert error.status == 413 and "the DICOM series (3 files) declares 576 voxels" in str(error)

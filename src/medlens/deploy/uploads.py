@@ -3,7 +3,9 @@
 The type is decided from the content, never from a file name, and every check that bounds memory
 or disk runs before a decoder sees the data: the upload size while it is copied, the image size
 from the format's header (a voxel budget), zip entries, names and sizes before extraction, and
-gzip streams by decompressing in bounded steps. Everything lives in a temporary folder that is
+gzip streams by decompressing in bounded steps. The voxel limit is the smaller of
+``UploadLimits.max_voxels`` and the work budget in force (:mod:`medlens.budget`). Messages never
+quote what an upload names itself (zip entries are "entry #N"). Everything lives in a temporary folder that is
 removed when the ``with`` block ends, whatever happens inside it.
 
 >>> with staged_upload(request_bytes) as staged:
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from medlens.budget import current_budget
 from medlens.errors import MedlensError
 
 ACCEPTED = ("DICOM (Part 10 file), a .zip of one DICOM series, NIfTI (.nii, .nii.gz), MetaImage (.mha with "
@@ -163,9 +166,14 @@ def detect_upload(head: bytes) -> str:
 
 
 def _check_voxels(voxels: int, what: str, limits: UploadLimits) -> int:
-    if voxels > limits.max_voxels:
+    """``voxels`` if within ``limits.max_voxels`` and the work budget in force, else UploadError 413."""
+    budget = current_budget()
+    if voxels > limits.max_voxels and limits.max_voxels <= budget.max_voxels:
         raise UploadError(f"{what} declares {voxels:,} voxels, more than the limit of {limits.max_voxels:,}; "
                           "send a smaller or downsampled image", 413)
+    if voxels > budget.max_voxels:
+        raise UploadError(f"{what} declares {voxels:,} voxels, more than the limit of {budget.max_voxels:,}; "
+                          f"{budget.hint}", 413)
     return voxels
 
 
@@ -299,10 +307,10 @@ def _metaimage_fields(head: bytes) -> dict[str, str]:
 def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split()]
-    except ValueError:
-        raise UploadError(f"{what} must be whole numbers, found {text[:80]!r}; export the file again") from None
+    except ValueError:  # the header's text is not shown: an upload's own words may identify someone
+        raise UploadError(f"{what} must be whole numbers, found other text; export the file again") from None
     if not values or any(v < 1 for v in values):
-        raise UploadError(f"{what} must be positive whole numbers, found {text[:80]!r}; export the file again")
+        raise UploadError(f"{what} must be positive whole numbers, found {values or 'none'}; export the file again")
     return values
 
 
@@ -316,15 +324,15 @@ def _product(values: list[int]) -> int:
 def _stage_metaimage(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path, int]:
     fields = _metaimage_fields(head)
     if fields.get("ObjectType", "").lower() != "image":
-        raise UploadError(f"a MetaImage upload must have ObjectType = Image, found "
-                          f"{fields.get('ObjectType', '')[:40]!r}")
+        raise UploadError("a MetaImage upload must have ObjectType = Image, found another object type; save the "
+                          "image as a MetaImage (.mha)")
     data_file = fields.get("ElementDataFile")
     if data_file is None:
         raise UploadError(f"the MetaImage header has no ElementDataFile line within its first {HEADER_BYTES} bytes; "
                           "upload a single-file .mha")
     if data_file.upper() != "LOCAL":
-        raise UploadError(f"the MetaImage header points at a separate data file ({data_file[:80]!r}); the service "
-                          "reads nothing but the upload: save it as one .mha (ElementDataFile = LOCAL)")
+        raise UploadError("the MetaImage header points at a separate data file; the service reads nothing but the "
+                          "upload: save it as one .mha (ElementDataFile = LOCAL)")
     sizes = _ints(fields.get("DimSize", ""), "MetaImage DimSize")
     channels = _ints(fields.get("ElementNumberOfChannels", "1"), "MetaImage ElementNumberOfChannels")
     voxels = _check_voxels(_product(sizes + channels), f"the MetaImage header (DimSize {sizes})", limits)
@@ -379,11 +387,12 @@ def _stage_zip(raw: Path, head: bytes, limits: UploadLimits) -> tuple[Path, int]
         with zipfile.ZipFile(raw) as archive:
             members = archive.infolist()
             _check_zip_members(members, raw.stat().st_size, limits)
-            for info in members:
-                _extract_member(archive, info, series, limits)
+            for number, info in enumerate(members, start=1):
+                _extract_member(archive, info, number, series)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error, OSError) as exc:
-        raise UploadError(f"the zip archive is corrupt or uses an unsupported feature ({type(exc).__name__}: "
-                          f"{str(exc)[:120]}); zip the DICOM files again (deflate or store)") from None
+        # the exception's text is not shown: zipfile quotes entry names in it ("Bad CRC-32 for file ...")
+        raise UploadError(f"the zip archive is corrupt or uses an unsupported feature ({type(exc).__name__}); zip "
+                          "the DICOM files again (deflate or store)") from None
     dicoms = [p for p in sorted(series.rglob("*")) if p.is_file() and _has_dicm(p)]
     if not dicoms:
         raise UploadError("the zip archive holds no DICOM Part 10 file ('DICM' marker at byte 128); a zip upload "
@@ -396,28 +405,34 @@ def _check_zip_members(members: list[zipfile.ZipInfo], compressed: int, limits: 
     if len(members) > limits.max_zip_entries:
         raise UploadError(f"the zip archive has {len(members)} entries, more than the limit of "
                           f"{limits.max_zip_entries}; send one series", 413)
-    for info in members:
-        _check_zip_name(info)
+    for number, info in enumerate(members, start=1):
+        _check_zip_name(info, number)
     _check_expansion(sum(i.file_size for i in members), compressed, limits, "the zip archive")
 
 
-def _check_zip_name(info: zipfile.ZipInfo) -> None:
+def _check_zip_name(info: zipfile.ZipInfo, number: int) -> None:
+    """Refuse entry ``number`` (1-based) of the archive for its name, type or encryption, never quoting the
+    name: it is the uploader's text and may identify a patient."""
     name = info.filename
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts or "\x00" in name:
-        raise UploadError(f"the zip entry {name[:80]!r} points outside the archive (absolute path or '..'); zip the "
+        raise UploadError(f"zip entry #{number} points outside the archive (absolute path or '..'); zip the "
                           "series folder with relative names")
+    if not parts:  # "", ".", "./": nothing to extract to
+        raise UploadError(f"zip entry #{number} has an empty name (or only '.' and '/'); zip the series folder "
+                          "again so every file has a name")
     file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no Unix mode
     if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UploadError(f"the zip entry {name[:80]!r} is a symbolic link or special file; zip the files themselves")
+        raise UploadError(f"zip entry #{number} is a symbolic link or special file; zip the files themselves")
     if info.flag_bits & 0x1:
-        raise UploadError(f"the zip entry {name[:80]!r} is encrypted; upload an unencrypted zip")
+        raise UploadError(f"zip entry #{number} is encrypted; upload an unencrypted zip")
 
 
-def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, series: Path, limits: UploadLimits) -> None:
+def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, number: int, series: Path) -> None:
+    """Write entry ``number`` under ``series``, never past its declared size."""
     target = series.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
     if not target.resolve().is_relative_to(series.resolve()):
-        raise UploadError(f"the zip entry {info.filename[:80]!r} points outside the archive")
+        raise UploadError(f"zip entry #{number} points outside the archive")
     if info.is_dir():
         target.mkdir(parents=True, exist_ok=True)
         return
@@ -428,10 +443,10 @@ def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, series: Pat
             while chunk := src.read(_CHUNK):
                 written += len(chunk)
                 if written > info.file_size:
-                    raise UploadError(f"the zip entry {info.filename[:80]!r} holds more than its declared size", 413)
+                    raise UploadError(f"zip entry #{number} holds more than its declared size", 413)
                 dst.write(chunk)
     except FileExistsError:
-        raise UploadError(f"the zip archive holds {info.filename[:80]!r} twice; zip each file once") from None
+        raise UploadError(f"zip entry #{number} repeats the name of an earlier entry; zip each file once") from None
 
 
 def _has_dicm(path: Path) -> bool:
