@@ -8,6 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from medlens.errors import DicomError
 from medlens.io import read_image
 
 
@@ -89,14 +90,11 @@ def test_series_pixels_are_what_pydicom_decodes(make_image, case):
     np.testing.assert_array_equal(image.array[0], expected)
 
 
-def test_pixel_data_longer_than_expected_is_trimmed_as_pydicom_does(make_image):
+def test_pixel_data_longer_than_expected_is_refused_not_trimmed(make_image):
     written = make_image.dicom_series("excess", np.random.default_rng(8).integers(0, 4000, size=(7, 5, 4)),
                                       modality="MR", rescale_intercept=0.0)
     rewrite(written.files, lambda ds, k: setattr(ds, "PixelData", ds.PixelData + b"\0" * 8))
 
-    with pytest.warns(UserWarning, match="excess padding"):
-        image = read_image(written.path)
-    with pytest.warns(UserWarning, match="excess padding"):
-        expected = pydicom_volume(written.files)
-
-    np.testing.assert_array_equal(image.array[0], expected)
+    with pytest.raises(DicomError, match=r"slice_000\.dcm: the pixel data holds 78 bytes, but the header declares "
+                                         r"5 x 7 pixels x 1 frame\(s\) x 1 sample\(s\) x 16 bits = 70 bytes"):
+        read_image(written.path)

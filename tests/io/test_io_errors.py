@@ -255,7 +255,8 @@ def test_medmnist_like_npz_is_pointed_to_the_dataset_reader(tmp_path):
 def test_npy_holding_pickled_objects_is_refused_without_unpickling(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
 
-    with pytest.raises(ReadError, match=r"objects\.npy: holds pickled Python objects, not numbers; medlens never unpickles"):
+    with pytest.raises(ReadError, match=r"objects\.npy: holds pickled Python objects, not numbers; medlens "
+                                        r"never unpickles"):
         read_image(tmp_path / "objects.npy")
 
 
@@ -278,7 +279,8 @@ def test_truncated_npy_is_refused(tmp_path):
     np.save(tmp_path / "whole.npy", float_volume())
     truncated = cut_in_half(tmp_path / "whole.npy", tmp_path / "half.npy")
 
-    with pytest.raises(ReadError, match=r"half\.npy: truncated: the \.npy header declares shape \(20, 30, 40\) of float32"):
+    with pytest.raises(ReadError, match=r"half\.npy: truncated: the \.npy header declares shape "
+                                        r"\(20, 30, 40\) of float32"):
         read_image(truncated)
 
 

@@ -9,16 +9,33 @@ Patient identifiers never leave this module: only a one-way ``patient_key`` does
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
+import re
+import struct
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medlens.budget import check_voxels
 from medlens.errors import DicomError, ReadError
-from medlens.io.image import Image, from_sitk
+from medlens.io.dicom_checks import (
+    DEFLATED,
+    check_pixel_data,
+    check_series_budget,
+    element_floats,
+    element_int,
+    file_meta,
+    inflate_dataset,
+    pixel_layout,
+    quiet_pydicom,
+)
+from medlens.io.image import Image, from_sitk, simpleitk
 
 _TAGS = ["SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
          "Rows", "Columns", "Modality", "SeriesDescription", "PatientID", "InstanceNumber",
@@ -106,59 +123,115 @@ class ScannedFile:
         pixel_offset: where in ``data`` the header read stopped: the start of the pixel data
             element, or the end of the file when there is none.
         values: the scan's decoded header values.
+        inflated: ``data`` is a deflated file rewritten uncompressed (decoders must read ``data``,
+            not the file).
     """
 
     dataset: object
     data: bytes
     pixel_offset: int
     values: HeaderValues
+    inflated: bool = False
 
 
 def read_header(path: Path, keep: dict | None = None, *, values: HeaderValues | None = None) -> SliceHeader | None:
     """The header fields medlens needs; ``None`` when the file is not DICOM at all.
 
+    A deflated data set is inflated in bounded steps (never past its declared pixel data and a
+    margin); header values that are not what their element must hold are refused by name.
+
     Args:
         keep: when given, the whole file is read into memory once and ``keep[path]`` holds a
             :class:`ScannedFile`, so the pixels need no second read.
         values: header values already decoded for other files of the same scan (with ``keep``).
+
+    Raises:
+        ReadError: the header cannot be parsed (truncated, nested too deeply, invalid values).
+        BudgetError: a deflated file declares pixels past the work budget.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        if keep is None:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        else:
-            with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file, no copies
-                if f.read(132)[128:132] != b"DICM":
-                    return None  # what dcmread says (InvalidDicomError), without reading a large stray file
-                f.seek(0)
-                data = f.readall()
-            fp = io.BytesIO(data)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_TAGS + _PIXEL_TAGS)
-            values = values or HeaderValues()
-            keep[Path(path)] = ScannedFile(ds, data, fp.tell(), values)
+        with quiet_pydicom():
+            ds = _read_dataset(Path(path), keep, values)
     except InvalidDicomError:
         return None
-    except (OSError, ValueError, EOFError, AttributeError, TypeError) as exc:
-        raise ReadError(f"{path}: DICOM header could not be parsed ({exc}); the file may be truncated") from None
-    if "SeriesInstanceUID" not in ds and "Rows" not in ds:
-        return None  # DICOMDIR and other non-image objects
+    except (OSError, ValueError, EOFError, AttributeError, TypeError, KeyError, IndexError, OverflowError,
+            RecursionError, NotImplementedError, UnicodeError, struct.error) as exc:
+        raise ReadError(f"{path}: DICOM header could not be parsed ({type(exc).__name__}); the file may be "
+                        "truncated or corrupt") from None
+    if ds is None or ("SeriesInstanceUID" not in ds and "Rows" not in ds):
+        return None  # not DICOM; DICOMDIR and other non-image objects
+    if keep is not None:
+        values = keep[Path(path)].values
     get = values.get if values is not None else lambda ds, keyword, default=None: ds.get(keyword, default)
-    position = ds.get("ImagePositionPatient")
-    orientation = get(ds, "ImageOrientationPatient")
+    with quiet_pydicom():
+        return _slice_header(ds, get, Path(path))
+
+
+def _read_dataset(path: Path, keep: dict | None, values: HeaderValues | None):
+    """The parsed header (pixels excluded); with ``keep``, also the :class:`ScannedFile`."""
+    import pydicom
+
+    with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file, no copies
+        head = f.read(132)
+        if head[128:132] != b"DICM":
+            return None  # what dcmread says (InvalidDicomError), without reading a large stray file
+        if keep is None:
+            meta = head + f.read(1 << 16)
+            if file_meta(meta)[1] != DEFLATED:
+                return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        f.seek(0)
+        data = f.readall()
+    inflated = file_meta(data)[1] == DEFLATED
+    if inflated:
+        data = inflate_dataset(data, path, functools.partial(_declared_pixel_bytes, path=path))
+    fp = io.BytesIO(data)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_TAGS + _PIXEL_TAGS)
+    if keep is not None:
+        keep[path] = ScannedFile(ds, data, fp.tell(), values or HeaderValues(), inflated)
+    return ds
+
+
+def _declared_pixel_bytes(data: bytes, path: Path) -> int:
+    """Bytes of pixel data the header at the start of an uncompressed file declares, within the budget."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_TAGS + _PIXEL_TAGS)
+    get = lambda ds, keyword, default=None: ds.get(keyword, default)  # noqa: E731
+    rows, columns = element_int(ds, get, "Rows", path, 0), element_int(ds, get, "Columns", path, 0)
+    if not rows or not columns:
+        return 0
+    frames, samples, bits, _ = pixel_layout(ds, get, path, rows, columns)
+    count = check_voxels((frames, samples, rows, columns), f"inflating {path.name}")
+    return (count * bits + 7) // 8
+
+
+def _slice_header(ds, get, path: Path) -> SliceHeader:
+    position = element_floats(ds, lambda ds, k, d=None: ds.get(k, d), "ImagePositionPatient", path, 3)
     return SliceHeader(
-        path=Path(path),
+        path=path,
         series_uid=str(get(ds, "SeriesInstanceUID", "")),
         modality=str(get(ds, "Modality", "")),
         description=str(ds.get("SeriesDescription", "")),
-        rows=int(get(ds, "Rows")) if "Rows" in ds else None,
-        columns=int(get(ds, "Columns")) if "Columns" in ds else None,
-        position=tuple(float(v) for v in position) if position is not None and len(position) == 3 else None,
-        orientation=tuple(float(v) for v in orientation) if orientation is not None and len(orientation) == 6 else None,
-        instance=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
+        rows=_size(ds, get, "Rows", path),
+        columns=_size(ds, get, "Columns", path),
+        position=position,
+        orientation=element_floats(ds, get, "ImageOrientationPatient", path, 6),
+        instance=element_int(ds, lambda ds, k, d=None: ds.get(k, d), "InstanceNumber", path),
         patient_key=patient_key(ds.get("PatientID")),
     )
+
+
+def _size(ds, get, keyword: str, path: Path) -> int | None:
+    """Rows / Columns: ``None`` when absent, refused when present but empty or not a positive number."""
+    if keyword not in ds:
+        return None
+    value = element_int(ds, get, keyword, path)
+    if value is None or value < 1:
+        raise DicomError(f"{path}: the DICOM element {keyword} is {'empty' if value is None else value}; an image "
+                         "needs 1 or more, the header is corrupt, export the file again")
+    return value
 
 
 def scan_folder(folder: Path, keep: dict | None = None) -> tuple[dict[str, list[SliceHeader]], list[Path]]:
@@ -180,25 +253,46 @@ def scan_folder(folder: Path, keep: dict | None = None) -> tuple[dict[str, list[
 
 
 def select_series(series: dict[str, list[SliceHeader]], folder: Path, series_uid: str | None) -> list[SliceHeader]:
-    """The one series to read: the only one, or the one the user named."""
+    """The one series to read: the only one, or the one the user named.
+
+    Args:
+        series_uid: a SeriesInstanceUID, or the 1-based number of a series as the mixed-series
+            message lists them ("2").
+
+    Raises:
+        DicomError: no image series, several and none named, or a name that matches none. The
+            series are listed by number, modality and slice count, never by UID or description.
+    """
     if not series:
         raise DicomError(f"{folder}: no DICOM image files found (non-image objects such as RTSTRUCT or SEG "
                          "are skipped); point medlens at the folder that holds the image slices")
+    listed = list(series.values())
     if series_uid is not None:
-        if series_uid not in series:
-            raise DicomError(f"{folder}: no series with SeriesInstanceUID {series_uid}; found: "
-                             + "; ".join(_describe(uid, s) for uid, s in series.items()))
-        return series[series_uid]
+        if series_uid in series:
+            return series[series_uid]
+        if series_uid.strip().isdigit() and 1 <= int(series_uid) <= len(listed):
+            return listed[int(series_uid) - 1]
+        raise DicomError(f"{folder}: no series with SeriesInstanceUID {series_uid}; found: {_describe(listed)}. "
+                         f"Name one by its number (1 to {len(listed)}) or its UID")
     if len(series) > 1:
         raise DicomError(
-            f"{folder} mixes {len(series)} DICOM series: " + "; ".join(_describe(uid, s) for uid, s in series.items())
-            + ". Point medlens at one series' own folder, or name it with series_uid= (CLI: --series UID)")
-    return next(iter(series.values()))
+            f"{folder} mixes {len(series)} DICOM series: {_describe(listed)}. Point medlens at one series' own "
+            "folder, or name it by number or UID with series_uid= (CLI: --series 2)")
+    return listed[0]
 
 
-def _describe(uid: str, headers: list[SliceHeader]) -> str:
-    first = headers[0]
-    return f"{uid} ({first.modality} '{first.description}', {len(headers)} files, e.g. {first.path.name})"
+# DICOM's defined terms for Modality (PS3.3 C.7.3.1.1.1): anything else is not shown, it may be free text
+_MODALITIES = {"CR", "CT", "MR", "NM", "US", "OT", "BI", "DG", "ES", "LS", "PT", "RG", "TG", "XA", "RF", "RTIMAGE",
+               "HC", "DX", "MG", "IO", "PX", "GM", "SM", "XC", "OP", "IVUS", "OCT", "OPT", "AR", "BDUS", "DOC",
+               "EPS", "HD", "IVOCT", "OAM", "OPM", "OPV", "OSS", "RESP", "SMR", "SRF", "STAIN", "VA", "XAPROTOCOL",
+               "ECG", "CTPROTOCOL", "MRPROTOCOL", "PA", "LEN", "KER", "ASMT", "AU", "BMD", "FID", "IOL", "M3D",
+               "POS", "RWV", "TEXTUREMAP", "VF", "DMS", "PLAN", "OPTBSV", "OPTENF", *NON_IMAGE_MODALITIES}
+
+
+def _describe(listed: list[list[SliceHeader]]) -> str:
+    return "; ".join(
+        f"series {k} ({h[0].modality if h[0].modality in _MODALITIES else 'unknown modality'}, {len(h)} files)"
+        for k, h in enumerate(listed, start=1))
 
 
 def sort_slices(headers: list[SliceHeader], folder: Path) -> tuple[list[SliceHeader], dict]:
@@ -265,23 +359,24 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     Returns:
         Image ``(1, X, Y, Z)`` in stored units after rescale (HU for CT).
     """
-    import SimpleITK as sitk
-
+    sitk = simpleitk()
     scanned: dict = {}
     series, skipped = scan_folder(Path(folder), keep=scanned)
     ordered, notes = sort_slices(select_series(series, Path(folder), series_uid), Path(folder))
+    check_series_budget([_check_pixels(scanned[h.path], h) for h in ordered], Path(folder))
     if len(ordered) == 1:
-        image = read_dicom_file(ordered[0].path)
+        image = _decode_file(scanned[ordered[0].path], ordered[0])
     elif (image := _stack_uncompressed(ordered, scanned)) is not None:
         image.path = Path(folder)
     else:
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames([str(h.path) for h in ordered])
-        try:
-            image = from_sitk(reader.Execute(), path=Path(folder))
-        except RuntimeError as exc:
-            raise ReadError(f"{folder}: the pixel data could not be decoded ({str(exc).splitlines()[-1][:200]}); "
-                            "a slice may be truncated or use an unsupported compression") from None
+        with _decodable_files(ordered, scanned) as names:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(names)
+            try:
+                image = from_sitk(reader.Execute(), path=Path(folder))
+            except RuntimeError as exc:
+                raise ReadError(f"{folder}: the pixel data could not be decoded ({_itk_reason(exc)}); a slice may "
+                                "be truncated or use an unsupported compression") from None
     first = ordered[0]
     image.meta.update(notes, modality=first.modality, series_uid=first.series_uid, num_slices=len(ordered),
                       series_description=first.description, patient_key=first.patient_key,
@@ -375,12 +470,15 @@ def _pydicom_pixels(scan: ScannedFile, path: Path) -> tuple[np.ndarray, int] | N
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(scan.data))
-    except (OSError, ValueError, EOFError, AttributeError, TypeError) as exc:
-        raise ReadError(f"{path}: DICOM header could not be parsed ({exc}); the file may be truncated") from None
+        with quiet_pydicom():
+            ds = pydicom.dcmread(io.BytesIO(scan.data))
+    except (OSError, ValueError, EOFError, AttributeError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        raise ReadError(f"{path}: DICOM header could not be parsed ({type(exc).__name__}); the file may be "
+                        "truncated") from None
     try:
-        return ds.pixel_array, 0  # pydicom has already corrected the unused high bits
-    except (ValueError, AttributeError, NotImplementedError, RuntimeError):
+        with quiet_pydicom():
+            return ds.pixel_array, 0  # pydicom has already corrected the unused high bits
+    except (ValueError, AttributeError, NotImplementedError, RuntimeError, TypeError, KeyError):
         return None
 
 
@@ -428,26 +526,74 @@ def _apply_rescale(stored: np.ndarray, rescale: list[tuple[float, float]]) -> np
 def read_dicom_file(path: Path) -> Image:
     """Read a single DICOM file (a 2D image, or a multi-frame volume).
 
+    The pixel data is checked against the header (size, frames, bits, embedded codec's size) and
+    the work budget before anything is decoded.
+
     Returns:
         Image ``(C, X, Y)`` for one frame, ``(C, X, Y, Z)`` for several.
-    """
-    import SimpleITK as sitk
 
-    header = read_header(path)
+    Raises:
+        ReadError: not DICOM, no pixels, a header the data contradicts, undecodable pixels.
+        BudgetError: the declared pixels are past the work budget.
+    """
+    scanned: dict = {}
+    header = read_header(path, scanned)
     if header is None:
         raise ReadError(f"{path} is not a DICOM file (no DICM marker or readable header)")
     if not header.is_image:
-        raise ReadError(f"{path} is a DICOM {header.modality or 'non-image'} object without pixels; "
-                        "read the image series it refers to instead")
-    try:
-        sitk_image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[-1][:200]
-        raise ReadError(f"{path}: the DICOM pixel data could not be decoded ({reason})") from None
+        raise ReadError(f"{path} is a DICOM {_shown_modality(header.modality) or 'non-image'} object without "
+                        "pixels; read the image series it refers to instead")
+    scan = scanned[Path(path)]
+    check_voxels(_check_pixels(scan, header), f"decoding {Path(path).name}")
+    image = _decode_file(scan, header)
+    image.meta.update(modality=header.modality, series_uid=header.series_uid, patient_key=header.patient_key)
+    return image
+
+
+def _check_pixels(scan: ScannedFile, header: SliceHeader) -> int:
+    """:func:`check_pixel_data` on a scanned file; the elements its pixels decode to."""
+    with quiet_pydicom():
+        return check_pixel_data(scan.dataset, scan.values.get, scan.data, scan.pixel_offset, header.path,
+                                header.rows, header.columns)
+
+
+def _decode_file(scan: ScannedFile, header: SliceHeader) -> Image:
+    """One checked file's pixels through SimpleITK (from the inflated bytes for a deflated file)."""
+    path = header.path
+    with _decodable_files([header], {path: scan}) as names:
+        try:
+            sitk_image = simpleitk().ReadImage(names[0])
+        except RuntimeError as exc:
+            raise ReadError(f"{path}: the DICOM pixel data could not be decoded ({_itk_reason(exc)})") from None
     image = from_sitk(sitk_image, path=Path(path))
     if image.spatial_dims == 3 and image.spatial_shape[2] == 1:
         image = Image(image.array[..., 0], image.spacing_mm[:2], image.origin_mm[:2],
                       tuple(np.array(image.direction).reshape(3, 3)[:2, :2].ravel()), path=Path(path),
                       meta={"position_mm": image.origin_mm})
-    image.meta.update(modality=header.modality, series_uid=header.series_uid, patient_key=header.patient_key)
     return image
+
+
+@contextlib.contextmanager
+def _decodable_files(headers: list[SliceHeader], scanned: dict) -> Iterator[list[str]]:
+    """File names SimpleITK can decode: the files, or for deflated ones their inflated bytes in a
+    temporary folder (so GDCM never inflates a stream medlens has not bounded)."""
+    if not any(scanned[h.path].inflated for h in headers):
+        yield [str(h.path) for h in headers]
+        return
+    with tempfile.TemporaryDirectory(prefix="medlens-dicom-") as folder:
+        names = []
+        for k, h in enumerate(headers):
+            target = Path(folder) / f"{k:06d}.dcm"
+            target.write_bytes(scanned[h.path].data)
+            names.append(str(target))
+        yield names
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The last line of ITK's message, with any file path in it reduced to a bare name."""
+    line = (str(exc).strip().splitlines() or ["unknown error"])[-1][:200]
+    return re.sub(r"(/[^\s:]*/)([^/\s:]+)", r"\2", line)
+
+
+def _shown_modality(modality: str) -> str:
+    return modality if modality in _MODALITIES else ""
