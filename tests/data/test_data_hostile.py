@@ -151,6 +151,17 @@ def test_quoted_header_text_in_a_foreign_error_is_elided(tmp_path, make):
     assert "ValueError: invalid literal for int() with base 10: '...'" in card["unreadable"][0]["error"]
 
 
+def test_intensity_statistics_in_chunks_match_numpy(monkeypatch):
+    """The audit converts a large image to float64 a chunk at a time; the merged mean and std are numpy's."""
+    from medlens.data import audit
+
+    values = np.random.default_rng(0).normal(1000.0, 3.0, 100_003).astype(np.float32)
+    monkeypatch.setattr(audit, "STATS_CHUNK", 1000)
+    mean, std = audit._mean_std(values)
+    assert mean == pytest.approx(values.astype(np.float64).mean(), rel=1e-12)
+    assert std == pytest.approx(values.astype(np.float64).std(), rel=1e-9)
+
+
 def test_segmentation_pairs_with_a_broken_image_and_a_broken_mask(tmp_path, make, cli):
     root = tmp_path / "seg"
     for i in range(3):

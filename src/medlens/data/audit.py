@@ -89,19 +89,45 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
 
 def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseStats:
     image = dataset.load_image(case)
-    array = image.array
-    values = array.astype(np.float64, copy=False)
-    flat = values.reshape(-1)
+    array = np.ascontiguousarray(image.array)
+    flat = array.reshape(-1)  # a view: the audit holds no float64 copy of a large image
     sample = flat if flat.size <= SAMPLES_PER_CASE else flat[rng.integers(0, flat.size, SAMPLES_PER_CASE)]
-    digest = hashlib.sha1(np.ascontiguousarray(array).tobytes())
+    digest = hashlib.sha1(array)  # the bytes of array.tobytes(), without the copy
     digest.update(repr((array.shape, str(array.dtype))).encode())
+    low, high = float(flat.min()), float(flat.max())  # an empty array fails here, before the statistics
+    mean, std = _mean_std(flat)
     stats = CaseStats(case.case_id, image.spatial_shape, image.channels, str(array.dtype),
-                      image.spacing_mm if image.spacing_known else None, float(flat.min()), float(flat.max()),
-                      float(flat.mean()), float(flat.std()), digest.hexdigest(), sample.astype(np.float32),
-                      modality=image.meta.get("modality"))
+                      image.spacing_mm if image.spacing_known else None, low, high, mean, std,
+                      digest.hexdigest(), sample.astype(np.float32), modality=image.meta.get("modality"))
     if case.mask is not None:
         check_mask(dataset, case, image, stats, rng)
     return stats
+
+
+STATS_CHUNK = 1 << 22  # voxels converted to float64 at a time (32 MiB)
+
+
+def _mean_std(flat: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of ``flat`` ``(N,)`` in float64, in chunks of STATS_CHUNK.
+
+    Chunks are merged with Chan et al.'s pairwise update ("Updating formulae and a pairwise algorithm
+    for computing sample variances", 1979): the counts, means and sums of squared deviations of two
+    parts give those of the whole, without the cancellation of a running sum of squares.
+    """
+    if flat.size <= STATS_CHUNK:
+        values = flat.astype(np.float64, copy=False)
+        return float(values.mean()), float(values.std())
+    count, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, flat.size, STATS_CHUNK):
+        chunk = flat[start:start + STATS_CHUNK].astype(np.float64)
+        n, chunk_mean = chunk.size, float(chunk.mean())
+        chunk_m2 = float(chunk.var()) * n
+        delta = chunk_mean - mean
+        total = count + n
+        mean += delta * n / total
+        m2 += chunk_m2 + delta * delta * count * n / total
+        count = total
+    return mean, float(np.sqrt(m2 / count))
 
 
 def _round(values) -> tuple[float, ...]:

@@ -126,8 +126,10 @@ def describe_read_failure(path, exc: BaseException) -> str:
     message = _QUOTED.sub("'...'", str(exc))
     if len(message) > MAX_REASON_CHARS:
         message = message[:MAX_REASON_CHARS] + "..."
-    return (f"{path}: {type(exc).__name__}" + (f": {message}" if message else "")
-            + "; the file is corrupt or not what its name says: export it again, or remove it")
+    advice = ("not enough memory to read it: downsample it, or use a machine with more memory"
+              if isinstance(exc, MemoryError) else
+              "the file is corrupt or not what its name says: export it again, or remove it")
+    return f"{path}: {type(exc).__name__}" + (f": {message}" if message else "") + f"; {advice}"
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -160,16 +162,14 @@ def lies_outside(path: Path, root: Path) -> bool:
     """Whether ``path`` leaves ``root`` once ``..`` and symbolic links are resolved.
 
     ``root/sub/../x.png`` stays inside; ``root/../x.png``, an absolute path elsewhere and a link
-    inside ``root`` pointing elsewhere do not. A path that cannot be resolved (a link loop) counts
-    as inside: it is then simply missing.
+    inside ``root`` pointing elsewhere do not. A path that cannot be resolved (a link loop, a NUL
+    byte) counts as inside: it is then simply missing.
     """
     try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return True
-    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        resolved, resolved_root = Path(path).resolve(), Path(root).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte; RuntimeError: a link loop (Python < 3.13)
         return False
-    return False
+    return not resolved.is_relative_to(resolved_root)
 
 
 # what spreadsheets and data tools write for an empty cell: pandas' default ``na_values`` (case as written;

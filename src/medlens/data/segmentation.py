@@ -126,7 +126,7 @@ def open_decathlon(root: Path, *, allow_outside_root: bool = False) -> Dataset:
     modality = spec.get("modality") or spec.get("channel_names") or {}
     dims = 3 if str(spec.get("tensorImageSize", "3D")).upper().startswith("3") else 2
     meta = {"label_values": values, "name": spec.get("name"),
-            "modality": [modality[k] for k in sorted(modality, key=int)], "num_training": spec.get("numTraining")}
+            "modality": _channel_names(modality), "num_training": spec.get("numTraining")}
     return Dataset(root, "decathlon", Task.SEGMENTATION, class_names, cases, spatial_dims=dims, meta=meta,
                    findings=findings)
 
@@ -151,6 +151,14 @@ def _labels(labels, path: Path) -> tuple[list[int], tuple[str, ...]]:
                            "in value order")
     values = sorted(by_value)
     return values, tuple(by_value[v] for v in values)
+
+
+def _channel_names(modality) -> list[str]:
+    """``{"0": "CT", "1": "PET"}`` (or a list) as names in channel order; keys that are not numbers keep their order."""
+    if isinstance(modality, dict):
+        keys = sorted(modality, key=int) if all(str(k).strip().isdigit() for k in modality) else list(modality)
+        return [str(modality[k]) for k in keys]
+    return [str(m) for m in modality] if isinstance(modality, list) else [str(modality)]
 
 
 def _read_spec(path: Path) -> dict:

@@ -69,12 +69,16 @@ def _prepare(dataset: Dataset, case: Case, config: Config) -> Volume:
         if case.mask is None:
             raise DatasetError(f"{where}: no mask; segmentation training needs one per case")
         mask = prepare_mask(dataset.load_mask(case), image, config.data, list(config.dataset.label_values), where)
-    except MedlensError as exc:
-        raise DatasetError(f"{exc}. Run `medlens inspect` to list every problem case, then fix or remove it") from None
     except Exception as exc:  # noqa: BLE001 - whatever a bad file raises, training stops with its name
-        raise DatasetError(f"{where}: {describe_read_failure(case.image, exc)}. Run `medlens inspect` to list every "
-                           "problem case, then fix or remove it") from None
+        raise _case_problem(case, exc) from None
     return Volume(case, array, mask, foreground_positions(mask, len(config.dataset.class_names), case.case_id))
+
+
+def _case_problem(case: Case, exc: Exception) -> DatasetError:
+    """``exc``, raised while reading or preparing ``case``, as a message naming the case and what to do."""
+    where = f"case {case.case_id} ({case.image})"
+    said = str(exc) if isinstance(exc, MedlensError) else f"{where}: {describe_read_failure(case.image, exc)}"
+    return DatasetError(f"{said}. Run `medlens inspect` to list every problem case, then fix or remove it")
 
 
 def foreground_positions(mask: np.ndarray, num_classes: int, seed_text: str) -> list[np.ndarray]:
@@ -92,7 +96,10 @@ def foreground_positions(mask: np.ndarray, num_classes: int, seed_text: str) -> 
 def _on_disk(dataset: Dataset, cases: list[Case], config: Config) -> bool:
     if config.data.cache != "auto":
         return config.data.cache == "disk"
-    first = dataset.load_image(cases[0])
+    try:
+        first = dataset.load_image(cases[0])
+    except Exception as exc:  # noqa: BLE001 - a resumed run has no audit before this read
+        raise _case_problem(cases[0], exc) from None
     per_case = int(np.prod(target_shape(first, config.data))) * (4 * config.data.channels + 1)
     return per_case * len(cases) > MEMORY_LIMIT_BYTES
 
