@@ -99,12 +99,22 @@ def test_inspect_lists_each_broken_file_and_reads_the_rest(hostile_folders, cli,
     assert "MARKER" not in result.out and "MARKER" not in json.dumps(card)  # header text is never quoted
 
 
-def test_plan_refuses_the_broken_files_by_name(hostile_folders, cli, tmp_path):
+@pytest.mark.parametrize("command", ["plan", "train"])
+def test_plan_and_train_refuse_the_broken_files_by_name(hostile_folders, cli, tmp_path, command):
     """Unreadable files block training (the audit's rule): a message naming them and exit 2, no traceback."""
-    result = cli("plan", hostile_folders, "--out", tmp_path / "plan.yaml")
+    result = cli(command, hostile_folders, "--out", tmp_path / "out")
     assert result.rc == 2
     assert "[image.unreadable] 4 case(s) could not be read" in result.err
-    assert "Traceback" not in result.err and not (tmp_path / "plan.yaml").exists()
+    assert "Traceback" not in result.err and not (tmp_path / "out").exists()
+
+
+def test_a_manifest_listing_broken_files(hostile_folders, make, cli, tmp_path):
+    listed = sorted(BROKEN) + ["a/img_0.png", "a/study0", "b/img_0.png", "b/study1"]
+    path = make.csv(hostile_folders / "m.csv", [{"image": rel, "label": rel[0]} for rel in listed])
+    result = cli("inspect", path, "--out", tmp_path / "card.json")
+    assert result.rc == 0, result.err
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert {u["case"] for u in card["unreadable"]} == BROKEN and card["dataset"]["num_readable"] == 4
 
 
 def test_a_png_with_a_wrong_idat_crc_is_unreadable(tmp_path, make):
@@ -377,6 +387,15 @@ def test_decathlon_paths_leaving_the_folder(tmp_path, make):
     assert codes(dataset)["path.outside_root"].blocks_training and len(dataset.cases) == 2
     assert dataset.class_names == ("background", "lesion")
     assert len(open_dataset(root, allow_outside_root=True).cases) == 3
+
+
+def test_decathlon_channel_names_with_keys_that_are_not_numbers(tmp_path, make):
+    make.volume(tmp_path / "imagesTr" / "c.nii.gz", np.zeros((4, 4, 4)))
+    make.volume(tmp_path / "labelsTr" / "c.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    spec = {"labels": {"0": "background"}, "modality": {"t1": "MRI", "t2": "MRI"},
+            "training": [{"image": "imagesTr/c.nii.gz", "label": "labelsTr/c.nii.gz"}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert open_dataset(tmp_path).meta["modality"] == ["MRI", "MRI"]
 
 
 def test_decathlon_labels_of_no_known_form(tmp_path):
