@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.errors import ReadError
+from medlens.errors import MedlensError, ReadError
 from medlens.io.formats import IMAGE_SUFFIXES, ITK, RASTER, detect_format, suffix_of
 from medlens.io.image import Image, identity_direction
 
@@ -39,11 +39,13 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ReadError: unknown format, corrupt or truncated file, wrong dimensionality, NaN voxels.
+        ReadError: unknown format, corrupt or truncated file, a header its data contradicts, wrong
+            dimensionality, NaN voxels; also any unexpected failure of a reader (named by type).
+        BudgetError: the image would be larger than the work budget (:mod:`medlens.budget`).
     """
     path = Path(path)
     fmt = detect_format(path)
-    image = _READERS[fmt](path, series_uid)
+    image = _read_guarded(_READERS[fmt], path, series_uid)
     image.meta.setdefault("format", fmt)
     if spatial_dims is not None and image.spatial_dims != spatial_dims:
         raise ReadError(f"{path}: expected a {spatial_dims}D image, found a {image.spatial_dims}D image of shape "
@@ -53,6 +55,29 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
         raise ReadError(f"{path}: {bad} voxel(s) are NaN or infinite; fix the export, or replace them "
                         "(e.g. numpy.nan_to_num) before training")
     return image
+
+
+def _read_guarded(reader, path: Path, series_uid: str | None) -> Image:
+    """``reader(path, series_uid)``, every failure a :class:`MedlensError` (or FileNotFoundError).
+
+    The readers check what they know; a hostile file can still reach a corner of pydicom, ITK or
+    Pillow that fails some other way. The exception's text is not shown: it may quote header
+    values (patient text, UIDs) or temporary paths.
+    """
+    try:
+        return reader(path, series_uid)
+    except (MedlensError, FileNotFoundError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise ReadError(f"{path}: the image is too large to read on this machine (out of memory); downsample "
+                        "it or use a machine with more memory") from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: a bad file is a ReadError, never a traceback
+        raise ReadError(f"{path}: could not be read ({type(exc).__name__} in the {_reader_name(reader)} reader); "
+                        "the file is corrupt or malformed, export it again") from None
+
+
+def _reader_name(reader) -> str:
+    return reader.__name__.removeprefix("_read_")
 
 
 def _read_dicom(path: Path, series_uid: str | None) -> Image:

@@ -133,7 +133,7 @@ def _nifti_layout(header: bytes, path: Path) -> NiftiLayout | None:
                         "header is corrupt, export the image again")
     shape = tuple(int(d) for d in dims[1:dims[0] + 1])
     if any(d < 1 for d in shape):
-        raise ReadError(f"{path}: the NIfTI header declares a size of 0 or less along an axis ({shape}); the "
+        raise ReadError(f"{path}: the NIfTI header declares a size of 0 or less along an axis: shape {shape}; the "
                         "header is corrupt, export the image again")
     if any(d > 1 for d in shape[5:]) or (len(shape) > 4 and shape[3] > 1 and shape[4] > 1):
         # dim[5] alone is ITK's vector components (dim[4] = 1): an RGB or vector image, not 5D
