@@ -161,6 +161,25 @@ def test_quoted_header_text_in_a_foreign_error_is_elided(tmp_path, make):
     assert "ValueError: invalid literal for int() with base 10: '...'" in card["unreadable"][0]["error"]
 
 
+@pytest.mark.parametrize("spacing", [(float("nan"), 1.0), (float("inf"), 1.0), (0.0, 0.0), (-1.0, 1.0)])
+def test_a_spacing_that_is_not_a_positive_number_is_refused(tmp_path, make, spacing):
+    """A header whose spacing is NaN, infinite, zero or negative blocks training and stays out of the summary."""
+    from medlens.io import Image, identity_direction
+
+    dataset = open_dataset(make.class_folders(tmp_path / "data", {"a": 2, "b": 2}))
+    odd = dataset.cases[0]
+
+    def loader(case):
+        spacing_mm = spacing if case is odd else (0.5, 0.5)
+        return Image(make.pixels(1).T[None], spacing_mm, (0.0, 0.0), identity_direction(2), spacing_known=True)
+
+    dataset.loader = loader
+    card = inspect_dataset(dataset)
+    finding = next(f for f in card["findings"] if f["code"] == "image.spacing")
+    assert finding["blocks_training"] and finding["cases"] == [odd.case_id]
+    assert card["images"]["spacing_mm"]["axis0"] == {"min": 0.5, "p10": 0.5, "median": 0.5, "max": 0.5}
+
+
 def test_intensity_statistics_in_chunks_match_numpy(monkeypatch):
     """The audit converts a large image to float64 a chunk at a time; the merged mean and std are numpy's."""
     from medlens.data import audit

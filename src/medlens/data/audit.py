@@ -10,6 +10,7 @@ foreground, which is what CT normalisation is planned from (nnU-Net's fingerprin
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -76,7 +77,7 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     if dataset.task.label_form == "mask":
         card["masks"] = mask_summary(dataset, stats)
         findings += background_findings(dataset, stats)
-    findings += _dimension_findings(stats)
+    findings += _dimension_findings(stats) + _spacing_findings(stats)
     views = _split_views(dataset, splits)
     findings += _duplicate_findings(card["duplicates"], views)
     findings += _label_conflicts(dataset, card["duplicates"])
@@ -195,7 +196,7 @@ def _image_summary(stats: list[CaseStats]) -> dict:
         "dtypes": dict(Counter(s.dtype for s in stats)),
         "spacing_known": all(s.spacing_mm is not None for s in stats),
     }
-    spacings = [s.spacing_mm for s in stats if s.spacing_mm is not None]
+    spacings = [s.spacing_mm for s in stats if s.spacing_mm is not None and _valid_spacing(s.spacing_mm)]
     if spacings:
         summary["spacing_mm"] = {f"axis{a}": _summary([sp[a] for sp in spacings if len(sp) > a]) for a in range(dims)}
     samples = np.concatenate([s.samples for s in stats])
@@ -293,6 +294,25 @@ def _class_findings(dataset: Dataset, counts: dict) -> list[Finding]:
         findings.append(Finding("info", "class.imbalance", f"classes are imbalanced (largest/smallest = "
                                 f"{max(present) / min(present):.1f}); training will weight them"))
     return findings
+
+
+def _valid_spacing(spacing_mm) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in spacing_mm)
+
+
+def _spacing_findings(stats: list[CaseStats]) -> list[Finding]:
+    """``image.spacing`` for files whose header declares a voxel size that is not a positive finite number.
+
+    Such a header contradicts itself (or was damaged): resampling and heat maps cannot use it, and one
+    NaN would make the planned spacing NaN, so these cases are refused rather than guessed at.
+    """
+    bad = [s for s in stats if s.spacing_mm is not None and not _valid_spacing(s.spacing_mm)]
+    if not bad:
+        return []
+    return [Finding.blocking("image.spacing", f"{len(bad)} case(s) declare a voxel spacing that is not a positive "
+                             f"finite number (e.g. {bad[0].case_id}: {tuple(bad[0].spacing_mm)} mm); the header is "
+                             "damaged: export the image again with its real spacing, or remove it",
+                             [s.case_id for s in bad])]
 
 
 def _dimension_findings(stats: list[CaseStats]) -> list[Finding]:
