@@ -36,16 +36,20 @@ def check_mask(dataset: Dataset, case: Case, image: Image, stats: CaseStats, rng
     """
     try:
         mask = dataset.load_mask(case)
+        _check_loaded_mask(dataset, case, image, mask, stats, rng)
     except Exception as exc:  # noqa: BLE001 - any failure reading one mask is that case's finding
         stats.problems.append(Finding.blocking("mask.unreadable", describe_read_failure(case.mask, exc),
                                                [case.case_id]))
-        return
+
+
+def _check_loaded_mask(dataset: Dataset, case: Case, image: Image, mask: Image, stats: CaseStats,
+                       rng: np.random.Generator) -> None:
     shape_problem = _mask_shape_problem(case, image, mask)
     if shape_problem:
         stats.problems.append(shape_problem)
         return
     values, counts = np.unique(mask.array, return_counts=True)
-    integer = values == np.round(values)
+    integer = np.isfinite(values) & (values == np.round(values))  # NaN and inf are not class indices
     stats.problems += _mask_value_problems(dataset, case, values[~integer], [int(v) for v in values[integer]])
     if not integer.all():
         return

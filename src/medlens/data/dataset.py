@@ -120,10 +120,13 @@ def describe_read_failure(path, exc: BaseException) -> str:
     ``RecursionError``...) is given with its type, and quoted text in its message is elided: third-party
     messages may quote header values, such as a name in a field that failed to parse.
     """
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose message itself fails is still a finding
+        text = ""
     if isinstance(exc, MedlensError):
-        message = str(exc)
-        return message if str(path) in message else f"{path}: {message}"
-    message = _QUOTED.sub("'...'", str(exc))
+        return text if str(path) in text else f"{path}: {text}"
+    message = _QUOTED.sub("'...'", text)
     if len(message) > MAX_REASON_CHARS:
         message = message[:MAX_REASON_CHARS] + "..."
     advice = ("not enough memory to read it: downsample it, or use a machine with more memory"
