@@ -390,6 +390,14 @@ def test_impossible_vox_offset_is_refused(tmp_path, offset, shown):
     refused(path, ReadError, rf"offset\.nii: the NIfTI header's vox_offset is {shown}; a single-file \.nii needs 352")
 
 
+def test_nifti_with_a_nan_spacing_is_refused_not_replaced_by_1_mm(tmp_path):
+    header = bytearray(nifti_header([3, 4, 4, 4]))
+    struct.pack_into("<f", header, 80, float("nan"))  # pixdim[1]
+    path = write(tmp_path, "nan.nii", bytes(header) + b"\0" * 256)
+
+    refused(path, ReadError, r"nan\.nii: the NIfTI header's voxel spacing \(pixdim\) \(nan, 1\.0, 1\.0\) is not finite")
+
+
 def test_nifti_with_a_zero_size_axis_is_refused(tmp_path):
     path = write(tmp_path, "zero.nii", nifti_header([3, 4, 0, 4]) + b"\0" * 64)
 
@@ -403,6 +411,41 @@ def test_metaimage_with_dimsize_zero_or_negative_is_refused(tmp_path, dims):
     path = write(tmp_path, "zero.mha", header.encode() + b"\0" * 64)
 
     refused(path, ReadError, r"zero\.mha: the header's DimSize must be 1 to 16 positive whole numbers")
+
+
+def test_npy_with_a_zero_size_axis_is_refused(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 64), np.uint8))
+
+    refused(tmp_path / "empty.npy", ReadError, r"empty\.npy: the array has shape \(0, 64\), with no voxels")
+
+
+@pytest.mark.parametrize("geometry", ['{"spacing_mm": [NaN, 1], "origin_mm": [0, 0], "direction": [1, 0, 0, 1]}',
+                                      '{"spacing_mm": [0, 1], "origin_mm": [0, 0], "direction": [1, 0, 0, 1]}',
+                                      '{"spacing_mm": [1], "origin_mm": [0, 0], "direction": [1, 0, 0, 1]}'])
+def test_png_geometry_chunk_that_is_nan_zero_or_short_is_refused(tmp_path, geometry):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("medlens:geometry", geometry)
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "geo.png", pnginfo=info)
+
+    refused(tmp_path / "geo.png", ReadError, r"geo\.png: the medlens:geometry text chunk does not hold 2 positive "
+                                             r"finite spacings")
+
+
+def test_metaimage_of_a_non_numeric_element_type_is_refused(tmp_path):
+    header = "ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_STRING\nElementDataFile = LOCAL\n"
+    path = write(tmp_path, "string.mha", header.encode() + b"\0" * 64)
+
+    refused(path, ReadError, r"string\.mha: the MetaImage ElementType is not a numeric type medlens reads")
+
+
+def test_nifti_gz_with_corrupt_deflate_data_is_a_read_error(tmp_path):
+    data = bytearray(gzip.compress(nifti_header([3, 4, 4, 4]) + b"\1" * 256))
+    data[12:20] = b"\xff" * 8
+    path = write(tmp_path, "corrupt.nii.gz", bytes(data))
+
+    refused(path, ReadError)
 
 
 # --- 4. DICOM headers that contradict themselves or hold text where numbers belong ----------------
@@ -512,6 +555,41 @@ def test_free_text_modality_is_not_shown(tmp_path):
     refused(folder, DicomError, r"series 1 \(unknown modality, 1 files\)")
 
 
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"BitsStored": 0}, r"BitsStored 0 and HighBit 15 do not fit BitsAllocated 16"),
+    ({"HighBit": 40}, r"BitsStored 16 and HighBit 40 do not fit BitsAllocated 16"),
+    ({"RescaleSlope": "nan"}, r"the DICOM element RescaleSlope holds a non-finite or absurd number"),
+])
+def test_impossible_bit_layout_or_rescale_is_refused(tmp_path, changes, expected):
+    ds = dicom_dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, value in changes.items():
+            setattr(ds, key, value)
+    path = write(tmp_path, "bits.dcm", dicom_bytes(ds))
+
+    refused(path, DicomError, r"bits\.dcm: " + expected)
+
+
+def test_text_in_rescale_slope_is_refused(tmp_path):
+    ds = dicom_dataset()
+    ds.RescaleSlope = "1.25"
+    path = write(tmp_path, "slope.dcm", _patched(ds, b"1.25", b"ZQXW"))
+
+    refused(path, DicomError, r"slope\.dcm: the DICOM element RescaleSlope does not hold 1 numbers")
+
+
+@pytest.mark.parametrize("spacing", ["nan", "0", "-1"])
+def test_dicom_pixel_spacing_that_is_no_positive_size_is_refused(tmp_path, spacing):
+    ds = dicom_dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.PixelSpacing = [spacing, "1"]
+    path = write(tmp_path, "spacing.dcm", dicom_bytes(ds))
+
+    refused(path, DicomError, r"spacing\.dcm: the DICOM element PixelSpacing must hold 2 positive finite sizes")
+
+
 # --- 5. third-party warnings never quote header values or temporary paths ------------------------
 
 
@@ -550,7 +628,7 @@ def test_an_unexpected_reader_failure_is_a_read_error_naming_only_its_type(tmp_p
     def reader_out_of_memory(path, series_uid):
         raise MemoryError
 
-    with pytest.raises(ReadError, match=r"x\.dcm: could not be read \(KeyError in the .* reader\)") as caught:
+    with pytest.raises(ReadError, match=r"x\.dcm: could not be read \(KeyError in reader_that_fails\)") as caught:
         _read_guarded(reader_that_fails, tmp_path / "x.dcm", None)
     assert_clean(str(caught.value))
     with pytest.raises(ReadError, match=r"x\.dcm: the image is too large to read on this machine"):

@@ -44,9 +44,10 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
         BudgetError: the image would be larger than the work budget (:mod:`medlens.budget`).
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = _read_guarded(lambda path, _: detect_format(path), path, None)
     image = _read_guarded(_READERS[fmt], path, series_uid)
     image.meta.setdefault("format", fmt)
+    _check_geometry(image, path)
     if spatial_dims is not None and image.spatial_dims != spatial_dims:
         raise ReadError(f"{path}: expected a {spatial_dims}D image, found a {image.spatial_dims}D image of shape "
                         f"{image.spatial_shape}; use a {image.spatial_dims}D model or convert the file")
@@ -55,6 +56,17 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
         raise ReadError(f"{path}: {bad} voxel(s) are NaN or infinite; fix the export, or replace them "
                         "(e.g. numpy.nan_to_num) before training")
     return image
+
+
+def _check_geometry(image: Image, path: Path) -> None:
+    """Refuse spacing that is not a positive finite size, or a non-finite origin or direction."""
+    spacing = np.asarray(image.spacing_mm, dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise ReadError(f"{path}: the voxel spacing {tuple(float(s) for s in spacing)} mm is not a positive finite "
+                        "size on every axis; the header is corrupt, fix the spacing or export the image again")
+    if not (np.isfinite(image.origin_mm).all() and np.isfinite(image.direction).all()):
+        raise ReadError(f"{path}: the image's origin or direction holds NaN or infinite values; the header is "
+                        "corrupt, export the image again")
 
 
 def _read_guarded(reader, path: Path, series_uid: str | None) -> Image:
@@ -72,12 +84,13 @@ def _read_guarded(reader, path: Path, series_uid: str | None) -> Image:
         raise ReadError(f"{path}: the image is too large to read on this machine (out of memory); downsample "
                         "it or use a machine with more memory") from None
     except Exception as exc:  # noqa: BLE001 - last line of defence: a bad file is a ReadError, never a traceback
-        raise ReadError(f"{path}: could not be read ({type(exc).__name__} in the {_reader_name(reader)} reader); "
+        raise ReadError(f"{path}: could not be read ({type(exc).__name__} in {_reader_name(reader)}); "
                         "the file is corrupt or malformed, export it again") from None
 
 
 def _reader_name(reader) -> str:
-    return reader.__name__.removeprefix("_read_")
+    name = reader.__name__.removeprefix("_read_")
+    return "format detection" if name == "<lambda>" else name
 
 
 def _read_dicom(path: Path, series_uid: str | None) -> Image:

@@ -108,6 +108,8 @@ def _npz_key_message(path: Path, keys: list[str]) -> str:
 def _array_to_image(array: np.ndarray, path: Path) -> Image:
     if array.dtype.kind not in "biuf":
         raise ReadError(f"{path}: expected a numeric array, found dtype {array.dtype}")
+    if array.size == 0:
+        raise ReadError(f"{path}: the array has shape {array.shape}, with no voxels; save the image itself")
     if array.ndim == 2:
         chw = array.T[None]
     elif array.ndim == 3 and array.shape[-1] in (3, 4):

@@ -41,7 +41,7 @@ _TAGS = ["SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
          "Rows", "Columns", "Modality", "SeriesDescription", "PatientID", "InstanceNumber",
          "NumberOfFrames", "SliceThickness", "SeriesNumber"]
 # what a series folder scan also needs to stack uncompressed pixels without a second read
-_PIXEL_TAGS = ["SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+_PIXEL_TAGS = ["SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
                "PixelRepresentation", "RescaleSlope", "RescaleIntercept"]
 # Elements that are usually byte-for-byte equal in every slice of a series, with VRs (US, IS, DS,
 # CS, UI) that pydicom decodes from the bytes alone: no character set, no other element.

@@ -148,8 +148,9 @@ def element_floats(ds, get, keyword: str, path: Path, count: int) -> tuple[float
         raise DicomError(f"{path}: the DICOM element {keyword} does not hold {count} numbers; the header is "
                          "corrupt, fix or remove the element, or export the file again") from None
     if not all(abs(n) < 1e12 for n in numbers):
-        raise DicomError(f"{path}: the DICOM element {keyword} holds a non-finite or absurd number; the header "
-                         "is corrupt, export the file again")
+        what = ("must hold 2 positive finite sizes" if keyword == "PixelSpacing"
+                else "holds a non-finite or absurd number")
+        raise DicomError(f"{path}: the DICOM element {keyword} {what}; the header is corrupt, export the file again")
     return numbers
 
 
@@ -174,6 +175,18 @@ def pixel_layout(ds, get, path: Path, rows: int, columns: int) -> tuple[int, int
     if bits not in (1, 8, 16, 32, 64):
         raise DicomError(f"{path}: BitsAllocated is {bits} (DICOM pixel data is 1, 8, 16, 32 or 64 bits per "
                          "sample); the header is corrupt, export the file again")
+    stored = element_int(ds, get, "BitsStored", path, bits)
+    high = element_int(ds, get, "HighBit", path, stored - 1)
+    if not (1 <= stored <= bits) or not (stored - 1 <= high < bits):
+        raise DicomError(f"{path}: BitsStored {stored} and HighBit {high} do not fit BitsAllocated {bits} (1 <= "
+                         "BitsStored <= BitsAllocated, HighBit = BitsStored - 1); the header is corrupt, export "
+                         "the file again")
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        element_floats(ds, get, keyword, path, 1)  # refuses text and NaN
+    spacing = element_floats(ds, get, "PixelSpacing", path, 2)
+    if spacing is not None and min(spacing) <= 0:
+        raise DicomError(f"{path}: the DICOM element PixelSpacing must hold 2 positive finite sizes, found "
+                         f"{spacing}; the header is corrupt, export the file again")
     grey = photometric in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
     if samples not in (1, 3, 4) or (grey and samples != 1) or (photometric in _COLOUR and samples == 1):
         shown = photometric if grey or photometric in _COLOUR else "its photometric interpretation"

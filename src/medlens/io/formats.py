@@ -7,6 +7,7 @@ decoder sees it, and a file without a suffix (DICOM often has none) is recognise
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 from medlens.errors import ReadError
@@ -69,7 +70,7 @@ def _gunzip_head(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as f:
             return f.read(352)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return b""
 
 

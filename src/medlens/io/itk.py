@@ -127,7 +127,7 @@ def _nifti_layout(header: bytes, path: Path) -> NiftiLayout | None:
     fields = _nifti1_fields(header) or _nifti2_fields(header)
     if fields is None:
         return None
-    dims, datatype, offset, single_file = fields
+    dims, datatype, offset, single_file, pixdim = fields
     if not 1 <= dims[0] <= 7:
         raise ReadError(f"{path}: the NIfTI header declares {dims[0]} dimensions (dim[0] must be 1 to 7); the "
                         "header is corrupt, export the image again")
@@ -139,6 +139,11 @@ def _nifti_layout(header: bytes, path: Path) -> NiftiLayout | None:
         # dim[5] alone is ITK's vector components (dim[4] = 1): an RGB or vector image, not 5D
         raise ReadError(f"{path}: a {len(shape)}D NIfTI of shape {shape}; medlens reads 2D and 3D images, and "
                         "4D ones whose 4th axis holds the channels. Split it into 3D volumes")
+    spacing = pixdim[1:min(len(shape), 3) + 1]
+    if not all(math.isfinite(p) for p in spacing):
+        # ITK's NIfTI reader silently replaces a NaN spacing with 1 mm: a made-up geometry
+        raise ReadError(f"{path}: the NIfTI header's voxel spacing (pixdim) {tuple(spacing)} is not finite; the "
+                        "header is corrupt, fix the spacing or export the image again")
     if not math.isfinite(offset) or offset < 0 or offset > MAX_NIFTI_OFFSET or (single_file and offset < 352):
         shown = f"{offset:.6g}" if math.isfinite(offset) else str(offset)
         raise ReadError(f"{path}: the NIfTI header's vox_offset is {shown}; a single-file .nii needs 352 or more "
@@ -152,8 +157,8 @@ def _nifti_layout(header: bytes, path: Path) -> NiftiLayout | None:
     return NiftiLayout(dtype, shape, int(offset), count * np.dtype(dtype).itemsize, header)
 
 
-def _nifti1_fields(header: bytes) -> tuple[list[int], int, float, bool] | None:
-    """(dim[0..7], datatype, vox_offset, single file) of a NIfTI-1 header."""
+def _nifti1_fields(header: bytes) -> tuple[list[int], int, float, bool, tuple[float, ...]] | None:
+    """(dim[0..7], datatype, vox_offset, single file, pixdim[0..7]) of a NIfTI-1 header."""
     if len(header) < 348:
         return None
     endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
@@ -162,11 +167,11 @@ def _nifti1_fields(header: bytes) -> tuple[list[int], int, float, bool] | None:
     dims = list(struct.unpack(endian + "8h", header[40:56]))
     datatype = struct.unpack(endian + "h", header[70:72])[0]
     offset = struct.unpack(endian + "f", header[108:112])[0]
-    return dims, datatype, offset, header[344:347] == b"n+1"
+    return dims, datatype, offset, header[344:347] == b"n+1", struct.unpack(endian + "8f", header[76:108])
 
 
-def _nifti2_fields(header: bytes) -> tuple[list[int], int, float, bool] | None:
-    """(dim[0..7], datatype, vox_offset, single file) of a NIfTI-2 header."""
+def _nifti2_fields(header: bytes) -> tuple[list[int], int, float, bool, tuple[float, ...]] | None:
+    """(dim[0..7], datatype, vox_offset, single file, pixdim[0..7]) of a NIfTI-2 header."""
     if len(header) < 540 or header[4:8] != b"n+2\x00":
         return None
     endian = "<" if struct.unpack("<i", header[:4])[0] == 540 else ">"
@@ -175,7 +180,7 @@ def _nifti2_fields(header: bytes) -> tuple[list[int], int, float, bool] | None:
     dims = list(struct.unpack(endian + "8q", header[16:80]))
     datatype = struct.unpack(endian + "h", header[12:14])[0]
     offset = float(struct.unpack(endian + "q", header[168:176])[0])
-    return dims, datatype, offset, True
+    return dims, datatype, offset, True, struct.unpack(endian + "8d", header[104:168])
 
 
 def _read_float_nifti(path: Path, layout: NiftiLayout) -> Image | None:

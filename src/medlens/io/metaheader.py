@@ -29,6 +29,8 @@ _NRRD_BYTES = {**dict.fromkeys(("uchar", "unsigned char", "uint8", "uint8_t", "s
                                 "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
                                 "double"), 8)}
 
+_MET_TYPES = {*_MET_BYTES, "MET_LONG", "MET_ULONG"}  # sized by the platform's long: no length check
+
 
 @dataclass(frozen=True)
 class TextHeader:
@@ -108,10 +110,14 @@ def _meta_header(head: bytes, path: Path) -> TextHeader | None:
     if ndims is not None and ndims.isdigit() and int(ndims) != len(dims):
         raise ReadError(f"{path}: the MetaImage header declares NDims = {ndims} but {len(dims)} DimSize values; "
                         "the header is corrupt, export the image again")
+    element_type = fields.get("ElementType", "")
+    if element_type not in _MET_TYPES:
+        raise ReadError(f"{path}: the MetaImage ElementType is not a numeric type medlens reads "
+                        f"({', '.join(sorted(_MET_BYTES))}); export the image again")
     channels = _positive_ints(fields.get("ElementNumberOfChannels", "1"), "ElementNumberOfChannels", path)[:1]
     compressed = fields.get("CompressedData", "False").lower() == "true"
     size = fields.get("CompressedDataSize", "")
-    return TextHeader((*channels, *dims), _MET_BYTES.get(fields.get("ElementType", "")), compressed,
+    return TextHeader((*channels, *dims), _MET_BYTES.get(element_type), compressed,
                       attached=end is not None and fields.get("ElementDataFile") == "LOCAL",
                       data_start=end or 0, compressed_size=int(size) if size.isdigit() else None)
 

@@ -118,11 +118,17 @@ def _is_grey(rgb: np.ndarray) -> bool:
 def _apply_geometry(image: Image, text: str, path: Path) -> None:
     try:
         geometry = json.loads(text)
-        image.spacing_mm = tuple(float(v) for v in geometry["spacing_mm"])
-        image.origin_mm = tuple(float(v) for v in geometry["origin_mm"])
-        image.direction = tuple(float(v) for v in geometry["direction"])
-    except (ValueError, KeyError, TypeError):
+        spacing = tuple(float(v) for v in geometry["spacing_mm"])
+        origin = tuple(float(v) for v in geometry["origin_mm"])
+        direction = tuple(float(v) for v in geometry["direction"])
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ReadError(f"{path}: the {GEOMETRY_KEY} text chunk is malformed; re-save the PNG") from None
+    values = np.array(spacing + origin + direction, dtype=float)
+    if (len(spacing), len(origin), len(direction)) != (2, 2, 4) or not np.isfinite(values).all() \
+            or min(spacing) <= 0:
+        raise ReadError(f"{path}: the {GEOMETRY_KEY} text chunk does not hold 2 positive finite spacings, 2 origin "
+                        "and 4 direction values; re-save the PNG")
+    image.spacing_mm, image.origin_mm, image.direction = spacing, origin, direction
     image.spacing_known = True
 
 
