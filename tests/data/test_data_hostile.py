@@ -220,6 +220,27 @@ def test_loose_dicom_files_with_a_malformed_one(tmp_path, make):
     assert [u["case"] for u in card["unreadable"]] == ["a/loose0.dcm"]
 
 
+def test_medmnist_archives_truncated_or_declaring_a_huge_array(tmp_path, make, cli):
+    """A MedMNIST file is one archive: a damaged one is a message and exit 2 (nothing read past the budget)."""
+    import zipfile
+
+    good = make.npz(tmp_path / "good" / "pneumoniamnist.npz", {"train": 2, "val": 1, "test": 1})
+    cut = tmp_path / "cut" / "pneumoniamnist.npz"
+    cut.parent.mkdir()
+    cut.write_bytes(good.read_bytes()[:300])
+    huge = tmp_path / "huge" / "pneumoniamnist.npz"
+    huge.parent.mkdir()
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(huge, "w") as target:
+        for name in source.namelist():
+            data = write_huge_npy(tmp_path / "x.npy").read_bytes() if name == "train_images.npy" else source.read(name)
+            target.writestr(name, data)
+    truncated = cli("inspect", cut, "--out", tmp_path / "c1.json")
+    assert truncated.rc == 2 and "not a readable .npz archive" in truncated.err
+    declared = cli("inspect", huge, "--out", tmp_path / "c2.json")
+    assert declared.rc == 2
+    assert "reading train_images.npy of pneumoniamnist.npz would make 10,000,000,000" in declared.err
+
+
 # ---------------------------------------------------------------------------------------------- manifests
 
 

@@ -14,11 +14,13 @@ import re
 import shutil
 import tempfile
 import urllib.request
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from medlens.budget import check_voxels
 from medlens.data.dataset import Dataset
 from medlens.errors import DataMissingError, DatasetError
 from medlens.io.image import Image, identity_direction
@@ -111,9 +113,10 @@ def open_medmnist(path: Path) -> Dataset:
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.keys()}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({exc}); re-fetch it") from None
     needed = [f"{s.value}_{kind}" for s in Split for kind in ("images", "labels")]
     missing = [k for k in needed if k not in arrays]
@@ -121,6 +124,22 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path}: missing arrays {', '.join(missing)} (found {', '.join(arrays)}); "
                            "a MedMNIST file holds {train,val,test}_{images,labels}")
     return arrays
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Each array's shape, from its ``.npy`` header, against the work budget before any array is read.
+
+    Raises:
+        BudgetError: an array declares more elements than the budget allows (a damaged or hostile file).
+    """
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape = read_header(f)[0]
+            check_voxels(shape, f"reading {member} of {path.name}")
 
 
 class _ArrayLoader:
