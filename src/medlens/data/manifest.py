@@ -110,8 +110,8 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
 
 def _row(line: int, raw: dict, columns: dict, image_root: Path) -> _Row:
     rel = _cell(raw, columns["image"])
-    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), _cell(raw, columns.get("patient_id"))
-               or None, _cell(raw, columns.get("split")) or None)
+    patient_id, split = _cell(raw, columns.get("patient_id")) or None, _cell(raw, columns.get("split")) or None
+    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split)
     if "label" not in columns:  # segmentation: the mask is the label
         row.mask_rel = _cell(raw, columns["mask"])
         row.mask = image_root / row.mask_rel
