@@ -241,6 +241,28 @@ def test_medmnist_archives_truncated_or_declaring_a_huge_array(tmp_path, make, c
     assert "reading train_images.npy of pneumoniamnist.npz would make 10,000,000,000" in declared.err
 
 
+def test_loose_slices_of_one_dicom_series_are_refused(tmp_path, make):
+    root = make.class_folders(tmp_path / "data", {"a": 2, "b": 2})
+    for path in sorted(make.dicom(tmp_path / "study", patient_id="P1", seed=3).iterdir()):
+        os.replace(path, root / "a" / path.name)
+    with pytest.raises(DatasetError, match="holds slices of one DICOM series"):
+        open_dataset(root, strict=False)
+
+
+def test_loose_copies_of_one_dicom_slice_are_cases_not_a_series(tmp_path, make):
+    """Copies of one slice (same series, same position) are not a loose series: listed, one of them damaged."""
+    import shutil
+
+    root = make.class_folders(tmp_path / "data", {"a": 2, "b": 2})
+    first = sorted(make.dicom(tmp_path / "study", patient_id="P1", seed=3).iterdir())[0]
+    for name in ("copy0.dcm", "copy1.dcm", "copy2.dcm"):
+        shutil.copy(first, root / "a" / name)
+    truncate_pixels(root / "a" / "copy2.dcm")
+    card = inspect_dataset(open_dataset(root, strict=False))
+    assert [u["case"] for u in card["unreadable"]] == ["a/copy2.dcm"]
+    assert ["a/copy0.dcm", "a/copy1.dcm"] in card["duplicates"]
+
+
 # ---------------------------------------------------------------------------------------------- manifests
 
 

@@ -82,13 +82,23 @@ def _refuse_bad_class_names(root: Path, class_names: list[str]) -> None:
 
 
 def _refuse_loose_series(folder: Path, entries: list[Path]) -> None:
-    """Slices of one DICOM series lying loose in a class folder would each become a case."""
+    """Slices of one DICOM series lying loose in a class folder would each become a case.
+
+    Two files of one series at different positions (or instance numbers) are slices of it; two at the
+    same place are copies of one image, which the audit reports as duplicates (or, when damaged, as
+    unreadable), so they are listed, not refused.
+    """
     slices = [p for p in entries if p.is_file() and suffix_of(p) in (".dcm", ".dicom", ".ima")][:2]
     headers = [_header_or_none(p) for p in slices]
-    if len(headers) == 2 and all(headers) and headers[0].series_uid and headers[0].series_uid == headers[1].series_uid:
+    if len(headers) == 2 and all(headers) and _two_slices_of_one_series(*headers):
         raise DatasetError(f"{folder} holds slices of one DICOM series ({slices[0].name}, {slices[1].name}, ...); "
                            "a case is a whole series: put each series in its own sub-folder, "
                            "root/<class>/<case>/*.dcm (to look at one series use `medlens info FOLDER`)")
+
+
+def _two_slices_of_one_series(first, second) -> bool:
+    same_series = bool(first.series_uid) and first.series_uid == second.series_uid
+    return same_series and (first.position, first.instance) != (second.position, second.instance)
 
 
 def _dicom_patient(folder: Path) -> str | None:
