@@ -382,6 +382,14 @@ def test_cli_allow_outside_root(images, make, outside, cli, tmp_path):
     result = cli("inspect", path, "--out", tmp_path / "card.json", "--allow-outside-root")
     assert result.rc == 0 and json.loads((tmp_path / "card.json").read_text())["dataset"]["num_readable"] == 7
 
+    # through the engine: with the flag, the file outside is opened and audited (a broken one, so that planning
+    # stops right after the audit instead of planning for half a minute)
+    break_png_crc(make.png(images.parent / "elsewhere" / "bad.png", make.pixels(51)), b"IHDR")
+    path = make.csv(images / "m.csv", rows_ab() + [{"image": "../elsewhere/bad.png", "label": "a"}])
+    planned = cli("plan", path, "--out", tmp_path / "plan.yaml", "--allow-outside-root")
+    assert planned.rc == 2 and "[image.unreadable] 1 case(s) could not be read" in planned.err
+    assert "elsewhere/bad.png" in planned.err and "point outside" not in planned.err
+
 
 @pytest.mark.parametrize("label", ["", "nan", "NaN", "None", "null", "NA", "N/A", "#N/A",
                                    '=HYPERLINK("http://x","click")', "+1", "-cmd", "@SUM(A1)"])
