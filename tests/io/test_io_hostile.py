@@ -265,6 +265,21 @@ def test_jpeg_with_thousands_of_scans_is_refused_before_decoding(tmp_path):
     refused(path, ReadError, r"scans\.jpg: could not decode the image \(the JPEG holds 20\d\d scans \(more than 100\)")
 
 
+def test_jpeg_declaring_12000_square_over_a_few_kilobytes_is_refused_before_decoding(tmp_path):
+    jpeg = bytearray(_jpeg(64, 48))
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 12000, 12000)
+    path = write(tmp_path, "lying.jpg", bytes(jpeg))
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.zeros((1024, 1024), np.uint8)).save(buffer, "JPEG")
+    flat = write(tmp_path, "flat.jpg", buffer.getvalue())
+
+    assert read_image(flat).spatial_shape == (1024, 1024)  # the most compressible real image still passes
+    # 144,000,000 pixels fit the CLI's budget: only the stream's length shows the lie
+    refused(path, ReadError, r"lying\.jpg: could not decode the image \(the JPEG declares 12000 x 12000 pixels but "
+                             r"holds only [\d,]+ bytes, fewer than one bit per 8 x 8 block")
+
+
 def test_deflated_dicom_is_read_and_a_deflate_bomb_is_refused(tmp_path):
     good = write(tmp_path, "deflated.dcm", dicom_bytes(dicom_dataset(8, 6), DeflatedExplicitVRLittleEndian))
     np.testing.assert_array_equal(read_image(good).array[0].T, np.arange(48, dtype=np.uint16).reshape(8, 6))

@@ -18,6 +18,7 @@ _STEP = 1 << 20
 # Progressive JPEGs use about 10 scans; thousands of empty scans only make the decoder loop.
 MAX_JPEG_SCANS = 100
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+_ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # (row start, column start, row step, column step) of the seven Adam7 passes
@@ -94,7 +95,33 @@ def jpeg_scans(data: bytes) -> int:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
-    """(rows, columns, components) from a JPEG or JPEG-LS frame header; ``None`` when there is none.
+    """(rows, columns, components) from a JPEG or JPEG-LS frame header; ``None`` when there is none."""
+    frame = jpeg_frame(data)
+    return frame[1:] if frame else None
+
+
+def check_jpeg_length(data: bytes) -> None:
+    """Refuse a Huffman-coded JPEG too short to hold its declared frame.
+
+    Every 8 x 8 block of the first component codes at least one Huffman symbol (its DC difference)
+    of at least one bit, so the stream holds at least blocks / 8 bytes; libjpeg fills whatever is
+    missing with grey instead of failing. (Arithmetic-coded and JPEG-LS frames are not bounded so.)
+
+    Raises:
+        StreamError: fewer bytes than one bit per block.
+    """
+    frame = jpeg_frame(data)
+    if frame is None or frame[0] in _ARITHMETIC_SOF or frame[0] == 0xF7:
+        return
+    _, rows, columns, _ = frame
+    blocks = -(-rows // 8) * -(-columns // 8)
+    if len(data) * 8 < blocks:
+        raise StreamError(f"the JPEG declares {columns} x {rows} pixels but holds only {len(data):,} bytes, fewer "
+                          "than one bit per 8 x 8 block (truncated, or a lying header)")
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(SOF marker, rows, columns, components) of a JPEG or JPEG-LS stream; ``None`` when there is none.
 
     Walks the marker segments from SOI to the first SOF (or SOF55 for JPEG-LS) without decoding.
     """
@@ -116,7 +143,7 @@ def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
             if at + 10 > len(data):
                 return None
             rows, columns = struct.unpack(">HH", data[at + 5:at + 9])
-            return rows, columns, data[at + 9]
+            return marker, rows, columns, data[at + 9]
         if marker == 0xDA or length < 2:
             return None  # a scan before any frame header
         at += 2 + length

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from medlens.budget import check_voxels
 from medlens.errors import DicomError, ReadError
-from medlens.io.codecs import MAX_JPEG_SCANS, StreamError, codestream_size, inflate_bounded, jpeg_scans
+from medlens.io.codecs import (
+    MAX_JPEG_SCANS,
+    StreamError,
+    check_jpeg_length,
+    codestream_size,
+    inflate_bounded,
+    jpeg_scans,
+)
 
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -263,6 +270,10 @@ def _check_first_frame(data: bytes, at: int, path: Path, rows: int, columns: int
     if jpeg_scans(fragments[1]) > MAX_JPEG_SCANS:
         raise DicomError(f"{path}: the embedded JPEG holds more than {MAX_JPEG_SCANS} scans; a real image has "
                          "about 10, export the file again")
+    try:
+        check_jpeg_length(fragments[1])
+    except StreamError as exc:
+        raise DicomError(f"{path}: the first frame: {exc}; export the file again") from None
 
 
 def check_series_budget(counts: list[int], folder: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from medlens.budget import check_voxels
 from medlens.errors import ReadError
-from medlens.io.codecs import MAX_JPEG_SCANS, StreamError, check_png_data, jpeg_scans, png_header
+from medlens.io.codecs import MAX_JPEG_SCANS, StreamError, check_jpeg_length, check_png_data, jpeg_scans, png_header
 from medlens.io.image import Image, identity_direction
 
 GEOMETRY_KEY = "medlens:geometry"
@@ -81,9 +81,11 @@ def _check_before_decode(pil, data: bytes, path: Path) -> None:
     check_voxels((len(pil.getbands()), width, height), f"decoding {Path(path).name}")
     if pil.format == "PNG":
         check_png_data(data, png_header(data))
-    elif pil.format in ("JPEG", "MPO") and jpeg_scans(data) > MAX_JPEG_SCANS:
-        raise StreamError(f"the JPEG holds {jpeg_scans(data)} scans (more than {MAX_JPEG_SCANS}); a real image "
-                          "has about 10, re-export it")
+    elif pil.format in ("JPEG", "MPO"):
+        if jpeg_scans(data) > MAX_JPEG_SCANS:
+            raise StreamError(f"the JPEG holds {jpeg_scans(data)} scans (more than {MAX_JPEG_SCANS}); a real image "
+                              "has about 10, re-export it")
+        check_jpeg_length(data)
 
 
 def _to_array(pil, path: Path) -> np.ndarray:
