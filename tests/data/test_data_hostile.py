@@ -468,6 +468,14 @@ def test_decathlon_channel_names_with_keys_that_are_not_numbers(tmp_path, make):
     assert open_dataset(tmp_path).meta["modality"] == ["MRI", "MRI"]
 
 
+@pytest.mark.parametrize("name", ["nan", "=HYPERLINK(\"x\")", ""])
+def test_decathlon_label_names_that_cannot_be_class_names(tmp_path, name):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": name}, "training": [
+        {"image": "x.nii.gz", "label": "y.nii.gz"}]}))
+    with pytest.raises(DatasetError, match="label 1: .*name each label after the structure it marks"):
+        open_dataset(tmp_path)
+
+
 def test_decathlon_labels_of_no_known_form(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"a": "b"}, "training": [
         {"image": "x.nii.gz", "label": "y.nii.gz"}]}))

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, Finding, lies_outside
+from medlens.data.dataset import Dataset, Finding, class_name_problem, lies_outside
 from medlens.data.folders import is_image_file
 from medlens.errors import DatasetError
 from medlens.io.formats import suffix_of
@@ -139,8 +139,8 @@ def _labels(labels, path: Path) -> tuple[list[int], tuple[str, ...]]:
         DatasetError: anything else, naming the expected forms.
     """
     if isinstance(labels, list) and all(isinstance(name, str) for name in labels):
-        return list(range(len(labels))), tuple(labels)
-    if isinstance(labels, dict) and all(str(k).strip().isdigit() for k in labels):
+        by_value = dict(enumerate(labels))
+    elif isinstance(labels, dict) and all(str(k).strip().isdigit() for k in labels):
         by_value = {int(k): str(name) for k, name in labels.items()}
     elif isinstance(labels, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                           for v in labels.values()):
@@ -149,6 +149,11 @@ def _labels(labels, path: Path) -> tuple[list[int], tuple[str, ...]]:
         raise DatasetError(f"{path}: 'labels' must map mask values to names ({{\"0\": \"background\", \"1\": "
                            f"\"tumour\"}}), names to values ({{\"background\": 0, \"tumour\": 1}}) or list the names "
                            "in value order")
+    problems = [f"label {value}: {problem}" for value, name in by_value.items()
+                if (problem := class_name_problem(name.strip()))]
+    if problems:
+        raise DatasetError(f"{path}: {len(problems)} label name(s) cannot be class names ({'; '.join(problems[:3])}); "
+                           "name each label after the structure it marks")
     values = sorted(by_value)
     return values, tuple(by_value[v] for v in values)
 
