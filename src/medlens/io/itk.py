@@ -9,6 +9,7 @@ binary header, MetaImage and NRRD text headers): sizes against the work budget, 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,4 +253,4 @@ def _first_line(exc: Exception, path: Path) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = [line for line in lines if "Description:" in line or "ERROR" in line.upper()]
     reason = (detail or lines or ["unknown error"])[-1][:300]
-    return reason.replace(str(path), path.name).replace(str(path.parent), "")
+    return re.sub(r"(/[^\s:]*/)([^/\s:]+)", r"\2", reason.replace(str(path), path.name))
