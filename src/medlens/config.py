@@ -30,6 +30,7 @@ class DatasetSection:
 
     source: str = ""
     image_root: str = ""  # folder a CSV manifest's paths are relative to, when not the CSV's folder
+    allow_outside_root: bool = False  # follow manifest paths that leave the dataset folder / image_root
     layout: str = ""
     task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation"] = "binary"
     class_names: tuple[str, ...] = ()

@@ -481,3 +481,16 @@ def test_decathlon_labels_of_no_known_form(tmp_path):
         {"image": "x.nii.gz", "label": "y.nii.gz"}]}))
     with pytest.raises(DatasetError, match="'labels' must map mask values to names"):
         open_dataset(tmp_path)
+
+
+def test_a_plan_made_with_allow_outside_root_reopens_its_data(images, make, outside):
+    """evaluate, report and spawned training processes reopen the data from the plan, not from the flag."""
+    from medlens.config import Config, DatasetSection
+    from medlens.data.prepared import open_config_dataset
+
+    path = make.csv(images / "m.csv", rows_ab() + [{"image": "../elsewhere/x.png", "label": "a"}])
+    planned = Config(dataset=DatasetSection(source=str(path), class_names=("a", "b"), allow_outside_root=True))
+    assert len(open_config_dataset(planned).cases) == 7
+    refused = Config(dataset=DatasetSection(source=str(path), class_names=("a", "b")))
+    with pytest.raises(DatasetError, match="point outside"):
+        open_config_dataset(refused)

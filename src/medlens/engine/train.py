@@ -22,6 +22,7 @@ from medlens._files import write_json_atomic, write_text_atomic
 from medlens.config import Config, apply_overrides, read_plan, render_plan
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
+from medlens.data.dataset import allow_outside_root_in_force
 from medlens.data.prepared import check_plan_fits, open_config_dataset, resolve_splits, split_cases
 from medlens.data.splits import read_splits
 from medlens.engine import distributed
@@ -56,6 +57,8 @@ def make_plan(source, *, image_root=None, time_budget_s: float | None = None, pr
                                                              processes=processes)
     if image_root:
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
+    if allow_outside_root_in_force():  # evaluate, report and other processes reopen the data as it was planned
+        config = replace(config, dataset=replace(config.dataset, allow_outside_root=True))
     return config, reasons, card, dataset
 
 
