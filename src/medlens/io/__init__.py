@@ -29,7 +29,8 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
 
     Args:
         path: an image file, or a folder holding one DICOM series.
-        series_uid: which DICOM series, when a folder holds several.
+        series_uid: which DICOM series, when a folder holds several: its SeriesInstanceUID, or
+            its 1-based number as the mixed-series message lists them ("2").
         spatial_dims: 2 or 3 to insist on a dimensionality (a volume where a 2D image is
             expected is an error, not a silent slice).
         allow_nan: keep NaN/inf voxels instead of refusing the image.

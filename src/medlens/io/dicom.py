@@ -354,10 +354,16 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
 
     Args:
         folder: a folder holding the slices (subfolders included).
-        series_uid: which series, when the folder holds several.
+        series_uid: which series, when the folder holds several: its SeriesInstanceUID, or its
+            1-based number as the mixed-series message lists them.
 
     Returns:
         Image ``(1, X, Y, Z)`` in stored units after rescale (HU for CT).
+
+    Raises:
+        DicomError: mixed or inconsistent series, a slice whose header its pixel data contradicts.
+        ReadError: a slice that cannot be parsed or decoded.
+        BudgetError: all the slices together are past the work budget (checked before decoding).
     """
     sitk = simpleitk()
     scanned: dict = {}
