@@ -30,7 +30,16 @@ class Segmentation:
 
 def segment_image(model, image: Image, config: Config, postprocess: dict, *, mirror: bool = False,
                   keep_probs: bool = False, where: str = "image") -> Segmentation:
-    """Preprocess like training, slide the network over the whole image, map back to its own grid."""
+    """Preprocess like training, slide the network over the whole image, map back to its own grid.
+
+    Every array this makes is checked against the work budget before it is allocated: the image on the
+    plan's grid (``C x target shape``), the stitched output (``K x`` that, padded to one window) and the
+    probabilities back on the image's grid (``K x`` its shape).
+
+    Raises:
+        BudgetError: one of those arrays would be past the work budget in force.
+        DatasetError: the image does not fit the plan (channels) or its spacing is corrupt.
+    """
     array = prepare_image(image, config.data, where)
     probs = sliding_probs(model, torch.from_numpy(array)[None], config, mirror=mirror)[0].cpu()
     probs = to_original_grid(probs, image.spatial_shape)
