@@ -6,7 +6,8 @@ from pathlib import Path
 
 ARGUMENTS = [
     (["path"], {"type": Path, "help": "an image file or a folder holding one DICOM series"}),
-    (["--series"], {"help": "SeriesInstanceUID to read when the folder holds several series"}),
+    (["--series"], {"help": "the series to read when the folder holds several: its SeriesInstanceUID, or its "
+                               "number as the mixed-series message lists them"}),
 ]
 
 
@@ -29,8 +30,9 @@ def run(args) -> int:
         print(f"  intensity min {finite.min():.6g} max {finite.max():.6g} mean {finite.mean():.6g}")
     if nonfinite:
         print(f"  WARNING: {nonfinite} of {a.size} voxels are NaN or infinite")
-    shown = {k: v for k, v in image.meta.items() if k in ("modality", "series_description", "num_slices",
-                                                           "slice_order", "pixel_type", "skipped_files")}
+    # header text (SeriesDescription, UIDs) is never printed: it can identify a patient
+    shown = {k: v for k, v in image.meta.items() if k in ("modality", "num_slices", "slice_order", "pixel_type",
+                                                           "skipped_files")}
     if shown:
         print("  " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     return 0
