@@ -15,31 +15,71 @@ ARGUMENTS = [
     (["--backend"], {"default": "torch", "choices": ["torch", "torchscript", "onnx"],
                      "help": "classification: run the bundle's TorchScript or ONNX export (default: torch; heat maps "
                              "always use the PyTorch weights)"}),
+    (["--workers"], {"type": int, "help": "worker processes predicting at the same time, each with its own copy of "
+                                          "the model (default: min(CPU cores, 4))"}),
+    (["--max-voxels"], {"type": int, "help": "the work budget: voxels any one step may make from an upload "
+                                             "(default 512^3 = 134,217,728)"}),
+    (["--request-timeout-s"], {"type": float, "default": 30.0,
+                               "help": "a prediction running longer is stopped, answered 503, and its worker "
+                                       "replaced (default 30)"}),
+    (["--worker-memory-mb"], {"type": float, "default": 2048.0,
+                              "help": "a worker holding more resident memory while it predicts is stopped, the "
+                                      "request answered 413, the worker replaced (default 2048)"}),
+    (["--max-connections"], {"type": int, "default": 512,
+                             "help": "open connections past which requests are answered 503 (default 512)"}),
+    (["--header-timeout-s"], {"type": float, "default": 10.0,
+                              "help": "a connection that has not sent its request headers within this time (or "
+                                      "pauses a body upload this long x3) is closed (default 10)"}),
 ]
 
 
 def run(args) -> int:
-    import logging
-
     import uvicorn
 
+    from medlens.budget import SERVICE_BUDGET, WorkBudget, set_budget
     from medlens.deploy import Predictor
-    from medlens.deploy.service import create_app
+    from medlens.deploy.service import create_app, log_scrubbed, server_config
+    from medlens.deploy.uploads import UploadLimits
+    from medlens.deploy.workers import WorkerPool, WorkerSpec, default_workers
+
+    check_limits(args)
+    token = read_token(args.token_file) if args.token_file else None
+    budget = SERVICE_BUDGET if args.max_voxels is None else WorkBudget(args.max_voxels, SERVICE_BUDGET.hint)
+    set_budget(budget)  # this process stages uploads (header checks) under the same budget as the workers
+    predictor = Predictor.from_path(args.model, backend=args.backend)  # the card, the task's options
+    spec = WorkerSpec(Path(args.model), workers=args.workers or default_workers(), backend=args.backend,
+                      budget=budget, timeout_s=args.request_timeout_s, memory_mb=args.worker_memory_mb)
+    app = create_app(predictor, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     limits=UploadLimits(max_voxels=budget.max_voxels), workers=WorkerPool(spec))
+    log_scrubbed()
+    print(f"medlens serve: {predictor.task.name} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
+          f" ({spec.workers} worker(s), {spec.timeout_s:g} s and {spec.memory_mb:.0f} MiB per request)"
+          + ("  (bearer token required)" if token else ""), flush=True)
+    config = server_config(app, host=args.host, port=args.port, max_connections=args.max_connections,
+                           head_timeout_s=args.header_timeout_s, body_timeout_s=3 * args.header_timeout_s)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def check_limits(args) -> None:
+    """Each numeric option in its range.
+
+    Raises:
+        ConfigError: the first option out of range, with the range.
+    """
     from medlens.errors import ConfigError
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb}: must be a positive number of MiB")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be 1..65535")
-    token = read_token(args.token_file) if args.token_file else None
-    predictor = Predictor.from_path(args.model, backend=args.backend)
-    app = create_app(predictor, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(f"medlens serve: {predictor.task} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
-          + ("  (bearer token required)" if token else ""))
-    # access_log off: the service logs its own line per request (status, size, type, latency; no file names)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
-    return 0
+    for flag, value, low in (("--workers", args.workers, 1), ("--max-voxels", args.max_voxels, 1),
+                             ("--request-timeout-s", args.request_timeout_s, 0.01),
+                             ("--worker-memory-mb", args.worker_memory_mb, 16),
+                             ("--max-connections", args.max_connections, 1),
+                             ("--header-timeout-s", args.header_timeout_s, 0.01)):
+        if value is not None and not value >= low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}")
 
 
 def read_token(path: Path) -> str:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 import time
 from pathlib import Path
 
+from medlens.budget import SERVICE_BUDGET, WorkBudget, work_budget
 from medlens.deploy.uploads import UploadError, UploadLimits, staged_upload
-from medlens.errors import MedlensError
+from medlens.deploy.workers import WorkerPool, WorkerRefusal
+from medlens.errors import BudgetError, MedlensError
 
 LOG = logging.getLogger("medlens.service")
 ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict")
@@ -69,6 +72,22 @@ class Metrics:
                 lines.append(f'medlens_request_duration_seconds_sum{{endpoint="{endpoint}"}} {row[-2]:.6f}')
                 lines.append(f'medlens_request_duration_seconds_count{{endpoint="{endpoint}"}} {row[-1]}')
         return "\n".join(lines) + "\n"
+
+
+def scrub_paths(message: str) -> str:
+    """``message`` without any temporary upload folder's path (``/tmp/medlens-upload-XXXX/...``)."""
+    return re.sub(r"/?[^\s'\":]*medlens-upload-[^\s'\":]*", "the upload", message)
+
+
+def scrub_upload(message: str, staged) -> str:
+    """``message`` without the staged upload's temporary path or the names inside it (a zip's entry names
+    may identify a patient, and readers quote the file they failed on)."""
+    message = scrub_paths(staged.scrub(message))
+    names = {part for path in staged.folder.rglob("*") for part in
+             (str(path.relative_to(staged.folder)), path.name) if len(part) >= 3}
+    for name in sorted(names, key=len, reverse=True):
+        message = message.replace(name, "a file of the upload")
+    return message
 
 
 def _escape(value) -> str:
@@ -161,30 +180,53 @@ async def _send_json(send, status: int, error: str) -> None:
 
 
 def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 64 << 20,
-               limits: UploadLimits | None = None):
+               limits: UploadLimits | None = None, workers: WorkerPool | None = None,
+               budget: WorkBudget = SERVICE_BUDGET):
     """The FastAPI application serving ``predictor``.
 
+    With ``workers`` every prediction runs in one of the pool's processes, under its time and memory
+    limits (what ``medlens serve`` does); the pool starts with the app (or at the first request when
+    the server runs without lifespan events) and stops with it. Without, predictions run in this
+    process, one at a time behind a lock (Grad-CAM hooks the network), under ``budget``: the way for
+    an in-memory ``Predictor`` that no worker could load from a path (tests, library users).
+
     Args:
-        predictor: a :class:`~medlens.deploy.Predictor` (``card``, ``task``, ``predict``).
+        predictor: a :class:`~medlens.deploy.Predictor` (``card``, ``task``, ``predict``); with
+            ``workers`` it answers ``/v1/model`` and checks options, the workers predict.
         token: when given, clients must send ``Authorization: Bearer <token>`` (not for ``/healthz``, ``/``).
         max_upload_bytes: the largest uploaded file; the request body may exceed it by the form's overhead.
         limits: the other upload limits (voxels, zip entries, decompressed size); its
             ``max_upload_bytes`` is replaced by the argument.
+        workers: a :class:`~medlens.deploy.workers.WorkerPool` loading the same model, or None.
+        budget: the work budget of in-process predictions (the pool's spec carries its own).
 
     Returns:
         A FastAPI app; run it with uvicorn.
     """
+    import contextlib
     from dataclasses import replace
 
     from fastapi import Depends, FastAPI
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if workers is not None:
+            await workers.start()
+        try:
+            yield
+        finally:
+            if workers is not None:
+                workers.close()
+
     limits = replace(limits or UploadLimits(), max_upload_bytes=max_upload_bytes)
     metrics = Metrics({"model_version": predictor.card.get("model_version", ""), "task": predictor.config.dataset.task})
-    app = FastAPI(title="medlens prediction service", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="medlens prediction service", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.add_middleware(Gate, metrics=metrics, max_body_bytes=max_upload_bytes + _FORM_OVERHEAD_BYTES)
     _add_error_handlers(app)
     guard = [Depends(_bearer_check(token))]
-    _add_routes(app, predictor, guard, metrics, limits, guard_needed=bool(token))
+    runner = _PoolRunner(workers, limits) if workers is not None else _LockedRunner(predictor, limits, budget)
+    _add_routes(app, predictor, guard, metrics, runner, guard_needed=bool(token))
     return app
 
 
@@ -220,13 +262,12 @@ def _add_error_handlers(app) -> None:
         return JSONResponse({"error": f"invalid request: {exc.errors()[:3]}"}, status_code=400)
 
 
-def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLimits, *, guard_needed: bool) -> None:
+def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, *, guard_needed: bool) -> None:
     from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     page = (Path(__file__).with_name("page.html")).read_text(encoding="utf-8")
-    lock = threading.Lock()  # Grad-CAM hooks the network: one prediction at a time
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -235,7 +276,9 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLim
 
     @app.get("/healthz")
     def healthz():  # says whether a token is needed, so the page asks for one before calling the API
-        return {"status": "ok", "auth": "bearer" if guard_needed else "none"}
+        pool = getattr(runner, "pool", None)
+        return {"status": "ok", "auth": "bearer" if guard_needed else "none",
+                **({"workers": pool.status()} if pool is not None else {})}
 
     @app.get("/v1/model", dependencies=guard)
     def model_card():  # the card, and the options POST /v1/predict takes for this model (the page shows them)
@@ -248,10 +291,14 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, limits: UploadLim
     async def predict(request):
         try:
             upload, options = await _read_form(request)
-            body = await run_in_threadpool(_predict, predictor, lock, upload, options, limits, request.state)
-            return JSONResponse(body)
-        except UploadError as exc:
+            _check_options(predictor.task, options)
+            return JSONResponse(await runner(upload, options, request.state))
+        except (UploadError, WorkerRefusal, BudgetError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except MedlensError as exc:  # a header check while staging: the input's fault, its temporary path scrubbed
+            return JSONResponse({"error": scrub_paths(str(exc))}, status_code=422)
+        except ClientDisconnect:  # gone mid-upload (or its body stalled past the deadline): no one to answer
+            return JSONResponse({"error": "the client disconnected during the upload"}, status_code=400)
         except Exception as exc:  # noqa: BLE001 - the server keeps serving; the client learns nothing internal
             LOG.error("POST /v1/predict failed unexpectedly: %s", type(exc).__name__)
             return JSONResponse({"error": "internal error while predicting; the server log has the error type"},
@@ -294,17 +341,160 @@ def _check_options(task, options: dict[str, bool]) -> None:
                               f"{offered})")
 
 
-def _predict(predictor, lock: threading.Lock, upload, options: dict[str, bool], limits: UploadLimits,
-             state) -> dict:
-    """Stage the upload, predict under the lock, and build the JSON body (in a worker thread)."""
-    _check_options(predictor.task, options)
-    with staged_upload(upload.file, limits) as staged:
-        state.upload_kind = staged.kind
+class _LockedRunner:
+    """Predictions in this process, one at a time (Grad-CAM hooks the network), under the service's budget."""
+
+    def __init__(self, predictor, limits: UploadLimits, budget: WorkBudget):
+        self.predictor, self.limits, self.budget = predictor, limits, budget
+        self.lock = threading.Lock()
+
+    async def __call__(self, upload, options: dict[str, bool], state) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self._predict, upload, options, state)
+
+    def _predict(self, upload, options: dict[str, bool], state) -> dict:
+        """Stage the upload, predict under the lock, and build the JSON body (in a worker thread)."""
+        with work_budget(self.budget), staged_upload(upload.file, self.limits) as staged:
+            state.upload_kind = staged.kind
+            try:
+                with self.lock:
+                    result = self.predictor.predict(staged.path, heatmap=options["heatmap"])
+            except BudgetError as exc:
+                raise UploadError(scrub_upload(str(exc), staged), exc.status) from None
+            except MedlensError as exc:
+                raise UploadError(scrub_upload(str(exc), staged), 422) from None
+            body = self.predictor.task.to_json(result, options, staged.folder)
+            body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
+            return body
+
+
+class _PoolRunner:
+    """Predictions in the pool's worker processes; this process only stages the upload (header checks)."""
+
+    def __init__(self, pool: WorkerPool, limits: UploadLimits):
+        self.pool, self.limits = pool, limits
+
+    async def __call__(self, upload, options: dict[str, bool], state) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
+        staging = staged_upload(upload.file, self.limits)
+        staged = await run_in_threadpool(staging.__enter__)
         try:
-            with lock:
-                result = predictor.predict(staged.path, heatmap=options["heatmap"])
-        except MedlensError as exc:
-            raise UploadError(staged.scrub(str(exc)), 422) from None
-        body = predictor.task.to_json(result, options, staged.folder)
-        body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
-        return body
+            state.upload_kind = staged.kind
+            job = {"path": str(staged.path), "folder": str(staged.folder), "options": options}
+            try:
+                body = await self.pool.predict(job)
+            except WorkerRefusal as exc:
+                message = await run_in_threadpool(scrub_upload, str(exc), staged) if exc.raw else str(exc)
+                raise WorkerRefusal(message, exc.status) from None
+            body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
+            return body
+        finally:  # the worker is done with the folder (answered or killed): remove it
+            await run_in_threadpool(staging.__exit__, None, None, None)
+
+
+# ---- the HTTP server ----------------------------------------------------------------------------------------------
+def timed_protocol(head_timeout_s: float = 10.0, body_timeout_s: float = 30.0):
+    """uvicorn's h11 protocol with two deadlines it lacks (uvicorn arms its keep-alive timer only after a
+    response, so a connection that never finishes its request headers stays open for ever).
+
+    Args:
+        head_timeout_s: from the connection's start (or the end of its previous response) to the end of the
+            request headers, however slowly they trickle in; then the connection is closed.
+        body_timeout_s: the longest pause while a request body is being received.
+
+    Returns:
+        A protocol class for ``uvicorn.Config(http=...)``.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer = _body_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(head_timeout_s, self._expire)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._rearm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._expire)
+            self._rearm()
+
+        def connection_lost(self, exc) -> None:
+            for timer in (self._head_timer, self._body_timer):
+                if timer is not None:
+                    timer.cancel()
+            super().connection_lost(exc)
+
+        def _rearm(self) -> None:
+            """The head deadline holds until the headers are in; the body deadline restarts with each chunk."""
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                self._body_timer = self.loop.call_later(body_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            self._head_timer = self._body_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
+def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 512,
+                  head_timeout_s: float = 10.0, body_timeout_s: float = 30.0, keep_alive_s: int = 5):
+    """The uvicorn configuration ``medlens serve`` runs ``app`` with.
+
+    Args:
+        max_connections: open connections (and running requests) past which a request is answered 503.
+        head_timeout_s / body_timeout_s: see :func:`timed_protocol`.
+        keep_alive_s: how long an idle connection is kept after a response.
+
+    Returns:
+        ``uvicorn.Config``: its own per-request access log off (the service logs status, size, type and
+        latency), headers capped at 64 KiB.
+    """
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, http=timed_protocol(head_timeout_s, body_timeout_s),
+                          limit_concurrency=max_connections, timeout_keep_alive=keep_alive_s,
+                          h11_max_incomplete_event_size=64 * 1024, access_log=False, log_config=None,
+                          timeout_graceful_shutdown=10)
+
+
+class ScrubbedLog(logging.Filter):
+    """A log handler filter: the service's own records pass; any other library's record (pydicom quotes header
+    values, Python warnings name files) is replaced by one line naming its logger only."""
+
+    PASS = ("medlens", "uvicorn")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] not in self.PASS:
+            record.msg, record.args = f"{record.name}: a third-party message was suppressed", None
+        if record.exc_info:  # a traceback quotes exception messages, which may quote the input: the type only
+            record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__})"
+            record.args = None
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def log_scrubbed(level: int = logging.INFO) -> None:
+    """Log to stderr through :class:`ScrubbedLog`, Python warnings included (``medlens serve``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(ScrubbedLog())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
