@@ -110,17 +110,19 @@ def service_benchmark(args) -> bool:
           f"worker(s)), {args.image.name} ({len(data)} bytes), heatmap={args.heatmap}")
     try:
         timed, errors, elapsed = load(url, token, [(data, 200)], params, args.clients, args.seconds)
+        failed = errors["valid"]
         print(f"{args.clients} clients x {args.seconds:.0f} s: {len(timed)} requests, {len(timed) / elapsed:.1f} "
-              f"req/s, {percentiles(timed)}, errors {len(errors)}")
+              f"req/s, {percentiles(timed)}, errors {len(failed)} {dict(Counter(failed))}")
         mixed = [(data, 200)] + [(bad.data, bad.status) for bad in malformed_uploads()]
         timed, errors, elapsed = load(url, token, mixed, params, args.mixed_clients, args.mixed_seconds)
         print(f"mixed, {args.mixed_clients} clients x {args.mixed_seconds:.0f} s ({len(mixed) - 1} malformed uploads "
               f"interleaved with IMAGE): {len(timed)} valid requests, {percentiles(timed)}, valid-request errors "
-              f"{len(errors['valid'])}; refusals by status {dict(sorted(errors['refused'].items()))}")
+              f"{len(errors['valid'])} {dict(Counter(errors['valid']))}; refusals by status "
+              f"{dict(sorted(errors['refused'].items()))}")
     finally:
         server.should_exit = True
-    server_errors = sum(n for status, n in errors["refused"].items() if status >= 500)
-    return bool(errors["valid"]) or server_errors > 0
+    server_errors = sum(n for status, n in errors["refused"].items() if status >= 500 or status == 0)
+    return bool(failed) or bool(errors["valid"]) or server_errors > 0
 
 
 def malformed_uploads() -> list:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from corpus import dicom_files
+from corpus import dicom_files, zip_bytes
 
 MARKER = "MARKERXYZ"
 LAUNCH = "import sys; from medlens.cli import main; sys.exit(main())"
@@ -305,6 +305,14 @@ def test_300_idle_connections_are_closed_and_a_normal_request_succeeds_meanwhile
             sock.close()
 
 
+def test_an_unfinished_request_head_past_64_kib_is_refused_at_once(limited):
+    server = limited()  # head deadline 10 s: the answer within 5 s comes from the size cap
+    with socket.create_connection(server.address) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (70 << 10))
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
 def test_past_the_connection_cap_requests_get_503_until_idle_ones_expire(limited):
     server = limited(max_connections=20, head_timeout_s=1.0)
     idle = [socket.create_connection(server.address) for _ in range(25)]
@@ -321,3 +329,24 @@ def test_past_the_connection_cap_requests_get_503_until_idle_ones_expire(limited
 def test_serve_refuses_limits_out_of_range(cli):
     result = cli("serve", os.devnull, "--workers", "0")
     assert result.rc == 2 and "--workers 0: must be at least 1" in result.out + result.err
+
+
+def test_refusal_messages_lose_the_staged_path_and_the_zip_entry_names():
+    from medlens.deploy.service import scrub_upload
+    from medlens.deploy.uploads import staged_upload
+
+    entries = [(f"{MARKER}/{MARKER}_{name}", data) for name, data in dicom_files()]
+    with staged_upload(zip_bytes(entries)) as staged:
+        message = (f"{staged.path}/{MARKER}/{MARKER}_slice_000.dcm: truncated; "
+                   f"'{MARKER}_slice_001.dcm' unreadable in {staged.folder}")
+        scrubbed = scrub_upload(message, staged)
+    assert MARKER not in scrubbed and "medlens-upload-" not in scrubbed and "truncated" in scrubbed
+
+
+def test_worker_limits_are_checked_and_memory_is_read_from_proc():
+    from medlens.deploy.workers import WorkerSpec, resident_mb
+    from medlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="workers 0: must be at least 1"):
+        WorkerSpec(Path("model.bundle"), workers=0)
+    assert 10 < resident_mb(os.getpid()) < 64 << 10 and resident_mb(2**22 + 1) == 0.0
