@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -175,6 +176,20 @@ def marked_dicom(*, keep_class_uids: bool = False) -> bytes:
     from pydicom import config
 
     ds = pydicom.dcmread(io.BytesIO(dicom_files()[0][1]))
+    old = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE  # the UIDs are invalid on purpose
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns, quoting the marker, about every invalid UID we set
+            _mark(ds, keep_class_uids)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = old
+    return buffer.getvalue()
+
+
+def _mark(ds, keep_class_uids: bool) -> None:
     for dataset in (ds, ds.file_meta):
         for element in dataset:
             kept = ("TransferSyntaxUID",) + (("SOPClassUID", "MediaStorageSOPClassUID") if keep_class_uids else ())
@@ -186,14 +201,6 @@ def marked_dicom(*, keep_class_uids: bool = False) -> bytes:
                     "ReferringPhysicianName", "StudyID", "AccessionNumber", "OperatorsName", "StationName"):
         setattr(ds, keyword, f"{MARKER}^{keyword}"[:16] if keyword in ("StudyID", "AccessionNumber", "StationName")
                 else f"{MARKER}^{keyword}")
-    old = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.IGNORE  # the UIDs are invalid on purpose
-    try:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-    finally:
-        config.settings.writing_validation_mode = old
-    return buffer.getvalue()
 
 
 def marked_uploads() -> list[tuple[str, bytes]]:
