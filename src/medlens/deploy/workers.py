@@ -9,6 +9,8 @@ the worker reads, predicts under the service's :class:`~medlens.budget.WorkBudge
 the JSON body. Requests wait in arrival order for a free worker. While one runs, the server's thread
 watches it every 50 ms: past ``timeout_s`` (503) or ``memory_mb`` of resident memory (413) the worker
 is killed, the client gets a JSON refusal and a fresh worker takes its place; the service stays up.
+Behind the watchdog, each worker's address space is capped (``RLIMIT_AS``) so that an allocation
+spike between two looks fails with a MemoryError (413) rather than waking the out-of-memory killer.
 
 Workers start with ``spawn`` (``fork`` after torch has started threads can deadlock). A worker's
 stdout and stderr go to ``/dev/null`` once its model is loaded and every Python warning is
@@ -98,11 +100,12 @@ def _worker_main(conn, spec: WorkerSpec, threads: int) -> None:
     except Exception as exc:  # noqa: BLE001 - the operator's own model path: the server prints why it failed
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    _cap_address_space(spec.memory_mb)
     _silence_output()
     conn.send(("ready", os.getpid()))
     while (job := conn.recv()) is not None:
         suppressed[0] = 0
-        conn.send((*_answer(predictor, job), suppressed[0]))
+        conn.send((*_answer(predictor, job, spec.memory_mb), suppressed[0]))
 
 
 def _load(spec: WorkerSpec, threads: int):
@@ -126,6 +129,23 @@ def _quiet_readers() -> None:
     logging.disable(logging.CRITICAL)  # pydicom logs header problems too; nothing in a worker is logged
 
 
+def _cap_address_space(memory_mb: float) -> None:
+    """A backstop behind the server's 50 ms watchdog: an allocation spike between two looks fails here with a
+    MemoryError (answered 413) instead of reaching the kernel's out-of-memory killer. The cap is the address
+    space at ready plus twice the resident limit: PyTorch reserves address space it never touches, so a cap
+    on the resident limit alone would refuse valid requests."""
+    import resource
+
+    with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        size_kb = next((int(line.split()[1]) for line in status if line.startswith("VmSize:")), None)
+    if size_kb is None:
+        return
+    cap = size_kb * 1024 + int(2 * memory_mb * 2**20)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
 def _silence_output() -> None:
     """stdout / stderr to /dev/null: C++ readers write there behind Python's back."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -134,7 +154,7 @@ def _silence_output() -> None:
     os.close(devnull)
 
 
-def _answer(predictor, job: dict) -> tuple:
+def _answer(predictor, job: dict, memory_mb: float) -> tuple:
     """``("ok", body)`` or ``("error", status, message, raw)`` for one job; never raises."""
     from medlens.errors import BudgetError
 
@@ -145,10 +165,17 @@ def _answer(predictor, job: dict) -> tuple:
         return "error", exc.status, str(exc), True
     except MedlensError as exc:
         return "error", 422, str(exc), True
-    except MemoryError:
-        return "error", 413, "the prediction needed more memory than the server allows; send a smaller image", False
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator raises RuntimeError("... can't allocate memory")
+        if isinstance(exc, MemoryError) or "allocate memory" in str(exc):
+            return "error", 413, memory_refusal(memory_mb), False
+        return "error", 500, type(exc).__name__, False
     except Exception as exc:  # noqa: BLE001 - the client learns the type only, the worker keeps serving
         return "error", 500, type(exc).__name__, False
+
+
+def memory_refusal(memory_mb: float) -> str:
+    return (f"the prediction needed more than the worker's memory limit of {memory_mb:.0f} MiB; send a smaller or "
+            "downsampled image (the server's limit is set by `medlens serve --worker-memory-mb`)")
 
 
 # ---- the server side ----------------------------------------------------------------------------------------------
@@ -216,9 +243,7 @@ class _Worker:
                                 status)
         if resident_mb(self.process.pid) > memory_mb:
             self.kill()
-            raise WorkerRefusal(f"the prediction needed more than the worker's memory limit of {memory_mb:.0f} MiB; "
-                                "send a smaller or downsampled image (the server's limit is set by "
-                                "`medlens serve --worker-memory-mb`)", 413)
+            raise WorkerRefusal(memory_refusal(memory_mb), 413)
         if time.monotonic() > deadline:
             self.kill()
             raise WorkerRefusal(f"the prediction took longer than the limit of {timeout_s:g} s and was stopped; send "
