@@ -48,7 +48,7 @@ RSS_TOLERANCE = 0.10
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["classifier", "segmenter"])
 def test_a_sample_of_each_corpus_class_gets_clean_service_answers(dims, corpus, request, tmp_path):
-    cases = [c for c in fast_subset(corpus, per_class=1) if c.dims == dims and c.applies_to("service")]
+    cases = fast_subset(corpus, per_class=1, where=lambda case: case.dims == dims and case.applies_to("service"))
     problems = service_problems(cases, corpus, _bundle(request, dims), dims, tmp_path)
     assert not problems, report(problems, cases, f"medlens serve ({_bundle_name(dims)}), corpus sample")
 
