@@ -19,6 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
+#: zip entries and gzip members carry this time, not the clock's: the corpus is the same bytes on every run
+FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def _gzip(data: bytes, **options) -> bytes:
+    return gzip.compress(data, mtime=0, **options)
+
+
+def _entry(name: str, compression: int) -> zipfile.ZipInfo:
+    """What ``ZipFile.writestr(name, ...)`` makes of a name (modes included), at :data:`FIXED_TIME`."""
+    info = zipfile.ZipInfo(name, FIXED_TIME)
+    info.compress_type = compression
+    info.external_attr = ((0o40775 << 16) | 0x10) if name.endswith("/") else (0o600 << 16)
+    return info
+
 
 @dataclass(frozen=True)
 class Bad:
@@ -73,7 +88,7 @@ def zip_bytes(entries: list[tuple[str, bytes]], *, compression=zipfile.ZIP_DEFLA
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in entries:
-            archive.writestr(name, data)
+            archive.writestr(_entry(name, compression), data)
     return buffer.getvalue()
 
 
@@ -182,7 +197,7 @@ def _not_images() -> list[Bad]:
         Bad("image.bmp", b"BM" + b"\x00" * 200, 415),
         Bad("one_byte", b"\x00", 415),
         Bad("text.mha", b"NDims = 2\nDimSize = 8 8\nhello world\n", 415),
-        Bad("data.gz", gzip.compress(b"just some text, not a NIfTI header" * 20), 415),
+        Bad("data.gz", _gzip(b"just some text, not a NIfTI header" * 20), 415),
     ]
 
 
@@ -248,10 +263,10 @@ def _zips() -> list[Bad]:
 def _duplicate_zip(data: bytes) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("slice.dcm", data)
+        archive.writestr(_entry("slice.dcm", zipfile.ZIP_STORED), data)
         with __import__("warnings").catch_warnings():
             __import__("warnings").simplefilter("ignore")
-            archive.writestr("slice.dcm", data)
+            archive.writestr(_entry("slice.dcm", zipfile.ZIP_STORED), data)
     return buffer.getvalue()
 
 
@@ -270,10 +285,10 @@ def _niftis() -> list[Bad]:
         Bad("negative_dim.nii", nifti_header([3, 8, -8, 8]) + b"\x00" * 64, 400),
         Bad("pair_header.nii", nifti_header([3, 8, 8, 8], magic=b"ni1\x00"), 415),
         Bad("huge_nifti2.nii", nifti2_header([3, 4096, 4096, 4096]) + b"\x00" * 64, 413),
-        Bad("huge_dims.nii.gz", gzip.compress(nifti_header([3, 1000, 1000, 1000]) + b"\x00" * 4096), 413),
-        Bad("gzip_bomb.nii.gz", gzip.compress(zeros_bomb, compresslevel=1), 413),
-        Bad("truncated.nii.gz", gzip.compress(valid)[:300], 400),
-        Bad("trailing.nii.gz", gzip.compress(valid) + b"garbage after the stream", 400),
+        Bad("huge_dims.nii.gz", _gzip(nifti_header([3, 1000, 1000, 1000]) + b"\x00" * 4096), 413),
+        Bad("gzip_bomb.nii.gz", _gzip(zeros_bomb, compresslevel=1), 413),
+        Bad("truncated.nii.gz", _gzip(valid)[:300], 400),
+        Bad("trailing.nii.gz", _gzip(valid) + b"garbage after the stream", 400),
         Bad("corrupt.nii.gz", b"\x1f\x8b\x08\x00" + b"\xff" * 300, 400),
     ]
 
