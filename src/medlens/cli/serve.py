@@ -44,7 +44,8 @@ def run(args) -> int:
 
     check_limits(args)
     token = read_token(args.token_file) if args.token_file else None
-    budget = SERVICE_BUDGET if args.max_voxels is None else WorkBudget(args.max_voxels, SERVICE_BUDGET.hint)
+    max_voxels = args.max_voxels or getattr(args, "budget_max_voxels", None)  # `medlens --max-voxels N serve` too
+    budget = SERVICE_BUDGET if max_voxels is None else WorkBudget(max_voxels, SERVICE_BUDGET.hint)
     set_budget(budget)  # this process stages uploads (header checks) under the same budget as the workers
     predictor = Predictor.from_path(args.model, backend=args.backend)  # the card, the task's options
     spec = WorkerSpec(Path(args.model), workers=args.workers or default_workers(), backend=args.backend,
