@@ -6,7 +6,8 @@ with one line ``medlens COMMAND: error: ...`` on stderr (``predict`` may instead
 no marker string; when it takes at most 5 s and at most 1 GB over the starting memory. The test
 collects every problem and fails with one table, grouped by the module at fault.
 
-The fast test (in ``make test``) runs one or two cases of each class; the full corpus is ``slow``.
+The fast test (in ``make test``) runs the first case of each class for each model size; the whole corpus
+is marked ``slow``.
 """
 
 from __future__ import annotations
