@@ -48,22 +48,18 @@ RSS_TOLERANCE = 0.10
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["classifier", "segmenter"])
-def test_a_sample_of_each_corpus_class_gets_clean_service_answers(dims, corpus, request, tmp_path):
+def test_a_sample_of_each_corpus_class_gets_clean_service_answers(dims, corpus, cls_bundle, seg_bundle, tmp_path):
     cases = fast_subset(corpus, per_class=1, where=lambda case: case.dims == dims and case.applies_to("service"))
-    problems = service_problems(cases, corpus, _bundle(request, dims), dims, tmp_path)
+    problems = service_problems(cases, corpus, cls_bundle if dims == 2 else seg_bundle, dims, tmp_path)
     assert not problems, report(problems, cases, f"medlens serve ({_bundle_name(dims)}), corpus sample")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3], ids=["classifier", "segmenter"])
-def test_every_corpus_case_gets_clean_service_answers(dims, corpus, request, tmp_path):
+def test_every_corpus_case_gets_clean_service_answers(dims, corpus, cls_bundle, seg_bundle, tmp_path):
     cases = [c for c in corpus if c.dims == dims and c.applies_to("service")]
-    problems = service_problems(cases, corpus, _bundle(request, dims), dims, tmp_path)
+    problems = service_problems(cases, corpus, cls_bundle if dims == 2 else seg_bundle, dims, tmp_path)
     assert not problems, report(problems, cases, f"medlens serve ({_bundle_name(dims)}), whole corpus")
-
-
-def _bundle(request, dims: int) -> Path:
-    return request.getfixturevalue("cls_bundle" if dims == 2 else "seg_bundle")
 
 
 def _bundle_name(dims: int) -> str:
