@@ -198,6 +198,8 @@ def encrypted() -> bytes:
     (encrypted, 400, "zip entry #1 is encrypted"),
     (lambda: zip_of((MARKER, b"x"), (MARKER, b"y")), 400, "zip entry #2 repeats the name of an earlier entry"),
     (corrupt_crc, 400, "the zip archive is corrupt or uses an unsupported feature (BadZipFile)"),
+    (lambda: zip_of(("/".join([MARKER] * 33) + "/s.dcm", b"x")), 400, "zip entry #1 is nested more than 32 folders"),
+    (lambda: zip_of((MARKER * 30 + ".dcm", b"x")), 400, "or has a name part longer than 255 bytes"),
 ])
 def test_no_zip_refusal_quotes_an_entry_name(make, status, message):
     error = refusal(make())

@@ -649,3 +649,17 @@ def test_an_unexpected_reader_failure_is_a_read_error_naming_only_its_type(tmp_p
 
 def test_every_refusal_above_is_a_medlens_error():
     assert issubclass(BudgetError, MedlensError) and issubclass(DicomError, ReadError)
+
+
+@pytest.mark.parametrize("header", [
+    "ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\n",  # no ElementDataFile line
+    "ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n",  # no data
+])
+def test_native_library_complaints_never_reach_stderr(tmp_path, capfd, header):
+    """MetaIO prints its own complaint to file descriptor 2; the user sees medlens' one message instead."""
+    path = tmp_path / "broken.mha"
+    path.write_bytes(header.encode())
+    with pytest.raises(ReadError):
+        read_image(path)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -27,7 +27,8 @@ LOCAL_ZIP_BYTES = 8 << 30  # a zipped series on the user's own disk may be large
 
 
 def _is_zip(path: Path) -> bool:
-    if not path.is_file():
+    """A zipped DICOM series (a NumPy ``.npz`` is a zip too, but an image: read_image reads it)."""
+    if not path.is_file() or path.name.lower().endswith(".npz"):
         return False
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"

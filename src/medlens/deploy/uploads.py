@@ -36,6 +36,7 @@ ACCEPTED = ("DICOM (Part 10 file), a .zip of one DICOM series, NIfTI (.nii, .nii
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADER_BYTES = 64 * 1024  # text headers (MetaImage, NRRD) must end within this many bytes
 _CHUNK = 1 << 20
+MAX_ZIP_DEPTH = 32  # folders inside a zipped series; a DICOM tree (patient/study/series) needs a handful
 # a compression ratio is only judged past this much output: small files of zeros are legitimate
 _RATIO_GRACE_BYTES = 8 << 20
 _VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
@@ -421,6 +422,9 @@ def _check_zip_name(info: zipfile.ZipInfo, number: int) -> None:
     if not parts:  # "", ".", "./": nothing to extract to
         raise UploadError(f"zip entry #{number} has an empty name (or only '.' and '/'); zip the series folder "
                           "again so every file has a name")
+    if len(parts) > MAX_ZIP_DEPTH or any(len(p.encode()) > 255 for p in parts):
+        raise UploadError(f"zip entry #{number} is nested more than {MAX_ZIP_DEPTH} folders deep or has a name part "
+                          "longer than 255 bytes; zip the series folder itself, with short names")
     file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no Unix mode
     if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise UploadError(f"zip entry #{number} is a symbolic link or special file; zip the files themselves")

@@ -35,7 +35,7 @@ from medlens.io.dicom_checks import (
     pixel_layout,
     quiet_pydicom,
 )
-from medlens.io.image import Image, from_sitk, simpleitk
+from medlens.io.image import Image, from_sitk, quiet_native_stderr, simpleitk
 
 _TAGS = ["SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
          "Rows", "Columns", "Modality", "SeriesDescription", "PatientID", "InstanceNumber",
@@ -379,7 +379,9 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(names)
             try:
-                image = from_sitk(reader.Execute(), path=Path(folder))
+                with quiet_native_stderr():
+                    decoded = reader.Execute()
+                image = from_sitk(decoded, path=Path(folder))
             except RuntimeError as exc:
                 raise ReadError(f"{folder}: the pixel data could not be decoded ({_itk_reason(exc)}); a slice may "
                                 "be truncated or use an unsupported compression") from None
@@ -568,7 +570,8 @@ def _decode_file(scan: ScannedFile, header: SliceHeader) -> Image:
     path = header.path
     with _decodable_files([header], {path: scan}) as names:
         try:
-            sitk_image = simpleitk().ReadImage(names[0])
+            with quiet_native_stderr():
+                sitk_image = simpleitk().ReadImage(names[0])
         except RuntimeError as exc:
             raise ReadError(f"{path}: the DICOM pixel data could not be decoded ({_itk_reason(exc)})") from None
     image = from_sitk(sitk_image, path=Path(path))

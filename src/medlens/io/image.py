@@ -8,7 +8,12 @@ array is ``(C, X, Y)`` (column, row) and a 3D array ``(C, X, Y, Z)``; ``spacing_
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,6 +98,35 @@ def simpleitk():
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     return sitk
+
+
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Within the block, what C code writes to file descriptor 2 is dropped.
+
+    MetaIO and niftilib inside SimpleITK print their own complaints ("data not read completely",
+    "bad datatype") straight to the process's stderr, past Python and past ITK's warning switch; they
+    can name file paths. The read that follows raises a :class:`ReadError` that says what is wrong.
+    Python's own ``sys.stderr`` is flushed first, so nothing of medlens' is lost.
+    """
+    with _FD2_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no descriptor 2 to redirect (closed, embedded)
+            yield
+            return
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def from_sitk(sitk_image, path: Path | None = None) -> Image:

@@ -19,7 +19,7 @@ import numpy as np
 from medlens.budget import check_voxels
 from medlens.errors import ReadError
 from medlens.io.codecs import StreamError, inflate_bounded
-from medlens.io.image import Image, from_sitk, simpleitk
+from medlens.io.image import Image, from_sitk, quiet_native_stderr, simpleitk
 from medlens.io.metaheader import check_text_header
 
 
@@ -43,7 +43,8 @@ def read_itk(path: Path) -> Image:
     else:
         check_text_header(path)
     try:
-        sitk_image = sitk.ReadImage(str(path))
+        with quiet_native_stderr():
+            sitk_image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ReadError(f"{path}: could not be read as an image ({_first_line(exc, path)}); "
                         "the file may be truncated or corrupt, re-export or re-download it") from None
@@ -200,7 +201,8 @@ def _read_float_nifti(path: Path, layout: NiftiLayout) -> Image | None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_native_stderr():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ReadError(f"{path}: could not be read as an image ({_first_line(exc, path)})") from None
     size = reader.GetSize()

@@ -11,7 +11,7 @@ from medlens.config import Config
 from medlens.io import Image
 from medlens.models.sliding import sliding_probs
 from medlens.tasks.segmentation.postprocess import keep_largest_component
-from medlens.transforms.volume import prepare_image, to_original_grid
+from medlens.transforms.volume import check_growth, prepare_image, to_original_grid
 
 
 @dataclass
@@ -38,8 +38,10 @@ def segment_image(model, image: Image, config: Config, postprocess: dict, *, mir
 
     Raises:
         BudgetError: one of those arrays would be past the work budget in force.
-        DatasetError: the image does not fit the plan (channels) or its spacing is corrupt.
+        DatasetError: the image does not fit the plan (channels), its spacing is corrupt, or it is far
+            coarser than the plan's spacing (:func:`~medlens.transforms.volume.check_growth`).
     """
+    check_growth(image, config.data, where)
     array = prepare_image(image, config.data, where)
     probs = sliding_probs(model, torch.from_numpy(array)[None], config, mirror=mirror)[0].cpu()
     probs = to_original_grid(probs, image.spatial_shape)
