@@ -58,3 +58,23 @@ def test_a_stack_dump_names_its_innermost_medlens_frame():
             '  File "/w/src/medlens/cli/predict.py", line 22 in run\n')
     assert fault_site(dump) == "medlens/models/sliding.py:sliding_probs"
     assert fault_site("nothing here") == "?"
+
+
+def test_the_upload_stager_reads_a_deflate_bombs_header_without_inflating_it():
+    """The server process stages every upload: pydicom's header read would inflate a deflated DICOM's whole
+    data set (here 1 GiB from 1 MB) before the worker's bounded reader ever sees it."""
+    import tracemalloc
+
+    from adversarial.classes import _deflated_dicom
+
+    from medlens.deploy.uploads import staged_upload
+
+    bomb = _deflated_dicom(1024)
+    tracemalloc.start()
+    try:
+        with staged_upload(bomb) as staged:
+            assert (staged.kind, staged.voxels) == ("dicom", 64)  # the header's 8 x 8
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"staging allocated {peak / 2**20:.0f} MiB"

@@ -142,13 +142,13 @@ def test_segmenting_a_nifti_with_huge_voxels_is_refused_before_any_window_runs(t
 
 def test_prediction_refuses_voxels_far_coarser_than_the_plan_before_resampling(tmp_path):
     """An 8 KB NIfTI of 16 mm voxels sent to a 1 mm model: within the budget (256^3), but 4096 times more voxels
-    than it holds, and nothing like the training images. At most 64-fold growth is accepted."""
+    than it holds, and nothing like the training images. At most 512-fold growth is accepted."""
     config = seg_config(target_spacing=(1.0, 1.0, 1.0))
     model = seg_model(config)
-    at_limit = read_image(write_image(cube(4, 4.0), tmp_path / "at.nii.gz"))  # 4 mm -> 16^3: exactly 64-fold
-    assert segment_image(model, at_limit, config, {"keep_largest": {}}).labels.shape == (4, 4, 4)
-    over = Image(np.zeros((1, 4, 4, 4), np.float32), (4.0, 4.0, 4.2), (0.0,) * 3, identity_direction(3))  # 16x16x17
-    with pytest.raises(DatasetError, match=r"far coarser than the model's.*68-fold \(at most 64-fold"):
+    at_limit = read_image(write_image(cube(2, 8.0), tmp_path / "at.nii.gz"))  # 8 mm -> 16^3: exactly 512-fold
+    assert segment_image(model, at_limit, config, {"keep_largest": {}}).labels.shape == (2, 2, 2)
+    over = Image(np.zeros((1, 2, 2, 2), np.float32), (8.0, 8.0, 8.3), (0.0,) * 3, identity_direction(3))  # 16x16x17
+    with pytest.raises(DatasetError, match=r"far coarser than the model's.*544-fold \(at most 512-fold"):
         segment_image(model, over, config, {"keep_largest": {}})
     huge = read_image(write_image(cube(16, 16.0), tmp_path / "huge.nii.gz"))  # 256^3 on the plan: 4096-fold
     with pytest.raises(DatasetError, match=r"from its own \(16, 16, 16 mm\) would multiply its voxel count "

@@ -364,8 +364,13 @@ def _dicom_voxels(path: Path) -> int | None:
     """Rows x Columns x frames x samples from a DICOM header; ``None`` for a file without pixels."""
     import pydicom
 
+    from medlens.io.dicom_checks import inflated_head
+
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True,
+        with open(path, "rb") as f:
+            head = f.read(_CHUNK)
+        inflated = inflated_head(head)  # pydicom would inflate a deflated data set whole: 1 MB can hold 1 GiB
+        ds = pydicom.dcmread(path if inflated is head else io.BytesIO(inflated), stop_before_pixels=True,
                              specific_tags=["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
         if "Rows" not in ds or "Columns" not in ds:
             return None

@@ -103,6 +103,27 @@ def inflate_dataset(data: bytes, path: Path, read_pixel_size) -> bytes:
     return prefix + inflated.data
 
 
+def inflated_head(data: bytes, max_bytes: int = DEFLATE_MARGIN) -> bytes:
+    """A deflated DICOM file's header as an uncompressed file: at most ``max_bytes`` of its data set.
+
+    Enough for pydicom to read the header elements before the pixel data (``stop_before_pixels``)
+    without inflating the rest; a file that is not deflated is returned as it is.
+
+    Raises:
+        ReadError: the deflate stream is corrupt.
+    """
+    import zlib
+
+    meta_end, syntax, elements = file_meta(data)
+    if syntax != DEFLATED:
+        return data
+    try:
+        first = zlib.decompressobj(wbits=-15).decompress(memoryview(data)[meta_end:], max_bytes)
+    except zlib.error:
+        raise ReadError("the deflated DICOM data set is corrupt; export the file again") from None
+    return _rewrite_meta(data[:128], elements) + first
+
+
 def _rewrite_meta(preamble: bytes, elements: list[tuple[bytes, bytes, bytes]]) -> bytes:
     """Preamble, ``DICM`` and the file meta group with the transfer syntax set to explicit VR LE."""
     body = b""
