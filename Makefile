@@ -13,7 +13,7 @@ TORCH := torch==2.13.0
 PIP_PIN := $(shell grep -E '^pip==' $(LOCK) 2>/dev/null || echo pip)
 FAST_TESTS := not slow and not realdata and not browser and not e2e
 
-.PHONY: setup lock browser demo test test-all check lint docs bench clean
+.PHONY: setup lock browser demo test test-all test-adversarial check lint docs bench clean
 
 setup: $(STAMP)
 
@@ -99,6 +99,11 @@ test: setup browser lint docs
 
 test-all: setup browser
 	$(PY) -m pytest -q
+
+# The whole adversarial corpus (458 hostile files) against the CLI and a real service; make test runs
+# one case per class, CI runs this too (.ci/run).
+test-adversarial: setup
+	$(PY) -m pytest -q -m slow tests/adversarial
 
 # Lint (ruff, configured in pyproject.toml), import contracts (import-linter, [tool.importlinter] in
 # pyproject.toml) and the fast unit tests: no training runs, no browser, no shared datasets.

@@ -66,7 +66,6 @@ def test_the_upload_stager_reads_a_deflate_bombs_header_without_inflating_it():
     import tracemalloc
 
     from adversarial.classes import _deflated_dicom
-
     from medlens.deploy.uploads import staged_upload
 
     bomb = _deflated_dicom(1024)

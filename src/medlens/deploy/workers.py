@@ -106,6 +106,23 @@ def _worker_main(conn, spec: WorkerSpec, threads: int) -> None:
     while (job := conn.recv()) is not None:
         suppressed[0] = 0
         conn.send((*_answer(predictor, job, spec.memory_mb), suppressed[0]))
+        _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """Hand the heap a large request freed back to the system.
+
+    glibc keeps freed memory for reuse, so a worker that once decoded a large image would hold its
+    peak for good, and the service's memory would only ever grow with the inputs it refused.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        pass
 
 
 def _load(spec: WorkerSpec, threads: int):
