@@ -4,6 +4,7 @@ no traceback) for a refusal, running out of memory and input nested past the rec
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -76,14 +77,26 @@ def test_input_nested_past_the_recursion_limit_is_a_clean_exit_2(capsys, tmp_pat
     assert err.startswith("medlens train: error: an input is nested too deeply to read (recursion limit reached")
 
 
-def test_running_out_of_memory_is_a_clean_exit_2_that_says_what_to_do(capsys, seg_run, tmp_path):
-    # 2 voxels of 100 m: on the demo plan's ~1 mm grid 8e15 voxels, more bytes than any address space holds, so
-    # the allocation fails at once. The default budget refuses it before trying; a budget raised past it does not.
+def test_voxels_far_coarser_than_the_plan_are_refused_before_any_resampling(capsys, seg_run, tmp_path):
+    # 2 voxels of 100 m: on the demo plan's ~1 mm grid 8e15 voxels. Refused for what it is (nothing like the
+    # training images), under the default budget and under one raised past it alike.
     huge = write_image(Image(np.zeros((1, 2, 2, 2), np.float32), (1e5,) * 3, (0.0,) * 3, identity_direction(3)),
                        tmp_path / "huge_voxels.nii.gz")
-    status, out, err = run_cli(capsys, "predict", seg_run.root, huge, "--out", tmp_path / "masks")
-    assert status == 1 and "resampling the image to the plan's spacing" in out + err and "Traceback" not in err
-    status, _, err = run_cli(capsys, "--max-voxels", "1e17", "predict", seg_run.root, huge, "--out", tmp_path / "m2")
+    for budget in ([], ["--max-voxels", "1e17"]):
+        status, out, err = run_cli(capsys, *budget, "predict", seg_run.root, huge, "--out", tmp_path / "masks")
+        assert status == 1 and "far coarser than the model's" in out + err and "Traceback" not in err
+
+
+def test_running_out_of_memory_is_a_clean_exit_2_that_says_what_to_do(capsys, tmp_path):
+    # a sparse .npy of 1 TiB (8 disk blocks) whose header and size agree: past a budget raised to 1e17 only the
+    # allocation itself can fail, and does at once
+    path = tmp_path / "terabyte.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 19, 1 << 19)})
+        header = f.tell()
+    os.truncate(path, header + 4 * (1 << 38))
+    status, _, err = run_cli(capsys, "--max-voxels", "1e17", "info", path)
     assert status == 2 and "Traceback" not in err
-    assert err.startswith("medlens predict: error: ran out of memory while running `medlens predict`; lower "
-                          "--max-voxels")
+    assert err.startswith("medlens info: error: ") and "too large to read on this machine (out of memory)" in err
+    status, _, err = run_cli(capsys, "info", path)  # the default budget refuses it before trying
+    assert status == 2 and "more than the limit of 1,073,741,824" in err
