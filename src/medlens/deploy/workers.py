@@ -103,22 +103,28 @@ def _worker_main(conn, spec: WorkerSpec, threads: int) -> None:
     _cap_address_space(spec.memory_mb)
     _silence_output()
     conn.send(("ready", os.getpid()))
+    settled_mb = resident_mb(os.getpid())
     while (job := conn.recv()) is not None:
         suppressed[0] = 0
         conn.send((*_answer(predictor, job, spec.memory_mb), suppressed[0]))
-        _give_back_memory()
+        if resident_mb(os.getpid()) > settled_mb + TRIM_ABOVE_MB:
+            _give_back_memory()
+            settled_mb = max(settled_mb, resident_mb(os.getpid()))
+
+
+# a worker holding this much more than after its first requests hands freed heap back to the system
+TRIM_ABOVE_MB = 64
 
 
 def _give_back_memory() -> None:
     """Hand the heap a large request freed back to the system.
 
     glibc keeps freed memory for reuse, so a worker that once decoded a large image would hold its
-    peak for good, and the service's memory would only ever grow with the inputs it refused.
+    peak for good, and the service's memory would only ever grow with the inputs it refused. Only
+    after such a request: trimming costs milliseconds a small request should not pay.
     """
     import ctypes
-    import gc
 
-    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
