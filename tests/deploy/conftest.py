@@ -18,16 +18,25 @@ def predictor(cls_run):
 
 
 class LiveServer:
-    """uvicorn serving ``app`` in a background thread on a free 127.0.0.1 port."""
+    """uvicorn serving ``app`` in a background thread on a free 127.0.0.1 port.
 
-    def __init__(self, app):
+    Args:
+        limits: ``None`` for a plain uvicorn configuration; else the keyword arguments of
+            :func:`medlens.deploy.service.server_config` (``medlens serve``'s deadlines and caps).
+    """
+
+    def __init__(self, app, limits: dict | None = None):
         import uvicorn
+
+        from medlens.deploy.service import server_config
 
         # IPPROTO_TCP so asyncio sets TCP_NODELAY, as when uvicorn binds itself (else ~40 ms per response)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        self.address = sock.getsockname()
+        self.url = f"http://127.0.0.1:{self.address[1]}"
+        config = (uvicorn.Config(app, log_config=None, access_log=False, lifespan="off") if limits is None
+                  else server_config(app, **limits))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -36,6 +45,11 @@ class LiveServer:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start within 20 s")
             time.sleep(0.02)
+
+    def get(self, path: str = "/healthz"):
+        import httpx
+
+        return httpx.get(f"{self.url}{path}", timeout=10)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -68,6 +82,22 @@ def serve():
 
     def start(predictor, **options) -> LiveServer:
         servers.append(LiveServer(create_app(predictor, **options)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited(predictor):
+    """``limited(**server_config_options)`` -> a started LiveServer with `medlens serve`'s deadlines and caps."""
+    from medlens.deploy.service import create_app
+
+    servers = []
+
+    def start(**limits) -> LiveServer:
+        servers.append(LiveServer(create_app(predictor), limits))
         return servers[-1]
 
     yield start

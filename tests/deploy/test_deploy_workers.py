@@ -230,46 +230,6 @@ def test_no_marker_from_a_dicom_or_zip_reaches_an_answer_or_the_log(cls_service)
 
 
 # ---- connection deadlines and the connection cap -------------------------------------------------------------------
-class ThreadServer:
-    """uvicorn in a thread with ``medlens serve``'s configuration (short deadlines for the test)."""
-
-    def __init__(self, app, **limits):
-        import uvicorn
-
-        from medlens.deploy.service import server_config
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        self.address = sock.getsockname()
-        self.server = uvicorn.Server(server_config(app, **limits))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def get(self, path: str = "/healthz") -> httpx.Response:
-        return httpx.get(f"http://{self.address[0]}:{self.address[1]}{path}", timeout=10)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def limited(predictor):
-    from medlens.deploy.service import create_app
-
-    servers = []
-
-    def start(**limits) -> ThreadServer:
-        servers.append(ThreadServer(create_app(predictor), **limits))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def closed_within(sock: socket.socket, seconds: float) -> float | None:
     """Seconds until the server closed ``sock`` (recv returns b"" or resets), or None if still open."""
     sock.settimeout(seconds)
