@@ -31,8 +31,9 @@ class DatasetSection:
     source: str = ""
     image_root: str = ""  # folder a CSV manifest's paths are relative to, when not the CSV's folder
     allow_outside_root: bool = False  # follow manifest paths that leave the dataset folder / image_root
+    boxes_from_masks: bool = False  # detection: one box per connected component of each label of a mask dataset
     layout: str = ""
-    task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation"] = "binary"
+    task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection"] = "binary"
     class_names: tuple[str, ...] = ()
     label_values: tuple[int, ...] = ()  # segmentation: the mask value of each class (index 0 = background)
     spatial_dims: int = 2

@@ -24,20 +24,45 @@ class Task(str, Enum):
     MULTILABEL = "multilabel"
     ORDINAL = "ordinal"  # trained as multi-class for now
     SEGMENTATION = "segmentation"
+    DETECTION = "detection"
 
     @property
     def label_form(self) -> str:
-        """``"class"`` (one class index per case), ``"flags"`` (a 0/1 flag per class) or ``"mask"`` (a label map)."""
+        """``"class"`` (one class index per case), ``"flags"`` (a 0/1 flag per class), ``"mask"`` (a label map)
+        or ``"boxes"`` (labelled boxes, none for a negative case)."""
         return _LABEL_FORMS.get(self.value, "class")
 
 
-_LABEL_FORMS = {"multilabel": "flags", "segmentation": "mask"}
+_LABEL_FORMS = {"multilabel": "flags", "segmentation": "mask", "detection": "boxes"}
 
 
 class Split(str, Enum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """One case's boxes as annotated, before they meet the image's geometry.
+
+    Attributes:
+        values: ``(N, 2 * D)`` numbers per box: ``corners`` = ``(min_x, min_y[, min_z], max_x, max_y[, max_z])``,
+            ``center_size`` = ``(centre_x, centre_y[, centre_z], size_x, size_y[, size_z])``.
+        labels: ``(N,)`` class index of each box.
+        form: ``"corners"`` or ``"center_size"``.
+        unit: ``"voxel"``: continuous voxel coordinates along the array's axes, voxel ``i`` spanning
+            ``[i, i + 1)``; ``"mm"``: world (patient) millimetres, placed on the grid by the image's
+            origin, spacing and direction.
+    """
+
+    values: tuple[tuple[float, ...], ...]
+    labels: tuple[int, ...]
+    form: str = "corners"
+    unit: str = "voxel"
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 @dataclass(frozen=True)
@@ -50,7 +75,9 @@ class Case:
         images: path(s) of the image; several paths are stacked as channels (multi-modal MRI).
         label: class index (binary / multi-class), or a tuple of 0/1 per class (multi-label);
             ``None`` for segmentation or unlabelled cases.
-        mask: path of the label map for segmentation.
+        mask: path of the label map for segmentation (or the mask boxes are derived from).
+        boxes: the labelled boxes for detection (empty for a negative image); ``None`` when the case has
+            none declared (not a detection case, or boxes derived from ``mask``).
         patient_id: cases of one patient always share a split; ``None`` when unknown.
         split: a split fixed by the dataset itself (official MedMNIST splits, ``train/``
             folders, a CSV ``split`` column); ``None`` when medlens is free to choose.
@@ -61,6 +88,7 @@ class Case:
     images: tuple[Path, ...]
     label: int | tuple[int, ...] | None = None
     mask: Path | None = None
+    boxes: Boxes | None = None
     patient_id: str | None = None
     split: Split | None = None
     index: int | None = None
