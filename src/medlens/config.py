@@ -101,7 +101,7 @@ class TrainSection:
     label_smoothing: float = 0.0
     sampler: typing.Literal["shuffle", "weighted"] = "shuffle"
     patience: int = 10  # epochs without a better validation score before training stops
-    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_dice"] = "val_auc"
+    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_dice", "val_map50"] = "val_auc"
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
     finetune_lr_factor: float = 0.1  # transfer learning: lr multiplier once the backbone is unfrozen
@@ -123,6 +123,22 @@ class SegmentSection:
 
 
 @dataclass(frozen=True)
+class DetectSection:
+    """Detection only: anchors, the training patches' balance, and the post-processing of predicted boxes."""
+
+    anchors: tuple[tuple[float, ...], ...] = ()  # anchor sides (voxels of the network input) at the finest level
+    returned_layers: tuple[int, ...] = (1, 2)  # residual layers feeding the feature pyramid (strides 4, 8, +16)
+    fpn_channels: int = 64  # channels of the feature pyramid and the heads
+    iterations_per_epoch: int = 0  # training batches per epoch; 0 = one pass over the training images
+    positive_fraction: float = 0.5  # share of training patches that hold a box (when an image is larger than a patch)
+    score_threshold: float = 0.05  # boxes scored below this are dropped before non-maximum suppression
+    nms_iou: float = 0.5  # per-class non-maximum suppression: overlap above which the lower-scored box goes
+    max_detections: int = 100  # boxes kept per image
+    overlap: float = 0.25  # sliding-window overlap for images larger than the patch
+    froc_iou: float = 0.1  # a detection hits a lesion at this overlap for FROC (MONAI's LUNA16 evaluation)
+
+
+@dataclass(frozen=True)
 class EvaluateSection:
     """How the trained model is scored and how it predicts."""
 
@@ -139,6 +155,7 @@ class Config:
     augment: AugmentSection = field(default_factory=AugmentSection)
     train: TrainSection = field(default_factory=TrainSection)
     segment: SegmentSection = field(default_factory=SegmentSection)
+    detect: DetectSection = field(default_factory=DetectSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     def as_dict(self) -> dict:

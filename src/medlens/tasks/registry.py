@@ -1,7 +1,7 @@
 """The one place that knows which tasks exist: a registry of :class:`~medlens.tasks.base.Task` objects.
 
 The data decide the task once: the audit writes what the labels are (``binary``, ``multiclass``,
-``multilabel``, ``ordinal`` class labels, or ``segmentation`` masks) into the card and the plan's
+``multilabel``, ``ordinal`` class labels, ``segmentation`` masks, or ``detection`` boxes) into the card and the plan's
 ``dataset.task``; :func:`task_for` maps that kind to the task that trains it. Everything else in
 medlens asks the task object, never compares the name.
 
@@ -64,4 +64,5 @@ def all_kinds() -> tuple[str, ...]:
 def _load_builtin() -> None:
     """Import the task packages that ship with medlens (each registers itself on import)."""
     import medlens.tasks.classification
+    import medlens.tasks.detection
     import medlens.tasks.segmentation  # noqa: F401
