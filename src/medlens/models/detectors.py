@@ -2,7 +2,8 @@
 
 >>> det = build_detector("retinanet_2d", in_channels=3, num_classes=3, filters=(32, 64, 128),
 ...                      base_anchors=((16, 16), (24, 20), (20, 24)), returned_layers=(1, 2))
->>> det.train(); det([torch.rand(3, 256, 320)], [{"box": torch.tensor([[10., 12, 60, 70]]), "label": torch.tensor([0])}])
+>>> targets = [{"box": torch.tensor([[10., 12, 60, 70]]), "label": torch.tensor([0])}]
+>>> det.train(); det([torch.rand(3, 256, 320)], targets)
 {'classification': tensor(...), 'box_regression': tensor(...)}
 >>> det.eval(); det([torch.rand(3, 480, 640)])[0]     # {'box': (P, 4), 'label': (P,), 'label_scores': (P,)}
 
