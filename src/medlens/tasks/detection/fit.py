@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from medlens._files import write_json_atomic
 from medlens.config import Config
 from medlens.errors import DatasetError
 from medlens.tasks.base import Fit
@@ -42,3 +43,15 @@ def check_boxes(items, config: Config) -> None:
     if not any(len(item.boxes) for item in items):
         raise DatasetError(f"none of the {len(items)} training images has a box of the classes "
                            f"{list(config.dataset.class_names)}; check the annotation files and the split")
+
+
+def finish(run, config: Config, model, fit: Fit, log) -> str:
+    """Choose the display threshold on the validation images (best F1 at IoU 0.5); write ``postprocess.json``."""
+    from medlens.tasks.detection.infer import detect_array
+    from medlens.tasks.detection.threshold import best_f1_threshold
+
+    found = [detect_array(model, torch.from_numpy(item.image), config) for item in fit.validation]
+    post = best_f1_threshold(found, [(item.boxes, item.labels) for item in fit.validation],
+                             config.detect.score_threshold)
+    write_json_atomic(run.postprocess, post)
+    return f"display threshold {post['display_threshold']} (validation F1 {post['f1']})"

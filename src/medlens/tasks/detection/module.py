@@ -48,11 +48,12 @@ class DetectionModule(pl.LightningModule):
         self._truth.append((boxes[0].cpu().numpy(), labels[0].cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
-        from medlens.tasks.detection.metrics import map_at_50
+        from medlens.tasks.detection.metrics import detection_metrics
 
         if not self._found:
             return
-        value = map_at_50(self._found, self._truth, len(self.config.dataset.class_names))
+        preds = [(d.boxes, d.scores, d.labels) for d in self._found]
+        value = detection_metrics(preds, self._truth, self.config.dataset.class_names)["map_50"]
         self._found, self._truth = [], []
         self.log("val_map50", float(np.nan_to_num(value)), prog_bar=True, sync_dist=True)
 
