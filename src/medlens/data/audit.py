@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from medlens.data.audit_boxes import box_findings, box_summary, check_boxes
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
 from medlens.data.dataset import Dataset, Finding, describe_read_failure
 from medlens.types import Case
@@ -42,6 +43,7 @@ class CaseStats:
     foreground: np.ndarray | None = None  # (N,) first-channel intensities where mask > 0; None off the image grid
     modality: str | None = None
     problems: list[Finding] = field(default_factory=list)
+    boxes: object | None = None  # detection: the case's CaseBoxes (medlens.data.audit_boxes)
 
 
 def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=None) -> dict:
@@ -77,6 +79,10 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     if dataset.task.label_form == "mask":
         card["masks"] = mask_summary(dataset, stats)
         findings += background_findings(dataset, stats)
+    if dataset.task.label_form == "boxes":
+        records = {s.case_id: s.boxes for s in stats if s.boxes is not None}
+        card["boxes"] = box_summary(dataset, records)
+        findings += box_findings(dataset, records)
     findings += _dimension_findings(stats) + _spacing_findings(stats)
     views = _split_views(dataset, splits)
     findings += _duplicate_findings(card["duplicates"], views)
@@ -102,6 +108,8 @@ def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseSt
                       digest.hexdigest(), sample.astype(np.float32), modality=image.meta.get("modality"))
     if case.mask is not None:
         check_mask(dataset, case, image, stats, rng)
+    if dataset.task.label_form == "boxes":
+        stats.boxes = check_boxes(dataset, case, image)
     return stats
 
 
@@ -157,7 +165,12 @@ def _counts(dataset: Dataset) -> dict:
         split = case.split.value if case.split else "unassigned"
         if case.patient_id:
             patients[split].add(case.patient_id)
-        if dataset.task.label_form == "mask" or case.label is None:
+        if dataset.task.label_form == "boxes":  # boxes from masks are counted in card["boxes"], once read
+            by_split[split]["cases"] += 1
+            for label in (case.boxes.labels if case.boxes is not None else ()):
+                by_split[split]["boxes"] += 1
+                by_split[split][dataset.class_names[label]] += 1
+        elif dataset.task.label_form == "mask" or case.label is None:
             by_split[split]["cases"] += 1
         elif dataset.task.label_form == "flags":
             by_split[split]["cases"] += 1
@@ -165,7 +178,7 @@ def _counts(dataset: Dataset) -> dict:
                 by_split[split][name] += int(flag)
         else:
             by_split[split][dataset.class_names[case.label]] += 1
-    order = ["cases", *dataset.class_names]
+    order = ["cases", "boxes", *dataset.class_names]  # detection: boxes per class
     ordered = lambda c: {k: c[k] for k in order if k in c}  # noqa: E731
     counts = {"by_split": {s: ordered(c) for s, c in sorted(by_split.items(), key=lambda kv: _SPLIT_ORDER[kv[0]])},
               "total": ordered(sum(by_split.values(), Counter()))}

@@ -85,6 +85,21 @@ class Dataset:
             return None
         return read_image(case.mask)  # a mask of the wrong dimensionality is a geometry finding, not unreadable
 
+    def load_boxes(self, case: Case, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """A case's boxes in voxel corners on ``image``, clipped to it, degenerate ones dropped.
+
+        From ``case.boxes``, or one box per connected component of each mask label when the dataset was
+        opened with ``boxes_from_masks`` (see :mod:`medlens.data.boxes`).
+
+        Returns:
+            ``(N, 2D)`` float32 corners ``(x_min, y_min[, z_min], x_max, y_max[, z_max])`` and ``(N,)`` int64
+            class indices; ``N = 0`` for a negative case.
+        """
+        from medlens.data.boxes import annotated_boxes, usable_boxes
+
+        corners, labels = annotated_boxes(self, case, image)
+        return usable_boxes(corners, labels, image.spatial_shape)
+
     def by_split(self) -> dict[str, list[Case]]:
         groups: dict[str, list[Case]] = {}
         for case in self.cases:

@@ -11,19 +11,23 @@ from medlens.io.formats import suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                 strict: bool = True, allow_outside_root: bool | None = None) -> Dataset:
+                 strict: bool = True, allow_outside_root: bool | None = None,
+                 boxes_from_masks: bool = False) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
         source: a class-folder root, a CSV manifest, a MedMNIST ``.npz`` (or just its name,
             e.g. ``pneumoniamnist_64``, looked up in ``$MEDLENS_DATA_DIR`` and ``~/.medmnist``),
-            an ``images/`` + ``labels/`` folder, or a Decathlon folder with ``dataset.json``.
-        image_root: for a CSV, the folder its image paths are relative to.
+            an ``images/`` + ``labels/`` folder, or a Decathlon folder with ``dataset.json``; for detection a
+            Pascal VOC folder, a COCO or MONAI detection JSON, or a CSV of boxes (:mod:`medlens.data.box_sources`).
+        image_root: for a CSV (or a detection JSON), the folder its image paths are relative to.
         allow_outside_root: follow a CSV's (or ``dataset.json``'s) paths that leave the dataset's
             folder or ``image_root``; ``None`` = what :func:`~medlens.data.dataset.outside_root_allowed`
             put in force (refused by default, as a ``path.outside_root`` finding).
         strict: raise on listing errors (missing files or labels); ``False`` keeps them as
             findings for the audit.
+        boxes_from_masks: open a segmentation dataset as a detection one, one box per connected component
+            of each mask label.
 
     Raises:
         FileNotFoundError / DataMissingError: nothing at ``source``.
@@ -37,6 +41,10 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
         dataset = _open_file(path, image_root, allow)
     else:
         dataset = _open_folder(path, allow)
+    if boxes_from_masks:
+        from medlens.data.box_sources import detection_from_masks
+
+        dataset = detection_from_masks(dataset)
     if strict:
         dataset.raise_on_errors()
     return dataset
@@ -55,7 +63,12 @@ def _open_by_name(text: str) -> Dataset:
 def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
     suffix = suffix_of(path)
     if suffix in (".csv", ".tsv"):
+        from medlens.data.box_manifest import is_box_csv, open_box_manifest
         from medlens.data.manifest import open_manifest
+
+        if is_box_csv(path):
+            return open_box_manifest(path, Path(image_root) if image_root else None,
+                                     allow_outside_root=allow_outside_root)
 
         return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root)
     if suffix == ".npz":
@@ -64,18 +77,30 @@ def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
         return open_medmnist(path)
     if path.name == "dataset.json":
         return _open_folder(path.parent, allow_outside_root)
+    if suffix == ".json":
+        from medlens.data.box_sources import open_box_json_file
+
+        dataset = open_box_json_file(path, Path(image_root) if image_root else None,
+                                     allow_outside_root=allow_outside_root)
+        if dataset is not None:
+            return dataset
+        raise DatasetError(f"{path}: a JSON medlens reads is a Decathlon dataset.json, a COCO file (images, "
+                           "annotations, categories) or a detection data list (box_unit, training: [{image, box, "
+                           "label}])")
     raise DatasetError(f"{path} is a single file; a dataset is a folder, a CSV manifest or a MedMNIST .npz. "
                        "To look at one image use `medlens info FILE`")
 
 
 def _open_folder(root: Path, allow_outside_root: bool) -> Dataset:
-    from medlens.data import folders, segmentation
+    from medlens.data import box_sources, folders, segmentation
 
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise DatasetError(f"{root} is empty; expected class folders, images/ + labels/, or a dataset.json")
     if (root / "dataset.json").is_file():
         return segmentation.open_decathlon(root, allow_outside_root=allow_outside_root)
+    if box_sources.find_voc_root(root):
+        return box_sources.open_voc(root, allow_outside_root=allow_outside_root)
     if segmentation.find_pair_dirs(root):
         return segmentation.open_pairs(root)
     if segmentation.looks_like_flat_pairs(root):
