@@ -265,7 +265,7 @@ def boxes_png(image: Image, rows: list[dict], class_names: Sequence[str], *, tru
               aspect=display_aspects(image.spacing_mm, dims)[0][0], interpolation="nearest")
     for record, dashed in [*((r, False) for r in rows), *((t, True) for t in truth or [])]:
         if on_slice(record["box"], k):
-            _draw_box(ax, record, class_names, dashed=dashed)
+            _draw_box(ax, record, class_names, dashed=dashed, top=window[0] + 0.06 * (window[1] - window[0]))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_title(title + ("" if k is None else f" (axial slice {k})"), fontsize=8)
@@ -273,7 +273,8 @@ def boxes_png(image: Image, rows: list[dict], class_names: Sequence[str], *, tru
     return to_png(fig)
 
 
-def _draw_box(ax, record: dict, class_names: Sequence[str], *, dashed: bool) -> None:
+def _draw_box(ax, record: dict, class_names: Sequence[str], *, dashed: bool, top: float) -> None:
+    """One rectangle; a detection's ``label score`` above it, or below it when the box starts above row ``top``."""
     from matplotlib.patches import Rectangle
 
     box = record["box"]
@@ -283,7 +284,9 @@ def _draw_box(ax, record: dict, class_names: Sequence[str], *, dashed: bool) -> 
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
                            linestyle="--" if dashed else "-", linewidth=2.0))
     if not dashed:
-        ax.text(x0, y0, f"{record['label']} {record['score']:.2f}", color="white", fontsize=7, va="bottom",
+        below = y0 < top
+        ax.text(x0, y1 if below else y0, f"{record['label']} {record['score']:.2f}", color="white", fontsize=7,
+                va="top" if below else "bottom",
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 1, "alpha": 0.8}, clip_on=True)
 
 
