@@ -154,7 +154,7 @@ def test_froc_takes_tied_scores_together():
 # --- agreement with pycocotools ---------------------------------------------------------------------------
 
 def random_case(rng, n_images: int, n_classes: int, dims: int = 2):
-    """Jittered copies of random ground-truth boxes, some with a wrong class, plus random false positives."""
+    """Copies of random ground-truth boxes jittered by ~10% of their size, some with a wrong class, plus random FPs."""
     preds, truths = [], []
     for _ in range(n_images):
         lo = rng.uniform(0, 80, size=(rng.integers(0, 6), dims))
@@ -162,7 +162,8 @@ def random_case(rng, n_images: int, n_classes: int, dims: int = 2):
         copies = np.repeat(np.arange(len(lo)), rng.integers(0, 3, len(lo)))
         noise_lo = rng.uniform(0, 80, size=(rng.integers(0, 4), dims))
         fps = np.hstack([noise_lo, noise_lo + rng.uniform(3, 25, size=noise_lo.shape)])
-        p_boxes = np.vstack([boxes[copies] + rng.normal(0, 2.5, (len(copies), 2 * dims)), fps])
+        size = np.tile(boxes[copies, dims:] - boxes[copies, :dims], 2)
+        p_boxes = np.vstack([boxes[copies] + rng.normal(0, 0.1, size.shape) * size, fps])
         p_boxes[:, dims:] = np.maximum(p_boxes[:, dims:], p_boxes[:, :dims] + 0.5)
         wrong = rng.random(len(copies)) < 0.15
         p_labels = np.concatenate([np.where(wrong, rng.integers(0, n_classes, len(copies)), labels[copies]),
