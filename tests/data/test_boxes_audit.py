@@ -110,6 +110,19 @@ def test_mm_boxes_on_images_without_geometry_block_training(tmp_path, make):
     assert found["blocks_training"] and "case a.png: boxes are in millimetres" in found["message"]
 
 
+def test_a_declared_class_without_boxes_is_a_warning(tmp_path, make):
+    make.png(tmp_path / "JPEGImages" / "a.png", make.pixels(0, (8, 10)))
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><object><name>rbc</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>3</xmax><ymax>3</ymax></bndbox></object></annotation>")
+    (tmp_path / "classes.txt").write_text("rbc\nwbc\n")
+
+    found = findings(inspect_dataset(open_dataset(tmp_path)))["boxes.class_empty"]
+
+    assert found["severity"] == "warning" and "class(es) wbc are declared" in found["message"]
+
+
 def test_voc_size_disagreeing_with_the_image_names_the_xml(tmp_path, make):
     make.png(tmp_path / "JPEGImages" / "a.png", make.pixels(0, (8, 10)))
     (tmp_path / "Annotations").mkdir()

@@ -211,3 +211,30 @@ def test_boxes_from_masks_needs_a_segmentation_dataset(tmp_path, make):
 
     with pytest.raises(DatasetError, match="boxes from masks need a segmentation dataset"):
         open_dataset(tmp_path, boxes_from_masks=True)
+
+
+def test_csv_rows_with_non_numeric_coordinates_or_no_label_are_errors_naming_the_lines(tmp_path, make):
+    make.png(tmp_path / "a.png", make.pixels(0))
+    path = make.csv(tmp_path / "boxes.csv", [
+        {"image": "a.png", "x_min": 1, "y_min": 1, "x_max": "four", "y_max": 3, "label": "x"},
+        {"image": "a.png", "x_min": 1, "y_min": 1, "x_max": 3, "y_max": 3, "label": "nan"}])
+
+    with pytest.raises(DatasetError, match=r"(?s)not all numbers \(first: line 2 \(a.png\)\).*usable label.*line 3"):
+        open_dataset(path)
+
+
+def test_coco_bbox_that_is_not_four_numbers_is_refused(tmp_path, make):
+    path = write_coco(make, tmp_path, [{"id": 1, "image_id": 10, "category_id": 7, "bbox": [1, 2, 3]}])
+
+    with pytest.raises(DatasetError, match=r"annotation 0 has bbox \[1, 2, 3\]; COCO boxes are \[x, y, width"):
+        open_dataset(path)
+
+
+def test_detection_json_labels_outside_the_declared_names_are_refused(tmp_path, make):
+    make.volume(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.int16))
+    spec = {"box_unit": "mm", "labels": ["nodule"],
+            "training": [{"image": "a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [1]}]}
+    (tmp_path / "data.json").write_text(json.dumps(spec))
+
+    with pytest.raises(DatasetError, match=r"box label\(s\) \[1\] are outside the 1 declared class\(es\) \(nodule\)"):
+        open_dataset(tmp_path / "data.json")

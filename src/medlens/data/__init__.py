@@ -5,7 +5,7 @@ from __future__ import annotations
 from medlens.data.dataset import Dataset, Finding
 from medlens.data.open import open_dataset
 
-__all__ = ["Dataset", "Finding", "open_dataset", "inspect_dataset", "make_splits"]
+__all__ = ["Dataset", "Finding", "open_dataset", "inspect_dataset", "make_splits", "boxes_on_grid", "boxes_to_world"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from medlens.data.splits import make_splits
 
         return make_splits
+    if name in ("boxes_on_grid", "boxes_to_world"):
+        from medlens.data import boxes
+
+        return getattr(boxes, name)
     raise AttributeError(name)

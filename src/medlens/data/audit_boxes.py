@@ -12,6 +12,7 @@ planner sizes anchors from (side lengths in voxels of the original image, per cl
   differs from the image file (blocking: the boxes were drawn on another image).
 - ``boxes.no_geometry``: millimetre boxes on images without spacing / origin / direction (blocking).
 - ``boxes.invalid``: boxes that cannot be placed at all (another dimensionality; blocking).
+- ``boxes.class_empty``: a declared class without any usable box (warning).
 - ``boxes.none``: no image has any box (blocking: nothing to learn).
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medlens.data.boxes import annotated_boxes, box_iou, box_sizes, clip_boxes, usable_boxes
-from medlens.data.dataset import Dataset, Finding
+from medlens.data.dataset import Dataset, Finding, describe_read_failure
 from medlens.errors import DatasetError
 from medlens.io import Image
 from medlens.types import Case
@@ -65,6 +66,9 @@ def check_boxes(dataset: Dataset, case: Case, image: Image) -> CaseBoxes:
     except DatasetError as exc:
         no_geometry = case.boxes is not None and case.boxes.unit == "mm" and not image.spacing_known
         empty.problem = ("boxes.no_geometry" if no_geometry else "boxes.invalid", str(exc))
+        return empty
+    except Exception as exc:  # noqa: BLE001 - an unreadable mask (boxes from masks) is this case's finding
+        empty.problem = ("boxes.invalid", describe_read_failure(case.mask or case.image, exc))
         return empty
     usable, kept_labels = usable_boxes(corners, labels, image.spatial_shape)
     record = CaseBoxes(usable, kept_labels, image.spacing_mm if image.spacing_known else None, len(labels))
@@ -171,11 +175,22 @@ def box_findings(dataset: Dataset, records: dict[str, CaseBoxes]) -> list[Findin
                                 f"another box of the same class (IoU > {DUPLICATE_IOU}; e.g. "
                                 f"{', '.join(duplicate[:3])}); delete the copies: they count twice in training and "
                                 "as false positives in evaluation", duplicate))
+    findings += _empty_class_findings(dataset, placed)
     if records and placed and not any(len(r.labels) for r in placed.values()):
         findings.append(Finding.blocking("boxes.none", f"none of the {len(placed)} image(s) has a usable box, so "
                                          "there is nothing to learn; check that the annotations belong to these "
                                          "images and that their labels are declared", sorted(placed)))
     return findings
+
+
+def _empty_class_findings(dataset: Dataset, placed: dict[str, CaseBoxes]) -> list[Finding]:
+    """``boxes.class_empty`` (warning) for declared classes no usable box carries: a model cannot learn them."""
+    present = {int(label) for r in placed.values() for label in r.labels}
+    empty = [name for k, name in enumerate(dataset.class_names) if k not in present]
+    if not placed or len(empty) == len(dataset.class_names):
+        return []  # no box at all is boxes.none
+    return [Finding("warning", "boxes.class_empty", f"class(es) {', '.join(empty)} are declared but no image has a "
+                    "usable box of them; add examples, or remove them from the declared classes")] if empty else []
 
 
 def _placement_findings(dataset: Dataset, records: dict[str, CaseBoxes]) -> list[Finding]:

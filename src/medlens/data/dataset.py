@@ -48,8 +48,8 @@ class Dataset:
     Attributes:
         root: the folder, CSV or archive the user pointed at.
         layout: which source built it (``class_folders``, ``manifest``, ``medmnist``,
-            ``segmentation_pairs``, ``decathlon``).
-        task: binary / multi-class / multi-label / ordinal / segmentation.
+            ``segmentation_pairs``, ``decathlon``; for detection ``voc``, ``coco``, ``box_manifest``, ``box_json``).
+        task: binary / multi-class / multi-label / ordinal / segmentation / detection.
         class_names: class (or label, or segmentation label) names, index = class id.
         cases: the cases, in a stable order.
         spatial_dims: 2 or 3 when known from the layout, else ``None`` (the audit finds out).
