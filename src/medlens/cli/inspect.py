@@ -11,6 +11,9 @@ ARGUMENTS = [
     (["--out"], {"type": Path, "help": "where to write the card (default: ./<dataset>.card.json)"}),
     (["--splits"], {"type": Path, "help": "a splits file to check for leakage as well"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to (default: the CSV's)"}),
+    (["--boxes-from-masks"], {"action": "store_true",
+                              "help": "detection from a segmentation dataset: one box per connected component of "
+                                      "each mask label"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -31,7 +34,7 @@ def run(args) -> int:
     from medlens.data.splits import read_splits
 
     dataset = open_dataset(args.data, image_root=args.image_root, strict=False,
-                           allow_outside_root=args.allow_outside_root)
+                           allow_outside_root=args.allow_outside_root, boxes_from_masks=args.boxes_from_masks)
     splits = read_splits(args.splits, dataset) if args.splits else None
     card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None)
     out = write_json_atomic(args.out or default_card_path(args.data), card)

@@ -16,6 +16,9 @@ ARGUMENTS = [
     (["--set"], {"dest": "overrides", "action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
                  "help": "override a planned value, e.g. --set model.name=densenet121_2d (repeatable)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--boxes-from-masks"], {"action": "store_true",
+                              "help": "detection from a segmentation dataset: one box per connected component of "
+                                      "each mask label"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -27,14 +30,14 @@ ARGUMENTS = [
 
 def run(args) -> int:
     from medlens.config import apply_overrides
-    from medlens.data.dataset import outside_root_allowed
+    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
     from medlens.engine.train import make_plan, write_plan
     from medlens.errors import ConfigError
     from medlens.tasks import task_for
 
     if args.devices < 1 or args.num_nodes < 1:
         raise ConfigError(f"--devices {args.devices} --num-nodes {args.num_nodes}: both must be at least 1")
-    with outside_root_allowed(args.allow_outside_root):
+    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
         config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root,
                                                      time_budget_s=args.time_budget,
                                                      processes=args.devices * args.num_nodes)

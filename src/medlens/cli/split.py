@@ -15,6 +15,9 @@ ARGUMENTS = [
     (["--seed"], {"type": int, "default": 0, "help": "random seed (same seed, same splits)"}),
     (["--card"], {"type": Path, "help": "a card from `medlens inspect`: identical images are kept in one split"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--boxes-from-masks"], {"action": "store_true",
+                              "help": "detection from a segmentation dataset: one box per connected component of "
+                                      "each mask label"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -28,7 +31,8 @@ def run(args) -> int:
     from medlens.data.splits import make_splits, summarize_splits
     from medlens.errors import DatasetError
 
-    dataset = open_dataset(args.data, image_root=args.image_root, allow_outside_root=args.allow_outside_root)
+    dataset = open_dataset(args.data, image_root=args.image_root, allow_outside_root=args.allow_outside_root,
+                           boxes_from_masks=args.boxes_from_masks)
     duplicates = None
     if args.card:
         try:

@@ -32,6 +32,9 @@ ARGUMENTS = [
     (["--strategy"], {"default": "auto", "choices": ["auto", "ddp", "ddp_spawn"],
                       "help": "distribution strategy (ddp: one process per device)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--boxes-from-masks"], {"action": "store_true",
+                              "help": "detection from a segmentation dataset: one box per connected component of "
+                                      "each mask label"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -41,14 +44,15 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
-    from medlens.data.dataset import outside_root_allowed
+    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
     from medlens.engine.train import train
 
     if args.data is None and args.resume is None:
         from medlens.errors import ConfigError
 
         raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
-    with outside_root_allowed(args.allow_outside_root):  # the engine opens the dataset, layers down
+    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
+        # the engine opens the dataset, layers down
         run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                            num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,

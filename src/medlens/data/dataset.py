@@ -176,6 +176,25 @@ def allow_outside_root_in_force(explicit: bool | None = None) -> bool:
     return _OUTSIDE_ROOT_ALLOWED.get() if explicit is None else bool(explicit)
 
 
+_BOXES_FROM_MASKS: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_boxes_from_masks", default=False)
+
+
+@contextlib.contextmanager
+def boxes_from_masks_requested(requested: bool = True) -> Iterator[None]:
+    """Within the block, datasets opened without an explicit ``boxes_from_masks`` follow ``requested``
+    (the CLI's ``--boxes-from-masks``, put in force around ``medlens plan`` / ``train``)."""
+    token = _BOXES_FROM_MASKS.set(bool(requested))
+    try:
+        yield
+    finally:
+        _BOXES_FROM_MASKS.reset(token)
+
+
+def boxes_from_masks_in_force(explicit: bool | None = None) -> bool:
+    """``explicit`` when given, else what :func:`boxes_from_masks_requested` put in force (default: no)."""
+    return _BOXES_FROM_MASKS.get() if explicit is None else bool(explicit)
+
+
 def lies_outside(path: Path, root: Path) -> bool:
     """Whether ``path`` leaves ``root`` once ``..`` and symbolic links are resolved.
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, allow_outside_root_in_force
+from medlens.data.dataset import Dataset, allow_outside_root_in_force, boxes_from_masks_in_force
 from medlens.errors import DatasetError
 from medlens.io.formats import suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                  strict: bool = True, allow_outside_root: bool | None = None,
-                 boxes_from_masks: bool = False) -> Dataset:
+                 boxes_from_masks: bool | None = None) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
@@ -41,7 +41,7 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
         dataset = _open_file(path, image_root, allow)
     else:
         dataset = _open_folder(path, allow)
-    if boxes_from_masks:
+    if boxes_from_masks_in_force(boxes_from_masks):
         from medlens.data.box_sources import detection_from_masks
 
         dataset = detection_from_masks(dataset)

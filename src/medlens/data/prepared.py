@@ -34,7 +34,8 @@ class SplitData:
 def open_config_dataset(config: Config) -> Dataset:
     """Re-open the dataset a plan was made for, checking it still matches."""
     dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
-                           allow_outside_root=config.dataset.allow_outside_root or None)
+                           allow_outside_root=config.dataset.allow_outside_root or None,
+                           boxes_from_masks=config.dataset.boxes_from_masks)
     check_plan_fits(config, dataset)
     return dataset
 

@@ -145,7 +145,8 @@ def _initial_config(source, plan, image_root, time_budget_s, processes: int, log
         config = replace(config, dataset=replace(config.dataset, source=str(source)))
     if time_budget_s:
         config = replace(config, train=replace(config.train, time_budget_s=float(time_budget_s)))
-    dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None)
+    dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None,
+                           boxes_from_masks=config.dataset.boxes_from_masks)
     card = inspect_dataset(dataset)
     check_card(card, log)
     return config, reasons, card, dataset

@@ -71,7 +71,8 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     fold = splits["folds"][config.dataset.fold]
     ids = {"train": fold["train"], "val": fold["val"], "test": splits["test"]}
     try:
-        dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None)
+        dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
+                               boxes_from_masks=config.dataset.boxes_from_masks)
     except (MedlensError, OSError, ValueError):
         return None
     labels = {c.case_id: c.label for c in dataset.cases}

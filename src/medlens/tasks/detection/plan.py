@@ -37,6 +37,7 @@ BATCH = {("cpu", 2): 8, ("cpu", 3): 2, ("gpu", 2): 16, ("gpu", 3): 4}
 FILTERS = (32, 64, 128, 256)
 MIN_OBJECT = 12.0  # voxels: the smallest objects' side on the planned grid
 MAX_LEVELS = 5
+ASPECT_SPREAD = 1.25  # anchors of three aspects when the boxes' 75th / 25th percentile shapes differ more
 
 
 def plan_detection(card: dict, *, time_budget_s: float | None = None, device: str = "cpu", processes: int = 1,
@@ -93,7 +94,7 @@ def box_sizes(card: dict, dims: int) -> tuple[np.ndarray, np.ndarray, list[np.nd
         DatasetError: the card has no box statistics (no image with a box).
     """
     classes = (card.get("boxes") or {}).get("per_class") or {}
-    sides = {name: c["side_voxels"] for name, c in classes.items() if c.get("count")}
+    sides = {name: c["size_vox"] for name, c in classes.items() if c.get("boxes")}
     if not sides:
         raise DatasetError(f"{card['dataset']['source']}: no image has a box, so there is nothing to detect; check "
                            "the annotation files (or use --boxes-from-masks on a segmentation dataset)")
@@ -144,11 +145,16 @@ def _network(small: np.ndarray, large: np.ndarray, aspects: list[np.ndarray], di
     first = 1 if size < 24 else 2
     levels = int(np.clip(math.ceil(math.log2(max(top / size, 1.0))) + 1, 2, MAX_LEVELS - first + 1))
     returned = tuple(range(first, first + levels - 1))
-    anchors = tuple(tuple(round(float(size * r), 1) for r in ratio) for ratio in aspects)
+    spread = float(np.max(aspects[2] / aspects[0]))
+    if spread > ASPECT_SPREAD:
+        anchors = tuple(tuple(round(float(size * r), 1) for r in ratio) for ratio in aspects)
+        shapes = "the boxes' 25th / 50th / 75th percentile aspect"
+    else:
+        anchors = tuple(tuple(round(float(size * r * 2 ** (k / 3)), 1) for r in aspects[1]) for k in range(3))
+        shapes = "the median aspect at 1, 2^(1/3) and 2^(2/3) times (the boxes are alike in shape)"
     stride = 2 ** (first + 1)
     reasons["detect.anchors"] = (f"three shapes at the finest level (stride {stride}): the small objects' side "
-                                 f"{size:.0f} voxels on the planned grid times the boxes' 25th / 50th / 75th "
-                                 "percentile aspect; each coarser level doubles them")
+                                 f"{size:.0f} voxels on the planned grid, {shapes}; each coarser level doubles them")
     reasons["detect.returned_layers"] = (f"pyramid levels from stride {stride}, {levels} in all, so anchors reach "
                                          f"{size * 2 ** (levels - 1):.0f} voxels (large objects: {top:.0f})")
     reasons["detect.fpn_channels"] = "64 channels in the pyramid and the heads"
