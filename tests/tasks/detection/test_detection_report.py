@@ -157,3 +157,17 @@ def test_compare_table_puts_runs_side_by_side(tmp_path):
 
 def test_rates_read_as_fractions():
     assert [rate_text(r) for r in RATES] == ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
+
+
+def test_3d_galleries_show_a_crop_of_the_axial_slice_through_each_box():
+    volume = Image(np.zeros((1, 40, 30, 20), np.float32), (0.7, 0.9, 2.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    r = ImageResult("vol", volume, np.array([[5, 5, 5, 12, 12, 9.0]]), np.array([0]),
+                    np.array([[20, 10, 10, 30, 20, 15.0], [5, 5, 5, 12, 12, 9.0]]), np.array([0.8, 0.3]),
+                    np.array([1, 1]))
+    [section] = [s for s in detection_sections(None, {"metrics": {"map": 0.5}}, {}, None, [r]) if s.key == "galleries"]
+    figures = [f for block in section.blocks if isinstance(block, list) for f in block]
+    # the class-1 box on the class-0 reference is no find for it (classes must agree), and a false positive of class 1
+    assert [f.caption for f in figures] == ["vol: 0 missed; best overlapping score 0.00",
+                                            "vol: 1 0.80, IoU 0.00 with its class",
+                                            "vol: 1 0.30, IoU 0.00 with its class"]
+    assert all(f.small and f.png.startswith(b"\x89PNG") for f in figures)
