@@ -166,3 +166,18 @@ def test_build_detector_refuses_anchors_of_the_wrong_dimension(name, anchors):
 def test_build_detector_suggests_a_name_for_an_unknown_one():
     with pytest.raises(ConfigError, match="unknown detection network `retinanet2d`; did you mean `retinanet_2d`"):
         build_detector("retinanet2d", in_channels=1, num_classes=1, filters=(4, 8), base_anchors=[[8.0, 8.0]])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_export_heads_order_anchors_as_the_detector_scores_them(dims):
+    from medlens.models.detectors import DetectorHeads
+
+    net = detector(dims, classes=3, anchors=2).eval()
+    x = torch.randn(2, 2, *[32] * dims)
+    with torch.no_grad():
+        out = net.network(x)
+        heads = DetectorHeads(net).eval()(x)
+        expected = torch.cat([net._reshape_maps(out["classification"]), net._reshape_maps(out["box_regression"])], 2)
+    anchors = 2 * sum((32 // 2 ** (2 + level)) ** dims for level in range(3))  # strides 4, 8, 16; 2 per location
+    assert heads.shape == (2, anchors, 3 + 2 * dims)
+    torch.testing.assert_close(heads, expected)
