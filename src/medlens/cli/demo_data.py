@@ -17,5 +17,6 @@ def run(args) -> int:
     print(f"demo data written to {out}/")
     print(f"  classification: {out}/classification/<normal|lesion>/*.png and {out}/classification.csv (patient ids)")
     print(f"  segmentation:   {out}/segmentation/ (Decathlon layout, 3D NIfTI + lesion masks)")
+    print(f"  detection:      {out}/detection/*.png and {out}/detection.csv (a box manifest: cells and spots)")
     print(f"  DICOM:          {out}/dicom/series_001/ (one CT series)")
     return 0

@@ -10,6 +10,9 @@
 - ``new_volumes/``: one fresh lesion volume on another grid (oblique direction, 0.7 x 0.7 x 1.9 mm)
   for ``medlens predict`` on a segmentation run; its true mask is in ``new_volumes/truth/``.
 - ``dicom/series_001/``: one CT series (64 x 64 x 20, HU, proper geometry tags).
+- ``detection/``: 2D smear-like images (96 x 96, 8-bit) with bright round ``cell`` and small dark
+  ``spot`` objects, and ``detection.csv``, a box manifest (one row per box, empty coordinates for an
+  image without objects). The segmentation lesions are a 3D detection set with ``--boxes-from-masks``.
 
 The findings are visible and learnable: a small CNN separates the classes and a U-Net finds
 the lesions. The same seed writes the same pixels.
@@ -31,7 +34,8 @@ from medlens.io import Image, identity_direction, write_image
 MARKER = ".medlens-demo"
 
 
-def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volumes: int = 12) -> Path:
+def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volumes: int = 12,
+                    smears: int = 80) -> Path:
     """Write the demo dataset into ``out`` (replacing an earlier demo there, nothing else).
 
     Raises:
@@ -50,6 +54,7 @@ def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volum
         _write_segmentation(staging / "segmentation", rng, volumes)
         _write_new_volume(staging / "new_volumes", np.random.default_rng(seed + 2))
         _write_dicom(staging / "dicom" / "series_001", rng)
+        _write_detection(staging, np.random.default_rng(seed + 3), smears)
         (staging / MARKER).write_text(f"medlens demo data, seed {seed}\n")
         if out.exists():
             shutil.rmtree(out)
@@ -163,3 +168,47 @@ def _write_dicom(folder: Path, rng: np.random.Generator) -> None:
     hu += rng.normal(0, 10, shape)
     write_dicom_series(np.clip(hu, -1024, 3000), folder, spacing_mm=spacing, origin_mm=(-22.4, -22.4, -25.0),
                        patient_id="DEMO001", uid_seed="medlens-demo")
+
+
+DETECTION_CLASSES = ("cell", "spot")
+
+
+def smear_image(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray, list[tuple[float, ...]], list[str]]:
+    """A ``(size, size)`` uint8 image (axis 0 = x) with 0-4 objects, their corner boxes and class names.
+
+    ``cell``: a bright disk of radius 9-13 pixels; ``spot``: a dark disk of radius 6-8. Objects do not overlap.
+    """
+    x, y = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    image = 90 + 12 * _blur(rng.normal(0, 1, (size, size)))
+    boxes, labels, centres = [], [], []
+    for _ in range(int(rng.integers(0, 5))):
+        name = DETECTION_CLASSES[int(rng.random() < 0.4)]
+        radius = rng.uniform(9, 13) if name == "cell" else rng.uniform(6, 8)
+        cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+        if any(np.hypot(cx - a, cy - b) < radius + r + 3 for a, b, r in centres):
+            continue
+        centres.append((cx, cy, radius))
+        disk = np.hypot(x - cx, y - cy) <= radius
+        image[disk] += rng.uniform(80, 120) if name == "cell" else -rng.uniform(55, 70)
+        boxes.append((float(np.floor(cx - radius)), float(np.floor(cy - radius)), float(np.ceil(cx + radius)),
+                      float(np.ceil(cy + radius))))
+        labels.append(name)
+    return np.clip(image, 0, 255).astype(np.uint8), boxes, labels
+
+
+def _write_detection(root: Path, rng: np.random.Generator, images: int) -> None:
+    rows = []
+    for i in range(images):
+        pixels, boxes, labels = smear_image(rng)
+        rel = Path("detection") / f"smear_{i:03d}.png"
+        write_image(Image(pixels[None], (1.0, 1.0), (0.0, 0.0), identity_direction(2), spacing_known=False),
+                    root / rel)
+        common = {"image": rel.as_posix(), "patient_id": f"S{i // 2:03d}"}
+        if not boxes:
+            rows.append({**common, "x_min": "", "y_min": "", "x_max": "", "y_max": "", "label": ""})
+        for box, label in zip(boxes, labels):
+            rows.append({**common, **dict(zip(("x_min", "y_min", "x_max", "y_max"), box)), "label": label})
+    with open(root / "detection.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "x_min", "y_min", "x_max", "y_max", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -109,7 +109,9 @@ def _write_exports(model, config, folder: Path, formats: Format, log) -> None:
     if formats == "none":
         return
     from medlens.deploy.export import export_onnx, export_torchscript
+    from medlens.tasks import task_for
 
+    model = task_for(config).exportable(model)
     example = torch.zeros(1, config.data.channels, *config.data.input_size)
     if formats in ("torchscript", "both"):
         export_torchscript(model, example, folder / "model.ts")

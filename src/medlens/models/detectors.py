@@ -89,6 +89,33 @@ class Detector(RetinaNetDetector):
         return matched
 
 
+class DetectorHeads(nn.Module):
+    """The detector's network as one tensor out, for TorchScript / ONNX export (box decoding stays in Python).
+
+    ``forward(x (B, C, *P)) -> (B, N, K + 2D)``: for every anchor of every level (MONAI's anchor order), the
+    ``K`` class logits then the ``2D`` box-regression deltas the detector's box coder decodes.
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.network = detector.network
+        self.num_classes = detector.network.num_classes
+        self.spatial_dims = detector.network.spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        logits = [self._flat(t, self.num_classes) for t in out["classification"]]
+        deltas = [self._flat(t, 2 * self.spatial_dims) for t in out["box_regression"]]
+        return torch.cat([torch.cat(logits, 1), torch.cat(deltas, 1)], dim=2)
+
+    @staticmethod
+    def _flat(t: torch.Tensor, width: int) -> torch.Tensor:
+        """``(B, A * width, *S) -> (B, prod(S) * A, width)``, as MONAI's detector orders its anchors."""
+        b, dims = t.shape[0], t.dim() - 2
+        t = t.reshape(b, -1, width, *t.shape[2:])
+        return t.permute(0, *range(3, 3 + dims), 1, 2).reshape(b, -1, width)
+
+
 def _out_channels(layer: nn.Module) -> int:
     convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
     return convs[-1].out_channels

@@ -14,7 +14,7 @@ training            :meth:`Task.prepare_fit` (LightningModule + loss, loaders), 
 evaluation          :meth:`Task.evaluate` (metrics + CIs, evidence for the report)
 report              :meth:`Task.report_sections`, :meth:`Task.compare_table`
 deployment          :meth:`Task.card_details`, :meth:`Task.predict`, :meth:`Task.to_json`,
-                    :meth:`Task.write_outputs`
+                    :meth:`Task.write_outputs`, :meth:`Task.exportable`
 explanations        :meth:`Task.explain`, :meth:`Task.sanity`
 ==================  =====================================================================
 """
@@ -158,6 +158,10 @@ class Task(Protocol):
     def write_outputs(self, predictor, inputs: list[Path], out: Path | None, *, tta: bool | None,
                       probabilities: bool, log: Log) -> int:
         """``medlens predict``: predict every input, print one line each, write files; returns the failures."""
+
+    def exportable(self, model):
+        """The module ``medlens export`` writes as TorchScript / ONNX: images ``(B, C, *input_size)`` in, one
+        tensor out (the network itself, or its heads when post-processing stays in Python)."""
 
     def explain(self, model, config: Config, calibration: dict, image, *, method: str, class_name: str | None,
                 where: str) -> Explained:

@@ -108,8 +108,6 @@ def test_the_smallest_class_is_the_one_kept_visible():
     assert grid_sides(config, c, (14, 13)).min() == pytest.approx(MIN_OBJECT, abs=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="plan.py _data_section lets the small objects' zoom (up to 2x) override the "
-                   "pixel budget, so a large volume with small objects is planned finer than it is (8x its voxels)")
 def test_an_image_over_the_budget_is_never_planned_finer_than_it_is():
     c = card({"nodule": sizes((4, 4, 3), (8, 8, 6), (20, 20, 15))}, shape=(512, 512, 300), spacing=(0.7, 0.7, 1.0),
              channels=1)

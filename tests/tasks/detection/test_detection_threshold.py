@@ -88,8 +88,6 @@ def f1_at(dets: list, truths: list, threshold: float) -> float:
     return 2 * float(hits[kept].sum()) / (int(kept.sum()) + total)
 
 
-@pytest.mark.xfail(strict=True, reason="best_f1_threshold scores every prefix of the sorted detections, also one "
-                   "that splits boxes of equal score; the threshold then shows the whole tie and its F1 is lower")
 def test_the_reported_f1_is_that_of_the_boxes_at_or_above_the_threshold_when_scores_tie():
     dets = [found([A, FAR], [0.5, 0.5], [0, 0])]  # a hit and a miss scored alike
     truths = [truth([A], [0])]
@@ -97,8 +95,6 @@ def test_the_reported_f1_is_that_of_the_boxes_at_or_above_the_threshold_when_sco
     assert best["f1"] == pytest.approx(f1_at(dets, truths, best["display_threshold"]), abs=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="display_threshold is the best score rounded to 4 decimals, which rounds up "
-                   "half the time: the box that set it then falls below it and is no longer shown")
 def test_the_box_that_sets_the_threshold_is_shown():
     dets = [found([A, FAR], [0.71236, 0.3], [0, 0])]
     truths = [truth([A], [0])]

@@ -126,6 +126,9 @@ class ClassificationTask:
                               "prints every class's probability (and --out writes them)")
         return write_outputs(predictor, inputs, out, tta=tta, log=log)
 
+    def exportable(self, model):
+        return model
+
     # ---- explanations ----------------------------------------------------------------------------------
     def explain(self, model, config, calibration, image, *, method, class_name, where) -> Explained:
         from medlens.tasks.classification.explain import explain_image

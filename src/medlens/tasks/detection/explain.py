@@ -45,5 +45,5 @@ def explain_detection(model, config: Config, image, *, class_name: str | None, w
     cam = cam[tuple(slice(0, s) for s in shape)].numpy().astype(np.float32)
     shown = [names[int(label)] for label, score in zip(found.labels, found.scores) if score >= 0.5]
     row = {"explained_class": names[target], "boxes_scored_0_5": {n: shown.count(n) for n in names},
-           "method": "class-score map of the finest pyramid level"}
+           "map": "class scores of the finest pyramid level (the detector before box selection)"}
     return Explained(row, cam)

@@ -116,9 +116,10 @@ def _data_section(card, dataset: DatasetSection, small: np.ndarray, device: str,
         spacing = np.ones(dims)
     shape = np.asarray([_axis(images["shape"], a, "median", 64) for a in range(dims)])
     budget = GRID_VOXELS[(device, dims)]
-    zoom = min(1.0, (budget / float(np.prod(shape))) ** (1 / dims))
+    fit = (budget / float(np.prod(shape))) ** (1 / dims)  # the zoom that makes the median image fill the budget
     keep_small = MIN_OBJECT / float(np.min(small))
-    zoom = float(np.clip(max(zoom, keep_small), 0.05, 2.0))
+    # coarsen to the budget, but not below the small objects' need; enlarge (<= 2x) only within the budget
+    zoom = float(np.clip(max(min(1.0, fit), keep_small), 0.05, max(1.0, min(2.0, fit))))
     target = tuple(round(float(s / zoom), 4) for s in spacing)
     reasons["data.target_spacing"] = (
         f"the median spacing {[round(float(s), 3) for s in spacing]} scaled by {zoom:.2f}: the median image "

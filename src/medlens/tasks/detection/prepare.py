@@ -6,8 +6,9 @@ the image: a corner at continuous coordinate ``c`` moves to ``c * new_shape / ol
 predictions go back the same way.
 
 :class:`BoxPatches` draws the training patches: item *i* of epoch *e* comes from its own generator seeded
-by ``(seed, e, i)``, so a resumed run sees the same patches. Images no larger than the patch are padded
-(the whole image is the patch); larger ones are cropped, a share ``positive_fraction`` of the crops
+by ``(seed, e, i)``, so a resumed run sees the same patches. Images no larger than the patch are
+zero-padded to it (a box-centred crop may place the image anywhere inside the padding, its boxes moved
+with it); larger ones are cropped, a share ``positive_fraction`` of the crops
 centred on a random box. A box is kept in a crop when its centre is inside, clipped to the crop.
 Flips along the plan's axes and intensity scale / shift / noise augment image and boxes together.
 """

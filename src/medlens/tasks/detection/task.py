@@ -63,9 +63,9 @@ class DetectionTask:
             raise ConfigError(f"detect.anchors={[list(a) for a in d.anchors]}: give anchor shapes of {dims} positive "
                               "sides (voxels of the network input), e.g. [[16, 16], [20, 12], [12, 20]]")
         if not (0 < d.nms_iou <= 1 and 0 <= d.score_threshold < 1 and d.max_detections >= 1 and 0 < d.froc_iou <= 1):
-            raise ConfigError(f"detect: nms_iou={d.nms_iou} and froc_iou={d.froc_iou} must lie in (0, 1], "
-                              f"score_threshold={d.score_threshold} in [0, 1), max_detections={d.max_detections} "
-                              ">= 1")
+            raise ConfigError(f"detect.nms_iou={d.nms_iou} and detect.froc_iou={d.froc_iou} must lie in (0, 1], "
+                              f"detect.score_threshold={d.score_threshold} in [0, 1), "
+                              f"detect.max_detections={d.max_detections} >= 1; fix the plan or --set")
         check_monitor(self, config)
         check_ignored(self, config)
 
@@ -125,6 +125,11 @@ class DetectionTask:
         from medlens.tasks.detection.outputs import write_outputs
 
         return write_outputs(predictor, inputs, out, log=log)
+
+    def exportable(self, model):
+        from medlens.models.detectors import DetectorHeads
+
+        return DetectorHeads(model)  # anchors, box decoding and non-maximum suppression stay in Python
 
     # ---- explanations ----------------------------------------------------------------------------------
     def explain(self, model, config, calibration, image, *, method, class_name, where) -> Explained:

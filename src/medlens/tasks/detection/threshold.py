@@ -40,9 +40,11 @@ def best_f1_threshold(found: list, truth: list, floor: float) -> dict:
     if not len(scores) or not total:
         return {"display_threshold": float(floor), "f1": None, "precision": None, "recall": None}
     order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
     tp = np.cumsum(hits[order])
     kept = np.arange(1, len(order) + 1)
-    f1 = 2 * tp / (kept + total)
+    ends = np.r_[ranked[1:] != ranked[:-1], True]  # a threshold keeps every box of a tied score, or none
+    f1 = np.where(ends, 2 * tp / (kept + total), -1.0)
     best = int(np.argmax(f1))
-    return {"display_threshold": round(float(scores[order][best]), 4), "f1": round(float(f1[best]), 4),
+    return {"display_threshold": float(ranked[best]), "f1": round(float(f1[best]), 4),
             "precision": round(float(tp[best] / kept[best]), 4), "recall": round(float(tp[best] / total), 4)}

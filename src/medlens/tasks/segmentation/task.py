@@ -115,6 +115,9 @@ class SegmentationTask:
 
         return write_outputs(predictor, inputs, out, tta=tta, probabilities=probabilities, log=log)
 
+    def exportable(self, model):
+        return model
+
     # ---- explanations ----------------------------------------------------------------------------------
     def explain(self, model, config, calibration, image, *, method, class_name, where) -> Explained:
         from medlens.tasks.segmentation.explain import explain_region
