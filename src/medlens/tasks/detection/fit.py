@@ -54,4 +54,4 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
     post = best_f1_threshold(found, [(item.boxes, item.labels) for item in fit.validation],
                              config.detect.score_threshold)
     write_json_atomic(run.postprocess, post)
-    return f"display threshold {post['display_threshold']} (validation F1 {post['f1']})"
+    return f"display threshold {post['display_threshold']:.3f} (validation F1 {post['f1']})"
