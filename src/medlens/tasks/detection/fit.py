@@ -35,7 +35,7 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     boxes = sum(len(item.boxes) for item in train)
     log(f"detection: {len(train)} training images ({boxes} boxes), {len(val)} validation images")
     return Fit(module, loader, val_loader, config, steps, validation=val,
-               csv_metrics=("train_loss", "val_map50"))
+               csv_metrics=("train_loss", "val_map", "val_map50"))
 
 
 def check_boxes(items, config: Config) -> None:

@@ -24,12 +24,12 @@ def build_network(config: Config):
 
 
 class DetectionTask:
-    """RetinaNet trained on patches with boxes, validated by mAP@0.5, applied whole or by sliding windows;
+    """RetinaNet trained on patches with boxes, validated by COCO mAP, applied whole or by sliding windows;
     see :mod:`.plan`, :mod:`.prepare`, :mod:`.module`, :mod:`.evaluate`, :mod:`.outputs`."""
 
     name = "detection"
     kinds = KINDS
-    monitors = ("val_map50",)
+    monitors = ("val_map", "val_map50")
     ignored = frozenset({"segment", "model.width", "model.members", "model.strides", "model.kernels",
                          "model.deep_supervision", "train.sampler", "train.label_smoothing", "train.loss",
                          "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.baseline", "evaluate.tta",
