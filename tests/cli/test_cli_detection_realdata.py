@@ -10,8 +10,9 @@ import pytest
 
 DATA = Path(os.environ.get("MEDLENS_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets")
 BCCD = DATA / "detection2d" / "bccd"
-# test mAP@0.5 after 2 epochs of the default plan (measured MEASURED; the 25-minute benchmark plan reaches 0.902)
-THRESHOLD = 0.0
+# test AP@0.5 after 2 epochs of the default plan (about 2 minutes): measured mAP 0.622, WBC 0.838; the 25-minute
+# benchmark plan reaches 0.90 / 0.98
+MAP_THRESHOLD, WBC_THRESHOLD = 0.50, 0.70
 
 
 @pytest.mark.realdata
@@ -26,5 +27,5 @@ def test_short_bccd_training_finds_blood_cells(cli, tmp_path):
     doc = json.loads((run / "metrics.json").read_text())
     assert doc["n_images"] == 72  # the official test list, locked away before training
     metrics = doc["metrics"]
-    assert metrics["map_50"]["value"] >= THRESHOLD, metrics["map_50"]
-    assert metrics["ap_per_class"]["iou_50"]["WBC"]["value"] >= THRESHOLD, metrics["ap_per_class"]
+    assert metrics["map_50"]["value"] >= MAP_THRESHOLD, metrics["map_50"]
+    assert metrics["ap_per_class"]["iou_50"]["WBC"]["value"] >= WBC_THRESHOLD, metrics["ap_per_class"]
