@@ -40,6 +40,15 @@ def schedule_factor(kind: str, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def scheduled_optimizer(params, train: TrainSection, trainer) -> dict:
+    """What a LightningModule's ``configure_optimizers`` returns: :func:`build_optimizer` with the plan's
+    schedule stepped every optimisation step over the whole planned training."""
+    optimizer = build_optimizer(params, train)
+    total = total_steps(trainer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(train.schedule, step, total))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 def total_steps(trainer) -> int:
     """Optimisation steps of the whole planned training in this process (at least 1)."""
     return max(int(trainer.estimated_stepping_batches), 1)

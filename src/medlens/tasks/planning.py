@@ -16,6 +16,14 @@ def per_process_batch(batch: int, processes: int, reasons: dict[str, str]) -> in
     return share
 
 
+def axis_stat(summary: dict | None, axis: int, key: str, default: float) -> float:
+    """``summary["axis<axis>"][key]`` of a card's per-axis summary (shape, spacing), or ``default``."""
+    try:
+        return float(summary[f"axis{axis}"][key])
+    except (KeyError, TypeError):
+        return float(default)
+
+
 def processes_reason(processes: int) -> str:
     if processes <= 1:
         return "one training process; `medlens train --devices N --num-nodes M` shares every epoch among N x M"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from medlens.config import Config
-from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
+from medlens.tasks.optim import scheduled_optimizer
 
 
 class DetectionModule(pl.LightningModule):
@@ -59,11 +59,7 @@ class DetectionModule(pl.LightningModule):
         self.log("val_map50", float(np.nan_to_num(scores["map_50"])), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        t = self.config.train
-        optimizer = build_optimizer(self.model.parameters(), t)
-        total = total_steps(self.trainer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(t.schedule, step, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled_optimizer(self.model.parameters(), self.config.train, self.trainer)
 
 
 class WholeImages(torch.utils.data.Dataset):

@@ -27,7 +27,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import per_process_batch, processes_reason
+from medlens.tasks.planning import axis_stat, per_process_batch, processes_reason
 
 KINDS = ("detection",)
 DEFAULT_BUDGET_S = {"cpu": 1500.0, "gpu": 3600.0}
@@ -111,10 +111,10 @@ def box_sizes(card: dict, dims: int) -> tuple[np.ndarray, np.ndarray, list[np.nd
 def _data_section(card, dataset: DatasetSection, small: np.ndarray, device: str,
                   reasons: dict) -> tuple[DataSection, float]:
     images, dims = card["images"], dataset.spatial_dims
-    spacing = np.asarray([_axis(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)])
+    spacing = np.asarray([axis_stat(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)])
     if not images.get("spacing_known", True):
         spacing = np.ones(dims)
-    shape = np.asarray([_axis(images["shape"], a, "median", 64) for a in range(dims)])
+    shape = np.asarray([axis_stat(images["shape"], a, "median", 64) for a in range(dims)])
     budget = GRID_VOXELS[(device, dims)]
     fit = (budget / float(np.prod(shape))) ** (1 / dims)  # the zoom that makes the median image fill the budget
     keep_small = MIN_OBJECT / float(np.min(small))
@@ -255,10 +255,3 @@ def _augment_section(dims: int, reasons: dict) -> AugmentSection:
     reasons["augment.noise_std"] = "Gaussian noise, 0.05 standard deviations"
     reasons["augment.probability"] = "each intensity transform applied to half the patches"
     return AugmentSection(flip_axes=tuple(range(dims)), intensity=0.1, noise_std=0.05, probability=0.5)
-
-
-def _axis(summary: dict | None, axis: int, key: str, default: float) -> float:
-    try:
-        return float(summary[f"axis{axis}"][key])
-    except (KeyError, TypeError):
-        return float(default)

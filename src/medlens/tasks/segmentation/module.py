@@ -16,7 +16,7 @@ import torch
 
 from medlens.config import Config
 from medlens.tasks.losses import build_loss
-from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
+from medlens.tasks.optim import scheduled_optimizer
 from medlens.transforms import BatchAugment
 
 
@@ -88,11 +88,7 @@ class SegmentationModule(pl.LightningModule):
                      sync_dist=True)
 
     def configure_optimizers(self):
-        t = self.config.train
-        optimizer = build_optimizer(self.model.parameters(), t)
-        total = total_steps(self.trainer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(t.schedule, step, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled_optimizer(self.model.parameters(), self.config.train, self.trainer)
 
 
 def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> np.ndarray:

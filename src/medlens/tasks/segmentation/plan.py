@@ -27,7 +27,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import processes_reason
+from medlens.tasks.planning import axis_stat, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 1800.0, "gpu": 3600.0}
 PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 40 * 56 * 48, ("gpu", 2): 512 * 512, ("gpu", 3): 128 ** 3}
@@ -100,8 +100,8 @@ def _dataset_section(card: dict, reasons: dict) -> DatasetSection:
 def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dict) -> tuple[DataSection, list[int]]:
     images, dims = card["images"], dataset.spatial_dims
     spacing = target_spacing(images, dims, reasons)
-    median_spacing = [_axis(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)]
-    shape = [_axis(images["shape"], a, "median", 32) * median_spacing[a] / spacing[a] for a in range(dims)]
+    median_spacing = [axis_stat(images.get("spacing_mm"), a, "median", 1.0) for a in range(dims)]
+    shape = [axis_stat(images["shape"], a, "median", 32) * median_spacing[a] / spacing[a] for a in range(dims)]
     channels = max(int(c) for c in images["channels"])
     patch, steps = patch_and_pools(shape, spacing, PATCH_VOXELS[(device, dims)])
     multiples = [2 ** k for k in pool_counts(steps, dims)]
@@ -114,23 +114,16 @@ def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dic
                        intensity_range=low_high, foreground_stats=stats, target_spacing=tuple(spacing)), steps
 
 
-def _axis(summary: dict | None, axis: int, key: str, default: float) -> float:
-    try:
-        return float(summary[f"axis{axis}"][key])
-    except (KeyError, TypeError):
-        return float(default)
-
-
 def target_spacing(images: dict, dims: int, reasons: dict) -> list[float]:
     """The median spacing; on anisotropic data the coarse axis takes its 10th percentile (nnU-Net)."""
     summary = images.get("spacing_mm")
     if not images.get("spacing_known") or not summary:
         reasons["data.target_spacing"] = "the images carry no spacing: kept on their own grid (1 voxel = 1 unit)"
         return [1.0] * dims
-    median = [_axis(summary, a, "median", 1.0) for a in range(dims)]
+    median = [axis_stat(summary, a, "median", 1.0) for a in range(dims)]
     coarse = int(np.argmax(median))
     if max(median) > ANISOTROPY * min(median):
-        median[coarse] = _axis(summary, coarse, "p10", median[coarse])
+        median[coarse] = axis_stat(summary, coarse, "p10", median[coarse])
         reasons["data.target_spacing"] = (f"median spacing; axis {coarse} is over {ANISOTROPY:g}x coarser than the "
                                           "finest, so it keeps its 10th-percentile spacing (nnU-Net); images are "
                                           "resampled linearly, masks by nearest neighbour")
@@ -252,7 +245,7 @@ def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe,
         return 50
     step_s, forward_s = time_segmentation_step(model, data, dataset, batch, device)
     val_cases = max(int(round(card["dataset"].get("num_readable", 10) * 0.16)), 1)
-    median = [_axis(card["images"]["shape"], a, "median", 32) for a in range(dataset.spatial_dims)]
+    median = [axis_stat(card["images"]["shape"], a, "median", 32) for a in range(dataset.spatial_dims)]
     windows = math.prod(max(1, math.ceil(m / (p * (1 - segment.overlap)))) for m, p in zip(median, data.input_size))
     steps = math.ceil(segment.iterations_per_epoch / processes)  # each process draws its share of the patches
     epoch_s = steps * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
