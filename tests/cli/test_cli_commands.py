@@ -86,6 +86,18 @@ def test_inspect_a_segmentation_folder(cli, demo_dir, tmp_path):
     assert "mask labels (cases containing each): 0:12  1:12" in result.out
 
 
+def test_inspect_a_box_manifest_and_boxes_from_masks(cli, demo_dir, tmp_path):
+    result = cli("inspect", demo_dir / "detection.csv", "--out", tmp_path / "boxes.json")
+    assert result.rc == 0, result.err
+    assert "task detection 2D" in result.out and "per image" in result.out
+    assert "cell:" in result.out and "spot:" in result.out and "median size" in result.out
+    card = json.loads((tmp_path / "boxes.json").read_text())
+    assert card["boxes"]["per_class"]["cell"]["boxes"] > 0
+    result = cli("inspect", demo_dir / "segmentation", "--boxes-from-masks", "--out", tmp_path / "lesions.json")
+    assert result.rc == 0, result.err
+    assert "task detection 3D" in result.out and "lesion:" in result.out
+
+
 def test_inspect_writes_the_card_beside_the_working_directory_by_default(cli, demo_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 

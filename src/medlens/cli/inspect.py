@@ -64,12 +64,27 @@ def format_card(card: dict) -> str:
     if "masks" in card:
         lines.append("  mask labels (cases containing each): "
                      + "  ".join(f"{k}:{v}" for k, v in card["masks"]["cases_with_label"].items()))
+    lines += _box_lines(card.get("boxes") or {})
     findings = card["findings"]
     lines.append(f"  findings: {len(findings)}" + ("" if findings else " (none)"))
     for f in findings:
         lines.append(f"    [{f['severity']}] {f['code']}: {f['message']}")
     lines += _unreadable_lines(card.get("unreadable") or [])
     return "\n".join(lines)
+
+
+def _box_lines(boxes: dict) -> list[str]:
+    """Boxes per image, and each class's count and median box size in voxels."""
+    if not boxes:
+        return []
+    n = boxes["boxes_per_image"]
+    lines = [f"  boxes: {n['total']} ({n['mean']:.3g} per image, {n['min']}-{n['max']}; "
+             f"{n['images_without_boxes']} image(s) without boxes)"]
+    for name, c in boxes.get("per_class", {}).items():
+        size = " x ".join(f"{v['median']:.3g}" for v in (c.get("size_vox") or {}).values())
+        lines.append(f"    {name}: {c['boxes']} boxes on {c['images']} images" + (f", median size {size} voxels"
+                                                                                     if size else ""))
+    return lines
 
 
 def _unreadable_lines(unreadable: list[dict], shown: int = 20) -> list[str]:
