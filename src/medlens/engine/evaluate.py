@@ -47,7 +47,8 @@ def write_run_report(run: RunFolder, config, evidence=None, *, log=print):
     from medlens.report import write_report
 
     doc = read_json(run.metrics_json)
-    if doc is None:
-        return write_report(run, None, log=log)
     task = task_for(config)
-    return write_report(run, lambda: task.report_sections(run, config, run.read_card(), doc, evidence), log=log)
+    if doc is None:
+        return write_report(run, None, omit=task.ignored, log=log)
+    return write_report(run, lambda: task.report_sections(run, config, run.read_card(), doc, evidence),
+                        omit=task.ignored, log=log)

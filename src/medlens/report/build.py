@@ -16,12 +16,13 @@ from medlens.report.run_sections import dataset_section, plan_section, training_
 from medlens.runs import RunFolder, now
 
 
-def build_report(run: RunFolder, evaluation: list[Section] | None = None) -> Report:
+def build_report(run: RunFolder, evaluation: list[Section] | None = None, omit: frozenset[str] = frozenset()) -> Report:
     """The report of ``run``: dataset, plan and training from its files, then ``evaluation``.
 
     Args:
         run: a run folder with plan.yaml (and whatever else it holds so far).
         evaluation: the task's evaluation sections; ``None`` when the run has not been evaluated.
+        omit: plan keys the run's task does not use (left out of the plan section, as out of plan.yaml).
     """
     from medlens.config import read_plan
 
@@ -30,7 +31,7 @@ def build_report(run: RunFolder, evaluation: list[Section] | None = None) -> Rep
     report = Report(f"medlens report: {run.root.name}",
                     f"{config.dataset.task} {config.dataset.spatial_dims}D · {config.model.name} · "
                     f"{info.get('status', 'unknown')} · written {now()} · run folder {run.root}")
-    report.sections += [dataset_section(run, config, card), plan_section(config, reasons), training_section(run)]
+    report.sections += [dataset_section(run, config, card), plan_section(config, reasons, omit), training_section(run)]
     if evaluation is None:
         report.sections.append(Section("Evaluation", key="evaluation").text(
             f"not evaluated yet: run `medlens evaluate {run.root}` for the test metrics and figures."))
@@ -39,7 +40,8 @@ def build_report(run: RunFolder, evaluation: list[Section] | None = None) -> Rep
     return report
 
 
-def write_report(run: RunFolder | str | os.PathLike, evaluation=None, *, log=print) -> Path | None:
+def write_report(run: RunFolder | str | os.PathLike, evaluation=None, *, omit: frozenset[str] = frozenset(),
+                 log=print) -> Path | None:
     """Write ``RUN/report.html`` and ``RUN/report.md``.
 
     Called last by ``train`` and ``evaluate``, after their own results are on disk. A report that
@@ -48,6 +50,7 @@ def write_report(run: RunFolder | str | os.PathLike, evaluation=None, *, log=pri
     Args:
         evaluation: the task's evaluation sections, or a function that makes them (called here, so a
             failure while drawing a figure is caught like any other).
+        omit: plan keys the run's task does not use.
 
     Returns:
         The path of report.html, or ``None`` when it could not be written.
@@ -55,7 +58,7 @@ def write_report(run: RunFolder | str | os.PathLike, evaluation=None, *, log=pri
     run = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     try:
         sections = evaluation() if callable(evaluation) else evaluation
-        path = write_report_files(build_report(run, sections), run.root / "report.html")
+        path = write_report_files(build_report(run, sections, omit), run.root / "report.html")
     except Exception as exc:  # noqa: BLE001 - any failure here must leave the finished run intact
         log(f"warning: report.html not written ({type(exc).__name__}: {exc}); the run's results are complete. "
             f"Please report this with the run folder {run.root}")

@@ -104,12 +104,18 @@ def findings_table(card: dict) -> Table:
     return Table(["severity", "code", "finding", "cases"], rows, key="findings", caption=caption)
 
 
-def plan_section(config, reasons: dict[str, str]) -> Section:
-    """The resolved plan: every value chosen for a reason, with the reason; the defaults in one line."""
+def plan_section(config, reasons: dict[str, str], omit: frozenset[str] = frozenset()) -> Section:
+    """The resolved plan: every value chosen for a reason, with the reason; the defaults in one line.
+
+    Args:
+        omit: plan keys (``section.key``) or whole sections the run's task does not use; not listed.
+    """
     section = Section("Plan", key="plan")
     rows, defaults = [], []
     for name, values in config.as_dict().items():
         for key, value in values.items():
+            if name in omit or f"{name}.{key}" in omit:
+                continue
             reason = reasons.get(f"{name}.{key}")
             text = json.dumps(value) if not isinstance(value, str) else value
             if reason:

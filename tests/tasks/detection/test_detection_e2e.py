@@ -36,6 +36,7 @@ def test_per_image_table_and_report_sections(det_run):
     html = (det_run.root / "report.html").read_text()
     for heading in ("mAP", "FROC", "precision"):
         assert heading in html
+    assert "segment.iterations_per_epoch" not in html  # keys detection ignores are left out of the plan section
     post = json.loads((det_run.root / "postprocess.json").read_text())
     assert 0 < post["display_threshold"] < 1 and post["f1"] > 0.5
 
