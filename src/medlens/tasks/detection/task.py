@@ -129,7 +129,7 @@ class DetectionTask:
     def exportable(self, model):
         from medlens.models.detectors import DetectorHeads
 
-        return DetectorHeads(model)  # anchors, box decoding and non-maximum suppression stay in Python
+        return DetectorHeads(model).eval()  # anchors, box decoding and non-maximum suppression stay in Python
 
     # ---- explanations ----------------------------------------------------------------------------------
     def explain(self, model, config, calibration, image, *, method, class_name, where) -> Explained:
