@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._files import write_bytes_atomic, write_text_atomic
+from medlens.data.boxes import index_to_world
 from medlens.io import Image
 
 SLICER_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/"
@@ -71,14 +72,6 @@ def class_colour(name: str, class_names: Sequence[str]) -> str:
     return COLOURS[index % len(COLOURS)]
 
 
-def voxel_to_world(points: np.ndarray, image: Image) -> np.ndarray:
-    """World mm (LPS) of continuous voxel coordinates ``points (N, D)`` of ``image``: ``(N, D)``."""
-    dims = image.spatial_dims
-    direction = np.asarray(image.direction, dtype=float).reshape(dims, dims)
-    steps = (np.asarray(points, dtype=float) - 0.5) * np.asarray(image.spacing_mm)
-    return np.asarray(image.origin_mm) + steps @ direction.T
-
-
 def has_world(image: Image | None) -> bool:
     """Whether boxes on ``image`` have a place in millimetres: 3D, or 2D with a known spacing."""
     return image is not None and (image.spatial_dims == 3 or image.spacing_known)
@@ -118,7 +111,7 @@ def box_rows(corners: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_
                "box": [round(float(v), 2) for v in box]}
         if has_world(image):
             dims = len(box) // 2
-            centre = voxel_to_world(((box[:dims] + box[dims:]) / 2)[None], image)[0]
+            centre = index_to_world(((box[:dims] + box[dims:]) / 2)[None], image)[0]
             row["center_mm"] = [round(float(v), 3) for v in centre]
             row["size_mm"] = [round(float(v), 3) for v in (box[dims:] - box[:dims]) * np.asarray(image.spacing_mm)]
         rows.append(row)

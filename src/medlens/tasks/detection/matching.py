@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medlens.data.boxes import box_iou
 from medlens.errors import ConfigError
 from medlens.types import Boxes
 
@@ -165,12 +166,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.zeros((len(a), len(b)))
     if a.shape[1] != b.shape[1]:
         raise ConfigError(f"iou needs boxes of one dimension, got widths {a.shape[1]} and {b.shape[1]}")
-    half = a.shape[1] // 2
-    low = np.maximum(a[:, None, :half], b[None, :, :half])
-    high = np.minimum(a[:, None, half:], b[None, :, half:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    union = box_sizes(a)[:, None] + box_sizes(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return box_iou(a, b)
 
 
 def score_order(scores: np.ndarray) -> np.ndarray:
