@@ -33,7 +33,8 @@ class DatasetSection:
     allow_outside_root: bool = False  # follow manifest paths that leave the dataset folder / image_root
     boxes_from_masks: bool = False  # detection: one box per connected component of each label of a mask dataset
     layout: str = ""
-    task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection"] = "binary"
+    task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection", "anomaly",
+                         "pretraining"] = "binary"
     class_names: tuple[str, ...] = ()
     label_values: tuple[int, ...] = ()  # segmentation: the mask value of each class (index 0 = background)
     spatial_dims: int = 2
@@ -139,6 +140,27 @@ class DetectSection:
 
 
 @dataclass(frozen=True)
+class PretrainSection:
+    """Self-supervised pretraining (``medlens pretrain``): an encoder learnt from images alone."""
+
+    method: typing.Literal["simclr"] = "simclr"  # contrastive: two augmented views of an image attract, others repel
+    temperature: float = 0.1  # NT-Xent temperature (MONAI's ContrastiveLoss)
+    projection_dim: int = 128  # output size of the projection head the loss sees (dropped after pretraining)
+    crop_scale: float = 0.5  # views are random crops covering at least this share of each axis, resized back
+
+
+@dataclass(frozen=True)
+class AnomalySection:
+    """One-class anomaly detection: trained on normal cases only, thresholded on normal validation cases."""
+
+    normal: tuple[str, ...] = ()  # the class name(s) that are normal; every other class is used for evaluation only
+    method: typing.Literal["patchcore", "autoencoder"] = "patchcore"
+    fpr: float = 0.05  # the share of normal validation cases allowed above the threshold
+    memory_size: int = 0  # patchcore: feature vectors kept by coreset subsampling (the plan sets it)
+    neighbours: int = 1  # patchcore: nearest memory vectors averaged into a patch's distance
+
+
+@dataclass(frozen=True)
 class EvaluateSection:
     """How the trained model is scored and how it predicts."""
 
@@ -156,6 +178,8 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     segment: SegmentSection = field(default_factory=SegmentSection)
     detect: DetectSection = field(default_factory=DetectSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    anomaly: AnomalySection = field(default_factory=AnomalySection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     def as_dict(self) -> dict:

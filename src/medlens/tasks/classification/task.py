@@ -20,7 +20,7 @@ class ClassificationTask:
     name = "classification"
     kinds = KINDS
     monitors = ("val_auc", "val_loss", "val_accuracy")
-    ignored = frozenset({"detect", "dataset.boxes_from_masks",
+    ignored = frozenset({"detect", "pretrain", "anomaly", "dataset.boxes_from_masks",
                          "segment", "model.filters", "model.strides", "model.kernels", "model.deep_supervision",
                          "data.target_spacing", "data.foreground_stats"})
     runs_exports = True
