@@ -16,6 +16,10 @@ ARGUMENTS = [
     (["--set"], {"dest": "overrides", "action": "append", "default": [], "metavar": "SECTION.KEY=VALUE",
                  "help": "override a planned value, e.g. --set model.name=densenet121_2d (repeatable)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--task"], {"choices": ["anomaly"], "help": "train another task than the labels call for: anomaly (one-class, "
+                                               "on the --normal class only; the other classes test it)"}),
+    (["--normal"], {"action": "append", "default": [], "metavar": "CLASS",
+                    "help": "--task anomaly: the class that is normal (repeatable)"}),
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
@@ -29,6 +33,7 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
+    from medlens.cli.train import task_request
     from medlens.config import apply_overrides
     from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
     from medlens.engine.train import make_plan, write_plan
@@ -37,10 +42,12 @@ def run(args) -> int:
 
     if args.devices < 1 or args.num_nodes < 1:
         raise ConfigError(f"--devices {args.devices} --num-nodes {args.num_nodes}: both must be at least 1")
+    task, task_options = task_request(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
         config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root,
                                                      time_budget_s=args.time_budget,
-                                                     processes=args.devices * args.num_nodes)
+                                                     processes=args.devices * args.num_nodes, task=task,
+                                                     task_options=task_options)
     config = apply_overrides(config, args.overrides)
     for key in (o.split("=", 1)[0].strip() for o in args.overrides):
         reasons[key] = "set on the command line"

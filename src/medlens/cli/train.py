@@ -32,6 +32,10 @@ ARGUMENTS = [
     (["--strategy"], {"default": "auto", "choices": ["auto", "ddp", "ddp_spawn"],
                       "help": "distribution strategy (ddp: one process per device)"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
+    (["--task"], {"choices": ["anomaly"], "help": "train another task than the labels call for: anomaly (one-class, "
+                                               "on the --normal class only; the other classes test it)"}),
+    (["--normal"], {"action": "append", "default": [], "metavar": "CLASS",
+                    "help": "--task anomaly: the class that is normal (repeatable)"}),
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
@@ -43,6 +47,19 @@ ARGUMENTS = [
 ]
 
 
+def task_request(args) -> tuple[str | None, dict | None]:
+    """``--task`` and its options (``--normal``) as ``make_plan``'s ``task, task_options``."""
+    from medlens.errors import ConfigError
+
+    if args.normal and args.task != "anomaly":
+        raise ConfigError(f"--normal {' '.join(args.normal)} names the normal class of an anomaly run; add --task "
+                          "anomaly (or leave --normal out to train a classifier)")
+    if args.task == "anomaly" and not args.normal:
+        raise ConfigError("--task anomaly needs the class that is normal: add --normal CLASS (one of the dataset's "
+                          "classes; `medlens inspect DATA` lists them)")
+    return args.task, ({"normal": tuple(args.normal)} if args.normal else None)
+
+
 def run(args) -> int:
     from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
     from medlens.engine.train import train
@@ -51,12 +68,13 @@ def run(args) -> int:
         from medlens.errors import ConfigError
 
         raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
+    task, task_options = task_request(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
         # the engine opens the dataset, layers down
         run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                            num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,
-                           progress_bar=not args.no_progress)
+                           progress_bar=not args.no_progress, task=task, task_options=task_options)
     import os
 
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # other DDP processes stay quiet

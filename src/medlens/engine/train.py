@@ -28,7 +28,7 @@ from medlens.data.splits import read_splits
 from medlens.engine import distributed
 from medlens.errors import ConfigError, DatasetError
 from medlens.runs import RunFolder, new_run, now, open_run
-from medlens.tasks import Fit, Task, task_for
+from medlens.tasks import Fit, Task, task_for, task_named
 
 
 def flush_denormals() -> None:
@@ -42,8 +42,13 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def make_plan(source, *, image_root=None, time_budget_s: float | None = None, processes: int = 1, log=print):
-    """Open and audit ``source``, then plan with the task its data call for.
+def make_plan(source, *, image_root=None, time_budget_s: float | None = None, processes: int = 1,
+              task: str | None = None, task_options: dict | None = None, log=print):
+    """Open and audit ``source``, then plan with the task its data call for (or the task named ``task``, e.g.
+    ``anomaly`` on class-labelled data, ``pretraining`` on any images).
+
+    Args:
+        task_options: keyword arguments of that task's ``plan`` (``anomaly``: ``normal=("normal",)``).
 
     Returns:
         ``(config, reasons, card, dataset)``.
@@ -53,8 +58,9 @@ def make_plan(source, *, image_root=None, time_budget_s: float | None = None, pr
     card = inspect_dataset(dataset)
     check_card(card, log)
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    config, reasons = task_for(card["dataset"]["task"]).plan(card, time_budget_s=time_budget_s, device=device,
-                                                             processes=processes)
+    planner = task_named(task) if task else task_for(card["dataset"]["task"])
+    config, reasons = planner.plan(card, time_budget_s=time_budget_s, device=device, processes=processes,
+                                   **(task_options or {}))
     if image_root:
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
     if allow_outside_root_in_force():  # evaluate, report and other processes reopen the data as it was planned
@@ -85,10 +91,12 @@ def write_plan(path: Path, config: Config, reasons: dict[str, str], source) -> P
 
 def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), out=None, resume=None,
           time_budget_s: float | None = None, init_from=None, devices: int = 1, num_nodes: int = 1,
-          strategy: str = "auto", image_root=None, progress_bar: bool = True, log=print) -> RunFolder:
+          strategy: str = "auto", image_root=None, progress_bar: bool = True, task: str | None = None,
+          task_options: dict | None = None, log=print) -> RunFolder:
     """Train the model ``source``'s data call for; returns the run folder (see :mod:`medlens.runs`).
 
     Args:
+        task, task_options: plan for this task instead of the one the data call for (see :func:`make_plan`).
         devices, num_nodes: processes per node and nodes (``devices * num_nodes`` processes in all); under
             torchrun or SLURM the launcher starts them and rank 0 plans for all of them.
         strategy: Lightning's (``auto``, or ``ddp`` / ``ddp_spawn`` for several processes).
@@ -104,7 +112,8 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
         dataset = open_config_dataset(config)
         return _fit(joined, config, dataset, read_splits(joined.splits, dataset), init_from=init_from, world=world,
                     strategy=strategy, checkpoint=None, progress_bar=progress_bar, log=log)
-    config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes, log)
+    config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes, log,
+                                                     task=task, task_options=task_options)
     config = apply_overrides(config, list(overrides))
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
@@ -137,9 +146,10 @@ def _resume(path, world, strategy, progress_bar, log) -> RunFolder:
                 strategy=strategy, checkpoint=checkpoint, progress_bar=progress_bar, log=log)
 
 
-def _initial_config(source, plan, image_root, time_budget_s, processes: int, log):
+def _initial_config(source, plan, image_root, time_budget_s, processes: int, log, *, task=None, task_options=None):
     if plan is None:
-        return make_plan(source, image_root=image_root, time_budget_s=time_budget_s, processes=processes, log=log)
+        return make_plan(source, image_root=image_root, time_budget_s=time_budget_s, processes=processes, task=task,
+                         task_options=task_options, log=log)
     config, reasons = read_plan(plan)
     if str(Path(source)) != str(Path(config.dataset.source)):
         config = replace(config, dataset=replace(config.dataset, source=str(source)))

@@ -61,8 +61,14 @@ def all_kinds() -> tuple[str, ...]:
     return tuple(k for n in TASKS for k in TASKS.get(n).kinds)
 
 
+BUILTIN = ("classification", "segmentation", "detection", "anomaly", "pretraining")
+
+
 def _load_builtin() -> None:
     """Import the task packages that ship with medlens (each registers itself on import)."""
-    import medlens.tasks.classification
-    import medlens.tasks.detection
-    import medlens.tasks.segmentation  # noqa: F401
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    for name in BUILTIN:
+        if find_spec(f"medlens.tasks.{name}") is not None:
+            import_module(f"medlens.tasks.{name}")
