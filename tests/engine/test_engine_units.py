@@ -408,3 +408,46 @@ def test_bce_with_smoothing_matches_torch():
 
     smoothed = target.float() * 0.8 + 0.1  # 1 -> 0.9, 0 -> 0.1
     torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logits, smoothed, pos_weight=pos_weight))
+
+
+# ---- --init-from: the plan takes the source run's network ----------------------------------------
+
+def _plan_with(tmp_path, name: str, width: float, task: str = "binary", dims: int = 2):
+    from medlens.config import Config, DatasetSection, ModelSection
+    from medlens.engine.train import write_plan
+
+    config = Config(dataset=DatasetSection(task=task, class_names=("a", "b"), spatial_dims=dims),
+                    model=ModelSection(name=name, width=width))
+    folder = tmp_path / f"{name}-{width}"
+    folder.mkdir()
+    write_plan(folder / "plan.yaml", config, {}, "data")
+    return config, folder
+
+
+def test_init_from_a_run_adopts_its_network_and_freezes_the_backbone_first(tmp_path):
+    from dataclasses import replace
+
+    from medlens.engine.train import adopt_encoder
+
+    planned, _ = _plan_with(tmp_path, "seedcnn_2d", 1.0)
+    planned = replace(planned, train=replace(planned.train, max_epochs=30))
+    _, source = _plan_with(tmp_path, "resnet18_2d", 0.5)
+    reasons, said = {}, []
+
+    adopted = adopt_encoder(planned, reasons, source, log=said.append)
+
+    assert (adopted.model.name, adopted.model.width) == ("resnet18_2d", 0.5)
+    assert adopted.train.freeze_epochs == 3 and "frozen" in reasons["train.freeze_epochs"]
+    assert "resnet18_2d" in said[0] and source.name in reasons["model.name"]
+
+
+def test_init_from_a_file_or_a_3d_run_keeps_the_planned_network(tmp_path):
+    from medlens.engine.train import adopt_encoder
+
+    planned, _ = _plan_with(tmp_path, "seedcnn_2d", 1.0)
+    _, volumes = _plan_with(tmp_path, "resnet18_3d", 1.0, dims=3)
+
+    assert adopt_encoder(planned, {}, volumes, log=None).model == planned.model
+    assert adopt_encoder(planned, {}, tmp_path / "weights.pt", log=None).model == planned.model
+    segmentation, _ = _plan_with(tmp_path, "unet_2d", 1.0, task="segmentation")
+    assert adopt_encoder(segmentation, {}, volumes, log=None).train.freeze_epochs == 0  # not a schedule it has

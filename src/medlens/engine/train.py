@@ -114,6 +114,8 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
                     strategy=strategy, checkpoint=None, progress_bar=progress_bar, log=log)
     config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes, log,
                                                      task=task, task_options=task_options)
+    if plan is None and init_from:
+        config = adopt_encoder(config, reasons, Path(init_from), log)
     config = apply_overrides(config, list(overrides))
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
@@ -129,6 +131,43 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
     distributed.announce_run(world, run)
     return _fit(run, config, dataset, splits, init_from=init_from, world=world, strategy=strategy, checkpoint=None,
                 progress_bar=progress_bar, log=log)
+
+
+def adopt_encoder(config: Config, reasons: dict[str, str], init_from: Path, log=print) -> Config:
+    """A plan made now that starts from other weights (``--init-from``): a medlens run's network
+    (``model.name``, ``model.width``) is taken so its weights fit, and where the task has the schedule the
+    new head first learns on a frozen backbone for a tenth of the epochs (``train.freeze_epochs``).
+
+    A run of a network of other dimensions, or a weights file, keeps the planned network (the transfer
+    then says what matched).
+    """
+    source_plan = init_from / "plan.yaml"
+    if source_plan.is_file():
+        config = _adopt_network(config, reasons, read_plan(source_plan)[0].model, init_from, log)
+    if "train.freeze_epochs" not in task_for(config).ignored and config.train.freeze_epochs == 0:
+        freeze = max(1, round(config.train.max_epochs / 10))
+        config = replace(config, train=replace(config.train, freeze_epochs=freeze))
+        reasons["train.freeze_epochs"] = (f"--init-from: the new head learns on the frozen pretrained backbone for "
+                                          f"{freeze} of {config.train.max_epochs} epochs first")
+    return config
+
+
+def _adopt_network(config: Config, reasons: dict[str, str], source, init_from: Path, log) -> Config:
+    dims = config.dataset.spatial_dims
+    same = (source.name, source.width) == (config.model.name, config.model.width)
+    if same or not source.name.endswith(f"_{dims}d") or not _is_classifier(source.name):
+        return config
+    log(f"--init-from {init_from}: using its network {source.name} (width {source.width}) instead of the "
+        f"planned {config.model.name} (width {config.model.width})")
+    why = f"from --init-from {init_from.name} (its encoder's network)"
+    reasons["model.name"], reasons["model.width"] = why, why
+    return replace(config, model=replace(config.model, name=source.name, width=source.width))
+
+
+def _is_classifier(name: str) -> bool:
+    from medlens.models import CLASSIFIERS
+
+    return name in CLASSIFIERS
 
 
 def _resume(path, world, strategy, progress_bar, log) -> RunFolder:
