@@ -9,6 +9,7 @@
       weights.pt           the best model's state_dict (what evaluate / predict / export load)
       calibration.json     temperature and decision threshold fitted on validation (classification)
       validation.json      headline validation metrics with 95% CIs (classification; for the model card)
+      ood_guard.safetensors  the out-of-distribution guard: training features' density, threshold (classification)
       postprocess.json     per class, keep the largest connected component or not (segmentation)
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
@@ -40,6 +41,7 @@ RUN_VERSION = 1  # run.json's medlens_run_version: the layout of this folder
 
 NO_CALIBRATION = {"temperature": 1.0, "threshold": 0.5}  # a run (or bundle) without calibration.json
 NO_POSTPROCESS = {"keep_largest": {}}  # ... without postprocess.json
+OOD_GUARD = "ood_guard.safetensors"  # the name of the guard's file in a run and in a bundle
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class RunFolder:
     weights = property(lambda self: self.root / "weights.pt")
     calibration = property(lambda self: self.root / "calibration.json")
     validation = property(lambda self: self.root / "validation.json")
+    ood_guard = property(lambda self: self.root / OOD_GUARD)
     postprocess = property(lambda self: self.root / "postprocess.json")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     metrics_json = property(lambda self: self.root / "metrics.json")

@@ -5,6 +5,7 @@
       plan.yaml           the run's resolved configuration: the whole preprocessing pipeline, no code defaults
       calibration.json    temperature and decision threshold (classification)
       postprocess.json    keep-largest-component per class (segmentation)
+      ood_guard.safetensors  the out-of-distribution guard (classification; absent for runs made before it)
       model.safetensors   the weights (a tensor format: loading it never runs code)
       model.ts, model.onnx   TorchScript / ONNX exports, when asked for
       checksums.json      SHA-256 of every other file; a bundle that does not match is refused
@@ -96,7 +97,7 @@ def _write_contents(run, folder: Path, formats: Format, log) -> None:
     model = load_model(run, config)
     save_model(model, str(folder / WEIGHTS))  # de-duplicates tensors a network shares (DynUNet's skip layers)
     shutil.copyfile(run.plan, folder / "plan.yaml")
-    for source in (run.calibration, run.postprocess):
+    for source in (run.calibration, run.postprocess, run.ood_guard):
         if source.exists():
             shutil.copyfile(source, folder / source.name)
     _write_exports(model, config, folder, formats, log)

@@ -34,6 +34,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
                           "foreground_stats": list(data.foreground_stats),
                           "steps": details["steps"]},
         "calibration": details["calibration"],
+        **({"ood_guard": details["ood_guard"]} if "ood_guard" in details else {}),
         "training_data": _training_data(run),
         "training": {"epochs_run": info.get("epochs_run"), "monitor": info.get("monitor"),
                      "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},

@@ -1,9 +1,10 @@
 """What classification hands the engine's training loop: preprocessed arrays, the module, the loaders, and
-the calibration (temperature, threshold) fitted on validation once the best weights are back."""
+what is fitted once the best weights are back: the calibration (temperature, threshold) on validation, and the
+out-of-distribution guard on the training images' features (thresholded on validation)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,6 +17,17 @@ from medlens.runs import json_safe
 from medlens.tasks.base import Fit
 
 CSV_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
+
+
+@dataclass
+class HeldOut:
+    """What :func:`finish` needs once training is over (``Fit.validation``): the validation split, and the
+    training split's preprocessed, un-augmented ``images (N, C, *input_size)`` and ``labels (N,)`` or ``(N, L)``
+    the guard is fitted on (the arrays the loader already holds: no second read)."""
+
+    val: SplitData
+    train_images: np.ndarray
+    train_labels: np.ndarray
 
 
 def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, log) -> Fit:
@@ -37,8 +49,8 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     steps = -(-len(train.images) // (t.batch_size * max(world_size, 1)))
     # AUC saturates on small validation splits: ties go to the lower loss (ClassificationModule logs both as one)
     select_by = "val_auc_then_loss" if config.train.monitor == "val_auc" else config.train.monitor
-    return Fit(module, loader, val_loader, config, steps, validation=val, csv_metrics=CSV_METRICS,
-               select_by=select_by)
+    return Fit(module, loader, val_loader, config, steps, validation=HeldOut(val, train.images, train.labels),
+               csv_metrics=CSV_METRICS, select_by=select_by)
 
 
 def check_labels(config: Config, train: SplitData) -> None:
@@ -71,11 +83,17 @@ def class_weights(config: Config, labels: np.ndarray) -> torch.Tensor | None:
 
 
 def finish(run, config: Config, model, fit: Fit, log) -> str:
-    """Fit the temperature and threshold on validation (``calibration.json``) and score validation with CIs
-    for the model card (``validation.json``)."""
+    """Fit the temperature and threshold on validation (``calibration.json``), score validation with CIs for
+    the model card (``validation.json``), and fit the out-of-distribution guard (``ood_guard.safetensors``)."""
     from medlens.tasks.classification.calibrate import calibrate, validation_metrics
+    from medlens.tasks.classification.ood import fit_model_guard, save_guard
 
-    calibration = calibrate(model, config, fit.validation)
+    held: HeldOut = fit.validation
+    calibration = calibrate(model, config, held.val)
     write_json_atomic(run.calibration, calibration)
-    write_json_atomic(run.validation, json_safe(validation_metrics(model, config, fit.validation, calibration)))
-    return f"temperature {calibration['temperature']:.3f}"
+    write_json_atomic(run.validation, json_safe(validation_metrics(model, config, held.val, calibration)))
+    guard = fit_model_guard(model, held.train_images, held.train_labels, held.val.images)
+    save_guard(guard, run.ood_guard)
+    return (f"temperature {calibration['temperature']:.3f}; out-of-distribution guard: {guard.num_features} features, "
+            f"threshold {guard.threshold:.3g} ({100 * guard.description['validation_flagged']:.0f}% of validation "
+            "flagged)")

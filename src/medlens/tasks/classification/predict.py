@@ -62,14 +62,23 @@ def decide(probs: np.ndarray, task: str, names: list[str], threshold: float) -> 
 
 
 def write_predictions(rows: list[dict], out: Path, names: list[str]) -> Path:
-    """CSV (``path, predicted, p_<class>..., error``) or JSON when ``out`` ends in ``.json``."""
+    """CSV (``path, predicted, p_<class>..., ood_score, in_distribution, error``; the last two empty without a
+    guard) or JSON when ``out`` ends in ``.json``."""
     if out.suffix.lower() == ".json":
         return write_text_atomic(out, json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "predicted", *[f"p_{n}" for n in names], "error"])
+    writer.writerow(["path", "predicted", *[f"p_{n}" for n in names], "ood_score", "in_distribution", "error"])
     for row in rows:
         probs = row.get("probabilities", {})
-        writer.writerow([row["path"], row.get("predicted", ""), *[probs.get(n, "") for n in names],
+        ood = [_cell(row.get(key)) for key in ("ood_score", "in_distribution")]
+        writer.writerow([row["path"], row.get("predicted", ""), *[probs.get(n, "") for n in names], *ood,
                          row.get("error", "")])
     return write_text_atomic(out, buffer.getvalue())
+
+
+def _cell(value) -> str:
+    """A CSV cell: empty for ``None`` (no guard, or the input failed), ``true`` / ``false`` for booleans."""
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -129,6 +129,20 @@ def classification_sections(doc: dict, evidence: ClassificationEvidence | None, 
     return sections
 
 
+def guard_section(guard: dict) -> Section:
+    """How the out-of-distribution guard was fitted and thresholded (``guard``: its description, as in card.json)."""
+    section = Section("Out-of-distribution guard", key="ood-guard")
+    if not guard.get("fitted"):
+        return section.text(guard.get("note", "no out-of-distribution guard"))
+    section.text(f"Every prediction carries `ood_score` and `in_distribution`. {guard['rule']}. Fitted on "
+                 f"{guard['fitted_on_images']} training images ({guard['classes']} class mean(s), "
+                 f"{guard['num_features']} features: {guard.get('features', 'the pooled features')}).")
+    rows = [["threshold (distance)", f"{guard['threshold']:.4g}"],
+            ["target in-distribution recall", f"{100 * guard['recall_target']:.0f}%"],
+            ["validation images flagged", f"{100 * guard['validation_flagged']:.1f}% of {guard['validation_images']}"]]
+    return section.table(Table(["", "value"], rows, key="ood-guard", caption="the guard's threshold"))
+
+
 def compare_table(runs: list) -> Table:
     """``medlens report A B``: each run's headline metrics with CIs (``runs`` as ``[(label, run, config)]``)."""
     from medlens._files import read_json

@@ -86,9 +86,11 @@ class ClassificationTask:
         return evaluate_classification(run, config, model, options, log)
 
     def report_sections(self, run, config, card, doc, evidence) -> list:
-        from medlens.tasks.classification.report import classification_sections
+        from medlens.tasks.classification.ood import describe_guard
+        from medlens.tasks.classification.report import classification_sections, guard_section
 
-        return classification_sections(doc, evidence, list(config.dataset.class_names), config.dataset.source)
+        sections = classification_sections(doc, evidence, list(config.dataset.class_names), config.dataset.source)
+        return [*sections, guard_section(describe_guard(run.ood_guard))]
 
     def compare_table(self, runs):
         from medlens.tasks.classification.report import compare_table
@@ -97,6 +99,9 @@ class ClassificationTask:
 
     # ---- deployment ------------------------------------------------------------------------------------
     def card_details(self, run, config: Config) -> dict:
+        """Preprocessing, calibration and headline metrics, and how the out-of-distribution guard was fitted."""
+        from medlens.tasks.classification.ood import describe_guard
+
         data = config.data
         c = run.read_calibration()
         doc = read_json(run.metrics_json)
@@ -106,7 +111,7 @@ class ClassificationTask:
                           f"resize to {list(data.input_size)}", "softmax / sigmoid of logits / temperature"],
                 "calibration": {"temperature": c["temperature"], "threshold": c["threshold"],
                                 "threshold_rule": c.get("threshold_rule"), "fitted_on": c.get("fitted_on")},
-                "metrics": {k: metrics.get(k) for k in HEADLINE}}
+                "metrics": {k: metrics.get(k) for k in HEADLINE}, "ood_guard": describe_guard(run.ood_guard)}
 
     def predict(self, predictor, image, *, heatmap, tta, probabilities, where) -> dict:
         from medlens.tasks.classification.outputs import predict
