@@ -42,10 +42,12 @@ class Predictor:
         card: the model card (JSON-ready); for a run folder, the card a bundle of it would carry.
         task: the :class:`~medlens.tasks.Task` the model was trained for.
         logits_of: ``images (B, C, *input_size) -> logits`` through the chosen backend.
+        root: the run folder or the verified (unpacked) bundle folder the model came from, where a task finds
+            its other files (the classifier's OOD guard); ``None`` for a Predictor built from objects in memory.
     """
 
     def __init__(self, config: Config, model: torch.nn.Module, *, calibration: dict, postprocess: dict,
-                 card: dict, logits_of=None, keep_alive=None):
+                 card: dict, logits_of=None, keep_alive=None, root: Path | None = None):
         from medlens.tasks import task_for
 
         self.config, self.model, self.card = config, model.eval(), card
@@ -53,6 +55,7 @@ class Predictor:
         self.calibration, self.postprocess = calibration, postprocess
         self.logits_of = logits_of or _torch_logits(self.model)
         self._keep_alive = keep_alive  # the temporary folder of an unzipped bundle lives as long as we do
+        self.root = root
 
     @property
     def class_names(self) -> list[str]:
@@ -78,7 +81,7 @@ class Predictor:
         run = open_run(path)
         config = run.read_config()
         return cls(config, load_model(run, config), calibration=run.read_calibration(),
-                   postprocess=run.read_postprocess(), card=model_card(run, config, sha256(run.weights)))
+                   postprocess=run.read_postprocess(), card=model_card(run, config, sha256(run.weights)), root=run.root)
 
     @classmethod
     def from_bundle(cls, path, *, backend: Backend = "torch") -> Predictor:
@@ -94,7 +97,7 @@ class Predictor:
         logits_of = _exported_logits(bundle, backend, config)
         return cls(config, model, calibration=bundle.read_json("calibration.json", dict(NO_CALIBRATION)),
                    postprocess=bundle.read_json("postprocess.json", dict(NO_POSTPROCESS)), card=bundle.card,
-                   logits_of=logits_of, keep_alive=keep)
+                   logits_of=logits_of, keep_alive=keep, root=bundle.root)
 
     def read(self, source) -> Image:
         """An ``Image`` from a path (file, DICOM series folder, zip of a DICOM series), an ``Image``, or an
