@@ -25,15 +25,16 @@ class Task(str, Enum):
     ORDINAL = "ordinal"  # trained as multi-class for now
     SEGMENTATION = "segmentation"
     DETECTION = "detection"
+    PRETRAINING = "pretraining"  # images without labels: what they train is an encoder (self-supervised)
 
     @property
     def label_form(self) -> str:
-        """``"class"`` (one class index per case), ``"flags"`` (a 0/1 flag per class), ``"mask"`` (a label map)
-        or ``"boxes"`` (labelled boxes, none for a negative case)."""
+        """``"class"`` (one class index per case), ``"flags"`` (a 0/1 flag per class), ``"mask"`` (a label map),
+        ``"boxes"`` (labelled boxes, none for a negative case) or ``"none"`` (images without labels)."""
         return _LABEL_FORMS.get(self.value, "class")
 
 
-_LABEL_FORMS = {"multilabel": "flags", "segmentation": "mask", "detection": "boxes"}
+_LABEL_FORMS = {"multilabel": "flags", "segmentation": "mask", "detection": "boxes", "pretraining": "none"}
 
 
 class Split(str, Enum):

@@ -48,8 +48,9 @@ class Dataset:
     Attributes:
         root: the folder, CSV or archive the user pointed at.
         layout: which source built it (``class_folders``, ``manifest``, ``medmnist``,
-            ``segmentation_pairs``, ``decathlon``; for detection ``voc``, ``coco``, ``box_manifest``, ``box_json``).
-        task: binary / multi-class / multi-label / ordinal / segmentation / detection.
+            ``segmentation_pairs``, ``decathlon``; for detection ``voc``, ``coco``, ``box_manifest``, ``box_json``;
+            without labels ``image_folder``, ``image_manifest``).
+        task: binary / multi-class / multi-label / ordinal / segmentation / detection / pretraining (no labels).
         class_names: class (or label, or segmentation label) names, index = class id.
         cases: the cases, in a stable order.
         spatial_dims: 2 or 3 when known from the layout, else ``None`` (the audit finds out).
@@ -193,6 +194,29 @@ def boxes_from_masks_requested(requested: bool = True) -> Iterator[None]:
 def boxes_from_masks_in_force(explicit: bool | None = None) -> bool:
     """``explicit`` when given, else what :func:`boxes_from_masks_requested` put in force (default: no)."""
     return _BOXES_FROM_MASKS.get() if explicit is None else bool(explicit)
+
+
+_UNLABELLED_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_unlabelled", default=False)
+
+#: layouts of images without labels (a flat folder of images, a CSV with an image column only)
+UNLABELLED_LAYOUTS = ("image_folder", "image_manifest")
+
+
+@contextlib.contextmanager
+def unlabelled_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within the block, datasets opened without an explicit ``unlabelled`` follow ``allowed``: a folder of
+    images without class folders, or a CSV without a label column, opens as images without labels
+    (``medlens pretrain`` puts this in force; elsewhere they are refused, since a label is then missing)."""
+    token = _UNLABELLED_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _UNLABELLED_ALLOWED.reset(token)
+
+
+def unlabelled_in_force(explicit: bool | None = None) -> bool:
+    """``explicit`` when given, else what :func:`unlabelled_allowed` put in force (default: refused)."""
+    return _UNLABELLED_ALLOWED.get() if explicit is None else bool(explicit)
 
 
 def lies_outside(path: Path, root: Path) -> bool:

@@ -1,7 +1,8 @@
 """Class folders: ``root/<class>/<image>`` with an optional split level ``root/<split>/<class>/``.
 
 The layout Keras' ``image_dataset_from_directory`` users know. An entry of a class folder may
-be an image file or a folder holding one DICOM series (one case per series folder).
+be an image file or a folder holding one DICOM series (one case per series folder). Without
+labels (``medlens pretrain``), a flat folder of image files is a dataset too (:func:`open_image_folder`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ def open_class_folders(root: Path) -> Dataset:
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
+
+
+def open_image_folder(root: Path) -> Dataset:
+    """List a folder of image files without labels, one case per file (for self-supervised pretraining).
+
+    Raises:
+        DatasetError: no image file in the folder, or loose slices of one DICOM series.
+    """
+    entries = [p for p in sorted(root.iterdir()) if is_image_file(p)]
+    if not entries:
+        raise DatasetError(f"{root}: no image files (looked for {', '.join(IMAGE_SUFFIXES)}); put the images "
+                           "directly in the folder")
+    _refuse_loose_series(root, entries)
+    cases = [Case(case_id=entry.relative_to(root).as_posix(), images=(entry,)) for entry in entries]
+    others = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith(".")) - len(entries)
+    findings = [Finding("warning", "file.ignored", f"{root}: {others} file(s) that are not images were left out")
+                ] if others else []
+    return Dataset(root, "image_folder", Task.PRETRAINING, (), cases, findings=findings)
 
 
 def _case(root: Path, entry: Path, label: int, split) -> Case:

@@ -71,7 +71,8 @@ class _Row:
         return frozenset(_split_labels(self.label)) if multilabel else self.label
 
 
-def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outside_root: bool | None = None) -> Dataset:
+def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outside_root: bool | None = None,
+                  unlabelled: bool = False) -> Dataset:
     """List the cases of a CSV manifest.
 
     Args:
@@ -80,16 +81,21 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
             stay under it.
         allow_outside_root: follow paths leaving ``image_root`` (``../..``, absolute paths elsewhere,
             links pointing out); ``None`` = what :func:`~medlens.data.dataset.outside_root_allowed` says.
+        unlabelled: a CSV with neither a label nor a mask column lists images without labels (for
+            self-supervised pretraining) instead of being refused.
 
     Raises:
-        DatasetError: no image or label column, an empty CSV, fewer than two classes.
+        DatasetError: no image column, no label column (unless ``unlabelled``), an empty CSV, fewer than
+            two classes.
     """
-    table, columns = _read_rows(csv_path)
+    table, columns = _read_rows(csv_path, unlabelled)
     image_root = Path(image_root) if image_root else csv_path.parent
     rows = [_row(line, raw, columns, image_root) for line, raw in enumerate(table, start=2)]
     allow = allow_outside_root_in_force(allow_outside_root)
     if "mask" in columns and "label" not in columns:
         return _open_segmentation_manifest(csv_path, rows, columns, image_root, allow)
+    if "label" not in columns:
+        return _open_unlabelled_manifest(csv_path, rows, columns, image_root, allow)
     multilabel = any(sep in row.label for row in rows for sep in LABEL_SEPARATORS)
     labelled, label_findings = _check_labels(csv_path, rows, multilabel)
     class_names = _class_names([row.label for row in labelled], multilabel)
@@ -112,7 +118,7 @@ def _row(line: int, raw: dict, columns: dict, image_root: Path) -> _Row:
     rel = _cell(raw, columns["image"])
     patient_id, split = _cell(raw, columns.get("patient_id")) or None, _cell(raw, columns.get("split")) or None
     row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split)
-    if "label" not in columns:  # segmentation: the mask is the label
+    if "mask" in columns and "label" not in columns:  # segmentation: the mask is the label
         row.mask_rel = _cell(raw, columns["mask"])
         row.mask = image_root / row.mask_rel
     return row
@@ -122,7 +128,7 @@ def _cell(raw: dict, column: str | None) -> str:
     return (raw.get(column) or "").strip() if column else ""
 
 
-def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
+def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], dict[str, str]]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -143,10 +149,11 @@ def _read_rows(csv_path: Path) -> tuple[list[dict], dict[str, str]]:
     if "image" not in columns:
         raise DatasetError(f"{csv_path}: no image column; expected one of {', '.join(COLUMNS['image'])}, "
                            f"found columns {header}")
-    if "label" not in columns and "mask" not in columns:
+    if "label" not in columns and "mask" not in columns and not unlabelled:
         raise DatasetError(f"{csv_path}: no label column (classification: one of {', '.join(COLUMNS['label'])}) "
                            f"and no mask column (segmentation: one of {', '.join(COLUMNS['mask'])}); found "
-                           f"columns {header}")
+                           f"columns {header}. To learn an encoder from images without labels use "
+                           "`medlens pretrain CSV`")
     return rows, columns
 
 
@@ -158,6 +165,17 @@ def _open_segmentation_manifest(csv_path: Path, rows: list[_Row], columns: dict,
     cases = [Case(case_id=row.rel, images=(row.path,), mask=row.mask, patient_id=row.patient_id,
                   split=parse_split(row.split, f"{csv_path} line {row.line}")) for row in unique]
     return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases, findings=path_findings + duplicate_findings,
+                   meta={"columns": columns, "image_root": str(image_root)})
+
+
+def _open_unlabelled_manifest(csv_path: Path, rows: list[_Row], columns: dict, image_root: Path,
+                              allow_outside_root: bool) -> Dataset:
+    """Rows of ``image[, patient_id, split]``: images without labels, one case per file."""
+    present, path_findings = _check_paths(csv_path, image_root, rows, allow_outside_root)
+    unique, duplicate_findings = _check_repeats(csv_path, present, multilabel=False)
+    cases = [Case(case_id=row.rel, images=(row.path,), patient_id=row.patient_id,
+                  split=parse_split(row.split, f"{csv_path} line {row.line}")) for row in unique]
+    return Dataset(csv_path, "image_manifest", Task.PRETRAINING, (), cases, findings=path_findings + duplicate_findings,
                    meta={"columns": columns, "image_root": str(image_root)})
 
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, allow_outside_root_in_force, boxes_from_masks_in_force
+from medlens.data.dataset import (
+    Dataset,
+    allow_outside_root_in_force,
+    boxes_from_masks_in_force,
+    unlabelled_in_force,
+)
 from medlens.errors import DatasetError
 from medlens.io.formats import suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                  strict: bool = True, allow_outside_root: bool | None = None,
-                 boxes_from_masks: bool | None = None) -> Dataset:
+                 boxes_from_masks: bool | None = None, unlabelled: bool | None = None) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
@@ -28,19 +33,22 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
             findings for the audit.
         boxes_from_masks: open a segmentation dataset as a detection one, one box per connected component
             of each mask label.
+        unlabelled: open a folder of images without class folders, or a CSV without a label column, as
+            images without labels (``medlens pretrain``); ``None`` = what
+            :func:`~medlens.data.dataset.unlabelled_allowed` put in force (refused by default).
 
     Raises:
         FileNotFoundError / DataMissingError: nothing at ``source``.
         DatasetError: a layout medlens does not recognise, or an invalid dataset.
     """
     path = Path(source).expanduser()
-    allow = allow_outside_root_in_force(allow_outside_root)
+    allow, bare = allow_outside_root_in_force(allow_outside_root), unlabelled_in_force(unlabelled)
     if not path.exists():
         dataset = _open_by_name(str(source))
     elif path.is_file():
-        dataset = _open_file(path, image_root, allow)
+        dataset = _open_file(path, image_root, allow, bare)
     else:
-        dataset = _open_folder(path, allow)
+        dataset = _open_folder(path, allow, bare)
     if boxes_from_masks_in_force(boxes_from_masks):
         from medlens.data.box_sources import detection_from_masks
 
@@ -60,7 +68,7 @@ def _open_by_name(text: str) -> Dataset:
     return open_medmnist(locate(name, size))
 
 
-def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
+def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: bool) -> Dataset:
     suffix = suffix_of(path)
     if suffix in (".csv", ".tsv"):
         from medlens.data.box_manifest import is_box_csv, open_box_manifest
@@ -70,13 +78,14 @@ def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
             return open_box_manifest(path, Path(image_root) if image_root else None,
                                      allow_outside_root=allow_outside_root)
 
-        return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root)
+        return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root,
+                             unlabelled=unlabelled)
     if suffix == ".npz":
         from medlens.data.medmnist import open_medmnist
 
         return open_medmnist(path)
     if path.name == "dataset.json":
-        return _open_folder(path.parent, allow_outside_root)
+        return _open_folder(path.parent, allow_outside_root, unlabelled)
     if suffix == ".json":
         from medlens.data.box_sources import open_box_json_file
 
@@ -91,7 +100,7 @@ def _open_file(path: Path, image_root, allow_outside_root: bool) -> Dataset:
                        "To look at one image use `medlens info FILE`")
 
 
-def _open_folder(root: Path, allow_outside_root: bool) -> Dataset:
+def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Dataset:
     from medlens.data import box_sources, folders, segmentation
 
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
@@ -108,8 +117,11 @@ def _open_folder(root: Path, allow_outside_root: bool) -> Dataset:
     if folders.looks_like_class_folders(root):
         return folders.open_class_folders(root)
     if all(p.is_file() for p in entries):
+        if unlabelled:
+            return folders.open_image_folder(root)
         raise DatasetError(f"{root} holds {len(entries)} files but no class folders or image/mask pairs; put images "
                            "in root/<class_name>/, or images/ + labels/ for segmentation, or write a CSV manifest "
-                           "(a folder of DICOM slices is one image: `medlens info FOLDER`)")
+                           "(a folder of DICOM slices is one image: `medlens info FOLDER`); to learn an encoder from "
+                           "images without labels use `medlens pretrain FOLDER`")
     raise DatasetError(f"{root}: layout not recognised; expected root/<class>/<images>, root/<split>/<class>/<images>, "
                        "images/ + labels/, or a dataset.json")

@@ -9,7 +9,7 @@ import numpy as np
 
 from medlens.config import Config
 from medlens.data import open_dataset
-from medlens.data.dataset import Dataset
+from medlens.data.dataset import UNLABELLED_LAYOUTS, Dataset
 from medlens.data.splits import make_splits, read_splits
 from medlens.data.tensors import label_array, preprocess_cases
 from medlens.errors import ConfigError, DatasetError
@@ -35,7 +35,8 @@ def open_config_dataset(config: Config) -> Dataset:
     """Re-open the dataset a plan was made for, checking it still matches."""
     dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
                            allow_outside_root=config.dataset.allow_outside_root or None,
-                           boxes_from_masks=config.dataset.boxes_from_masks)
+                           boxes_from_masks=config.dataset.boxes_from_masks,
+                           unlabelled=config.dataset.layout in UNLABELLED_LAYOUTS or None)
     check_plan_fits(config, dataset)
     return dataset
 
