@@ -17,6 +17,7 @@ from importlib import import_module
 COMMANDS = {
     "plan": ("medlens.cli.plan", "audit a dataset and write an editable training plan (plan.yaml)"),
     "train": ("medlens.cli.train", "train a model (plans first unless --plan); resumable"),
+    "pretrain": ("medlens.cli.pretrain", "learn an encoder from images alone (self-supervised), to fine-tune later"),
     "evaluate": ("medlens.cli.evaluate", "metrics with 95%% CIs, calibration and a baseline on the test split"),
     "predict": ("medlens.cli.predict", "predict new images with a trained run"),
     "export": ("medlens.cli.export", "write a deployable bundle: weights, model card, exports, checksums"),
