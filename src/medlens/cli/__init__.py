@@ -28,7 +28,7 @@ COMMANDS = {
     "split": ("medlens.cli.split", "make reproducible patient-level train/val/test splits"),
     "info": ("medlens.cli.info", "read one image (file or DICOM folder) and print its geometry"),
     "demo-data": ("medlens.cli.demo_data", "generate the embedded synthetic demo dataset"),
-    "fetch": ("medlens.cli.fetch", "download an official MedMNIST file and check its MD5"),
+    "fetch": ("medlens.cli.fetch", "download a MedMNIST file or pretrained weights and verify its checksum"),
 }
 
 

@@ -1,4 +1,9 @@
-"""Model weights on disk: atomic saving, safe loading (never unpickling code), and transfer between networks."""
+"""Model weights on disk: atomic saving, safe loading (never unpickling code), and transfer between networks.
+
+``transfer_weights`` takes a medlens run or checkpoint (tensors matched by name and shape), or a file
+in a layout users download (torchvision / timm / MedicalNet; see :mod:`medlens.models.pretrained`),
+or the name of a known file that ``medlens fetch weights NAME`` put in the weights folder.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 
 from medlens._files import write_atomic
 from medlens.errors import ConfigError
+from medlens.models import pretrained
 
 
 def save_atomic(obj, path: Path) -> Path:
@@ -16,7 +22,11 @@ def save_atomic(obj, path: Path) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Model weights from a ``weights.pt``, a Lightning ``.ckpt`` or a run folder (``weights_only`` loading).
+    """Model weights from a ``weights.pt``, a Lightning ``.ckpt``, a run folder, or a downloaded file.
+
+    Torch files are read with ``weights_only`` loading (no code is unpickled); ``.safetensors`` files
+    with safetensors. A ``{"state_dict": ...}`` wrapper (MedicalNet, Lightning) is opened, and the
+    ``module.`` prefix DataParallel writes is removed.
 
     Raises:
         ConfigError: missing or unreadable file, or a file that holds no weights.
@@ -25,29 +35,74 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / "weights.pt"
     if not path.is_file():
-        raise ConfigError(f"{path}: no such checkpoint; give a run folder, its weights.pt, or a .ckpt file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not a plain weights file
-        raise ConfigError(f"{path}: not a loadable weights file ({str(exc).splitlines()[0]}); only plain tensors "
-                          "are accepted (torch.load weights_only=True)") from None
+        raise ConfigError(f"{path}: no such checkpoint; give a run folder, its weights.pt, a .ckpt file, a downloaded "
+                          f"weights file, or a known name ({', '.join(pretrained.KNOWN_WEIGHTS)})")
+    content = _read_weights_file(path)
     state = content.get("state_dict", content) if isinstance(content, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: holds no state_dict of tensors")
+    if all(k.startswith("module.") for k in state):  # saved from torch.nn.DataParallel (MedicalNet)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of a task's module
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return state
 
 
-def transfer_weights(model: torch.nn.Module, source: Path) -> dict:
-    """Load matching weights from ``source`` into ``model``; report what was re-initialised.
+def _read_weights_file(path: Path):
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-    Tensors whose shapes differ (typically the classifier head, when the class count changes) keep
-    their fresh initialisation. A single network's weights seed every member of an ensemble.
-    Raises ConfigError when less than half of the model's tensors match,
-    which means the checkpoint belongs to another network or task.
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/parsing failure means: not a plain weights file
+        raise ConfigError(f"{path}: not a loadable weights file ({str(exc).splitlines()[0]}); only plain tensors "
+                          "are accepted (torch.load weights_only=True, or .safetensors)") from None
+
+
+def resolve_source(source) -> Path:
+    """``--init-from``'s value as a path: an existing path as is, a known name as its fetched file.
+
+    Raises:
+        ConfigError: a known name whose file is absent (the message says how to fetch it, or what to put where).
     """
+    path = Path(source)
+    if not path.exists() and str(source) in pretrained.KNOWN_WEIGHTS:
+        return pretrained.locate_weights(str(source))
+    return path
+
+
+def transfer_weights(model: torch.nn.Module, source) -> dict:
+    """Load matching weights from ``source`` into ``model``; report what was loaded, re-initialised and why.
+
+    ``source`` is a medlens run folder or checkpoint, a downloaded file in a known layout
+    (torchvision / timm ResNet, DenseNet-121, EfficientNet-B0; MedicalNet 3D ResNet), or a known
+    name (``resnet18-imagenet``). For a medlens source, tensors whose shapes differ (typically the
+    head, when the class count changes) keep their fresh initialisation. A single network's weights
+    seed every member of an ensemble.
+
+    Returns:
+        ``source``, ``layout`` (what the file was recognised as), ``loaded`` (count), ``reinitialised``
+        and ``missing`` (sorted network keys), ``groups`` (``action``, ``why``, ``tensors``, ``keys``) and
+        ``summary`` (one line for the log).
+
+    Raises:
+        ConfigError: less than half of the model's tensors match (another network, task or width), or a
+            downloaded layout for another network family or dimensionality (naming the one it fits).
+    """
+    source = resolve_source(source)
     state = load_state_dict(source)
+    first = model.members[0] if getattr(model, "members", None) is not None else model
+    if hasattr(first, "backbone") and not any(k.startswith(("backbone.", "head.", "members.")) for k in state):
+        backbone_keys = [k.removeprefix("backbone.") for k in first.state_dict() if k.startswith("backbone.")]
+        layout = pretrained.recognise_layout(state, backbone_keys)
+        if layout is not None:
+            return _transfer_layout(model, first, state, layout, source)
+    return _transfer_medlens(model, state, source)
+
+
+def _transfer_medlens(model: torch.nn.Module, state: dict, source: Path) -> dict:
+    """A medlens run or checkpoint: tensors matched by name and shape."""
     own = model.state_dict()
     members = getattr(model, "members", None)
     if members is not None and not any(k.startswith("members.") for k in state):  # one network -> each member
@@ -61,4 +116,53 @@ def transfer_weights(model: torch.nn.Module, source: Path) -> dict:
                           "it is a checkpoint of another network or task. Use a run of the same model name")
     own.update(matched)
     model.load_state_dict(own)
-    return {"source": str(source), "loaded": len(matched), "reinitialised": reshaped, "missing": missing}
+    groups = [{"action": "re-initialised", "why": "shape: differs from the checkpoint's (the head, when the class "
+               "count changes)", "tensors": len(reshaped), "keys": reshaped}] if reshaped else []
+    summary = f"medlens weights: loaded {len(matched)} of {len(own)} tensors" + _describe(groups)
+    return {"source": str(source), "layout": "medlens run or checkpoint", "loaded": len(matched),
+            "reinitialised": reshaped, "missing": missing, "groups": groups, "summary": summary}
+
+
+def _transfer_layout(model: torch.nn.Module, first: torch.nn.Module, state: dict, layout, source: Path) -> dict:
+    """A downloaded file in a recognised layout, mapped onto every member's network."""
+    own = model.state_dict()
+    prefixes = [f"members.{i}." for i in range(len(model.members))] if first is not model else [""]
+    single = first.state_dict()
+    pretrained.check_fits(layout, first.name, first.spatial_dims, source)
+    mapped = pretrained.map_onto(single, state, layout, network=first.name,
+                                 small=min(first.input_size) < pretrained.SMALL_INPUT)
+    counted = [k for k in single if not k.endswith("num_batches_tracked")]
+    from_file = [k for k in mapped.from_file if not k.endswith("num_batches_tracked")]
+    if len(from_file) < len(counted) / 2:
+        shape = next((why for (_, why) in mapped.groups if why.startswith("shape")), "no shared names")
+        raise ConfigError(f"{source}: a {layout.name} file, but only {len(from_file)} of {len(counted)} tensors of "
+                          f"{first.name} take its weights ({shape}); the network is built at another width than the "
+                          "file: set --set model.width=1.0 (the width the file was trained at)")
+    for prefix in prefixes:
+        own.update({prefix + k: v for k, v in mapped.tensors.items()})
+    model.load_state_dict(own)
+    groups = [{"action": action, "why": why, "tensors": len(keys) * len(prefixes),
+               "keys": [p + k for p in prefixes for k in keys]} for (action, why), keys in mapped.groups.items()]
+    loaded = len(mapped.from_file) * len(prefixes)
+    summary = f"{layout.name} file: loaded {loaded} of {len(own)} tensors of {model.name}{_describe(groups)}"
+    if mapped.unused:
+        summary += f"; {len(mapped.unused)} tensors of the file have no place in the network"
+    return {"source": str(source), "layout": layout.name, "loaded": loaded,
+            "reinitialised": _keys(groups, "re-initialised"), "adapted": _keys(groups, "adapted"),
+            "missing": _keys(groups, "re-initialised", ("not in the file", "head")),
+            "groups": groups, "unused": mapped.unused, "summary": summary}
+
+
+def _keys(groups: list[dict], action: str, why: tuple[str, ...] = ("",)) -> list[str]:
+    """Sorted keys of the groups with this action whose reason starts with one of ``why``."""
+    return sorted(k for g in groups if g["action"] == action and g["why"].startswith(why) for k in g["keys"])
+
+
+def _describe(groups: list[dict]) -> str:
+    """``"; re-initialised head.fc.weight, head.fc.bias (head: ...)"`` for every group, or ``""``."""
+    parts = []
+    for g in groups:
+        keys = g["keys"]
+        named = ", ".join(keys) if len(keys) <= 2 else f"{len(keys)} tensors ({keys[0]}, ...)"
+        parts.append(f"; {g['action']} {named} ({g['why']})")
+    return "".join(parts)
