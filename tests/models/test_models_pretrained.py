@@ -130,7 +130,7 @@ def test_a_torchvision_or_timm_resnet_loads_all_but_the_head_and_reports_why(tmp
     assert report["adapted"] == sorted(f"backbone.{k}" for k in SHORTCUT_BIASES)
     assert_backbone_equal(target, source, skip=SHORTCUT_BIASES)
     assert all(target.state_dict()[f"backbone.{k}"].eq(0).all() for k in SHORTCUT_BIASES)
-    assert "head: always new, for this task's 2 classes (2 tensors of the file's own head are not used)" in \
+    assert "(head: always new, for this task's 2 classes; the file's own head (2 tensors) is not used)" in \
         report["summary"]
     assert "bias: the file's convolution has none; set to zero" in report["summary"]
     assert target(torch.randn(2, 3, 64, 64)).shape == (2, 2)
@@ -187,7 +187,7 @@ def test_a_medicalnet_resnet_maps_onto_resnet18_3d_and_says_its_shortcuts_start_
     assert len(shortcuts) == 18 and report["missing"] == sorted(shortcuts + ["head.fc.bias", "head.fc.weight"])
     assert report["loaded"] == len(target.state_dict()) - 2 - 18 - 3  # head, shortcuts, their step counters
     assert "shortcut A (parameter-free)" in report["summary"]
-    assert "3 tensors of the file's own head are not used" in report["summary"]
+    assert "the file's own head (3 tensors) is not used" in report["summary"]
     assert_backbone_equal(target, source, skip={k.removeprefix("backbone.") for k in shortcuts})
     assert target.eval()(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2)
 

@@ -339,7 +339,7 @@ def _map_stem(mapped: Mapped, target: str, value: torch.Tensor, want: torch.Size
 def _account_rest(mapped: Mapped, own: dict, targets: set[str], layout: Layout) -> None:
     """The network's tensors the file did not fill: head, bias-free convolutions, absent layers."""
     head_classes = next((v.shape[0] for k, v in own.items() if k.startswith("head.") and v.ndim == 2), None)
-    file_head = f" ({len(mapped.dropped)} tensors of the file's own head are not used)" if mapped.dropped else ""
+    file_head = f"; the file's own head ({len(mapped.dropped)} tensors) is not used" if mapped.dropped else ""
     placed = {k for keys in mapped.groups.values() for k in keys}
     for key in own:
         if key in mapped.tensors or key in placed:
