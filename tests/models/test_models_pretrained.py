@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from medlens.errors import ConfigError
 from medlens.models import Ensemble, build_classifier
 from medlens.models.pretrained import adapt_input_conv
-from medlens.models.weights import transfer_weights
+from medlens.models.weights import layout_network, save_atomic, transfer_weights
 
 IMAGENET = 1000
 
@@ -39,7 +39,8 @@ def trained_elsewhere(model) -> dict[str, torch.Tensor]:
 
     ``2 v + 1`` differs from ``v`` everywhere (no initial value is -1) and keeps variances positive.
     """
-    return {k: v * 2 + 1 if v.is_floating_point() else v for k, v in backbone_state(model).items()}
+    return {k.removeprefix("backbone."): v * 2 + 1 if v.is_floating_point() else v
+            for k, v in model.state_dict().items() if k.startswith("backbone.")}
 
 
 # --- the source layouts, from a MONAI network's state --------------------------------------------
@@ -104,9 +105,11 @@ def efficientnet(backbone: dict, library: str) -> dict:
 
 
 def assert_backbone_equal(target, expected: dict, skip=()) -> None:
-    for key, value in backbone_state(target).items():
-        if key not in skip and not key.endswith("num_batches_tracked"):
-            torch.testing.assert_close(value, expected[key], msg=key)
+    """Every backbone tensor (but ``skip`` and step counters) is exactly the file's (copied, not computed)."""
+    own = {k.removeprefix("backbone."): v for k, v in target.state_dict().items() if k.startswith("backbone.")}
+    differ = [k for k, v in own.items()
+              if k not in skip and not k.endswith("num_batches_tracked") and not torch.equal(v, expected[k])]
+    assert differ == []
 
 
 # --- each layout maps back ---------------------------------------------------------------------
@@ -243,6 +246,16 @@ def test_every_member_of_an_ensemble_gets_the_file(tmp_path):
     assert report["loaded"] == 2 * (len(target.members[0].state_dict()) - 6)  # head, 3 biases, the small stem
     for member in target.members:
         assert_backbone_equal(member, source, skip=SHORTCUT_BIASES | {"conv1.weight"})
+
+
+def test_the_network_a_file_is_for_can_be_read_before_planning(tmp_path):
+    resnet = network("resnet18_3d", 16, channels=1)
+    torch.save(medicalnet_resnet(trained_elsewhere(resnet)), tmp_path / "resnet_18.pth")
+    save_atomic(resnet.state_dict(), tmp_path / "weights.pt")
+
+    assert layout_network(tmp_path / "resnet_18.pth", spatial_dims=3) == "resnet18_3d"
+    assert layout_network(tmp_path / "resnet_18.pth", spatial_dims=2) is None  # a 3D file says nothing for 2D data
+    assert layout_network(tmp_path / "weights.pt", spatial_dims=3) is None  # a medlens run has its own plan
 
 
 # --- files that fit no layer -----------------------------------------------------------------------

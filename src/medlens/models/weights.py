@@ -72,6 +72,24 @@ def resolve_source(source) -> Path:
     return path
 
 
+def layout_network(source, spatial_dims: int) -> str | None:
+    """The registry network a downloaded weights file (or known name) is for, e.g. ``"resnet18_2d"``.
+
+    For the plan of a run started ``--init-from`` such a file (its width is 1.0). None for a medlens
+    run or checkpoint (its own plan says its network), an unrecognised file, or a file of other dimensions.
+
+    Raises:
+        ConfigError: a missing or unreadable file, or a known name not fetched yet.
+    """
+    state = load_state_dict(resolve_source(source))
+    if any(k.startswith(("backbone.", "head.", "members.")) for k in state):
+        return None
+    layout = pretrained.recognise_layout(state)
+    if layout is None or layout.family is None or layout.spatial_dims != spatial_dims:
+        return None
+    return f"{layout.family}_{layout.spatial_dims}d"
+
+
 def transfer_weights(model: torch.nn.Module, source) -> dict:
     """Load matching weights from ``source`` into ``model``; report what was loaded, re-initialised and why.
 
