@@ -302,3 +302,12 @@ def test_a_medicalnet_resnet10_fits_no_registry_network(tmp_path):
     with pytest.raises(ConfigError, match=r"MedicalNet ResNet-10 \(3D\) weights file matches no layer of resnet18_3d; "
                                           r"no registry network has this layout"):
         transfer_weights(network("resnet18_3d", 16, channels=1), tmp_path / "resnet_10.pth")
+
+
+def test_a_file_in_no_known_layout_says_which_layouts_are_known(tmp_path):
+    vgg = {"features.0.weight": torch.zeros(64, 3, 3, 3), "classifier.6.weight": torch.zeros(IMAGENET, 4096)}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+
+    with pytest.raises(ConfigError, match=r"vgg16.pth: only 0 of \d+ weight tensors fit this resnet18_2d .* neither a "
+                                          r"medlens checkpoint nor a layout medlens recognises \(torchvision / timm"):
+        transfer_weights(network("resnet18_2d", 16), tmp_path / "vgg16.pth")

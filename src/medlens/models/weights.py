@@ -131,7 +131,7 @@ def _transfer_medlens(model: torch.nn.Module, state: dict, source: Path) -> dict
     if len(matched) < len(own) / 2:
         raise ConfigError(f"{source}: only {len(matched)} of {len(own)} weight tensors fit this "
                           f"{getattr(model, 'name', 'model')} (e.g. missing {missing[:1] or reshaped[:1]}); "
-                          "it is a checkpoint of another network or task. Use a run of the same model name")
+                          + _other_network_hint(state))
     own.update(matched)
     model.load_state_dict(own)
     groups = [{"action": "re-initialised", "why": "shape: differs from the checkpoint's (the head, when the class "
@@ -169,6 +169,13 @@ def _transfer_layout(model: torch.nn.Module, first: torch.nn.Module, state: dict
             "reinitialised": _keys(groups, "re-initialised"), "adapted": _keys(groups, "adapted"),
             "missing": _keys(groups, "re-initialised", ("not in the file", "head")),
             "groups": groups, "unused": mapped.unused, "summary": summary}
+
+
+def _other_network_hint(state: dict) -> str:
+    if any(k.startswith(("backbone.", "head.", "members.")) for k in state):
+        return "it is a checkpoint of another network or task. Use a run of the same model name"
+    return ("it is neither a medlens checkpoint nor a layout medlens recognises (torchvision / timm ResNet-18/34/50, "
+            "DenseNet-121, EfficientNet-B0; MedicalNet 3D ResNet-18/34/50; see docs/guide/pretrained-weights.md)")
 
 
 def _keys(groups: list[dict], action: str, why: tuple[str, ...] = ("",)) -> list[str]:
