@@ -65,10 +65,11 @@ def module_for(size=(16, 16), model="seedcnn_2d") -> ContrastiveModule:
     return ContrastiveModule(classifier, config, steps_per_epoch=3)
 
 
-def test_the_loss_is_monai_contrastive_loss_of_the_two_views_projections():
+@pytest.mark.parametrize("size, model", [((16, 16), "seedcnn_2d"), ((16, 16, 16), "seedcnn_3d")])
+def test_the_loss_is_monai_contrastive_loss_of_the_two_views_projections(size, model):
     from monai.losses import ContrastiveLoss
 
-    module, x = module_for(), images((16, 16), batch=6)
+    module, x = module_for(size, model), images(size, batch=6)
     module.eval()  # batch norm in inference mode: the same projections twice
     loss = module.contrastive_loss(x, torch.Generator().manual_seed(5))
     a, b = two_views(x, module.config, torch.Generator().manual_seed(5))
