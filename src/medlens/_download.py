@@ -85,9 +85,10 @@ def download_verified(url: str, target: Path, checksum: Checksum, *, error: type
             shutil.copyfileobj(response, out, length=1 << 20)
         if not checksum.matches(Path(tmp)):
             got = file_digest(Path(tmp), checksum.algorithm)
+            expected = checksum.digest + ("... (the published prefix)" if checksum.prefix else "")
             raise error(f"downloaded {target.name} from {url} has {_NAMES[checksum.algorithm]} {got}, expected "
-                        f"{checksum.describe()}; the file was deleted. The download was corrupted or the source "
-                        "changed: try again, or check the address")
+                        f"{expected}; the file was deleted. The download was corrupted or the source changed: try "
+                        "again, or check the address")
         os.replace(tmp, target)
     except OSError as exc:  # URLError, timeouts and disk errors are all OSError
         raise error(f"could not download {url} ({exc}); check the network, or download it by hand (from a machine "

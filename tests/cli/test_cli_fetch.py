@@ -72,7 +72,7 @@ def test_a_file_with_another_hash_is_refused_and_deleted(cli, tmp_path):
     result = cli("fetch", "weights", "resnet18-imagenet", "--root", tmp_path / "w", "--url", impostor.as_uri())
 
     assert result.rc == 2 and "Traceback" not in result.err
-    assert "has SHA-256 " in result.err and "expected SHA-256 f37072fd... (the prefix in the file name" in result.err
+    assert "has SHA-256 " in result.err and "expected f37072fd... (the published prefix)" in result.err
     assert "the file was deleted" in result.err
     assert list((tmp_path / "w").iterdir()) == []
 
