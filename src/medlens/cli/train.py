@@ -23,8 +23,10 @@ ARGUMENTS = [
     (["--time-budget"], {"type": parse_duration, "help": "training time limit, e.g. 90s, 10m (plans epochs to fit)"}),
     (["--out"], {"type": Path, "help": "run folder to create (default: runs/<dataset>); never overwritten"}),
     (["--resume"], {"type": Path, "metavar": "RUN", "help": "continue an interrupted run from its last checkpoint"}),
-    (["--init-from"], {"type": Path, "metavar": "CHECKPOINT_OR_RUN",
-                       "help": "start from these weights (local file or run folder); differing layers re-initialised"}),
+    (["--init-from"], {"type": Path, "metavar": "RUN_FILE_OR_NAME",
+                       "help": "start from these weights: a run folder (a `medlens pretrain` run too), a downloaded "
+                               "torchvision / timm / MedicalNet file, or a name from `medlens fetch weights`; "
+                               "what matched and what was re-initialised (and why) is printed"}),
     (["--devices"], {"type": int, "default": 1, "help": "GPUs (or CPU processes with --strategy ddp) per node"}),
     (["--num-nodes"], {"type": int, "default": 1, "help": "machines taking part (each started by torchrun or SLURM's "
                                                           "srun with the same command); the plan shares every epoch "

@@ -7,19 +7,16 @@ The metadata (tasks, class names, split sizes, official URLs and MD5s of every f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-import urllib.request
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from medlens._download import Checksum, download_verified
 from medlens.budget import check_voxels
 from medlens.data.dataset import Dataset
 from medlens.errors import DataMissingError, DatasetError
@@ -158,14 +155,6 @@ class _ArrayLoader:
                      spacing_known=False, path=self.path, meta={"case": case.case_id})
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_medmnist(name: str, size: int = 28, root: Path | None = None, *, url: str | None = None,
                    progress=None) -> Path:
     """Download one official MedMNIST file and check its MD5 (atomic: no partial file is left).
@@ -185,22 +174,5 @@ def fetch_medmnist(name: str, size: int = 28, root: Path | None = None, *, url: 
     name, size = parse_name(f"{name}_{size}")
     entry = medmnist_info()[name]["files"][str(size)]
     root = Path(root or os.environ.get("MEDLENS_DATA_DIR") or "~/.medmnist").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / entry["file"]
-    if target.is_file() and md5sum(target) == entry["md5"]:
-        return target
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry['file']}.", suffix=".part", dir=root)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url or entry["url"], timeout=60) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        got = md5sum(Path(tmp))
-        if got != entry["md5"]:
-            raise DatasetError(f"downloaded {entry['file']} has MD5 {got}, expected {entry['md5']}; "
-                               "the download was corrupted or the source changed: try again")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise DatasetError(f"could not download {url or entry['url']} ({exc}); check the network, or download it "
-                           f"by hand into {root}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return target
+    return download_verified(url or entry["url"], root / entry["file"], Checksum("md5", entry["md5"]),
+                             error=DatasetError)

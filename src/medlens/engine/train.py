@@ -114,8 +114,12 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
                     strategy=strategy, checkpoint=None, progress_bar=progress_bar, log=log)
     config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes, log,
                                                      task=task, task_options=task_options)
-    if plan is None and init_from:
-        config = adopt_encoder(config, reasons, Path(init_from), log)
+    if init_from:
+        from medlens.models.weights import resolve_source
+
+        init_from = resolve_source(init_from)  # a known name not fetched yet fails before a run folder exists
+        if plan is None:
+            config = adopt_encoder(config, reasons, init_from, log)
     config = apply_overrides(config, list(overrides))
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
@@ -134,16 +138,21 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
 
 
 def adopt_encoder(config: Config, reasons: dict[str, str], init_from: Path, log=print) -> Config:
-    """A plan made now that starts from other weights (``--init-from``): a medlens run's network
-    (``model.name``, ``model.width``) is taken so its weights fit, and where the task has the schedule the
-    new head first learns on a frozen backbone for a tenth of the epochs (``train.freeze_epochs``).
+    """A plan made now that starts from other weights (``--init-from``): the network of a medlens run, or of
+    a downloaded weights file in a known layout (an ImageNet ResNet-18 -> ``resnet18_2d`` at width 1), is
+    taken so the weights fit, and where the task has the schedule the new head first learns on a frozen
+    backbone for a tenth of the epochs (``train.freeze_epochs``).
 
-    A run of a network of other dimensions, or a weights file, keeps the planned network (the transfer
-    then says what matched).
+    A source of other dimensions, or an unrecognised file, keeps the planned network (the transfer then
+    says what matched).
     """
+    from medlens.models.weights import layout_network
+
     source_plan = init_from / "plan.yaml"
     if source_plan.is_file():
         config = _adopt_network(config, reasons, read_plan(source_plan)[0].model, init_from, log)
+    elif init_from.is_file() and (network := layout_network(init_from, config.dataset.spatial_dims)):
+        config = _adopt_network(config, reasons, replace(config.model, name=network, width=1.0), init_from, log)
     if "train.freeze_epochs" not in task_for(config).ignored and config.train.freeze_epochs == 0:
         freeze = max(1, round(config.train.max_epochs / 10))
         config = replace(config, train=replace(config.train, freeze_epochs=freeze))
@@ -238,7 +247,7 @@ def _transfer(fit: Fit, init_from, log) -> dict | None:
     from medlens.models.weights import transfer_weights
 
     transfer = transfer_weights(fit.module.model, Path(init_from))
-    log(f"--init-from: loaded {transfer['loaded']} tensors; re-initialised {transfer['reinitialised'] or 'none'}")
+    log(f"--init-from: {transfer['summary']}")
     return transfer
 
 
