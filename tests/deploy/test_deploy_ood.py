@@ -144,3 +144,18 @@ def test_the_page_warns_when_the_image_is_out_of_distribution(browser, smear):
         assert page.is_hidden("#ood") and page.text_content("#ood") == ""
     page.close()
     assert errors == []
+
+
+@pytest.mark.browser
+def test_the_served_page_warns_for_a_smear_and_not_for_a_chest_image(open_watched, serve, onnx_bundle, smear, study):
+    server = serve(Predictor.from_path(onnx_bundle))
+    page, errors = open_watched(server.url + "/", (server.url, "data:", "blob:"))
+    page.wait_for_selector("#model:has-text('binary')")
+    page.set_input_files("#file", str(smear))
+    page.wait_for_selector("#ood", state="visible", timeout=60_000)
+    assert page.text_content("#ood").startswith("Warning: this image looks unlike the images the model was trained on")
+    page.set_input_files("#file", str(study))
+    page.wait_for_selector("#ood", state="hidden", timeout=60_000)
+    assert page.is_hidden("#error")
+    page.close()
+    assert errors == []

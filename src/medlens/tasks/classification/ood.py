@@ -17,7 +17,8 @@ normalised features. k-NN is not clearly better, and its bank grows with the dat
 is ``K + F`` vectors whatever the data size.
 
 Ensembles: the members' features are concatenated (``F = M * F_member``), so one density model sees
-every member's view (0.967 above, against 0.950 for the mean of per-member distances).
+every member's view (0.967 above, against 0.950 for the mean of per-member distances). The price is the
+file: ``F * F`` float32 for the precision, 26 MB for five ResNet-18s at width 1 (``F = 2560``).
 
 The threshold is the 95th percentile of the validation images' scores (95% in-distribution recall):
 an image scoring above it is flagged ``in_distribution = False``. Everything is saved in one
