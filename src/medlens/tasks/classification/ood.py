@@ -205,10 +205,9 @@ def describe_guard(path: Path) -> dict:
 def guard_for(predictor) -> OodGuard | None:
     """The guard of the run or bundle folder a :class:`~medlens.deploy.Predictor` was opened from
     (``predictor.root``), read once; ``None`` for a model without one (or a Predictor built without a folder)."""
-    root = getattr(predictor, "root", None)  # a Predictor built from objects in memory has no folder
-    if root is None:
+    if predictor.root is None:
         return None
-    path = Path(root) / GUARD_FILE
+    path = Path(predictor.root) / GUARD_FILE
     if not path.is_file():
         return None
     stat = path.stat()
