@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 PROJECTION_DIM = 128  # coreset selection runs on a random projection (Johnson-Lindenstrauss), as PatchCore does
-CANDIDATES_PER_SLOT = 20  # at most this many candidate features per memory slot (a seeded random subset)
+CANDIDATES_PER_SLOT = 10  # at most this many candidate features per memory slot (a seeded random subset)
 CHUNK = 2048  # memory vectors per distance block: (queries x CHUNK) floats at a time
 
 
@@ -37,11 +37,14 @@ def greedy_coreset(features: torch.Tensor, size: int, *, seed: int = 0) -> torch
     points = _project(features[pool].float(), generator)
     chosen = torch.empty(size, dtype=torch.int64)
     chosen[0] = int(torch.randint(len(points), (1,), generator=generator))
+    squares = points.pow(2).sum(1)
     nearest = torch.full((len(points),), float("inf"), device=points.device)
     for i in range(size):
         if i:
             chosen[i] = int(nearest.argmax())
-        nearest = torch.minimum(nearest, (points - points[chosen[i]]).pow(2).sum(1))
+        centre = points[chosen[i]]
+        # |p - c|^2 as |p|^2 - 2 p.c + |c|^2: one matrix-vector product, no (N, D) temporary per step
+        torch.minimum(nearest, squares - 2 * (points @ centre) + squares[chosen[i]], out=nearest)
     return pool[chosen]
 
 
@@ -69,11 +72,12 @@ def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, neighbours: i
         ``(Q,)`` distances.
     """
     q2 = queries.pow(2).sum(1, keepdim=True)
-    best = None
-    for start in range(0, memory.shape[0], CHUNK):
+    best, size = None, int(memory.shape[0])  # fixed for a network: a constant of its trace
+    for start in range(0, size, CHUNK):
         block = memory[start:start + CHUNK]
         d2 = (q2 - 2 * queries @ block.T + block.pow(2).sum(1)[None]).clamp_min(0)
+        columns = min(CHUNK, size - start) + (0 if best is None else best.shape[1])
         if best is not None:
             d2 = torch.cat([best, d2], dim=1)
-        best = torch.topk(d2, min(neighbours, d2.shape[1]), dim=1, largest=False).values
+        best = torch.topk(d2, min(neighbours, columns), dim=1, largest=False).values
     return best.sqrt().mean(1)

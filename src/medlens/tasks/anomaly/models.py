@@ -56,13 +56,13 @@ class GaussianSmoothing(nn.Module):
         x = torch.arange(-radius, radius + 1, dtype=torch.float32)
         kernel = torch.exp(-0.5 * (x / max(sigma_vox, 1e-6)) ** 2)
         self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
-        self.spatial_dims, self.radius = spatial_dims, radius
+        self.spatial_dims, self.radius, self.width = spatial_dims, radius, 2 * radius + 1
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
         for axis in range(self.spatial_dims):
             shape = [1, 1] + [1] * self.spatial_dims
-            shape[2 + axis] = len(self.kernel)
+            shape[2 + axis] = self.width
             pad = [0, 0] * self.spatial_dims
             pad[2 * (self.spatial_dims - 1 - axis)] = pad[2 * (self.spatial_dims - 1 - axis) + 1] = self.radius
             maps = conv(F.pad(maps, pad, mode="replicate"), self.kernel.view(shape))
