@@ -110,3 +110,24 @@ def test_3d_smoke(tmp_path):
     from medlens.io import read_image
 
     assert read_image(tmp_path / "maps" / "case030_anomaly.nii.gz").array.shape[1:] == (16, 16, 16)
+
+
+def test_explain_shows_the_anomaly_map(blob_run, blob_csv, tmp_path):
+    printed = medlens("explain", blob_run, blob_csv.parent / "blob" / "case070.png", "--out", tmp_path / "ex")
+    doc = json.loads((tmp_path / "ex" / "explanations.json").read_text())
+    row = doc["inputs"][0]
+    assert row["predicted"] in ("normal", "anomalous") and row["anomaly_score"] > 0 and doc["sanity"] is None
+    assert (tmp_path / "ex" / "case070_cam.png").is_file() and "map of anomaly" in printed
+
+
+def test_service_body(blob_run, blob_csv, tmp_path):
+    import base64
+
+    from medlens.deploy import Predictor
+
+    predictor = Predictor.from_path(blob_run)
+    result = predictor.predict(blob_csv.parent / "blob" / "case070.png", heatmap=True)
+    body = predictor.task.to_json(result, {"heatmap": True, "map": True}, tmp_path)
+    assert set(body) >= {"task", "anomaly_score", "decision", "threshold", "model_version", "heatmap_png", "map_nifti"}
+    assert base64.b64decode(body["heatmap_png"])[:4] == b"\x89PNG"
+    json.dumps(body)  # JSON-ready

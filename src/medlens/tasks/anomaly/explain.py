@@ -20,6 +20,7 @@ def explain_image(model, config: Config, calibration: dict, image, *, where: str
     _, anomaly_map = score_image(lambda x: predict_logits(model, x), image, config, where)
     threshold = float(calibration["threshold"])
     score = float(np.max(anomaly_map))
-    row = {"anomaly_score": round(score, 6), "decision": "anomalous" if score > threshold else "normal",
+    decision = "anomalous" if score > threshold else "normal"
+    row = {"predicted": decision, "explained_class": "anomaly (the anomaly map)", "anomaly_score": round(score, 6),
            "threshold": threshold}
     return Explained(row, display_map(anomaly_map, threshold))

@@ -26,7 +26,7 @@ class AnomalyTask:
                          "train.label_smoothing", "train.sampler", "train.freeze_epochs", "train.finetune_lr_factor",
                          "train.ema_fraction", "evaluate.tta", "evaluate.baseline"})
     runs_exports = True
-    service_options = ("heatmap", "map")
+    service_options = ("heatmap",)  # and "map" (the map as NIfTI) once the service's OPTIONS take it
 
     # ---- plan ----------------------------------------------------------------------------------------
     def plan(self, card, *, time_budget_s, device, processes=1, probe=True, normal=()):
