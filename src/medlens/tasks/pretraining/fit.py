@@ -40,7 +40,7 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     # the validation batch is the training batch: NT-Xent's value depends on how many negatives a batch holds
     val_loader = make_loader(val.images, None, t.batch_size, num_workers=workers)
     log(f"pretraining on {len(train.images)} training images ({len(val.images)} for the validation loss)")
-    return Fit(module, loader, val_loader, config, steps, validation=train, csv_metrics=CSV_METRICS,
+    return Fit(module, loader, val_loader, config, steps, validation=val, csv_metrics=CSV_METRICS,
                select_by="val_loss")
 
 
@@ -60,19 +60,19 @@ def split_images(dataset, name: str, cases: list, config: Config) -> ImageSplit:
 
 def finish(run, config: Config, model, fit: Fit, log) -> str:
     """Write ``pretrain.json``: what the encoder was trained on and how far its losses came."""
-    trainer = fit.module.trainer
     rows = run.read_epoch_rows()
     last = rows[-1] if rows else {}
-    n, steps = len(fit.validation.images), max(fit.steps_per_epoch, 1)
-    done = int(trainer.global_step)
+    n, steps, done = len(fit.train_loader.dataset), max(fit.steps_per_epoch, 1), int(fit.module.trainer.global_step)
+    seen = (done // steps) * n + (done % steps) * config.train.batch_size  # the last batch of an epoch is smaller
+    val_losses = [v for r in rows if (v := _number(r.get("val_loss"))) is not None]
     summary = {"method": config.pretrain.method, "network": config.model.name, "feature_size": model.num_features,
-               "train_images": n, "optimisation_steps": done, "epochs": int(trainer.current_epoch),
-               "images_seen": (done // steps) * n + (done % steps) * config.train.batch_size,
+               "train_images": n, "val_images": len(fit.validation.images), "optimisation_steps": done,
+               "epochs": int(fit.module.trainer.current_epoch), "images_seen": seen,
                "final_train_loss": _number(last.get("train_loss")), "final_val_loss": _number(last.get("val_loss")),
-               "best_val_loss": min((v for r in rows if (v := _number(r.get("val_loss"))) is not None), default=None),
+               "best_val_loss": min(val_losses, default=None),
                "fine_tune": f"medlens train DATA --init-from {run.root}"}
     write_json_atomic(run.root / PRETRAIN_JSON, summary)
-    return f"encoder of {model.num_features} features after {summary['images_seen']} images seen"
+    return f"encoder of {model.num_features} features after {seen} images seen"
 
 
 def _number(value) -> float | None:
