@@ -13,8 +13,11 @@ Why Mahalanobis and not k-NN distance (Sun et al., ICML 2022): measured on the d
 both separate the test images from every other synthetic modality perfectly (AUROC 1.00 against
 smears, lesion-volume slices, sinusoid textures and noise); on the near case, the test chest images
 upside down, Mahalanobis reaches AUROC 0.967 against 0.956 for 1-NN and 0.891 for 5-NN on
-normalised features. k-NN is not clearly better, and its bank grows with the data; the Gaussian
-is ``K + F`` vectors whatever the data size.
+normalised features. On real data the gap is wide: a PneumoniaMNIST classifier (one ResNet-18 at width
+0.25, 4 epochs, 128 features, 4708 training images) flags 7.5% of its test images (5.0% of validation)
+and separates them from BreastMNIST, BUSI, DRIVE, ISBI-EM and Hippocampus slices with AUROC 0.971,
+0.981, 0.975, 0.954 and 0.989; 1-NN reaches 0.862, 0.878, 0.897, 0.585 and 0.678. k-NN is not better,
+and its bank grows with the data; the Gaussian is ``K + F`` vectors whatever the data size.
 
 Ensembles: the members' features are concatenated (``F = M * F_member``), so one density model sees
 every member's view (0.967 above, against 0.950 for the mean of per-member distances). The price is the
