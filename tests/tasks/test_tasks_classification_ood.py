@@ -148,7 +148,9 @@ def test_the_run_s_card_and_report_say_how_the_guard_was_fitted(cls_run):
     from medlens.runs import open_run
 
     run = open_run(cls_run.root)
-    card = model_card(run, run.read_config(), "0" * 64)["ood_guard"]
+    whole = model_card(run, run.read_config(), "0" * 64)
+    card = whole["ood_guard"]
+    assert "Each prediction carries in_distribution" in whole["intended_use"]
     assert card["fitted"] and card["method"] == "mahalanobis" and card["num_features"] > 0
     assert "ensemble members' features concatenated" in card["features"]
     assert card == json.loads(json.dumps(describe_guard(run.ood_guard)))

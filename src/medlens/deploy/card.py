@@ -70,4 +70,13 @@ def intended_use(card: dict) -> str:
             f"'{data['name']}' ({data['modality'] or 'modality not recorded'}). Inputs are prepared as "
             f"'preprocessing' says (network input {size}, {card['input']['channels']} channel(s)); images unlike "
             "the training data (another modality, scanner, population or view) are outside what was validated, "
-            "and the figures under 'metrics' do not hold for them.")
+            "and the figures under 'metrics' do not hold for them." + _guard_sentence(card.get("ood_guard")))
+
+
+def _guard_sentence(guard: dict | None) -> str:
+    """What the out-of-distribution guard adds to the intended use ('' for a task or model without one)."""
+    if not guard or not guard.get("fitted"):
+        return ""
+    return (" Each prediction carries in_distribution, false for an image farther from the training images (in the "
+            "network's features) than 95% of the validation images were ('ood_guard'); it catches images clearly "
+            "unlike the training data, not every shift.")
