@@ -71,3 +71,16 @@ def test_autoencoder_map_shape(size):
 
 def test_autoencoder_levels():
     assert autoencoder_levels((32, 32)) == 3 and autoencoder_levels((28, 28)) == 2 and autoencoder_levels((27,)) == 0
+
+
+def test_patch_features_bounded_per_image():
+    from medlens.tasks.anomaly.infer import patch_features
+
+    model = patchcore()
+    images = torch.rand(5, 1, 32, 32).numpy()
+    every = patch_features(model, images)
+    some = patch_features(model, images, per_image=10, seed=2)
+    assert every.shape == (5 * 16 * 16, model.feature_dim) and some.shape == (50, model.feature_dim)
+    # the kept rows are patches of the images, not new vectors
+    assert torch.isclose(some[:, None], every[None], atol=1e-5).all(-1).any(1).all()
+    assert torch.equal(some, patch_features(model, images, per_image=10, seed=2))

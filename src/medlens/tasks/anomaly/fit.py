@@ -80,10 +80,18 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
 
 
 def fill_memory(model, images: np.ndarray, *, seed: int) -> int:
-    """The coreset of the patch features of ``images`` into ``model.memory``; returns the distinct rows kept."""
-    from medlens.tasks.anomaly.infer import patch_features
+    """The coreset of the patch features of ``images`` into ``model.memory``; returns the distinct rows kept.
 
-    return model.fill_memory(patch_features(model, images), seed=seed)
+    The coreset draws from at most ``CANDIDATES_PER_SLOT`` features per memory slot, so only that many are
+    gathered, an equal random share of each image's patches (929 volumes of 14^3 patches would be 1 GB).
+    """
+    import math
+
+    from medlens.tasks.anomaly.infer import patch_features
+    from medlens.tasks.anomaly.memory import CANDIDATES_PER_SLOT
+
+    per_image = math.ceil(CANDIDATES_PER_SLOT * model.memory.shape[0] / max(len(images), 1))
+    return model.fill_memory(patch_features(model, images, per_image=per_image, seed=seed), seed=seed)
 
 
 def calibrate(model, config: Config, normal_val: SplitData) -> dict:

@@ -27,14 +27,23 @@ def scores_of(maps: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def patch_features(model, images: np.ndarray) -> torch.Tensor:
-    """Every patch feature of ``images (N, C, *input_size)`` as rows ``(N * prod(grid), D)``, on the model's
-    device (PatchCore)."""
+def patch_features(model, images: np.ndarray, *, per_image: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Patch features of ``images (N, C, *input_size)`` as rows ``(R, D)`` on the model's device (PatchCore).
+
+    Args:
+        per_image: keep this many of each image's ``prod(grid)`` patches, a seeded random choice (``None``: all),
+            so that the rows stay bounded however many images there are (``R = N * min(per_image, prod(grid))``).
+    """
     device = best_device()
     model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(seed)
     rows, size = [], batch_size_for(images)
     for start in range(0, len(images), size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + size], dtype=np.float32)).to(device)
-        features = model.patch_features(x).float()
-        rows.append(features.flatten(2).transpose(1, 2).reshape(-1, features.shape[1]))
+        features = model.patch_features(x).float().flatten(2).transpose(1, 2)  # (B, P, D)
+        if per_image is not None and per_image < features.shape[1]:
+            keep = torch.stack([torch.randperm(features.shape[1], generator=generator)[:per_image]
+                                for _ in range(len(features))]).to(device)
+            features = torch.gather(features, 1, keep[..., None].expand(-1, -1, features.shape[2]))
+        rows.append(features.reshape(-1, features.shape[2]))
     return torch.cat(rows)
