@@ -37,7 +37,8 @@ def bundle_2d(run_2d, tmp_path_factory) -> Path:
 
 def test_a_bundle_holds_weights_card_plan_and_a_checksum_of_every_file(bundle_2d, run_2d):
     names = sorted(p.name for p in bundle_2d.iterdir())
-    assert names == ["calibration.json", "card.json", "checksums.json", "model.safetensors", "plan.yaml"]
+    assert names == ["calibration.json", "card.json", "checksums.json", "model.safetensors", "ood_guard.safetensors",
+                     "plan.yaml"]
     sums = json.loads((bundle_2d / "checksums.json").read_text())
     assert sums["algorithm"] == "sha256" and sorted(sums["files"]) == [n for n in names if n != "checksums.json"]
     card = open_bundle(bundle_2d).card

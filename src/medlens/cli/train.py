@@ -50,15 +50,13 @@ ARGUMENTS = [
 
 
 def task_request(args) -> tuple[str | None, dict | None]:
-    """``--task`` and its options (``--normal``) as ``make_plan``'s ``task, task_options``."""
+    """``--task`` and its options (``--normal``) as ``make_plan``'s ``task, task_options``; the task's plan
+    checks them (``--task anomaly`` without ``--normal`` says which classes there are)."""
     from medlens.errors import ConfigError
 
-    if args.normal and args.task != "anomaly":
-        raise ConfigError(f"--normal {' '.join(args.normal)} names the normal class of an anomaly run; add --task "
+    if args.normal and not args.task:
+        raise ConfigError(f"--normal {' '.join(args.normal)} names the normal class of a one-class run; add --task "
                           "anomaly (or leave --normal out to train a classifier)")
-    if args.task == "anomaly" and not args.normal:
-        raise ConfigError("--task anomaly needs the class that is normal: add --normal CLASS (one of the dataset's "
-                          "classes; `medlens inspect DATA` lists them)")
     return args.task, ({"normal": tuple(args.normal)} if args.normal else None)
 
 

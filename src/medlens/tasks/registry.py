@@ -51,7 +51,7 @@ def task_for(what: Config | str) -> Task:
         task = TASKS.get(name)
         if kind == name or kind in task.kinds:
             return task
-    known = ", ".join(f"{n} ({', '.join(TASKS.get(n).kinds)})" for n in TASKS)
+    known = ", ".join(f"{n} ({', '.join(TASKS.get(n).kinds) or f'--task {n}'})" for n in TASKS)
     raise ConfigError(f"no task trains `{kind}` data; the tasks are {known}")
 
 
