@@ -37,3 +37,27 @@ def test_pixel_auroc_and_roc_points():
     fpr, tpr = roc_points(np.array([0, 1], dtype=bool), np.array([0.1, 0.9]))
     assert fpr[-1] == 1.0 and tpr[-1] == 1.0
     assert len(roc_points(np.array([0, 0], dtype=bool), np.array([0.1, 0.9]))[0]) == 0
+
+
+def test_pixel_auroc_over_the_cases_with_masks(tmp_path):
+    from dataclasses import replace
+
+    from medlens.config import Config, DataSection, DatasetSection
+    from medlens.data.prepared import SplitData
+    from medlens.io import Image, identity_direction, write_image
+    from medlens.tasks.anomaly.evaluate import _pixel
+    from medlens.types import Case
+
+    config = Config(dataset=DatasetSection(task="anomaly", class_names=("normal", "blob")),
+                    data=DataSection(input_size=(4, 4)))
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:4, :4] = 1  # the top-left quarter, at twice the network's grid
+    path = write_image(Image(mask[None], (1.0, 1.0), (0.0, 0.0), identity_direction(2)), tmp_path / "m.nii.gz")
+    cases = [Case("a", (tmp_path / "a.png",), label=1, mask=path), Case("b", (tmp_path / "b.png",), label=0)]
+    maps = np.zeros((2, 4, 4), dtype=np.float32)
+    maps[0, :2, :2] = 1.0
+    data = SplitData("test", cases, np.zeros((2, 1, 4, 4), np.float32), np.array([1, 0]))
+    pixel = _pixel(data, maps, np.array([True, False]), config)
+    assert pixel == {"auroc": 1.0, "n_cases": 1, "n_abnormal": 1}
+    no_masks = replace(data, cases=[replace(c, mask=None) for c in cases])
+    assert _pixel(no_masks, maps, np.array([True, False]), config)["auroc"] is None
