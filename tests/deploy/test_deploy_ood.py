@@ -92,11 +92,20 @@ def test_a_run_and_a_bundle_from_before_the_guard_predict_without_it(cli, old_ru
     assert row["ood_score"] == row["in_distribution"] == "" and row["predicted"] == result["label"]
 
 
-def test_a_guard_that_does_not_fit_the_model_is_refused_naming_the_file(old_run, smear, tmp_path):
+def test_a_guard_that_does_not_fit_the_model_or_of_the_first_layout_is_refused_naming_the_file(old_run, smear,
+                                                                                               tmp_path):
+    from safetensors.numpy import save_file
+
     run = shutil.copytree(old_run, tmp_path / "run")
     rng = np.random.default_rng(0)
-    save_guard(fit_guard(rng.normal(0, 1, (20, 4)), None, rng.normal(0, 1, (10, 4))), run / GUARD_FILE)
-    with pytest.raises(GuardError, match=rf"{run / GUARD_FILE}: the guard holds features of size 4"):
+    save_guard(fit_guard({"input": rng.normal(0, 1, (20, 4))}, None, {"input": rng.normal(0, 1, (10, 4))}),
+               run / GUARD_FILE)
+    with pytest.raises(GuardError, match=rf"{run / GUARD_FILE}: the guard holds blocks of features {{'input': 4}} "
+                                         r"but the model gives {'input': 23, '0:"):
+        Predictor.from_run(run).predict(smear)
+    save_file({"means": np.zeros((2, 4), np.float32), "precision": np.eye(4, dtype=np.float32),
+               "threshold": np.asarray(1.0, np.float32)}, str(run / GUARD_FILE), metadata={"medlens_ood": "{}"})
+    with pytest.raises(GuardError, match=rf"{run / GUARD_FILE}: a guard of the first layout"):
         Predictor.from_run(run).predict(smear)
 
 

@@ -1,5 +1,5 @@
-"""The out-of-distribution guard: the distance, the fit and threshold, the file, and the demo classifier's guard
-against images of other synthetic modalities."""
+"""The out-of-distribution guard: the block distances and their combination, the fit and threshold, the stages
+found on every family, the file, and the demo classifier's guard against images of other synthetic modalities."""
 
 from __future__ import annotations
 
@@ -12,89 +12,157 @@ import torch
 from medlens.tasks.classification.ood import (
     GUARD_FILE,
     NO_GUARD,
+    Gaussian,
     GuardError,
     OodGuard,
     describe_guard,
     extract_features,
     feature_size,
+    feature_sizes,
     fit_guard,
+    fit_model_guard,
+    input_features,
     read_guard,
     save_guard,
+    stage_features,
+    stage_modules,
 )
 
 
-def test_the_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
-    means = np.array([[0.0, 0.0], [10.0, 0.0]])
-    guard = OodGuard(means, np.eye(2), 6.0, {})
-    scores, inside = guard.check(np.array([[3.0, 4.0], [10.0, 2.0], [5.0, 30.0]]))
-    np.testing.assert_allclose(scores, [5.0, 2.0, np.hypot(5, 30)])
-    assert inside.tolist() == [True, True, False]
-    stretched = OodGuard(means, np.diag([1.0, 0.25]), 6.0, {})  # variance 4 along the second axis
-    np.testing.assert_allclose(stretched.score(np.array([[0.0, 4.0]])), [2.0])
+def _classifier(name: str = "seedcnn_2d", size=(32, 32), width: float = 0.25, seed: int = 0):
+    from medlens.models import build_classifier
+
+    torch.manual_seed(seed)
+    return build_classifier(name, in_channels=1, num_classes=2, input_size=size, width=width).eval()
 
 
-def test_the_threshold_lets_95_percent_of_validation_through_and_flags_far_images():
-    rng = np.random.default_rng(0)
+def test_a_block_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+    gaussian = Gaussian(np.array([[0.0, 0.0], [10.0, 0.0]]), np.eye(2))
+    np.testing.assert_allclose(gaussian.distance(np.array([[3.0, 4.0], [10.0, 2.0], [5.0, 30.0]])),
+                               [5.0, 2.0, np.hypot(5, 30)])
+    stretched = Gaussian(np.zeros((1, 2)), np.diag([1.0, 0.25]))  # variance 4 along the second axis
+    np.testing.assert_allclose(stretched.distance(np.array([[0.0, 4.0]])), [2.0])
+
+
+def test_the_score_is_the_largest_block_distance_standardised_by_validation():
+    blocks = {"input": Gaussian(np.zeros((1, 2)), np.eye(2)), "0:layer1": Gaussian(np.zeros((1, 1)), np.eye(1) / 4)}
+    guard = OodGuard(blocks, centre=np.array([1.0, 2.0]), scale=np.array([2.0, 0.5]), threshold=3.0, description={})
+    features = {"input": np.array([[3.0, 4.0], [0.0, 1.0]]), "0:layer1": np.array([[1.0], [8.0]])}
+    # row 0: input (5 - 1) / 2 = 2, layer1 (0.5 - 2) / 0.5 = -3; row 1: input (1 - 1) / 2 = 0, layer1 (4 - 2) / 0.5 = 4
+    np.testing.assert_allclose(guard.standardised(features), [[2.0, -3.0], [0.0, 4.0]])
+    scores, inside = guard.check(features)
+    np.testing.assert_allclose(scores, [2.0, 4.0])
+    assert inside.tolist() == [True, False] and guard.num_features == 3
+
+
+def _blocks(rng, groups: np.ndarray, shift: float = 0.0) -> dict[str, np.ndarray]:
     centres = np.zeros((2, 32))
     centres[1, 0] = 6.0
+    n = len(groups)
+    return {"input": rng.normal(0, 1, (n, 8)), "0:layer1": centres[groups] + rng.normal(0, 1, (n, 32)) + shift}
+
+
+def test_the_threshold_lets_95_percent_of_validation_through_and_a_shift_in_one_block_is_flagged():
+    rng = np.random.default_rng(0)
     train_groups = rng.integers(0, 2, 400)
-    train = centres[train_groups] + rng.normal(0, 1, (400, 32))
-    val = centres[rng.integers(0, 2, 200)] + rng.normal(0, 1, (200, 32))
-    guard = fit_guard(train, train_groups, val)
-    assert guard.means.shape == (2, 32) and guard.precision.shape == (32, 32)
+    guard = fit_guard(_blocks(rng, train_groups), train_groups, _blocks(rng, rng.integers(0, 2, 200)))
+    assert guard.blocks["0:layer1"].means.shape == (2, 32) and guard.blocks["input"].precision.shape == (8, 8)
     assert guard.description["validation_flagged"] == pytest.approx(0.05, abs=0.011)
-    fresh = centres[rng.integers(0, 2, 400)] + rng.normal(0, 1, (400, 32))
-    assert np.mean(~guard.check(fresh)[1]) < 0.12
-    far = rng.normal(0, 1, (50, 32)) + 4.0  # shifted along every feature
-    assert np.all(~guard.check(far)[1])
+    assert guard.description["blocks"] == {"input": 8, "0:layer1": 32} and guard.description["num_features"] == 40
+    assert np.mean(~guard.check(_blocks(rng, rng.integers(0, 2, 400)))[1]) < 0.12
+    assert np.all(~guard.check(_blocks(rng, rng.integers(0, 2, 50), shift=4.0))[1])  # the input block is as usual
     assert guard.description["fitted_on_images"] == 400 and guard.description["classes"] == 2
 
 
-def test_multilabel_labels_fit_one_gaussian():
+def test_multilabel_labels_fit_one_gaussian_per_block():
     rng = np.random.default_rng(1)
-    guard = fit_guard(rng.normal(0, 1, (60, 8)), None, rng.normal(0, 1, (20, 8)))
-    assert guard.means.shape == (1, 8) and guard.description["classes"] == 1
+    guard = fit_guard({"input": rng.normal(0, 1, (60, 8))}, None, {"input": rng.normal(0, 1, (20, 8))})
+    assert guard.blocks["input"].means.shape == (1, 8) and guard.description["classes"] == 1
 
 
-def test_the_file_round_trips_and_a_missing_file_means_no_guard(tmp_path):
+def test_stage_and_input_features_are_channel_statistics():
+    out = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]], [[2.0, 2.0], [2.0, 2.0]]]])  # (1, 2, 2, 2)
+    np.testing.assert_allclose(stage_features(out).numpy(), [[2.0, 2.0, np.sqrt(4 / 3), 0.0]], rtol=1e-6)
+    assert stage_features(torch.ones((3, 300, 2, 2))).shape == (3, 300)  # wider than 256 channels: means only
+    flat = torch.full((2, 1, 8, 8), 0.5)
+    features = input_features(flat)
+    assert features.shape == (2, 16 + 5 + 2)
+    np.testing.assert_allclose(features[0].numpy(), [0.5] * 22 + [0.0])
+    assert input_features(torch.zeros((1, 2, 8, 8, 8))).shape == (1, 2 * (64 + 7))
+
+
+@pytest.mark.parametrize(("name", "size", "expected"), [
+    ("resnet18_2d", (28, 28), ["layer1", "layer2", "layer3", "layer4"]),
+    ("seedcnn_2d", (32, 32), ["features.0", "features.1", "features.2", "features"]),
+    ("mobilenet_2d", (64, 64), [*(f"features.stage{i}" for i in range(4)), "features"]),
+])
+def test_the_stages_are_the_last_module_at_each_resolution(name, size, expected):
+    model = _classifier(name, size)
+    assert stage_modules(model) == expected
+    sizes = feature_sizes(model)
+    assert list(sizes) == ["input", *[f"0:{n}" for n in expected]] and sizes["input"] == 16 + 7
+    assert feature_size(model) == sum(sizes.values())
+
+
+def test_an_ensemble_s_blocks_are_its_members_blocks_side_by_side():
+    from medlens.models import Ensemble
+
+    members = [_classifier(seed=s) for s in range(2)]
+    images = np.random.default_rng(4).random((3, 1, 32, 32), dtype=np.float32)
+    features = extract_features(Ensemble(members), images)
+    stages = stage_modules(members[0])
+    assert list(features) == ["input", *[f"{i}:{s}" for i in range(2) for s in stages]]
+    own = extract_features(members[1], images)
+    for stage in stages:
+        np.testing.assert_allclose(features[f"1:{stage}"], own[f"0:{stage}"], rtol=1e-5, atol=1e-6)
+    chosen = extract_features(Ensemble(members), images, blocks=["input", f"1:{stages[-1]}"])
+    assert list(chosen) == ["input", f"1:{stages[-1]}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_guard(tmp_path_factory):
+    """A seedcnn_2d at width 0.25 and its guard, fitted on noise images and saved."""
     rng = np.random.default_rng(2)
-    guard = fit_guard(rng.normal(0, 1, (50, 6)), rng.integers(0, 3, 50), rng.normal(0, 1, (20, 6)))
-    path = save_guard(guard, tmp_path / GUARD_FILE)
+    model = _classifier()
+    guard = fit_model_guard(model, rng.random((40, 1, 32, 32)), rng.integers(0, 2, 40), rng.random((20, 1, 32, 32)))
+    return model, guard, save_guard(guard, tmp_path_factory.mktemp("guard") / GUARD_FILE)
+
+
+def test_the_file_round_trips_and_a_missing_file_means_no_guard(tiny_guard, tmp_path):
+    model, guard, path = tiny_guard
     assert path.read_bytes()[8:9] == b"{"  # safetensors: a length, then a JSON header; no pickle
-    back = read_guard(path, 6)
-    np.testing.assert_allclose(back.means, guard.means, rtol=1e-6)
-    np.testing.assert_allclose(back.precision, guard.precision, rtol=1e-5)
+    assert path.stat().st_size < 4 * sum(f * (f + 2) for f in feature_sizes(model).values()) + 4096
+    back = read_guard(path, model)
+    assert list(back.blocks) == list(guard.blocks) == list(feature_sizes(model))
+    for name, gaussian in guard.blocks.items():
+        np.testing.assert_allclose(back.blocks[name].means, gaussian.means, rtol=1e-6)
+        np.testing.assert_allclose(back.blocks[name].precision, gaussian.precision, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(back.centre, guard.centre, rtol=1e-6)
     assert back.threshold == pytest.approx(guard.threshold, rel=1e-6)
     assert back.description == guard.description == describe_guard(path)
-    assert read_guard(tmp_path / "none" / GUARD_FILE, 6) is None
+    assert guard.description["features"] == "the input and the network's 4 stages"
+    assert read_guard(tmp_path / "none" / GUARD_FILE, model) is None
     assert describe_guard(tmp_path / "none" / GUARD_FILE) == NO_GUARD
 
 
-def test_a_guard_of_another_feature_size_or_a_damaged_file_is_refused_naming_the_file(tmp_path):
-    rng = np.random.default_rng(3)
-    path = save_guard(fit_guard(rng.normal(0, 1, (30, 4)), None, rng.normal(0, 1, (10, 4))), tmp_path / GUARD_FILE)
-    with pytest.raises(GuardError, match=rf"{GUARD_FILE}: the guard holds features of size 4 .* model gives 16"):
-        read_guard(path, 16)
+def test_a_guard_of_another_model_a_damaged_file_or_the_first_layout_is_refused_naming_the_file(tiny_guard, tmp_path):
+    from safetensors.numpy import save_file
+
+    _, _, path = tiny_guard
+    with pytest.raises(GuardError, match=rf"{GUARD_FILE}: the guard holds blocks of features .*'0:features.0': 16"
+                                         r".* but the model gives .*'0:features.0': 32"):
+        read_guard(path, _classifier(width=0.5))
     damaged = tmp_path / "damaged" / GUARD_FILE
     damaged.parent.mkdir()
     damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
     with pytest.raises(GuardError, match=rf"damaged/{GUARD_FILE}: not a readable out-of-distribution guard"):
-        read_guard(damaged, 4)
-
-
-def test_an_ensemble_s_features_are_its_members_features_side_by_side():
-    from medlens.models import Ensemble, build_classifier
-
-    torch.manual_seed(0)
-    members = [build_classifier("seedcnn_2d", in_channels=1, num_classes=2, input_size=(32, 32)) for _ in range(2)]
-    ensemble = Ensemble(members).eval()
-    images = np.random.default_rng(4).random((3, 1, 32, 32), dtype=np.float32)
-    features = extract_features(ensemble, images)
-    f = members[0].num_features
-    assert features.shape == (3, 2 * f) == (3, feature_size(ensemble))
-    with torch.no_grad():
-        np.testing.assert_allclose(features[:, f:], members[1].forward_features(torch.from_numpy(images)).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        read_guard(damaged, _classifier())
+    first = tmp_path / "first" / GUARD_FILE
+    first.parent.mkdir()
+    save_file({"means": np.zeros((2, 64), np.float32), "precision": np.eye(64, dtype=np.float32),
+               "threshold": np.asarray(3.0, np.float32)}, str(first), metadata={"medlens_ood": "{}"})
+    with pytest.raises(GuardError, match=rf"first/{GUARD_FILE}: a guard of the first layout .* train the run again"):
+        read_guard(first, _classifier())
 
 
 # ---- the demo classifier's guard (the session's trained run) ---------------------------------------------------
@@ -131,7 +199,7 @@ def test_the_demo_classifier_flags_other_modalities_and_lets_its_own_test_images
     run = open_run(cls_run.root)
     config = run.read_config()
     model = load_model(run, config)
-    guard = read_guard(run.ood_guard, feature_size(model))
+    guard = read_guard(run.ood_guard, model)
     assert guard.description["validation_flagged"] <= 0.1 and guard.description["recall_target"] == 0.95
     dataset = open_config_dataset(config)
     test = prepare_split(dataset, "test", split_cases(dataset, resolve_splits(dataset, config), 0)["test"], config)
@@ -151,8 +219,9 @@ def test_the_run_s_card_and_report_say_how_the_guard_was_fitted(cls_run):
     whole = model_card(run, run.read_config(), "0" * 64)
     card = whole["ood_guard"]
     assert "Each prediction carries in_distribution" in whole["intended_use"]
-    assert card["fitted"] and card["method"] == "mahalanobis" and card["num_features"] > 0
-    assert "ensemble members' features concatenated" in card["features"]
+    assert card["fitted"] and card["method"] == "mahalanobis-stages" and card["num_features"] > 0
+    assert "stages over 5 ensemble members" in card["features"] and card["blocks"]["input"] == 16 + 7
+    assert card["num_features"] == sum(card["blocks"].values())
     assert card == json.loads(json.dumps(describe_guard(run.ood_guard)))
     markdown = (run.root / "report.md").read_text()
     assert "## Out-of-distribution guard" in markdown and f"{card['threshold']:.4g}" in markdown
