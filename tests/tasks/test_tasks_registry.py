@@ -30,14 +30,17 @@ def test_every_kind_the_data_layer_detects_has_exactly_one_task():
     assert sorted(all_kinds()) == sorted(k.value for k in Kind)
     assert task_for("binary") is task_for("multilabel") is task_named("classification")
     assert task_for("segmentation") is task_named("segmentation")
+    assert task_for("anomaly") is task_named("anomaly")  # asked for by name (--task anomaly), not by the data
     assert task_for(Config(dataset=DatasetSection(task="ordinal"))).name == "classification"
 
 
-@pytest.mark.parametrize("name", ["classification", "segmentation"])
+@pytest.mark.parametrize("name", ["classification", "segmentation", "detection", "anomaly", "pretraining"])
 def test_registered_tasks_satisfy_the_protocol(name):
+    from medlens.deploy.service import OPTIONS
+
     task = task_named(name)
     assert isinstance(task, Task)
-    assert task.monitors and set(task.service_options) <= {"heatmap", "mask"}
+    assert task.monitors and set(task.service_options) <= set(OPTIONS)
     fields = {f"{s}.{k}" for s, v in Config().as_dict().items() for k in v} | set(Config().as_dict())
     assert task.ignored <= fields, f"{name} ignores keys that do not exist: {sorted(task.ignored - fields)}"
 

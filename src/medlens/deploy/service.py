@@ -32,7 +32,7 @@ _FORM_OVERHEAD_BYTES = 64 * 1024
 # a refused body up to this much past the limit is read and dropped so the client sees the 413
 _DRAIN_BYTES = 16 << 20
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-OPTIONS = ("heatmap", "mask", "overlay")  # POST /v1/predict's boolean options; each task answers some of them
+OPTIONS = ("heatmap", "mask", "overlay", "map")  # POST /v1/predict's boolean options; each task answers some of them
 
 
 class Metrics:

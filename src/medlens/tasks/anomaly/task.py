@@ -18,7 +18,7 @@ class AnomalyTask:
     :mod:`.outputs`. Trained with ``medlens train DATA --task anomaly --normal CLASS``."""
 
     name = "anomaly"
-    kinds = ("anomaly",)
+    kinds = ()  # no data are anomaly data by themselves: class-labelled data train it when asked (--task anomaly)
     monitors = ("val_loss",)
     ignored = frozenset({"segment", "detect", "dataset.boxes_from_masks", "data.target_spacing",
                          "data.foreground_stats", "model.filters", "model.strides", "model.kernels",
@@ -26,7 +26,7 @@ class AnomalyTask:
                          "train.label_smoothing", "train.sampler", "train.freeze_epochs", "train.finetune_lr_factor",
                          "train.ema_fraction", "evaluate.tta", "evaluate.baseline"})
     runs_exports = True
-    service_options = ("heatmap",)  # and "map" (the map as NIfTI) once the service's OPTIONS take it
+    service_options = ("heatmap", "map")
 
     # ---- plan ----------------------------------------------------------------------------------------
     def plan(self, card, *, time_budget_s, device, processes=1, probe=True, normal=()):
