@@ -6,6 +6,7 @@ is set, a missing browser fails instead of skipping.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from pathlib import Path
@@ -136,5 +137,27 @@ def test_detection_boxes_are_drawn_over_the_preview_at_the_displayed_scale(brows
     page.wait_for_selector("#label:has-text('tumor')")
     assert page.eval_on_selector_all("#boxes .box", "els => els.length") == 0
     assert page.text_content("#confidence-title") == "calibrated confidence"
+    page.close()
+    assert errors == []
+
+
+def test_an_anomaly_answer_shows_the_decision_score_threshold_and_map(browser, tmp_path):
+    from PIL import Image as PILImage
+
+    png = tmp_path / "chest.png"
+    PILImage.new("L", (64, 64), 90).save(png)
+    red = tmp_path / "map.png"
+    PILImage.new("RGB", (64, 64), (255, 0, 0)).save(red)
+    anomaly = {"task": "anomaly", "anomaly_score": 2.5, "decision": "anomalous", "threshold": 1.25,
+               "model_version": "v-test", "heatmap_png": base64.b64encode(red.read_bytes()).decode()}
+    page, errors, _ = serve_page_answering(browser, [anomaly])
+    page.wait_for_selector("#model:has-text('detection')")
+    page.set_input_files("#file", str(png))
+    page.wait_for_selector("#label:has-text('anomalous')")
+    assert page.text_content("#confidence-title") == "anomaly score"
+    assert page.text_content("#confidence") == "2.500"
+    rows = page.eval_on_selector_all("#probabilities tbody tr", "rs => rs.map(r => r.textContent)")
+    assert rows == ["anomaly score2.500", "threshold1.250"]
+    assert page.text_content("#heatmap-caption") == "anomaly map"
     page.close()
     assert errors == []
