@@ -5,7 +5,7 @@ plan.py        the plan rules: input size, normalisation, network, imbalance, ep
 module.py      the LightningModule: loss, batch augmentation, ensembles, transfer-learning schedule
 fit.py         data and loaders for the engine; the calibration hook (temperature, threshold)
 calibrate.py   temperature scaling and the Youden threshold on validation
-ood.py         the out-of-distribution guard: penultimate features, Mahalanobis fit and threshold, its file
+ood.py         the out-of-distribution guard: input and stage statistics, Mahalanobis per block, threshold, file
 evaluate.py    metrics with CIs, calibration, the MedMNIST protocol, the k-NN baseline, Grad-CAM gallery
 metrics.py     the classification metrics with bootstrap CIs; baseline.py the k-NN baseline
 report.py      the report's evaluation sections (plots.py draws ROC / PR, confusion, reliability)

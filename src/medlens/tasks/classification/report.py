@@ -137,7 +137,9 @@ def guard_section(guard: dict) -> Section:
     section.text(f"Every prediction carries `ood_score` and `in_distribution`. {guard['rule']}. Fitted on "
                  f"{guard['fitted_on_images']} training images ({guard['classes']} class mean(s), "
                  f"{guard['num_features']} features: {guard.get('features', 'the pooled features')}).")
-    rows = [["threshold (distance)", f"{guard['threshold']:.4g}"],
+    rows = [["threshold (standardised score)", f"{guard['threshold']:.4g}"],
+            *([["feature blocks", ", ".join(f"{name} ({size})" for name, size in guard["blocks"].items())]]
+              if isinstance(guard.get("blocks"), dict) else []),
             ["target in-distribution recall", f"{100 * guard['recall_target']:.0f}%"],
             ["validation images flagged", f"{100 * guard['validation_flagged']:.1f}% of {guard['validation_images']}"]]
     return section.table(Table(["", "value"], rows, key="ood-guard", caption="the guard's threshold"))
