@@ -55,6 +55,7 @@ def test_evaluate_writes_strict_json_with_cis_calibration_and_baseline(cls_run, 
     assert {"ece_before", "ece_after", "temperature"} <= set(doc["calibration"])
     assert {"auc", "acc"} <= set(doc["medmnist_protocol"]) and "k" in doc["baseline"]
     assert "metrics_youden" in doc
+    assert doc["ood_guard"]["n"] == 32 and doc["ood_guard"]["flagged"] <= 0.25  # test images like the training ones
     assert "accuracy" in cls_run.eval_out and "baseline k-NN" in cls_run.eval_out
     predictions = list(csv.DictReader(open(trained / "predictions_test.csv")))
     assert len(predictions) == 32 and {"p_normal", "p_lesion"} <= set(predictions[0])

@@ -8,7 +8,8 @@ The metrics document (``metrics.json``) holds:
 - ``metrics_youden`` (binary): the same at the threshold chosen on validation;
 - ``calibration``: ECE before and after temperature scaling (temperature fitted on validation);
 - ``medmnist_protocol``: AUC / ACC exactly as the MedMNIST v2 evaluator computes them;
-- ``baseline``: k-nearest neighbours on downsampled pixels, beside the network.
+- ``baseline``: k-nearest neighbours on downsampled pixels, beside the network;
+- ``ood_guard``: the share of the split's images the out-of-distribution guard flags.
 
 ``predictions_<split>.csv`` has one row per case. The evidence for the report (probabilities and
 the Grad-CAM maps of the gallery cases) is computed here, so the report never runs the model.
@@ -84,11 +85,26 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
     doc["medmnist_protocol"] = medmnist_metrics(data.labels, raw, kind)
     if config.evaluate.baseline if options.baseline is None else options.baseline:
         doc["baseline"] = _baseline(dataset, cases, config, data, common)
+    if (guarded := guard_flags(run, model, data.images)) is not None:
+        doc["ood_guard"] = guarded
     table = format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)")
     evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases],
                                       gallery_maps(model, data.images, data.labels, probs))
     return Evaluation(doc, {f"predictions_{split}.csv": predictions_csv(data, probs, names)}, evidence,
                       table + "\n" + _summary_lines(doc))
+
+
+def guard_flags(run: RunFolder, model, images: np.ndarray) -> dict | None:
+    """The out-of-distribution guard on the evaluated split: the share of its images flagged (about the guard's
+    5% when the split is like validation; more means the split differs from the training data). ``None``
+    for a run without a guard."""
+    from medlens.tasks.classification.ood import extract_features, read_guard
+
+    guard = read_guard(run.ood_guard, model)
+    if guard is None:
+        return None
+    _, inside = guard.check(extract_features(model, images, blocks=list(guard.blocks)))
+    return {"flagged": round(float(np.mean(~inside)), 6), "n": int(len(inside)), "threshold": guard.threshold}
 
 
 def gallery_cases(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
