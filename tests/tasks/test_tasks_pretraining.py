@@ -202,6 +202,18 @@ def test_the_batch_grows_with_the_data_and_shrinks_with_the_image():
     assert batch_size((64, 64, 64), 1, 1000) == 4
 
 
+def test_the_budget_halves_the_batch_until_300_steps_fit_but_not_below_32():
+    from medlens.tasks.pretraining.plan import TARGET_STEPS, _steps_in, budget_batch
+
+    # PneumoniaMNIST's CPU plan: ~15 ms per image (both views) on a shared 2-core CPU, a 5-minute budget
+    assert budget_batch(256, 0.015, 300.0) == 32 and _steps_in(300.0, 32 * 0.015) >= TARGET_STEPS > _steps_in(
+        300.0, 64 * 0.015)
+    assert budget_batch(256, 0.015, 900.0) == 128  # 15 minutes afford 300 steps of 128
+    assert budget_batch(256, 1e-4, 300.0) == 256  # a GPU: memory decides
+    assert budget_batch(256, 1.0, 60.0) == 32  # nothing fits 300 steps: the smallest batch with enough negatives
+    assert budget_batch(16, 1.0, 60.0) == 16  # memory already allows fewer than 32
+
+
 def test_the_task_is_registered_and_satisfies_the_protocol():
     import dataclasses
 
