@@ -31,7 +31,8 @@ def medlens(*argv) -> str:
 def blob_run(tmp_path_factory, blob_csv) -> Path:
     """PatchCore on the 2D blob set (2 epochs of SimCLR), evaluated on its test split."""
     out = tmp_path_factory.mktemp("anomaly") / "run"
-    medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, *FAST)
+    medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, *FAST,
+            "--set", "anomaly.method=patchcore")
     medlens("evaluate", out, "--bootstrap", "200")
     return out
 
@@ -99,6 +100,21 @@ def test_autoencoder_run(blob_csv, tmp_path):
     assert m["auroc"]["value"] >= 0.75, m  # 0.92 measured at 5 epochs; reconstruction is the weaker method here
 
 
+def test_default_gaussian_run_evaluates_and_exports(blob_csv, tmp_path):
+    from medlens.deploy import Predictor
+
+    out = tmp_path / "gaussian"
+    medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, *FAST)
+    medlens("evaluate", out, "--bootstrap", "50")
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["method"] == "gaussian" and doc["metrics"]["auroc"]["value"] >= 0.75, doc["metrics"]
+    medlens("export", out, "--out", tmp_path / "bundle", "--format", "onnx")
+    image = blob_csv.parent / "blob" / "case070.png"
+    expected = Predictor.from_path(out).predict(image)
+    got = Predictor.from_path(tmp_path / "bundle", backend="onnx").predict(image)
+    assert got["anomaly_score"] == pytest.approx(expected["anomaly_score"], rel=1e-4)
+
+
 def test_3d_smoke(tmp_path):
     data = write_blob_set(tmp_path / "vol", normal=24, abnormal=8, shape=(16, 16, 16), seed=3)
     out = tmp_path / "run3d"
@@ -136,7 +152,8 @@ def test_service_body(blob_run, blob_csv, tmp_path):
 def test_init_from_loads_the_encoder(blob_run, blob_csv, tmp_path):
     out = tmp_path / "warm"
     medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, "--init-from", blob_run,
-            "--set", "train.max_epochs=1", "--set", "anomaly.memory_size=100", "--no-progress")
+            "--set", "train.max_epochs=1", "--set", "anomaly.memory_size=100", "--no-progress",
+            "--set", "anomaly.method=patchcore")
     transfer = json.loads((out / "run.json").read_text())["transfer"]
     # every encoder tensor matched by key and shape; the memory (another size here) is rebuilt after training
     assert transfer["reinitialised"] == ["memory"] and transfer["loaded"] > 20

@@ -26,8 +26,9 @@ def test_plan_takes_the_classification_preprocessing_and_bounds_the_memory(card)
     assert config.dataset.task == "anomaly" and config.dataset.class_names == ("normal", "blob")
     assert config.data.input_size == (32, 32) and config.model.name == "resnet18_2d"
     a = config.anomaly
-    assert a.normal == ("normal",) and a.method == "patchcore" and a.fpr == 0.05
-    grid = task_named("anomaly").build_model(config).grid
+    assert a.normal == ("normal",) and a.method == "gaussian" and a.fpr == 0.05
+    assert "chosen on validation AUROC" in reasons["anomaly.method"]
+    grid = task_named("anomaly").build_model(replace(config, anomaly=replace(a, method="patchcore"))).grid
     normal_train = int(60 * 0.64)  # generated splits: ~64% of the 60 normal cases train
     assert a.memory_size == min(math.ceil(0.1 * normal_train * math.prod(grid)), MEMORY_CAP["cpu"])
     assert config.train.monitor == "val_loss"
@@ -66,8 +67,11 @@ def test_check_refuses_what_the_method_cannot_build(card):
         task.check(replace(config, anomaly=replace(config.anomaly, method="autoencoder")))
     task.check(replace(config, anomaly=replace(config.anomaly, method="autoencoder"),
                        model=replace(config.model, name="autoencoder_2d")))
+    densenet = replace(config.model, name="densenet121_2d", width=1.0)
+    with pytest.raises(ConfigError, match="gaussian summarises the stages of a ResNet or SeedCNN"):
+        task.check(replace(config, model=densenet))
     with pytest.raises(ConfigError, match="patchcore taps two intermediate stages"):
-        task.check(replace(config, model=replace(config.model, name="densenet121_2d", width=1.0)))
+        task.check(replace(config, model=densenet, anomaly=replace(config.anomaly, method="patchcore")))
     with pytest.raises(ConfigError, match=r"anomaly.normal=\['x'\]"):
         task.check(replace(config, anomaly=replace(config.anomaly, normal=("x",))))
     with pytest.raises(ConfigError, match="anomaly.fpr=1.0"):

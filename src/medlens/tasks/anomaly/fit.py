@@ -1,10 +1,10 @@
 """What an anomaly run hands the engine's training loop, and its calibration hook.
 
-Training sees normal training images only: PatchCore's encoder learns from them by contrastive
-self-supervision (SimCLR, :class:`~medlens.tasks.pretraining.module.ContrastiveModule`), unless
-``--init-from`` gave it weights to start from; the autoencoder learns to reconstruct them. Once the best
-weights are back, :func:`finish` fills PatchCore's memory bank from the same normal training images and sets
-the threshold on normal validation images alone (``calibration.json``).
+Training sees normal training images only: the encoder (methods gaussian and patchcore) learns from them by
+contrastive self-supervision (SimCLR, :class:`~medlens.tasks.pretraining.module.ContrastiveModule`), unless
+``--init-from`` gave it weights to start from; the autoencoder learns to reconstruct them. Once the best weights
+are back, :func:`finish` fits the Gaussians or fills PatchCore's memory bank from the same normal training images
+and sets the threshold on normal validation images alone (``calibration.json``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
     from medlens.models.weights import save_atomic
 
     data: OneClassData = fit.validation
+    if config.anomaly.method == "gaussian":
+        from medlens.tasks.anomaly.gaussian import fit_normal_gaussians
+
+        fitted = fit_normal_gaussians(model, data.fit.images)
+        save_atomic(model.state_dict(), run.weights)
+        log(f"gaussian: fitted to the encoder's deepest-stage statistics of {fitted} normal training images")
     if config.anomaly.method == "patchcore":
         distinct = fill_memory(model, data.fit.images, seed=config.train.seed)
         save_atomic(model.state_dict(), run.weights)

@@ -59,8 +59,9 @@ def plan_anomaly(card: dict, *, time_budget_s: float | None = None, device: str 
     train = _train_section(config, normal_train, budget, device, probe, processes, reasons)
     reasons.pop("model.members", None)
     reasons.pop("model.dropout", None)
-    reasons["pretrain.method"] = ("patchcore's encoder learns from the normal training images by SimCLR (unless "
-                                  "--init-from gives it weights to start from); the autoencoder ignores pretrain.*")
+    reasons["pretrain.method"] = ("the encoder (gaussian, patchcore) learns from the normal training images by "
+                                  "SimCLR (unless --init-from gives it weights to start from); the autoencoder "
+                                  "ignores pretrain.*")
     reasons["evaluate.n_bootstrap"] = "1000 bootstrap resamples (patients when known) for 95% CIs"
     return replace(config, train=train), reasons
 
@@ -110,19 +111,22 @@ def _augment(augment: AugmentSection, reasons: dict) -> AugmentSection:
 def _anomaly_section(config: Config, normal: tuple[str, ...], normal_train: int, device: str,
                      reasons: dict) -> AnomalySection:
     reasons["anomaly.normal"] = "--normal"
-    reasons["anomaly.method"] = ("patchcore: a memory of normal patch features on the encoder; it locates small "
-                                 "local anomalies and needs no decoder (feature-memory methods lead the BMAD "
-                                 "benchmark over reconstruction); anomaly.method=autoencoder (model.name="
-                                 f"autoencoder_{config.dataset.spatial_dims}d) trains MONAI's AutoEncoder to compare")
+    reasons["anomaly.method"] = (
+        "gaussian: a Gaussian of normal images' channel means and sds at the encoder's deepest stage, scored by "
+        "Mahalanobis distance (Rippel et al. 2020); chosen on validation AUROC over both PneumoniaMNIST and "
+        "BreastMNIST (0.95 / 0.81, mean 0.88; PatchCore 0.33 / 0.82, all four stages 0.94 / 0.75): it judges the "
+        "whole image, and these changes are diffuse. anomaly.method=patchcore keeps a memory of normal patch "
+        f"features (small local anomalies); anomaly.method=autoencoder (model.name=autoencoder_"
+        f"{config.dataset.spatial_dims}d) to compare")
     reasons["anomaly.fpr"] = "5% of normal validation cases may score above the threshold (set it with --set)"
-    reasons["anomaly.neighbours"] = "distance to the single nearest normal patch (PatchCore's score)"
+    reasons["anomaly.neighbours"] = "patchcore: distance to the single nearest normal patch (PatchCore's score)"
     patches = math.prod(patch_grid(config))
     features = normal_train * patches
     size = max(1, min(math.ceil(MEMORY_FRACTION * features), MEMORY_CAP[device]))
-    reasons["anomaly.memory_size"] = (f"{MEMORY_FRACTION:.0%} of the ~{features} normal patch features "
+    reasons["anomaly.memory_size"] = (f"patchcore: {MEMORY_FRACTION:.0%} of the ~{features} normal patch features "
                                       f"({normal_train} images x {patches} patches), at most {MEMORY_CAP[device]} "
                                       f"on {device} so memory and scoring time stay bounded as data grow")
-    return AnomalySection(normal=tuple(normal), method="patchcore", fpr=0.05, memory_size=size, neighbours=1)
+    return AnomalySection(normal=tuple(normal), method="gaussian", fpr=0.05, memory_size=size, neighbours=1)
 
 
 def patch_grid(config: Config) -> tuple[int, ...]:
@@ -172,13 +176,13 @@ def time_step(config: Config, batch: int, device: str, repeats: int = 3, warmup:
     config = replace(config, anomaly=replace(config.anomaly, memory_size=1))
     net = AnomalyTask().build_model(config).to(torch_device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    x = torch.randn(batch * (2 if config.anomaly.method == "patchcore" else 1), config.data.channels,
+    x = torch.randn(batch * (2 if config.anomaly.method != "autoencoder" else 1), config.data.channels,
                     *config.data.input_size, device=torch_device)
     times = []
     for i in range(repeats + warmup):
         start = time.perf_counter()
         optimizer.zero_grad()
-        out = net.forward_features(x) if config.anomaly.method == "patchcore" else net.reconstruct(x)
+        out = net.reconstruct(x) if config.anomaly.method == "autoencoder" else net.forward_features(x)
         out.float().pow(2).mean().backward()
         optimizer.step()
         if torch_device.type == "cuda":

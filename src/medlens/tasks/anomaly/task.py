@@ -14,8 +14,9 @@ AUTOENCODER_CHANNELS = (16, 32, 64)
 
 
 class AnomalyTask:
-    """PatchCore on a registry encoder, or MONAI's AutoEncoder; see :mod:`.plan`, :mod:`.fit`, :mod:`.evaluate`,
-    :mod:`.outputs`. Trained with ``medlens train DATA --task anomaly --normal CLASS``."""
+    """A Gaussian of feature statistics or PatchCore on a registry encoder, or MONAI's AutoEncoder; see
+    :mod:`.plan`, :mod:`.fit`, :mod:`.evaluate`, :mod:`.outputs`. Trained with ``medlens train DATA --task anomaly
+    --normal CLASS``."""
 
     name = "anomaly"
     kinds = ()  # no data are anomaly data by themselves: class-labelled data train it when asked (--task anomaly)
@@ -56,7 +57,8 @@ class AnomalyTask:
 
     # ---- training ------------------------------------------------------------------------------------
     def build_model(self, config: Config):
-        """PatchCore (encoder + memory of ``anomaly.memory_size`` vectors) or the autoencoder."""
+        """Gaussian (encoder + per-stage Gaussians), PatchCore (encoder + memory) or the autoencoder."""
+        from medlens.tasks.anomaly.gaussian import GaussianModel
         from medlens.tasks.anomaly.models import AutoencoderModel, PatchCoreModel, autoencoder_levels
 
         dims, name, size = config.dataset.spatial_dims, config.model.name, tuple(config.data.input_size)
@@ -75,6 +77,8 @@ class AnomalyTask:
         classifier = build_classifier(name, in_channels=config.data.channels,
                                       num_classes=max(len(config.dataset.class_names), 1), input_size=size,
                                       width=config.model.width)
+        if config.anomaly.method == "gaussian":
+            return GaussianModel(classifier)
         return PatchCoreModel(classifier, memory_size=max(config.anomaly.memory_size, 1),
                               neighbours=config.anomaly.neighbours)
 

@@ -1,0 +1,130 @@
+"""The ``gaussian`` method: a Gaussian of normal images' feature statistics at the encoder's deepest stage.
+
+Rippel et al., "Modeling the distribution of normal data in pre-trained deep features for anomaly
+detection", ICPR 2020: a stage of the encoder summarises an image by its channel means and standard
+deviations over space; a multivariate Gaussian (mean, Ledoit-Wolf shrunk covariance) is fitted to these
+vectors of the normal training images; an image scores its squared Mahalanobis distance divided by the
+vector's length (about 1 for a normal image; summed when several stages are listed in :data:`STAGES`).
+It judges the whole image, which suits diffuse changes (pneumonia, a tumour's texture); its map is that
+score over the whole image (no localisation). The deepest stage alone was chosen on validation over all
+four stages summed and over PatchCore; the figures are in :mod:`medlens.tasks.anomaly`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlens.errors import ConfigError
+
+#: (the modules run first, the stages summarised) per classifier family: the deepest stage, chosen on validation
+STAGES = {
+    "resnet": (("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3"), ("layer4",)),
+    "seedcnn": (("features.0", "features.1", "features.2"), ("features.3",)),
+}
+
+
+def stages_of(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(modules run first, the stages summarised)`` for registry classifier ``name``.
+
+    Raises:
+        ConfigError: a family whose stages are not named here.
+    """
+    family = name.rsplit("_", 1)[0]
+    for prefix, stages in STAGES.items():
+        if family.startswith(prefix):
+            return stages
+    raise ConfigError(f"model.name={name}: anomaly.method=gaussian summarises the stages of a ResNet or SeedCNN "
+                      "encoder; use one of resnet18/34/50 or seedcnn (_2d / _3d), or anomaly.method=autoencoder")
+
+
+class GaussianModel(nn.Module):
+    """A classifier's encoder and one Gaussian per summarised stage (:data:`STAGES`) of its channel statistics.
+
+    Args:
+        classifier: a registry :class:`~medlens.models.Classifier` (ResNet or SeedCNN); its ``backbone``
+            is kept (the classifier's key names, so ``--init-from`` loads into it), its head dropped.
+
+    Shapes: ``forward``: ``(B, C, *input_size) -> (B, 1, *input_size)`` (the image score everywhere);
+    ``stage_statistics``: ``(B, C, *input_size) -> [(B, 2 C_s) per stage s]``; buffers ``mean_s`` ``(2 C_s,)``
+    and ``precision_s`` ``(2 C_s, 2 C_s)`` (zeros until :meth:`fit_gaussians`).
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.name, self.input_size = classifier.name, tuple(classifier.input_size)
+        self.in_channels, self.num_features = classifier.in_channels, classifier.num_features
+        self.backbone = classifier.backbone
+        stem, self.stages = stages_of(self.name)
+        self.stem = [n for n in stem if n != "maxpool" or not getattr(self.backbone, "no_max_pool", False)]
+        with torch.no_grad():
+            probe = self.stage_statistics(torch.zeros(2, self.in_channels, *self.input_size))
+        for s, stats in enumerate(probe):
+            self.register_buffer(f"mean_{s}", torch.zeros(stats.shape[1]))
+            self.register_buffer(f"precision_{s}", torch.zeros(stats.shape[1], stats.shape[1]))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, num_features)``, as the classifier's (what contrastive pretraining trains)."""
+        return self.backbone(x)
+
+    def head_parameters(self):
+        """No head: every parameter belongs to the encoder."""
+        return iter(())
+
+    def stage_statistics(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per stage, the channel means and standard deviations over space, ``[(B, 2 C_s)]``."""
+        for name in self.stem:
+            x = self.backbone.get_submodule(name)(x)
+        stats = []
+        for name in self.stages:
+            x = self.backbone.get_submodule(name)(x)
+            flat = x.flatten(2).float()
+            stats.append(torch.cat([flat.mean(2), flat.std(2, unbiased=False)], dim=1))
+        return stats
+
+    def image_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the squared Mahalanobis distance over the vector's length, summed over the stages."""
+        terms = []
+        for s, stats in enumerate(self.stage_statistics(x)):
+            centred = stats - getattr(self, f"mean_{s}")
+            terms.append((centred @ getattr(self, f"precision_{s}") * centred).sum(1) / stats.shape[1])
+        return torch.stack(terms, 1).sum(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The anomaly map ``(B, 1, *input_size)``: the image score at every voxel."""
+        scores = self.image_scores(x)
+        return scores.view(-1, 1, *[1] * len(self.input_size)).expand(-1, 1, *self.input_size)
+
+    @torch.no_grad()
+    def fit_gaussians(self, stats: list[np.ndarray]) -> None:
+        """Fit each stage's Gaussian to the normal training statistics ``[(N, 2 C_s)]`` (N >= 2)."""
+        from sklearn.covariance import LedoitWolf
+
+        for s, rows in enumerate(stats):
+            fitted = LedoitWolf().fit(rows.astype(np.float64))
+            getattr(self, f"mean_{s}").copy_(torch.from_numpy(fitted.location_))
+            getattr(self, f"precision_{s}").copy_(torch.from_numpy(fitted.precision_))
+
+
+@torch.no_grad()
+def fit_normal_gaussians(model: GaussianModel, images: np.ndarray) -> int:
+    """Fit ``model``'s Gaussians to the normal training ``images (N, C, *input_size)``; returns ``N``.
+
+    Raises:
+        ValueError: fewer than two images (no covariance).
+    """
+    from medlens.models.inference import best_device
+    from medlens.tasks.anomaly.infer import batch_size_for
+
+    if len(images) < 2:
+        raise ValueError(f"anomaly.method=gaussian fits a covariance to the normal training images and found "
+                         f"{len(images)}; add normal training cases or use anomaly.method=patchcore")
+    device = best_device()
+    model = model.to(device).eval()
+    parts, size = [], batch_size_for(images)
+    for start in range(0, len(images), size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + size], dtype=np.float32)).to(device)
+        parts.append([s.cpu().numpy() for s in model.stage_statistics(x)])
+    model.fit_gaussians([np.concatenate(column) for column in zip(*parts)])
+    return len(images)
