@@ -154,7 +154,7 @@ class AnomalySection:
     """One-class anomaly detection: trained on normal cases only, thresholded on normal validation cases."""
 
     normal: tuple[str, ...] = ()  # the class name(s) that are normal; every other class is used for evaluation only
-    method: typing.Literal["patchcore", "autoencoder"] = "patchcore"
+    method: typing.Literal["gaussian", "patchcore", "autoencoder"] = "gaussian"  # gaussian: of pooled encoder features
     fpr: float = 0.05  # the share of normal validation cases allowed above the threshold
     memory_size: int = 0  # patchcore: feature vectors kept by coreset subsampling (the plan sets it)
     neighbours: int = 1  # patchcore: nearest memory vectors averaged into a patch's distance
