@@ -4,8 +4,9 @@
                                     [--pretrain-budget 5m] [--finetune-budget 2m] [--anomaly-budget 15m]
 
 1. Label efficiency (PneumoniaMNIST, BreastMNIST): ``medlens pretrain`` on the training images without
-   labels, then ``medlens train`` with 1%, 10% and 100% of the training labels (a stratified, seeded
-   subsample of the training split; validation and test splits whole), once from scratch and once
+   labels, then ``medlens train`` with 1%, 10% and 100% of the training labels (a splits file keeping a
+   stratified, seeded subsample of the training split; validation and test splits whole; a subset trains
+   up to 100 epochs within the budget), once from scratch and once
    ``--init-from`` the pretraining run, the same network and budget for both. Prints test AUC / ACC with
    95% CIs. Target: at 10% labels, pretraining gains at least 0.02 AUC over scratch on both.
 2. One-class anomaly detection (PneumoniaMNIST, BreastMNIST, AdrenalMNIST3D): ``medlens train --task
@@ -42,7 +43,11 @@ BMAD = "BMAD (RSNA chest X-ray, full size): PatchCore 0.752, PaDiM 0.759, CutPas
 
 
 def medlens(*args, what: str) -> float:
-    """Run the ``medlens`` CLI in a fresh process; returns its wall time. Stops the benchmark on failure."""
+    """Run the ``medlens`` CLI in a fresh process; returns its wall time. Stops the benchmark on failure.
+    A run whose ``--out`` folder already holds a finished model is kept (a rerun continues where one stopped)."""
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+    if out is not None and (out / "weights.pt").exists():
+        return float("nan")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "medlens.cli", *map(str, args), "--no-progress"],
                             capture_output=True, text=True)
@@ -63,18 +68,21 @@ def ci(metric: dict) -> str:
 
 # ---- 1. label efficiency -------------------------------------------------------------------------
 
-def subsample(npz: Path, fraction: float, out: Path, seed: int = 0) -> Path:
-    """A copy of ``npz`` whose training split keeps ``fraction`` of each class (at least 2 per class)."""
-    data = dict(np.load(npz))
+def label_splits(npz: Path, fraction: float, out: Path, seed: int = 0) -> Path:
+    """A splits file keeping ``fraction`` of each class of the official training split (at least 2 per class;
+    the rest of the training images are left out), the official validation and test splits whole."""
+    data = np.load(npz)
     labels = data["train_labels"].reshape(len(data["train_labels"]), -1)[:, 0]
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max(2, round(fraction * (labels == c).sum()))]
                            for c in np.unique(labels)])
-    keep.sort()
-    data["train_images"], data["train_labels"] = data["train_images"][keep], data["train_labels"][keep]
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / npz.name, **data)
-    return out / npz.name
+    ids = lambda split, indices: [f"{split}/{i:06d}" for i in sorted(indices)]  # noqa: E731  (medlens case ids)
+    splits = {"medlens_splits_version": 1, "dataset": str(npz), "seed": seed, "grouped_by": "case",
+              "stratified_by": "label", "test": ids("test", range(len(data["test_labels"]))),
+              "folds": [{"train": ids("train", keep), "val": ids("val", range(len(data["val_labels"])))}]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(splits), encoding="utf-8")
+    return out
 
 
 def network_of(run: Path) -> list[str]:
@@ -95,16 +103,19 @@ def efficiency(npz: Path, runs: Path, pretrain_budget: str, finetune_budget: str
           f"{'scratch ACC':>11} {'pretr. ACC':>11} {'gain AUC':>9}")
     gains, full = {}, None
     for fraction in FRACTIONS:
-        data = npz if fraction == 1 else subsample(npz, fraction, runs / f"{name}-{fraction:g}")
+        # a subset trains for as many epochs as the budget allows (the plan's epochs are sized for all the labels)
+        splits = None if fraction == 1 else label_splits(npz, fraction, runs / f"{name}-{fraction:g}.json")
+        subset = [] if splits is None else ["--set", f"dataset.splits={splits}", "--set", "train.max_epochs=100",
+                                            "--set", "train.patience=30"]
         docs = {}
         for start, extra in (("scratch", []), ("pretrained", ["--init-from", pretrained])):
             run = runs / f"{name}-{fraction:g}-{start}"
-            medlens("train", data, "--out", run, "--time-budget", finetune_budget, *network_of(pretrained), *extra,
-                    what=f"{name} {fraction:.0%} {start}")
+            medlens("train", npz, "--out", run, "--time-budget", finetune_budget, *network_of(pretrained), *subset,
+                    *extra, what=f"{name} {fraction:.0%} {start}")
             docs[start] = evaluate(run)["metrics"]
             if fraction == 1 and start == "scratch":
                 full = run
-        n = len(np.load(data)["train_labels"])
+        n = len(json.loads((run / "splits.json").read_text())["folds"][0]["train"])
         gain = docs["pretrained"]["auc"]["value"] - docs["scratch"]["auc"]["value"]
         gains[fraction] = gain
         print(f"{fraction:>7.0%} {n:>8d} {ci(docs['scratch']['auc']):>26} {ci(docs['pretrained']['auc']):>26} "
