@@ -29,3 +29,22 @@ def processes_reason(processes: int) -> str:
         return "one training process; `medlens train --devices N --num-nodes M` shares every epoch among N x M"
     return (f"planned for {processes} training processes (devices x nodes): each takes 1/{processes} of every "
             "epoch, so the epoch count is planned for that share")
+
+
+def fastest_step(step, *, cuda: bool = False, repeats: int = 4, warmup: int = 2) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``step()`` (one optimisation step) after ``warmup`` untimed
+    ones: the first steps pay for allocator and kernel set-up, and the minimum is robust to other processes' load.
+    ``cuda``: wait for the GPU before reading the clock."""
+    import time
+
+    import torch
+
+    times = []
+    for i in range(repeats + warmup):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(min(times))

@@ -10,12 +10,11 @@ training timed on this machine for the budget.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 
 from medlens.config import AnomalySection, AugmentSection, Config, TrainSection
 from medlens.errors import ConfigError, DatasetError
-from medlens.tasks.planning import per_process_batch, processes_reason
+from medlens.tasks.planning import fastest_step, per_process_batch, processes_reason
 
 CLASS_KINDS = ("binary", "multiclass", "ordinal")  # one class per case: normal or not is decided by it
 MEMORY_FRACTION = 0.1  # PatchCore keeps 1-10% of the patch features; 10% on these small images
@@ -133,7 +132,8 @@ def patch_grid(config: Config) -> tuple[int, ...]:
     """The grid of patch features the plan's encoder gives for one image."""
     from medlens.tasks.anomaly.task import AnomalyTask
 
-    return AnomalyTask().build_model(replace(config, anomaly=replace(config.anomaly, memory_size=1))).grid
+    return AnomalyTask().build_model(replace(config, anomaly=replace(config.anomaly, method="patchcore",
+                                                                      memory_size=1))).grid
 
 
 def _train_section(config: Config, normal_train: int, budget_s: float, device: str, probe: bool, processes: int,
@@ -178,15 +178,11 @@ def time_step(config: Config, batch: int, device: str, repeats: int = 3, warmup:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch * (2 if config.anomaly.method != "autoencoder" else 1), config.data.channels,
                     *config.data.input_size, device=torch_device)
-    times = []
-    for i in range(repeats + warmup):
-        start = time.perf_counter()
+
+    def step():
         optimizer.zero_grad()
         out = net.reconstruct(x) if config.anomaly.method == "autoencoder" else net.forward_features(x)
         out.float().pow(2).mean().backward()
         optimizer.step()
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return float(min(times))
+
+    return fastest_step(step, cuda=torch_device.type == "cuda", repeats=repeats, warmup=warmup)

@@ -7,7 +7,6 @@ a few steps on this machine and the epochs that fit the time budget are planned.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -23,7 +22,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import per_process_batch, processes_reason
+from medlens.tasks.planning import fastest_step, per_process_batch, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 600.0, "gpu": 1800.0}
 KINDS = ("binary", "multiclass", "multilabel", "ordinal")  # the label kinds this task trains
@@ -237,17 +236,13 @@ def time_training_step(model_section: ModelSection, data: DataSection, dataset: 
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
     y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
-    times = []
-    for i in range(repeats + warmup):
-        start = time.perf_counter()
+
+    def step():
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return float(min(times))
+
+    return fastest_step(step, cuda=torch_device.type == "cuda", repeats=repeats, warmup=warmup)
 
 
 def _augment_section(card: dict, dataset: DatasetSection, reasons: dict) -> AugmentSection:
