@@ -7,23 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 FAST = ("--time-budget", "10m", "--set", "train.max_epochs=2", "--set", "train.patience=2", "--no-progress")
 
 
 def write_pngs(folder: Path, n: int, size: int = 16) -> Path:
     """``n`` grey PNGs: even ones hold a bright square, odd ones a bright bar."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        pixels = rng.integers(0, 60, (size, size)).astype(np.uint8)
-        if i % 2:
-            pixels[size // 2 - 1:size // 2 + 1, :] += 150
-        else:
-            pixels[4:12, 4:12] += 150
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return folder
+    from tests.tasks.test_tasks_pretraining import write_images
+
+    return write_images(folder, n, size)
 
 
 @pytest.fixture(scope="module")
