@@ -32,6 +32,7 @@ class DatasetSection:
     image_root: str = ""  # folder a CSV manifest's paths are relative to, when not the CSV's folder
     allow_outside_root: bool = False  # follow manifest paths that leave the dataset folder / image_root
     boxes_from_masks: bool = False  # detection: one box per connected component of each label of a mask dataset
+    skip_unreadable: bool = False  # leave out files no reader opens (listed in the card and report) instead of refusing
     layout: str = ""
     task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection", "anomaly",
                          "pretraining"] = "binary"
@@ -110,6 +111,8 @@ class TrainSection:
     processes: int = 1  # training processes the plan was made for (devices x nodes); batch_size is per process
     precision: typing.Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     seed: int = 0
+    race: tuple[str, ...] = ()  # rivals of this plan raced on validation before training, each "key=value;key=value"
+    race_share: float = 0.0  # share of time_budget_s the race may spend (0 = no race)
 
 
 @dataclass(frozen=True)
