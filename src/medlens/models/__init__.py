@@ -8,6 +8,7 @@ registered 2D and 3D classifiers (``resnet18_2d``,
 
 from __future__ import annotations
 
+from medlens.models import networks3d, transformers  # noqa: F401  (register their networks)
 from medlens.models.classifiers import CLASSIFIERS, Backbone, Classifier, build_classifier
 from medlens.models.ensemble import Ensemble
 from medlens.models.segmenters import SEGMENTERS, build_segmenter, patch_multiple

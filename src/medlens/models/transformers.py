@@ -1,0 +1,1 @@
+"""Transformer networks from MONAI (ViT, UNETR, SwinUNETR) in the registries: registered on import."""
