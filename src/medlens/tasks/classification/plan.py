@@ -146,7 +146,7 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
     reasons["train.batch_size"] = f"{batch}: fits memory for {'x'.join(map(str, data.input_size))} inputs"
     batch = per_process_batch(batch, processes, reasons)
     reasons["train.processes"] = processes_reason(processes)
-    loss, sampler = _imbalance(card, dataset, reasons)
+    loss, sampler, race = _loss_and_sampler(card, dataset, reasons)
     epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons)
     reasons["train.ema_fraction"] = (f"validate, keep and ship a moving average of the weights over the last ~5% of "
                                      f"training (~{epochs / 20:.1f} epochs): smoother than one step's weights, so the "
@@ -159,7 +159,8 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
     return TrainSection(max_epochs=epochs, batch_size=batch, optimizer="adamw", lr=1e-3, momentum=0.9,
                         weight_decay=1e-4, schedule="cosine", loss=loss, sampler=sampler, patience=max(5, epochs // 4),
                         monitor="val_auc", time_budget_s=round(budget_s, 1), precision="auto",
-                        ema_fraction=0.05, processes=processes), members
+                        ema_fraction=0.05, processes=processes, race=race,
+                        race_share=ORDINAL_RACE_SHARE if race else 0.0), members
 
 
 def _split_count(card: dict, split: str) -> int:
@@ -172,26 +173,39 @@ def _split_count(card: dict, split: str) -> int:
     return int(n * 0.64)  # generated splits: 80% of the 80% left after the test split
 
 
-def _imbalance(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, str]:
+ORDINAL_RACE_SHARE = 0.2  # of the time budget: each of the two losses trains for a tenth of it
+
+
+def _loss_and_sampler(card: dict, dataset: DatasetSection, reasons: dict) -> tuple[str, str, tuple[str, ...]]:
+    """``(train.loss, train.sampler, train.race)``: the loss for the labels, the sampler for their skew, and the
+    rivals of that loss raced on validation (ordinal grades: plain cross-entropy)."""
     if dataset.task == "multilabel":
         reasons["train.loss"] = "multi-label: one sigmoid per label, binary cross-entropy"
-        return "bce", "shuffle"
+        return "bce", "shuffle", ()
     counts = card["counts"]["by_split"].get("train") or card["counts"]["total"]
     sizes = [counts.get(name, 0) for name in dataset.class_names]
     ratio = max(sizes) / max(min(sizes), 1)
     if ratio > 10:
-        reasons["train.loss"] = f"classes skewed {ratio:.1f}:1 -> cross-entropy on class-balanced batches"
+        loss_why, sampler = f"classes skewed {ratio:.1f}:1 -> cross-entropy on class-balanced batches", "weighted"
         reasons["train.sampler"] = "weighted sampler draws every class equally often"
-        return "ce", "weighted"
-    if ratio > 1.5:
-        reasons["train.loss"] = (f"classes skewed {ratio:.1f}:1 -> plain cross-entropy keeps the probabilities "
-                                 "calibrated; the operating point is set after training (Youden threshold on "
-                                 "validation), not by re-weighting the loss")
+    elif ratio > 1.5:
+        loss_why, sampler = (f"classes skewed {ratio:.1f}:1 -> plain cross-entropy keeps the probabilities "
+                             "calibrated; the operating point is set after training (Youden threshold on "
+                             "validation), not by re-weighting the loss"), "shuffle"
         reasons["train.sampler"] = "plain shuffling: every class is in most batches at this ratio"
-        return "ce", "shuffle"
-    reasons["train.loss"] = f"classes balanced ({ratio:.1f}:1) -> plain cross-entropy"
-    reasons["train.sampler"] = "plain shuffling"
-    return "ce", "shuffle"
+    else:
+        loss_why, sampler = f"classes balanced ({ratio:.1f}:1) -> plain cross-entropy", "shuffle"
+        reasons["train.sampler"] = "plain shuffling"
+    if dataset.task != "ordinal":
+        reasons["train.loss"] = loss_why
+        return "ce", sampler, ()
+    reasons["train.loss"] = (f"ordered grades ({', '.join(dataset.class_names)}): cumulative-link binary "
+                             "cross-entropy on the softmax's P(grade > k), so a grade two steps off costs more "
+                             f"than one step off (grades {'skewed' if ratio > 1.5 else 'balanced'} {ratio:.1f}:1)")
+    reasons["train.race"] = "plain cross-entropy races the ordinal loss; the better on validation trains"
+    reasons["train.race_share"] = (f"{ORDINAL_RACE_SHARE:.0%} of the budget for the race, half to each loss; "
+                                   "the winner trains in the rest")
+    return "ordinal_bce", sampler, ("train.loss=ce",)
 
 
 MAX_EPOCHS, MAX_MEMBERS = 100, 5
