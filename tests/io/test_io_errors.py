@@ -56,21 +56,43 @@ def test_zip_or_gzip_that_is_no_image_is_unrecognised(tmp_path, name, payload):
         read_image(tmp_path / name)
 
 
-def test_png_name_with_jpeg_content_is_refused_before_decoding(make_image, tmp_path):
+def test_png_name_with_jpeg_content_is_read_as_jpeg_with_a_warning(make_image, tmp_path):
     jpeg = make_image("jpeg").path
     disguised = tmp_path / "scan.png"
     disguised.write_bytes(jpeg.read_bytes())
 
-    with pytest.raises(ReadError, match="named like a png file but its content looks like jpeg; rename it"):
-        read_image(disguised)
+    image = read_image(disguised)
+
+    np.testing.assert_array_equal(image.array, read_image(jpeg).array)
+    assert image.meta["format"] == "jpeg"
+    assert image.meta["read_warnings"] == [{
+        "code": "image.misnamed",
+        "message": "named .png (a png file) but holds a jpeg image; read as jpeg, from its content "
+                   "(rename it to .jpg to silence this)"}]
 
 
-def test_nifti_name_with_png_content_is_refused(make_image, tmp_path):
+def test_nifti_name_with_png_content_is_read_as_png(make_image, tmp_path):
     disguised = tmp_path / "scan.nii.gz"
     disguised.write_bytes(make_image("png8").path.read_bytes())
 
-    with pytest.raises(ReadError, match="named like a nifti file but its content looks like png"):
+    image = read_image(disguised)  # a raster is decoded from its bytes alone, whatever the name
+
+    assert image.meta["format"] == "png" and image.meta["read_warnings"][0]["code"] == "image.misnamed"
+
+
+def test_png_name_with_nifti_content_is_refused(make_image, tmp_path):
+    disguised = tmp_path / "scan.png"
+    disguised.write_bytes(make_image("nii").path.read_bytes())
+
+    with pytest.raises(ReadError, match="named like a png file but its content looks like nifti; rename it"):
         read_image(disguised)
+
+
+def test_png_name_with_zip_content_is_refused(tmp_path):
+    (tmp_path / "scan.png").write_bytes(b"PK\x03\x04" + b"\0" * 60)
+
+    with pytest.raises(ReadError, match="named like a png file but its content looks like zip"):
+        read_image(tmp_path / "scan.png")
 
 
 @pytest.mark.parametrize(("kind", "new_name", "expected"), [("dicom_file", "IM0001", "dicom"),

@@ -128,7 +128,7 @@ def test_uppercase_suffix_is_recognised(make_image, tmp_path):
 # --- rasters ---------------------------------------------------------------------------------------
 
 
-def test_opaque_rgba_png_drops_the_alpha_channel(tmp_path):
+def test_opaque_rgba_png_drops_the_alpha_channel_with_a_note(tmp_path):
     rgba = np.zeros((4, 6, 4), dtype=np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 10, 20, 30, 255
     PILImage.fromarray(rgba).save(tmp_path / "rgba.png")
@@ -137,15 +137,44 @@ def test_opaque_rgba_png_drops_the_alpha_channel(tmp_path):
 
     assert image.array.shape == (3, 6, 4)
     assert image.array[:, 0, 0].tolist() == [10, 20, 30]
+    assert image.meta["read_warnings"] == [{"code": "image.alpha",
+                                            "message": "alpha channel dropped (every pixel is opaque)"}]
 
 
-def test_transparent_png_is_refused(tmp_path):
-    rgba = np.full((4, 6, 4), 255, dtype=np.uint8)
-    rgba[0, 0, 3] = 0
-    PILImage.fromarray(rgba).save(tmp_path / "transparent.png")
+def test_translucent_png_is_flattened_onto_black(tmp_path):
+    rgba = np.full((4, 6, 4), 200, dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[0, 0, 3], rgba[0, 1, 3] = 0, 128  # (row 0, column 0) transparent, (row 0, column 1) half
+    PILImage.fromarray(rgba).save(tmp_path / "translucent.png")
 
-    with pytest.raises(ReadError, match="transparent alpha channel; flatten it"):
-        read_image(tmp_path / "transparent.png")
+    image = read_image(tmp_path / "translucent.png")
+
+    assert image.array.shape == (3, 6, 4)
+    assert image.array[:, 0, 0].tolist() == [0, 0, 0]
+    assert image.array[:, 1, 0].tolist() == [100, 100, 100]  # round(200 * 128 / 255) = 100
+    assert image.array[:, 2, 0].tolist() == [200, 200, 200]
+    assert image.meta["read_warnings"][0]["code"] == "image.alpha"
+    assert "flattened onto black" in image.meta["read_warnings"][0]["message"]
+
+
+def test_grey_png_with_alpha_stays_one_channel_and_is_flattened(tmp_path):
+    la = np.full((4, 6, 2), 90, dtype=np.uint8)
+    la[..., 1] = 255
+    la[3, 5, 1] = 0
+    PILImage.fromarray(la, mode="LA").save(tmp_path / "grey_alpha.png")
+
+    image = read_image(tmp_path / "grey_alpha.png")
+
+    assert image.array.shape == (1, 6, 4)
+    assert image.array[0, 5, 3] == 0 and image.array[0, 0, 0] == 90
+
+
+def test_palette_without_transparency_has_no_alpha_note(tmp_path):
+    PILImage.fromarray(np.arange(24, dtype=np.uint8).reshape(4, 6)).convert("P").save(tmp_path / "palette.png")
+
+    image = read_image(tmp_path / "palette.png")
+
+    assert "read_warnings" not in image.meta
 
 
 def test_bilevel_png_reads_as_grey_0_and_255(tmp_path):

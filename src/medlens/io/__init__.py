@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.errors import MedlensError, ReadError
-from medlens.io.formats import IMAGE_SUFFIXES, ITK, RASTER, detect_format, suffix_of
+from medlens.io.formats import IMAGE_SUFFIXES, ITK, RASTER, detect_format, misnamed_warning, suffix_of
 from medlens.io.image import Image, identity_direction
 
 __all__ = ["Image", "read_image", "write_image", "detect_format", "identity_direction", "IMAGE_SUFFIXES"]
@@ -36,7 +36,10 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
         allow_nan: keep NaN/inf voxels instead of refusing the image.
 
     Returns:
-        Image with array ``(C, X, Y)`` or ``(C, X, Y, Z)``.
+        Image with array ``(C, X, Y)`` or ``(C, X, Y, Z)``. What was read other than the file says, or
+        changed on the way, is listed in ``image.meta["read_warnings"]`` as ``{"code", "message"}``
+        dicts (a PNG named ``.jpg`` is read by its content: ``image.misnamed``; an alpha channel dropped
+        or flattened: ``image.alpha``); the audit turns them into findings.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -48,6 +51,8 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, spatia
     fmt = _read_guarded(lambda path, _: detect_format(path), path, None)
     image = _read_guarded(_READERS[fmt], path, series_uid)
     image.meta.setdefault("format", fmt)
+    if (misnamed := misnamed_warning(path, fmt)) is not None:
+        image.meta.setdefault("read_warnings", []).append(misnamed)
     _check_geometry(image, path)
     if spatial_dims is not None and image.spatial_dims != spatial_dims:
         raise ReadError(f"{path}: expected a {spatial_dims}D image, found a {image.spatial_dims}D image of shape "

@@ -1,7 +1,9 @@
-"""Which reader a path needs: decided by its name, then confirmed by its first bytes.
+"""Which reader a path needs: decided by the file's first bytes, its name only where they say nothing.
 
-The content decides, not the name: a ``.png`` that holds something else is refused before any
-decoder sees it, and a file without a suffix (DICOM often has none) is recognised by its magic.
+The content decides, not the name: a PNG named ``.jpg`` is read as the PNG it is (image viewers open
+it, so medlens does too; :func:`misnamed_warning` says so), a file without a suffix (DICOM often has
+none) is recognised by its magic, and a ``.png`` holding an archive, a NIfTI or nothing known is
+refused before any decoder sees it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ SUFFIXES = {
 RASTER = {"png", "jpeg", "tiff", "bmp", "gif"}
 ITK = {"nifti", "metaimage", "nrrd"}
 IMAGE_SUFFIXES = tuple(SUFFIXES)
+# Formats whose readers decode from the bytes alone (Pillow, pydicom), so a file of one of them is read
+# whatever its name says. The ITK readers choose their decoder and checks by suffix: a NIfTI named .png
+# stays refused rather than decoded by the wrong reader.
+BY_CONTENT = RASTER | {"dicom"}
 
 
 def suffix_of(path: Path) -> str:
@@ -79,7 +85,9 @@ def detect_format(path: Path) -> str:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ReadError: the name and the content disagree, or neither names a known format.
+        ReadError: the name and the content disagree and the content is not a raster or DICOM image
+            (:data:`BY_CONTENT`), or neither names a known format. A raster or DICOM file under another
+            suffix is no error: the content's format is returned (see :func:`misnamed_warning`).
     """
     path = Path(path)
     if not path.exists():
@@ -94,7 +102,8 @@ def detect_format(path: Path) -> str:
         return "npz"
     if by_name in ("nrrd", "metaimage") and by_content is None:
         return by_name  # detached headers (.nhdr, .mhd) are free-form text
-    if by_name is not None and by_content is not None and by_name != by_content:
+    if by_name is not None and by_content is not None and by_name != by_content \
+            and by_content not in BY_CONTENT:
         raise ReadError(
             f"{path} is named like a {by_name} file but its content looks like {by_content}; "
             "rename it with the right extension or re-export it"
@@ -106,3 +115,24 @@ def detect_format(path: Path) -> str:
             "(.nii/.nii.gz), MetaImage (.mha/.mhd), NRRD (.nrrd/.nhdr), PNG/JPEG/TIFF/BMP and NumPy (.npy/.npz)"
         )
     return found
+
+
+def misnamed_warning(path: Path, fmt: str) -> dict | None:
+    """A warning when ``path``'s suffix names another format than ``fmt``, the one its content has.
+
+    Args:
+        path: the file that was read.
+        fmt: the format :func:`detect_format` found for it.
+
+    Returns:
+        ``{"code": "image.misnamed", "message": ...}`` (the message names the suffix and both formats,
+        not the path, so it can sit in an image's ``meta``), or ``None`` when the name fits or says nothing.
+    """
+    path = Path(path)
+    by_name = SUFFIXES.get(suffix_of(path))
+    if path.is_dir() or by_name is None or by_name == fmt:
+        return None
+    right = next((suffix for suffix, name in SUFFIXES.items() if name == fmt), "")
+    return {"code": "image.misnamed",
+            "message": f"named {suffix_of(path)} (a {by_name} file) but holds a {fmt} image; read as {fmt}, "
+                       f"from its content (rename it to {right} to silence this)"}

@@ -1,6 +1,7 @@
 """2D raster images (PNG, JPEG, TIFF, BMP, GIF) through Pillow.
 
-Grey images give one channel, colour images three (alpha is dropped when it is opaque).
+Grey images give one channel, colour images three. An alpha channel is dropped when it is opaque and
+otherwise flattened onto black (see :func:`remove_alpha`), each with a note in ``meta["read_warnings"]``.
 8- and 16-bit integers keep their dtype. PNGs written by medlens carry their geometry in a text
 chunk (``medlens:geometry``), so a PNG round trip keeps spacing, origin and direction exactly.
 """
@@ -49,7 +50,8 @@ def read_raster(path: Path) -> Image:
                 _check_before_decode(pil, data, path)
                 pil.load()
                 text = dict(getattr(pil, "text", {}) or {})
-                array = _to_array(pil, path)
+                notes: list[dict] = []
+                array = _to_array(pil, path, notes)
                 dpi = pil.info.get("dpi")
     except ReadError:
         raise
@@ -57,6 +59,8 @@ def read_raster(path: Path) -> Image:
         raise ReadError(f"{path}: could not decode the image ({exc}); the file may be truncated or corrupt") from None
     array = array.transpose(2, 1, 0)  # (H, W, C) -> (C, X, Y)
     image = Image(array, (1.0, 1.0), (0.0, 0.0), identity_direction(2), spacing_known=False, path=Path(path))
+    if notes:
+        image.meta["read_warnings"] = notes
     if GEOMETRY_KEY in text:
         _apply_geometry(image, text[GEOMETRY_KEY], path)
     elif dpi and dpi[0] > 1 and min(abs(dpi[0] - 72), abs(dpi[0] - 96)) > 0.5:
@@ -88,14 +92,20 @@ def _check_before_decode(pil, data: bytes, path: Path) -> None:
         check_jpeg_length(data)
 
 
-def _to_array(pil, path: Path) -> np.ndarray:
-    """Pixels as ``(H, W, C)``, grey or RGB, integer dtypes preserved."""
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _to_array(pil, path: Path, notes: list[dict]) -> np.ndarray:
+    """Pixels as ``(H, W, C)``, grey or RGB, integer dtypes preserved; alpha removed (a note in ``notes``)."""
     mode = pil.mode
-    if mode in ("P", "PA", "RGBA"):
-        rgb = _drop_opaque_alpha(np.asarray(pil.convert("RGBA")), path)
-        # palette images (GIF masks) whose colours are all grey levels are grey images
-        return rgb[..., :1] if mode != "RGBA" and _is_grey(rgb) else rgb
-    if mode in ("1", "LA"):
+    has_alpha = mode in ALPHA_MODES or (mode == "P" and "transparency" in pil.info)
+    if has_alpha or mode == "P":
+        rgba = np.asarray(pil.convert("RGBA"))
+        rgb = remove_alpha(rgba, notes) if has_alpha else rgba[..., :3]
+        # grey + alpha stays grey; palette images (GIF masks) whose colours are all grey levels are grey images
+        grey = mode in ("LA", "La") or (mode in ("P", "PA") and _is_grey(rgb))
+        return rgb[..., :1] if grey else rgb
+    if mode == "1":
         return np.asarray(pil.convert("L"))[..., None]
     if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(pil)
@@ -107,10 +117,29 @@ def _to_array(pil, path: Path) -> np.ndarray:
     raise ReadError(f"{path}: pixel mode {mode!r} is not supported; convert it to grey or RGB")
 
 
-def _drop_opaque_alpha(rgba: np.ndarray, path: Path) -> np.ndarray:
-    if rgba[..., 3].min() < 255:
-        raise ReadError(f"{path} has a transparent alpha channel; flatten it onto a background first")
-    return rgba[..., :3]
+def remove_alpha(rgba: np.ndarray, notes: list[dict]) -> np.ndarray:
+    """Drop an opaque alpha channel, or flatten a translucent one onto black; say which in ``notes``.
+
+    Black, because a transparent pixel holds no image, and black (0) is "no signal" in most modalities
+    (outside the body on a radiograph or CT, outside the fundus, the border of a dermoscopy or endoscopy
+    frame); white would make the empty parts the brightest pixels of the image.
+
+    Args:
+        rgba: ``(H, W, 4)`` uint8.
+        notes: receives one ``{"code": "image.alpha", "message": ...}``.
+
+    Returns:
+        ``(H, W, 3)`` uint8: ``round(rgb * alpha / 255)``.
+    """
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        notes.append({"code": "image.alpha", "message": "alpha channel dropped (every pixel is opaque)"})
+        return rgba[..., :3]
+    share = float((alpha < 255).mean())
+    notes.append({"code": "image.alpha", "message": f"translucent alpha channel ({share:.1%} of pixels not opaque) "
+                                                    "flattened onto black"})
+    weight = alpha[..., None].astype(np.uint16)
+    return ((rgba[..., :3].astype(np.uint16) * weight + 127) // 255).astype(np.uint8)
 
 
 def _is_grey(rgb: np.ndarray) -> bool:
