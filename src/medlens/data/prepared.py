@@ -10,7 +10,7 @@ import numpy as np
 from medlens.config import Config
 from medlens.data import open_dataset
 from medlens.data.dataset import UNLABELLED_LAYOUTS, Dataset
-from medlens.data.splits import make_splits, read_splits
+from medlens.data.splits import leave_out, make_splits, read_splits
 from medlens.data.tensors import label_array, preprocess_cases
 from medlens.errors import ConfigError, DatasetError
 from medlens.types import Case
@@ -50,12 +50,25 @@ def check_plan_fits(config: Config, dataset: Dataset) -> None:
                           f"made for {list(config.dataset.class_names)}; make a new plan with `medlens plan`")
 
 
-def resolve_splits(dataset: Dataset, config: Config) -> dict:
-    """The splits file named in the plan, else splits made from the data (the dataset's own kept)."""
+def resolve_splits(dataset: Dataset, config: Config, card: dict | None) -> dict:
+    """The splits file named in the plan, else splits made from the data (the dataset's own kept).
+
+    Args:
+        card: the audit of ``dataset`` (:func:`~medlens.data.audit.inspect_dataset`): made splits keep each
+            group of identical images (``card["duplicates"]``) in one split, and every split leaves out the
+            unreadable files the audit skipped (``card["skipped"]``, ``--skip-unreadable``). ``None`` only
+            where no audit ran (the splits then ignore duplicates).
+
+    Raises:
+        ConfigError: ``dataset.fold`` is not a fold of the splits.
+    """
+    skipped = [entry["case"] for entry in (card or {}).get("skipped", [])]
     if config.dataset.splits:
         splits = read_splits(Path(config.dataset.splits), dataset)
+        splits = leave_out(splits, skipped) if skipped else splits
     else:
-        splits = make_splits(dataset, seed=config.train.seed)
+        splits = make_splits(dataset, seed=config.train.seed, duplicates=(card or {}).get("duplicates") or None,
+                             skipped=skipped)
     if not 0 <= config.dataset.fold < len(splits["folds"]):
         raise ConfigError(f"dataset.fold={config.dataset.fold} but the splits hold {len(splits['folds'])} fold(s)")
     return splits

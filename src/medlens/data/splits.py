@@ -6,6 +6,9 @@ folders, a CSV ``split`` column) are kept. The result is a JSON file that traini
 
     {"medlens_splits_version": 1, "seed": 0, "grouped_by": "patient_id", "test": [case ids],
      "folds": [{"train": [...], "val": [...]}, ...], "sources": {"test": "dataset", "val": "generated"}}
+
+Cases left out because no reader opens them (``--skip-unreadable``) are listed under ``"skipped"``; they
+are in no split, and a dataset that still holds them matches the file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hashlib
 import json
 import warnings
 from collections import Counter
+from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ from medlens.types import Case, Split
 
 
 def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                seed: int = 0, duplicates: list[list[str]] | None = None) -> dict:
+                seed: int = 0, duplicates: list[list[str]] | None = None, skipped: Collection[str] = ()) -> dict:
     """Split ``dataset`` into a locked test set and ``folds`` train/val folds.
 
     Args:
@@ -34,6 +39,7 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         seed: the same seed and dataset give the same splits.
         duplicates: groups of case ids holding identical images (the card's ``duplicates``);
             each group is kept in one split, like the cases of one patient.
+        skipped: case ids to leave out of every split (unreadable files, the card's ``skipped``).
 
     Returns:
         The splits document (see module docstring).
@@ -45,6 +51,8 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         raise DatasetError(f"invalid split request: folds={folds}, val_fraction={val_fraction}, "
                            f"test_fraction={test_fraction}; use folds >= 1 and fractions in (0, 1)")
     dataset = _unique_cases(dataset)
+    if skipped:
+        dataset = replace(dataset, cases=[c for c in dataset.cases if c.case_id not in set(skipped)])
     if duplicates:
         dataset = _merge_duplicate_groups(dataset, duplicates)
     fixed_test = [c for c in dataset.cases if c.split is Split.TEST]
@@ -63,7 +71,7 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         fold_list, val_source = [_holdout(dataset, rest, val_fraction, seed + 1, "validation")], "generated"
     else:
         fold_list, val_source = _kfold(dataset, rest, folds, seed + 1), "generated"
-    return {
+    document = {
         "medlens_splits_version": 1,
         "dataset": str(dataset.root),
         "cases_hash": cases_hash(dataset),
@@ -74,6 +82,24 @@ def make_splits(dataset: Dataset, *, folds: int = 1, val_fraction: float = 0.2, 
         "test": [c.case_id for c in test],
         "folds": [{"train": [c.case_id for c in tr], "val": [c.case_id for c in va]} for tr, va in fold_list],
     }
+    return leave_out(document, skipped) if skipped else document
+
+
+def leave_out(splits: dict, skipped: Collection[str]) -> dict:
+    """``splits`` without the cases ``skipped``, which it lists under ``"skipped"`` (so they are in no split).
+
+    For a splits file made before some files became unreadable, or by ``medlens split`` without
+    ``--skip-unreadable``; its ``cases_hash`` is then the one of the cases kept.
+    """
+    gone = set(skipped) | set(splits.get("skipped", []))
+    kept = lambda ids: [i for i in ids if i not in gone]  # noqa: E731
+    listed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
+    document = {**splits, "test": kept(splits["test"]),
+                "folds": [{**f, "train": kept(f["train"]), "val": kept(f["val"])} for f in splits["folds"]],
+                "skipped": sorted(gone)}
+    if splits.get("cases_hash"):
+        document["cases_hash"] = _hash_ids((listed | set(splits.get("skipped", []))) - gone)
+    return document
 
 
 def _unique_cases(dataset: Dataset) -> Dataset:
@@ -82,8 +108,6 @@ def _unique_cases(dataset: Dataset) -> Dataset:
     The sources list every file once (a manifest reports its repeated rows as findings); this
     keeps a dataset built some other way from putting one case in two splits.
     """
-    from dataclasses import replace
-
     first: dict[str, Case] = {}
     for case in dataset.cases:
         first.setdefault(case.case_id, case)
@@ -96,8 +120,6 @@ def _merge_duplicate_groups(dataset: Dataset, duplicates: list[list[str]]) -> Da
     Groups are merged transitively (union-find): if one image is filed under two patients, all
     cases of both patients end up in the same split.
     """
-    from dataclasses import replace
-
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -122,7 +144,11 @@ def _merge_duplicate_groups(dataset: Dataset, duplicates: list[list[str]]) -> Da
 
 def cases_hash(dataset: Dataset) -> str:
     """Identifies the case list a splits file was made for."""
-    return hashlib.sha256("\n".join(sorted(c.case_id for c in dataset.cases)).encode()).hexdigest()[:16]
+    return _hash_ids(c.case_id for c in dataset.cases)
+
+
+def _hash_ids(case_ids) -> str:
+    return hashlib.sha256("\n".join(sorted(case_ids)).encode()).hexdigest()[:16]
 
 
 def _strata(dataset: Dataset, cases: list[Case]) -> np.ndarray:
@@ -192,7 +218,7 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> dict:
 
 
 def _check_same_cases(path: Path, splits: dict, dataset: Dataset) -> None:
-    known = {c.case_id for c in dataset.cases}
+    known = {c.case_id for c in dataset.cases} - set(splits.get("skipped", []))
     listed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
     for k, fold in enumerate(splits["folds"]):
         twice = [i for i, n in Counter([*splits["test"], *fold["train"], *fold["val"]]).items() if n > 1]
@@ -203,7 +229,7 @@ def _check_same_cases(path: Path, splits: dict, dataset: Dataset) -> None:
     if unknown:
         raise DatasetError(f"{path} names {len(unknown)} case(s) this dataset does not have (e.g. {unknown[0]}); "
                            "it was made for another dataset: run `medlens split` again")
-    if splits.get("cases_hash") and splits["cases_hash"] != cases_hash(dataset):
+    if splits.get("cases_hash") and splits["cases_hash"] != _hash_ids(known):
         raise DatasetError(f"{path} was made for another version of this dataset ({len(known - listed)} case(s) are "
                            "in no split); run `medlens split` again so every case has a place")
 

@@ -126,7 +126,7 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
     task = task_for(config)
     check_plan_fits(config, dataset)
     task.check(config)
-    splits = resolve_splits(dataset, config)
+    splits = resolve_splits(dataset, config, card)  # the audit's duplicate groups stay in one split
     run = new_run(out, Path(str(source)).name.removesuffix(".npz").removesuffix(".csv"))
     write_plan(run.plan, config, reasons, source)
     write_json_atomic(run.card, card)
