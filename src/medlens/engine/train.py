@@ -214,16 +214,18 @@ def _fit(run: RunFolder, config: Config, dataset, splits: dict, *, init_from, wo
          progress_bar: bool, log) -> RunFolder:
     """The loop every task runs: prepare, fit (resumable), keep the best weights, calibrate, save, report."""
     from medlens.engine.lightning import build_trainer
+    from medlens.engine.race import settle_race
 
-    task = task_for(config)
     flush_denormals()
-    started = time.perf_counter()
-    fit = task.prepare_fit(config, dataset, split_cases(dataset, splits, config.dataset.fold),
-                           world_size=world.processes, log=log)
+    started = time.perf_counter()  # train.time_budget_s counts from here: the race and preprocessing included
+    cases = split_cases(dataset, splits, config.dataset.fold)
+    config = settle_race(run, config, dataset, cases, processes=world.processes, log=log)  # the winner's, if raced
+    task = task_for(config)
+    fit = task.prepare_fit(config, dataset, cases, world_size=world.processes, log=log)
     fit.transfer = _transfer(fit, init_from, log)
     trainer, best = build_trainer(run, fit.config, fit.csv_metrics, launch=world, strategy=strategy,
                                   progress_bar=progress_bar, steps_per_epoch=fit.steps_per_epoch,
-                                  select_by=fit.select_by)
+                                  select_by=fit.select_by, started=started)
     if trainer.global_rank == 0:
         run.update_info(status="running", started=now(), dataset=config.dataset.source, task=config.dataset.task,
                         transfer=fit.transfer, prepare_seconds=round(time.perf_counter() - started, 2))
@@ -254,27 +256,60 @@ def _transfer(fit: Fit, init_from, log) -> dict | None:
 def _finish(run: RunFolder, task: Task, fit: Fit, trainer, best, started: float, log) -> None:
     """Keep the best weights, let the task fit what validation decides, mark the run finished, report."""
     from medlens.engine.evaluate import write_run_report
-    from medlens.models.weights import load_state_dict, save_atomic
+    from medlens.engine.lightning import time_budget
+    from medlens.models.weights import save_atomic
 
     model, config = fit.module.model, fit.config
-    source = Path(best.best_model_path) if best.best_model_path else run.last_checkpoint
-    model.load_state_dict(load_state_dict(source))
+    budget = time_budget(trainer)
+    spent = budget.summary() if budget else None  # before calibration and the report, which the budget leaves be
+    kept = _keep_best(run, fit, trainer, best, log)
     save_atomic(model.state_dict(), run.weights)
     summary = task.finish(run, config, model.eval(), fit, log)
-    score = best.best_model_score
-    run.update_info(status="finished", finished=now(), epochs_run=trainer.current_epoch,
-                    best_checkpoint=source.name, best_score=None if score is None else round(float(score), 6),
-                    monitor=best.monitor, train_seconds=round(time.perf_counter() - started, 2),
-                    stopped_by=stop_reason(trainer, config))
+    score = best.best_model_score if kept != NO_CHECKPOINT else trainer.callback_metrics.get(best.monitor)
+    run.update_info(status="finished", finished=now(), epochs_run=trainer.current_epoch, best_checkpoint=kept,
+                    best_score=None if score is None else round(float(score), 6), monitor=best.monitor,
+                    train_seconds=round(time.perf_counter() - started, 2), stopped_by=stop_reason(trainer, config),
+                    budget=spent)
+    if spent and spent["mid_epoch"]:
+        log(f"the {spent['budget_s']:g} s time budget stopped training mid-epoch, after "
+            f"{spent['epochs_completed']} whole epoch(s)")
     log(f"best {best.monitor} {float(score) if score is not None else float('nan'):.4f}; {summary}; "
         f"weights in {run.weights}")
     write_run_report(run, config, log=log)
 
 
+NO_CHECKPOINT = "none: the weights training ended with"
+
+
+def _keep_best(run: RunFolder, fit: Fit, trainer, best, log) -> str:
+    """Load the best checkpoint (else the last) into ``fit.module``; returns its file name.
+
+    Lightning validates and checkpoints whenever training stops, mid-epoch too, so a checkpoint is expected.
+    Should none exist (no validation batch ran), the weights training ended with are kept and validated
+    now, so ``run.json`` still records their score: the run never fails for want of a checkpoint.
+    """
+    from medlens.models.weights import load_state_dict
+
+    for source in (Path(best.best_model_path) if best.best_model_path else None, run.last_checkpoint):
+        if source is not None and source.is_file():
+            fit.module.model.load_state_dict(load_state_dict(source))
+            return source.name
+    log("warning: training stopped before any checkpoint was written; keeping the weights it ended with")
+    if fit.val_loader is not None:
+        trainer.validate(fit.module, fit.val_loader, verbose=False)
+    return NO_CHECKPOINT
+
+
 def stop_reason(trainer, config: Config) -> str:
+    """``time_budget``, ``max_epochs``, ``early_stopping`` (or ``stopped`` when something else stopped it)."""
+    from medlens.engine.lightning import time_budget
+
+    budget = time_budget(trainer)
+    if budget is not None and budget.stopped:
+        return "time_budget"
     if trainer.current_epoch >= config.train.max_epochs:
         return "max_epochs"
     stopper = trainer.early_stopping_callback
     if stopper is not None and stopper.stopped_epoch:
         return "early_stopping"
-    return "time_budget"
+    return "stopped"
