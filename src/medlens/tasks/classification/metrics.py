@@ -9,10 +9,15 @@ Conventions (shared by the classification task's evaluation):
 
 Every metric is computed one-vs-rest from two ``(N, K)`` indicator matrices, truth ``T`` and
 prediction ``P`` (binary: positive when ``probs[:, 1] >= threshold``; multi-class: argmax;
-multi-label: each label ``>= threshold``). Point estimates come from scikit-learn
+ordinal: the median grade; multi-label: each label ``>= threshold``). Point estimates come from scikit-learn
 (``multilabel_confusion_matrix``, ``roc_auc_score``); the bootstrap uses the same formulas on
 weighted counts, all resamples at once, with the AUC as the Mann-Whitney statistic (ties count
 one half), which equals scikit-learn's trapezoidal ROC AUC. Undefined values are NaN.
+
+Ordinal tasks (ordered grades ``0..K-1``) decide one grade per case, the *median* of the predicted
+distribution (the least grade whose cumulative probability reaches 0.5; see :func:`median_grades`),
+and add the figures graders use: quadratic weighted kappa (Cohen 1968; scikit-learn
+``cohen_kappa_score(weights="quadratic")``) and the mean absolute error in grade steps.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from medlens.errors import ConfigError
 from medlens.evaluation.arrays import to_numpy
@@ -33,7 +38,7 @@ OVERALL = ("accuracy", "balanced_accuracy", "auc")
 
 
 def as_task(task: Task | str) -> Task:
-    """The :class:`Task` of a classification problem (ordinal is evaluated as multi-class)."""
+    """The :class:`Task` of a classification problem (ordinal: as multi-class, plus kappa and grade error)."""
     try:
         task = Task(task)
     except ValueError:
@@ -95,7 +100,7 @@ def indicators(y: np.ndarray, p: np.ndarray, task: Task, threshold) -> tuple[np.
     k = p.shape[1]
     if task is Task.MULTILABEL:
         return y.astype(bool), p >= np.asarray(threshold)
-    pred = (p[:, 1] >= threshold).astype(np.int64) if task is Task.BINARY else p.argmax(axis=1)
+    pred = (p[:, 1] >= threshold).astype(np.int64) if task is Task.BINARY else predicted_classes(p, task)
     return np.eye(k, dtype=bool)[y], np.eye(k, dtype=bool)[pred]
 
 
@@ -103,7 +108,7 @@ def resolve_threshold(threshold, task: Task, num_classes: int) -> float | list[f
     """The decision threshold: ``None`` for argmax tasks, else a float (or one per label)."""
     if task not in (Task.BINARY, Task.MULTILABEL):
         if threshold is not None:
-            raise ConfigError(f"a {task.value} task predicts the argmax class, so `threshold` does not apply "
+            raise ConfigError(f"a {task.value} task predicts the {class_rule(task)}, so `threshold` does not apply "
                               f"(got {threshold!r}); leave it as None")
         return None
     t = np.asarray(0.5 if threshold is None else threshold, dtype=float)
@@ -225,7 +230,7 @@ def classification_metrics(y_true, probs, task: Task | str, class_names: Sequenc
     Args:
         y_true: ``(N,)`` class indices, or ``(N, L)`` 0/1 for multi-label.
         probs: ``(N, K)`` probabilities (see module docstring).
-        task: :class:`Task` (or its value); ordinal is evaluated as multi-class.
+        task: :class:`Task` (or its value); ordinal is evaluated as multi-class, plus :func:`ordinal_metrics`.
         class_names: ``K`` names, in the order of the ``probs`` columns.
         threshold: binary / multi-label decision threshold (default 0.5; one per label allowed).
         groups: ``(N,)`` patient ids: the bootstrap resamples patients, not images.
@@ -235,7 +240,8 @@ def classification_metrics(y_true, probs, task: Task | str, class_names: Sequenc
     Returns:
         JSON-ready dict: ``accuracy``, ``balanced_accuracy``, ``auc`` (each ``{"value", "ci_low",
         "ci_high"}``), ``per_class`` ``{name: {precision, recall, specificity, f1, auc, support}}``,
-        ``confusion_matrix``, ``n``, ``n_groups``, ``threshold``, ``task``, ``bootstrap``, ``notes``.
+        ``confusion_matrix``, ``n``, ``n_groups``, ``threshold``, ``task``, ``bootstrap``, ``notes``; ordinal
+        tasks also ``qwk``, ``mae`` and ``grade_rule`` (:func:`ordinal_metrics`).
 
     Raises:
         ConfigError: inputs that disagree in shape, NaN probabilities, a misplaced threshold.
@@ -264,7 +270,94 @@ def classification_metrics(y_true, probs, task: Task | str, class_names: Sequenc
                            "resampled": "case" if groups is None else "group",
                            "defined_resamples": _defined_counts(boot)}
     result["notes"] = _notes(names, support, len(p), task)
+    if task is Task.ORDINAL:
+        result.update(ordinal_metrics(y, p, groups=groups, n_boot=n_boot, seed=seed, alpha=alpha))
     return result
+
+
+GRADE_RULE = "median of the predicted distribution (least grade with P(grade <= k) >= 0.5)"
+
+
+def predicted_classes(probs: np.ndarray, task: Task | str) -> np.ndarray:
+    """The decided class of each row of ``probs (N, K)`` for a single-label task without a threshold: the
+    argmax, or for ordered grades the median grade (:func:`median_grades`). Returns ``(N,)`` int64."""
+    return median_grades(probs) if Task(task) is Task.ORDINAL else probs.argmax(axis=1)
+
+
+def class_rule(task: Task | str) -> str:
+    """How :func:`predicted_classes` decides, in words."""
+    return "median grade" if Task(task) is Task.ORDINAL else "argmax class"
+
+
+def median_grades(probs: np.ndarray) -> np.ndarray:
+    """The median grade of each predicted distribution: the least ``k`` with ``P(y <= k) >= 0.5``.
+
+    The median minimises the expected absolute grade error (the argmax, the mode, does not), and it
+    is the grade the cumulative-link loss trains for: each question "is the grade above ``k``?"
+    answered at 0.5.
+
+    Args:
+        probs: ``(N, K)`` probabilities over grades ``0..K-1``.
+
+    Returns:
+        ``(N,)`` int64 grades.
+    """
+    below_half = np.cumsum(probs, axis=1)[:, :-1] < 0.5 - 1e-9  # float sums of 0.5 + 0.5 land just below
+    return below_half.sum(axis=1).astype(np.int64)
+
+
+def weighted_kappa(confusions: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of ``(B, K, K)`` (weighted) confusion matrices, rows = truth.
+
+    ``1 - sum(w * O) / sum(w * E)`` with ``w_ij = (i - j)^2 / (K - 1)^2``, ``O`` the confusion and
+    ``E`` the outer product of its margins over its total (Cohen 1968): 1 for perfect agreement, 0
+    for chance. Returns ``(B,)``; NaN where ``sum(w * E)`` is 0 (one grade in truth and prediction).
+    """
+    k = confusions.shape[-1]
+    grades = np.arange(k)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / max(k - 1, 1) ** 2
+    total = confusions.sum(axis=(1, 2))
+    expected = confusions.sum(axis=2)[:, :, None] * confusions.sum(axis=1)[:, None, :]
+    expected = expected / np.where(total > 0, total, 1)[:, None, None]
+    return 1 - _ratio((weights * confusions).sum(axis=(1, 2)), (weights * expected).sum(axis=(1, 2)))
+
+
+def ordinal_metrics(y_true, probs, *, groups: Sequence | np.ndarray | None = None, n_boot: int = 1000,
+                    seed: int = 0, alpha: float = 0.05) -> dict:
+    """Quadratic weighted kappa and mean absolute grade error of the median grade, with bootstrap CIs.
+
+    Args:
+        y_true: ``(N,)`` grade indices ``0..K-1``.
+        probs: ``(N, K)`` probabilities over the grades.
+        groups: ``(N,)`` patient ids: resample patients (the same resamples as :func:`classification_metrics`).
+        n_boot, seed, alpha: as :func:`classification_metrics`.
+
+    Returns:
+        ``{"qwk", "mae": {"value", "ci_low", "ci_high"}, "grade_rule"}``; MAE in grade steps (class index).
+    """
+    check_bootstrap_args(n_boot, alpha)
+    y, p = check_inputs(y_true, probs, Task.ORDINAL)
+    k = p.shape[1]
+    pred = median_grades(p)
+    error = np.abs(y - pred).astype(np.float64)
+    pairs = np.eye(k * k)[y * k + pred]  # (N, K*K): the confusion cell of each case
+    qwk = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(set(y) | set(pred)) > 1 \
+        else np.nan  # one grade in truth and prediction: undefined, as in the bootstrap
+    boot_qwk, boot_mae = [], []
+    for block in resample_weights(len(y), groups=groups, n_boot=n_boot, seed=seed):
+        weights = block.astype(np.float64)
+        boot_qwk.append(weighted_kappa((weights @ pairs).reshape(-1, k, k)))
+        boot_mae.append(weights @ error / weights.sum(axis=1))
+    boots = [np.concatenate(b) if b else None for b in (boot_qwk, boot_mae)]
+    return {"qwk": _entries(np.array([qwk], dtype=float), boots[0], alpha)[0],
+            "mae": _entries(np.array([error.mean()]), boots[1], alpha)[0], "grade_rule": GRADE_RULE}
+
+
+def quick_qwk(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Validation quadratic weighted kappa of the median grade (``targets (N,)``, ``probs (N, K)``); NaN when one
+    grade is all there is."""
+    k = probs.shape[1]
+    return float(weighted_kappa(np.eye(k * k)[targets * k + median_grades(probs)].sum(axis=0).reshape(1, k, k))[0])
 
 
 def _confusion(y: np.ndarray, T: np.ndarray, P: np.ndarray, task: Task, names: list[str]) -> dict:
@@ -327,10 +420,13 @@ def format_metrics_table(metrics: dict, title: str = "") -> str:
     level = (f"{100 * (1 - boot.get('alpha', 0.05)):g}% CI, {boot.get('n_boot', 0)} bootstrap resamples "
              f"of {boot.get('resampled', 'case')}s")
     lines = [title] if title else []
-    rule = "argmax" if metrics["threshold"] is None else f"p >= {metrics['threshold']}"
+    rule = class_rule(metrics["task"]) if metrics["threshold"] is None else f"p >= {metrics['threshold']}"
     lines.append(f"n = {metrics['n']} ({metrics['n_groups']} groups), predicted class: {rule}; {level}")
     for key, label in zip(OVERALL, ("accuracy", "balanced accuracy", "AUC")):
         lines.append(f"  {label:<18} {_fmt(metrics[key], ci=True)}")
+    if "qwk" in metrics:
+        lines.append(f"  {'quadratic kappa':<18} {_fmt(metrics['qwk'], ci=True)}")
+        lines.append(f"  {'mean abs. error':<18} {_fmt(metrics['mae'], ci=True)} grade steps")
     names = list(metrics["per_class"])
     width = max([5, *map(len, names)])
     lines.append("")

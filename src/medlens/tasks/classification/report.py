@@ -7,16 +7,21 @@ import numpy as np
 from medlens.report.document import Figure, Section, Table, count_phrase, num
 from medlens.report.published import approx, medmnist_benchmark
 from medlens.tasks.classification.evaluate import ClassificationEvidence
+from medlens.tasks.classification.metrics import class_rule, predicted_classes
 from medlens.tasks.classification.plots import confusion_png, reliability_png, roc_pr_png
 
 OVERALL = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
 
 
+ORDINAL = (("qwk", "quadratic weighted kappa"), ("mae", "mean absolute grade error (grade steps)"))
+
+
 def metrics_table(metrics: dict, key: str, caption: str) -> Table:
-    """Overall accuracy, balanced accuracy and AUC with their 95% CI: the numbers of metrics.json."""
+    """Overall accuracy, balanced accuracy and AUC with their 95% CI: the numbers of metrics.json; for ordered
+    grades also the quadratic weighted kappa and the mean absolute grade error."""
     rows = [[label, num(metrics[k]["value"]), num(metrics[k]["ci_low"]), num(metrics[k]["ci_high"])]
-            for k, label in OVERALL]
+            for k, label in OVERALL + tuple(pair for pair in ORDINAL if pair[0] in metrics)]
     return Table(["metric", "value", "95% CI low", "95% CI high"], rows, key=key, caption=caption)
 
 
@@ -32,12 +37,15 @@ def per_class_table(metrics: dict) -> Table:
 def metrics_section(doc: dict) -> Section:
     """The headline tables of metrics.json, with how they were computed."""
     metrics, boot = doc["metrics"], doc["metrics"]["bootstrap"]
-    rule = "argmax" if metrics["threshold"] is None else f"p ≥ {metrics['threshold']}"
+    rule = class_rule(metrics["task"]) if metrics["threshold"] is None else f"p ≥ {metrics['threshold']}"
     section = Section(f"Test metrics ({doc['split']} split)", key="metrics-section")
     section.text(f"{count_phrase(doc)}; predicted class: {rule} on "
                  f"calibrated probabilities; 95% CIs from {boot['n_boot']} bootstrap resamples of "
                  f"{boot['resampled']}s{' with test-time augmentation' if doc.get('tta') else ''}.")
     section.table(metrics_table(metrics, "metrics", "headline metrics"))
+    if "qwk" in metrics:
+        section.text(f"Ordered grades: every figure scores one grade per case, the {metrics['grade_rule']}: "
+                     "it minimises the expected grade error, where the argmax would maximise accuracy.")
     if "metrics_youden" in doc:
         threshold = doc["calibration"]["threshold"]
         section.table(metrics_table(doc["metrics_youden"], "metrics-youden",
@@ -89,11 +97,11 @@ def curves_section(doc: dict, evidence: ClassificationEvidence, names: list[str]
                "reliability before / after temperature scaling"))
 
 
-def gallery_section(evidence: ClassificationEvidence, names: list[str]) -> Section:
+def gallery_section(evidence: ClassificationEvidence, names: list[str], task: str = "multiclass") -> Section:
     """Grad-CAM overlays of the predicted class (maps computed by evaluation), wrong then right cases."""
     from medlens.explain import overlay_rgb, png_bytes
 
-    predicted = evidence.probs.argmax(axis=1)
+    predicted = evidence.probs.argmax(axis=1) if task == "multilabel" else predicted_classes(evidence.probs, task)
     section = Section("Grad-CAM gallery", key="gallery")
     section.text("Where the network looked for the class it predicted (Grad-CAM on its last feature layer; red = "
                  "most evidence). The most confident mistakes come first; 3D cases show the three slices through "
@@ -125,7 +133,7 @@ def classification_sections(doc: dict, evidence: ClassificationEvidence | None, 
     """All evaluation sections; without ``evidence`` (nothing in memory) only the tables of metrics.json."""
     sections = [metrics_section(doc), comparison_section(doc, source)]
     if evidence is not None:
-        sections += [curves_section(doc, evidence, names), gallery_section(evidence, names)]
+        sections += [curves_section(doc, evidence, names), gallery_section(evidence, names, doc["metrics"]["task"])]
     return sections
 
 
