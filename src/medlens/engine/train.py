@@ -217,9 +217,10 @@ def _fit(run: RunFolder, config: Config, dataset, splits: dict, *, init_from, wo
     from medlens.engine.race import settle_race
 
     flush_denormals()
-    started = time.perf_counter()  # train.time_budget_s counts from here: the race and preprocessing included
     cases = split_cases(dataset, splits, config.dataset.fold)
     config = settle_race(run, config, dataset, cases, processes=world.processes, log=log)  # the winner's, if raced
+    # train.time_budget_s counts from here, preprocessing included (a race has already taken its time off it)
+    started = time.perf_counter()
     task = task_for(config)
     fit = task.prepare_fit(config, dataset, cases, world_size=world.processes, log=log)
     fit.transfer = _transfer(fit, init_from, log)
