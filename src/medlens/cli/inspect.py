@@ -18,6 +18,9 @@ ARGUMENTS = [
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
                                         "(refused by default)"}),
+    (["--skip-unreadable"], {"action": "store_true",
+                             "help": "audit as `train --skip-unreadable` would: unreadable files are listed as left "
+                                     "out (card['skipped']) instead of an error, and the counts leave them out"}),
     (["--strict"], {"action": "store_true", "help": "exit with status 1 when the audit finds errors"}),
 ]
 
@@ -36,7 +39,8 @@ def run(args) -> int:
     dataset = open_dataset(args.data, image_root=args.image_root, strict=False,
                            allow_outside_root=args.allow_outside_root, boxes_from_masks=args.boxes_from_masks)
     splits = read_splits(args.splits, dataset) if args.splits else None
-    card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None)
+    card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None,
+                           skip_unreadable=args.skip_unreadable)
     out = write_json_atomic(args.out or default_card_path(args.data), card)
     print(format_card(card))
     print(f"card written to {out}")
@@ -69,7 +73,7 @@ def format_card(card: dict) -> str:
     lines.append(f"  findings: {len(findings)}" + ("" if findings else " (none)"))
     for f in findings:
         lines.append(f"    [{f['severity']}] {f['code']}: {f['message']}")
-    lines += _unreadable_lines(card.get("unreadable") or [])
+    lines += _unreadable_lines(card.get("unreadable") or [], skipped=bool(card.get("skipped")))
     return "\n".join(lines)
 
 
@@ -87,11 +91,12 @@ def _box_lines(boxes: dict) -> list[str]:
     return lines
 
 
-def _unreadable_lines(unreadable: list[dict], shown: int = 20) -> list[str]:
+def _unreadable_lines(unreadable: list[dict], shown: int = 20, skipped: bool = False) -> list[str]:
     """Every unreadable case with its reason (the first ``shown``; the card lists them all)."""
     if not unreadable:
         return []
-    lines = [f"  unreadable ({len(unreadable)}):"] + [f"    {u['case']}: {u['error']}" for u in unreadable[:shown]]
+    lines = [f"  unreadable ({len(unreadable)}{', left out of training' if skipped else ''}):"]
+    lines += [f"    {u['case']}: {u['error']}" for u in unreadable[:shown]]
     if len(unreadable) > shown:
         lines.append(f"    ... and {len(unreadable) - shown} more (see the card's 'unreadable' list)")
     return lines

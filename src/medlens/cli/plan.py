@@ -27,15 +27,18 @@ ARGUMENTS = [
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
                                         "(refused by default)"}),
+    (["--skip-unreadable"], {"action": "store_true",
+                             "help": "leave out files no reader opens instead of refusing the data; the plan "
+                                     "records it (dataset.skip_unreadable: true), the card lists them"}),
     (["--devices"], {"type": int, "default": 1, "help": "plan for this many training processes per node"}),
     (["--num-nodes"], {"type": int, "default": 1, "help": "plan for this many nodes (machines)"}),
 ]
 
 
 def run(args) -> int:
-    from medlens.cli.train import task_request
+    from medlens.cli.train import skip_unreadable_requested, task_request
     from medlens.config import apply_overrides
-    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
+    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed, unreadable_skipped
     from medlens.engine.train import make_plan, write_plan
     from medlens.errors import ConfigError
     from medlens.tasks import task_for
@@ -43,13 +46,15 @@ def run(args) -> int:
     if args.devices < 1 or args.num_nodes < 1:
         raise ConfigError(f"--devices {args.devices} --num-nodes {args.num_nodes}: both must be at least 1")
     task, task_options = task_request(args)
-    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
+    skip, overrides = skip_unreadable_requested(args)
+    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
+            unreadable_skipped(skip):
         config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root,
                                                      time_budget_s=args.time_budget,
                                                      processes=args.devices * args.num_nodes, task=task,
                                                      task_options=task_options)
-    config = apply_overrides(config, args.overrides)
-    for key in (o.split("=", 1)[0].strip() for o in args.overrides):
+    config = apply_overrides(config, overrides)
+    for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
     task_for(config).check(config)
     write_plan(args.out, config, reasons, args.data)

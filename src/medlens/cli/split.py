@@ -13,7 +13,9 @@ ARGUMENTS = [
     (["--test-fraction"], {"type": float, "default": 0.2,
                            "help": "test share when the dataset fixes no test split (default 0.2)"}),
     (["--seed"], {"type": int, "default": 0, "help": "random seed (same seed, same splits)"}),
-    (["--card"], {"type": Path, "help": "a card from `medlens inspect`: identical images are kept in one split"}),
+    (["--card"], {"type": Path, "help": "a card from `medlens inspect` of this dataset (default: audit it now): its "
+                                        "groups of identical images are kept in one split, and the files it "
+                                        "skipped (inspect --skip-unreadable) left out"}),
     (["--image-root"], {"type": Path, "help": "folder a CSV's image paths are relative to"}),
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
@@ -29,22 +31,44 @@ def run(args) -> int:
     from medlens._files import write_json_atomic
     from medlens.data import open_dataset
     from medlens.data.splits import make_splits, summarize_splits
-    from medlens.errors import DatasetError
 
     dataset = open_dataset(args.data, image_root=args.image_root, allow_outside_root=args.allow_outside_root,
                            boxes_from_masks=args.boxes_from_masks)
-    duplicates = None
-    if args.card:
-        try:
-            duplicates = json.loads(Path(args.card).read_text())["duplicates"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{args.card}: not a dataset card ({exc}); make one with `medlens inspect`") from None
-    splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, seed=args.seed, duplicates=duplicates)
+    card = read_card(args.card) if args.card else _audit(dataset)
+    skipped = [entry["case"] for entry in card.get("skipped", [])]
+    splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                         seed=args.seed, duplicates=card["duplicates"], skipped=skipped)
     name = Path(args.data).name.removesuffix(".npz").removesuffix(".csv") or "dataset"
     out = write_json_atomic(args.out or Path.cwd() / f"{name}.splits.json", splits)
     print(f"{dataset.root}: test from {splits['sources']['test']}, validation from {splits['sources']['val']}, "
-          f"grouped by {splits['grouped_by']}, seed {splits['seed']}")
+          f"grouped by {splits['grouped_by']}, seed {splits['seed']}; {len(card['duplicates'])} group(s) of "
+          "identical images kept together" + (f", {len(skipped)} skipped file(s) left out" if skipped else ""))
     print("\n".join(summarize_splits(dataset, splits)))
     print(f"splits written to {out}")
     return 0
+
+
+def read_card(path: Path) -> dict:
+    """A card from ``medlens inspect`` (its ``duplicates``, and ``skipped`` when it has one).
+
+    Raises:
+        DatasetError: not a readable card.
+    """
+    from medlens.errors import DatasetError
+
+    try:
+        card = json.loads(Path(path).read_text())
+        if not isinstance(card["duplicates"], list):
+            raise TypeError("'duplicates' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a dataset card ({exc}); make one with `medlens inspect`") from None
+    return card
+
+
+def _audit(dataset) -> dict:
+    """The audit of ``dataset`` (every image is read once, to find identical ones)."""
+    from medlens.data.audit import inspect_dataset
+
+    print(f"auditing {len(dataset.cases)} case(s) to keep identical images in one split (--card CARD reuses "
+          "`medlens inspect`'s card)", flush=True)
+    return inspect_dataset(dataset)

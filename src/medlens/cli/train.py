@@ -45,8 +45,33 @@ ARGUMENTS = [
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
                                         "(refused by default)"}),
+    (["--skip-unreadable"], {"action": "store_true",
+                             "help": "leave out files no reader opens (truncated, not an image) instead of refusing "
+                                     "the data; they are printed and listed in the card and the report (plan key "
+                                     "dataset.skip_unreadable)"}),
     (["--no-progress"], {"action": "store_true", "help": "no progress bar (logs only)"}),
 ]
+SKIP_KEY = "dataset.skip_unreadable"
+
+
+def skip_unreadable_requested(args) -> tuple[bool, list[str]]:
+    """Whether the audit leaves unreadable files out, and the ``--set`` list recording it in the plan.
+
+    ``--skip-unreadable``, else the last ``--set dataset.skip_unreadable=...``, else the ``--plan`` file's key
+    (the audit runs before the plan's values are applied, so the command puts the choice in force around it).
+
+    Returns:
+        ``(skip, overrides)``: ``args.overrides``, plus ``dataset.skip_unreadable=true`` for the flag.
+    """
+    from medlens.config import Config, apply_overrides, read_plan
+
+    if args.skip_unreadable:
+        return True, [*args.overrides, f"{SKIP_KEY}=true"]
+    assignments = [o for o in args.overrides if o.partition("=")[0].strip() == SKIP_KEY]
+    if assignments:
+        return apply_overrides(Config(), assignments[-1:]).dataset.skip_unreadable, list(args.overrides)
+    plan = getattr(args, "plan", None)
+    return bool(plan and read_plan(plan)[0].dataset.skip_unreadable), list(args.overrides)
 
 
 def task_request(args) -> tuple[str | None, dict | None]:
@@ -61,7 +86,7 @@ def task_request(args) -> tuple[str | None, dict | None]:
 
 
 def run(args) -> int:
-    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed
+    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed, unreadable_skipped
     from medlens.engine.train import train
 
     if args.data is None and args.resume is None:
@@ -69,9 +94,10 @@ def run(args) -> int:
 
         raise ConfigError("give a dataset to train on, or --resume RUN_FOLDER")
     task, task_options = task_request(args)
-    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks):
-        # the engine opens the dataset, layers down
-        run_folder = train(args.data, plan=args.plan, overrides=args.overrides, out=args.out, resume=args.resume,
+    skip, overrides = skip_unreadable_requested(args)
+    with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
+            unreadable_skipped(skip):  # the engine opens and audits the dataset, layers down
+        run_folder = train(args.data, plan=args.plan, overrides=overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                            num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,
                            progress_bar=not args.no_progress, task=task, task_options=task_options)

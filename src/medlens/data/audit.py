@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
 
 from medlens.data.audit_boxes import box_findings, box_summary, check_boxes
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
-from medlens.data.dataset import Dataset, Finding, describe_read_failure
+from medlens.data.audit_reads import read_note_findings, skipped_entries, skipped_findings, unreadable_findings
+from medlens.data.dataset import Dataset, Finding, describe_read_failure, skip_unreadable_in_force
 from medlens.types import Case
 
 SAMPLES_PER_CASE = 2048  # voxels drawn per case for the intensity percentiles
@@ -43,10 +44,12 @@ class CaseStats:
     foreground: np.ndarray | None = None  # (N,) first-channel intensities where mask > 0; None off the image grid
     modality: str | None = None
     problems: list[Finding] = field(default_factory=list)
+    read_notes: list[dict] = field(default_factory=list)  # the reader's image.meta["read_warnings"]
     boxes: object | None = None  # detection: the case's CaseBoxes (medlens.data.audit_boxes)
 
 
-def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=None) -> dict:
+def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=None,
+                    skip_unreadable: bool | None = None) -> dict:
     """Audit every case of ``dataset`` and return the dataset card (JSON-ready dict).
 
     Args:
@@ -54,7 +57,39 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
         splits: a splits file's content (see :mod:`medlens.data.splits`) to check for leakage,
             in addition to the splits the dataset fixes itself.
         progress: optional ``callable(done, total)``.
+        skip_unreadable: leave the files no reader opens out (listed in ``card["skipped"]``, counted nowhere
+            else, an ``image.skipped`` warning) instead of an ``image.unreadable`` error that blocks training;
+            ``None`` = what :func:`~medlens.data.dataset.unreadable_skipped` put in force (refused by default).
     """
+    stats, unreadable = _scan_cases(dataset, progress)
+    skip = bool(unreadable) and skip_unreadable_in_force(skip_unreadable)
+    kept = _without(dataset, {u["case"] for u in unreadable}) if skip else dataset
+    findings = list(dataset.findings) + [p for s in stats for p in s.problems] + read_note_findings(stats)
+    findings += skipped_findings(unreadable) if skip else unreadable_findings(unreadable)
+    card = {
+        "medlens_card_version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": _describe(dataset, stats),
+        "counts": _counts(kept),
+        "images": _image_summary(stats),
+        "unreadable": unreadable,
+        "duplicates": _duplicate_groups(stats),
+    }
+    if skip:
+        card["skipped"] = skipped_entries(dataset, unreadable)
+    findings += _content_findings(kept, stats, card)
+    views = _split_views(kept, splits)
+    findings += _duplicate_findings(card["duplicates"], views)
+    findings += _label_conflicts(kept, card["duplicates"])
+    findings += _patient_findings(kept, views)
+    findings += _class_findings(kept, card["counts"])
+    card["findings"] = [f.as_dict() for f in findings]
+    card["fingerprint"] = _fingerprint(stats)
+    return card
+
+
+def _scan_cases(dataset: Dataset, progress) -> tuple[list[CaseStats], list[dict]]:
+    """Read every case: the statistics of the readable ones, ``{"case", "path", "error"}`` for the others."""
     stats, unreadable = [], []
     rng = np.random.default_rng(0)
     for i, case in enumerate(dataset.cases):
@@ -65,17 +100,12 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
             unreadable.append({"case": case.case_id, "path": str(case.image), "error": reason})
         if progress:
             progress(i + 1, len(dataset.cases))
-    findings = list(dataset.findings) + [p for s in stats for p in s.problems]
-    findings += _unreadable_findings(unreadable)
-    card = {
-        "medlens_card_version": 1,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": _describe(dataset, stats),
-        "counts": _counts(dataset),
-        "images": _image_summary(stats),
-        "unreadable": unreadable,
-        "duplicates": _duplicate_groups(stats),
-    }
+    return stats, unreadable
+
+
+def _content_findings(dataset: Dataset, stats: list[CaseStats], card: dict) -> list[Finding]:
+    """Masks and boxes (their summaries go into ``card``), dimensionality and spacing."""
+    findings = []
     if dataset.task.label_form == "mask":
         card["masks"] = mask_summary(dataset, stats)
         findings += background_findings(dataset, stats)
@@ -83,15 +113,11 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
         records = {s.case_id: s.boxes for s in stats if s.boxes is not None}
         card["boxes"] = box_summary(dataset, records)
         findings += box_findings(dataset, records)
-    findings += _dimension_findings(stats) + _spacing_findings(stats)
-    views = _split_views(dataset, splits)
-    findings += _duplicate_findings(card["duplicates"], views)
-    findings += _label_conflicts(dataset, card["duplicates"])
-    findings += _patient_findings(dataset, views)
-    findings += _class_findings(dataset, card["counts"])
-    card["findings"] = [f.as_dict() for f in findings]
-    card["fingerprint"] = _fingerprint(stats)
-    return card
+    return findings + _dimension_findings(stats) + _spacing_findings(stats)
+
+
+def _without(dataset: Dataset, case_ids: set[str]) -> Dataset:
+    return replace(dataset, cases=[c for c in dataset.cases if c.case_id not in case_ids])
 
 
 def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseStats:
@@ -105,7 +131,8 @@ def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseSt
     mean, std = _mean_std(flat)
     stats = CaseStats(case.case_id, image.spatial_shape, image.channels, str(array.dtype),
                       image.spacing_mm if image.spacing_known else None, low, high, mean, std,
-                      digest.hexdigest(), sample.astype(np.float32), modality=image.meta.get("modality"))
+                      digest.hexdigest(), sample.astype(np.float32), modality=image.meta.get("modality"),
+                      read_notes=list(image.meta.get("read_warnings", [])))
     if case.mask is not None:
         check_mask(dataset, case, image, stats, rng)
     if dataset.task.label_form == "boxes":
@@ -336,17 +363,6 @@ def _dimension_findings(stats: list[CaseStats]) -> list[Finding]:
     odd = [s.case_id for s in stats if len(s.shape) == minority]
     return [Finding.blocking("image.dims", f"{len(odd)} case(s) are {minority}D while most are "
                     f"{max(dims, key=dims.get)}D (e.g. {odd[0]}); one dataset needs one dimensionality", odd)]
-
-
-def _unreadable_findings(unreadable: list[dict]) -> list[Finding]:
-    if not unreadable:
-        return []
-    nan = [u["case"] for u in unreadable if "NaN" in u["error"]]
-    findings = [Finding.blocking("image.unreadable", f"{len(unreadable)} case(s) could not be read, e.g. "
-                        f"{unreadable[0]['error']}", [u["case"] for u in unreadable])]
-    if nan:
-        findings.append(Finding("error", "image.nan", f"{len(nan)} case(s) hold NaN or infinite voxels", nan))
-    return findings
 
 
 def _fingerprint(stats: list[CaseStats]) -> str:

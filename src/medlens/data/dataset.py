@@ -125,7 +125,12 @@ def read_case_image(case: Case, spatial_dims: int | None = None) -> Image:
             raise DatasetError(f"case {case.case_id}: channel {path} has shape {other.spatial_shape} / spacing "
                                f"{other.spacing_mm} but {case.images[0]} has {first.spatial_shape} / "
                                f"{first.spacing_mm}; register the modalities onto one grid first")
-    return first.with_array(np.concatenate([im.array for im in images], axis=0))
+    stacked = first.with_array(np.concatenate([im.array for im in images], axis=0))
+    notes = [{**note, "message": f"{Path(path).name}: {note['message']}"}
+             for path, im in zip(case.images, images) for note in im.meta.get("read_warnings", [])]
+    if notes:
+        stacked.meta["read_warnings"] = notes
+    return stacked
 
 
 def describe_read_failure(path, exc: BaseException) -> str:
@@ -194,6 +199,26 @@ def boxes_from_masks_requested(requested: bool = True) -> Iterator[None]:
 def boxes_from_masks_in_force(explicit: bool | None = None) -> bool:
     """``explicit`` when given, else what :func:`boxes_from_masks_requested` put in force (default: no)."""
     return _BOXES_FROM_MASKS.get() if explicit is None else bool(explicit)
+
+
+_SKIP_UNREADABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_skip_unreadable", default=False)
+
+
+@contextlib.contextmanager
+def unreadable_skipped(skip: bool = True) -> Iterator[None]:
+    """Within the block, an audit run without an explicit ``skip_unreadable`` follows ``skip``: files no reader
+    opens are left out of training (listed in the card's ``skipped``) instead of refusing the data (the CLI's
+    ``--skip-unreadable`` or the plan's ``dataset.skip_unreadable``, put in force around ``plan`` / ``train``)."""
+    token = _SKIP_UNREADABLE.set(bool(skip))
+    try:
+        yield
+    finally:
+        _SKIP_UNREADABLE.reset(token)
+
+
+def skip_unreadable_in_force(explicit: bool | None = None) -> bool:
+    """``explicit`` when given, else what :func:`unreadable_skipped` put in force (default: refuse them)."""
+    return _SKIP_UNREADABLE.get() if explicit is None else bool(explicit)
 
 
 _UNLABELLED_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_unlabelled", default=False)

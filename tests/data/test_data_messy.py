@@ -1,0 +1,280 @@
+"""Messy class folders train (issue 19): files named after another format, alpha channels, unreadable files,
+and duplicates that must stay in one split of the splits ``train`` and ``medlens split`` make.
+
+Tiny PNG/JPEG files written through ``tmp_path``; nothing is trained except in the one ``slow`` test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from argparse import Namespace
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from medlens.cli.train import skip_unreadable_requested
+from medlens.config import Config
+from medlens.data import open_dataset
+from medlens.data.audit import inspect_dataset
+from medlens.data.audit_reads import skipped_rows
+from medlens.data.dataset import unreadable_skipped
+from medlens.data.prepared import resolve_splits, split_cases
+from medlens.data.splits import make_splits, read_splits
+from medlens.engine.train import check_card
+from medlens.errors import DatasetError
+from medlens.io import read_image
+
+
+def noise(seed: int, shape=(10, 12)) -> np.ndarray:
+    """Distinct uint8 pixels ``(H, W)`` per seed."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def class_folders(root: Path, per_class: int = 12) -> Path:
+    """``root/{normal,lesion}/<i>.png``, grey noise, distinct per file."""
+    for c, name in enumerate(("normal", "lesion")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            PILImage.fromarray(noise(100 * c + i)).save(root / name / f"{i}.png")
+    return root
+
+
+def findings(card: dict) -> dict[str, dict]:
+    return {f["code"]: f for f in card["findings"]}
+
+
+# --- content over name -----------------------------------------------------------------------------
+
+
+def test_png_named_jpg_is_read_by_its_content_with_the_same_pixels(tmp_path):
+    pixels = noise(1)
+    PILImage.fromarray(pixels).save(tmp_path / "scan.png")
+    shutil.copy(tmp_path / "scan.png", tmp_path / "scan.jpg")
+
+    as_png, as_jpg = read_image(tmp_path / "scan.png"), read_image(tmp_path / "scan.jpg")
+
+    np.testing.assert_array_equal(as_jpg.array, as_png.array)
+    np.testing.assert_array_equal(as_jpg.array[0], pixels.T)  # lossless: a JPEG decoder would not give these
+    assert "read_warnings" not in as_png.meta
+    assert as_jpg.meta["read_warnings"] == [{
+        "code": "image.misnamed",
+        "message": "named .jpg (a jpeg file) but holds a png image; read as png, from its content "
+                   "(rename it to .png to silence this)"}]
+
+
+def test_misnamed_files_are_a_warning_naming_each_file_and_do_not_stop_training(tmp_path):
+    root = class_folders(tmp_path / "data")
+    for i in (0, 1):
+        (root / "lesion" / f"{i}.png").rename(root / "lesion" / f"{i}.jpg")  # PNG content, .jpg name
+    jpeg = root / "normal" / "0.png"
+    PILImage.fromarray(noise(0)).save(jpeg, format="JPEG")  # JPEG content, .png name
+    logged: list[str] = []
+
+    card = inspect_dataset(open_dataset(root))
+    check_card(card, log=logged.append)  # would raise on a finding that blocks training
+
+    finding = findings(card)["image.misnamed"]
+    assert finding["severity"] == "warning" and not finding["blocks_training"]
+    assert sorted(finding["cases"]) == ["lesion/0.jpg", "lesion/1.jpg", "normal/0.png"]
+    assert "lesion/0.jpg: named .jpg (a jpeg file) but holds a png image" in finding["message"]
+    assert "normal/0.png: named .png (a png file) but holds a jpeg image" in finding["message"]
+    assert any(line.startswith("warning [image.misnamed]: 3 file(s)") for line in logged)
+    assert card["dataset"]["num_readable"] == 24 and not card["unreadable"]
+
+
+# --- alpha -----------------------------------------------------------------------------------------
+
+
+def rgba(alpha: int | None) -> np.ndarray:
+    """``(10, 12, 4)`` RGB noise with a constant alpha, or with the left half transparent (``None``)."""
+    array = np.dstack([noise(7), noise(8), noise(9), np.full((10, 12), 255, np.uint8)])
+    if alpha is None:
+        array[:, :6, 3] = 0
+    else:
+        array[..., 3] = alpha
+    return array
+
+
+def test_opaque_and_translucent_rgba_are_read_with_a_warning_and_the_documented_flattening(tmp_path):
+    root = class_folders(tmp_path / "data")
+    PILImage.fromarray(rgba(255)).save(root / "normal" / "opaque.png")
+    PILImage.fromarray(rgba(None)).save(root / "lesion" / "translucent.png")
+    logged: list[str] = []
+
+    dataset = open_dataset(root)
+    card = inspect_dataset(dataset)
+    check_card(card, log=logged.append)
+
+    finding = findings(card)["image.alpha"]
+    assert sorted(finding["cases"]) == ["lesion/translucent.png", "normal/opaque.png"]
+    assert "normal/opaque.png: alpha channel dropped (every pixel is opaque)" in finding["message"]
+    assert "lesion/translucent.png: translucent alpha channel (50.0% of pixels not opaque) flattened onto black" \
+        in finding["message"]
+    assert any(line.startswith("warning [image.alpha]: 2 image(s)") for line in logged)
+    by_id = {c.case_id: c for c in dataset.cases}
+    opaque = dataset.load_image(by_id["normal/opaque.png"]).array  # (C, X, Y)
+    translucent = dataset.load_image(by_id["lesion/translucent.png"]).array
+    np.testing.assert_array_equal(opaque, rgba(255)[..., :3].transpose(2, 1, 0))
+    assert not translucent[:, :6, :].any()  # transparent columns x < 6 are black
+    np.testing.assert_array_equal(translucent[:, 6:, :], rgba(None)[:, 6:, :3].transpose(2, 1, 0))
+
+
+# --- unreadable files ------------------------------------------------------------------------------
+
+
+def truncated_among_good(tmp_path: Path) -> Path:
+    root = class_folders(tmp_path / "data")
+    good = (root / "lesion" / "3.png").read_bytes()
+    (root / "lesion" / "cut.png").write_bytes(good[: len(good) // 2])
+    (root / "normal" / "notes.png").write_text("not an image at all\n" * 20)
+    return root
+
+
+def test_unreadable_files_are_refused_by_default_naming_them_and_the_way_round(tmp_path):
+    root = truncated_among_good(tmp_path)
+
+    card = inspect_dataset(open_dataset(root))
+
+    with pytest.raises(DatasetError, match="image.unreadable") as refused:
+        check_card(card)
+    message = str(refused.value)
+    assert "2 case(s) could not be read" in message
+    assert str(root / "normal" / "notes.png") in message and "lesion/cut.png" in message
+    assert "--skip-unreadable (plan key dataset.skip_unreadable: true)" in message
+    assert "skipped" not in card
+
+
+def test_skip_unreadable_lists_them_in_the_card_and_leaves_them_out_of_every_split(tmp_path):
+    root = truncated_among_good(tmp_path)
+    dataset = open_dataset(root)
+    logged: list[str] = []
+
+    with unreadable_skipped():  # what `--skip-unreadable` puts in force around plan / train
+        card = inspect_dataset(dataset)
+    check_card(card, log=logged.append)
+    splits = resolve_splits(dataset, Config(), card)
+
+    assert [(s["path"], s["reason"].split(":")[0]) for s in card["skipped"]] == [
+        ("normal/notes.png", "normal/notes.png"), ("lesion/cut.png", "lesion/cut.png")]
+    assert str(tmp_path) not in json.dumps(card["skipped"])  # paths relative to the dataset
+    assert skipped_rows(card)[1][0] == "lesion/cut.png"
+    assert card["counts"]["total"] == {"normal": 12, "lesion": 12}  # counts are of the cases kept
+    assert any(line.startswith("warning [image.skipped]: 2 unreadable case(s) left out") for line in logged)
+    placed = set(splits["test"]).union(*(set(f["train"]) | set(f["val"]) for f in splits["folds"]))
+    assert splits["skipped"] == ["lesion/cut.png", "normal/notes.png"]
+    assert len(placed) == 24 and not placed & set(splits["skipped"])
+    reread = read_splits_roundtrip(tmp_path, splits, dataset)  # resume / evaluate reopen all 26 files
+    assert split_cases(dataset, reread, 0).keys() == {"train", "val", "test"}
+
+
+def read_splits_roundtrip(tmp_path: Path, splits: dict, dataset) -> dict:
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(splits))
+    return read_splits(path, dataset)
+
+
+def test_skip_unreadable_comes_from_the_flag_the_set_option_or_the_plan_file(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("dataset:\n  skip_unreadable: true\n")
+    args = lambda **kw: Namespace(**{"skip_unreadable": False, "overrides": [], "plan": None, **kw})  # noqa: E731
+
+    assert skip_unreadable_requested(args()) == (False, [])
+    assert skip_unreadable_requested(args(skip_unreadable=True)) == (True, ["dataset.skip_unreadable=true"])
+    assert skip_unreadable_requested(args(overrides=["dataset.skip_unreadable=yes"]))[0] is True
+    assert skip_unreadable_requested(args(plan=plan))[0] is True
+    assert skip_unreadable_requested(args(plan=plan, overrides=["dataset.skip_unreadable=false"]))[0] is False
+
+
+def test_cli_inspect_and_plan_with_and_without_skip_unreadable(tmp_path, cli):
+    root = truncated_among_good(tmp_path)
+
+    refused = cli("plan", root, "--out", tmp_path / "plan.yaml")
+    inspected = cli("inspect", root, "--out", tmp_path / "card.json", "--skip-unreadable")
+
+    assert refused.rc == 2 and "lesion/cut.png" in refused.err and "--skip-unreadable" in refused.err
+    assert not (tmp_path / "plan.yaml").exists()
+    assert inspected.rc == 0 and "unreadable (2, left out of training):" in inspected.out
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert [s["case"] for s in card["skipped"]] == ["normal/notes.png", "lesion/cut.png"]
+    assert not findings(card)["image.skipped"]["blocks_training"] and "image.unreadable" not in findings(card)
+
+
+@pytest.mark.slow
+def test_train_with_skip_unreadable_trains_without_them_and_records_them(tmp_path, cli):
+    root = truncated_among_good(tmp_path)
+
+    result = cli("train", root, "--skip-unreadable", "--time-budget", "5s", "--no-progress", "--out", tmp_path / "run")
+
+    assert result.rc == 0, result.err
+    run = tmp_path / "run"
+    assert "skip_unreadable: true" in (run / "plan.yaml").read_text()
+    assert [s["path"] for s in json.loads((run / "card.json").read_text())["skipped"]] == [
+        "normal/notes.png", "lesion/cut.png"]
+    assert json.loads((run / "splits.json").read_text())["skipped"] == ["lesion/cut.png", "normal/notes.png"]
+    assert "lesion/cut.png" in (run / "report.md").read_text()
+
+
+# --- duplicates stay in one split ------------------------------------------------------------------
+
+
+def with_planted_duplicates(tmp_path: Path) -> tuple[Path, list[set[str]]]:
+    """40 + 40 distinct images, then 10 groups of 2-3 byte-identical copies within a class."""
+    root = class_folders(tmp_path / "data", per_class=40)
+    groups = []
+    for g in range(10):
+        name = ("normal", "lesion")[g % 2]
+        source = root / name / f"{g}.png"
+        copies = [root / name / f"copy_{g}_{k}.png" for k in range(1 + g % 2)]
+        for copy in copies:
+            shutil.copy(source, copy)
+        groups.append({f"{name}/{p.name}" for p in [source, *copies]})
+    return root, groups
+
+
+def straddling(groups: list[set[str]], splits: dict) -> list[set[str]]:
+    """The groups whose cases sit in more than one split, in any fold."""
+    crossing = []
+    for fold in splits["folds"]:
+        where = {**{i: "test" for i in splits["test"]}, **{i: "train" for i in fold["train"]},
+                 **{i: "val" for i in fold["val"]}}
+        crossing += [g for g in groups if len({where[i] for i in g}) > 1]
+    return crossing
+
+
+def test_splits_train_makes_keep_every_planted_duplicate_group_in_one_split(tmp_path):
+    root, groups = with_planted_duplicates(tmp_path)
+    dataset = open_dataset(root)
+    card = inspect_dataset(dataset)
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, card["duplicates"]))  # the audit finds them all
+
+    for seed in range(3):
+        splits = resolve_splits(dataset, seeded(seed), card)
+
+        assert straddling(groups, splits) == []
+    # without the audit's groups the same seeds scatter some of them (what `train` did before)
+    assert any(straddling(groups, make_splits(dataset, seed=seed)) for seed in range(3))
+
+
+def seeded(seed: int) -> Config:
+    """The default plan with ``train.seed = seed`` (what ``resolve_splits`` makes splits with)."""
+    config = Config()
+    return replace(config, train=replace(config.train, seed=seed))
+
+
+def test_medlens_split_keeps_duplicates_together_in_every_fold(tmp_path, cli):
+    root, groups = with_planted_duplicates(tmp_path)
+
+    one = cli("split", root, "--out", tmp_path / "one.json")
+    folds = cli("split", root, "--folds", "4", "--out", tmp_path / "k.json")
+
+    assert one.rc == 0 and folds.rc == 0, one.err + folds.err
+    assert "10 group(s) of identical images kept together" in one.out
+    k = json.loads((tmp_path / "k.json").read_text())
+    assert len(k["folds"]) == 4
+    assert straddling(groups, json.loads((tmp_path / "one.json").read_text())) == []
+    assert straddling(groups, k) == []
+    assert straddling(groups, make_splits(open_dataset(root), folds=4, seed=0))  # scattered without the audit
