@@ -1,4 +1,4 @@
-"""Lightning callbacks medlens adds: one ``metrics.csv`` row per epoch that survives resumes."""
+"""Lightning callbacks medlens adds: one ``metrics.csv`` row per epoch that survives resumes, and the time budget."""
 
 from __future__ import annotations
 
@@ -52,3 +52,55 @@ def _write(path: Path, rows: list[dict], columns: list[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+class TimeBudget(pl.Callback):
+    """Stops training once ``budget_s`` seconds have passed since ``started``, between two steps, mid-epoch if
+    need be; Lightning then validates the weights it has and writes the checkpoints, as on any early stop.
+
+    Lightning's own ``max_time`` starts counting when ``trainer.fit`` begins; this clock starts when the run's
+    work began (``started``, a :func:`time.perf_counter` reading taken before preprocessing and any race), so
+    everything the run does counts against the budget. A resumed run adds the time its checkpoint had used.
+
+    Args:
+        budget_s: seconds the run may spend (> 0).
+        started: :func:`time.perf_counter` when the run's work began in this process.
+    """
+
+    def __init__(self, budget_s: float, started: float):
+        self.budget_s, self.started = float(budget_s), started
+        self.used_before = 0.0  # by the runs this one resumes
+        self.epochs_completed, self.mid_epoch, self.stopped = 0, False, False
+        self.stopped_at_s: float | None = None  # used_s when the budget stopped training
+
+    def used_s(self) -> float:
+        return self.used_before + time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        """For ``run.json``: ``budget_s``; ``used_s`` so far (the last validation and checkpoint included);
+        ``stopped`` (the budget ended training), ``stopped_at_s`` (``used_s`` then, else ``None``), ``mid_epoch``
+        (it cut an epoch short) and ``epochs_completed`` (whole epochs)."""
+        at = None if self.stopped_at_s is None else round(self.stopped_at_s, 2)
+        return {"budget_s": round(self.budget_s, 2), "used_s": round(self.used_s(), 2), "stopped": self.stopped,
+                "stopped_at_s": at, "mid_epoch": self.mid_epoch, "epochs_completed": self.epochs_completed}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        used = self.used_s()
+        out_of_time = trainer.strategy.broadcast(used >= self.budget_s)  # rank 0's clock decides for all
+        if out_of_time and not trainer.should_stop:
+            self.stopped, self.stopped_at_s = True, used
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed  # restored on a mid-epoch resume
+        if done >= trainer.num_training_batches:
+            self.epochs_completed += 1
+        else:
+            self.mid_epoch = True
+
+    def state_dict(self) -> dict:
+        return {"used_s": self.used_s(), "epochs_completed": self.epochs_completed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.used_before = float(state_dict.get("used_s", 0.0))
+        self.epochs_completed = int(state_dict.get("epochs_completed", 0))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medlens.config import Config
-from medlens.engine.callbacks import EpochCSV
+from medlens.engine.callbacks import EpochCSV, TimeBudget
 from medlens.engine.checkpoints import AtomicCheckpointIO
 from medlens.engine.distributed import Launch
 from medlens.runs import RunFolder
@@ -19,7 +19,7 @@ ONE_PROCESS = Launch()
 
 def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], *, launch: Launch = ONE_PROCESS,
                   strategy: str = "auto", progress_bar: bool = True, steps_per_epoch: int = 0,
-                  select_by: str = "") -> tuple[pl.Trainer, ModelCheckpoint]:
+                  select_by: str = "", started: float | None = None) -> tuple[pl.Trainer, ModelCheckpoint]:
     """The Trainer with medlens' callbacks.
 
     Args:
@@ -28,6 +28,8 @@ def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], 
         steps_per_epoch: optimisation steps per epoch in each process; sizes the weight average
             (``train.ema_fraction``).
         select_by: the logged value the best checkpoint and early stopping watch (default ``train.monitor``).
+        started: :func:`time.perf_counter` when the run's work began (before preprocessing): ``train.time_budget_s``
+            counts from there (default: now). See :class:`~medlens.engine.callbacks.TimeBudget`.
     """
     _quiet_lightning()
     t = config.train
@@ -37,6 +39,8 @@ def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], 
                            save_top_k=1, enable_version_counter=False)
     callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=t.patience, check_finite=False),
                  EpochCSV(run.metrics_csv, csv_metrics), *weight_averaging(config, steps_per_epoch)]
+    if t.time_budget_s:
+        callbacks.append(TimeBudget(t.time_budget_s, time.perf_counter() if started is None else started))
     gpu = torch.cuda.is_available()
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported()
                                                            else "16-mixed" if gpu else "32-true")
@@ -45,11 +49,15 @@ def build_trainer(run: RunFolder, config: Config, csv_metrics: tuple[str, ...], 
     trainer = pl.Trainer(
         accelerator="gpu" if gpu else "cpu", devices=launch.devices, num_nodes=launch.num_nodes, strategy=strategy,
         precision=precision, max_epochs=t.max_epochs,
-        max_time=timedelta(seconds=t.time_budget_s) if t.time_budget_s else None,
         callbacks=callbacks, logger=_tensorboard(run), plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
         use_distributed_sampler=False, enable_progress_bar=progress_bar, enable_model_summary=False,
         log_every_n_steps=10, default_root_dir=run.root)
     return trainer, best
+
+
+def time_budget(trainer: pl.Trainer) -> TimeBudget | None:
+    """The trainer's :class:`~medlens.engine.callbacks.TimeBudget` (``None`` without a budget)."""
+    return next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
 
 
 def weight_averaging(config: Config, steps_per_epoch: int) -> list[pl.Callback]:

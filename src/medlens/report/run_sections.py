@@ -136,6 +136,8 @@ def training_section(run: RunFolder) -> Section:
     section.text(f"status **{info.get('status', 'unknown')}** after {info.get('epochs_run', len(rows))} epoch(s), "
                  f"stopped by {info.get('stopped_by', 'n/a')}; best {info.get('monitor', 'score')} "
                  f"{'n/a' if best is None else f'{best:.4f}'}; {info.get('train_seconds', 'n/a')} s of training.")
+    if line := budget_line(info):
+        section.text(line)
     figures = [Figure(name, png, caption) for name, png, caption in (
         ("loss", curves_png([("run", rows)], loss_columns(rows), title="loss", ylabel="loss"), "loss per epoch"),
         ("validation", curves_png([("run", rows)], validation_columns(rows), title="validation",
@@ -146,3 +148,14 @@ def training_section(run: RunFolder) -> Section:
     else:
         section.text("metrics.csv holds no epoch yet.")
     return section
+
+
+def budget_line(info: dict) -> str:
+    """One sentence when the time budget stopped training (``run.json``'s ``budget``), ``""`` otherwise."""
+    budget = info.get("budget") or {}
+    if not budget.get("stopped"):
+        return ""
+    where = "mid-epoch, after" if budget.get("mid_epoch") else "after"
+    return (f"The {budget['budget_s']:g} s time budget stopped training {where} {budget['epochs_completed']} whole "
+            f"epoch(s) ({budget['used_s']:g} s used, preparation included); the weights are the best validated "
+            "so far.")

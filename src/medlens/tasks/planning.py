@@ -48,3 +48,20 @@ def fastest_step(step, *, cuda: bool = False, repeats: int = 4, warmup: int = 2)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return float(min(times))
+
+
+def epochs_in_budget(budget_s: float, epoch_s: float, *, most: int, share: float = 0.85) -> tuple[int, str]:
+    """The whole epochs of ``epoch_s`` seconds that fit ``share`` of ``budget_s`` (at most ``most``), and why.
+
+    Never more than fit: the floor is one epoch, planned even when it does not fit, and then the reason says
+    that the time budget (a hard stop, :class:`medlens.engine.callbacks.TimeBudget`) ends it mid-epoch.
+
+    Returns:
+        ``(epochs, phrase)``: e.g. ``(3, "3 epochs fit 85% of the 60 s budget (1..100)")``.
+    """
+    fit = int(share * budget_s // epoch_s) if epoch_s > 0 else most
+    epochs = min(max(fit, 1), most)
+    if fit >= 1:
+        return epochs, f"{epochs} epochs fit {share:.0%} of the {budget_s:.0f} s budget (1..{most})"
+    return 1, (f"not even one epoch fits {share:.0%} of the {budget_s:g} s budget: one is planned, and the "
+               f"budget stops it mid-epoch (after about {min(share * budget_s / epoch_s, 1.0):.0%} of its steps)")

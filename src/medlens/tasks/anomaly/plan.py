@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from medlens.config import AnomalySection, AugmentSection, Config, TrainSection
 from medlens.errors import ConfigError, DatasetError
-from medlens.tasks.planning import fastest_step, per_process_batch, processes_reason
+from medlens.tasks.planning import epochs_in_budget, fastest_step, per_process_batch, processes_reason
 
 CLASS_KINDS = ("binary", "multiclass", "ordinal")  # one class per case: normal or not is decided by it
 MEMORY_FRACTION = 0.1  # PatchCore keeps 1-10% of the patch features; 10% on these small images
@@ -159,10 +159,9 @@ def _epochs(config: Config, batch: int, steps: int, budget_s: float, device: str
         return 10
     step_s = time_step(config, batch, device)
     epoch_s = steps * step_s * 1.15 + 0.5
-    epochs = int(min(max(TRAIN_SHARE * budget_s // epoch_s, 1), MAX_EPOCHS))
+    epochs, fits = epochs_in_budget(budget_s, epoch_s, most=MAX_EPOCHS, share=TRAIN_SHARE)
     reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms, "
-                                   f"two views per image for the encoder); {epochs} epochs fit {TRAIN_SHARE:.0%} of "
-                                   f"the {budget_s:.0f} s budget (1..{MAX_EPOCHS}); the rest builds the memory")
+                                   f"two views per image for the encoder); {fits}; the rest builds the memory")
     return epochs
 
 

@@ -22,7 +22,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import fastest_step, per_process_batch, processes_reason
+from medlens.tasks.planning import epochs_in_budget, fastest_step, per_process_batch, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 600.0, "gpu": 1800.0}
 KINDS = ("binary", "multiclass", "multilabel", "ordinal")  # the label kinds this task trains
@@ -222,10 +222,10 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
     step_s = time_training_step(model, data, dataset, batch, device)
     epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
     fit = int(0.85 * budget_s // epoch_s)
-    epochs, members = int(np.clip(fit, 3, MAX_EPOCHS)), int(np.clip(fit // MAX_EPOCHS, 1, MAX_MEMBERS))
+    epochs, fits = epochs_in_budget(budget_s, epoch_s, most=MAX_EPOCHS)
+    members = int(np.clip(fit // MAX_EPOCHS, 1, MAX_MEMBERS))
     reasons["train.max_epochs"] = (f"{epoch_s:.1f} s per epoch measured here ({steps} steps of "
-                                   f"{step_s * 1000:.0f} ms); "
-                                   f"{epochs} epochs fit 85% of the {budget_s:.0f} s budget (3..{MAX_EPOCHS})")
+                                   f"{step_s * 1000:.0f} ms); {fits}")
     reasons["model.members"] = (f"{members} networks from different initialisations, trained side by side and "
                                 f"averaged (deep ensemble): the budget fits {fit} epochs, {members}x the whole "
                                 "schedule" if members > 1 else

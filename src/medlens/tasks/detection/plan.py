@@ -27,7 +27,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import axis_stat, per_process_batch, processes_reason
+from medlens.tasks.planning import axis_stat, epochs_in_budget, per_process_batch, processes_reason
 
 KINDS = ("detection",)
 DEFAULT_BUDGET_S = {"cpu": 1500.0, "gpu": 3600.0}
@@ -209,9 +209,9 @@ def _epochs(card, data, model, detect, dataset, batch, steps, budget_s, device, 
     step_s, forward_s = time_detection_step(model, data, detect, dataset, batch, device)
     val_images = max(int(round(card["dataset"].get("num_readable", 10) * 0.16)), 1)
     epoch_s = steps * step_s * 1.1 + val_images * forward_s
-    epochs = int(np.clip(0.85 * budget_s // epoch_s, 2, 1000))
+    epochs, fits = epochs_in_budget(budget_s, epoch_s, most=1000)
     reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({steps} steps of {step_s * 1000:.0f} ms "
-                                   f"+ validation); {epochs} epochs fit 85% of the {budget_s:.0f} s budget")
+                                   f"+ validation); {fits}")
     return epochs
 
 

@@ -151,13 +151,15 @@ def _batch_and_epochs(dataset, data, model, largest, train_n, budget_s, device, 
     step_s = per_image * batch if batch == small else time_training_step(model, data, dataset, 2 * batch, device)
     steps = max(-(-train_n // batch), 1)
     epochs = int(np.clip(_steps_in(budget_s, step_s) // steps, 1, MAX_EPOCHS))
+    cut = (f"; not even one epoch fits, so the budget stops it mid-epoch (after about "
+           f"{_steps_in(budget_s, step_s) / steps:.0%} of its steps)" if _steps_in(budget_s, step_s) < steps else "")
     reasons["train.batch_size"] = (
         f"{batch} images ({2 * batch} views) per step: the largest batch (of at most {largest} for memory with "
         f"{size} inputs) that still gives {TARGET_STEPS} optimisation steps in the budget ({SMALLEST_BATCH} at "
         f"least): within CPU minutes steps matter more than negatives (measured: docs/guide/pretraining.md)")
     reasons["train.max_epochs"] = (f"{steps} steps of {step_s * 1000:.0f} ms ({2 * batch} views) per epoch, measured "
                                    f"here; {epochs} epochs ({epochs * steps} steps) fit 85% of the {budget_s:.0f} s "
-                                   f"budget (1..{MAX_EPOCHS})")
+                                   f"budget (1..{MAX_EPOCHS}){cut}")
     return batch, epochs
 
 

@@ -27,7 +27,7 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
-from medlens.tasks.planning import axis_stat, processes_reason
+from medlens.tasks.planning import axis_stat, epochs_in_budget, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 1800.0, "gpu": 3600.0}
 PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 40 * 56 * 48, ("gpu", 2): 512 * 512, ("gpu", 3): 128 ** 3}
@@ -249,10 +249,9 @@ def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe,
     windows = math.prod(max(1, math.ceil(m / (p * (1 - segment.overlap)))) for m, p in zip(median, data.input_size))
     steps = math.ceil(segment.iterations_per_epoch / processes)  # each process draws its share of the patches
     epoch_s = steps * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
-    epochs = int(np.clip(0.85 * budget_s // epoch_s, 2, 1000))
+    epochs, fits = epochs_in_budget(budget_s, epoch_s, most=1000)
     reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({steps} steps of "
-                                   f"{step_s * 1000:.0f} ms + validation); {epochs} epochs fit 85% of the "
-                                   f"{budget_s:.0f} s budget")
+                                   f"{step_s * 1000:.0f} ms + validation); {fits}")
     return epochs
 
 
