@@ -17,13 +17,14 @@ import pytest
 from PIL import Image as PILImage
 
 from medlens.cli.train import skip_unreadable_requested
-from medlens.config import Config
+from medlens.config import Config, DataSection
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
 from medlens.data.audit_reads import skipped_rows
 from medlens.data.dataset import unreadable_skipped
 from medlens.data.prepared import resolve_splits, split_cases
 from medlens.data.splits import make_splits, read_splits
+from medlens.data.tensors import preprocess_cases
 from medlens.engine.train import check_card
 from medlens.errors import DatasetError
 from medlens.io import read_image
@@ -121,6 +122,28 @@ def test_opaque_and_translucent_rgba_are_read_with_a_warning_and_the_documented_
     np.testing.assert_array_equal(opaque, rgba(255)[..., :3].transpose(2, 1, 0))
     assert not translucent[:, :6, :].any()  # transparent columns x < 6 are black
     np.testing.assert_array_equal(translucent[:, 6:, :], rgba(None)[:, 6:, :3].transpose(2, 1, 0))
+
+
+def test_a_folder_of_every_colour_mode_and_size_is_brought_to_the_plans_channels(tmp_path):
+    root = tmp_path / "data"
+    for name in ("normal", "lesion"):
+        (root / name).mkdir(parents=True)
+        PILImage.fromarray(noise(1, (9, 14))).save(root / name / "grey.png")
+        PILImage.fromarray(noise(2).astype(np.uint16) * 250).save(root / name / "grey16.png")
+        PILImage.fromarray(np.dstack([noise(3), noise(4), noise(5)])).save(root / name / "rgb.jpg", quality=95)
+        PILImage.fromarray(noise(6, (20, 11))).convert("P").save(root / name / "palette.gif")
+        PILImage.fromarray(rgba(None)).save(root / name / "rgba.jpg", format="PNG")  # a translucent PNG named .jpg
+        PILImage.fromarray(np.dstack([noise(7), noise(8)]), mode="LA").save(root / name / "grey_alpha.png")
+    dataset = open_dataset(root)
+    card = inspect_dataset(dataset)
+    check_card(card, log=lambda line: None)
+
+    for channels in (1, 3):
+        arrays = preprocess_cases(dataset, dataset.cases, DataSection(input_size=(16, 16), channels=channels))
+
+        assert arrays.shape == (12, channels, 16, 16) and np.isfinite(arrays).all()
+    assert card["images"]["channels"] == {"1": 8, "3": 4}
+    assert set(findings(card)) >= {"image.misnamed", "image.alpha"}
 
 
 # --- unreadable files ------------------------------------------------------------------------------
