@@ -87,6 +87,20 @@ def test_misnamed_files_are_a_warning_naming_each_file_and_do_not_stop_training(
     assert card["dataset"]["num_readable"] == 24 and not card["unreadable"]
 
 
+def test_files_that_are_no_image_by_name_are_a_warning_naming_them(tmp_path):
+    root = class_folders(tmp_path / "data")
+    (root / "normal" / "readme.txt").write_text("scanned 2021\n")
+    PILImage.fromarray(noise(3)).save(root / "lesion" / "photo.webp")
+    (root / "lesion" / ".DS_Store").write_bytes(b"\0" * 8)
+
+    dataset = open_dataset(root)
+
+    finding = next(f for f in dataset.findings if f.code == "file.ignored")
+    assert finding.severity == "warning" and not finding.blocks_training
+    assert finding.cases == ["normal/readme.txt", "lesion/photo.webp"] and "normal/readme.txt" in finding.message
+    assert len(dataset.cases) == 24
+
+
 # --- alpha -----------------------------------------------------------------------------------------
 
 

@@ -56,6 +56,7 @@ def open_class_folders(root: Path) -> Dataset:
                 cases.append(_case(root, entry, label, split))
     if not cases:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    findings += _ignored_files(root, [base / name for _, base in groups for name in class_names])
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
@@ -77,6 +78,18 @@ def open_image_folder(root: Path) -> Dataset:
     findings = [Finding("warning", "file.ignored", f"{root}: {others} file(s) that are not images were left out")
                 ] if others else []
     return Dataset(root, "image_folder", Task.PRETRAINING, (), cases, findings=findings)
+
+
+def _ignored_files(root: Path, folders: list[Path]) -> list[Finding]:
+    """``file.ignored``: files in the class folders whose name is no image format medlens reads (``.webp``,
+    ``.txt``...), which are not cases; hidden files (``.DS_Store``) are not counted."""
+    ignored = [p.relative_to(root).as_posix() for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
+               if p.is_file() and not p.name.startswith(".") and not is_image_file(p)]
+    if not ignored:
+        return []
+    return [Finding("warning", "file.ignored", f"{len(ignored)} file(s) in the class folders are not images by their "
+                    f"name and were left out (e.g. {', '.join(ignored[:3])}); medlens reads "
+                    f"{', '.join(IMAGE_SUFFIXES)}: convert or rename them if they are images", ignored)]
 
 
 def _case(root: Path, entry: Path, label: int, split) -> Case:
