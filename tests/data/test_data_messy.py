@@ -63,8 +63,7 @@ def test_png_named_jpg_is_read_by_its_content_with_the_same_pixels(tmp_path):
     assert "read_warnings" not in as_png.meta
     assert as_jpg.meta["read_warnings"] == [{
         "code": "image.misnamed",
-        "message": "named .jpg (a jpeg file) but holds a png image; read as png, from its content "
-                   "(rename it to .png to silence this)"}]
+        "message": "holds a png image but is named .jpg (jpeg); read as png, rename it to .png"}]
 
 
 def test_misnamed_files_are_a_warning_naming_each_file_and_do_not_stop_training(tmp_path):
@@ -81,8 +80,8 @@ def test_misnamed_files_are_a_warning_naming_each_file_and_do_not_stop_training(
     finding = findings(card)["image.misnamed"]
     assert finding["severity"] == "warning" and not finding["blocks_training"]
     assert sorted(finding["cases"]) == ["lesion/0.jpg", "lesion/1.jpg", "normal/0.png"]
-    assert "lesion/0.jpg: named .jpg (a jpeg file) but holds a png image" in finding["message"]
-    assert "normal/0.png: named .png (a png file) but holds a jpeg image" in finding["message"]
+    assert "lesion/0.jpg: holds a png image but is named .jpg (jpeg)" in finding["message"]
+    assert "normal/0.png: holds a jpeg image but is named .png (png)" in finding["message"]
     assert any(line.startswith("warning [image.misnamed]: 3 file(s)") for line in logged)
     assert card["dataset"]["num_readable"] == 24 and not card["unreadable"]
 

@@ -67,8 +67,7 @@ def test_png_name_with_jpeg_content_is_read_as_jpeg_with_a_warning(make_image, t
     assert image.meta["format"] == "jpeg"
     assert image.meta["read_warnings"] == [{
         "code": "image.misnamed",
-        "message": "named .png (a png file) but holds a jpeg image; read as jpeg, from its content "
-                   "(rename it to .jpg to silence this)"}]
+        "message": "holds a jpeg image but is named .png (png); read as jpeg, rename it to .jpg"}]
 
 
 def test_nifti_name_with_png_content_is_read_as_png(make_image, tmp_path):

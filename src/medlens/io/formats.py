@@ -134,5 +134,5 @@ def misnamed_warning(path: Path, fmt: str) -> dict | None:
         return None
     right = next((suffix for suffix, name in SUFFIXES.items() if name == fmt), "")
     return {"code": "image.misnamed",
-            "message": f"named {suffix_of(path)} (a {by_name} file) but holds a {fmt} image; read as {fmt}, "
-                       f"from its content (rename it to {right} to silence this)"}
+            "message": f"holds a {fmt} image but is named {suffix_of(path)} ({by_name}); read as {fmt}, "
+                       f"rename it to {right}"}
