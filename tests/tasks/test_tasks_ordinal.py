@@ -188,3 +188,35 @@ def test_plan_races_nothing_for_unordered_classes():
                                          train={"a": 10, "b": 10, "c": 10}),
                                     time_budget_s=120.0, device="cpu", probe=False)
     assert (config.train.loss, config.train.race, config.train.race_share) == ("ce", (), 0.0)
+
+
+# ---- a run ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_an_ordinal_run_reports_kappa_and_grade_error_with_intervals(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import medlens_in_process
+
+    rng = np.random.default_rng(0)
+    for i in range(60):  # brightness rises with the grade
+        grade = i % 3
+        folder = tmp_path / "grades" / str(grade)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.normal(60 + 60 * grade, 15, (16, 16)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"case{i:02d}.png")
+    run = tmp_path / "run"
+
+    medlens_in_process("train", tmp_path / "grades", "--out", run, "--no-progress", "--set", "dataset.task=ordinal",
+                       "--set", "train.loss=ordinal_bce", "--set", "train.max_epochs=2", "--set", "model.members=1")
+    printed = medlens_in_process("evaluate", run, "--bootstrap", "50", "--no-baseline")
+
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    for key in ("qwk", "mae"):
+        entry = metrics[key]
+        assert all(math.isfinite(entry[k]) for k in ("value", "ci_low", "ci_high"))
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert "median" in metrics["grade_rule"] and metrics["task"] == "ordinal"
+    assert "quadratic kappa" in printed and "mean abs. error" in printed
+    assert "quadratic weighted kappa" in (run / "report.md").read_text()
