@@ -33,6 +33,9 @@ CASES = {
     "mobilenet_3d": (3, (28, 28, 28)),
     "contextnet_2d": (3, (28, 28)),
     "contextnet_3d": (1, (28, 28, 28)),
+    "acsresnet18_3d": (1, (16, 16, 16)),
+    "r21dresnet18_3d": (2, (16, 16, 16)),
+    "slices25d_3d": (1, (16, 20, 16)),
 }
 NAMES = sorted(CASES)
 
@@ -128,7 +131,7 @@ def test_head_prefix_names_the_final_linear_layer(name):
 # resnet34/50 share resnet18's cam layer; the others each pick a different kind of layer
 @pytest.mark.parametrize(
     "name", ["seedcnn_2d", "resnet18_2d", "resnet18_3d", "densenet121_2d", "efficientnetb0_2d", "mobilenet_2d",
-             "contextnet_2d"],
+             "contextnet_2d", "slices25d_3d"],
 )
 def test_monai_gradcam_runs_on_cam_layer(name):
     in_channels, input_size = CASES[name]
