@@ -209,6 +209,7 @@ def _loss_and_sampler(card: dict, dataset: DatasetSection, reasons: dict) -> tup
 
 
 MAX_EPOCHS, MAX_MEMBERS = 100, 5
+SHORT_BUDGET_S = 60.0  # below this the timing probe takes fewer steps
 
 
 def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons) -> tuple[int, int]:
@@ -219,7 +220,9 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
         reasons["train.max_epochs"] = "default (the network was not timed)"
         reasons["model.members"] = "one network (the network was not timed)"
         return 30, 1
-    step_s = time_training_step(model, data, dataset, batch, device)
+    # a short budget cannot spare six steps to time one: the fastest of two after one warm-up
+    repeats, warmup = (4, 2) if budget_s >= SHORT_BUDGET_S else (2, 1)
+    step_s = time_training_step(model, data, dataset, batch, device, repeats=repeats, warmup=warmup)
     epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
     fit = int(0.85 * budget_s // epoch_s)
     epochs, fits = epochs_in_budget(budget_s, epoch_s, most=MAX_EPOCHS)
