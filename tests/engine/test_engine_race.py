@@ -18,12 +18,15 @@ from medlens.data.audit import inspect_dataset
 from medlens.data.prepared import open_config_dataset, split_cases
 from medlens.data.splits import read_splits
 from medlens.data.synthetic import chest_image
-from medlens.engine.race import after_race, contestant_config, pick_winner, settle_race
+from medlens.engine.race import after_race, contestant_config, drop_overridden_rivals, pick_winner, settle_race
 from medlens.engine.train import train, write_plan
 from medlens.errors import ConfigError
 from medlens.io import Image, identity_direction, write_image
+from medlens.models import CLASSIFIERS
 from medlens.runs import RunFolder, new_run
+from medlens.tasks.classification import plan as classification_plan
 from medlens.tasks.classification.plan import plan_classification
+from tests.tasks.test_tasks_classification_plan import card
 
 RIVALS = ["model.width=0.5", "model.name=unet_2d"]  # the last is a segmenter: it must fail
 TINY = ["model.name=seedcnn_2d", "model.width=0.25", "train.max_epochs=2", "train.batch_size=8",
@@ -67,6 +70,7 @@ def original(tiny_plan: Path, *extra: str) -> Config:
                                                      "train.race_share=0.5", *extra])
 
 
+@pytest.mark.e2e
 def test_the_race_is_in_run_json_and_the_run_trains_the_winner_for_the_budget_left(raced, tiny_plan):
     run, lines = raced
     info = run.read_info()
@@ -92,6 +96,7 @@ def test_the_race_is_in_run_json_and_the_run_trains_the_winner_for_the_budget_le
     assert any("race: winner" in line for line in lines)
 
 
+@pytest.mark.e2e
 def test_a_failing_contestant_is_reported_and_dropped(raced):
     run, lines = raced
     failed = run.read_info()["race"][-1]
@@ -102,6 +107,7 @@ def test_a_failing_contestant_is_reported_and_dropped(raced):
     assert "1 dropped" in run.read_info()["race_reason"]
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_does_not_rerun_a_finished_race(raced, tiny_plan, tmp_path):
     """Killed after run.json recorded the winner but before plan.yaml was rewritten: the worst case."""
     run = _copy_unfinished(raced[0], tmp_path, original(tiny_plan))
@@ -115,6 +121,7 @@ def test_a_resumed_run_does_not_rerun_a_finished_race(raced, tiny_plan, tmp_path
     assert any("not run again" in line for line in lines) and not (run.root / "race").exists()
 
 
+@pytest.mark.e2e
 def test_a_race_killed_half_way_trains_only_the_contestants_left(raced, tiny_plan, tmp_path):
     plan = original(tiny_plan, f"train.race={json.dumps(RIVALS[:1])}")
     run = _copy_unfinished(raced[0], tmp_path, plan)
@@ -187,3 +194,72 @@ def test_the_best_score_wins_ties_go_to_the_plan_and_all_failed_is_an_error():
     with pytest.raises(ConfigError, match=r"every contestant of the race failed:\n  `a.b=1` dropped .*ConfigError: "
                                           r"no\n.*train.race_share=0"):
         pick_winner([failed])
+
+
+# ---- the classification plan's race -----------------------------------------------------------
+
+VOLUMES = {"shape": (8, 8, 8), "dtypes": ("float32",), "train": {"normal": 40, "lesion": 40}}
+
+
+@pytest.fixture
+def one_thread():
+    """Time the networks on one thread: on a shared 2-core machine two threads wait on each other for seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_3d_plan_on_a_cpu_races_the_registered_fast_networks_with_its_reasons(monkeypatch, one_thread):
+    monkeypatch.setattr(classification_plan, "RIVALS_3D_CPU",
+                        (*classification_plan.RIVALS_3D_CPU, ("notregistered_3d", 0.5)))
+    registered = [n for n, _ in classification_plan.RIVALS_3D_CPU if n in CLASSIFIERS]
+
+    config, reasons = plan_classification(card(**VOLUMES), time_budget_s=1e5, device="cpu")  # any load fits
+
+    raced = [dict(part.split("=") for part in rival.split(";")) for rival in config.train.race]
+    assert sorted(r["model.name"] for r in raced) == sorted(registered) and registered
+    assert all(int(r["train.max_epochs"]) >= 12 and r["model.width"] == "0.5" for r in raced)  # >= 3 in 25% / 4
+    assert config.train.race_share == 0.25 and config.model.name == "seedcnn_3d"
+    assert f"{len(raced)} fast 3D network(s) race the planned seedcnn_3d" in reasons["train.race"]
+    assert f"25% of the 100000 s budget for the race: {25_000 / (len(raced) + 1):.0f} s for each of " \
+           f"{len(raced) + 1} contestants" in reasons["train.race_share"]
+    assert "notregistered_3d" not in reasons["train.race"]
+    for rival in config.train.race:  # every rival is a valid set of overrides of this plan
+        assert apply_overrides(config, rival.split(";")).model.name in registered
+
+
+def test_a_budget_too_short_for_a_few_epochs_each_says_so_and_races_nothing(one_thread):
+    config, reasons = plan_classification(card(**VOLUMES), time_budget_s=2.0, device="cpu")
+
+    assert (config.train.race, config.train.race_share) == ((), 0.0)
+    assert reasons["train.race"].startswith("no race of 3D networks: a 2 s budget is too short: the planned ")
+    assert f"would be cut to under {classification_plan.MIN_RACE_EPOCHS} in an equal share" in reasons["train.race"]
+
+
+def test_no_network_race_in_2d_on_a_gpu_or_untimed():
+    for shape in ((28, 28), (64, 64)):
+        config, reasons = plan_classification(card(shape=shape), time_budget_s=600.0, probe=False)
+        assert config.train.race == () and "train.race" not in reasons
+    for device, why in (("gpu", "on a GPU the planned ResNet-18 (3D) is the reference network"),
+                        ("cpu", "the networks were not timed")):
+        config, reasons = plan_classification(card(**VOLUMES), time_budget_s=600.0, device=device, probe=False)
+        assert config.train.race == () and reasons["train.race"] == f"no race of 3D networks: {why}"
+
+
+def test_a_rival_setting_a_key_the_user_chose_is_dropped_with_the_reason():
+    config = Config()
+    rivals = ("model.name=acsresnet18_3d;train.max_epochs=40", "train.loss=focal")
+    config = replace(config, train=replace(config.train, race=rivals, race_share=0.25))
+    reasons, lines = {"train.race": "planned"}, []
+
+    kept = drop_overridden_rivals(config, ["train.max_epochs ", "train.patience"], reasons, lines.append)
+
+    assert kept.train.race == ("train.loss=focal",)
+    assert reasons["train.race"] == ("planned; `model.name=acsresnet18_3d;train.max_epochs=40` dropped: "
+                                     "train.max_epochs set on the command line")
+    assert lines == [f"race: {reasons['train.race'].removeprefix('planned; ')}"]
+    assert drop_overridden_rivals(config, ["train.race", "train.loss"], {}, print) is config  # the user's own race
+    assert drop_overridden_rivals(config, ["model.width"], {}, print) is config

@@ -75,6 +75,30 @@ def _cannot_race(config: Config, processes: int) -> str:
     return ""
 
 
+def drop_overridden_rivals(config: Config, keys: list[str], reasons: dict[str, str], log=print) -> Config:
+    """The plan's rivals that set none of ``keys``: a rival planned with a value the user then chose on the
+    command line (``--set train.max_epochs=3``; ``model.name`` under ``--init-from``) no longer races, so
+    the user's choice holds whoever wins. A race the user set themselves (``train.race`` in ``keys``) stays.
+
+    Args:
+        keys: ``section.key`` names the user set.
+        reasons: the plan's reasons; ``train.race`` says which rivals were dropped and why.
+    """
+    chosen = {key.strip() for key in keys}
+    if not config.train.race or "train.race" in chosen:
+        return config
+    kept, dropped = [], []
+    for rival in config.train.race:
+        clash = sorted(chosen & {part.partition("=")[0].strip() for part in split_overrides(rival)})
+        (dropped if clash else kept).append((rival, clash))
+    if not dropped:
+        return config
+    note = "; ".join(f"`{rival}` dropped: {', '.join(clash)} set on the command line" for rival, clash in dropped)
+    log(f"race: {note}")
+    reasons["train.race"] = f"{reasons['train.race']}; {note}" if reasons.get("train.race") else note
+    return replace(config, train=replace(config.train, race=tuple(rival for rival, _ in kept)))
+
+
 def contestants(config: Config) -> list[str]:
     """The overrides of each contestant: ``""`` (the plan as written), then ``train.race`` in order."""
     return ["", *config.train.race]
@@ -141,7 +165,7 @@ def run_contestant(scratch: RunFolder, config: Config, overrides: str, share_s: 
         task = task_for(raced)
         task.check(raced)
         fit = task.prepare_fit(raced, dataset, cases, world_size=1, log=log)
-        trainer, best = build_trainer(scratch, fit.config, fit.csv_metrics, progress_bar=False,
+        trainer, _ = build_trainer(scratch, fit.config, fit.csv_metrics, progress_bar=False,
                                       steps_per_epoch=fit.steps_per_epoch, select_by=fit.select_by)
         trainer.fit(fit.module, fit.train_loader, fit.val_loader)
     except Exception as exc:  # noqa: BLE001 - a failing contestant is dropped, never the run
@@ -150,7 +174,7 @@ def run_contestant(scratch: RunFolder, config: Config, overrides: str, share_s: 
     if trainer.interrupted:
         raise KeyboardInterrupt
     monitor = fit.config.train.monitor
-    score = best_score(scratch, monitor, best)
+    score = best_score(scratch, monitor, trainer)
     result = {"overrides": overrides, "score": score, "epochs": int(trainer.current_epoch), "seconds": seconds(),
               "monitor": monitor}
     if score is None:
@@ -158,12 +182,12 @@ def run_contestant(scratch: RunFolder, config: Config, overrides: str, share_s: 
     return result
 
 
-def best_score(scratch: RunFolder, monitor: str, best) -> float | None:
-    """``monitor`` at the contestant's best epoch (``metrics.csv``; else the checkpoint's score when it watched
-    ``monitor``); ``None`` when no finite value was logged."""
+def best_score(scratch: RunFolder, monitor: str, trainer) -> float | None:
+    """``monitor`` at the contestant's best epoch in its ``metrics.csv``; else (stopped by its share of the budget
+    before an epoch ended) at the validation run when it stopped; ``None`` when no finite value was logged."""
     values = [float(row[monitor]) for row in scratch.read_epoch_rows() if row.get(monitor)]
-    if not values and best.monitor == monitor and best.best_model_score is not None:
-        values = [float(best.best_model_score)]
+    if not values and monitor in trainer.callback_metrics:
+        values = [float(trainer.callback_metrics[monitor])]
     values = [v for v in values if math.isfinite(v)]
     if not values:
         return None

@@ -26,6 +26,7 @@ from medlens.data.dataset import allow_outside_root_in_force
 from medlens.data.prepared import check_plan_fits, open_config_dataset, resolve_splits, split_cases
 from medlens.data.splits import read_splits
 from medlens.engine import distributed
+from medlens.engine.race import drop_overridden_rivals
 from medlens.errors import ConfigError, DatasetError
 from medlens.runs import RunFolder, new_run, now, open_run
 from medlens.tasks import Fit, Task, task_for, task_named
@@ -123,6 +124,8 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
     config = apply_overrides(config, list(overrides))
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
+    chosen = [o.split("=", 1)[0] for o in overrides] + (["model.name", "model.width"] if init_from else [])
+    config = drop_overridden_rivals(config, chosen, reasons, log)  # the user's choices hold whoever wins
     task = task_for(config)
     check_plan_fits(config, dataset)
     task.check(config)

@@ -8,7 +8,7 @@ a few steps on this machine and the epochs that fit the time budget are planned.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,6 +46,7 @@ def plan_classification(card: dict, *, time_budget_s: float | None = None, devic
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
     train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons, processes)
     model = replace(model, members=members)
+    train = _network_race(card, dataset, data, model, train, device, probe, processes, reasons)
     augment = _augment_section(card, dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train,
                     evaluate=EvaluateSection(baseline=True))
@@ -126,6 +127,117 @@ def _model_section(dataset: DatasetSection, data: DataSection, device: str, reas
     reasons["model.width"] = f"width {width}: {'fits the CPU time budget' if device == 'cpu' else 'full width on GPU'}"
     reasons["model.dropout"] = "no dropout: augmentation and weight decay regularise"
     return ModelSection(name=name, width=width, dropout=0.0)
+
+
+# Rivals of the 3D CPU default, raced on validation before training (issue 19): ResNet-18 with cheaper
+# convolutions (ACS, (2+1)D, 2.5D slices; models/networks3d.py) at the default's width. Only registered
+# names race, and only while every contestant gets MIN_RACE_EPOCHS in its share of the race.
+RIVALS_3D_CPU = (("acsresnet18_3d", 0.5), ("r21dresnet18_3d", 0.5), ("slices25d_3d", 0.5))
+RACE_SHARE_3D, MIN_RACE_EPOCHS = 0.25, 3
+
+
+@dataclass(frozen=True)
+class Rival:
+    """A network raced against the plan's: its timing and the schedule that timing fits in the whole budget."""
+
+    name: str
+    width: float
+    epoch_s: float
+    epochs: int
+    members: int
+
+
+def _network_race(card: dict, dataset: DatasetSection, data: DataSection, model: ModelSection,
+                  train: TrainSection, device: str, probe: bool, processes: int, reasons: dict) -> TrainSection:
+    """``train`` with the fast 3D networks raced against the planned one on a CPU (``train.race``), when each
+    contestant's schedule, scaled to an equal share of ``RACE_SHARE_3D`` of the budget (as the race scales
+    it), keeps ``MIN_RACE_EPOCHS``; otherwise the reason says why not."""
+    if dataset.spatial_dims != 3:
+        return train
+    if device != "cpu":
+        return _no_network_race(train, reasons, "on a GPU the planned ResNet-18 (3D) is the reference network")
+    registered = [(n, w) for n, w in RIVALS_3D_CPU if _is_registered(n)]
+    if not registered:
+        return _no_network_race(train, reasons, "no fast 3D network is registered")
+    if not probe:
+        return _no_network_race(train, reasons, "the networks were not timed")
+    if _race_epochs(train.max_epochs, train, 2 + len(train.race)) < MIN_RACE_EPOCHS:  # no rival fits: time none
+        return _no_network_race(train, reasons, f"a {train.time_budget_s:.0f} s budget is too short: the planned "
+                                                f"{train.max_epochs} epochs of {model.name} would be cut to under "
+                                                f"{MIN_RACE_EPOCHS} in an equal share of the race")
+    steps = max(_split_count(card, "train") // processes // train.batch_size, 1)
+    timed = sorted((_time_rival(n, w, model, data, dataset, train, steps, device) for n, w in registered),
+                   key=lambda r: r.epoch_s)
+    rivals, left_out = _race_entrants(timed, train)
+    if not rivals:
+        return _no_network_race(train, reasons, f"a {train.time_budget_s:.0f} s budget is too short: "
+                                                f"{'; '.join(left_out)}")
+    return _with_rivals(train, rivals, model, left_out, reasons)
+
+
+def _time_rival(name: str, width: float, model: ModelSection, data: DataSection, dataset: DatasetSection,
+                train: TrainSection, steps: int, device: str) -> Rival:
+    """Time ``name`` here and plan its epochs and members for the whole budget as :func:`_epochs` does."""
+    step_s = time_training_step(replace(model, name=name, width=width), data, dataset, train.batch_size, device)
+    epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs, as in _epochs
+    epochs = epochs_in_budget(train.time_budget_s, epoch_s, most=MAX_EPOCHS)[0]
+    members = int(np.clip(int(0.85 * train.time_budget_s // epoch_s) // MAX_EPOCHS, 1, MAX_MEMBERS))
+    return Rival(name, width, epoch_s, epochs, members)
+
+
+def _race_epochs(epochs: int, train: TrainSection, contestants: int) -> int:
+    """``epochs`` planned for the whole budget, scaled to one of ``contestants`` equal shares of the race
+    (:func:`medlens.engine.race.contestant_config`)."""
+    return int(epochs * max(train.race_share, RACE_SHARE_3D) / contestants)
+
+
+def _race_entrants(timed: list[Rival], train: TrainSection) -> tuple[list[Rival], list[str]]:
+    """The fastest rivals while every contestant keeps ``MIN_RACE_EPOCHS`` in its share; why each other one
+    was left out."""
+    rivals, left_out = [], []
+    for rival in timed:
+        contestants = 2 + len(train.race) + len(rivals)  # the plan, its other rivals, these and this one
+        fewest = min(_race_epochs(e, train, contestants) for e in (train.max_epochs, rival.epochs,
+                                                                  *(r.epochs for r in rivals)))
+        if fewest >= MIN_RACE_EPOCHS:
+            rivals.append(rival)
+        else:
+            left_out.append(f"{rival.name} ({rival.epoch_s:.1f} s per epoch) would leave a contestant "
+                            f"{fewest} epoch(s) in its share (under {MIN_RACE_EPOCHS})")
+    return rivals, left_out
+
+
+def _with_rivals(train: TrainSection, rivals: list[Rival], model: ModelSection, left_out: list[str],
+                 reasons: dict) -> TrainSection:
+    """``train`` with ``rivals`` appended to ``train.race``, and the reasons."""
+    entries = [f"model.name={r.name};model.width={r.width};"
+               + (f"model.members={r.members};" if r.members != model.members else "")
+               + f"train.max_epochs={r.epochs};train.patience={max(5, r.epochs // 4)}" for r in rivals]
+    share = max(train.race_share, RACE_SHARE_3D)
+    contestants = 1 + len(train.race) + len(entries)
+    timings = ", ".join(f"{r.name} {r.epoch_s:.1f} s" for r in rivals)
+    why = (f"{len(entries)} fast 3D network(s) race the planned {model.name} on validation (timed here, per "
+           f"epoch: {timings}; each with the epochs its timing fits in the budget): the CPU default is chosen "
+           "for speed and gives up quality on data unlike AdrenalMNIST3D"
+           + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
+    reasons["train.race"] = f"{reasons['train.race']}; {why}" if train.race else why
+    reasons["train.race_share"] = (f"{share:.0%} of the {train.time_budget_s:.0f} s budget for the race: "
+                                   f"{share * train.time_budget_s / contestants:.0f} s for each of {contestants} "
+                                   f"contestants (at least {MIN_RACE_EPOCHS} epochs each); the winner trains "
+                                   "in the rest")
+    return replace(train, race=(*train.race, *entries), race_share=share)
+
+
+def _no_network_race(train: TrainSection, reasons: dict, why: str) -> TrainSection:
+    note = f"no race of 3D networks: {why}"
+    reasons["train.race"] = f"{reasons['train.race']}; {note}" if train.race else note
+    return train
+
+
+def _is_registered(name: str) -> bool:
+    from medlens.models import CLASSIFIERS
+
+    return name in CLASSIFIERS
 
 
 def _batch_size(data: DataSection, dims: int) -> int:
