@@ -36,6 +36,8 @@ CASES = {
     "acsresnet18_3d": (1, (16, 16, 16)),
     "r21dresnet18_3d": (2, (16, 16, 16)),
     "slices25d_3d": (1, (16, 20, 16)),
+    "vit_2d": (3, (28, 28)),
+    "vit_3d": (1, (28, 28, 28)),
 }
 NAMES = sorted(CASES)
 

@@ -12,20 +12,34 @@ NUM_CLASSES = 3
 FILTERS = (4, 8, 16)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small networks on a shared 2-core machine: one thread is faster (see tests/models/test_models_classifiers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def topology(dims: int, levels: int = 3):
     strides = ((1,) * dims,) + ((2,) * dims,) * (levels - 1)
     kernels = ((3,) * dims,) * levels
     return strides, kernels
 
 
-# name -> (in_channels, patch); vnet needs patch sides divisible by 16
+# name -> (in_channels, patch); vnet and unetr need patch sides divisible by 16, swinunetr by 32
 CASES = {
     "dynunet_2d": (2, (16, 16)),
     "dynunet_3d": (1, (16, 16, 16)),
     "unet_2d": (1, (16, 16)),
     "unet_3d": (2, (16, 16, 16)),
     "vnet_3d": (1, (16, 16, 16)),
+    "unetr_2d": (2, (32, 16)),
+    "unetr_3d": (1, (16, 16, 32)),
+    "swinunetr_2d": (1, (64, 32)),
+    "swinunetr_3d": (1, (64, 32, 32)),  # its lowest level (patch / 32) needs more than one voxel
 }
+SWIN_FILTERS = (12,)  # swinunetr's feature size must be a multiple of 12
 
 
 def test_every_registered_segmenter_has_a_case():
@@ -37,8 +51,9 @@ def test_segmenter_maps_a_patch_to_class_logits(name):
     torch.manual_seed(0)
     in_channels, patch = CASES[name]
     strides, kernels = topology(len(patch))
-    net = build_segmenter(name, in_channels=in_channels, num_classes=NUM_CLASSES, filters=FILTERS, strides=strides,
-                          kernels=kernels).eval()
+    filters = SWIN_FILTERS if name.startswith("swin") else FILTERS
+    net = build_segmenter(name, in_channels=in_channels, num_classes=NUM_CLASSES, filters=filters, strides=strides,
+                          kernels=kernels, input_size=patch).eval()
     x = torch.randn(2, in_channels, *patch)
 
     with torch.no_grad():
@@ -116,7 +131,7 @@ def test_unknown_name_suggests_the_closest():
 
 def test_unknown_name_lists_the_known_networks():
     with pytest.raises(ConfigError, match="Known segmentation networks: dynunet_2d, dynunet_3d"):
-        build_segmenter("swinunetr_3d", in_channels=1, num_classes=2)
+        build_segmenter("segformer_3d", in_channels=1, num_classes=2)
 
 
 @pytest.mark.parametrize("name", ["dynunet_3d", "unet_3d"])
