@@ -128,7 +128,7 @@ def test_dynamo_onnx_export_gives_pytorch_logits(name, tmp_path, caplog):
 
 
 def test_the_set_of_networks_is_the_registry():
-    assert set(CLASSIFIER_CASES) == set(CLASSIFIERS.names()) and len(CLASSIFIER_CASES) == 15
+    assert set(CLASSIFIER_CASES) == set(CLASSIFIERS.names()) and len(CLASSIFIER_CASES) == 20
 
 
 def test_files_are_single_and_leave_no_temporary_behind(tmp_path):
