@@ -108,17 +108,19 @@ def test_a_failing_contestant_is_reported_and_dropped(raced):
 
 
 @pytest.mark.e2e
-def test_a_resumed_run_does_not_rerun_a_finished_race(raced, tiny_plan, tmp_path):
+def test_a_resumed_run_does_not_rerun_a_finished_race_and_trains_the_winner(raced, tiny_plan, tmp_path):
     """Killed after run.json recorded the winner but before plan.yaml was rewritten: the worst case."""
     run = _copy_unfinished(raced[0], tmp_path, original(tiny_plan))
     before = run.read_info()["race"]
     lines: list[str] = []
 
-    config = settle_race(run, run.read_config(), None, {}, log=lines.append)  # no data: training would fail
+    train(resume=run.root, progress_bar=False, log=lines.append)
 
-    assert run.read_info()["race"] == before
-    assert config == after_race(original(tiny_plan), run.read_info()["winner"], sum(r["seconds"] for r in before))
-    assert any("not run again" in line for line in lines) and not (run.root / "race").exists()
+    info = run.read_info()
+    assert info["status"] == "finished" and info["race"] == before
+    assert run.read_config() == after_race(original(tiny_plan), info["winner"], sum(r["seconds"] for r in before))
+    assert any("not run again" in line for line in lines) and not any(line.startswith("race: `") for line in lines)
+    assert not (run.root / "race").exists()
 
 
 @pytest.mark.e2e

@@ -135,7 +135,11 @@ def _race(run: RunFolder, config: Config, dataset, cases: dict, results: list[di
         if overrides in done:
             continue
         scratch = RunFolder(run.root / RACE_FOLDER / f"contestant{number}")
-        result = run_contestant(scratch, config, overrides, share_s, dataset, cases, log)
+        try:
+            result = run_contestant(scratch, config, overrides, share_s, dataset, cases, log)
+        except KeyboardInterrupt:
+            run.update_info(status="interrupted")  # the finished contestants stay in run.json for --resume
+            raise
         results.append(result)
         run.update_info(race=results)
         log(f"race: {describe(result)}")
