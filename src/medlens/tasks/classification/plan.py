@@ -7,6 +7,7 @@ a few steps on this machine and the epochs that fit the time budget are planned.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -161,10 +162,14 @@ def _network_race(card: dict, dataset: DatasetSection, data: DataSection, model:
         return _no_network_race(train, reasons, "no fast 3D network is registered")
     if not probe:
         return _no_network_race(train, reasons, "the networks were not timed")
-    if _race_epochs(train.max_epochs, train, 2 + len(train.race)) < MIN_RACE_EPOCHS:  # no rival fits: time none
+    contestants = 2 + len(train.race)
+    if _race_epochs(train.max_epochs, train, contestants) < MIN_RACE_EPOCHS:  # not even one rival fits: time none
+        needed = math.ceil(MIN_RACE_EPOCHS * contestants / max(train.race_share, RACE_SHARE_3D))
         return _no_network_race(train, reasons, f"a {train.time_budget_s:.0f} s budget is too short: the planned "
-                                                f"{train.max_epochs} epochs of {model.name} would be cut to under "
-                                                f"{MIN_RACE_EPOCHS} in an equal share of the race")
+                                                f"{train.max_epochs} epoch(s) of {model.name} would be cut to under "
+                                                f"{MIN_RACE_EPOCHS} in an equal share of the race (one rival needs "
+                                                f"{needed} planned epochs, a budget of about "
+                                                f"{train.time_budget_s * needed / train.max_epochs:.0f} s)")
     steps = max(_split_count(card, "train") // processes // train.batch_size, 1)
     timed = sorted((_time_rival(n, w, model, data, dataset, train, steps, device) for n, w in registered),
                    key=lambda r: r.epoch_s)
