@@ -2,7 +2,9 @@
 
 Batches arrive preprocessed; augmentation runs on the batch, on the training device. Every
 random draw of epoch *e* comes from ``(seed, e)``, so a run resumed from its epoch-*e*
-checkpoint retraces an uninterrupted run exactly.
+checkpoint retraces an uninterrupted run exactly. 3D networks on a CPU train in the memory
+layout and precision that a few timed steps found fastest on that machine
+(:mod:`medlens.models.speed`); the choice is kept in the checkpoint, so a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from medlens.config import Config
+from medlens.models.speed import SpeedOptions, choose_speed_options
 from medlens.tasks.losses import build_loss
 from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
 from medlens.transforms import BatchAugment
@@ -37,6 +40,7 @@ class ClassificationModule(pl.LightningModule):
                                class_weights=class_weights, label_smoothing=config.train.label_smoothing)
         self.augment = BatchAugment(config.augment, config.dataset.spatial_dims)
         self.generator: torch.Generator | None = None
+        self.speed: SpeedOptions | None = None  # chosen when training starts, or read from the checkpoint
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +53,22 @@ class ClassificationModule(pl.LightningModule):
         self.generator = torch.Generator(device=self.device).manual_seed(seed * 100_019 + epoch + 1)
         self._set_backbone_trainable(epoch >= self.config.train.freeze_epochs)
 
+    def on_train_start(self) -> None:
+        if self.speed is None:
+            d = self.config.data
+            example = torch.randn(self.config.train.batch_size, d.channels, *d.input_size,
+                                  generator=torch.Generator().manual_seed(0)).to(self.device)
+            self.speed, reason = choose_speed_options(self.model, example,
+                                                      allow_bf16=self.config.train.precision == "auto")
+            self.print(f"training step: {reason}")
+        self.speed.apply(self.model)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         x = self.augment(x, self.generator)
-        losses = torch.stack([self.loss(logits, y) for logits in self.model.member_logits(x)])
+        with self._speed.autocast(self.device.type):
+            member_logits = self.model.member_logits(self._speed.layout(x))
+        losses = torch.stack([self.loss(logits.float(), y) for logits in member_logits])
         self.log("train_loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
         return losses.sum()  # each ensemble member learns from its own loss, as if trained alone
@@ -60,7 +76,7 @@ class ClassificationModule(pl.LightningModule):
     # ---- validation -------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
+        logits = self.model(self._speed.layout(x))  # float32: the scores that pick the checkpoint stay exact
         loss_sum = self.loss(logits, y).detach() * len(x)
         self._val_outputs.append((logits.detach().float().cpu(), y.cpu(), loss_sum.cpu()))
 
@@ -77,6 +93,18 @@ class ClassificationModule(pl.LightningModule):
                        "val_accuracy": quick_accuracy(targets.numpy(), probs.numpy(), self.multilabel)},
                       prog_bar=True, sync_dist=True)  # every rank scores the whole validation split
         self.log("val_auc_then_loss", selection_score(auc, loss), sync_dist=True)
+
+    @property
+    def _speed(self) -> SpeedOptions:
+        return self.speed or SpeedOptions()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.speed is not None:
+            checkpoint["speed_options"] = {"channels_last": self.speed.channels_last, "bf16": self.speed.bf16}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "speed_options" in checkpoint:
+            self.speed = SpeedOptions(**checkpoint["speed_options"])
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
