@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks import nets
+from monai.networks.blocks import TransformerBlock
 from torch import nn
 
 from medlens.errors import ConfigError
@@ -67,8 +68,9 @@ class ViTBackbone(nn.Module):
         # F.pad takes (before, after) pairs from the last axis backwards
         self.padding = tuple(v for s, p in zip(reversed(input_size), reversed(padded)) for v in (0, p - s))
         hidden = HEAD_DIM * heads
-        self.vit = nets.ViT(in_channels, img_size=padded, patch_size=patch, hidden_size=hidden, mlp_dim=4 * hidden,
-                            num_layers=VIT_LAYERS, num_heads=heads, spatial_dims=spatial_dims, qkv_bias=True)
+        self.vit = drop_unused_norms(nets.ViT(in_channels, img_size=padded, patch_size=patch, hidden_size=hidden,
+                                              mlp_dim=4 * hidden, num_layers=VIT_LAYERS, num_heads=heads,
+                                              spatial_dims=spatial_dims, qkv_bias=True))
         self.token_grid = TokenGrid(grid)
         self.num_features = hidden
 
@@ -77,6 +79,15 @@ class ViTBackbone(nn.Module):
             x = nn.functional.pad(x, self.padding)
         tokens, _ = self.vit(x)
         return self.token_grid(tokens).flatten(2).mean(-1)
+
+
+def drop_unused_norms(net: nn.Module) -> nn.Module:
+    """Replace the cross-attention layer norms MONAI's transformer blocks build but never use without
+    cross-attention: parameters without gradients would stall DDP and only cost optimiser state."""
+    for block in net.modules():
+        if isinstance(block, TransformerBlock) and not block.with_cross_attention:
+            block.norm_cross_attn = nn.Identity()
+    return net
 
 
 def vit_patch_size(input_size: Sequence[int]) -> tuple[int, ...]:
@@ -113,9 +124,9 @@ def _unetr(*, dims, in_channels, num_classes, filters, strides, kernels, deep_su
                           f"{list(input_size)}; e.g. data.input_size={fixed}")
     feature = int(filters[0]) if filters else DEFAULT_FEATURES["unetr"]
     heads = max(1, round(0.75 * feature))
-    return nets.UNETR(in_channels, num_classes, img_size=tuple(input_size), feature_size=feature,
-                      hidden_size=HEAD_DIM * heads, mlp_dim=4 * HEAD_DIM * heads, num_heads=heads,
-                      dropout_rate=dropout, spatial_dims=dims, qkv_bias=True)
+    return drop_unused_norms(nets.UNETR(in_channels, num_classes, img_size=tuple(input_size), feature_size=feature,
+                                        hidden_size=HEAD_DIM * heads, mlp_dim=4 * HEAD_DIM * heads, num_heads=heads,
+                                        dropout_rate=dropout, spatial_dims=dims, qkv_bias=True))
 
 
 def _swinunetr(*, dims, in_channels, num_classes, filters, strides, kernels, deep_supervision, dropout, input_size):
