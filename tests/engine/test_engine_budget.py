@@ -4,10 +4,12 @@ budget mid-epoch if need be, validated and checkpointed, with ``run.json`` and t
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 
+from medlens.engine.callbacks import TimeBudget
 from medlens.engine.train import train
 from medlens.report.run_sections import budget_line
 from medlens.tasks import load_model
@@ -35,6 +37,19 @@ def test_epochs_in_budget_plans_one_epoch_cut_short_when_none_fits():
     assert epochs == 1
     assert "not even one epoch fits 85% of the 10 s budget" in why
     assert "stops it mid-epoch (after about 25% of its steps)" in why  # 0.85 * 10 / 34
+
+
+# ---- the clock ------------------------------------------------------------------------------------------------
+
+def test_a_resumed_run_counts_the_time_its_checkpoint_had_used():
+    clock = TimeBudget(60.0, started=time.perf_counter() - 2.0)  # this process began its work 2 s ago
+
+    clock.load_state_dict({"used_s": 50.0, "epochs_completed": 4})  # what the checkpoint recorded
+
+    assert clock.used_s() == pytest.approx(52.0, abs=0.5)
+    assert clock.epochs_completed == 4
+    assert clock.state_dict()["used_s"] == pytest.approx(52.0, abs=0.5)
+    assert clock.summary()["stopped"] is False and clock.summary()["stopped_at_s"] is None
 
 
 # ---- training -------------------------------------------------------------------------------------------------
