@@ -302,7 +302,7 @@ def median_grades(probs: np.ndarray) -> np.ndarray:
     Returns:
         ``(N,)`` int64 grades.
     """
-    below_half = np.cumsum(probs, axis=1)[:, :-1] < 0.5 - 1e-9  # float sums of 0.5 + 0.5 land just below
+    below_half = np.cumsum(probs, axis=1)[:, :-1] < 0.5 - 1e-9  # a cumulative 0.5 may sum to just under it
     return below_half.sum(axis=1).astype(np.int64)
 
 
@@ -341,8 +341,8 @@ def ordinal_metrics(y_true, probs, *, groups: Sequence | np.ndarray | None = Non
     pred = median_grades(p)
     error = np.abs(y - pred).astype(np.float64)
     pairs = np.eye(k * k)[y * k + pred]  # (N, K*K): the confusion cell of each case
-    qwk = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(set(y) | set(pred)) > 1 \
-        else np.nan  # one grade in truth and prediction: undefined, as in the bootstrap
+    one_grade = len(set(y.tolist()) | set(pred.tolist())) == 1  # kappa undefined, as in the bootstrap
+    qwk = np.nan if one_grade else cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k)))
     boot_qwk, boot_mae = [], []
     for block in resample_weights(len(y), groups=groups, n_boot=n_boot, seed=seed):
         weights = block.astype(np.float64)
