@@ -1,7 +1,10 @@
 """Transformers in the registries: ViT patch sizes, width, padding and Grad-CAM; UNETR and SwinUNETR training,
-their patch rules and errors; TorchScript / ONNX parity, and SwinUNETR's ONNX refusal."""
+their patch rules and errors; TorchScript / ONNX parity, SwinUNETR's ONNX refusal; and the segmentation
+plan's choice (the CNN on a CPU, SwinUNETR on a GPU only where its timed step costs at most 1.5 CNN steps)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from medlens.deploy.export import OnnxRunner, TorchRunner, TorchScriptRunner, ex
 from medlens.errors import ConfigError
 from medlens.models import build_classifier, build_segmenter, patch_multiple
 from medlens.models.transformers import vit_patch_size
+from medlens.tasks.segmentation.plan import cnn_or_swin, plan_segmentation, swin_candidate
+from medlens.tasks.segmentation.task import SegmentationTask
 
 TOLERANCE = 1e-4  # as tests/deploy/test_deploy_export.py
 
@@ -188,3 +193,60 @@ def test_swinunetr_exports_to_torchscript_and_refuses_onnx_saying_why(tmp_path):
                                           r"\(--format torchscript\)"):
         export_onnx(model, example, tmp_path / "model.onnx")  # auto: dynamo, then the TorchScript-based exporter
     assert not (tmp_path / "model.onnx").exists()
+
+
+# ---- the segmentation plan's network choice ----------------------------------------------------------
+
+def segmentation_card(shape=(35, 50, 36)) -> dict:
+    """A hand-made card with what the segmentation planner reads (as in tests/tasks/test_tasks_segmentation_plan)."""
+    n, axes = 20, {f"axis{a}": {"min": float(v), "median": float(v), "max": float(v)} for a, v in enumerate(shape)}
+    ones = {f"axis{a}": {"min": 1.0, "median": 1.0, "max": 1.0} for a in range(len(shape))}
+    labels = {"0": "background", "1": "lesion"}
+    return {"dataset": {"source": "/data/x", "layout": "decathlon", "task": "segmentation", "spatial_dims": len(shape),
+                        "class_names": list(labels.values()), "num_cases": n, "num_readable": n, "modality": "MRI"},
+            "images": {"shape": axes, "distinct_shapes": 1, "channels": {"1": n}, "dtypes": {"float32": n},
+                       "spacing_known": True, "spacing_mm": ones},
+            "masks": {"declared_labels": labels, "cases_with_label": {"0": n, "1": n}, "all_background": [],
+                      "foreground_intensity": None},
+            "findings": [], "fingerprint": "abc"}
+
+
+@pytest.mark.parametrize("shape", [(35, 50, 36), (200, 180)])
+def test_cpu_plan_keeps_the_cnn_and_says_why_not_a_transformer(shape):
+    config, reasons = plan_segmentation(segmentation_card(shape), device="cpu", probe=False)
+
+    assert config.model.name == f"dynunet_{len(shape)}d"
+    assert "no transformer on a CPU: SwinUNETR took 3-4x DynUNet's time per voxel" in reasons["model.name"]
+
+
+def test_gpu_plan_that_times_nothing_keeps_the_cnn():
+    config, reasons = plan_segmentation(segmentation_card(), device="gpu", probe=False)
+
+    assert config.model.name == "dynunet_3d"
+    assert reasons["model.name"].endswith("SwinUNETR was not timed (no probe), so the CNN")
+
+
+@pytest.mark.parametrize("shape,patch", [((35, 50, 36), (32, 64, 32)), ((20, 24), (32, 64))])
+def test_swin_candidate_is_a_config_the_segmentation_task_accepts(shape, patch):
+    config, _ = plan_segmentation(segmentation_card(shape), device="gpu", probe=False)
+
+    data, model = swin_candidate(config.data, config.dataset)
+    SegmentationTask().check(replace(config, data=data, model=model))  # raises if the patch does not fit
+
+    assert data.input_size == patch and model.name == f"swinunetr_{len(shape)}d"
+    assert model.filters == (48,) and model.deep_supervision is False
+
+
+@pytest.mark.parametrize("swin_s,chosen,says", [
+    (0.14, "swinunetr_3d", "took 140 ms on this GPU, 1.4x DynUNet's 100 ms, within 1.5x"),
+    (0.16, "dynunet_3d", "; not SwinUNETR: one step of swinunetr_3d (patch [32, 64, 32]) took 160 ms on this GPU, "
+                         "1.6x DynUNet's 100 ms, over the 1.5x it may cost"),
+])
+def test_swinunetr_is_taken_only_where_a_step_costs_at_most_one_and_a_half_cnn_steps(swin_s, chosen, says):
+    config, reasons = plan_segmentation(segmentation_card(), device="gpu", probe=False)
+    swin_data, swin_model = swin_candidate(config.data, config.dataset)
+
+    data, model = cnn_or_swin((config.data, config.model, 0.1), (swin_data, swin_model, swin_s), reasons)
+
+    assert model.name == chosen and says in reasons["model.name"]
+    assert data.input_size == (swin_data if chosen.startswith("swin") else config.data).input_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,6 +40,8 @@ MIN_PATCH = 4 * MIN_FEATURE_MAP  # a patch side allows at least two down-samplin
 MAX_POOLS = 5
 ANISOTROPY = 3.0  # nnU-Net: max/min spacing above this is "anisotropic"
 ITERATIONS = {"cpu": 100, "gpu": 250}
+TRANSFORMER_PAYS = 1.5  # SwinUNETR is used where a step costs at most this many DynUNet steps (GPU only)
+SWIN_FEATURES = 48  # SwinUNETR's feature size in its paper (MONAI's default is 24)
 KINDS = ("segmentation",)  # the label kinds this task trains: masks
 
 
@@ -57,6 +60,7 @@ def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device:
     dataset = _dataset_section(card, reasons)
     data, steps = _data_section(card, dataset, device, reasons)
     model = _model_section(data, steps, dataset, device, reasons)
+    data, model = choose_network(data, model, dataset, device, probe, reasons)
     segment = SegmentSection(iterations_per_epoch=ITERATIONS[device])
     reasons["segment.iterations_per_epoch"] = f"{ITERATIONS[device]} patch batches per epoch (nnU-Net: 250)"
     reasons["segment.foreground_fraction"] = "one patch in three is centred on a foreground voxel (nnU-Net)"
@@ -64,6 +68,7 @@ def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device:
     reasons["segment.keep_largest"] = "keep only the largest component of a class if that raises validation Dice"
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
     train = _train_section(card, dataset, data, model, segment, budget, device, probe, reasons, processes)
+    train = _transformer_optimizer(train, model, reasons)
     augment = _augment_section(dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train, segment=segment,
                     evaluate=EvaluateSection())
@@ -213,6 +218,71 @@ def _model_section(data: DataSection, steps: list[tuple], dataset: DatasetSectio
                         kernels=kernels, deep_supervision=True)
 
 
+def choose_network(data: DataSection, model: ModelSection, dataset: DatasetSection, device: str, probe: bool,
+                   reasons: dict) -> tuple[DataSection, ModelSection]:
+    """Keep the CNN, or take SwinUNETR where this GPU's timing says it pays.
+
+    A transformer pays when one training step of SwinUNETR (on the patch rounded to multiples of
+    32) costs at most :data:`TRANSFORMER_PAYS` times a DynUNet step, so it still gets at least 2/3
+    of the CNN's epochs in the budget. On a CPU the rule alone decides, without timing: nnU-Net's
+    CNN matched or beat SwinUNETR and UNETR on every dataset of Isensee et al. (MICCAI 2024) at far
+    less compute, and a CPU budget buys few epochs.
+    """
+    cnn_reason = reasons["model.name"]
+    if device != "gpu":
+        reasons["model.name"] = (f"{cnn_reason}; no transformer on a CPU: SwinUNETR took 3-4x DynUNet's time per voxel "
+                                 "on the 2-core reference machine, and transformers need long schedules to match a "
+                                 "CNN (Isensee et al., MICCAI 2024); on a GPU the plan times SwinUNETR")
+        return data, model
+    if not probe:
+        reasons["model.name"] = f"{cnn_reason}; SwinUNETR was not timed (no probe), so the CNN"
+        return data, model
+    swin_data, swin_model = swin_candidate(data, dataset)
+    dims = dataset.spatial_dims
+    cnn_s, _ = time_segmentation_step(model, data, dataset, _batch_size(data, dims, device), device)
+    swin_s, _ = time_segmentation_step(swin_model, swin_data, dataset, _batch_size(swin_data, dims, device), device)
+    return cnn_or_swin((data, model, cnn_s), (swin_data, swin_model, swin_s), reasons)
+
+
+def cnn_or_swin(cnn: tuple[DataSection, ModelSection, float], swin: tuple[DataSection, ModelSection, float],
+                reasons: dict) -> tuple[DataSection, ModelSection]:
+    """The CNN's or SwinUNETR's ``(data, model)``, given each one's ``(data, model, seconds per step)``."""
+    (data, model, cnn_s), (swin_data, swin_model, swin_s) = cnn, swin
+    timing = (f"one step of {swin_model.name} (patch {list(swin_data.input_size)}) took {swin_s * 1000:.0f} ms on "
+              f"this GPU, {swin_s / cnn_s:.1f}x DynUNet's {cnn_s * 1000:.0f} ms")
+    if swin_s > TRANSFORMER_PAYS * cnn_s:
+        reasons["model.name"] += f"; not SwinUNETR: {timing}, over the {TRANSFORMER_PAYS:g}x it may cost"
+        return data, model
+    reasons["model.name"] = (f"MONAI SwinUNETR (Hatamizadeh et al., 2021): {timing}, within {TRANSFORMER_PAYS:g}x, "
+                             "so its global attention costs at most a third of the CNN's epochs")
+    reasons["model.filters"] = f"feature size {swin_model.filters[0]} (the SwinUNETR paper's); heads 3, 6, 12, 24"
+    reasons["model.strides"] = reasons["model.kernels"] = "not used by SwinUNETR (2x2 patches, four 2x merges)"
+    reasons["model.deep_supervision"] = "off: SwinUNETR has one output"
+    reasons["data.input_size"] += f"; rounded to multiples of 32 for SwinUNETR: {list(swin_data.input_size)}"
+    return swin_data, swin_model
+
+
+def swin_candidate(data: DataSection, dataset: DatasetSection) -> tuple[DataSection, ModelSection]:
+    """SwinUNETR on the plan's patch rounded to multiples of 32 (one side at least 64, as it needs)."""
+    from medlens.models.segmenters import SWIN_MULTIPLE
+
+    patch = [max(SWIN_MULTIPLE, round(p / SWIN_MULTIPLE) * SWIN_MULTIPLE) for p in data.input_size]
+    if max(patch) == SWIN_MULTIPLE:
+        patch[int(np.argmax(data.input_size))] = 2 * SWIN_MULTIPLE
+    model = ModelSection(name=f"swinunetr_{dataset.spatial_dims}d", width=1.0, dropout=0.0, filters=(SWIN_FEATURES,),
+                         strides=(), kernels=(), deep_supervision=False)
+    return replace(data, input_size=tuple(patch)), model
+
+
+def _transformer_optimizer(train: TrainSection, model: ModelSection, reasons: dict) -> TrainSection:
+    if not model.name.startswith("swinunetr"):
+        return train
+    reasons["train.optimizer"] = "AdamW, as SwinUNETR was trained (Hatamizadeh et al.), not nnU-Net's SGD"
+    reasons["train.lr"] = "1e-4 with polynomial decay, weight decay 1e-5 (SwinUNETR)"
+    reasons["train.momentum"] = "unused: AdamW keeps its own decays"
+    return replace(train, optimizer="adamw", lr=1e-4, weight_decay=1e-5)
+
+
 def _batch_size(data: DataSection, dims: int, device: str) -> int:
     if dims == 3:
         return 2
@@ -265,7 +335,7 @@ def time_segmentation_step(model: ModelSection, data: DataSection, dataset: Data
     torch_device = torch.device("cuda" if device == "gpu" else "cpu")
     k = len(dataset.class_names)
     net = build_segmenter(model.name, in_channels=data.channels, num_classes=k, filters=model.filters,
-                          strides=model.strides, kernels=model.kernels).to(torch_device)
+                          strides=model.strides, kernels=model.kernels, input_size=data.input_size).to(torch_device)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
     y = torch.randint(0, k, (batch, *data.input_size), device=torch_device)
