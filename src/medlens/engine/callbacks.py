@@ -59,8 +59,9 @@ class TimeBudget(pl.Callback):
     need be; Lightning then validates the weights it has and writes the checkpoints, as on any early stop.
 
     Lightning's own ``max_time`` starts counting when ``trainer.fit`` begins; this clock starts when the run's
-    work began (``started``, a :func:`time.perf_counter` reading taken before preprocessing and any race), so
-    everything the run does counts against the budget. A resumed run adds the time its checkpoint had used.
+    work began (``started``, a :func:`time.perf_counter` reading taken before preprocessing; a race of
+    candidates before it has already taken its share off the budget), so reading and preprocessing the splits
+    count too. A resumed run adds the time its checkpoint had used.
 
     Args:
         budget_s: seconds the run may spend (> 0).
