@@ -237,10 +237,18 @@ def choose_network(data: DataSection, model: ModelSection, dataset: DatasetSecti
     if not probe:
         reasons["model.name"] = f"{cnn_reason}; SwinUNETR was not timed (no probe), so the CNN"
         return data, model
+    import torch
+
     swin_data, swin_model = swin_candidate(data, dataset)
     dims = dataset.spatial_dims
     cnn_s, _ = time_segmentation_step(model, data, dataset, _batch_size(data, dims, device), device)
-    swin_s, _ = time_segmentation_step(swin_model, swin_data, dataset, _batch_size(swin_data, dims, device), device)
+    try:
+        swin_s, _ = time_segmentation_step(swin_model, swin_data, dataset, _batch_size(swin_data, dims, device), device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        reasons["model.name"] = (f"{cnn_reason}; not SwinUNETR: a training step on patch "
+                                 f"{list(swin_data.input_size)} ran out of this GPU's memory")
+        return data, model
     return cnn_or_swin((data, model, cnn_s), (swin_data, swin_model, swin_s), reasons)
 
 
