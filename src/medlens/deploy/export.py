@@ -93,7 +93,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         RuntimeError: every exporter tried failed; the message carries each one's error.
     """
     name = _check_exportable(model, example)
-    # torch 2.13: both exporters handle all 15 registered classifiers and dynunet_3d, unet_2d, vnet_3d (parity 1e-5,
+    # torch 2.13: both exporters handle all 20 registered classifiers and dynunet_3d, unet_2d, vnet_3d (parity 1e-5,
     # tests/deploy); dynamo is the maintained one, the TorchScript-based one is the older, faster fallback
     order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
     if exporter not in order:

@@ -31,8 +31,13 @@ class RegionScore(nn.Module):
 
 
 def segmenter_cam_layer(model: nn.Module) -> str:
-    """The decoder layer one level below full resolution of a registry segmenter (DynUNet, UNet, VNet)."""
+    """The decoder layer one level below full resolution of a registry segmenter (DynUNet, UNet, VNet,
+    UNETR, SwinUNETR)."""
     children = dict(model.named_children())
+    if "vit" in children:  # UNETR
+        return "decoder3"
+    if "swinViT" in children:  # SwinUNETR
+        return "decoder2"
     if "upsamples" in children:
         return f"upsamples.{len(model.upsamples) - 2}" if len(model.upsamples) > 1 else "bottleneck"
     if "up_tr64" in children:
@@ -40,7 +45,7 @@ def segmenter_cam_layer(model: nn.Module) -> str:
     if set(children) == {"model"}:
         return "model.1"
     raise ConfigError(f"no Grad-CAM layer is known for {type(model).__name__}; explanations support DynUNet, "
-                      "UNet and VNet")
+                      "UNet, VNet, UNETR and SwinUNETR")
 
 
 def window_around(region: np.ndarray, patch: tuple[int, ...]) -> tuple[slice, ...]:

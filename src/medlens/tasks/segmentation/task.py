@@ -62,7 +62,8 @@ class SegmentationTask:
         m = config.model
         return build_segmenter(m.name, in_channels=config.data.channels, num_classes=len(config.dataset.class_names),
                                filters=m.filters, strides=m.strides, kernels=m.kernels,
-                               deep_supervision=m.deep_supervision, dropout=m.dropout)
+                               deep_supervision=m.deep_supervision, dropout=m.dropout,
+                               input_size=config.data.input_size)
 
     def prepare_fit(self, config, dataset, cases, *, world_size, log) -> Fit:
         from medlens.tasks.segmentation.fit import prepare_fit
