@@ -1,7 +1,7 @@
-"""Ordered grades: the ordinal loss against plain cross-entropy, and the median grade against the argmax.
+"""Ordered grades: the ordinal loss against plain cross-entropy, and the argmax grade against the median.
 
     python benchmarks/ordinal.py [--data-dir DIR] [--view coronal] [--time-budget 60s] [--seeds 0 1 2]
-                                 [--runs-dir DIR]
+                                 [--runs-dir DIR] [--set KEY=VALUE ...]
 
 The data: OASIS-1 (``multimodal/oasis1_three_views`` under DATA), one JPEG view per subject, labelled
 by its Clinical Dementia Rating (CDR 0 / 0.5 / 1 here, three ordered grades; class names are CDR x 2,
@@ -10,9 +10,10 @@ by its Clinical Dementia Rating (CDR 0 / 0.5 / 1 here, three ordered grades; cla
 grade by a hash of their id, the same split for every run.
 
 For each loss (``ordinal_bce``, ``ce``) and seed: ``medlens train`` with ``dataset.task=ordinal``, no
-race, the given budget; then ``medlens evaluate`` on the validation and the test split. Prints per run
-and averaged over seeds: quadratic weighted kappa and mean absolute grade error of the median grade
-(what metrics.json reports), the same of the argmax (from the predictions CSV), accuracy and AUC.
+race, the given budget and any ``--set`` override (e.g. ``data.input_size=[64,64]``); then ``medlens
+evaluate`` on the validation and the test split. Prints per run and averaged over seeds: quadratic
+weighted kappa and mean absolute grade error of the argmax grade (what metrics.json reports), the
+same of the median grade of the calibrated distribution (from the predictions CSV), accuracy and AUC.
 """
 
 from __future__ import annotations
@@ -64,24 +65,27 @@ def medlens(*args) -> None:
 
 
 def scores(run: Path, split: str) -> dict[str, float]:
-    """Median-grade QWK / MAE from metrics.json, argmax QWK / MAE from the predictions, ACC, AUC."""
+    """Argmax QWK / MAE from metrics.json, median-grade QWK / MAE from the predictions, ACC, AUC."""
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     with open(run / f"predictions_{split}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     names = metrics["confusion_matrix"]["labels"]
     truth = np.array([names.index(r["label"]) for r in rows])
-    argmax = np.array([np.argmax([float(r[f"p_{n}"]) for n in names]) for r in rows])
+    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+    median = (np.cumsum(probs, axis=1)[:, :-1] < 0.5).sum(axis=1)  # least grade with P(grade <= k) >= 0.5
     return {"qwk": metrics["qwk"]["value"], "mae": metrics["mae"]["value"],
-            "qwk_argmax": cohen_kappa_score(truth, argmax, weights="quadratic"),
-            "mae_argmax": float(np.abs(truth - argmax).mean()),
+            "qwk_median": cohen_kappa_score(truth, median, weights="quadratic"),
+            "mae_median": float(np.abs(truth - median).mean()),
             "acc": metrics["accuracy"]["value"], "auc": metrics["auc"]["value"]}
 
 
-def train_and_score(csv_path: Path, oasis: Path, run: Path, loss: str, seed: int, budget: str) -> dict:
+def train_and_score(csv_path: Path, oasis: Path, run: Path, loss: str, seed: int, budget: str,
+                    overrides: list[str]) -> dict:
     if not (run / "weights.pt").is_file():
+        sets = ["dataset.task=ordinal", f"train.loss={loss}", f"train.seed={seed}", "train.race=[]",
+                "train.race_share=0", *overrides]
         medlens("train", csv_path, "--image-root", oasis, "--out", run, "--time-budget", budget, "--no-progress",
-                "--set", "dataset.task=ordinal", "--set", f"train.loss={loss}", "--set", f"train.seed={seed}",
-                "--set", "train.race=[]", "--set", "train.race_share=0")
+                *[arg for item in sets for arg in ("--set", item)])
     result = {}
     for split in ("val", "test"):
         medlens("evaluate", run, "--split", split, "--bootstrap", "0", "--no-baseline")
@@ -89,7 +93,7 @@ def train_and_score(csv_path: Path, oasis: Path, run: Path, loss: str, seed: int
     return result
 
 
-FIELDS = ("qwk", "mae", "qwk_argmax", "mae_argmax", "acc", "auc")
+FIELDS = ("qwk", "mae", "qwk_median", "mae_median", "acc", "auc")
 
 
 def line(label: str, values: dict) -> str:
@@ -103,6 +107,7 @@ def main(argv=None) -> None:
     parser.add_argument("--time-budget", default="60s")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     oasis = args.data_dir / "multimodal" / "oasis1_three_views"
     runs = args.runs_dir or Path(tempfile.mkdtemp(prefix="medlens_ordinal_"))
@@ -112,9 +117,9 @@ def main(argv=None) -> None:
     for loss in ("ordinal_bce", "ce"):
         for seed in args.seeds:
             results[loss, seed] = train_and_score(csv_path, oasis, runs / f"{loss}_{seed}", loss, seed,
-                                                  args.time_budget)
+                                                  args.time_budget, args.overrides)
             print(f"{loss} seed {seed}: " + json.dumps(results[loss, seed]), flush=True)
-    print(f"\nOASIS-1 {args.view}, CDR grades, {args.time_budget} per run, runs in {runs}")
+    print(f"\nOASIS-1 {args.view}, CDR grades, {args.time_budget} per run {' '.join(args.overrides)}; runs in {runs}")
     for split in ("val", "test"):
         print(f"\n{split:<22}" + "".join(f"{k:>11}" for k in FIELDS))
         for loss in ("ordinal_bce", "ce"):

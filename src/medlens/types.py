@@ -22,7 +22,7 @@ class Task(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
     MULTILABEL = "multilabel"
-    ORDINAL = "ordinal"  # ordered grades: a K-class softmax, an ordinal loss, the median grade, kappa and grade error
+    ORDINAL = "ordinal"  # ordered grades: a K-class softmax trained with an ordinal loss; kappa and grade error
     SEGMENTATION = "segmentation"
     DETECTION = "detection"
     PRETRAINING = "pretraining"  # images without labels: what they train is an encoder (self-supervised)

@@ -1,4 +1,4 @@
-"""Ordered grades: the cumulative-link loss, the median grade, kappa and grade error, and the plan that picks them."""
+"""Ordered grades: the cumulative-link loss, kappa and grade error, and the plan that picks them."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from medlens.errors import ConfigError
 from medlens.tasks.classification.metrics import (
     classification_metrics,
     format_metrics_table,
-    median_grades,
     ordinal_metrics,
     quick_qwk,
     weighted_kappa,
 )
 from medlens.tasks.classification.plan import plan_classification
-from medlens.tasks.classification.predict import decide
 from medlens.tasks.losses import build_loss
 from tests.tasks.test_tasks_classification_plan import card
 
@@ -30,7 +28,7 @@ from tests.tasks.test_tasks_classification_plan import card
 # Absolute errors 1 + 1 + 2 over 8 cases: MAE 0.5.
 GRADES_Y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
 GRADES_PRED = np.array([0, 0, 1, 1, 1, 2, 2, 0])
-GRADES_PROBS = np.eye(3)[GRADES_PRED] * 0.7 + 0.1  # each row's median grade is its predicted grade
+GRADES_PROBS = np.eye(3)[GRADES_PRED] * 0.7 + 0.1  # each row's argmax is its predicted grade
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -60,15 +58,6 @@ def test_weighted_counts_match_scikit_learn_with_sample_weights():
     assert weighted_kappa(confusion)[0] == pytest.approx(expected)
 
 
-def test_the_median_grade_is_not_the_argmax():
-    probs = np.array([[0.3, 0.3, 0.4], [0.5, 0.0, 0.5], [0.2, 0.2, 0.6], [0.45, 0.1, 0.45]])
-
-    assert median_grades(probs).tolist() == [1, 0, 2, 1]
-    assert probs.argmax(axis=1).tolist() == [2, 0, 2, 0]
-    assert decide(probs[0], "ordinal", ["0", "1", "2"], 0.5) == "1"   # the service decides the same grade
-    assert decide(probs[0], "multiclass", ["a", "b", "c"], 0.5) == "c"
-
-
 def test_ordinal_metrics_sit_beside_accuracy_with_patient_intervals():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 120)
@@ -78,15 +67,14 @@ def test_ordinal_metrics_sit_beside_accuracy_with_patient_intervals():
 
     m = classification_metrics(y, probs, "ordinal", ["0", "0.5", "1", "2"], groups=patients, n_boot=200)
 
-    pred = median_grades(probs)
+    pred = probs.argmax(axis=1)
     assert m["qwk"]["value"] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic"))
     assert m["mae"]["value"] == pytest.approx(np.abs(y - pred).mean())
-    assert m["accuracy"]["value"] == pytest.approx((y == pred).mean())  # one decided grade for every figure
+    assert m["accuracy"]["value"] == pytest.approx((y == pred).mean())  # the grade accuracy scores
     for key in ("qwk", "mae"):
         assert m[key]["ci_low"] < m[key]["value"] < m[key]["ci_high"]
-    assert m["bootstrap"]["resampled"] == "group" and "median" in m["grade_rule"]
-    table = format_metrics_table(m)
-    assert "quadratic kappa" in table and "median grade" in table
+    assert m["bootstrap"]["resampled"] == "group" and "argmax" in m["grade_rule"]
+    assert "quadratic kappa" in format_metrics_table(m)
     assert "qwk" not in classification_metrics(y, probs, "multiclass", list("abcd"), n_boot=0)
     json.dumps(m)
 
@@ -104,7 +92,7 @@ def test_report_table_shows_kappa_and_grade_error_for_grades_only():
     rows, text = headline("ordinal")
     assert rows["quadratic weighted kappa"][0] == "0.3846"
     assert rows["mean absolute grade error (grade steps)"][0] == "0.5000"
-    assert "median grade" in text and "median of the predicted distribution" in text
+    assert "kappa and grade error score the argmax" in text
     rows, _ = headline("multiclass")
     assert "quadratic weighted kappa" not in rows and "accuracy" in rows
 
@@ -112,7 +100,7 @@ def test_report_table_shows_kappa_and_grade_error_for_grades_only():
 def test_validation_kappa_matches_scikit_learn():
     rng = np.random.default_rng(1)
     y, probs = rng.integers(0, 5, 50), rng.dirichlet(np.ones(5), 50)
-    assert quick_qwk(y, probs) == pytest.approx(cohen_kappa_score(y, median_grades(probs), weights="quadratic"))
+    assert quick_qwk(y, probs) == pytest.approx(cohen_kappa_score(y, probs.argmax(axis=1), weights="quadratic"))
 
 
 def test_ordinal_metrics_refuse_labels_outside_the_grades():
@@ -217,6 +205,6 @@ def test_an_ordinal_run_reports_kappa_and_grade_error_with_intervals(tmp_path):
         entry = metrics[key]
         assert all(math.isfinite(entry[k]) for k in ("value", "ci_low", "ci_high"))
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
-    assert "median" in metrics["grade_rule"] and metrics["task"] == "ordinal"
+    assert "argmax" in metrics["grade_rule"] and metrics["task"] == "ordinal"
     assert "quadratic kappa" in printed and "mean abs. error" in printed
     assert "quadratic weighted kappa" in (run / "report.md").read_text()

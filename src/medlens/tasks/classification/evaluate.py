@@ -3,9 +3,9 @@
 The metrics document (``metrics.json``) holds:
 
 - ``metrics``: accuracy, balanced accuracy, AUC, per-class precision / recall / specificity / F1,
-  confusion matrix, each with a bootstrap CI (patients resampled when known), at the 0.5 (or argmax;
-  ordinal: median grade) rule on calibrated probabilities; ordinal tasks add the quadratic weighted
-  kappa and the mean absolute grade error (``qwk``, ``mae``, ``grade_rule``);
+  confusion matrix, each with a bootstrap CI (patients resampled when known), at the 0.5 (or
+  argmax) rule on calibrated probabilities; ordinal tasks add the quadratic weighted kappa and the
+  mean absolute grade error (``qwk``, ``mae``, ``grade_rule``);
 - ``metrics_youden`` (binary): the same at the threshold chosen on validation;
 - ``calibration``: ECE before and after temperature scaling (temperature fitted on validation);
 - ``medmnist_protocol``: AUC / ACC exactly as the MedMNIST v2 evaluator computes them;
@@ -90,7 +90,7 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
         doc["ood_guard"] = guarded
     table = format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)")
     evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases],
-                                      gallery_maps(model, data.images, data.labels, probs, kind))
+                                      gallery_maps(model, data.images, data.labels, probs))
     return Evaluation(doc, {f"predictions_{split}.csv": predictions_csv(data, probs, names)}, evidence,
                       table + "\n" + _summary_lines(doc))
 
@@ -108,14 +108,10 @@ def guard_flags(run: RunFolder, model, images: np.ndarray) -> dict | None:
     return {"flagged": round(float(np.mean(~inside)), 6), "n": int(len(inside)), "threshold": guard.threshold}
 
 
-def gallery_cases(labels: np.ndarray, probs: np.ndarray,
-                  task: str = "multiclass") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gallery_cases(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(predicted (N,), right (N,) bool, order)``: the most confident mistakes first, then the most confident
-    correct cases, up to :data:`GALLERY_SIZE` of each. Multi-label: the top-scoring label, right if present;
-    ordinal: the median grade."""
-    from medlens.tasks.classification.metrics import predicted_classes
-
-    predicted = probs.argmax(axis=1) if labels.ndim == 2 else predicted_classes(probs, task)
+    correct cases, up to :data:`GALLERY_SIZE` of each. Multi-label: the top-scoring label, right if present."""
+    predicted = probs.argmax(axis=1)
     right = labels[np.arange(len(labels)), predicted] == 1 if labels.ndim == 2 else predicted == labels
     confidence = probs[np.arange(len(probs)), predicted]
     by_confidence = np.argsort(-confidence, kind="stable")
@@ -124,11 +120,11 @@ def gallery_cases(labels: np.ndarray, probs: np.ndarray,
     return predicted, right, np.asarray(wrong + correct, dtype=np.int64)
 
 
-def gallery_maps(model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, task: str = "multiclass") -> list:
+def gallery_maps(model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> list:
     """Grad-CAM of the predicted class for the gallery cases: ``[(index, image, cam)]`` in gallery order."""
     from medlens.explain import compute_cams
 
-    predicted, _, order = gallery_cases(labels, probs, task)
+    predicted, _, order = gallery_cases(labels, probs)
     if not len(order):
         return []
     cams = compute_cams(model, images[order], class_indices=predicted[order].tolist())

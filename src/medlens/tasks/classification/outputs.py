@@ -19,8 +19,7 @@ def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) ->
     """``task, label, probabilities {class: p}, confidence, ood_score, in_distribution, model_version,
     explained_class, heatmap_png``.
 
-    ``label`` is decided at the card's threshold (binary), by argmax (multi-class), as the median grade
-    (ordinal: the grade metrics.json scores) or every label >= 0.5
+    ``label`` is decided at the card's threshold (binary), by argmax (multi-class) or every label >= 0.5
     (multi-label); ``confidence`` is the probability of the decided class (the lowest of several labels).
     ``ood_score`` is the image's distance from the training data in the network's features and
     ``in_distribution`` whether it is within the guard's threshold (see :mod:`.ood`); both ``None`` for a

@@ -53,15 +53,12 @@ def classify_image(logits_of, image, config: Config, calibration: dict, *, tta: 
 
 
 def decide(probs: np.ndarray, task: str, names: list[str], threshold: float) -> str:
-    """The predicted class: binary at the run's threshold, multi-class argmax, ordinal the median grade (the one
-    metrics.json scores), multi-label every label >= 0.5."""
-    from medlens.tasks.classification.metrics import predicted_classes
-
+    """The predicted class: binary at the run's threshold, multi-class argmax, multi-label every label >= 0.5."""
     if task == "binary":
         return names[int(probs[1] >= threshold)]
     if task == "multilabel":
         return ";".join(n for n, p in zip(names, probs) if p >= 0.5)
-    return names[int(predicted_classes(probs[None], task)[0])]
+    return names[int(np.argmax(probs))]
 
 
 def write_predictions(rows: list[dict], out: Path, names: list[str]) -> Path:

@@ -7,7 +7,6 @@ import numpy as np
 from medlens.report.document import Figure, Section, Table, count_phrase, num
 from medlens.report.published import approx, medmnist_benchmark
 from medlens.tasks.classification.evaluate import ClassificationEvidence
-from medlens.tasks.classification.metrics import class_rule, predicted_classes
 from medlens.tasks.classification.plots import confusion_png, reliability_png, roc_pr_png
 
 OVERALL = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
@@ -37,15 +36,15 @@ def per_class_table(metrics: dict) -> Table:
 def metrics_section(doc: dict) -> Section:
     """The headline tables of metrics.json, with how they were computed."""
     metrics, boot = doc["metrics"], doc["metrics"]["bootstrap"]
-    rule = class_rule(metrics["task"]) if metrics["threshold"] is None else f"p ≥ {metrics['threshold']}"
+    rule = "argmax" if metrics["threshold"] is None else f"p ≥ {metrics['threshold']}"
     section = Section(f"Test metrics ({doc['split']} split)", key="metrics-section")
     section.text(f"{count_phrase(doc)}; predicted class: {rule} on "
                  f"calibrated probabilities; 95% CIs from {boot['n_boot']} bootstrap resamples of "
                  f"{boot['resampled']}s{' with test-time augmentation' if doc.get('tta') else ''}.")
     section.table(metrics_table(metrics, "metrics", "headline metrics"))
     if "qwk" in metrics:
-        section.text(f"Ordered grades: every figure scores one grade per case, the {metrics['grade_rule']}: "
-                     "it minimises the expected grade error, where the argmax would maximise accuracy.")
+        section.text(f"Ordered grades: kappa and grade error score the {metrics['grade_rule']}; the grade error "
+                     "is in grade steps (neighbouring grades are one step apart).")
     if "metrics_youden" in doc:
         threshold = doc["calibration"]["threshold"]
         section.table(metrics_table(doc["metrics_youden"], "metrics-youden",
@@ -97,11 +96,11 @@ def curves_section(doc: dict, evidence: ClassificationEvidence, names: list[str]
                "reliability before / after temperature scaling"))
 
 
-def gallery_section(evidence: ClassificationEvidence, names: list[str], task: str = "multiclass") -> Section:
+def gallery_section(evidence: ClassificationEvidence, names: list[str]) -> Section:
     """Grad-CAM overlays of the predicted class (maps computed by evaluation), wrong then right cases."""
     from medlens.explain import overlay_rgb, png_bytes
 
-    predicted = evidence.probs.argmax(axis=1) if task == "multilabel" else predicted_classes(evidence.probs, task)
+    predicted = evidence.probs.argmax(axis=1)
     section = Section("Grad-CAM gallery", key="gallery")
     section.text("Where the network looked for the class it predicted (Grad-CAM on its last feature layer; red = "
                  "most evidence). The most confident mistakes come first; 3D cases show the three slices through "
@@ -133,7 +132,7 @@ def classification_sections(doc: dict, evidence: ClassificationEvidence | None, 
     """All evaluation sections; without ``evidence`` (nothing in memory) only the tables of metrics.json."""
     sections = [metrics_section(doc), comparison_section(doc, source)]
     if evidence is not None:
-        sections += [curves_section(doc, evidence, names), gallery_section(evidence, names, doc["metrics"]["task"])]
+        sections += [curves_section(doc, evidence, names), gallery_section(evidence, names)]
     return sections
 
 
