@@ -136,3 +136,17 @@ def test_leakage_findings_come_first_and_are_counted():
     table = findings_table(card)
     assert [r[1] for r in table.rows] == ["leakage.patient", "class.imbalance"] and table.rows[0][3] == "2"
     assert table.caption == "audit findings: 1 leakage finding(s)"
+
+
+def test_race_table_marks_the_winner_and_the_dropped():
+    from medlens.report.run_sections import race_table
+
+    info = {"race": [{"overrides": "", "score": 0.81, "epochs": 4, "seconds": 30.2},
+                     {"overrides": "model.name=acsresnet18_3d", "score": 0.86, "epochs": 3, "seconds": 29.0},
+                     {"overrides": "model.name=unet_2d", "error": "not a classifier", "seconds": 0.1}],
+            "winner": "model.name=acsresnet18_3d", "race_reason": "raced 3 contestants"}
+    table = race_table(info)
+    assert table.key == "race" and table.caption == "raced 3 contestants"
+    assert table.rows[0] == ["the plan as written", "0.8100", "4", "30", ""]
+    assert table.rows[1][1] == "0.8600" and table.rows[1][-1] == "winner"
+    assert table.rows[2][1] == "dropped: not a classifier" and table.rows[2][-1] == ""

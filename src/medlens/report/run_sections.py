@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from medlens._files import read_json
+from medlens.data.audit_reads import skipped_rows
 from medlens.report.document import Figure, Section, Table
 from medlens.report.plots import curves_png, loss_columns, validation_columns
 from medlens.runs import RunFolder
@@ -33,6 +34,9 @@ def dataset_section(run: RunFolder, config, card: dict) -> Section:
                  + (f", modality {facts['modality']}" if facts.get("modality") else "")
                  + f"; classes {', '.join(config.dataset.class_names)}.")
     section.table(split_table(run, config, card))
+    if card.get("skipped"):
+        section.table(Table(["file", "reason"], skipped_rows(card), key="skipped",
+                            caption="unreadable files left out of training (--skip-unreadable)"))
     if card.get("findings"):
         return section.table(findings_table(card))
     return section.text("The audit found nothing to report: no leakage (no patient or identical image in two "
@@ -138,6 +142,8 @@ def training_section(run: RunFolder) -> Section:
                  f"{'n/a' if best is None else f'{best:.4f}'}; {info.get('train_seconds', 'n/a')} s of training.")
     if line := budget_line(info):
         section.text(line)
+    if info.get("race"):
+        section.table(race_table(info))
     figures = [Figure(name, png, caption) for name, png, caption in (
         ("loss", curves_png([("run", rows)], loss_columns(rows), title="loss", ylabel="loss"), "loss per epoch"),
         ("validation", curves_png([("run", rows)], validation_columns(rows), title="validation",
@@ -148,6 +154,16 @@ def training_section(run: RunFolder) -> Section:
     else:
         section.text("metrics.csv holds no epoch yet.")
     return section
+
+
+def race_table(info: dict) -> Table:
+    """The race before training (``run.json``'s ``race``): each contestant's overrides, score, epochs and time."""
+    rows = [[r["overrides"] or "the plan as written", "dropped: " + r["error"] if "error" in r else
+             f"{r['score']:.4f}" if r.get("score") is not None else "n/a", str(r.get("epochs", "")),
+             f"{r.get('seconds', 0):.0f}", "winner" if r["overrides"] == info.get("winner") else ""]
+            for r in info["race"]]
+    return Table(["contestant", "validation score", "epochs", "seconds", ""], rows, key="race",
+                 caption=info.get("race_reason", "the race on validation before training"))
 
 
 def budget_line(info: dict) -> str:
