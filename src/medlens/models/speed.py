@@ -5,8 +5,9 @@ Two options pay for 3D convolutions on a CPU with oneDNN: the ``channels_last_3d
 which pays only where the CPU computes bf16 natively (AVX512-BF16 or AMX; elsewhere it is
 emulated and slower). Neither pays everywhere: on a 2-core AVX512-BF16 EPYC, channels-last plus
 bf16 made ``seedcnn_3d`` 2.1x faster but ``acsresnet18_3d`` 4x *slower* (oneDNN has no fast bf16
-path for its flat ``(1, 3, 3)`` kernels; see ``benchmarks/speed3d.py``), so the choice is made by
-timing a few training steps of the real network, never by a constant. Weights stay float32; only
+path for its flat ``(1, 3, 3)`` kernels at 32 volumes, though it won at 8; see
+``benchmarks/speed3d.py``), so the choice is made by timing training steps of the real network at
+the real batch size, never by a constant. Weights stay float32; only
 the layout of their storage changes. ``torch.compile`` is not an option here: on that machine it
 took minutes to compile a 3D ResNet for a gain the layout already gives (see ``docs/benchmarks.md``).
 """
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PROBE_BATCH = 4  # volumes per timed step: a 28^3 volume alone keeps oneDNN busy; the probe comes out of the budget
 MIN_GAIN = 0.1  # an option must save at least this share of a step to be taken
 
 
@@ -96,20 +96,21 @@ def choose_speed_options(model: nn.Module, example: torch.Tensor, *, allow_bf16:
 
     Args:
         model: a classifier, ``(B, C, *spatial) -> logits (B, K)``, on its training device; not modified.
-        example: one batch ``(B, C, *spatial)`` (its first ``PROBE_BATCH`` items are used).
+        example: one batch ``(B, C, *spatial)`` of the training batch size: the fastest option depends
+            on it (``acsresnet18_3d``: bf16 won at 8 volumes and lost by 2x at 32).
         allow_bf16: time bf16 autocast too (where the device computes it natively).
         repeats: timed steps per candidate after one untimed one (which pays for oneDNN's set-up),
             interleaved so load from other processes falls on every candidate alike; each keeps its fastest.
 
     Returns:
-        The options, and a reason with the times, e.g. ``"channels-last 3D: 206 ms per step of 4
-        volumes vs 655 ms float32, contiguous"``. An option is kept only if it saves ``MIN_GAIN``.
+        The options, and a reason with the times, e.g. ``"channels-last 3D: 1650 ms per step of 32
+        volumes vs 2620 ms float32, contiguous"``. An option is kept only if it saves ``MIN_GAIN``.
     """
     options = candidates(example.dim() - 2, example.device.type, allow_bf16=allow_bf16)
     if len(options) == 1:
         return PLAIN, "float32, contiguous: no faster option to time on this device for these inputs"
     probe = copy.deepcopy(model).train()
-    x = example[:PROBE_BATCH].detach()
+    x = example.detach()
     times = {o: float("inf") for o in options}
     for round_ in range(repeats + 1):
         for option in options:
