@@ -310,7 +310,7 @@ def test_constant_schedule(step):
 
 def test_bce_on_a_single_label_task_is_refused():
     with pytest.raises(ConfigError, match=r"train\.loss=bce is a multi-label classification loss and does not fit a "
-                                          r"single-label classification task; use ce or focal or weighted_ce"):
+                                          r"single-label classification task; use ce or focal or ordinal_bce or weighted_ce"):
         build_loss("bce", targets="index")
 
 
@@ -451,3 +451,18 @@ def test_init_from_a_file_or_a_3d_run_keeps_the_planned_network(tmp_path):
     assert adopt_encoder(planned, {}, tmp_path / "weights.pt", log=None).model == planned.model
     segmentation, _ = _plan_with(tmp_path, "unet_2d", 1.0, task="segmentation")
     assert adopt_encoder(segmentation, {}, volumes, log=None).train.freeze_epochs == 0  # not a schedule it has
+
+
+def test_skip_unreadable_is_read_from_set_and_from_the_plan_file(tmp_path):
+    from dataclasses import replace
+
+    from medlens.config import Config, render_plan
+    from medlens.engine.train import skip_requested
+
+    assert not skip_requested(None, [])
+    assert skip_requested(None, ["dataset.skip_unreadable=true"])
+    assert not skip_requested(None, ["dataset.skip_unreadable=true", "dataset.skip_unreadable=false"])
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(render_plan(replace(Config(), dataset=replace(Config().dataset, skip_unreadable=True)), {}, "h"))
+    assert skip_requested(plan, [])
+    assert not skip_requested(plan, ["dataset.skip_unreadable=false"])

@@ -22,7 +22,7 @@ from medlens._files import write_json_atomic, write_text_atomic
 from medlens.config import Config, apply_overrides, read_plan, render_plan
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
-from medlens.data.dataset import allow_outside_root_in_force
+from medlens.data.dataset import allow_outside_root_in_force, skip_unreadable_in_force, unreadable_skipped
 from medlens.data.prepared import check_plan_fits, open_config_dataset, resolve_splits, split_cases
 from medlens.data.splits import read_splits
 from medlens.engine import distributed
@@ -66,7 +66,21 @@ def make_plan(source, *, image_root=None, time_budget_s: float | None = None, pr
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
     if allow_outside_root_in_force():  # evaluate, report and other processes reopen the data as it was planned
         config = replace(config, dataset=replace(config.dataset, allow_outside_root=True))
+    if skip_unreadable_in_force():
+        config = replace(config, dataset=replace(config.dataset, skip_unreadable=True))
+        reasons["dataset.skip_unreadable"] = "--skip-unreadable: files no reader opens are left out (card: skipped)"
     return config, reasons, card, dataset
+
+
+def skip_requested(plan, overrides) -> bool:
+    """Whether unreadable files are to be left out: already in force (the CLI's ``--skip-unreadable``), else the
+    last ``--set dataset.skip_unreadable=...``, else the plan file's key."""
+    if skip_unreadable_in_force():
+        return True
+    assignments = [o for o in overrides if o.split("=", 1)[0].strip() == "dataset.skip_unreadable"]
+    if assignments:
+        return apply_overrides(Config(), assignments[-1:]).dataset.skip_unreadable
+    return bool(plan) and read_plan(plan)[0].dataset.skip_unreadable
 
 
 def check_card(card: dict, log=print) -> None:
@@ -113,8 +127,9 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
         dataset = open_config_dataset(config)
         return _fit(joined, config, dataset, read_splits(joined.splits, dataset), init_from=init_from, world=world,
                     strategy=strategy, checkpoint=None, progress_bar=progress_bar, log=log)
-    config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes, log,
-                                                     task=task, task_options=task_options)
+    with unreadable_skipped(skip_requested(plan, overrides)):  # --set or the plan file, for Python callers too
+        config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes,
+                                                         log, task=task, task_options=task_options)
     if init_from:
         from medlens.models.weights import resolve_source
 
