@@ -39,6 +39,7 @@ def run(args) -> int:
     from medlens.cli.train import skip_unreadable_requested, task_request
     from medlens.config import apply_overrides
     from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed, unreadable_skipped
+    from medlens.engine.race import drop_overridden_rivals
     from medlens.engine.train import make_plan, write_plan
     from medlens.errors import ConfigError
     from medlens.tasks import task_for
@@ -56,6 +57,7 @@ def run(args) -> int:
     config = apply_overrides(config, overrides)
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         reasons[key] = "set on the command line"
+    config = drop_overridden_rivals(config, [o.split("=", 1)[0] for o in overrides], reasons, print)
     task_for(config).check(config)
     write_plan(args.out, config, reasons, args.data)
     print(args.out.read_text(encoding="utf-8"), end="")
