@@ -125,6 +125,9 @@ def _model_section(dataset: DatasetSection, data: DataSection, device: str, reas
     else:
         reasons["model.name"] = (f"ResNet-18 ({dataset.spatial_dims}D){' with the small-input stem' if small else ''}: "
                                  "the MedMNIST reference network")
+    reasons["model.name"] += (f"; not a ViT: trained from scratch, ViTs trail CNNs on small image sets (Dosovitskiy "
+                              f"et al., ICLR 2021) and a vit_2d step cost ~3x resnet18_2d's on the 2-core reference "
+                              f"CPU; model.name=vit_{dataset.spatial_dims}d tries one")
     reasons["model.width"] = f"width {width}: {'fits the CPU time budget' if device == 'cpu' else 'full width on GPU'}"
     reasons["model.dropout"] = "no dropout: augmentation and weight decay regularise"
     return ModelSection(name=name, width=width, dropout=0.0)
