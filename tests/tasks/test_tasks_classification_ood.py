@@ -192,7 +192,8 @@ def _other_modalities(config, n: int = 12) -> dict[str, np.ndarray]:
 def test_the_demo_classifier_flags_other_modalities_and_lets_its_own_test_images_through(cls_run):
     from sklearn.metrics import roc_auc_score
 
-    from medlens.data.prepared import open_config_dataset, prepare_split, resolve_splits, split_cases
+    from medlens.data.prepared import open_config_dataset, prepare_split, split_cases
+    from medlens.data.splits import read_splits
     from medlens.runs import open_run
     from medlens.tasks import load_model
 
@@ -202,7 +203,7 @@ def test_the_demo_classifier_flags_other_modalities_and_lets_its_own_test_images
     guard = read_guard(run.ood_guard, model)
     assert guard.description["validation_flagged"] <= 0.1 and guard.description["recall_target"] == 0.95
     dataset = open_config_dataset(config)
-    test = prepare_split(dataset, "test", split_cases(dataset, resolve_splits(dataset, config), 0)["test"], config)
+    test = prepare_split(dataset, "test", split_cases(dataset, read_splits(run.splits, dataset), 0)["test"], config)
     test_scores, test_inside = guard.check(extract_features(model, test.images))
     assert np.mean(~test_inside) <= 0.25, test_scores  # about 5% expected; 32 images
     for name, images in _other_modalities(config).items():

@@ -18,8 +18,9 @@ def planned(blob_csv):
     from medlens.tasks.anomaly.plan import plan_anomaly
 
     dataset = open_dataset(blob_csv)
-    config, _ = plan_anomaly(inspect_dataset(dataset), probe=False, normal=("normal",))
-    cases = split_cases(dataset, resolve_splits(dataset, config), 0)
+    card = inspect_dataset(dataset)
+    config, _ = plan_anomaly(card, probe=False, normal=("normal",))
+    cases = split_cases(dataset, resolve_splits(dataset, config, card), 0)
     return config, dataset, cases
 
 

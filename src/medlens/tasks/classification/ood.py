@@ -74,6 +74,8 @@ INPUT = "input"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 THUMBNAIL = 4  # the input block's average-pooled thumbnail: 4 per spatial axis
 MAX_STAGE_FEATURES = 512  # a stage wider than half this keeps its channel means only
+MAX_FIT_IMAGES = 2000  # training images the Gaussians are fitted on, at most
+
 NO_GUARD = {"fitted": False, "note": "no out-of-distribution guard: this model was trained before medlens fitted "
                                      "one, so predictions carry no ood_score; train it again to get one"}
 
@@ -287,7 +289,14 @@ def fit_guard(train_features: dict[str, np.ndarray], train_groups: np.ndarray | 
 
 
 def fit_model_guard(model, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray) -> OodGuard:
-    """:func:`fit_guard` on the blocks of ``model``; labels ``(N,)`` group by class, ``(N, L)`` do not."""
+    """:func:`fit_guard` on the blocks of ``model``; labels ``(N,)`` group by class, ``(N, L)`` do not.
+
+    At most :data:`MAX_FIT_IMAGES` training images (a seeded random subset) fit the Gaussians: their means and
+    shrunk covariances are settled long before that, and the forward pass over every training image was most of
+    the time after training on short budgets."""
+    if len(train_images) > MAX_FIT_IMAGES:
+        keep = np.sort(np.random.default_rng(0).choice(len(train_images), MAX_FIT_IMAGES, replace=False))
+        train_images, train_labels = train_images[keep], np.asarray(train_labels)[keep]
     groups = np.asarray(train_labels) if np.ndim(train_labels) == 1 else None
     guard = fit_guard(extract_features(model, train_images), groups, extract_features(model, val_images))
     members = getattr(model, "members", None)
