@@ -314,3 +314,11 @@ def test_medlens_split_keeps_duplicates_together_in_every_fold(tmp_path, cli):
     assert straddling(groups, json.loads((tmp_path / "one.json").read_text())) == []
     assert straddling(groups, k) == []
     assert straddling(groups, make_splits(open_dataset(root), folds=4, seed=0))  # scattered without the audit
+
+
+def test_numeric_class_names_sort_by_value_grades_included():
+    from medlens.data.dataset import order_class_names
+
+    assert order_class_names(["2", "0.5", "1", "0"]) == ["0", "0.5", "1", "2"]  # CDR grades
+    assert order_class_names(["b", "10", "2", "a"]) == ["2", "10", "a", "b"]
+    assert order_class_names(["nan", "1"]) == ["1", "nan"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -296,10 +297,19 @@ def order_class_names(names: list[str]) -> list[str]:
     In a binary task class 1 is the positive (the finding), which is what sensitivity, AUC and
     the decision threshold refer to.
     """
-    ordered = sorted(names, key=lambda n: (int(n) if n.lstrip("-").isdigit() else float("inf"), n))
+    ordered = sorted(names, key=lambda n: (_number(n), n))  # numeric names (grades 0, 0.5, 1, 2) by value
     if len(ordered) == 2 and ordered[1].strip().lower() in NEGATIVE_NAMES:
         ordered.reverse()
     return ordered
+
+
+def _number(name: str) -> float:
+    """The value of a numeric class name (``"2"``, ``"0.5"``, ``"-1"``); infinity (sorts last) for any other."""
+    try:
+        value = float(name)
+    except ValueError:
+        return float("inf")
+    return value if math.isfinite(value) else float("inf")
 
 
 def parse_split(value: str | None, where: str) -> Split | None:
