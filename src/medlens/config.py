@@ -103,7 +103,8 @@ class TrainSection:
     label_smoothing: float = 0.0
     sampler: typing.Literal["shuffle", "weighted"] = "shuffle"
     patience: int = 10  # epochs without a better validation score before training stops
-    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_dice", "val_map", "val_map50"] = "val_auc"
+    monitor: typing.Literal["val_auc", "val_loss", "val_accuracy", "val_qwk", "val_dice", "val_map",
+                             "val_map50"] = "val_auc"
     time_budget_s: float = 0.0  # 0 = no limit
     freeze_epochs: int = 0  # transfer learning: epochs with the backbone frozen
     finetune_lr_factor: float = 0.1  # transfer learning: lr multiplier once the backbone is unfrozen

@@ -169,6 +169,7 @@ def test_plan_races_the_ordinal_loss_against_cross_entropy():
     assert config.train.race == ("train.loss=ce",) and config.train.race_share == pytest.approx(0.2)
     assert "P(grade > k)" in reasons["train.loss"] and "skewed 4.0:1" in reasons["train.loss"]
     assert "cross-entropy" in reasons["train.race"] and "20%" in reasons["train.race_share"]
+    assert config.train.monitor == "val_qwk" and "kappa" in reasons["train.monitor"]
 
 
 def test_plan_races_nothing_for_unordered_classes():
@@ -197,9 +198,13 @@ def test_an_ordinal_run_reports_kappa_and_grade_error_with_intervals(tmp_path):
     run = tmp_path / "run"
 
     medlens_in_process("train", tmp_path / "grades", "--out", run, "--no-progress", "--set", "dataset.task=ordinal",
-                       "--set", "train.loss=ordinal_bce", "--set", "train.max_epochs=2", "--set", "model.members=1")
+                       "--set", "train.loss=ordinal_bce", "--set", "train.max_epochs=2", "--set", "model.members=1",
+                       "--set", "train.monitor=val_qwk")
     printed = medlens_in_process("evaluate", run, "--bootstrap", "50", "--no-baseline")
 
+    epochs = (run / "metrics.csv").read_text().splitlines()
+    assert "val_qwk" in epochs[0].split(",") and len(epochs) == 3  # the kappa the checkpoint was chosen by
+    assert json.loads((run / "run.json").read_text())["monitor"] == "val_qwk"
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     for key in ("qwk", "mae"):
         entry = metrics[key]
@@ -208,3 +213,16 @@ def test_an_ordinal_run_reports_kappa_and_grade_error_with_intervals(tmp_path):
     assert "argmax" in metrics["grade_rule"] and metrics["task"] == "ordinal"
     assert "quadratic kappa" in printed and "mean abs. error" in printed
     assert "quadratic weighted kappa" in (run / "report.md").read_text()
+
+
+def test_kappa_as_monitor_is_refused_for_unordered_classes():
+    from dataclasses import replace
+
+    from medlens.errors import ConfigError
+    from medlens.tasks.classification.task import ClassificationTask
+
+    config, _ = plan_classification(card(task="multiclass", class_names=("a", "b", "c"),
+                                         train={"a": 10, "b": 10, "c": 10}),
+                                    time_budget_s=120.0, device="cpu", probe=False)
+    with pytest.raises(ConfigError, match="kappa is logged for ordinal grades.*use val_auc"):
+        ClassificationTask().check(replace(config, train=replace(config.train, monitor="val_qwk")))

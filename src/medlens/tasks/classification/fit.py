@@ -50,7 +50,8 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     # AUC saturates on small validation splits: ties go to the lower loss (ClassificationModule logs both as one)
     select_by = "val_auc_then_loss" if config.train.monitor == "val_auc" else config.train.monitor
     return Fit(module, loader, val_loader, config, steps, validation=HeldOut(val, train.images, train.labels),
-               csv_metrics=CSV_METRICS, select_by=select_by)
+               csv_metrics=CSV_METRICS + (("val_qwk",) if config.dataset.task == "ordinal" else ()),
+               select_by=select_by)
 
 
 def check_labels(config: Config, train: SplitData) -> None:

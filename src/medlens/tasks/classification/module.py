@@ -93,6 +93,10 @@ class ClassificationModule(pl.LightningModule):
                        "val_accuracy": quick_accuracy(targets.numpy(), probs.numpy(), self.multilabel)},
                       prog_bar=True, sync_dist=True)  # every rank scores the whole validation split
         self.log("val_auc_then_loss", selection_score(auc, loss), sync_dist=True)
+        if self.config.dataset.task == "ordinal":  # graders' agreement: what the plan selects ordinal models by
+            from medlens.tasks.classification.metrics import quick_qwk
+
+            self.log("val_qwk", quick_qwk(targets.numpy(), probs.numpy()), prog_bar=True, sync_dist=True)
 
     @property
     def _speed(self) -> SpeedOptions:

@@ -19,7 +19,7 @@ class ClassificationTask:
 
     name = "classification"
     kinds = KINDS
-    monitors = ("val_auc", "val_loss", "val_accuracy")
+    monitors = ("val_auc", "val_loss", "val_accuracy", "val_qwk")  # val_qwk: ordinal grades only
     ignored = frozenset({"detect", "pretrain", "anomaly", "dataset.boxes_from_masks",
                          "segment", "model.filters", "model.strides", "model.kernels", "model.deep_supervision",
                          "data.target_spacing", "data.foreground_stats"})
@@ -53,6 +53,10 @@ class ClassificationTask:
             raise ConfigError(f"model.members={config.model.members}: give 1 (one network) or more (an ensemble)")
         check_loss(config.train.loss, "multilabel" if config.dataset.task == "multilabel" else "index")
         check_monitor(self, config)
+        if config.train.monitor == "val_qwk" and config.dataset.task != "ordinal":
+            raise ConfigError(f"train.monitor=val_qwk: kappa is logged for ordinal grades, and this plan is for "
+                              f"{config.dataset.task} classification; use val_auc (or set dataset.task=ordinal if the "
+                              "classes are ordered grades)")
         check_ignored(self, config)
 
     # ---- training ------------------------------------------------------------------------------------
