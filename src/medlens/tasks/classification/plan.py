@@ -366,22 +366,28 @@ def time_training_step(model_section: ModelSection, data: DataSection, dataset: 
     """Seconds per optimisation step of the planned network on random input.
 
     The fastest of ``repeats`` timed steps after ``warmup`` untimed ones (the first steps pay for
-    allocator and kernel set-up; the minimum is robust to other processes' load).
+    allocator and kernel set-up; the minimum is robust to other processes' load), in the memory layout and
+    precision the training module's own probe will choose (:func:`~medlens.models.speed.choose_speed_options`).
     """
     import torch
 
     from medlens.models import build_classifier
+    from medlens.models.speed import choose_speed_options
 
     torch_device = torch.device("cuda" if device == "gpu" else "cpu")
     net = build_classifier(model_section.name, in_channels=data.channels, num_classes=max(len(dataset.class_names), 2),
                            input_size=tuple(data.input_size), width=model_section.width).to(torch_device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
     y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
+    speed, _ = choose_speed_options(net, x)  # the layout / precision training will pick (3D on a CPU)
+    net, x = speed.apply(net), speed.layout(x)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def step():
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        with speed.autocast(torch_device.type):
+            logits = net(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
         optimizer.step()
 
     return fastest_step(step, cuda=torch_device.type == "cuda", repeats=repeats, warmup=warmup)
