@@ -310,7 +310,8 @@ def test_constant_schedule(step):
 
 def test_bce_on_a_single_label_task_is_refused():
     with pytest.raises(ConfigError, match=r"train\.loss=bce is a multi-label classification loss and does not fit a "
-                                          r"single-label classification task; use ce or focal or ordinal_bce or weighted_ce"):
+                                          r"single-label classification task; use ce or focal or ordinal_bce or "
+                                          r"weighted_ce"):
         build_loss("bce", targets="index")
 
 
