@@ -325,7 +325,7 @@ def test_single_label_losses_on_a_multilabel_task_are_refused(name):
 def test_dice_ce_is_registered_for_masks_only():
     assert LOSSES.get("dice_ce").targets == "mask"
     with pytest.raises(ConfigError, match=r"train\.loss=dice_ce is a segmentation loss .* use ce or focal or "
-                                          r"weighted_ce"):
+                                          r"ordinal_bce or weighted_ce"):
         build_loss("dice_ce", targets="index")
     logits = torch.zeros(1, 2, 4, 4)
     target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
