@@ -13,14 +13,6 @@ from medlens.models.networks3d import ACSConv3d, BroadcastSum, conv2plus1d
 NETWORKS = ("acsresnet18_3d", "r21dresnet18_3d", "slices25d_3d")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Many small convolutions on a shared 2-core machine: one thread each (see test_models_classifiers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_acs_conv_is_a_3d_conv_whose_kernels_lie_in_three_planes():
     torch.manual_seed(0)

@@ -12,14 +12,6 @@ NUM_CLASSES = 3
 FILTERS = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one thread is faster (see tests/models/test_models_classifiers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def topology(dims: int, levels: int = 3):
     strides = ((1,) * dims,) + ((2,) * dims,) * (levels - 1)

@@ -21,14 +21,6 @@ from medlens.tasks.segmentation.task import SegmentationTask
 TOLERANCE = 1e-4  # as tests/deploy/test_deploy_export.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: one thread is faster (see tests/models/test_models_classifiers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---- ViT -----------------------------------------------------------------------------------------------
 
