@@ -63,15 +63,11 @@ def skip_unreadable_requested(args) -> tuple[bool, list[str]]:
     Returns:
         ``(skip, overrides)``: ``args.overrides``, plus ``dataset.skip_unreadable=true`` for the flag.
     """
-    from medlens.config import Config, apply_overrides, read_plan
+    from medlens.engine.train import skip_requested
 
     if args.skip_unreadable:
         return True, [*args.overrides, f"{SKIP_KEY}=true"]
-    assignments = [o for o in args.overrides if o.partition("=")[0].strip() == SKIP_KEY]
-    if assignments:
-        return apply_overrides(Config(), assignments[-1:]).dataset.skip_unreadable, list(args.overrides)
-    plan = getattr(args, "plan", None)
-    return bool(plan and read_plan(plan)[0].dataset.skip_unreadable), list(args.overrides)
+    return skip_requested(getattr(args, "plan", None), args.overrides), list(args.overrides)
 
 
 def task_request(args) -> tuple[str | None, dict | None]:
