@@ -57,6 +57,9 @@ class DataSection:
     target_spacing: tuple[float, ...] = ()  # segmentation: images are resampled to this voxel size (mm)
     cache: typing.Literal["auto", "memory", "disk"] = "auto"
     num_workers: int = 0
+    views: tuple[str, ...] = ()  # several images per case, by name (manifest `image:NAME` columns, DICOM series rules)
+    fusion: typing.Literal["channels", "views"] = "channels"  # channels: co-registered, stacked; views: encoded apart
+    series_rules: tuple[str, ...] = ()  # DICOM study folders: "NAME=REGEX" on "Modality SeriesDescription"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class ModelSection:
     strides: tuple[tuple[int, ...], ...] = ()  # segmentation: down-sampling per level and axis
     kernels: tuple[tuple[int, ...], ...] = ()  # segmentation: convolution kernel per level and axis
     deep_supervision: bool = False
+    view_encoder: typing.Literal["shared", "separate"] = "shared"  # fusion=views: one encoder for all views or one each
+    view_pooling: typing.Literal["concat", "attention"] = "concat"  # data.fusion=views: how view features are fused
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class TrainSection:
     seed: int = 0
     race: tuple[str, ...] = ()  # rivals of this plan raced on validation before training, each "key=value;key=value"
     race_share: float = 0.0  # share of time_budget_s the race may spend (0 = no race)
+    modality_dropout: float = 0.0  # chance each view and the clinical record is withheld from a training case
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,16 @@ class AnomalySection:
 
 
 @dataclass(frozen=True)
+class ClinicalSection:
+    """Clinical inputs beside the images: manifest columns, standardised / one-hot encoded with training statistics."""
+
+    numeric: tuple[str, ...] = ()  # columns read as numbers (z-scored; a missing value gets an indicator)
+    units: tuple[str, ...] = ()  # "COLUMN=UNIT" for numeric columns, shown in the model card and the web form
+    categorical: tuple[str, ...] = ()  # "COLUMN=A|B|C": one-hot over these categories (an unseen one is refused)
+    fusion: typing.Literal["concat", "film"] = "concat"  # concat: beside image features; film: scale and shift them
+
+
+@dataclass(frozen=True)
 class EvaluateSection:
     """How the trained model is scored and how it predicts."""
 
@@ -184,6 +200,7 @@ class Config:
     detect: DetectSection = field(default_factory=DetectSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     anomaly: AnomalySection = field(default_factory=AnomalySection)
+    clinical: ClinicalSection = field(default_factory=ClinicalSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
     def as_dict(self) -> dict:

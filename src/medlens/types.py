@@ -83,6 +83,11 @@ class Case:
         split: a split fixed by the dataset itself (official MedMNIST splits, ``train/``
             folders, a CSV ``split`` column); ``None`` when medlens is free to choose.
         index: position inside an array archive (MedMNIST ``.npz``), else ``None``.
+        views: the name of each of ``images`` when a case has several named inputs (manifest ``image:NAME``
+            columns, DICOM series rules), aligned with ``images``; a view the case lacks is simply absent.
+            Empty for one image (or unnamed channel files).
+        clinical: raw text of the case's clinical columns, ``{column: cell}`` (``""`` = missing); encoded with
+            training statistics by :mod:`medlens.data.clinical`.
     """
 
     case_id: str
@@ -93,6 +98,8 @@ class Case:
     patient_id: str | None = None
     split: Split | None = None
     index: int | None = None
+    views: tuple[str, ...] = ()
+    clinical: dict = field(default_factory=dict, compare=False, hash=False)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

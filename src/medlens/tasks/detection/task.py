@@ -30,7 +30,8 @@ class DetectionTask:
     name = "detection"
     kinds = KINDS
     monitors = ("val_map", "val_map50")
-    ignored = frozenset({"segment", "pretrain", "anomaly", "model.width", "model.members", "model.strides",
+    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+                         "segment", "pretrain", "anomaly", "model.width", "model.members", "model.strides",
                          "model.kernels",
                          "model.deep_supervision", "train.sampler", "train.label_smoothing", "train.loss",
                          "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.baseline", "evaluate.tta",

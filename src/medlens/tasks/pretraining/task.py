@@ -19,7 +19,8 @@ class PretrainingTask:
     name = "pretraining"
     kinds = ("pretraining",)
     monitors = ("val_loss",)
-    ignored = frozenset({"segment", "detect", "anomaly", "dataset.boxes_from_masks", "model.filters", "model.strides",
+    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+                         "segment", "detect", "anomaly", "dataset.boxes_from_masks", "model.filters", "model.strides",
                          "model.kernels", "model.deep_supervision", "model.members", "model.dropout",
                          "data.target_spacing", "data.foreground_stats", "train.loss", "train.label_smoothing",
                          "train.sampler", "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.tta",

@@ -18,7 +18,8 @@ class SegmentationTask:
     name = "segmentation"
     kinds = KINDS
     monitors = ("val_dice",)
-    ignored = frozenset({"detect", "pretrain", "anomaly", "dataset.boxes_from_masks",
+    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+                         "detect", "pretrain", "anomaly", "dataset.boxes_from_masks",
                          "model.width", "model.members", "train.sampler", "train.label_smoothing",
                          "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.baseline"})
     runs_exports = False
