@@ -116,22 +116,19 @@ class Dataset:
 
 
 def read_case_image(case: Case, spatial_dims: int | None = None) -> Image:
-    """Read one case's image(s); channel images must share one grid."""
+    """Read one case's image(s); channel images (named views) on other grids are resampled onto the first's.
+
+    Raises:
+        DatasetError: channel images that cannot be put on one grid (they do not overlap, or their format
+            stores no geometry); see :func:`medlens.data.views.stack_views`.
+    """
+    from medlens.data.views import stack_views
+
     images = [read_image(p, spatial_dims=spatial_dims) for p in case.images]
     if len(images) == 1:
         return images[0]
-    first = images[0]
-    for path, other in zip(case.images[1:], images[1:]):
-        if not first.same_geometry(other):
-            raise DatasetError(f"case {case.case_id}: channel {path} has shape {other.spatial_shape} / spacing "
-                               f"{other.spacing_mm} but {case.images[0]} has {first.spatial_shape} / "
-                               f"{first.spacing_mm}; register the modalities onto one grid first")
-    stacked = first.with_array(np.concatenate([im.array for im in images], axis=0))
-    notes = [{**note, "message": f"{Path(path).name}: {note['message']}"}
-             for path, im in zip(case.images, images) for note in im.meta.get("read_warnings", [])]
-    if notes:
-        stacked.meta["read_warnings"] = notes
-    return stacked
+    names = list(case.views) if len(case.views) == len(images) else [str(p) for p in case.images]
+    return stack_views(images, names, where=f"case {case.case_id}")
 
 
 def describe_read_failure(path, exc: BaseException) -> str:

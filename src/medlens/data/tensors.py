@@ -19,6 +19,7 @@ from numpy.lib.format import open_memmap
 
 from medlens.config import DataSection
 from medlens.data.dataset import Dataset, describe_read_failure
+from medlens.data.views import input_channels, prepare_views, read_channels
 from medlens.errors import DatasetError
 from medlens.transforms import Preprocessor
 from medlens.types import Case
@@ -34,10 +35,14 @@ def cache_dir() -> Path:
 def preprocess_cases(dataset: Dataset, cases: list[Case], data: DataSection, *, progress=None) -> np.ndarray:
     """Read and preprocess ``cases`` into an array ``(N, C, *input_size)`` (float32).
 
+    With named views (``data.views``) and ``data.fusion == "views"`` the array is ``(N, V * C, *input_size)``,
+    each view preprocessed on its own (:func:`medlens.data.views.prepare_views`, a missing view all NaN); with
+    ``fusion: channels`` each case's views are stacked in ``data.views`` order onto the first view's grid.
+
     Raises:
         DatasetError: a case cannot be read or does not fit the plan (the message names it).
     """
-    shape = (len(cases), data.channels, *data.input_size)
+    shape = (len(cases), input_channels(data), *data.input_size)
     nbytes = int(np.prod(shape)) * 4
     on_disk = data.cache == "disk" or (data.cache == "auto" and nbytes > MEMORY_LIMIT_BYTES)
     if not on_disk:
@@ -64,12 +69,20 @@ def _fill(out: np.ndarray, dataset: Dataset, cases: list[Case], data: DataSectio
     prepare = Preprocessor(data)
     for i, case in enumerate(cases):
         try:
-            out[i] = prepare(dataset.load_image(case), where=f"case {case.case_id} ({case.image})")
+            out[i] = _prepare_case(dataset, case, data, prepare)
         except Exception as exc:  # noqa: BLE001 - whatever a bad file raises, training stops with its name
             raise DatasetError(f"case {case.case_id}: {describe_read_failure(case.image, exc)}. Run `medlens "
                                "inspect` to list every unreadable case, then fix or remove it") from None
         if progress:
             progress(i + 1, len(cases))
+
+
+def _prepare_case(dataset: Dataset, case: Case, data: DataSection, prepare: Preprocessor) -> np.ndarray:
+    """One case ``(input_channels(data), *input_size)``: views apart, views stacked in plan order, or the image."""
+    if data.views and data.fusion == "views":
+        return prepare_views(dataset, case, data, prepare=prepare)
+    image = read_channels(dataset, case, data.views) if data.views else dataset.load_image(case)
+    return prepare(image, where=f"case {case.case_id} ({case.image})")
 
 
 def _cache_key(dataset: Dataset, cases: list[Case], data: DataSection) -> str:
@@ -79,7 +92,7 @@ def _cache_key(dataset: Dataset, cases: list[Case], data: DataSection) -> str:
                              sort_keys=True, default=list).encode())
     for case in cases:
         stamps = [f"{p}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in case.images if p.exists()]
-        digest.update(f"{case.case_id}|{case.index}|{'|'.join(stamps)}\n".encode())
+        digest.update(f"{case.case_id}|{case.index}|{'|'.join(stamps)}|{','.join(case.views)}\n".encode())
     return digest.hexdigest()[:24]
 
 
