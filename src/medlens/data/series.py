@@ -1,0 +1,141 @@
+"""DICOM studies of several series (T1, T2, FLAIR...): the plan's ``data.series_rules`` pick one series per view.
+
+A study folder holds one subfolder per series. A rule ``"NAME=REGEX"`` names a view and the series it is:
+``REGEX`` is searched, ignoring case, in ``"<Modality> <SeriesDescription>"`` of the series' first readable
+header (e.g. ``"MR T1pre_reg"``), so ``t1=T1pre``, ``flair=FLAIR``, ``ct=^CT`` are all rules. Every rule must
+match exactly one series.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medlens.data.views import stack_views
+from medlens.errors import ConfigError, DatasetError
+from medlens.io import Image, read_image
+
+HEADER_TRIES = 5  # files tried per series folder before it is taken for something other than DICOM
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    name: str
+    pattern: re.Pattern
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    folder: Path
+    label: str  # "<Modality> <SeriesDescription>"
+
+
+def parse_series_rules(rules) -> list[SeriesRule]:
+    """``"NAME=REGEX"`` texts -> rules, in order.
+
+    Raises:
+        ConfigError: a rule without ``=``, an empty name, a name given twice, or a regular expression that
+            does not compile.
+    """
+    parsed: list[SeriesRule] = []
+    for text in rules:
+        name, sep, regex = str(text).partition("=")
+        name = name.strip()
+        if not sep or not name or not regex.strip():
+            raise ConfigError(f"data.series_rules: {text!r} is not NAME=REGEX; write e.g. t1=T1pre or flair=FLAIR "
+                              "(REGEX is searched in '<Modality> <SeriesDescription>')")
+        if any(rule.name == name for rule in parsed):
+            raise ConfigError(f"data.series_rules: the view {name!r} has two rules; give each view one rule")
+        try:
+            pattern = re.compile(regex.strip(), re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(f"data.series_rules: {text!r}: {regex.strip()!r} is not a regular expression "
+                              f"({exc}); escape special characters such as + ( [ with a backslash") from None
+        parsed.append(SeriesRule(name, pattern))
+    if not parsed:
+        raise ConfigError("data.series_rules is empty; a DICOM study needs one NAME=REGEX rule per view")
+    return parsed
+
+
+def list_series(study_folder: str | os.PathLike) -> list[SeriesInfo]:
+    """The study's series: each subfolder with a DICOM header, labelled ``"<Modality> <SeriesDescription>"``.
+
+    Raises:
+        FileNotFoundError: no folder at ``study_folder``.
+        DatasetError: no subfolder holds a DICOM file.
+    """
+    study = Path(study_folder)
+    if not study.is_dir():
+        raise FileNotFoundError(f"no such study folder: {study}")
+    series = [SeriesInfo(folder, label) for folder in sorted(p for p in study.iterdir() if p.is_dir())
+              if (label := _series_label(folder)) is not None]
+    if not series:
+        raise DatasetError(f"{study}: no subfolder holds a DICOM series; a study folder holds one folder per series")
+    return series
+
+
+def _series_label(folder: Path) -> str | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for path in files[:HEADER_TRIES]:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SeriesDescription"])
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        return f"{header.get('Modality', '') or ''} {header.get('SeriesDescription', '') or ''}".strip()
+    return None
+
+
+def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
+    """The series folder of each rule's view, in rule order.
+
+    Args:
+        study_folder: a folder of series folders.
+        rules: ``"NAME=REGEX"`` texts (``data.series_rules``).
+
+    Returns:
+        ``{name: series folder}``.
+
+    Raises:
+        ConfigError: a malformed rule (see :func:`parse_series_rules`).
+        DatasetError: a rule that matches no series, or more than one (the message names the study, the rule
+            and the series seen).
+    """
+    series = list_series(study_folder)
+    seen = "; ".join(f"{s.folder.name}: {s.label!r}" for s in series)
+    picked: dict[str, Path] = {}
+    for rule in parse_series_rules(rules):
+        matches = [s for s in series if rule.pattern.search(s.label)]
+        if not matches:
+            raise DatasetError(f"{study_folder}: series rule {rule.name}={rule.pattern.pattern} matches no series "
+                               f"(seen {seen}); rewrite the rule to match one of them")
+        if len(matches) > 1:
+            both = ", ".join(f"{s.folder.name}: {s.label!r}" for s in matches)
+            raise DatasetError(f"{study_folder}: series rule {rule.name}={rule.pattern.pattern} matches "
+                               f"{len(matches)} series ({both}); make it match one, e.g. with more of the "
+                               "description or ^ and $")
+        picked[rule.name] = matches[0].folder
+    return picked
+
+
+def read_study(study_folder: str | os.PathLike, rules) -> Image:
+    """The study's series picked by ``rules``, resampled onto the first rule's series' grid, stacked as channels.
+
+    Returns:
+        Image ``(sum of the series' channels, X, Y, Z)`` on the first rule's grid; ``meta["views"]`` lists the
+        rule names in channel order.
+
+    Raises:
+        ConfigError / DatasetError: see :func:`pick_series`; DatasetError also for series that do not overlap
+            the first one in space (:func:`medlens.data.views.stack_views`).
+        ReadError: a series that cannot be read.
+    """
+    picked = pick_series(study_folder, rules)
+    images = [read_image(folder) for folder in picked.values()]
+    stacked = stack_views(images, list(picked), where=str(study_folder))
+    stacked.meta["views"] = list(picked)
+    return stacked
