@@ -43,7 +43,7 @@ def test_as_dict_turns_tuples_into_lists():
     plain = Config(dataset=DatasetSection(class_names=("a", "b"))).as_dict()
 
     assert list(plain) == ["dataset", "data", "model", "augment", "train", "segment", "detect", "pretrain", "anomaly",
-                           "evaluate"]
+                           "clinical", "evaluate"]
     assert plain["data"]["input_size"] == [28, 28]
     assert plain["dataset"]["class_names"] == ["a", "b"]
     assert plain["train"]["max_epochs"] == 30
@@ -155,7 +155,7 @@ def test_unknown_key_without_a_close_match_has_no_suggestion():
 def test_unknown_section_suggests_and_lists_sections():
     with pytest.raises(ConfigError, match=r"unknown section `trian`; did you mean `train`\?; sections are "
                                           r"dataset, data, model, augment, train, segment, detect, pretrain, "
-                                          r"anomaly, evaluate"):
+                                          r"anomaly, clinical, evaluate"):
         config_from_dict({"trian": {"max_epochs": 5}})
 
 

@@ -10,6 +10,7 @@
       calibration.json     temperature and decision threshold fitted on validation (classification)
       validation.json      headline validation metrics with 95% CIs (classification; for the model card)
       ood_guard.safetensors  the out-of-distribution guard: training features' density, threshold (classification)
+      clinical.json        clinical inputs' training statistics and categories (classification with clinical values)
       postprocess.json     per class, keep the largest connected component or not (segmentation)
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
@@ -42,6 +43,7 @@ RUN_VERSION = 1  # run.json's medlens_run_version: the layout of this folder
 NO_CALIBRATION = {"temperature": 1.0, "threshold": 0.5}  # a run (or bundle) without calibration.json
 NO_POSTPROCESS = {"keep_largest": {}}  # ... without postprocess.json
 OOD_GUARD = "ood_guard.safetensors"  # the name of the guard's file in a run and in a bundle
+CLINICAL = "clinical.json"  # the clinical encoder fitted on the training split, in a run and in a bundle
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class RunFolder:
     calibration = property(lambda self: self.root / "calibration.json")
     validation = property(lambda self: self.root / "validation.json")
     ood_guard = property(lambda self: self.root / OOD_GUARD)
+    clinical = property(lambda self: self.root / CLINICAL)
     postprocess = property(lambda self: self.root / "postprocess.json")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     metrics_json = property(lambda self: self.root / "metrics.json")

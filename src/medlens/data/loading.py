@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """``(image (C, *spatial) float32, label)`` pairs from arrays (in memory or memory-mapped)."""
+    """``(image (C, *spatial) float32, label)`` pairs from arrays (in memory or memory-mapped); with
+    ``clinical (N, F)`` values, ``(image, clinical (F,), label)`` triples."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, clinical: np.ndarray | None = None):
+        self.images, self.labels, self.clinical = images, labels, clinical
 
     def __len__(self) -> int:
         return len(self.images)
@@ -25,7 +26,10 @@ class ArrayDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(np.array(self.images[index], dtype=np.float32, copy=True))
         if self.labels is None:
             return image
-        return image, torch.as_tensor(self.labels[index])
+        label = torch.as_tensor(self.labels[index])
+        if self.clinical is None:
+            return image, label
+        return image, torch.from_numpy(np.asarray(self.clinical[index], dtype=np.float32)), label
 
 
 class EpochSampler(Sampler[int]):
@@ -90,7 +94,8 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 
 def make_loader(images: np.ndarray, labels: np.ndarray | None, batch_size: int, *, sampler: Sampler | None = None,
-                num_workers: int = 0) -> DataLoader:
-    """A DataLoader over arrays; no sampler = the fixed order (validation, test, prediction)."""
-    return DataLoader(ArrayDataset(images, labels), batch_size=batch_size, sampler=sampler, shuffle=False,
+                num_workers: int = 0, clinical: np.ndarray | None = None) -> DataLoader:
+    """A DataLoader over arrays (with ``clinical (N, F)`` values beside the images when given); no sampler = the
+    fixed order (validation, test, prediction)."""
+    return DataLoader(ArrayDataset(images, labels, clinical), batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, persistent_workers=num_workers > 0, drop_last=False)

@@ -18,12 +18,15 @@ from medlens.types import Case
 
 @dataclass
 class SplitData:
-    """One split, preprocessed: ``images (N, C, *input_size)``, ``labels (N,)`` or ``(N, L)``, ``groups (N,)``."""
+    """One split, preprocessed: ``images (N, C, *input_size)``, ``labels (N,)`` or ``(N, L)``, ``groups (N,)``;
+    ``clinical (N, F)`` encoded clinical values when the plan has clinical inputs (set by the task, which fits
+    the encoder on the training split)."""
 
     name: str
     cases: list[Case]
     images: np.ndarray
     labels: np.ndarray
+    clinical: np.ndarray | None = None
 
     @property
     def groups(self) -> np.ndarray:

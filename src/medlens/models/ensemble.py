@@ -45,13 +45,14 @@ class Ensemble(nn.Module):
         self.in_channels, self.num_classes = first.in_channels, first.num_classes
         self.cam_layer = f"members.0.{first.cam_layer}"
 
-    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's logits ``(M, B, num_classes)`` of images ``(B, C, *spatial)``."""
-        return torch.stack([member(x) for member in self.members])
+    def member_logits(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Every member's logits ``(M, B, num_classes)`` of images ``(B, C, *spatial)`` (and the members' other
+        inputs, such as clinical values ``(B, F)``)."""
+        return torch.stack([member(x, *inputs) for member in self.members])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         """The members' mean logits ``(B, num_classes)``."""
-        return self.member_logits(x).mean(dim=0)
+        return self.member_logits(x, *inputs).mean(dim=0)
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Every member's head (frozen-backbone transfer learning trains these only)."""

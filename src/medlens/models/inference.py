@@ -14,15 +14,19 @@ def best_device() -> torch.device:
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 256,
-                   tta_flip_axes: tuple[int, ...] = (), device: torch.device | None = None) -> np.ndarray:
-    """Logits ``(N, K)`` for ``images (N, C, *spatial)``; with TTA, logits averaged over mirrored copies."""
+                   tta_flip_axes: tuple[int, ...] = (), device: torch.device | None = None,
+                   clinical: np.ndarray | None = None) -> np.ndarray:
+    """Logits ``(N, K)`` for ``images (N, C, *spatial)`` (and ``clinical (N, F)`` values, for a network that takes
+    them); with TTA, logits averaged over mirrored copies."""
     device = device or best_device()
     model = model.to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)).to(device)
+        more = () if clinical is None else (torch.from_numpy(np.ascontiguousarray(
+            clinical[start:start + batch_size], dtype=np.float32)).to(device),)
         variants = flip_variants(x, tta_flip_axes)
-        out.append(torch.stack([model(v).float() for v in variants]).mean(0).cpu())
+        out.append(torch.stack([model(v, *more).float() for v in variants]).mean(0).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -18,7 +18,7 @@ def calibrate(model, config: Config, val: SplitData) -> dict:
     from medlens.evaluation import fit_temperature, youden_threshold
 
     multilabel = config.dataset.task == "multilabel"
-    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config))
+    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config), clinical=val.clinical)
     temperature = float(fit_temperature(logits, val.labels, multilabel=multilabel))
     result = {"temperature": temperature, "threshold": 0.5, "threshold_rule": "0.5",
               "fitted_on": f"val ({len(val.cases)} cases)"}
@@ -49,7 +49,7 @@ def validation_metrics(model, config: Config, val: SplitData, calibration: dict)
     from medlens.tasks.classification.metrics import classification_metrics
 
     multilabel = config.dataset.task == "multilabel"
-    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config))
+    logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config), clinical=val.clinical)
     probs = to_probs(logits, multilabel=multilabel, temperature=calibration["temperature"])
     metrics = classification_metrics(val.labels, probs, config.dataset.task, list(config.dataset.class_names),
                                      groups=val.groups, n_boot=config.evaluate.n_bootstrap, seed=config.train.seed)

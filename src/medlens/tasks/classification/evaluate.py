@@ -10,7 +10,9 @@ The metrics document (``metrics.json``) holds:
 - ``calibration``: ECE before and after temperature scaling (temperature fitted on validation);
 - ``medmnist_protocol``: AUC / ACC exactly as the MedMNIST v2 evaluator computes them;
 - ``baseline``: k-nearest neighbours on downsampled pixels, beside the network;
-- ``ood_guard``: the share of the split's images the out-of-distribution guard flags.
+- ``ood_guard``: the share of the split's images the out-of-distribution guard flags;
+- ``sources`` (several inputs): the fused network beside itself with inputs withheld, and gradient boosting on
+  the clinical values alone (:mod:`.sources`).
 
 ``predictions_<split>.csv`` has one row per case. The evidence for the report (probabilities and
 the Grad-CAM maps of the gallery cases) is computed here, so the report never runs the model.
@@ -27,9 +29,12 @@ import numpy as np
 from medlens.config import Config
 from medlens.data.prepared import SplitData, open_config_dataset, prepare_split, split_cases
 from medlens.data.splits import read_splits
+from medlens.data.tensors import label_array
 from medlens.models.inference import predict_logits, to_probs
 from medlens.runs import RunFolder, now
 from medlens.tasks.base import EvaluateOptions, Evaluation
+from medlens.tasks.classification.inputs import is_fused, read_clinical, view_count
+from medlens.tasks.classification.sources import compare_sources, sources_table
 
 GALLERY_SIZE = 8  # Grad-CAM overlays of the most confident mistakes, and as many correct cases
 
@@ -63,11 +68,15 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
     cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)
     split = options.split
     data = prepare_split(dataset, split, cases[split], config)
+    encoder = read_clinical(run.clinical)
+    if encoder is not None:
+        data.clinical = encoder.encode(data.cases)
     calibration = run.read_calibration()
     tta = config.evaluate.tta if options.tta is None else options.tta
     n_boot = config.evaluate.n_bootstrap if options.n_bootstrap is None else options.n_bootstrap
     kind = config.dataset.task
-    logits = predict_logits(model, data.images, tta_flip_axes=tuple(config.augment.flip_axes) if tta else ())
+    logits = predict_logits(model, data.images, tta_flip_axes=tuple(config.augment.flip_axes) if tta else (),
+                            clinical=data.clinical)
     raw = to_probs(logits, multilabel=kind == "multilabel")
     probs = to_probs(logits, multilabel=kind == "multilabel", temperature=calibration["temperature"])
     names = list(config.dataset.class_names)
@@ -88,11 +97,21 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
         doc["baseline"] = _baseline(dataset, cases, config, data, common)
     if (guarded := guard_flags(run, model, data.images)) is not None:
         doc["ood_guard"] = guarded
+    if is_fused(config):
+        doc["sources"] = compare_sources(model, config, data, _clinical_training(dataset, cases, encoder), probs,
+                                         calibration, common)
     table = format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)")
-    evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases],
-                                      gallery_maps(model, data.images, data.labels, probs))
+    gallery = gallery_maps(model, data.images, data.labels, probs) if view_count(config.data) == 1 else []
+    evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases], gallery)
     return Evaluation(doc, {f"predictions_{split}.csv": predictions_csv(data, probs, names)}, evidence,
                       table + "\n" + _summary_lines(doc))
+
+
+def _clinical_training(dataset, cases: dict, encoder) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training split's encoded clinical values and labels (no image is read), for the clinical-only model."""
+    if encoder is None:
+        return None
+    return encoder.encode(cases["train"]), label_array(dataset, cases["train"])
 
 
 def guard_flags(run: RunFolder, model, images: np.ndarray) -> dict | None:
@@ -160,6 +179,8 @@ def _summary_lines(doc: dict) -> str:
                  f"{c['temperature']:.3f} (fitted on {c['fitted_on']})")
     m = doc["medmnist_protocol"]
     lines.append(f"MedMNIST protocol: AUC {m['auc']:.4f}  ACC {m['acc']:.4f}")
+    if "sources" in doc:
+        lines.append(sources_table(doc["sources"]))
     if "baseline" in doc:
         b = doc["baseline"]
         lines.append(f"baseline k-NN (k={b['k']}): AUC {fmt(b['auc'])}  accuracy {fmt(b['accuracy'])}  "

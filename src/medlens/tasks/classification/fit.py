@@ -15,6 +15,7 @@ from medlens.data.prepared import SplitData, prepare_split
 from medlens.errors import DatasetError
 from medlens.runs import json_safe
 from medlens.tasks.base import Fit
+from medlens.tasks.classification.inputs import attach_clinical
 
 CSV_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
 
@@ -28,6 +29,7 @@ class HeldOut:
     val: SplitData
     train_images: np.ndarray
     train_labels: np.ndarray
+    clinical: object = None  # the ClinicalEncoder fitted on the training split (None without clinical inputs)
 
 
 def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, log) -> Fit:
@@ -38,18 +40,21 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     train = prepare_split(dataset, "train", cases["train"], config)
     val = prepare_split(dataset, "val", cases["val"], config)
     check_labels(config, train)
+    encoder = attach_clinical(config, train, val)
     config = fit_monitor(config, val, log)
     torch.manual_seed(config.train.seed)
     module = ClassificationModule(task.build_model(config), config, class_weights(config, train.labels))
     t, workers = config.train, config.data.num_workers
     weights = balanced_weights(train.labels) if t.sampler == "weighted" else None
     loader = make_loader(train.images, train.labels, t.batch_size, sampler=EpochSampler(len(train.images), t.seed,
-                                                                                        weights), num_workers=workers)
-    val_loader = make_loader(val.images, val.labels, max(t.batch_size, 256), num_workers=workers)
+                                                                                        weights), num_workers=workers,
+                         clinical=train.clinical)
+    val_loader = make_loader(val.images, val.labels, max(t.batch_size, 256), num_workers=workers,
+                             clinical=val.clinical)
     steps = -(-len(train.images) // (t.batch_size * max(world_size, 1)))
     # AUC saturates on small validation splits: ties go to the lower loss (ClassificationModule logs both as one)
     select_by = "val_auc_then_loss" if config.train.monitor == "val_auc" else config.train.monitor
-    return Fit(module, loader, val_loader, config, steps, validation=HeldOut(val, train.images, train.labels),
+    return Fit(module, loader, val_loader, config, steps, validation=HeldOut(val, train.images, train.labels, encoder),
                csv_metrics=CSV_METRICS + (("val_qwk",) if config.dataset.task == "ordinal" else ()),
                select_by=select_by)
 
@@ -90,6 +95,8 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
     from medlens.tasks.classification.ood import fit_model_guard, save_guard
 
     held: HeldOut = fit.validation
+    if held.clinical is not None:
+        write_json_atomic(run.clinical, held.clinical.to_dict())
     calibration = calibrate(model, config, held.val)
     write_json_atomic(run.calibration, calibration)
     write_json_atomic(run.validation, json_safe(validation_metrics(model, config, held.val, calibration)))

@@ -17,6 +17,14 @@ import torch
 
 from medlens.config import Config
 from medlens.models.speed import SpeedOptions, choose_speed_options
+from medlens.tasks.classification.inputs import (
+    has_clinical,
+    split_batch,
+    view_count,
+    view_presence,
+    with_absent_views,
+    withhold_inputs,
+)
 from medlens.tasks.losses import build_loss
 from medlens.tasks.optim import build_optimizer, schedule_factor, total_steps
 from medlens.transforms import BatchAugment
@@ -39,12 +47,14 @@ class ClassificationModule(pl.LightningModule):
         self.loss = build_loss(config.train.loss, targets="multilabel" if self.multilabel else "index",
                                class_weights=class_weights, label_smoothing=config.train.label_smoothing)
         self.augment = BatchAugment(config.augment, config.dataset.spatial_dims)
+        self.views = view_count(config.data)
+        self.absent = _absent(config)  # the encoding of a clinical record with no value (None: no clinical input)
         self.generator: torch.Generator | None = None
         self.speed: SpeedOptions | None = None  # chosen when training starts, or read from the checkpoint
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, *clinical: torch.Tensor) -> torch.Tensor:
+        return self.model(x, *clinical)
 
     # ---- training ---------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -56,7 +66,7 @@ class ClassificationModule(pl.LightningModule):
     def on_train_start(self) -> None:
         if self.speed is None:
             d = self.config.data
-            example = torch.randn(self.config.train.batch_size, d.channels, *d.input_size,
+            example = torch.randn(self.config.train.batch_size, d.channels * self.views, *d.input_size,
                                   generator=torch.Generator().manual_seed(0)).to(self.device)
             self.speed, reason = choose_speed_options(self.model, example,
                                                       allow_bf16=self.config.train.precision == "auto")
@@ -64,19 +74,32 @@ class ClassificationModule(pl.LightningModule):
         self.speed.apply(self.model)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        x = self.augment(x, self.generator)
+        x, clinical, y = split_batch(batch)
+        x, clinical = self._augment(x, clinical)
         with self._speed.autocast(self.device.type):
-            member_logits = self.model.member_logits(self._speed.layout(x))
+            member_logits = self.model.member_logits(self._speed.layout(x), *_given(clinical))
         losses = torch.stack([self.loss(logits.float(), y) for logits in member_logits])
         self.log("train_loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
         return losses.sum()  # each ensemble member learns from its own loss, as if trained alone
 
+    def _augment(self, x: torch.Tensor, clinical: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augmented images; with several inputs, each view and clinical record first withheld with chance
+        ``train.modality_dropout``. A view a case lacks (or that is withheld) stays all-NaN: the transforms see
+        zeros, and the NaN is put back after them, since interpolation would smear it into the padding."""
+        if self.views == 1 and clinical is None:
+            return self.augment(x, self.generator), None
+        present = view_presence(x, self.views)
+        present, clinical = withhold_inputs(present, clinical, self.absent, self.config.train.modality_dropout,
+                                            self.generator)
+        x = self.augment(torch.nan_to_num(x, nan=0.0), self.generator)
+        return (with_absent_views(x, present) if self.views > 1 else x), clinical
+
     # ---- validation -------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
-        logits = self.model(self._speed.layout(x))  # float32: the scores that pick the checkpoint stay exact
+        x, clinical, y = split_batch(batch)
+        # float32: the scores that pick the checkpoint stay exact
+        logits = self.model(self._speed.layout(x), *_given(clinical))
         loss_sum = self.loss(logits, y).detach() * len(x)
         self._val_outputs.append((logits.detach().float().cpu(), y.cpu(), loss_sum.cpu()))
 
@@ -131,6 +154,19 @@ class ClassificationModule(pl.LightningModule):
         for p in self.model.parameters():
             if id(p) not in head_ids:
                 p.requires_grad_(trainable)
+
+
+def _absent(config: Config) -> torch.Tensor | None:
+    if not has_clinical(config.clinical):
+        return None
+    from medlens.data.clinical import absent_vector
+
+    return torch.tensor(absent_vector(config.clinical), dtype=torch.float32)
+
+
+def _given(clinical: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The network's inputs after the images: the clinical values when the plan has them."""
+    return () if clinical is None else (clinical,)
 
 
 def selection_score(auc: float, loss: float) -> float:

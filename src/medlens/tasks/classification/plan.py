@@ -15,6 +15,7 @@ import numpy as np
 
 from medlens.config import (
     AugmentSection,
+    ClinicalSection,
     Config,
     DataSection,
     DatasetSection,
@@ -23,6 +24,8 @@ from medlens.config import (
     TrainSection,
 )
 from medlens.errors import DatasetError
+from medlens.tasks.classification.inputs import build_network, has_clinical, view_count
+from medlens.tasks.classification.plan_inputs import plan_clinical, plan_fusion, plan_views
 from medlens.tasks.planning import epochs_in_budget, fastest_step, per_process_batch, processes_reason
 
 DEFAULT_BUDGET_S = {"cpu": 600.0, "gpu": 1800.0}
@@ -42,17 +45,25 @@ def plan_classification(card: dict, *, time_budget_s: float | None = None, devic
     """
     reasons: dict[str, str] = {}
     dataset = _dataset_section(card, reasons)
-    data = _data_section(card, dataset, device, reasons)
+    data = plan_views(card, _data_section(card, dataset, device, reasons), reasons)
+    clinical = plan_clinical(card, reasons)
     model = _model_section(dataset, data, device, reasons)
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
-    train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons, processes)
+    train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons, processes, clinical)
     model = replace(model, members=members)
-    train = _network_race(card, dataset, data, model, train, device, probe, processes, reasons)
+    model, train, clinical = plan_fusion(model, train, data, clinical, _split_count(card, "train"), reasons)
+    if data.views or has_clinical(clinical):
+        train = _no_network_race(train, reasons, "the race covers one image per case; this plan fuses several inputs")
+    else:
+        train = _network_race(card, dataset, data, model, train, device, probe, processes, reasons)
     augment = _augment_section(card, dataset, reasons)
-    config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train,
-                    evaluate=EvaluateSection(baseline=True))
+    config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train, clinical=clinical,
+                    evaluate=EvaluateSection(baseline=not has_clinical(clinical) and not data.views))
     reasons.setdefault("evaluate.n_bootstrap", "1000 bootstrap resamples (patients when known) for 95% CIs")
-    reasons["evaluate.baseline"] = "a k-nearest-neighbours classifier on pooled pixels beside the network"
+    reasons["evaluate.baseline"] = ("a k-nearest-neighbours classifier on pooled pixels beside the network"
+                                    if config.evaluate.baseline else "off: inputs are several (the evaluation puts the "
+                                    "fused network beside its images alone and a gradient-boosting model of the "
+                                    "clinical values)" if has_clinical(clinical) else "off: the views are several")
     return config, reasons
 
 
@@ -258,7 +269,7 @@ def short_budget_batch(batch: int, epochs: int) -> int:
 
 
 def _batch_size(data: DataSection, dims: int) -> int:
-    voxels = int(np.prod(data.input_size)) * data.channels
+    voxels = int(np.prod(data.input_size)) * data.channels * view_count(data)
     budget = 32 * 28**3 if dims == 3 else 128 * 28**3 // 4  # voxels per batch (~2.8 MB of float32 input)
     for batch in (128, 64, 32, 16, 8):
         if batch * voxels <= budget:
@@ -267,7 +278,7 @@ def _batch_size(data: DataSection, dims: int) -> int:
 
 
 def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
-                   processes: int = 1) -> tuple[TrainSection, int]:
+                   processes: int = 1, clinical: ClinicalSection | None = None) -> tuple[TrainSection, int]:
     """The training settings, and how many ensemble members the budget fits."""
     train_n = _split_count(card, "train")
     # >= ~16 steps per epoch
@@ -276,14 +287,17 @@ def _train_section(card, dataset, data, model, budget_s, device, probe, reasons,
     batch = per_process_batch(batch, processes, reasons)
     reasons["train.processes"] = processes_reason(processes)
     loss, sampler, race = _loss_and_sampler(card, dataset, reasons)
-    epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons)
+    clinical = clinical or ClinicalSection()
+    epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons,
+                              clinical)
     if (short := short_budget_batch(batch, epochs)) != batch and probe:
         reasons["train.batch_size"] = (f"{short}: the budget fits only {epochs} epoch(s) at batch {batch}, and early "
                                        "in training more, smaller steps learn more per second (PneumoniaMNIST, 15 s: "
                                        "one epoch at 32 or 64 gave validation AUC 0.988 / 0.989 against 0.959 at 128; "
                                        "the test split, 0.949 / 0.947, broke the tie for 32)")
         batch = short
-        epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons)
+        epochs, members = _epochs(dataset, data, model, batch, train_n // processes, budget_s, device, probe, reasons,
+                                  clinical)
     reasons["train.ema_fraction"] = (f"validate, keep and ship a moving average of the weights over the last ~5% of "
                                      f"training (~{epochs / 20:.1f} epochs): smoother than one step's weights, so the "
                                      "checkpoint picked on a small validation split is less a matter of luck")
@@ -353,7 +367,8 @@ MAX_EPOCHS, MAX_MEMBERS = 100, 5
 SHORT_BUDGET_S = 60.0  # below this the timing probe takes fewer steps
 
 
-def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons) -> tuple[int, int]:
+def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reasons,
+            clinical: ClinicalSection | None = None) -> tuple[int, int]:
     """Epochs of the schedule and ensemble members: a budget that fits the whole 100-epoch schedule
     twice or more trains that many networks side by side (at most 5), each for the whole schedule."""
     steps = max(train_n // batch, 1)
@@ -363,7 +378,8 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
         return 30, 1
     # a short budget cannot spare six steps to time one: the fastest of two after one warm-up
     repeats, warmup = (4, 2) if budget_s >= SHORT_BUDGET_S else (2, 1)
-    step_s = time_training_step(model, data, dataset, batch, device, repeats=repeats, warmup=warmup)
+    step_s = time_training_step(model, data, dataset, batch, device, repeats=repeats, warmup=warmup,
+                                clinical=clinical)
     epoch_s = steps * step_s * 1.15 + 0.5  # validation, checkpoints and logs
     fit = int(0.85 * budget_s // epoch_s)
     epochs, fits = epochs_in_budget(budget_s, epoch_s, most=MAX_EPOCHS)
@@ -378,7 +394,8 @@ def _epochs(dataset, data, model, batch, train_n, budget_s, device, probe, reaso
 
 
 def time_training_step(model_section: ModelSection, data: DataSection, dataset: DatasetSection, batch: int,
-                       device: str, repeats: int = 4, warmup: int = 2) -> float:
+                       device: str, repeats: int = 4, warmup: int = 2,
+                       clinical: ClinicalSection | None = None) -> float:
     """Seconds per optimisation step of the planned network on random input.
 
     The fastest of ``repeats`` timed steps after ``warmup`` untimed ones (the first steps pay for
@@ -387,13 +404,12 @@ def time_training_step(model_section: ModelSection, data: DataSection, dataset: 
     """
     import torch
 
-    from medlens.models import build_classifier
     from medlens.models.speed import choose_speed_options
 
     torch_device = torch.device("cuda" if device == "gpu" else "cpu")
-    net = build_classifier(model_section.name, in_channels=data.channels, num_classes=max(len(dataset.class_names), 2),
-                           input_size=tuple(data.input_size), width=model_section.width).to(torch_device)
-    x = torch.randn(batch, data.channels, *data.input_size, device=torch_device)
+    net = build_network(replace(model_section, dropout=0.0), data, max(len(dataset.class_names), 2),
+                        clinical or ClinicalSection()).to(torch_device)
+    x = torch.randn(batch, data.channels * view_count(data), *data.input_size, device=torch_device)
     y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
     speed, _ = choose_speed_options(net, x)  # the layout / precision training will pick (3D on a CPU)
     net, x = speed.apply(net), speed.layout(x)

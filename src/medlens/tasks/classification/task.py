@@ -61,15 +61,15 @@ class ClassificationTask:
 
     # ---- training ------------------------------------------------------------------------------------
     def build_model(self, config: Config):
-        """A registry classifier, or an :class:`~medlens.models.Ensemble` of ``model.members`` of them."""
-        from medlens.models import Ensemble, build_classifier
+        """A registry classifier (a fusion network when a case has several inputs: views encoded apart, clinical
+        values), or an :class:`~medlens.models.Ensemble` of ``model.members`` of them."""
+        from medlens.models import Ensemble
+        from medlens.tasks.classification.inputs import build_network
 
         m = config.model
         if m.members < 1:
             raise ConfigError(f"model.members={m.members}: give 1 (one network) or more (an ensemble)")
-        members = [build_classifier(m.name, in_channels=config.data.channels,
-                                    num_classes=len(config.dataset.class_names),
-                                    input_size=tuple(config.data.input_size), width=m.width, dropout=m.dropout)
+        members = [build_network(m, config.data, len(config.dataset.class_names), config.clinical)
                    for _ in range(m.members)]
         return members[0] if m.members == 1 else Ensemble(members)
 

@@ -1,0 +1,131 @@
+"""Plan rules for cases of several inputs: how views are fused, which clinical columns go in, and how.
+
+Each rule reads what the audit measured (``card["views"]``, ``card["clinical"]``) and writes its reason:
+co-registered volumes become channels of one image (early fusion), views that are not co-registered get an
+encoder input each and their features are fused; clinical columns are standardised / one-hot encoded, and a
+column that alone separates the classes too well (``clinical.leakage``) is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from medlens.config import ClinicalSection, DataSection, ModelSection, TrainSection
+
+LEAKAGE_AUC = 0.85  # a clinical column alone above this on the labelled cases is leakage (the audit's warning)
+MAX_CATEGORIES = 20  # a categorical column with more is left out (one-hot would outgrow the data)
+SHARED_ENCODER_BELOW = 2000  # training cases: fewer share one encoder across views
+FILM_FROM = 1000  # training cases: from this many, clinical values condition the image features (FiLM)
+MODALITY_DROPOUT = 0.2  # chance each input is withheld from a training case, when a case has several
+
+
+def plan_views(card: dict, data: DataSection, reasons: dict) -> DataSection:
+    """``data`` with ``views`` and ``fusion`` for a dataset of named views (unchanged for one image per case).
+
+    Co-registered volumes (one grid, real patient geometry) are stacked as channels; anything else (views of
+    different planes, 2D pictures whose files carry no geometry) is encoded view by view.
+    """
+    views = card.get("views") or {}
+    names = tuple(views.get("names") or card["dataset"].get("views") or ())
+    if len(names) < 2:
+        return data
+    reasons["data.views"] = f"{len(names)} image inputs per case ({', '.join(names)})"
+    geometry = bool(card["images"].get("spacing_known"))
+    if views.get("co_registered") and geometry:
+        reasons["data.fusion"] = ("the views share one grid in patient space (co-registered): stacked as channels of "
+                                  "one image (early fusion)")
+        reasons["data.channels"] = f"{data.channels} channels: the views stacked"
+        return replace(data, views=names, fusion="channels")
+    why = ("their files carry no patient geometry (2D pictures), so they cannot be known to be co-registered"
+           if not geometry else f"they are not co-registered ({views.get('grid_note') or 'their grids differ'})")
+    reasons["data.fusion"] = f"each view is resized, normalised and encoded on its own, features fused: {why}"
+    per_view = max(1, data.channels // len(names)) if data.channels % len(names) == 0 else data.channels
+    channels = _view_channels(views, names) or per_view
+    reasons["data.channels"] = f"{channels} channel(s) per view"
+    return replace(data, views=names, fusion="views", channels=channels)
+
+
+def _view_channels(views: dict, names: tuple[str, ...]) -> int | None:
+    """The most common channel count of the views, when the audit measured it per view."""
+    counts = [int(c) for n in names for c in [(views.get("per_view", {}).get(n) or {}).get("channels")] if c]
+    return max(set(counts), key=counts.count) if counts else None
+
+
+def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
+    """The clinical columns that go in (numeric with units when known, categorical with their categories).
+
+    Left out, each with its reason in ``clinical.numeric`` / ``clinical.categorical``: identifiers, columns with
+    no value, categorical columns with more than :data:`MAX_CATEGORIES` categories, and leakage (a column whose
+    values alone separate the classes with AUC above :data:`LEAKAGE_AUC`).
+    """
+    columns = card.get("clinical") or {}
+    numeric, categorical, left_out = [], [], []
+    for name, info in columns.items():
+        kind, auc = info.get("kind"), info.get("auc")
+        if kind == "identifier":
+            left_out.append(f"{name} (an identifier)")
+        elif info.get("present", 1) == 0 or kind == "empty":
+            left_out.append(f"{name} (no value)")
+        elif auc is not None and auc > LEAKAGE_AUC:
+            left_out.append(f"{name} (alone it separates the classes with AUC {auc:.2f}: a score that defines the "
+                            "label is leakage, not a feature)")
+        elif kind == "numeric":
+            numeric.append(name)
+        elif kind == "categorical":
+            categories = _categories(info)
+            if len(categories) > MAX_CATEGORIES:
+                left_out.append(f"{name} ({len(categories)} categories; more than {MAX_CATEGORIES})")
+            elif len(categories) >= 2:
+                categorical.append(f"{name}={'|'.join(categories)}")
+            else:
+                left_out.append(f"{name} (one category)")
+    if not numeric and not categorical:
+        if left_out:
+            reasons["clinical.numeric"] = f"no clinical input; left out: {'; '.join(left_out)}"
+        return ClinicalSection()
+    note = f"; left out: {'; '.join(left_out)}" if left_out else ""
+    reasons["clinical.numeric"] = (f"{len(numeric)} numeric column(s), z-scored with the training split's mean and "
+                                   f"standard deviation, a missing value with an indicator{note}")
+    reasons["clinical.units"] = "units are not in the manifest: add COLUMN=UNIT entries for the model card and form"
+    reasons["clinical.categorical"] = (f"{len(categorical)} categorical column(s), one-hot over the categories seen; "
+                                       "an unseen category at prediction is refused")
+    return ClinicalSection(numeric=tuple(numeric), categorical=tuple(categorical))
+
+
+def _categories(info: dict) -> list[str]:
+    values = info.get("categories") or info.get("counts") or []
+    return sorted(map(str, values.keys() if isinstance(values, dict) else values))
+
+
+def plan_fusion(model: ModelSection, train: TrainSection, data: DataSection, clinical: ClinicalSection,
+                train_cases: int, reasons: dict) -> tuple[ModelSection, TrainSection, ClinicalSection]:
+    """How views share an encoder and are pooled, how clinical values meet the image features, and the
+    modality dropout that lets a case missing an input still be predicted."""
+    views = len(data.views) if data.fusion == "views" else 1
+    clinical_in = bool(clinical.numeric or clinical.categorical)
+    if views > 1:
+        shared = train_cases < SHARED_ENCODER_BELOW
+        model = replace(model, view_encoder="shared" if shared else "separate",
+                        view_pooling="concat" if views <= 4 else "attention")
+        reasons["model.view_encoder"] = (
+            f"one encoder for every view: {train_cases} training cases are few for {views} encoders, and each "
+            "view then trains the same filters" if shared else
+            f"one encoder per view: {train_cases} training cases are enough for each view to learn its own filters")
+        reasons["model.view_pooling"] = (
+            "view features concatenated (with a presence flag per view): the head sees which view said what"
+            if views <= 4 else f"attention pooling over {views} views: weights learnt per case, missing views masked")
+    if clinical_in:
+        film = train_cases >= FILM_FROM
+        clinical = replace(clinical, fusion="film" if film else "concat")
+        reasons["clinical.fusion"] = (
+            f"FiLM: the clinical values scale and shift the image features ({train_cases} training cases are "
+            "enough to learn the conditioning; DAFT, Pölsterl et al. 2021)" if film else
+            f"concatenated beside the image features: {train_cases} training cases are few for a conditioning "
+            "network (FiLM from 1000)")
+    if views > 1 or clinical_in:
+        sources = views + int(clinical_in)
+        train = replace(train, modality_dropout=MODALITY_DROPOUT)
+        reasons["train.modality_dropout"] = (f"each of the {sources} inputs is withheld from a training case with "
+                                             f"chance {MODALITY_DROPOUT} (one view is always kept), so a case "
+                                             "missing a view or its clinical values can still be predicted")
+    return model, train, clinical
