@@ -5,6 +5,14 @@ label ``label|labels|class|target|diagnosis``, patient ``patient_id|patient|subj
 split ``split|set|subset``. Several labels in one cell, separated by ``;`` or ``|``, make the
 task multi-label.
 
+Several images per case: columns ``image:NAME`` (e.g. ``image:axial, image:coronal`` or ``image:t1,
+image:flair``) instead of one image column. ``Case.images`` holds the views a row fills, in column order,
+``Case.views`` their names; an empty cell is that view missing for the case (``view.missing``, a warning for
+classification, an error for segmentation, which stacks the views as channels). The case id is then the
+patient column's value when it is unique per row, else the first present view's path. Every other column
+(not image, label, mask, patient, split) is a candidate clinical column: ``Case.clinical`` holds its cell text
+(``""`` when empty), ``Dataset.meta["clinical_columns"]`` the names; the plan says which are inputs.
+
 Rows are checked before they become cases, each problem a finding naming the CSV lines:
 ``file.missing``, ``path.outside_root`` (a path leaving the root once ``..`` and links are resolved,
 refused unless ``allow_outside_root``), ``label.missing``, ``label.invalid`` (``nan``, ``None``,
@@ -17,7 +25,7 @@ it is listed, so a splits file never names it twice.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlens.data.dataset import (
@@ -40,6 +48,16 @@ COLUMNS = {
     "split": ("split", "set", "subset"),
 }
 LABEL_SEPARATORS = (";", "|")
+VIEW_PREFIX = "image:"  # a column per view: image:axial, image:t1...
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The columns beside the roles: ``(view name, header)`` per ``image:NAME`` column, ``(name, header)`` of the
+    candidate clinical columns."""
+
+    views: tuple[tuple[str, str], ...] = ()
+    clinical: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -54,15 +72,30 @@ class _Row:
     split: str | None
     mask_rel: str | None = None
     mask: Path | None = None
+    views: tuple[tuple[str, str, Path], ...] = ()  # (view name, path as written or "", joined path) per image:NAME
+    clinical: dict[str, str] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
-        files = [self.rel] + ([self.mask_rel] if self.mask_rel is not None else [])
-        return f"line {self.line}: {', '.join(f or '(empty)' for f in files)}"
+        images = [f"{name}={rel or '(empty)'}" for name, rel, _ in self.views] or [self.rel or "(empty)"]
+        files = images + ([self.mask_rel or "(empty)"] if self.mask_rel is not None else [])
+        return f"line {self.line}: {', '.join(files)}"
+
+    def images(self) -> list[tuple[str, Path]]:
+        """``(path as written, joined path)`` of the image, or of each view the row fills (``[("", ...)]`` if none)."""
+        return [(rel, path) for _, rel, path in self.views if rel] or [(self.rel, self.path)]
 
     def files(self) -> list[tuple[str, Path]]:
-        """``(path as written, path joined to the root)`` for the image and, for segmentation, the mask."""
-        return [(self.rel, self.path)] + ([(self.mask_rel, self.mask)] if self.mask_rel is not None else [])
+        """``(path as written, path joined to the root)`` for the image(s) and, for segmentation, the mask."""
+        return self.images() + ([(self.mask_rel, self.mask)] if self.mask_rel is not None else [])
+
+    def lacking(self) -> list[str]:
+        """The views whose cell is empty."""
+        return [name for name, rel, _ in self.views if not rel]
+
+    def view_key(self) -> tuple:
+        """The views as files, for two rows of one first image to agree on."""
+        return tuple((name, path.resolve()) for name, rel, path in self.views if rel)
 
     def label_key(self, multilabel: bool):
         """What two rows of one file must agree on: the mask file, the set of labels, or the label."""
@@ -88,14 +121,15 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
         DatasetError: no image column, no label column (unless ``unlabelled``), an empty CSV, fewer than
             two classes.
     """
-    table, columns = _read_rows(csv_path, unlabelled)
+    table, columns, inputs = _read_rows(csv_path, unlabelled)
     image_root = Path(image_root) if image_root else csv_path.parent
-    rows = [_row(line, raw, columns, image_root) for line, raw in enumerate(table, start=2)]
+    rows = [_row(line, raw, columns, inputs, image_root) for line, raw in enumerate(table, start=2)]
     allow = allow_outside_root_in_force(allow_outside_root)
+    meta = _meta(columns, inputs, image_root)
     if "mask" in columns and "label" not in columns:
-        return _open_segmentation_manifest(csv_path, rows, columns, image_root, allow)
+        return _open_segmentation_manifest(csv_path, rows, meta, image_root, allow)
     if "label" not in columns:
-        return _open_unlabelled_manifest(csv_path, rows, columns, image_root, allow)
+        return _open_unlabelled_manifest(csv_path, rows, meta, image_root, allow)
     multilabel = any(sep in row.label for row in rows for sep in LABEL_SEPARATORS)
     labelled, label_findings = _check_labels(csv_path, rows, multilabel)
     class_names = _class_names([row.label for row in labelled], multilabel)
@@ -105,30 +139,70 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
                            + "".join(f". {f.message}" for f in label_findings))
     present, path_findings = _check_paths(csv_path, image_root, labelled, allow)
     unique, duplicate_findings = _check_repeats(csv_path, present, multilabel)
-    cases = [Case(case_id=row.rel, images=(row.path,), label=_encode(row.label, class_names, multilabel),
-                  patient_id=row.patient_id, split=parse_split(row.split, f"{csv_path} line {row.line}"))
-             for row in unique]
+    cases = [Case(**inputs, label=_encode(row.label, class_names, multilabel), patient_id=row.patient_id,
+                  split=parse_split(row.split, f"{csv_path} line {row.line}"))
+             for row, inputs in zip(unique, _case_inputs(unique))]
     task = Task.MULTILABEL if multilabel else (Task.BINARY if len(class_names) == 2 else Task.MULTICLASS)
     return Dataset(csv_path, "manifest", task, tuple(class_names), cases,
-                   findings=path_findings + label_findings + duplicate_findings,
-                   meta={"columns": columns, "image_root": str(image_root)})
+                   findings=path_findings + label_findings + duplicate_findings + _view_findings(csv_path, unique,
+                                                                                                 cases),
+                   meta=meta)
 
 
-def _row(line: int, raw: dict, columns: dict, image_root: Path) -> _Row:
-    rel = _cell(raw, columns["image"])
+def _row(line: int, raw: dict, columns: dict, inputs: _Inputs, image_root: Path) -> _Row:
+    views = tuple((name, _cell(raw, header), image_root / _cell(raw, header)) for name, header in inputs.views)
+    rel = next((rel for _, rel, _ in views if rel), "") if views else _cell(raw, columns["image"])
     patient_id, split = _cell(raw, columns.get("patient_id")) or None, _cell(raw, columns.get("split")) or None
-    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split)
+    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split, views=views,
+               clinical={name: _cell(raw, header) for name, header in inputs.clinical})
     if "mask" in columns and "label" not in columns:  # segmentation: the mask is the label
         row.mask_rel = _cell(raw, columns["mask"])
         row.mask = image_root / row.mask_rel
     return row
 
 
+def _meta(columns: dict, inputs: _Inputs, image_root: Path) -> dict:
+    meta = {"columns": columns, "image_root": str(image_root)}
+    if inputs.views:
+        meta["views"] = [name for name, _ in inputs.views]
+    meta["clinical_columns"] = [name for name, _ in inputs.clinical]
+    return meta
+
+
+def _case_inputs(rows: list[_Row]) -> list[dict]:
+    """Per row, the :class:`Case` fields its columns give: ``case_id``, ``images``, ``views`` and ``clinical``.
+
+    A multi-view case is named by its patient when every row has a patient of its own (a subject's views are one
+    case), else by its first present view; a one-image case by its image, as always.
+    """
+    patients = [row.patient_id for row in rows]
+    by_patient = any(row.views for row in rows) and all(patients) and len(set(patients)) == len(patients)
+    return [{"case_id": row.patient_id if by_patient else row.rel,
+             "images": tuple(path for _, path in row.images()),
+             "views": tuple(name for name, rel, _ in row.views if rel),
+             "clinical": dict(row.clinical)} for row in rows]
+
+
+def _view_findings(csv_path: Path, rows: list[_Row], cases: list[Case], *, blocking: bool = False) -> list[Finding]:
+    """``view.missing``: rows with an empty ``image:NAME`` cell (an error when the views are stacked as channels)."""
+    lacking = [(case.case_id, f"line {row.line}: {', '.join(row.lacking())}")
+               for row, case in zip(rows, cases) if row.lacking()]
+    if not lacking:
+        return []
+    said = f"{csv_path}: {len(lacking)} case(s) lack a view (first: {'; '.join(m for _, m in lacking[:3])}); "
+    ids = [case_id for case_id, _ in lacking]
+    if blocking:
+        return [Finding.blocking("view.missing", said + "segmentation stacks the views as channels, so every case "
+                                 "needs all of them: fill in the paths, or remove these rows", ids)]
+    return [Finding("warning", "view.missing", said + "these cases are trained and predicted without it (modality "
+                    "dropout teaches the network that); fill in the paths if the images exist", ids)]
+
+
 def _cell(raw: dict, column: str | None) -> str:
     return (raw.get(column) or "").strip() if column else ""
 
 
-def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], dict[str, str]]:
+def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], dict[str, str], _Inputs]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -146,37 +220,58 @@ def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], di
         found = next((h for h in header if h and h.strip().lower() in names), None)
         if found:
             columns[role] = found
-    if "image" not in columns:
-        raise DatasetError(f"{csv_path}: no image column; expected one of {', '.join(COLUMNS['image'])}, "
-                           f"found columns {header}")
+    inputs = _inputs(csv_path, header, columns)
+    if "image" not in columns and not inputs.views:
+        raise DatasetError(f"{csv_path}: no image column; expected one of {', '.join(COLUMNS['image'])}, or one "
+                           f"column per view named {VIEW_PREFIX}NAME (e.g. image:axial), found columns {header}")
     if "label" not in columns and "mask" not in columns and not unlabelled:
         raise DatasetError(f"{csv_path}: no label column (classification: one of {', '.join(COLUMNS['label'])}) "
                            f"and no mask column (segmentation: one of {', '.join(COLUMNS['mask'])}); found "
                            f"columns {header}. To learn an encoder from images without labels use "
                            "`medlens pretrain CSV`")
-    return rows, columns
+    return rows, columns, inputs
 
 
-def _open_segmentation_manifest(csv_path: Path, rows: list[_Row], columns: dict, image_root: Path,
+def _inputs(csv_path: Path, header: list[str], columns: dict[str, str]) -> _Inputs:
+    """The ``image:NAME`` view columns and the candidate clinical columns (every other named column)."""
+    views = [(h.strip()[len(VIEW_PREFIX):].strip(), h) for h in header
+             if h and h.strip().lower().startswith(VIEW_PREFIX)]
+    if views and "image" in columns:
+        raise DatasetError(f"{csv_path}: both an image column ({columns['image']!r}) and view columns "
+                           f"({', '.join(h for _, h in views)}); a manifest lists one image per row or one column per "
+                           f"view ({VIEW_PREFIX}NAME): pick one, and rename or drop the other")
+    names = [name.lower() for name, _ in views]
+    if "" in names or len(set(names)) < len(names):
+        raise DatasetError(f"{csv_path}: view columns {[h for _, h in views]} need a distinct name after "
+                           f"{VIEW_PREFIX!r} each (e.g. image:axial, image:coronal)")
+    taken = set(columns.values()) | {h for _, h in views}
+    clinical = [(h.strip(), h) for h in header if h and h.strip() and h not in taken]
+    return _Inputs(tuple(views), tuple(clinical))
+
+
+def _open_segmentation_manifest(csv_path: Path, rows: list[_Row], meta: dict, image_root: Path,
                                 allow_outside_root: bool) -> Dataset:
-    """Rows of ``image, mask[, patient_id, split]``: one image + label map pair per row."""
+    """Rows of ``image, mask[, patient_id, split]``: one image (or one per view: channels) + label map per row."""
     present, path_findings = _check_paths(csv_path, image_root, rows, allow_outside_root)
     unique, duplicate_findings = _check_repeats(csv_path, present, multilabel=False)
-    cases = [Case(case_id=row.rel, images=(row.path,), mask=row.mask, patient_id=row.patient_id,
-                  split=parse_split(row.split, f"{csv_path} line {row.line}")) for row in unique]
-    return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases, findings=path_findings + duplicate_findings,
-                   meta={"columns": columns, "image_root": str(image_root)})
+    cases = [Case(**inputs, mask=row.mask, patient_id=row.patient_id,
+                  split=parse_split(row.split, f"{csv_path} line {row.line}"))
+             for row, inputs in zip(unique, _case_inputs(unique))]
+    view_findings = _view_findings(csv_path, unique, cases, blocking=True)
+    return Dataset(csv_path, "manifest", Task.SEGMENTATION, (), cases,
+                   findings=path_findings + duplicate_findings + view_findings, meta=meta)
 
 
-def _open_unlabelled_manifest(csv_path: Path, rows: list[_Row], columns: dict, image_root: Path,
+def _open_unlabelled_manifest(csv_path: Path, rows: list[_Row], meta: dict, image_root: Path,
                               allow_outside_root: bool) -> Dataset:
-    """Rows of ``image[, patient_id, split]``: images without labels, one case per file."""
+    """Rows of ``image[, patient_id, split]``: images without labels, one case per file (or per row of views)."""
     present, path_findings = _check_paths(csv_path, image_root, rows, allow_outside_root)
     unique, duplicate_findings = _check_repeats(csv_path, present, multilabel=False)
-    cases = [Case(case_id=row.rel, images=(row.path,), patient_id=row.patient_id,
-                  split=parse_split(row.split, f"{csv_path} line {row.line}")) for row in unique]
-    return Dataset(csv_path, "image_manifest", Task.PRETRAINING, (), cases, findings=path_findings + duplicate_findings,
-                   meta={"columns": columns, "image_root": str(image_root)})
+    cases = [Case(**inputs, patient_id=row.patient_id, split=parse_split(row.split, f"{csv_path} line {row.line}"))
+             for row, inputs in zip(unique, _case_inputs(unique))]
+    view_findings = _view_findings(csv_path, unique, cases)
+    return Dataset(csv_path, "image_manifest", Task.PRETRAINING, (), cases,
+                   findings=path_findings + duplicate_findings + view_findings, meta=meta)
 
 
 def _check_labels(csv_path: Path, rows: list[_Row], multilabel: bool) -> tuple[list[_Row], list[Finding]]:
@@ -237,8 +332,9 @@ def _check_repeats(csv_path: Path, rows: list[_Row], multilabel: bool) -> tuple[
         if row.label_key(multilabel) != earlier.label_key(multilabel):
             what = "mask" if row.mask_rel is not None else "label"
             conflicts.append((earlier.rel, f"{said} with another {what} ({_shown(earlier, row)})"))
-        elif (row.patient_id, row.split) != (earlier.patient_id, earlier.split):
-            row_conflicts.append((earlier.rel, f"{said} with another patient id or split"))
+        elif (row.patient_id, row.split, row.view_key()) != (earlier.patient_id, earlier.split, earlier.view_key()):
+            other = "another patient id, split or other views" if row.views else "another patient id or split"
+            row_conflicts.append((earlier.rel, f"{said} with {other}"))
         else:
             repeats.append((earlier.rel, said))
     return list(first.values()), _repeat_findings(csv_path, conflicts, row_conflicts, repeats)
