@@ -97,14 +97,14 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
         doc["baseline"] = _baseline(dataset, cases, config, data, common)
     if (guarded := guard_flags(run, model, data.images)) is not None:
         doc["ood_guard"] = guarded
+    files = {f"predictions_{split}.csv": predictions_csv(data, probs, names)}
     if is_fused(config):
-        doc["sources"] = compare_sources(model, config, data, _clinical_training(dataset, cases, encoder), probs,
-                                         calibration, common)
+        doc["sources"], files[f"sources_{split}.csv"] = compare_sources(
+            model, config, data, _clinical_training(dataset, cases, encoder), probs, calibration, common)
     table = format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)")
     gallery = gallery_maps(model, data.images, data.labels, probs) if view_count(config.data) == 1 else []
     evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases], gallery)
-    return Evaluation(doc, {f"predictions_{split}.csv": predictions_csv(data, probs, names)}, evidence,
-                      table + "\n" + _summary_lines(doc))
+    return Evaluation(doc, files, evidence, table + "\n" + _summary_lines(doc))
 
 
 def _clinical_training(dataset, cases: dict, encoder) -> tuple[np.ndarray, np.ndarray] | None:

@@ -9,6 +9,9 @@ go on, not separately trained networks.
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 
 from medlens.config import Config
@@ -18,8 +21,10 @@ from medlens.tasks.classification.inputs import view_count
 KEPT = ("accuracy", "auc", "balanced_accuracy")
 
 
-def compare_sources(model, config: Config, data, train, probs: np.ndarray, calibration: dict, common: dict) -> dict:
-    """``{"rows": [{"source", "how", accuracy, auc, balanced_accuracy}]}`` for the split ``data``.
+def compare_sources(model, config: Config, data, train, probs: np.ndarray, calibration: dict,
+                    common: dict) -> tuple[dict, str]:
+    """``{"rows": [{"source", "how", accuracy, auc, balanced_accuracy}]}`` for the split ``data``, and the
+    per-case probabilities of every source as CSV text (``sources_<split>.csv``).
 
     Args:
         data: the evaluated :class:`~medlens.data.prepared.SplitData` (``clinical`` set when the plan has it).
@@ -31,13 +36,18 @@ def compare_sources(model, config: Config, data, train, probs: np.ndarray, calib
     from medlens.data.clinical import absent_vector
 
     names, kind = list(config.dataset.class_names), config.dataset.task
-    score = lambda p: _scored(data.labels, p, kind, names, common)  # noqa: E731
-    rows = [{"source": "all inputs", "how": "the fused network", **score(probs)}]
+    answers: dict[str, np.ndarray] = {}
+
+    def score(source: str, p: np.ndarray) -> dict:
+        answers[source] = p
+        return _scored(data.labels, p, kind, names, common)
+
+    rows = [{"source": "all inputs", "how": "the fused network", **score("all inputs", probs)}]
     absent = None
     if data.clinical is not None:
         absent = np.broadcast_to(absent_vector(config.clinical), data.clinical.shape).astype(np.float32)
         rows.append({"source": "images only", "how": "the fused network, clinical values withheld",
-                     **score(_probs(model, data.images, absent, config, calibration))})
+                     **score("images only", _probs(model, data.images, absent, config, calibration))})
     views = view_count(config.data)
     if views > 1:
         for v, name in enumerate(config.data.views):
@@ -46,11 +56,25 @@ def compare_sources(model, config: Config, data, train, probs: np.ndarray, calib
                 continue
             rows.append({"source": f"view {name} only", "how": "the fused network, other views"
                          + (" and clinical values" if absent is not None else "") + " withheld",
-                         **score(_probs(model, alone, absent, config, calibration))})
+                         **score(f"view {name} only", _probs(model, alone, absent, config, calibration))})
     if train is not None and data.clinical is not None:
         rows.append({"source": "clinical values only", "how": "gradient boosting (scikit-learn) fitted on the "
-                     "training split's encoded clinical values", **score(_boosted(train, data.clinical, config))})
-    return {"rows": rows}
+                     "training split's encoded clinical values",
+                     **score("clinical values only", _boosted(train, data.clinical, config))})
+    return {"rows": rows}, _answers_csv(data, answers, names)
+
+
+def _answers_csv(data, answers: dict[str, np.ndarray], names: list[str]) -> str:
+    """One row per case: its id and, per source, the probability of the positive class (binary) or of each class."""
+    binary = len(names) == 2 and answers["all inputs"].shape[1] == 2
+    columns = [s if binary else f"{s}:p_{n}" for s in answers for n in (names[1:] if binary else names)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case_id", "patient_id", *columns])
+    for i, case in enumerate(data.cases):
+        values = [p[i, 1:] if binary else p[i] for p in answers.values()]
+        writer.writerow([case.case_id, case.patient_id or "", *[f"{v:.6f}" for row in values for v in row]])
+    return buffer.getvalue()
 
 
 def _probs(model, images: np.ndarray, clinical: np.ndarray | None, config: Config, calibration: dict) -> np.ndarray:
