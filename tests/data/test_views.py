@@ -153,3 +153,77 @@ def test_read_channels_orders_by_the_plan_and_names_a_missing_view(tmp_path):
     with pytest.raises(DatasetError, match="case p2 .*no t2 view"):
         preprocess_cases(dataset, dataset.cases, data)
     assert preprocess_cases(dataset, dataset.cases[:1], data).shape == (1, 2, 8, 8, 8)
+
+
+def views_study(root: Path, shift_mm: float = 0.0) -> Dataset:
+    """Four cases of t1 and t2 volumes (t2 ``shift_mm`` along x off t1's grid); case c3 lacks t2."""
+    cases = []
+    for k in range(4):
+        t1 = write_volume(root / f"c{k}_t1.nii.gz", ramp((6, 6, 4), 1), (1.5, 1.5, 3.0))
+        if k == 3:
+            cases.append(Case(f"c{k}", (t1,), label=k % 2, views=("t1",)))
+            continue
+        t2 = write_volume(root / f"c{k}_t2.nii.gz", ramp((6, 6, 4), 5), (1.5, 1.5, 3.0), (shift_mm, 0.0, 0.0))
+        cases.append(Case(f"c{k}", (t1, t2), label=k % 2, views=("t1", "t2")))
+    return views_dataset(root, cases, ("t1", "t2"))
+
+
+def test_the_modality_audit_counts_views_and_sees_co_registered_volumes(tmp_path):
+    from medlens.data.audit import inspect_dataset
+
+    card = inspect_dataset(views_study(tmp_path))
+
+    views = card["views"]
+    assert views["names"] == ["t1", "t2"] and views["co_registered"] is True
+    t1, t2 = views["per_view"]["t1"], views["per_view"]["t2"]
+    assert (t1["cases"], t1["missing"], t2["cases"], t2["missing"], t2["missing_cases"]) == (4, 0, 3, 1, ["c3"])
+    assert t2["intensity"]["mean"] == pytest.approx(50.0, abs=1.0) and t2["intensity"]["std"] == pytest.approx(6, abs=1)
+    assert t1["intensity"]["p1"] < 10.0 < t1["intensity"]["p99"]
+    assert t1["spacing_mm"]["axis2"]["median"] == pytest.approx(3.0) and t2["shape"]["axis0"]["max"] == 6
+    codes = {f["code"]: f for f in card["findings"]}
+    assert codes["views.incomplete"]["severity"] == "warning" and codes["views.incomplete"]["cases"] == ["c3"]
+    assert "views.grid" not in codes
+    assert card["images"]["channels"] == {"2": 3, "1": 1}  # co-registered views are stacked for the main audit
+
+
+def test_the_modality_audit_measures_how_far_apart_the_grids_are(tmp_path):
+    from medlens.data.audit import inspect_dataset
+
+    card = inspect_dataset(views_study(tmp_path, shift_mm=5.0))
+
+    views = card["views"]
+    assert views["co_registered"] is False
+    assert views["grids"]["cases_apart"] == 3 and views["grids"]["max_origin_distance_mm"] == pytest.approx(5.0)
+    assert views["grids"]["not_overlapping"] == []
+    [grid] = [f for f in card["findings"] if f["code"] == "views.grid"]
+    assert grid["severity"] == "warning" and "5.0 mm" in grid["message"] and "encode each view apart" in grid["message"]
+    assert card["images"]["channels"] == {"1": 4}  # off one grid: the first view stands for the case
+
+
+def test_a_dataset_without_views_has_no_views_card(tmp_path):
+    from medlens.data.audit import inspect_dataset
+
+    image = write_volume(tmp_path / "a.nii.gz", ramp((6, 6, 4), 1))
+    dataset = Dataset(tmp_path, "manifest", Task.BINARY, ("no", "yes"), [Case("a", (image,), label=0)])
+    assert "views" not in inspect_dataset(dataset)
+
+
+def test_pictures_of_different_planes_are_audited_view_by_view(tmp_path):
+    """Files without geometry on different grids (axial and sagittal pictures): every case stays readable."""
+    from medlens.data.audit import inspect_dataset
+
+    cases = []
+    for k in range(3):
+        axial, sagittal = tmp_path / f"{k}_a.npy", tmp_path / f"{k}_s.npy"
+        np.save(axial, ramp((10, 12), k + 1))
+        np.save(sagittal, ramp((12, 8), k + 1))
+        cases.append(Case(f"s{k}", (axial, sagittal), label=k % 2, views=("axial", "sagittal")))
+
+    card = inspect_dataset(views_dataset(tmp_path, cases, ("axial", "sagittal")))
+
+    axial_shape, sagittal_shape = (read_image(path).spatial_shape for path in cases[0].images)
+    assert card["dataset"]["num_readable"] == 3 and card["images"]["shape"]["axis1"]["median"] == axial_shape[1]
+    assert card["views"]["co_registered"] is False
+    assert card["views"]["per_view"]["sagittal"]["shape"]["axis1"]["max"] == sagittal_shape[1] != axial_shape[1]
+    [grid] = [f for f in card["findings"] if f["code"] == "views.grid"]
+    assert grid["severity"] == "info" and "no patient geometry" in grid["message"]

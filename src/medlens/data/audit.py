@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 import numpy as np
 
 from medlens.data.audit_boxes import box_findings, box_summary, check_boxes
+from medlens.data.audit_clinical import audit_clinical
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
 from medlens.data.audit_reads import read_note_findings, skipped_entries, skipped_findings, unreadable_findings
+from medlens.data.audit_views import read_for_audit, view_summary
 from medlens.data.dataset import Dataset, Finding, describe_read_failure, skip_unreadable_in_force
 from medlens.types import Case
 
@@ -78,11 +80,15 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     if skip:
         card["skipped"] = skipped_entries(dataset, unreadable)
     findings += _content_findings(kept, stats, card)
+    if kept.meta.get("views"):
+        card["views"], view_findings = view_summary(kept)
+        findings += view_findings
     views = _split_views(kept, splits)
     findings += _duplicate_findings(card["duplicates"], views)
     findings += _label_conflicts(kept, card["duplicates"])
     findings += _patient_findings(kept, views)
     findings += _class_findings(kept, card["counts"])
+    findings += audit_clinical(kept, card)  # card["clinical"]: manifest columns beside the images
     card["findings"] = [f.as_dict() for f in findings]
     card["fingerprint"] = _fingerprint(stats)
     return card
@@ -121,7 +127,7 @@ def _without(dataset: Dataset, case_ids: set[str]) -> Dataset:
 
 
 def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseStats:
-    image = dataset.load_image(case)
+    image = read_for_audit(dataset, case)  # views on different grids: the first stands for the case
     array = np.ascontiguousarray(image.array)
     flat = array.reshape(-1)  # a view: the audit holds no float64 copy of a large image
     sample = flat if flat.size <= SAMPLES_PER_CASE else flat[rng.integers(0, flat.size, SAMPLES_PER_CASE)]
