@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,36 @@ def test_pictures_of_different_planes_are_audited_view_by_view(tmp_path):
     assert card["views"]["per_view"]["sagittal"]["shape"]["axis1"]["max"] == sagittal_shape[1] != axial_shape[1]
     [grid] = [f for f in card["findings"] if f["code"] == "views.grid"]
     assert grid["severity"] == "info" and "no patient geometry" in grid["message"]
+
+
+OASIS = Path(os.environ.get("MEDLENS_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+             ) / "multimodal" / "oasis1_three_views"
+
+
+@pytest.mark.realdata
+def test_the_oasis_views_are_audited_as_three_pictures_encoded_apart(tmp_path):
+    from medlens.data import open_dataset
+    from medlens.data.audit import inspect_dataset
+
+    if not OASIS.exists():
+        pytest.skip(f"real data not available: {OASIS}")
+    with open(OASIS / "oasis_cross-sectional.csv", newline="") as source, open(tmp_path / "m.csv", "w") as out:
+        writer = csv.writer(out)
+        writer.writerow(["patient_id", "image:axial", "image:coronal", "image:sagittal", "label"])
+        for row in csv.DictReader(source):
+            subject = row["ID"]
+            if (OASIS / "axial" / f"{subject}_a.jpg").exists():
+                writer.writerow([subject, f"axial/{subject}_a.jpg", f"coronal/{subject}_c.jpg",
+                                 f"sagittal/{subject}_s.jpg", "dementia" if float(row["CDR"] or 0) > 0 else "none"])
+
+    card = inspect_dataset(open_dataset(tmp_path / "m.csv", image_root=OASIS, allow_outside_root=True))
+
+    views = card["views"]
+    assert card["dataset"]["num_readable"] == 196 and views["cases_read"] == 196
+    assert views["co_registered"] is False and views["grids"]["shapes_differ"] == 196
+    per_view = views["per_view"]
+    shapes = {name: tuple(int(v["shape"][f"axis{a}"]["median"]) for a in (0, 1)) for name, v in per_view.items()}
+    assert shapes == {"axial": (176, 208), "coronal": (176, 176), "sagittal": (208, 176)}
+    assert all(v["missing"] == 0 and v["channels"] == 1 and 50 < v["intensity"]["mean"] < 100
+               and v["intensity"]["p99"] > 200 for v in per_view.values())
+    assert [f["severity"] for f in card["findings"] if f["code"] == "views.grid"] == ["info"]
