@@ -140,3 +140,17 @@ def test_single_image_manifests_are_as_before_with_their_extra_columns_as_clinic
     assert all(c.views == () and len(c.images) == 1 for c in ds.cases)
     assert "views" not in ds.meta and ds.meta["clinical_columns"] == ["Age", "note"]
     assert ds.cases[3].clinical == {"Age": "53", "note": ""}
+
+
+def test_a_row_repeating_a_first_view_with_other_views_is_a_row_conflict(tmp_path, make):
+    for name in ("a/1.png", "b/1.png", "b/2.png", "a/3.png", "b/3.png"):
+        make.png(tmp_path / name, make.pixels(len(name) + ord(name[-5])))
+    path = make.csv(tmp_path / "m.csv", [{"image:a": "a/1.png", "image:b": "b/1.png", "label": "x"},
+                                         {"image:a": "a/1.png", "image:b": "b/2.png", "label": "x"},
+                                         {"image:a": "a/3.png", "image:b": "b/3.png", "label": "y"}])
+
+    ds = open_dataset(path, strict=False)
+
+    [finding] = [f for f in ds.findings if f.code == "row.conflict"]
+    assert "line 3 (a/1.png) repeats line 2 with another patient id, split or other views" in finding.message
+    assert [c.case_id for c in ds.cases] == ["a/1.png", "a/3.png"]
