@@ -15,7 +15,7 @@ from medlens.data.prepared import SplitData, prepare_split
 from medlens.errors import DatasetError
 from medlens.runs import json_safe
 from medlens.tasks.base import Fit
-from medlens.tasks.classification.inputs import attach_clinical
+from medlens.tasks.classification.inputs import attach_clinical, is_fused
 
 CSV_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
 
@@ -100,6 +100,9 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
     calibration = calibrate(model, config, held.val)
     write_json_atomic(run.calibration, calibration)
     write_json_atomic(run.validation, json_safe(validation_metrics(model, config, held.val, calibration)))
+    if is_fused(config):  # the guard's features are one image's; several inputs (missing views) need their own
+        return (f"temperature {calibration['temperature']:.3f}; no out-of-distribution guard: it is fitted on one "
+                "image per case, and this network fuses several inputs")
     guard = fit_model_guard(model, held.train_images, held.train_labels, held.val.images)
     save_guard(guard, run.ood_guard)
     return (f"temperature {calibration['temperature']:.3f}; out-of-distribution guard: {guard.num_features} features, "

@@ -42,7 +42,7 @@ def build_network(model: ModelSection, data: DataSection, num_classes: int, clin
     if views == 1 and not has_clinical(clinical):
         return build_classifier(model.name, in_channels=data.channels, num_classes=num_classes,
                                 input_size=tuple(data.input_size), width=model.width, dropout=model.dropout)
-    return build_fusion_classifier(model.name, in_channels=data.channels, views=views, num_classes=num_classes,
+    return build_fusion_classifier(model.name, in_channels=data.channels * views, views=views, num_classes=num_classes,
                                    input_size=tuple(data.input_size), width=model.width, dropout=model.dropout,
                                    encoder=model.view_encoder, pooling=model.view_pooling,
                                    clinical_absent=tuple(absent_vector(clinical)) if has_clinical(clinical) else (),
