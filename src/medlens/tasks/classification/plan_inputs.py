@@ -17,6 +17,7 @@ MAX_CATEGORIES = 20  # a categorical column with more is left out (one-hot would
 SHARED_ENCODER_BELOW = 2000  # training cases: fewer share one encoder across views
 FILM_FROM = 1000  # training cases: from this many, clinical values condition the image features (FiLM)
 MODALITY_DROPOUT = 0.2  # chance each input is withheld from a training case, when a case has several
+MIN_VIEW_SIDE = 64  # views are not shrunk below this many pixels per axis
 
 
 def plan_views(card: dict, data: DataSection, reasons: dict) -> DataSection:
@@ -42,7 +43,19 @@ def plan_views(card: dict, data: DataSection, reasons: dict) -> DataSection:
     per_view = max(1, data.channels // len(names)) if data.channels % len(names) == 0 else data.channels
     channels = _view_channels(views, names) or per_view
     reasons["data.channels"] = f"{channels} channel(s) per view"
-    return replace(data, views=names, fusion="views", channels=channels)
+    return replace(data, views=names, fusion="views", channels=channels,
+                   input_size=_view_size(data.input_size, len(names), reasons))
+
+
+def _view_size(size: tuple[int, ...], views: int, reasons: dict) -> tuple[int, ...]:
+    """``size`` shrunk so that ``views`` views of a case cost about what one image of ``size`` does (never below
+    :data:`MIN_VIEW_SIDE`, and never enlarged): the budget buys the same number of epochs."""
+    scale = views ** (-1 / len(size))
+    shrunk = tuple(max(min(s, MIN_VIEW_SIDE), min(s, 8 * round(s * scale / 8))) for s in size)
+    if shrunk != tuple(size):
+        reasons["data.input_size"] = (f"{'x'.join(map(str, shrunk))} per view: {views} views of a case cost about "
+                                      f"one {'x'.join(map(str, size))} image ({reasons.get('data.input_size', '')})")
+    return shrunk
 
 
 def _view_channels(views: dict, names: tuple[str, ...]) -> int | None:
@@ -73,8 +86,9 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
             numeric.append(name)
         elif kind == "categorical":
             categories = _categories(info)
-            if len(categories) > MAX_CATEGORIES:
-                left_out.append(f"{name} ({len(categories)} categories; more than {MAX_CATEGORIES})")
+            if max(len(categories), int(info.get("distinct") or 0)) > MAX_CATEGORIES:
+                left_out.append(f"{name} ({max(len(categories), int(info.get('distinct') or 0))} categories; more "
+                                f"than {MAX_CATEGORIES})")
             elif len(categories) >= 2:
                 categorical.append(f"{name}={'|'.join(categories)}")
             else:
