@@ -11,6 +11,12 @@ class. ``explanations.json`` lists every input and the model-parameter randomisa
 same images explained by the network re-initialised with the run's seed (the random weights
 training starts from); when the maps barely change, a warning says they do not show what the
 model learnt.
+
+A run whose cases have several inputs (views encoded apart, clinical values) is explained from a CSV
+given as input, its columns those of the training manifest (``image:NAME`` per view, the clinical
+columns; paths relative to the CSV): one map per view a case has, ``<case>_<view>_cam.png``, with the
+case's clinical values given. A plain image suits a run of one image and clinical values (explained
+with every clinical value missing).
 """
 
 from __future__ import annotations
@@ -48,7 +54,13 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
         raise ConfigError(f"--class {class_name}: the run's classes are {', '.join(names)}")
     task = task_for(config)
     model, calibration, rows, items = load_model(run, config), run.read_calibration(), [], []
+    fused = _fused_inputs(config)
     for path in expand_inputs(inputs):
+        if fused is not None and (path.suffix.lower() == ".csv" or fused):
+            more_rows, more_items = _explain_fused(run, config, model, calibration, path, out_dir, fused,
+                                                   method=method, class_name=class_name, log=log)
+            rows, items = rows + more_rows, items + more_items
+            continue
         try:
             image = read_image(path, spatial_dims=config.dataset.spatial_dims)
             explained = task.explain(model, config, calibration, image, method=method, class_name=class_name,
@@ -70,6 +82,84 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
     write_text_atomic(out_dir / "explanations.json", json.dumps(json_safe(doc), indent=2) + "\n")
     log(f"explanations written to {out_dir}")
     return doc
+
+
+def _fused_inputs(config) -> tuple[str, ...] | None:
+    """The view names of a run of several inputs (empty: one image and clinical values); ``None`` for any other."""
+    from medlens.tasks.classification.inputs import is_fused, view_count
+
+    if not is_fused(config):
+        return None
+    return tuple(config.data.views) if view_count(config.data) > 1 else ()
+
+
+def _explain_fused(run, config, model, calibration, path: Path, out_dir: Path, views: tuple[str, ...], *, method,
+                   class_name, log) -> tuple[list, list]:
+    """``(rows, sanity items)`` for the cases of a CSV; an error row for an image given to a run of several views."""
+    from medlens.data.manifest import open_manifest
+
+    try:
+        if path.suffix.lower() != ".csv":
+            raise ConfigError(_one_image_refused(config, views))
+        dataset = open_manifest(path, unlabelled=True)
+    except (MedlensError, OSError, ValueError) as exc:
+        log(f"{path}: error: {exc}")
+        return [{"path": str(path), "error": str(exc)}], []
+    rows, items = [], []
+    for case in dataset.cases:
+        where = f"{path} case {case.case_id}"
+        try:
+            explained, written = _explain_case(run, config, model, calibration, dataset, case, out_dir, views,
+                                               method=method, class_name=class_name)
+        except (MedlensError, OSError, ValueError) as exc:
+            rows.append({"path": where, "error": str(exc)})
+            log(f"{where}: error: {exc}")
+            continue
+        rows.append({"path": where, "case": case.case_id, **explained.row, "views": written})
+        items.append(explained.sanity_item)
+        log(_describe_case(rows[-1]))
+    return rows, items
+
+
+def _one_image_refused(config, views: tuple[str, ...]) -> str:
+    clinical = [*config.clinical.numeric, *(entry.partition("=")[0] for entry in config.clinical.categorical)]
+    columns = [f"image:{v}" for v in views] + clinical
+    return (f"this run takes {len(views)} views ({', '.join(views)}){' and clinical values' if clinical else ''} per "
+            f"case, not one image: give a CSV with a row per case and columns {', '.join(columns)} (paths relative "
+            "to the CSV; an empty cell is a missing view or value)")
+
+
+def _explain_case(run, config, model, calibration, dataset, case, out_dir: Path, views: tuple[str, ...], *,
+                  method, class_name):
+    """One case's prediction and maps, the overlays written per view (``{view: {"overlay"...}}``; a view the case
+    lacks ``{"missing": true}``). Views stacked as channels (or one image) show the map on the first view."""
+    import re
+
+    from medlens.data.tensors import preprocess_cases
+    from medlens.data.views import read_view
+    from medlens.tasks.classification.explain import explain_case
+    from medlens.tasks.classification.inputs import read_clinical
+
+    encoder = read_clinical(run.clinical)
+    clinical = encoder.encode([case])[0] if encoder is not None else None
+    array = preprocess_cases(dataset, [case], config.data)[0]
+    explained = explain_case(model, config, calibration, array, clinical, method=method, class_name=class_name)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", case.case_id).strip("_") or "case"
+    shown = views or (config.data.views[:1] if config.data.views else ("image",))
+    written = {}
+    for name, cam in zip(shown, explained.cam):
+        image = read_view(dataset, case, name) if config.data.views else dataset.load_image(case)
+        if image is None or np.isnan(cam).all():
+            written[name] = {"missing": True}
+        else:
+            written[name] = _write_maps(image, cam, Path(f"{stem}_{name}"), out_dir)
+    return explained, written
+
+
+def _describe_case(row: dict) -> str:
+    shown = [f"{name}: " + ("missing, no map" if entry.get("missing") else entry["overlay"])
+             for name, entry in row["views"].items()]
+    return f"{row['path']}: {row['predicted'] or '(none)'}; map of {row['explained_class']} -> " + "; ".join(shown)
 
 
 def _write_maps(image: Image, cam: np.ndarray, path: Path, out_dir: Path) -> dict:

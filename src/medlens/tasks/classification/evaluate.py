@@ -12,7 +12,9 @@ The metrics document (``metrics.json``) holds:
 - ``baseline``: k-nearest neighbours on downsampled pixels, beside the network;
 - ``ood_guard``: the share of the split's images the out-of-distribution guard flags;
 - ``sources`` (several inputs): the fused network beside itself with inputs withheld, and gradient boosting on
-  the clinical values alone (:mod:`.sources`).
+  the clinical values alone (:mod:`.sources`);
+- ``importance`` (several inputs): on the validation split, the drop in the monitor's score when each clinical
+  column is permuted and when each view is withheld (:mod:`.importance`).
 
 ``predictions_<split>.csv`` has one row per case. The evidence for the report (probabilities and
 the Grad-CAM maps of the gallery cases) is computed here, so the report never runs the model.
@@ -48,7 +50,9 @@ class ClassificationEvidence:
         raw: ``(N, K)`` probabilities before temperature scaling.
         probs: ``(N, K)`` calibrated probabilities (the ones metrics.json scores).
         case_ids: ``N`` case ids.
-        gallery: ``[(index, image (C, *spatial), cam (*spatial))]``: the cases of the Grad-CAM gallery.
+        gallery: ``[(index, image (C, *spatial), cam (*spatial))]``: the cases of the Grad-CAM gallery; with
+            several views ``image (V * C, *spatial)`` and ``cam (V, *spatial)``, one map per view (NaN: no view).
+        views: the view names when the network takes several views (``data.views``), else empty.
     """
 
     labels: np.ndarray
@@ -56,6 +60,7 @@ class ClassificationEvidence:
     probs: np.ndarray
     case_ids: list[str]
     gallery: list[tuple[int, np.ndarray, np.ndarray]]
+    views: tuple[str, ...] = ()
 
 
 def evaluate_classification(run: RunFolder, config: Config, model, options: EvaluateOptions, log) -> Evaluation:
@@ -101,9 +106,12 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
     if is_fused(config):
         doc["sources"], files[f"sources_{split}.csv"] = compare_sources(
             model, config, data, _clinical_training(dataset, cases, encoder), probs, calibration, common)
+        doc["importance"] = _importance(model, config, dataset, cases, encoder)
     table = format_metrics_table(doc["metrics"], title=f"{run.root} — {split} split ({len(data.cases)} cases)")
-    gallery = gallery_maps(model, data.images, data.labels, probs) if view_count(config.data) == 1 else []
-    evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases], gallery)
+    views = view_count(config.data)
+    gallery = gallery_maps(model, data.images, data.labels, probs, clinical=data.clinical, views=views)
+    evidence = ClassificationEvidence(data.labels, raw, probs, [c.case_id for c in data.cases], gallery,
+                                      tuple(config.data.views) if views > 1 else ())
     return Evaluation(doc, files, evidence, table + "\n" + _summary_lines(doc))
 
 
@@ -112,6 +120,18 @@ def _clinical_training(dataset, cases: dict, encoder) -> tuple[np.ndarray, np.nd
     if encoder is None:
         return None
     return encoder.encode(cases["train"]), label_array(dataset, cases["train"])
+
+
+def _importance(model, config: Config, dataset, cases: dict, encoder) -> dict:
+    """:func:`~.importance.input_importance` on the validation split (so nothing is read off the evaluated split)."""
+    from medlens.tasks.classification.importance import input_importance
+
+    if not cases["val"]:
+        return {"split": "val", "note": "no validation cases: importances not measured"}
+    val = prepare_split(dataset, "val", cases["val"], config)
+    if encoder is not None:
+        val.clinical = encoder.encode(val.cases)
+    return input_importance(model, config, val, encoder, seed=config.train.seed)
 
 
 def guard_flags(run: RunFolder, model, images: np.ndarray) -> dict | None:
@@ -139,14 +159,18 @@ def gallery_cases(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
     return predicted, right, np.asarray(wrong + correct, dtype=np.int64)
 
 
-def gallery_maps(model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> list:
-    """Grad-CAM of the predicted class for the gallery cases: ``[(index, image, cam)]`` in gallery order."""
-    from medlens.explain import compute_cams
+def gallery_maps(model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,
+                 clinical: np.ndarray | None = None, views: int = 1) -> list:
+    """Grad-CAM of the predicted class for the gallery cases: ``[(index, image, cam)]`` in gallery order; with
+    several views ``cam (V, *spatial)``, one map per view (the clinical values given as the case has them)."""
+    from medlens.explain.cam import compute_cams, compute_view_cams
 
     predicted, _, order = gallery_cases(labels, probs)
     if not len(order):
         return []
-    cams = compute_cams(model, images[order], class_indices=predicted[order].tolist())
+    chosen = None if clinical is None else clinical[order]
+    explain = compute_view_cams if views > 1 else compute_cams
+    cams = explain(model, images[order], class_indices=predicted[order].tolist(), clinical=chosen)
     return [(int(i), images[i], cam) for i, cam in zip(order, cams)]
 
 
@@ -181,6 +205,10 @@ def _summary_lines(doc: dict) -> str:
     lines.append(f"MedMNIST protocol: AUC {m['auc']:.4f}  ACC {m['acc']:.4f}")
     if "sources" in doc:
         lines.append(sources_table(doc["sources"]))
+    if "metric" in doc.get("importance", {}):
+        from medlens.tasks.classification.importance import importance_lines
+
+        lines.append(importance_lines(doc["importance"]))
     if "baseline" in doc:
         b = doc["baseline"]
         lines.append(f"baseline k-NN (k={b['k']}): AUC {fmt(b['auc'])}  accuracy {fmt(b['accuracy'])}  "

@@ -1,10 +1,11 @@
-"""The evaluation part of a classification report: metrics with CIs, curves, calibration, Grad-CAM gallery."""
+"""The evaluation part of a classification report: metrics with CIs, curves, calibration, Grad-CAM gallery; for a
+network of several inputs also what each input adds (``sources``) and what each is worth to it (``importance``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from medlens.report.document import Figure, Section, Table, count_phrase, num
+from medlens.report.document import Figure, Section, Table, count_phrase, num, with_ci
 from medlens.report.published import approx, medmnist_benchmark
 from medlens.tasks.classification.evaluate import ClassificationEvidence
 from medlens.tasks.classification.plots import confusion_png, reliability_png, roc_pr_png
@@ -98,22 +99,40 @@ def curves_section(doc: dict, evidence: ClassificationEvidence, names: list[str]
 
 def gallery_section(evidence: ClassificationEvidence, names: list[str]) -> Section:
     """Grad-CAM overlays of the predicted class (maps computed by evaluation), wrong then right cases."""
-    from medlens.explain import overlay_rgb, png_bytes
-
     predicted = evidence.probs.argmax(axis=1)
     section = Section("Grad-CAM gallery", key="gallery")
     section.text("Where the network looked for the class it predicted (Grad-CAM on its last feature layer; red = "
                  "most evidence). The most confident mistakes come first; 3D cases show the three slices through "
                  "the hottest point.")
+    if evidence.views:
+        section.text(f"One map per view ({', '.join(evidence.views)}), each scaled to its own peak, with the case's "
+                     "clinical values given; a view the case lacks has no map (its caption says so).")
     if not evidence.gallery:
         return section
     for group, title in ((False, "wrongly classified"), (True, "correctly classified")):
-        figures = [Figure(f"cam_{i:05d}", png_bytes(overlay_rgb(image, cam)),
-                          _caption(i, evidence, names, predicted), small=True)
-                   for i, image, cam in evidence.gallery if _right(evidence.labels[i], predicted[i]) == group]
-        section.text(f"**{title}**: {len(figures)} shown" + ("" if figures else " (none in this split)"))
+        chosen = [(i, image, cam) for i, image, cam in evidence.gallery
+                  if _right(evidence.labels[i], predicted[i]) == group]
+        figures = [figure for i, image, cam in chosen for figure in _gallery_figures(i, image, cam, evidence, names,
+                                                                                     predicted)]
+        section.text(f"**{title}**: {len(chosen)} shown" + ("" if chosen else " (none in this split)"))
         section.figures(*figures)
     return section
+
+
+def _gallery_figures(i: int, image: np.ndarray, cam: np.ndarray, evidence: ClassificationEvidence,
+                     names: list[str], predicted: np.ndarray) -> list[Figure]:
+    """The case's overlay, or one per view it has (``image (V * C, *S)``, ``cam (V, *S)``, NaN: view missing)."""
+    from medlens.explain import overlay_rgb, png_bytes
+
+    caption = _caption(i, evidence, names, predicted)
+    if not evidence.views:
+        return [Figure(f"cam_{i:05d}", png_bytes(overlay_rgb(image, cam)), caption, small=True)]
+    per_view = image.reshape(len(evidence.views), -1, *image.shape[1:])
+    missing = [name for name, m in zip(evidence.views, cam) if np.isnan(m).all()]
+    note = f" (no map: {', '.join(missing)} missing)" if missing else ""
+    return [Figure(f"cam_{i:05d}_{v}", png_bytes(overlay_rgb(per_view[v], cam[v])), f"{caption}, view {name}{note}",
+                   small=True)
+            for v, name in enumerate(evidence.views) if name not in missing]
 
 
 def _right(label, predicted: int) -> bool:
@@ -131,9 +150,64 @@ def classification_sections(doc: dict, evidence: ClassificationEvidence | None, 
                             source: str) -> list[Section]:
     """All evaluation sections; without ``evidence`` (nothing in memory) only the tables of metrics.json."""
     sections = [metrics_section(doc), comparison_section(doc, source)]
+    if "sources" in doc:
+        sections.append(sources_section(doc["sources"], doc["split"]))
+    if "importance" in doc:
+        sections.append(importance_section(doc["importance"]))
     if evidence is not None:
         sections += [curves_section(doc, evidence, names), gallery_section(evidence, names)]
     return sections
+
+
+def sources_section(sources: dict, split: str) -> Section:
+    """What each input adds: the fused network with inputs withheld, and the clinical values alone (metrics.json)."""
+    section = Section("What each input adds", key="sources")
+    section.text(f"The fused network on the {split} split with all its inputs, then with some withheld (as when a "
+                 "case lacks them; the same trained network, not one retrained per row), beside gradient boosting "
+                 "on the clinical values alone. Per-case probabilities: `sources_<split>.csv`.")
+    rows = [[row["source"], with_ci(row["auc"]), with_ci(row["accuracy"]), with_ci(row["balanced_accuracy"]),
+             row["how"]] for row in sources["rows"]]
+    return section.table(Table(["source", "AUC [95% CI]", "accuracy [95% CI]", "balanced accuracy [95% CI]", "how"],
+                               rows, key="sources", caption=f"each source scored on the {split} split"))
+
+
+def importance_section(importance: dict) -> Section:
+    """The drop in the monitor's score when each clinical column is permuted / each view withheld (on validation)."""
+    section = Section("What each input is worth to the network", key="importance")
+    if "metric" not in importance:
+        return section.text(importance.get("note", "importances not measured"))
+    metric, split = importance["metric"], importance["split"]
+    section.text(f"Measured on the {split} split ({importance['n_cases']} cases, {metric} "
+                 f"{num(importance['baseline'])}), not on the evaluated split: {importance['how']}. A drop near 0 "
+                 "(within its standard deviation) means the network does not rely on the input, or the split is too "
+                 "small to tell; a negative drop is noise.")
+    rows = [["clinical", row["input"], num(row["drop"]), num(row["std"]), ", ".join(row["features"])]
+            for row in importance["clinical"]]
+    rows += [["view", row["input"], num(row["drop"]), "", f"withheld ({row['n_with_view']} cases have it)"]
+             for row in importance["views"]]
+    if not rows:
+        return section
+    section.table(Table(["input", "name", f"drop in {metric}", "std", "how"], rows, key="importance",
+                        caption=f"importance on the {split} split, largest drop first"))
+    return section.figures(Figure("importance", importance_png(importance),
+                                  f"drop in {split} {metric} when the input is permuted (clinical) or withheld (view)"))
+
+
+def importance_png(importance: dict) -> bytes:
+    """Horizontal bars: the drop per input, with the permutations' standard deviation as error bars."""
+    from medlens.report.plots import figure, to_png
+
+    rows = [(f"{row['input']}", row["drop"], row["std"]) for row in importance["clinical"]]
+    rows += [(f"view {row['input']}", row["drop"], 0.0) for row in importance["views"]]
+    rows = [(label, drop if np.isfinite(drop) else 0.0, std) for label, drop, std in rows]
+    fig, axes = figure(1, size=(4.6, 0.4 * len(rows) + 1.2))
+    ax = axes[0, 0]
+    ax.barh(range(len(rows)), [r[1] for r in rows], xerr=[r[2] for r in rows], color="#4c78a8", capsize=3)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set(xlabel=f"drop in {importance['split']} {importance['metric']}")
+    return to_png(fig)
 
 
 def guard_section(guard: dict) -> Section:

@@ -1,0 +1,131 @@
+"""Grad-CAM of networks of several inputs: one map per view, none for a missing view, the randomisation test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.config import config_from_dict
+from medlens.errors import ConfigError
+from medlens.explain.cam import compute_cams, compute_view_cams
+from medlens.explain.sanity import randomised_copy
+from medlens.models import Ensemble
+from medlens.models.fusion import build_fusion_classifier
+from medlens.tasks.classification.explain import explain_case, randomisation_test
+
+SIZE = (16, 16)
+ABSENT = (0.0, 1.0, 0.0, 0.0, 1.0)  # one numeric column (z, flag), one categorical of two (one-hot, flag)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fused(views: int, encoder: str = "shared", seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return build_fusion_classifier("seedcnn_2d", in_channels=views, views=views, num_classes=2, input_size=SIZE,
+                                   width=0.5, encoder=encoder, clinical_absent=ABSENT, **kwargs).eval()
+
+
+def cases(n: int, views: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, views, *SIZE)).astype(np.float32)
+    clinical = np.tile(np.asarray([0.3, 0.0, 1.0, 0.0, 0.0], np.float32), (n, 1))
+    return images, clinical
+
+
+@pytest.mark.parametrize("encoder", ["shared", "separate"])
+@pytest.mark.parametrize("views", [2, 3])
+def test_one_map_per_view_and_none_for_a_missing_view(views, encoder):
+    model = fused(views, encoder)
+    images, clinical = cases(3, views)
+    images[1, views - 1] = np.nan  # case 1 lacks its last view
+
+    maps = compute_view_cams(model, images, clinical=clinical, class_indices=[0, 1, 1])
+
+    assert maps.shape == (3, views, *SIZE) and maps.dtype == np.float32
+    missing = np.isnan(maps).reshape(3, views, -1)
+    assert missing[1, views - 1].all()  # no map at all for the missing view
+    assert not missing[[0, 2]].any() and not missing[1, : views - 1].any()
+    present = maps[~missing.all(axis=2)]
+    assert present.min() >= 0 and present.max() <= 1
+    assert {float(m.max()) for m in present} <= {0.0, 1.0}  # each view's map scaled by its own peak
+
+
+def test_gradcam_plus_plus_gives_a_map_per_view():
+    maps = compute_view_cams(fused(2), *cases(2, 2)[:1], method="gradcam++")
+    assert maps.shape == (2, 2, *SIZE) and np.isfinite(maps).all()
+
+
+def test_the_shared_encoders_views_come_out_in_view_order():
+    """A shared encoder runs the B * V views as one batch; its maps must match separate encoders holding the same
+    weights, where each view is run on its own (so a mix-up of rows b * V + v would show)."""
+    shared, separate = fused(3, "shared"), fused(3, "separate", seed=1)
+    state = shared.state_dict()
+    state.update({key.replace("encoders.0.", f"encoders.{v}.", 1): value for key, value in shared.state_dict().items()
+                  if key.startswith("encoders.0.") for v in range(3)})
+    separate.load_state_dict(state)
+    images, clinical = cases(4, 3, seed=2)
+    images[:, 1] *= 3.0  # views that differ, so a swap changes the maps
+    images[2, 0] = np.nan
+
+    a = compute_view_cams(shared, images, clinical=clinical, class_indices=[1, 1, 0, 1])
+    b = compute_view_cams(separate, images, clinical=clinical, class_indices=[1, 1, 0, 1])
+
+    np.testing.assert_allclose(np.nan_to_num(a, nan=-1), np.nan_to_num(b, nan=-1), atol=1e-4)
+
+
+def test_the_clinical_values_reach_the_network_and_single_maps_are_refused_for_several_views():
+    model = fused(2)
+    images, _ = cases(2, 2)
+    with pytest.raises(ConfigError, match=r"takes clinical values \(B, 5\)"):
+        compute_view_cams(model, images, clinical=np.zeros((2, 3), np.float32))
+    with pytest.raises(ConfigError, match="takes 2 views in one input.*compute_view_cams"):
+        compute_cams(model, images)
+
+
+def test_one_image_with_clinical_values_keeps_the_single_map_interface():
+    model = fused(1)
+    images, clinical = cases(2, 1)
+    maps = compute_cams(model, images, clinical=clinical)
+    assert maps.shape == (2, *SIZE)
+    np.testing.assert_allclose(compute_view_cams(model, images, clinical=clinical)[:, 0], maps, atol=1e-6)
+
+
+def test_an_ensemble_of_fused_networks_averages_each_views_map():
+    ensemble = Ensemble([fused(2, seed=0), fused(2, seed=1)]).eval()
+    images, clinical = cases(2, 2)
+    images[0, 1] = np.nan
+    maps = compute_view_cams(ensemble, images, clinical=clinical)
+    assert maps.shape == (2, 2, *SIZE) and np.isnan(maps[0, 1]).all() and np.isfinite(maps[1]).all()
+
+
+def config(views=("front", "side")):
+    return config_from_dict({"dataset": {"task": "binary", "class_names": ["negative", "positive"]},
+                             "data": {"views": list(views), "fusion": "views", "input_size": list(SIZE)},
+                             "clinical": {"numeric": ["marker"], "categorical": ["site=A|B"]}})
+
+
+def test_explain_case_says_which_view_is_missing_and_the_randomisation_test_runs_per_view():
+    model = fused(2)
+    images, clinical = cases(3, 2)
+    images[0, 1] = np.nan
+    calibration = {"temperature": 1.0, "threshold": 0.5}
+
+    explained = [explain_case(model, config(), calibration, images[i], clinical[i], method="gradcam", class_name=None)
+                 for i in range(3)]
+    assert explained[0].row["missing_views"] == ["side"] and explained[1].row["missing_views"] == []
+    assert np.isnan(explained[0].cam[1]).all() and np.isfinite(explained[0].cam[0]).all()
+    assert explained[2].row["explained_class"] in ("negative", "positive")
+    assert set(explained[1].row["probabilities"]) == {"negative", "positive"}
+
+    check = randomisation_test(model, randomised_copy(model, seed=3), [e.sanity_item for e in explained], "gradcam")
+    assert check["n_images"] == 3 and np.isfinite(check["spearman_mean"]) and "view" in check["message"]
+    same = randomisation_test(model, model, [e.sanity_item for e in explained], "gradcam")
+    # identical weights: every view map with a ranking correlates perfectly (a constant map counts 0), flagged
+    assert set(same["spearman_per_image"]) <= {0.0, 0.5, 1.0} and same["spearman_mean"] > 0.5 and not same["passed"]
