@@ -310,3 +310,105 @@ def test_an_ensemble_exports_as_one_graph(tmp_path):
                "onnx": OnnxRunner(export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript"))}
 
     assert_parity(model, example, runners)
+
+
+# --- fusion networks: several views, and clinical values as a second input ---------------------------
+
+CLINICAL_ABSENT = (0.0, 1.0, 0.0, 0.0, 1.0)
+
+
+def fusion_network(clinical_absent: tuple[float, ...], **options) -> tuple[nn.Module, torch.Tensor]:
+    """A seeded eval-mode 3-view seedcnn_2d fusion network (2 channels a view) and its example."""
+    from medlens.models import build_fusion_classifier
+
+    torch.manual_seed(0)
+    model = build_fusion_classifier("seedcnn_2d", in_channels=6, views=3, num_classes=NUM_CLASSES, input_size=(16, 16),
+                                    width=0.25, clinical_absent=clinical_absent, **options)
+    return model.eval(), torch.zeros(1, 6, 16, 16)
+
+
+def fusion_inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(batch, 6, 16, 16)`` whose first case lacks view 1 (all NaN), and clinical values."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 6, 16, 16)).astype(np.float32)
+    images[0, 2:4] = np.nan
+    return images, rng.standard_normal((batch, len(CLINICAL_ABSENT))).astype(np.float32)
+
+
+@pytest.mark.parametrize("options", [{"encoder": "shared", "pooling": "concat", "clinical_fusion": "concat"},
+                                     {"encoder": "separate", "pooling": "attention", "clinical_fusion": "film"}])
+def test_a_fusion_network_with_clinical_inputs_exports_with_two_inputs(options, tmp_path):
+    model, example = fusion_network(CLINICAL_ABSENT, **options)
+    if options["clinical_fusion"] == "film":  # FiLM starts as the identity; make the clinical values matter
+        torch.nn.init.normal_(model.film.weight, std=0.5)
+
+    onnx_path = export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript")
+    runners = {"torchscript": TorchScriptRunner(export_torchscript(model, example, tmp_path / "model.ts")),
+               "onnx": OnnxRunner(onnx_path)}
+
+    graph = onnx.load(str(onnx_path)).graph
+    assert [i.name for i in graph.input] == ["image", "clinical"]
+    assert [i.type.tensor_type.shape.dim[0].dim_param for i in graph.input] == ["batch", "batch"]
+    reference = TorchRunner(model)
+    for batch, seed in ((1, 1), (3, 2)):
+        images, clinical = fusion_inputs(batch, seed)
+        expected, all_missing = reference(images, clinical), reference(images)
+        assert np.isfinite(expected).all() and np.abs(expected - all_missing).max() > 1e-3
+        with torch.no_grad():
+            assert np.abs(all_missing - model(torch.from_numpy(images)).numpy()).max() < TOLERANCE
+        for kind, runner in runners.items():
+            assert np.array_equal(runner.clinical_absent, np.asarray(CLINICAL_ABSENT, np.float32)), kind
+            assert np.abs(runner(images, clinical) - expected).max() < TOLERANCE, f"{kind}, batch {batch}"
+            assert np.abs(runner(images) - all_missing).max() < TOLERANCE, f"{kind}, batch {batch}, no clinical"
+    for kind, runner in runners.items():
+        singles = np.concatenate([runner(images[i:i + 1], clinical[i:i + 1]) for i in range(3)])
+        assert np.abs(runner(images, clinical) - singles).max() < TOLERANCE, kind
+
+
+@pytest.mark.e2e  # the dynamo exporter: 5 s
+def test_the_dynamo_exporter_takes_both_inputs(tmp_path, caplog):
+    model, example = fusion_network(CLINICAL_ABSENT, encoder="separate", pooling="attention")
+
+    with caplog.at_level(logging.WARNING, logger=export.__name__):
+        runner = OnnxRunner(export_onnx(model, example, tmp_path / "model.onnx"))  # auto: dynamo first
+
+    assert not [r for r in caplog.records if "trying the next one" in r.message], "auto fell back"
+    images, clinical = fusion_inputs(3, 4)
+    assert np.abs(runner(images, clinical) - TorchRunner(model)(images, clinical)).max() < TOLERANCE
+    assert [i.name for i in runner.session.get_inputs()] == ["image", "clinical"]
+
+
+@pytest.mark.parametrize("kind", ["torch", "torchscript", "onnx"])
+def test_runners_of_a_two_input_network_refuse_clinical_values_they_cannot_take(kind, tmp_path):
+    model, example = fusion_network(CLINICAL_ABSENT)
+    exported = {"torch": model, "torchscript": export_torchscript(model, example, tmp_path / "model.ts"),
+                "onnx": export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript")}[kind]
+    runner = load_runner(kind, exported)
+    images, clinical = fusion_inputs(2, 5)
+    cases = [(clinical[:, :4], r"clinical values as float32 \(2, 5\), one row per image, got float32 \(2, 4\)"),
+             (clinical[:1], r"got float32 \(1, 5\); encode them with the run's clinical encoder"),
+             (clinical.astype(np.int64), "got int64"),
+             (torch.from_numpy(clinical), "got Tensor")]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            runner(images, bad)
+    assert runner(images, clinical.astype(np.float64)).shape == (2, NUM_CLASSES)  # float64 is converted
+
+
+def test_a_fusion_network_without_clinical_inputs_exports_like_any_classifier(tmp_path):
+    model, example = fusion_network((), encoder="separate", pooling="attention")
+
+    onnx_path = export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript")
+    runners = {"torchscript": TorchScriptRunner(export_torchscript(model, example, tmp_path / "model.ts")),
+               "onnx": OnnxRunner(onnx_path)}
+
+    assert_parity(model, example, runners)
+    proto = onnx.load(str(onnx_path))
+    assert [i.name for i in proto.graph.input] == ["image"] and not proto.metadata_props
+    images, _ = fusion_inputs(3, 6)  # a missing view travels through the exported graph too
+    expected = TorchRunner(model)(images)
+    for kind, runner in runners.items():
+        assert runner.clinical_absent is None and runner.input_shape == (6, 16, 16), kind
+        assert np.isfinite(expected).all() and np.abs(runner(images) - expected).max() < TOLERANCE, kind
+        with pytest.raises(ConfigError, match=r"takes no clinical values .*pass the images only"):
+            runner(images, np.zeros((3, 5), np.float32))

@@ -10,6 +10,11 @@ Before a file is written, the exported network is run on a random batch of two a
 the PyTorch model, so a trace that baked in a batch size or a Python branch is refused instead of
 shipped. Every runner maps ``images (B, C, *spatial) float32`` to ``logits (B, K)`` (classifiers) or
 ``(B, K, *spatial)`` (segmenters) as NumPy ``float32``, on the CPU unless told otherwise.
+
+A network with clinical inputs (a :class:`~medlens.models.fusion.FusionClassifier` whose
+``clinical_absent`` is not empty) is exported with a second input, ``clinical (B, Fc)``; the files
+carry its ``clinical_absent`` vector, so every runner called without clinical values treats them all
+as missing, as the PyTorch model does.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from medlens.errors import ConfigError
 Exporter = Literal["auto", "dynamo", "torchscript"]
 RunnerKind = Literal["torch", "torchscript", "onnx"]
 
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
-EXTRA_FILE = "medlens.json"  # inside a TorchScript file: model name and input shape (C, *spatial)
+INPUT_NAME, OUTPUT_NAME, CLINICAL_NAME = "image", "logits", "clinical"
+EXTRA_FILE = "medlens.json"  # inside a TorchScript file: model name, input shape (C, *spatial)[, clinical_absent]
+CLINICAL_METADATA = "medlens.clinical_absent"  # ONNX metadata_props key: JSON list, the (Fc,) absent vector
 PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # exported vs PyTorch logits, checked before a file is written
 PROTOBUF_LIMIT = 2**31 - 1  # bytes; a larger ONNX model needs external data, which we never write
 
@@ -40,9 +46,10 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """Anything that maps ``images (B, C, *spatial) float32`` to logits ``(B, K[, *spatial]) float32``."""
+    """Anything that maps ``images (B, C, *spatial) float32`` (and, for a network with clinical inputs,
+    ``clinical (B, Fc) float32``; ``None``: every value missing) to logits ``(B, K[, *spatial]) float32``."""
 
-    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+    def __call__(self, images: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray: ...
 
 
 # --- export ------------------------------------------------------------------------------------------
@@ -52,7 +59,8 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | os.P
     """Trace (or, where tracing fails, script) an eval-mode model and save it atomically.
 
     Args:
-        model: in eval mode, on the CPU: ``(B, C, *spatial) -> logits``.
+        model: in eval mode, on the CPU: ``(B, C, *spatial) -> logits``, or ``(images, clinical (B, Fc))``
+            for a network with clinical inputs (traced with its ``clinical_absent`` as the example).
         example: ``(1, C, *spatial)`` float32 CPU tensor of the input shape the file will accept.
         path: where the ``.ts`` file goes (its folder is created).
 
@@ -64,14 +72,21 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | os.P
         RuntimeError: neither tracing nor scripting gives a network that matches the model.
     """
     name = _check_exportable(model, example)
-    module = _trace_or_script(model, example, name)
-    extra = {EXTRA_FILE: json.dumps({"model": name, "input_shape": list(example.shape[1:])})}
+    module = _trace_or_script(model, _examples(model, example), name)
+    info = {"model": name, "input_shape": list(example.shape[1:])}
+    absent = _clinical_absent(model)
+    if absent is not None:
+        info["clinical_absent"] = absent.tolist()
+    extra = {EXTRA_FILE: json.dumps(info)}
     return write_atomic(path, lambda f: torch.jit.save(module, f, _extra_files=extra))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, opset: int | None = None,
                 exporter: Exporter = "auto") -> Path:
     """Export an eval-mode model to one self-contained ONNX file (input ``image``, output ``logits``).
+
+    A network with clinical inputs gets a second input, ``clinical (batch, Fc)``, and its absent
+    vector in the metadata (``medlens.clinical_absent``).
 
     With ``exporter="auto"`` the dynamo exporter (``torch.export`` + onnxscript) is tried first and
     the TorchScript-based one is the fallback (logged as a warning). With torch 2.13 both export every
@@ -98,7 +113,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
     if exporter not in order:
         raise ConfigError(f"exporter={exporter!r} for `{name}`: choose auto, dynamo or torchscript")
-    data = _export_onnx_bytes(model, example, name, opset, order[exporter])
+    data = _export_onnx_bytes(model, _examples(model, example), name, opset, order[exporter])
     return write_atomic(path, lambda f: f.write(data))
 
 
@@ -127,6 +142,20 @@ def _check_exportable(model: nn.Module, example: torch.Tensor) -> str:
     return name
 
 
+def _examples(model: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs to export from: ``(example,)``, or ``(example, clinical_absent (1, Fc))``."""
+    absent = _clinical_absent(model)
+    return (example,) if absent is None else (example, torch.from_numpy(absent)[None])
+
+
+def _clinical_absent(model: nn.Module) -> np.ndarray | None:
+    """``(Fc,)`` float32 absent vector of a network with clinical inputs, ``None`` for one that has none."""
+    absent = getattr(model, "clinical_absent", None)
+    if not isinstance(absent, torch.Tensor) or absent.numel() == 0:
+        return None
+    return absent.detach().cpu().float().reshape(-1).numpy().copy()
+
+
 def _model_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """``(C, *input_size)`` of a registry classifier; ``None`` for a fully convolutional network."""
     if hasattr(model, "in_channels") and hasattr(model, "input_size"):
@@ -134,23 +163,23 @@ def _model_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-def _trace_or_script(model: nn.Module, example: torch.Tensor, name: str) -> torch.jit.ScriptModule:
+def _trace_or_script(model: nn.Module, examples: tuple[torch.Tensor, ...], name: str) -> torch.jit.ScriptModule:
     errors = []
     for how in ("trace", "script"):
         try:
             # check_trace re-traces to compare graphs; _parity_problem below compares outputs instead
-            module = torch.jit.trace(model, example, check_trace=False) if how == "trace" else torch.jit.script(model)
+            module = torch.jit.trace(model, examples, check_trace=False) if how == "trace" else torch.jit.script(model)
         except Exception as error:  # noqa: BLE001 - any failure means "try the other way"
             errors.append(f"torch.jit.{how}: {type(error).__name__}: {_last_line(error)}")
             continue
-        problem = _parity_problem(model, lambda x, m=module: m(torch.from_numpy(x)).numpy(), example)
+        problem = _parity_problem(model, lambda *xs, m=module: m(*map(torch.from_numpy, xs)).numpy(), examples)
         if problem is None:
             return module
         errors.append(f"torch.jit.{how}: {problem}")
     raise RuntimeError(f"TorchScript export of `{name}` failed:\n  " + "\n  ".join(errors))
 
 
-def _export_onnx_bytes(model: nn.Module, example: torch.Tensor, name: str, opset: int | None,
+def _export_onnx_bytes(model: nn.Module, examples: tuple[torch.Tensor, ...], name: str, opset: int | None,
                        exporters: tuple[str, ...]) -> bytes:
     """The serialised, checked ONNX model from the first exporter whose output matches the model."""
     import onnx
@@ -158,10 +187,11 @@ def _export_onnx_bytes(model: nn.Module, example: torch.Tensor, name: str, opset
     errors = []
     for how in exporters:
         try:
-            proto = _ONNX_EXPORTERS[how](model, example, opset)
+            proto = _ONNX_EXPORTERS[how](model, examples, opset)
+            _add_clinical_metadata(proto, model)
             data = _single_file(proto, name)
             onnx.checker.check_model(proto)
-            problem = _parity_problem(model, _Session(data, ("CPUExecutionProvider",)), example)
+            problem = _parity_problem(model, _Session(data, ("CPUExecutionProvider",)), examples)
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - the next exporter may succeed
@@ -174,23 +204,37 @@ def _export_onnx_bytes(model: nn.Module, example: torch.Tensor, name: str, opset
     raise RuntimeError(f"ONNX export of `{name}` failed:\n  " + "\n  ".join(errors))
 
 
-def _dynamo_export(model: nn.Module, example: torch.Tensor, opset: int | None):
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-                                external_data=False, verbose=False)
+def _input_names(examples: tuple[torch.Tensor, ...]) -> list[str]:
+    return [INPUT_NAME, CLINICAL_NAME][:len(examples)]
+
+
+def _dynamo_export(model: nn.Module, examples: tuple[torch.Tensor, ...], opset: int | None):
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(model, examples, dynamo=True, input_names=_input_names(examples),
+                                output_names=[OUTPUT_NAME], dynamic_shapes=tuple({0: batch} for _ in examples),
+                                opset_version=opset, external_data=False, verbose=False)
     return program.model_proto
 
 
-def _torchscript_onnx_export(model: nn.Module, example: torch.Tensor, opset: int | None):
+def _torchscript_onnx_export(model: nn.Module, examples: tuple[torch.Tensor, ...], opset: int | None):
     import onnx
 
     buffer = io.BytesIO()
+    names = _input_names(examples)
     # no constant folding: ONNX Runtime folds constants itself when it loads the graph, and torch's
     # folding took 4 of the 5 s of exporting vnet_3d (a 45 M-parameter net) for no smaller file
-    torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+    torch.onnx.export(model, examples, buffer, dynamo=False, input_names=names, output_names=[OUTPUT_NAME],
+                      dynamic_axes={n: {0: "batch"} for n in (*names, OUTPUT_NAME)}, opset_version=opset,
                       do_constant_folding=False)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _add_clinical_metadata(proto, model: nn.Module) -> None:
+    """Record the absent vector of a network with clinical inputs in the ONNX metadata."""
+    absent = _clinical_absent(model)
+    if absent is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CLINICAL_METADATA, json.dumps(absent.tolist())
 
 
 _ONNX_EXPORTERS = {"dynamo": _dynamo_export, "torchscript": _torchscript_onnx_export}
@@ -204,13 +248,14 @@ def _single_file(proto, name: str) -> bytes:
     return proto.SerializeToString()
 
 
-def _parity_problem(model: nn.Module, exported: Runner, example: torch.Tensor) -> str | None:
-    """Why ``exported`` differs from ``model`` on a seeded random batch of two, or ``None``."""
-    x = torch.randn(2, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+def _parity_problem(model: nn.Module, exported: Runner, examples: tuple[torch.Tensor, ...]) -> str | None:
+    """Why ``exported`` differs from ``model`` on a seeded random batch of two (every input), or ``None``."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, *example.shape[1:], generator=generator) for example in examples]
     with torch.no_grad():
-        expected = model(x).numpy()
+        expected = model(*inputs).numpy()
         try:
-            got = exported(x.numpy())
+            got = exported(*(x.numpy() for x in inputs))
         except Exception as error:  # noqa: BLE001 - e.g. a reshape to the traced batch size
             return f"a batch of 2 fails: {type(error).__name__}: {_last_line(error)}"
     if got.shape != expected.shape:
@@ -241,12 +286,13 @@ class TorchRunner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_shape = _model_input_shape(model)
+        self.clinical_absent = _clinical_absent(model)
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)``."""
-        x = torch.from_numpy(_check_images(images, self.input_shape, "the PyTorch model")).to(self.device)
-        return self.model(x).float().cpu().numpy()
+    def __call__(self, images: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)`` [and ``clinical (B, Fc)``]."""
+        arrays = _inputs(images, clinical, self.input_shape, self.clinical_absent, "the PyTorch model")
+        return self.model(*(torch.from_numpy(a).to(self.device) for a in arrays)).float().cpu().numpy()
 
 
 class TorchScriptRunner:
@@ -259,12 +305,14 @@ class TorchScriptRunner:
         self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
         info = json.loads(extra[EXTRA_FILE] or "{}")
         self.input_shape = tuple(info["input_shape"]) if "input_shape" in info else None
+        absent = info.get("clinical_absent")
+        self.clinical_absent = None if absent is None else np.asarray(absent, dtype=np.float32)
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)``."""
-        x = torch.from_numpy(_check_images(images, self.input_shape, str(self.path))).to(self.device)
-        return self.module(x).float().cpu().numpy()
+    def __call__(self, images: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)`` [and ``clinical (B, Fc)``]."""
+        arrays = _inputs(images, clinical, self.input_shape, self.clinical_absent, str(self.path))
+        return self.module(*(torch.from_numpy(a).to(self.device) for a in arrays)).float().cpu().numpy()
 
 
 class OnnxRunner:
@@ -278,10 +326,11 @@ class OnnxRunner:
         self.path = _existing(path)
         self._run = _Session(str(self.path), providers)
         self.session, self.input_shape = self._run.session, self._run.input_shape
+        self.clinical_absent = self._run.clinical_absent
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)``."""
-        return self._run(_check_images(images, self.input_shape, str(self.path)))
+    def __call__(self, images: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``(B, K[, *spatial])`` float32 of ``images (B, C, *spatial)`` [and ``clinical (B, Fc)``]."""
+        return self._run(*_inputs(images, clinical, self.input_shape, self.clinical_absent, str(self.path)))
 
 
 class _Session:
@@ -294,13 +343,16 @@ class _Session:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
-        first = self.session.get_inputs()[0]
-        self.input_name = first.name
-        dims = first.shape[1:]
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        dims = inputs[0].shape[1:]
         self.input_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+        absent = self.session.get_modelmeta().custom_metadata_map.get(CLINICAL_METADATA)
+        self.clinical_absent = None if absent is None else np.asarray(json.loads(absent), dtype=np.float32)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: images})[0], dtype=np.float32)
+    def __call__(self, images: np.ndarray, clinical: np.ndarray | None = None) -> np.ndarray:
+        feed = dict(zip(self.input_names, (images, clinical) if clinical is not None else (images,)))
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
 
 def load_runner(kind: RunnerKind, source: nn.Module | str | os.PathLike) -> Runner:
@@ -328,6 +380,26 @@ def _existing(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no exported network at {path}; write it with export_torchscript / export_onnx")
     return path
+
+
+def _inputs(images: np.ndarray, clinical: np.ndarray | None, input_shape: tuple[int, ...] | None,
+            clinical_absent: np.ndarray | None, where: str) -> tuple[np.ndarray, ...]:
+    """``(images,)``, or ``(images, clinical)`` for a network with clinical inputs, checked and float32."""
+    images = _check_images(images, input_shape, where)
+    if clinical_absent is None:
+        if clinical is not None:
+            raise ConfigError(f"{where} takes no clinical values (its network has no clinical inputs), got "
+                              f"{getattr(clinical, 'shape', type(clinical).__name__)}; pass the images only")
+        return (images,)
+    if clinical is None:  # every clinical value missing, as the PyTorch model reads clinical=None
+        return images, np.ascontiguousarray(np.broadcast_to(clinical_absent, (len(images), len(clinical_absent))))
+    width = len(clinical_absent)
+    if not isinstance(clinical, np.ndarray) or not np.issubdtype(clinical.dtype, np.floating) \
+            or clinical.shape != (len(images), width):
+        what = f"{clinical.dtype} {clinical.shape}" if isinstance(clinical, np.ndarray) else type(clinical).__name__
+        raise ConfigError(f"{where} takes clinical values as float32 ({len(images)}, {width}), one row per image, "
+                          f"got {what}; encode them with the run's clinical encoder (clinical.json)")
+    return images, np.ascontiguousarray(clinical, dtype=np.float32)
 
 
 def _check_images(images: np.ndarray, input_shape: tuple[int, ...] | None, where: str) -> np.ndarray:
