@@ -129,3 +129,52 @@ def test_explain_case_says_which_view_is_missing_and_the_randomisation_test_runs
     same = randomisation_test(model, model, [e.sanity_item for e in explained], "gradcam")
     # identical weights: every view map with a ranking correlates perfectly (a constant map counts 0), flagged
     assert set(same["spearman_per_image"]) <= {0.0, 0.5, 1.0} and same["spearman_mean"] > 0.5 and not same["passed"]
+
+
+def fused_run(tmp_path, views=("front", "side")):
+    """A run folder of a fused network (untrained: the explanation path is what is tested) on the synthetic set of
+    two views and three clinical columns."""
+    import json
+
+    from medlens.config import render_plan
+    from medlens.data.clinical import ClinicalEncoder
+    from medlens.data.manifest import open_manifest
+    from medlens.data.synthetic_views import write_interaction_set
+    from medlens.runs import new_run
+    from medlens.tasks import task_for
+
+    manifest = write_interaction_set(tmp_path / "data", cases=6, size=16)
+    plan = config_from_dict({
+        "dataset": {"task": "binary", "class_names": ["negative", "positive"], "source": str(manifest)},
+        "data": {"views": list(views), "fusion": "views", "input_size": list(SIZE), "channels": 1},
+        "model": {"name": "seedcnn_2d", "width": 0.5},
+        "clinical": {"numeric": ["marker", "age"], "categorical": ["site=A|B"]}})
+    run = new_run(tmp_path / "run", "fused")
+    run.plan.write_text(render_plan(plan, {}))
+    torch.manual_seed(0)
+    torch.save(task_for(plan).build_model(plan).state_dict(), run.weights)
+    encoder = ClinicalEncoder.fit(plan.clinical, open_manifest(manifest).cases)
+    run.clinical.write_text(json.dumps(encoder.to_dict()))
+    return run, manifest
+
+
+def test_medlens_explain_on_a_fused_run_writes_a_map_per_view_from_a_csv_and_refuses_a_lone_image(tmp_path):
+    from medlens.engine.explain import explain_paths
+
+    run, manifest = fused_run(tmp_path)
+    cases_csv = manifest.parent / "new.csv"
+    cases_csv.write_text("image:front,image:side,marker,age,site\n"
+                         "front/case0000.png,side/case0000.png,0.5,43,A\nfront/case0001.png,,1.9,,B\n")
+    lines = []
+    doc = explain_paths(run.root, [cases_csv, manifest.parent / "front" / "case0002.png"], tmp_path / "cams",
+                        log=lines.append)
+
+    first, second, lone = doc["inputs"]
+    assert set(first["views"]) == {"front", "side"} and first["missing_views"] == []
+    assert all((tmp_path / "cams" / f"front_case0000_{v}_cam.png").exists() for v in ("front", "side"))
+    assert second["views"]["side"] == {"missing": True} and second["missing_views"] == ["side"]
+    assert second["missing_clinical"] == ["age"] and not (tmp_path / "cams" / "front_case0001_side_cam.png").exists()
+    assert "side: missing, no map" in "\n".join(lines)
+    assert "takes 2 views (front, side)" in lone["error"]
+    assert "columns image:front, image:side, marker, age, site" in lone["error"]
+    assert doc["sanity"]["n_images"] == 2 and "over every view a case has" in doc["sanity"]["message"]

@@ -70,6 +70,8 @@ def explain_paths(run_path, inputs: list[Path], out_dir: Path, *, method: str = 
             log(f"{path}: error: {exc}")
             continue
         rows.append({"path": str(path), **explained.row, **_write_maps(image, explained.cam, path, out_dir)})
+        if fused is not None:  # one image and clinical values: none were given
+            rows[-1]["missing_clinical"] = _clinical_columns(config)
         if explained.sanity_item is not None:
             items.append(explained.sanity_item)
         log(_describe(rows[-1]))
@@ -121,8 +123,12 @@ def _explain_fused(run, config, model, calibration, path: Path, out_dir: Path, v
     return rows, items
 
 
+def _clinical_columns(config) -> list[str]:
+    return [*config.clinical.numeric, *(entry.partition("=")[0].strip() for entry in config.clinical.categorical)]
+
+
 def _one_image_refused(config, views: tuple[str, ...]) -> str:
-    clinical = [*config.clinical.numeric, *(entry.partition("=")[0] for entry in config.clinical.categorical)]
+    clinical = _clinical_columns(config)
     columns = [f"image:{v}" for v in views] + clinical
     return (f"this run takes {len(views)} views ({', '.join(views)}){' and clinical values' if clinical else ''} per "
             f"case, not one image: give a CSV with a row per case and columns {', '.join(columns)} (paths relative "
@@ -137,6 +143,7 @@ def _explain_case(run, config, model, calibration, dataset, case, out_dir: Path,
 
     from medlens.data.tensors import preprocess_cases
     from medlens.data.views import read_view
+    from medlens.io.formats import suffix_of
     from medlens.tasks.classification.explain import explain_case
     from medlens.tasks.classification.inputs import read_clinical
 
@@ -144,7 +151,9 @@ def _explain_case(run, config, model, calibration, dataset, case, out_dir: Path,
     clinical = encoder.encode([case])[0] if encoder is not None else None
     array = preprocess_cases(dataset, [case], config.data)[0]
     explained = explain_case(model, config, calibration, array, clinical, method=method, class_name=class_name)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", case.case_id).strip("_") or "case"
+    explained.row["missing_clinical"] = encoder.missing(case.clinical) if encoder is not None else []
+    own = suffix_of(Path(case.case_id))  # a case named by its first view's path: front/case1.png -> front_case1
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", case.case_id[: len(case.case_id) - len(own)]).strip("_") or "case"
     shown = views or (config.data.views[:1] if config.data.views else ("image",))
     written = {}
     for name, cam in zip(shown, explained.cam):
@@ -159,7 +168,9 @@ def _explain_case(run, config, model, calibration, dataset, case, out_dir: Path,
 def _describe_case(row: dict) -> str:
     shown = [f"{name}: " + ("missing, no map" if entry.get("missing") else entry["overlay"])
              for name, entry in row["views"].items()]
-    return f"{row['path']}: {row['predicted'] or '(none)'}; map of {row['explained_class']} -> " + "; ".join(shown)
+    unknown = f" (without {', '.join(row['missing_clinical'])})" if row.get("missing_clinical") else ""
+    return (f"{row['path']}: {row['predicted'] or '(none)'}{unknown}; map of {row['explained_class']} -> "
+            + "; ".join(shown))
 
 
 def _write_maps(image: Image, cam: np.ndarray, path: Path, out_dir: Path) -> dict:
