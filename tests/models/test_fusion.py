@@ -162,6 +162,21 @@ def test_gradients_reach_every_parameter_and_the_clinical_values(fusion):
     assert (clinical.grad.abs().sum() > 0) == (fusion == "concat")
 
 
+@pytest.mark.parametrize("pooling", ["concat", "attention"])
+def test_bf16_autocast_and_channels_last_with_missing_views(pooling):
+    """Training may run in bfloat16 and channels-last (models/speed.py); masking must survive both."""
+    model = build(2, dims=3, pooling=pooling, clinical_absent=ABSENT).to(memory_format=torch.channels_last_3d)
+    x = drop(drop(images(model), model, 0, 1), model, 1, 0)
+    x = drop(x, model, 1, 1).to(memory_format=torch.channels_last_3d)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x, clinical_values())
+    logits.float().sum().backward()
+
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize("encoder", ["shared", "separate"])
 def test_head_and_backbone_parameters_partition_the_network(encoder):
     model = build(3, encoder=encoder, pooling="attention", clinical_absent=ABSENT, clinical_fusion="film")

@@ -154,7 +154,8 @@ class FusionClassifier(nn.Module):
         flags = present.to(features.dtype)
         if self.pooling == "concat":
             return torch.cat([(features * flags[..., None]).flatten(1), flags], dim=1)
-        scores = self.attention(features).squeeze(-1).masked_fill(~present, torch.finfo(features.dtype).min)
+        scores = self.attention(features).squeeze(-1)  # bfloat16 under autocast, whatever the features are
+        scores = scores.masked_fill(~present, torch.finfo(scores.dtype).min)
         # a case without any view has uniform weights here, which the flags then zero
         weights = torch.softmax(scores, dim=1) * flags
         return (weights[..., None] * features).sum(dim=1)
