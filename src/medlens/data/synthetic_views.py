@@ -3,10 +3,10 @@
 ``write_interaction_set(out)`` writes ``front/`` and ``side/`` PNG views (8-bit, ``size x size``, pictures
 without patient geometry, so the views are encoded apart) and
 ``cases.csv``, a manifest with ``image:front``, ``image:side``, ``label``, ``patient_id`` and three clinical
-columns. Each view holds one bright blob, in its upper or its lower half; ``marker`` is a number whose sign
-is a third bit; ``age`` and ``site`` are noise. The label is the parity of the three bits (``positive`` when
-an odd number of them are set), so each input alone, and any two of them, say nothing about it: only a
-network that sees both views and the clinical value together can.
+columns. Each view holds one blob, brighter or darker than the grey around it (a bit each); ``marker`` is a
+number whose sign is a third bit; ``age`` and ``site`` are noise. The label is the parity of the three bits
+(``positive`` when an odd number of them are set), so each input alone, and any two of them, say nothing about
+it: only a network that sees both views and the clinical value together can.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from PIL import Image as PILImage
 VIEWS = ("front", "side")
 
 
-def blob_image(rng: np.random.Generator, upper: bool, size: int = 24) -> np.ndarray:
-    """``(size, size)`` uint8: noise and one bright blob in the upper (rows < size / 2) or lower half."""
+def blob_image(rng: np.random.Generator, bright: bool, size: int = 24) -> np.ndarray:
+    """``(size, size)`` uint8: grey noise and one blob, brighter or darker than its surroundings, anywhere."""
     rows, cols = np.mgrid[0:size, 0:size]
-    half = size // 2
-    centre_row = rng.uniform(2, half - 2) + (0 if upper else half)
-    centre_col = rng.uniform(3, size - 3)
-    blob = np.exp(-((rows - centre_row) ** 2 + (cols - centre_col) ** 2) / (2 * (size / 10) ** 2))
-    image = 60 + 25 * rng.standard_normal((size, size)) + 160 * blob
+    centre_row, centre_col = rng.uniform(size / 4, 3 * size / 4, size=2)
+    blob = np.exp(-((rows - centre_row) ** 2 + (cols - centre_col) ** 2) / (2 * (size / 6) ** 2))
+    image = 128 + 20 * rng.standard_normal((size, size)) + (100 if bright else -100) * blob
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
