@@ -6,6 +6,7 @@
       calibration.json    temperature and decision threshold (classification)
       postprocess.json    keep-largest-component per class (segmentation)
       ood_guard.safetensors  the out-of-distribution guard (classification; absent for runs made before it)
+      clinical.json       the clinical encoder fitted on the training cases (a model with clinical inputs)
       model.safetensors   the weights (a tensor format: loading it never runs code)
       model.ts, model.onnx   TorchScript / ONNX exports, when asked for
       checksums.json      SHA-256 of every other file; a bundle that does not match is refused
@@ -97,7 +98,7 @@ def _write_contents(run, folder: Path, formats: Format, log) -> None:
     model = load_model(run, config)
     save_model(model, str(folder / WEIGHTS))  # de-duplicates tensors a network shares (DynUNet's skip layers)
     shutil.copyfile(run.plan, folder / "plan.yaml")
-    for source in (run.calibration, run.postprocess, run.ood_guard):
+    for source in (run.calibration, run.postprocess, run.ood_guard, run.clinical):
         if source.exists():
             shutil.copyfile(source, folder / source.name)
     _write_exports(model, config, folder, formats, log)
@@ -109,17 +110,31 @@ def _write_contents(run, folder: Path, formats: Format, log) -> None:
 def _write_exports(model, config, folder: Path, formats: Format, log) -> None:
     if formats == "none":
         return
+    from medlens.data.views import input_channels
     from medlens.deploy.export import export_onnx, export_torchscript
     from medlens.tasks import task_for
 
     model = task_for(config).exportable(model)
-    example = torch.zeros(1, config.data.channels, *config.data.input_size)
+    if _drops_clinical(model, config):
+        log(f"not exported ({formats}): an ensemble of {config.model.members} networks with clinical inputs exports "
+            "with the image input only, and would ignore the clinical values; the bundle runs through PyTorch")
+        return
+    example = torch.zeros(1, input_channels(config.data), *config.data.input_size)  # V * C for views encoded apart
     if formats in ("torchscript", "both"):
         export_torchscript(model, example, folder / "model.ts")
         log("exported TorchScript: model.ts")
     if formats in ("onnx", "both"):
         export_onnx(model, example, folder / "model.onnx")
         log("exported ONNX: model.onnx")
+
+
+def _drops_clinical(model, config) -> bool:
+    """Whether an export of ``model`` would lose the plan's clinical inputs: the exporter gives a network a clinical
+    input from its ``clinical_absent``, which a fusion network has and an :class:`~medlens.models.Ensemble` lacks."""
+    from medlens.tasks.classification.inputs import has_clinical
+
+    absent = getattr(model, "clinical_absent", None)
+    return has_clinical(config.clinical) and not (isinstance(absent, torch.Tensor) and absent.numel() > 0)
 
 
 def _zip_folder(folder: Path, target: Path) -> None:

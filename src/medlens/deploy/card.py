@@ -30,6 +30,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
                   "weights_sha256": weights_sha256},
         "input": {"size": list(data.input_size), "channels": data.channels,
                   "target_spacing_mm": list(data.target_spacing) or None},
+        "inputs": card_inputs(config),
         "preprocessing": {"normalization": data.normalization, "intensity_range": list(data.intensity_range),
                           "foreground_stats": list(data.foreground_stats),
                           "steps": details["steps"]},
@@ -43,6 +44,29 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
     }
     card["intended_use"] = intended_use(card)
     return card
+
+
+def card_inputs(config: Config) -> dict:
+    """What one case is, for clients and the web page's form.
+
+    Returns:
+        ``{"views": None | {"names": [...], "fusion": "views" | "channels", "may_be_missing": bool},
+        "clinical": [{"name", "kind": "numeric", "unit"} | {"name", "kind": "categorical", "categories"}]}``:
+        ``views`` is ``None`` for a model of one image; a view may be missing when views are encoded apart and
+        training withheld them (``train.modality_dropout``); every clinical value may be missing.
+    """
+    from medlens.data.clinical import parse_categories, parse_units
+
+    data, section = config.data, config.clinical
+    views = None
+    if len(data.views) > 1:
+        views = {"names": list(data.views), "fusion": data.fusion,
+                 "may_be_missing": data.fusion == "views" and config.train.modality_dropout > 0}
+    units = parse_units(section)
+    clinical = [{"name": c, "kind": "numeric", "unit": units.get(c)} for c in section.numeric]
+    clinical += [{"name": c, "kind": "categorical", "categories": list(names)}
+                 for c, names in parse_categories(section).items()]
+    return {"views": views, "clinical": clinical}
 
 
 def _training_data(run: RunFolder) -> dict:
@@ -70,7 +94,23 @@ def intended_use(card: dict) -> str:
             f"'{data['name']}' ({data['modality'] or 'modality not recorded'}). Inputs are prepared as "
             f"'preprocessing' says (network input {size}, {card['input']['channels']} channel(s)); images unlike "
             "the training data (another modality, scanner, population or view) are outside what was validated, "
-            "and the figures under 'metrics' do not hold for them." + _guard_sentence(card.get("ood_guard")))
+            "and the figures under 'metrics' do not hold for them." + _inputs_sentence(card.get("inputs"))
+            + _guard_sentence(card.get("ood_guard")))
+
+
+def _inputs_sentence(inputs: dict | None) -> str:
+    """What a case of several inputs is made of ('' for a model of one image without clinical values)."""
+    if not inputs or not (inputs.get("views") or inputs.get("clinical")):
+        return ""
+    parts = []
+    if inputs.get("views"):
+        views = inputs["views"]
+        parts.append(f"the views {', '.join(views['names'])} ("
+                     + ("any of them may be missing" if views["may_be_missing"] else "all needed") + ")")
+    if inputs.get("clinical"):
+        parts.append(f"the clinical values {', '.join(c['name'] for c in inputs['clinical'])} (each may be missing)")
+    return (f" Each case is {' and '.join(parts)}; a prediction made without some of them says so under 'missing', "
+            "and is less certain than one made with all.")
 
 
 def _guard_sentence(guard: dict | None) -> str:

@@ -5,18 +5,24 @@
 
 Endpoints: ``POST /v1/predict`` (multipart field ``file``; ``heatmap=true``, ``mask=true`` as query or
 form fields), ``GET /v1/model`` (the model card), ``GET /healthz``, ``GET /metrics`` (Prometheus text)
-and ``GET /`` (the web page). With a token every endpoint but ``/healthz`` and ``/`` needs
+and ``GET /`` (the web page). A model of several inputs (issue 16) takes one file field per view,
+``view:NAME`` (a model of one image keeps ``file``), and its clinical values as a JSON object in the form
+field ``clinical``; every file passes the same upload checks and the whole case runs under one work budget
+(and in one worker). With a token every endpoint but ``/healthz`` and ``/`` needs
 ``Authorization: Bearer <token>``. Every refusal is JSON ``{"error": "..."}``; logs and errors carry
 status, size, type and latency only, never a file name, a path or anything from a DICOM header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from medlens.budget import SERVICE_BUDGET, WorkBudget, work_budget
@@ -33,6 +39,43 @@ _FORM_OVERHEAD_BYTES = 64 * 1024
 _DRAIN_BYTES = 16 << 20
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 OPTIONS = ("heatmap", "mask", "overlay", "map")  # POST /v1/predict's boolean options; each task answers some of them
+CLINICAL_FIELD, VIEW_PREFIX = "clinical", "view:"
+MAX_CLINICAL_CHARS = 64 * 1024  # the clinical form field: a JSON object of a few values
+
+
+@dataclass(frozen=True)
+class FormFields:
+    """The form ``POST /v1/predict`` takes for a model.
+
+    Attributes:
+        files: the file fields: ``("file",)``, or ``("view:NAME", ...)`` for a model of named views.
+        clinical: whether the ``clinical`` field (a JSON object) is taken.
+    """
+
+    files: tuple[str, ...]
+    clinical: bool
+
+    @classmethod
+    def of(cls, predictor) -> FormFields:
+        views = tuple(getattr(predictor, "views", ()))
+        files = tuple(f"{VIEW_PREFIX}{v}" for v in views) or ("file",)
+        return cls(files, getattr(predictor, "clinical", None) is not None)
+
+    @property
+    def fused(self) -> bool:
+        return self.files != ("file",) or self.clinical
+
+    def describe(self) -> str:
+        return ", ".join([*self.files, *((CLINICAL_FIELD,) if self.clinical else ())])
+
+
+@dataclass
+class Submission:
+    """A parsed ``POST /v1/predict``: the uploads by field, the clinical record (``None``: none sent), the options."""
+
+    uploads: dict
+    clinical: dict | None
+    options: dict[str, bool]
 
 
 class Metrics:
@@ -222,11 +265,13 @@ def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 6
     metrics = Metrics({"model_version": predictor.card.get("model_version", ""), "task": predictor.config.dataset.task})
     app = FastAPI(title="medlens prediction service", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.add_middleware(Gate, metrics=metrics, max_body_bytes=max_upload_bytes + _FORM_OVERHEAD_BYTES)
+    fields = FormFields.of(predictor)  # each file field may carry a file of up to max_upload_bytes
+    app.add_middleware(Gate, metrics=metrics,
+                       max_body_bytes=max_upload_bytes * len(fields.files) + _FORM_OVERHEAD_BYTES)
     _add_error_handlers(app)
     guard = [Depends(_bearer_check(token))]
     runner = _PoolRunner(workers, limits) if workers is not None else _LockedRunner(predictor, limits, budget)
-    _add_routes(app, predictor, guard, metrics, runner, guard_needed=bool(token))
+    _add_routes(app, predictor, guard, metrics, runner, fields, guard_needed=bool(token))
     return app
 
 
@@ -262,7 +307,8 @@ def _add_error_handlers(app) -> None:
         return JSONResponse({"error": f"invalid request: {exc.errors()[:3]}"}, status_code=400)
 
 
-def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, *, guard_needed: bool) -> None:
+def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, fields: FormFields, *,
+                guard_needed: bool) -> None:
     from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.requests import ClientDisconnect
@@ -281,8 +327,11 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, *, guard_
                 **({"workers": pool.status()} if pool is not None else {})}
 
     @app.get("/v1/model", dependencies=guard)
-    def model_card():  # the card, and the options POST /v1/predict takes for this model (the page shows them)
-        return {**predictor.card, "service": {"options": list(predictor.task.service_options)}}
+    def model_card():  # the card, and the options (and, for several inputs, the form) POST /v1/predict takes
+        service = {"options": list(predictor.task.service_options)}
+        if fields.fused:
+            service.update(files=list(fields.files), clinical_field=CLINICAL_FIELD if fields.clinical else None)
+        return {**predictor.card, "service": service}
 
     @app.get("/metrics", dependencies=guard)
     def prometheus():
@@ -290,9 +339,9 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, *, guard_
 
     async def predict(request):
         try:
-            upload, options = await _read_form(request)
-            _check_options(predictor.task, options)
-            return JSONResponse(await runner(upload, options, request.state))
+            submission = await _read_form(request, fields)
+            _check_options(predictor.task, submission.options)
+            return JSONResponse(await runner(submission, request.state))
         except (UploadError, WorkerRefusal, BudgetError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except MedlensError as exc:  # a header check while staging: the input's fault, its temporary path scrubbed
@@ -309,27 +358,93 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, *, guard_
     app.post("/v1/predict", dependencies=guard)(predict)
 
 
-async def _read_form(request) -> tuple[object, dict[str, bool]]:
-    """The uploaded file object and the boolean options, from the multipart form and the query."""
-    from starlette.datastructures import UploadFile
+async def _read_form(request, fields: FormFields) -> Submission:
+    """The uploaded file objects, the clinical record and the boolean options, from the multipart form and the
+    query; a model of several inputs refuses a field it does not take, a second file in one field, and a
+    clinical field that is not a JSON object (400)."""
     from starlette.exceptions import HTTPException
 
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UploadError("send the image as multipart/form-data with the field 'file' (curl -F file=@image.png)")
+        raise UploadError(f"send the image as multipart/form-data with the field {_file_hint(fields)}")
     try:
-        form = await request.form(max_files=1, max_fields=16)
-    except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+        form = await request.form(max_files=len(fields.files), max_fields=16)
+    except HTTPException as exc:  # Starlette's answer to a malformed multipart body, or one with too many files
+        if "files" in str(exc.detail).lower() and fields.fused:
+            raise UploadError(f"more files than this model takes ({len(fields.files)}: one per field "
+                              f"{', '.join(fields.files)}); send one file per view") from None
         raise UploadError(f"malformed multipart body ({exc.detail}); send one field 'file' with the image") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise UploadError("no file in the form field 'file'; send the image as multipart/form-data field 'file'")
+    uploads = _uploads(form, fields)
+    clinical = _clinical_field(form) if fields.clinical else None
+    return Submission(uploads, clinical, _options(form, request))
+
+
+def _file_hint(fields: FormFields) -> str:
+    if not fields.fused:
+        return "'file' (curl -F file=@image.png)"
+    example = " ".join(f"-F {f}=@FILE" for f in fields.files)
+    return f"one per input: {fields.describe()} (curl {example}" + (
+        " -F 'clinical={\"COLUMN\": VALUE}')" if fields.clinical else ")")
+
+
+def _uploads(form, fields: FormFields) -> dict:
+    """``{field: UploadFile}`` of the file fields sent (at least one); refusals say which fields the model takes."""
+    from starlette.datastructures import UploadFile
+
+    if not fields.fused:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise UploadError("no file in the form field 'file'; send the image as multipart/form-data field 'file'")
+        return {"file": upload}
+    known = {*fields.files, *((CLINICAL_FIELD,) if fields.clinical else ()), *OPTIONS}
+    unknown = sorted({key for key in form.keys() if key not in known})
+    if unknown:
+        raise UploadError(f"unknown form field {', '.join(map(repr, unknown))[:200]}; this model takes "
+                          f"{fields.describe()}")
+    uploads = {}
+    for name in fields.files:
+        values = form.getlist(name)
+        if len(values) > 1:
+            raise UploadError(f"{len(values)} files in the field {name!r}; send one file per field")
+        if values and not isinstance(values[0], UploadFile):
+            raise UploadError(f"the field {name!r} holds text, not a file; send the image as a file ({name}=@FILE)")
+        if values:
+            uploads[name] = values[0]
+    if not uploads:
+        raise UploadError(f"no image in the form; send {_file_hint(fields)}")
+    return uploads
+
+
+def _clinical_field(form) -> dict | None:
+    """The ``clinical`` form field as a JSON object (``None`` when absent or empty)."""
+    values = form.getlist(CLINICAL_FIELD)
+    if not values:
+        return None
+    if len(values) > 1 or not isinstance(values[0], str):
+        raise UploadError("the field 'clinical' must be one JSON object (text), e.g. clinical={\"Age\": 71}")
+    text = values[0]
+    if not text.strip():
+        return None
+    if len(text) > MAX_CLINICAL_CHARS:
+        raise UploadError(f"the field 'clinical' is longer than {MAX_CLINICAL_CHARS} characters; send the values only")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UploadError(f"the field 'clinical' is not valid JSON ({exc.msg} at character {exc.pos}); send an "
+                          "object such as {\"Age\": 71, \"M/F\": \"F\"}") from None
+    if not isinstance(record, dict):
+        raise UploadError(f"the field 'clinical' must be a JSON object {{column: value}}, got {type(record).__name__}")
+    return record
+
+
+def _options(form, request) -> dict[str, bool]:
+    """The boolean options, from the form or the query."""
     options = {}
     for name in OPTIONS:
         value = form.get(name) if isinstance(form.get(name), str) else request.query_params.get(name, "")
         if str(value).lower() not in _TRUE + _FALSE:
             raise UploadError(f"option {name}={str(value)[:20]!r}: expected true or false")
         options[name] = str(value).lower() in _TRUE
-    return upload, options
+    return options
 
 
 def _check_options(task, options: dict[str, bool]) -> None:
@@ -348,25 +463,55 @@ class _LockedRunner:
         self.predictor, self.limits, self.budget = predictor, limits, budget
         self.lock = threading.Lock()
 
-    async def __call__(self, upload, options: dict[str, bool], state) -> dict:
+    async def __call__(self, submission: Submission, state) -> dict:
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(self._predict, upload, options, state)
+        return await run_in_threadpool(self._predict, submission, state)
 
-    def _predict(self, upload, options: dict[str, bool], state) -> dict:
-        """Stage the upload, predict under the lock, and build the JSON body (in a worker thread)."""
-        with work_budget(self.budget), staged_upload(upload.file, self.limits) as staged:
-            state.upload_kind = staged.kind
+    def _predict(self, submission: Submission, state) -> dict:
+        """Stage every upload, predict under the lock, and build the JSON body (in a worker thread)."""
+        options = submission.options
+        with work_budget(self.budget), contextlib.ExitStack() as stack:
+            staged = {name: stack.enter_context(staged_upload(upload.file, self.limits))
+                      for name, upload in submission.uploads.items()}
+            state.upload_kind = _kinds(staged)
+            source, extra = _source(staged, submission.clinical)
             try:
                 with self.lock:
-                    result = self.predictor.predict(staged.path, heatmap=options["heatmap"])
+                    result = self.predictor.predict(source, heatmap=options["heatmap"], **extra)
             except BudgetError as exc:
-                raise UploadError(scrub_upload(str(exc), staged), exc.status) from None
+                raise UploadError(_scrub_all(str(exc), staged), exc.status) from None
             except MedlensError as exc:
-                raise UploadError(scrub_upload(str(exc), staged), 422) from None
-            body = self.predictor.task.to_json(result, options, staged.folder)
-            body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
+                raise UploadError(_scrub_all(str(exc), staged), 422) from None
+            body = self.predictor.task.to_json(result, options, next(iter(staged.values())).folder)
+            body["input"] = _input_summary(staged)
             return body
+
+
+def _source(staged: dict, clinical: dict | None) -> tuple[object, dict]:
+    """What ``Predictor.predict`` takes: the one staged path, or ``{view: path}``; and ``clinical=`` when sent."""
+    extra = {"clinical": clinical} if clinical is not None else {}
+    if list(staged) == ["file"]:
+        return staged["file"].path, extra
+    return {name.removeprefix(VIEW_PREFIX): item.path for name, item in staged.items()}, extra
+
+
+def _kinds(staged: dict) -> str:
+    return "+".join(item.kind for item in staged.values())
+
+
+def _input_summary(staged: dict) -> dict:
+    """``{"type", "bytes"}`` of one upload; ``{"views": {view: {"type", "bytes"}}}`` of several."""
+    if list(staged) == ["file"]:
+        return {"type": staged["file"].kind, "bytes": staged["file"].size_bytes}
+    return {"views": {name.removeprefix(VIEW_PREFIX): {"type": item.kind, "bytes": item.size_bytes}
+                      for name, item in staged.items()}}
+
+
+def _scrub_all(message: str, staged: dict) -> str:
+    for item in staged.values():
+        message = scrub_upload(message, item)
+    return message
 
 
 class _PoolRunner:
@@ -375,23 +520,29 @@ class _PoolRunner:
     def __init__(self, pool: WorkerPool, limits: UploadLimits):
         self.pool, self.limits = pool, limits
 
-    async def __call__(self, upload, options: dict[str, bool], state) -> dict:
+    async def __call__(self, submission: Submission, state) -> dict:
         from starlette.concurrency import run_in_threadpool
 
-        staging = staged_upload(upload.file, self.limits)
-        staged = await run_in_threadpool(staging.__enter__)
+        stack = contextlib.ExitStack()
         try:
-            state.upload_kind = staged.kind
-            job = {"path": str(staged.path), "folder": str(staged.folder), "options": options}
+            staged = {}
+            for name, upload in submission.uploads.items():
+                staged[name] = await run_in_threadpool(stack.enter_context, staged_upload(upload.file, self.limits))
+            state.upload_kind = _kinds(staged)
+            source, extra = _source(staged, submission.clinical)
+            first = next(iter(staged.values()))
+            job = {"folder": str(first.folder), "options": submission.options, **extra}
+            job.update({"views": {k: str(v) for k, v in source.items()}} if isinstance(source, dict)
+                       else {"path": str(source)})
             try:
                 body = await self.pool.predict(job)
             except WorkerRefusal as exc:
-                message = await run_in_threadpool(scrub_upload, str(exc), staged) if exc.raw else str(exc)
+                message = await run_in_threadpool(_scrub_all, str(exc), staged) if exc.raw else str(exc)
                 raise WorkerRefusal(message, exc.status) from None
-            body["input"] = {"type": staged.kind, "bytes": staged.size_bytes}
+            body["input"] = _input_summary(staged)
             return body
-        finally:  # the worker is done with the folder (answered or killed): remove it
-            await run_in_threadpool(staging.__exit__, None, None, None)
+        finally:  # the worker is done with the folders (answered or killed): remove them
+            await run_in_threadpool(stack.close)
 
 
 # ---- the HTTP server ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 >>> await pool.start()                                  # each worker loads the model itself
 >>> body = await pool.predict({"path": "/tmp/medlens-upload-x/upload.png", "folder": ..., "options": {...}})
 
+A case of several inputs sends ``"views": {view: staged path}`` instead of ``"path"``, and ``"clinical"``.
+
 The server process stages an upload (cheap header checks) and hands a free worker its staged path;
 the worker reads, predicts under the service's :class:`~medlens.budget.WorkBudget` and answers with
 the JSON body. Requests wait in arrival order for a free worker. While one runs, the server's thread
@@ -182,7 +184,9 @@ def _answer(predictor, job: dict, memory_mb: float) -> tuple:
     from medlens.errors import BudgetError
 
     try:
-        result = predictor.predict(job["path"], heatmap=job["options"].get("heatmap", False))
+        source = job["views"] if "views" in job else job["path"]  # a case of several views: {view: staged path}
+        extra = {"clinical": job["clinical"]} if job.get("clinical") is not None else {}
+        result = predictor.predict(source, heatmap=job["options"].get("heatmap", False), **extra)
         return "ok", predictor.task.to_json(result, job["options"], Path(job["folder"]))
     except BudgetError as exc:
         return "error", exc.status, str(exc), True

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import csv
 from pathlib import Path
 
 from medlens.data.inputs import expand_inputs
-from medlens.errors import MedlensError
+from medlens.errors import ConfigError, MedlensError
 from medlens.tasks.base import print_rows
 from medlens.tasks.classification.ood import guard_for, ood_fields
-from medlens.tasks.classification.predict import classify_image, write_predictions
+from medlens.tasks.classification.predict import CaseInputs, CaseSource, classify_image, write_predictions
 
 JSON_KEYS = ("task", "label", "probabilities", "confidence", "ood_score", "in_distribution", "model_version",
              "explained_class")
+CASE_KEYS = ("missing", "inputs")  # a model of several inputs: what the prediction was made without / with
 
 
 def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) -> dict:
@@ -24,6 +26,8 @@ def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) ->
     ``ood_score`` is the image's distance from the training data in the network's features and
     ``in_distribution`` whether it is within the guard's threshold (see :mod:`.ood`); both ``None`` for a
     model without a guard. The features always come from the PyTorch network, whatever runs the logits.
+    ``image`` is a :class:`~.predict.CaseInputs` for a model of several inputs; the answer then also has
+    ``missing`` and ``inputs`` (see :class:`~.predict.CaseInputs`).
     """
     config = predictor.config
     tta = config.evaluate.tta if tta is None else tta
@@ -31,51 +35,116 @@ def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) ->
     ood = ood_fields(guard_for(predictor), predictor.model, result.array)
     names = list(config.dataset.class_names)
     chosen = [n for n in result.predicted.split(";") if n] or [names[result.target]]
+    case = {"missing": image.missing, "inputs": image.used} if isinstance(image, CaseInputs) else {}
     return {"task": config.dataset.task, "label": result.predicted,
             "probabilities": {n: round(float(p), 6) for n, p in zip(names, result.probs)},
             "confidence": round(float(min(result.probs[names.index(n)] for n in chosen)), 6), **ood,
             "model_version": predictor.card.get("model_version"),
-            "explained_class": names[result.target] if heatmap else None,
+            "explained_class": names[result.target] if heatmap else None, **case,
             "heatmap_png": _heatmap(predictor.model, image, result.array, result.target) if heatmap else None}
 
 
 def _heatmap(model, image, array, target: int) -> bytes:
+    """The Grad-CAM overlay; for a case of several inputs, the classification path as it is, over its first view
+    (per-view maps are :mod:`medlens.explain`'s), refused with the reason when that path cannot map the network."""
     from medlens.explain import compute_cams, map_on_grid, overlay_png
 
-    cam = compute_cams(model, array[None], class_indices=[target])[0]
-    return overlay_png(image, map_on_grid(image, cam))
+    if not isinstance(image, CaseInputs):
+        cam = compute_cams(model, array[None], class_indices=[target])[0]
+        return overlay_png(image, map_on_grid(image, cam))
+    try:
+        cam = compute_cams(model, array[None], class_indices=[target])[0]
+        first = image.first_image
+        return overlay_png(first, map_on_grid(first, cam))
+    except (MedlensError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise MedlensError(f"no heat map for this model of several inputs ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); predict without heatmap, or use `medlens explain`") from None
 
 
 def to_json(result: dict, options: dict[str, bool], folder: Path) -> dict:
     """The label, probabilities, confidence, OOD score and decision (``null`` without a guard) and model version;
-    the heat map as base64 PNG when asked for."""
+    for a model of several inputs ``missing`` and ``inputs``; the heat map as base64 PNG when asked for."""
     body = {key: result.get(key) for key in JSON_KEYS}
+    body.update({key: result[key] for key in CASE_KEYS if key in result})
     if result.get("heatmap_png"):
         body["heatmap_png"] = base64.b64encode(result["heatmap_png"]).decode()
     return body
 
 
-def write_outputs(predictor, inputs: list[Path], out: Path | None, *, tta: bool | None, log) -> int:
-    """Print one line per input (the class and probabilities, a warning when it is out of distribution, or its
-    error); ``out``: also a CSV or JSON file (with ``ood_score`` and ``in_distribution``)."""
+def write_outputs(predictor, inputs: list, out: Path | None, *, tta: bool | None, log) -> int:
+    """Print one line per input (the class and probabilities, what a case was missing, a warning when it is out of
+    distribution, or its error); ``out``: also a CSV or JSON file (with ``ood_score`` and ``in_distribution``, and
+    ``missing_views`` / ``missing_clinical`` for a model of several inputs).
+
+    Args:
+        inputs: paths (files, folders, and CSV case lists: see :func:`read_case_list`) and
+            :class:`~.predict.CaseSource` cases (``medlens predict --input NAME=FILE --clinical JSON``).
+    """
     rows = []
-    for path in expand_inputs(inputs):
+    for item in _cases(predictor, inputs):
+        name = item.name if isinstance(item, CaseSource) else str(item)
         try:
-            result = predictor.predict(path, tta=tta)
+            result = (predictor.predict(item.source, clinical=item.clinical or None, tta=tta)
+                      if isinstance(item, CaseSource) else predictor.predict(item, tta=tta))
         except (MedlensError, OSError, ValueError) as exc:
-            rows.append({"path": str(path), "error": str(exc)})
+            rows.append({"path": name, "error": str(exc)})
             continue
-        rows.append({"path": str(path), "predicted": result["label"], "probabilities": result["probabilities"],
-                     "ood_score": result["ood_score"], "in_distribution": result["in_distribution"]})
+        rows.append({"path": name, "predicted": result["label"], "probabilities": result["probabilities"],
+                     "ood_score": result["ood_score"], "in_distribution": result["in_distribution"],
+                     **{key: result[key] for key in CASE_KEYS if key in result}})
     failed = print_rows(rows, _describe, log)
     if out:
-        log(f"predictions written to {write_predictions(rows, out, list(predictor.config.dataset.class_names))}")
+        names = list(predictor.config.dataset.class_names)
+        log(f"predictions written to {write_predictions(rows, out, names, fused=predictor.fused)}")
     return failed
+
+
+def _cases(predictor, inputs: list) -> list:
+    """Paths expanded (folders into their images), CSV case lists into one :class:`CaseSource` per row."""
+    items, paths = [], []
+    for item in inputs:
+        if isinstance(item, CaseSource):
+            items.append(item)
+        elif Path(item).suffix.lower() == ".csv" and Path(item).is_file():
+            items += read_case_list(Path(item), predictor)
+        else:
+            paths.append(Path(item))
+    return items + (expand_inputs(paths) if paths else [])
+
+
+def read_case_list(path: Path, predictor) -> list[CaseSource]:
+    """One case per row of a CSV whose columns are the training manifest's: ``image:NAME`` per view (or
+    ``image``) and the clinical columns; paths relative to the CSV's folder, other columns (label, ids) ignored.
+
+    Raises:
+        ConfigError: the CSV has no image column this model takes.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0]) if rows else []
+    views = [c.removeprefix("image:") for c in header if c.startswith("image:")]
+    if not views and "image" not in header:
+        raise ConfigError(f"{path}: no image column (found {', '.join(header) or 'no columns'}); a CSV of cases has "
+                          "an image:NAME column per view (or one image column) and the clinical columns, as the "
+                          "training manifest")
+    columns = predictor.clinical.columns if predictor.clinical is not None else []
+    cases = []
+    for line, row in enumerate(rows, start=2):
+        def located(cell):
+            return str(path.parent / cell) if cell and cell.strip() else None
+
+        source = ({v: located(row.get(f"image:{v}")) for v in views} if views else located(row.get("image")))
+        clinical = {c: row[c] for c in columns if c in row}
+        cases.append(CaseSource(source, clinical, f"{path.name} line {line}"))
+    return cases
 
 
 def _describe(row: dict) -> str:
     line = f"{row['path']}: {row['predicted'] or '(none)'}  " + "  ".join(
         f"{n}={p:.3f}" for n, p in row["probabilities"].items())
+    if "missing" in row:
+        gone = [*(f"view {v}" for v in row["missing"]["views"]), *(f"{c}" for c in row["missing"]["clinical"])]
+        line += f"  missing: {', '.join(gone)}" if gone else "  missing: nothing"
     if row["in_distribution"] is False:
         line += (f"  WARNING: out of distribution (ood_score {row['ood_score']:.3g} above the guard's threshold): "
                  "unlike the training images, so the prediction is not reliable")
