@@ -67,8 +67,8 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, *, class_indices: S
         ConfigError: the model takes several views (one map per view: use :func:`compute_view_cams`).
     """
     model = model.eval()
-    if view_count(model) > 1:
-        raise ConfigError(f"the model takes {view_count(model)} views in one input, so there is one map per view: "
+    if views_of(model) > 1:
+        raise ConfigError(f"the model takes {views_of(model)} views in one input, so there is one map per view: "
                           "use medlens.explain.cam.compute_view_cams(model, images, clinical=...) -> (N, V, *spatial)")
     images = np.asarray(images, dtype=np.float32)
     class_indices = _targets(model, images, class_indices, batch_size, clinical)
@@ -101,7 +101,7 @@ def compute_view_cams(model: torch.nn.Module, images: np.ndarray, *, clinical: n
     """
     model = model.eval()
     images = np.asarray(images, dtype=np.float32)
-    views = view_count(model)
+    views = views_of(model)
     class_indices = _targets(model, images, class_indices, batch_size, clinical)
     members = getattr(model, "members", None) or [model]
     raw = np.mean([_raw_view_cams(m, images, class_indices, method, batch_size, clinical) for m in members], axis=0)
@@ -110,7 +110,7 @@ def compute_view_cams(model: torch.nn.Module, images: np.ndarray, *, clinical: n
     return maps
 
 
-def view_count(model: torch.nn.Module) -> int:
+def views_of(model: torch.nn.Module) -> int:
     """``V``, the views a network (or an ensemble's first member) takes in one input; 1 for a plain classifier."""
     members = getattr(model, "members", None)
     return int(getattr(members[0] if members else model, "views", 1))
