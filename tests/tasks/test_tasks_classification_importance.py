@@ -167,3 +167,15 @@ def test_importance_without_validation_cases_says_so():
 
     section = importance_section({"split": "val", "note": "no validation cases: importances not measured"})
     assert section.blocks == ["no validation cases: importances not measured"]
+
+
+def test_undefined_importances_read_back_from_metrics_json_still_render():
+    from medlens.runs import json_safe
+    from medlens.tasks.classification.report import importance_section
+
+    data, encoder = problem(30, 5)
+    data.labels[:] = 1  # one class only: AUC and every drop are undefined
+    doc = json_safe(input_importance(MarkerAndFront(), config(), data, encoder, repeats=2))
+    assert doc["baseline"] is None and doc["clinical"][0]["drop"] is None
+    page = render_html(Report("t", "s", [importance_section(doc)]))
+    assert "n/a" in page and "data:image/png;base64" in page

@@ -193,13 +193,17 @@ def importance_section(importance: dict) -> Section:
                                   f"drop in {split} {metric} when the input is permuted (clinical) or withheld (view)"))
 
 
+def _finite(value) -> float:
+    return float(value) if value is not None and np.isfinite(value) else 0.0
+
+
 def importance_png(importance: dict) -> bytes:
     """Horizontal bars: the drop per input, with the permutations' standard deviation as error bars."""
     from medlens.report.plots import figure, to_png
 
     rows = [(f"{row['input']}", row["drop"], row["std"]) for row in importance["clinical"]]
     rows += [(f"view {row['input']}", row["drop"], 0.0) for row in importance["views"]]
-    rows = [(label, drop if np.isfinite(drop) else 0.0, std) for label, drop, std in rows]
+    rows = [(label, _finite(drop), _finite(std)) for label, drop, std in rows]  # undefined (null in JSON): 0
     fig, axes = figure(1, size=(4.6, 0.4 * len(rows) + 1.2))
     ax = axes[0, 0]
     ax.barh(range(len(rows)), [r[1] for r in rows], xerr=[r[2] for r in rows], color="#4c78a8", capsize=3)
