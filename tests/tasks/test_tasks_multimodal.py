@@ -145,3 +145,34 @@ def test_a_fused_run_saves_its_clinical_encoder_and_writes_each_sources_answers(
     assert header[:2] == ["case_id", "patient_id"] and "clinical values only" in header
     assert not (interaction_run / "ood_guard.safetensors").exists()
     assert np.isfinite(json.loads((interaction_run / "metrics.json").read_text())["metrics"]["auc"]["value"])
+
+
+@pytest.mark.parametrize("encoder", ["shared", "separate"])
+def test_a_one_image_run_seeds_every_view_encoder_of_a_fused_network(tmp_path, encoder):
+    from medlens.models import build_classifier
+    from medlens.models.fusion import build_fusion_classifier
+    from medlens.models.weights import save_atomic, transfer_weights
+
+    torch.manual_seed(0)
+    single = build_classifier("seedcnn_2d", in_channels=1, num_classes=2, input_size=(16, 16), width=0.25)
+    save_atomic(single.state_dict(), tmp_path / "weights.pt")
+    fused = build_fusion_classifier("seedcnn_2d", in_channels=2, views=2, num_classes=3, input_size=(16, 16),
+                                    width=0.25, encoder=encoder, clinical_absent=(0.0, 1.0))
+    report = transfer_weights(fused, tmp_path / "weights.pt")
+
+    for i in range(len(fused.encoders)):
+        for name, value in single.backbone.state_dict().items():
+            assert torch.equal(fused.encoders[i].state_dict()[name], value)
+    assert report["loaded"] == len(single.backbone.state_dict()) * len(fused.encoders)
+
+
+def test_a_downloaded_layout_is_refused_for_a_fused_network_with_what_to_do(tmp_path):
+    from medlens.errors import ConfigError
+    from medlens.models.fusion import build_fusion_classifier
+    from medlens.models.weights import save_atomic, transfer_weights
+
+    save_atomic({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pt")
+    fused = build_fusion_classifier("resnet18_2d", in_channels=2, views=2, num_classes=2, input_size=(32, 32),
+                                    width=0.25)
+    with pytest.raises(ConfigError, match="one-image run from it with --init-from"):
+        transfer_weights(fused, tmp_path / "resnet.pt")

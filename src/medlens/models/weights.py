@@ -111,12 +111,31 @@ def transfer_weights(model: torch.nn.Module, source) -> dict:
     source = resolve_source(source)
     state = load_state_dict(source)
     first = model.members[0] if getattr(model, "members", None) is not None else model
+    if hasattr(first, "encoders"):  # a fusion network: a one-image network's backbone seeds every view's encoder
+        state = _onto_encoders(first, state, source)
     if hasattr(first, "backbone") and not any(k.startswith(("backbone.", "head.", "members.")) for k in state):
         backbone_keys = [k.removeprefix("backbone.") for k in first.state_dict() if k.startswith("backbone.")]
         layout = pretrained.recognise_layout(state, backbone_keys)
         if layout is not None:
             return _transfer_layout(model, first, state, layout, source)
     return _transfer_medlens(model, state, source)
+
+
+def _onto_encoders(fused: torch.nn.Module, state: dict, source: Path) -> dict:
+    """``state`` of a one-image medlens network (``backbone.*``) renamed onto each of ``fused``'s view encoders
+    (``encoders.<i>.*``); the head and the fusion layers keep their fresh initialisation. A fused network's own
+    weights (``encoders.*``) are returned as they are.
+
+    Raises:
+        ConfigError: a downloaded layout (ImageNet, MedicalNet): give a one-image run trained from it instead.
+    """
+    if any(k.startswith(("encoders.", "members.")) for k in state):
+        return state
+    if not any(k.startswith("backbone.") for k in state):
+        raise ConfigError(f"{source}: a downloaded weights file seeds one-image networks only; train (or pretrain) a "
+                          "one-image run from it with --init-from, then start this fused run from that run")
+    return {f"encoders.{i}.{k.removeprefix('backbone.')}": v for i in range(len(fused.encoders))
+            for k, v in state.items() if k.startswith("backbone.")}
 
 
 def _transfer_medlens(model: torch.nn.Module, state: dict, source: Path) -> dict:
