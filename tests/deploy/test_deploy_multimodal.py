@@ -327,7 +327,7 @@ def test_the_page_builds_one_picker_per_view_and_a_field_per_clinical_input(open
     clinical = page.eval_on_selector_all("#case-form .clinical-value", "xs => xs.map(x => [x.dataset.column, "
                                                                         "x.tagName, x.type])")
     assert clinical == [["Age", "INPUT", "number"], ["M/F", "SELECT", "select-one"]]
-    assert "years" in page.text_content("#case-form") and page.is_hidden("#drop")
+    assert "years" in page.text_content("#case-form") and page.is_hidden("#drop") and page.is_disabled("#heatmap")
     page.set_input_files("#case-form .view-file[data-field='view:axial']", case_of(cases, 1)["axial"])
     page.fill("#case-form .clinical-value[data-column='Age']", "71")
     page.click("#case-form button")
