@@ -105,11 +105,24 @@ def _cases(predictor, inputs: list) -> list:
     for item in inputs:
         if isinstance(item, CaseSource):
             items.append(item)
-        elif Path(item).suffix.lower() == ".csv" and Path(item).is_file():
+        elif is_case_list(Path(item)):
             items += read_case_list(Path(item), predictor)
         else:
             paths.append(Path(item))
     return items + (expand_inputs(paths) if paths else [])
+
+
+def is_case_list(path: Path) -> bool:
+    """A ``.csv`` file whose header names an ``image`` or ``image:NAME`` column (anything else is an input file,
+    refused by the reader like any file that is not an image)."""
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader([f.readline(64 * 1024)]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return any(c.strip() == "image" or c.strip().startswith("image:") for c in header)
 
 
 def read_case_list(path: Path, predictor) -> list[CaseSource]:
