@@ -171,6 +171,24 @@ def test_a_case_is_preprocessed_view_by_view_with_nan_for_a_missing_view(fused, 
     np.testing.assert_array_equal(inputs.clinical, fused.clinical.encode_record({}, "x"))
 
 
+def test_views_fused_as_channels_are_stacked_then_preprocessed_and_none_may_be_missing(fused, cases):
+    from medlens.data.views import stack_views
+    from medlens.deploy import Predictor
+    from medlens.tasks.classification.predict import case_array
+    from medlens.transforms import Preprocessor
+
+    data = replace(fused.config.data, fusion="channels", channels=2)
+    config = replace(fused.config, data=data)
+    stacked = Predictor(config, fused.model, calibration=fused.calibration, postprocess=fused.postprocess,
+                        card=fused.card, clinical=fused.clinical)
+    inputs = stacked.case_inputs(case_of(cases, 6), None)
+    expected = Preprocessor(data)(stack_views([inputs.images[v] for v in VIEWS], list(VIEWS)))
+    np.testing.assert_array_equal(case_array(inputs, config, "case"), expected)
+    assert expected.shape == (2, 16, 16)
+    with pytest.raises(ConfigError, match=r"view axial is missing.*stacked as channels of one image"):
+        stacked.case_inputs(case_of(cases, 6, ("coronal",)), None)
+
+
 @pytest.mark.parametrize(("source", "clinical", "error", "match"), [
     ({"sagittal": "axial/s01.png"}, None, ConfigError, "unknown view 'sagittal'; this model takes the views axial, "
                                                        "coronal"),
