@@ -6,7 +6,8 @@
 
 The data: ``multimodal/oasis1_three_views`` under DATA (196 subjects, an axial, a coronal and a sagittal
 JPEG of the same T1 MRI, and a row of demographics). Task: dementia (CDR > 0) against none. The ten test
-folds are those of ``folds.csv`` (the source repository's); the subjects in no test fold always train. Inputs
+folds are those of ``folds.csv`` (the source repository's: 19 subjects each, 190 rows naming 139 distinct
+subjects, so 45 subjects are tested in two or three folds and 57 in none; those always train). Inputs
 are the images and Age, M/F, Educ, SES, eTIV, nWBV, ASF, never MMSE or CDR (which define the label). For each
 fold a manifest CSV is written to a temporary folder (images read where they are, through ``--image-root``)
 with a ``split`` column: the fold's subjects test, 15% of the others (a hash of their id, per class) validate.
@@ -57,8 +58,10 @@ def subjects(oasis: Path) -> list[dict]:
     196 rows); ``medlens inspect`` flags both columns (``clinical.scale``) and says to fix them, which is done
     here: a value above 10 is divided by 1000.
     """
+    folds: dict[str, set[int]] = {}
     with open(oasis / "folds.csv", newline="") as f:
-        folds = {row["subject"]: int(row["fold"]) for row in csv.DictReader(f)}
+        for row in csv.DictReader(f):
+            folds.setdefault(row["subject"], set()).add(int(row["fold"]))
     rows = []
     with open(oasis / "oasis_cross-sectional.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -67,15 +70,15 @@ def subjects(oasis: Path) -> list[dict]:
                 for column in ("nWBV", "ASF"):
                     if row[column] and float(row[column]) > 10:
                         row[column] = f"{float(row[column]) / 1000:.3f}"
-                rows.append({**row, "label": CLASSES[float(row["CDR"]) > 0], "fold": folds.get(row["ID"], -1)})
+                rows.append({**row, "label": CLASSES[float(row["CDR"]) > 0], "folds": folds.get(row["ID"], set())})
     return rows
 
 
 def split_of(row: dict, fold: int, rows: list[dict]) -> str:
     """``test`` for the fold's subjects; of the others, the first 15% per class by a hash of the id validate."""
-    if row["fold"] == fold:
+    if fold in row["folds"]:
         return "test"
-    same = sorted((r for r in rows if r["label"] == row["label"] and r["fold"] != fold),
+    same = sorted((r for r in rows if r["label"] == row["label"] and fold not in r["folds"]),
                   key=lambda r: hashlib.sha256(r["ID"].encode()).hexdigest())
     return "val" if same.index(row) < VAL_SHARE * len(same) else "train"
 
@@ -119,14 +122,16 @@ def predictions(run: Path, name: str = "predictions_test.csv", column: str = "p_
         return {row["case_id"]: float(row[column]) for row in csv.DictReader(f)}
 
 
-def pooled(probs: dict[str, float], truth: dict[str, str]) -> dict:
-    """Accuracy (at 0.5) and AUC of pooled out-of-fold predictions, with 95% CIs over resampled subjects."""
+def pooled(probs: dict[tuple[int, str], float], truth: dict[str, str]) -> dict:
+    """Accuracy (at 0.5) and AUC of pooled test-fold predictions ``{(fold, subject): p}``, with 95% CIs over
+    resampled subjects (a subject tested in several folds is resampled with all its predictions)."""
     from medlens.tasks.classification.metrics import classification_metrics
 
-    ids = sorted(probs)
-    labels = np.array([CLASSES.index(truth[i]) for i in ids])
-    p = np.array([probs[i] for i in ids])
-    metrics = classification_metrics(labels, np.stack([1 - p, p], 1), "binary", list(CLASSES), n_boot=2000)
+    keys = sorted(probs)
+    labels = np.array([CLASSES.index(truth[subject]) for _, subject in keys])
+    p = np.array([probs[k] for k in keys])
+    metrics = classification_metrics(labels, np.stack([1 - p, p], 1), "binary", list(CLASSES),
+                                     groups=[subject for _, subject in keys], n_boot=2000)
     return {k: metrics[k] for k in ("accuracy", "auc")}
 
 
@@ -158,11 +163,11 @@ def main(argv=None) -> None:
             run = runs / f"{source}_fold{fold}"
             seconds += run_fold(write_manifest(rows, source, fold, runs), oasis, run, args.time_budget,
                                 args.overrides)
-            fold_probs = {_subject(i): p for i, p in predictions(run).items()}
+            fold_probs = {(fold, _subject(i)): p for i, p in predictions(run).items()}
             oof.update(fold_probs)
             fold_scores.append(pooled(fold_probs, truth))
             if source == "all":
-                clinical_only.update({_subject(i): p for i, p in predictions(
+                clinical_only.update({(fold, _subject(i)): p for i, p in predictions(
                     run, "sources_test.csv", "clinical values only").items()})
             print(f"{source} fold {fold}: AUC {fold_scores[-1]['auc']['value']:.3f} "
                   f"ACC {fold_scores[-1]['accuracy']['value']:.3f} ({seconds:.0f} s so far)", flush=True)
