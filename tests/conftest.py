@@ -355,7 +355,7 @@ def blob_run_3d(tmp_path_factory) -> Path:
 
 #: fixtures that train (or stand on a trained model): a test using one is end-to-end (`e2e`), out of `make check`
 TRAINED_FIXTURES = {"cls_run", "seg_run", "seg_bundle", "det_run", "det_bundle", "blob_run_3d", "blob_model",
-                    "kill_and_resume", "predictor"}
+                    "kill_and_resume", "predictor", "fused_run"}
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -511,3 +511,68 @@ def open_watched(browser):
         return page, errors
 
     return open_page
+
+# ---- a tiny fused run (two views and two clinical columns), shared by the deploy and CLI tests of issue 16 --------
+
+FUSED_VIEWS = ("axial", "coronal")
+def write_cases(root: Path, n: int = 40) -> Path:
+    """``root/cases.csv``: ``subject, image:axial, image:coronal, Age, M/F, label``; the dementia cases have a bright
+    square in both views, so the views carry the label."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        row = {"subject": f"s{i:02d}"}
+        for v, view in enumerate(FUSED_VIEWS):
+            pixels = rng.integers(0, 80, (16, 16)).astype(np.uint8)
+            if label:
+                pixels[4:12, 4:12] += 120 if v == 0 else 60
+            (root / view).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / view / f"s{i:02d}.png")
+            row[f"image:{view}"] = f"{view}/s{i:02d}.png"
+        row.update({"Age": str(60 + int(rng.integers(0, 20))), "M/F": "FM"[int(rng.integers(0, 2))],
+                    "label": ["normal", "dementia"][label]})
+        rows.append(row)
+    import csv
+
+    with open(root / "cases.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "cases.csv"
+
+
+#: a fused run cut to two epochs of one small network (Age in years, for the card and the form)
+FUSED_TRAIN = ("--set", "train.max_epochs=2", "--set", "train.patience=50", "--set", "model.name=seedcnn_2d",
+               "--set", "model.members=1", "--set", "clinical.units=[Age=years]", "--no-progress")
+
+
+@pytest.fixture(scope="session")
+def fused_cases(tmp_path_factory) -> Path:
+    """``cases.csv`` of :func:`write_cases` (40 cases) in a session folder."""
+    return write_cases(tmp_path_factory.mktemp("mm-data"))
+
+
+@pytest.fixture(scope="session")
+def fused_run(fused_cases, tmp_path_factory) -> Path:
+    """A fused classification run on :func:`fused_cases`, trained once per session."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("mm-run") / "run"
+    medlens_in_process("train", fused_cases, "--out", out, *FUSED_TRAIN)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of many small networks: on a shared 2-core machine two OpenMP threads that
+    spin at every barrier can make a forward/backward 50x slower as soon as other processes are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

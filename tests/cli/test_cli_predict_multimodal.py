@@ -12,24 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_deploy_multimodal import TRAIN, write_cases
-
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> Path:
-    return write_cases(tmp_path_factory.mktemp("mm-cli-data"))
-
-
-@pytest.fixture(scope="module")
-def fused_run(cases, tmp_path_factory) -> Path:
-    import torch
-
-    from tests.conftest import medlens_in_process
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("mm-cli-run") / "run"
-    medlens_in_process("train", cases, "--out", out, *TRAIN)
-    return out
+def cases(fused_cases) -> Path:
+    return fused_cases
 
 
 def view(cases: Path, name: str, i: int) -> Path:

@@ -56,13 +56,7 @@ DYNAMO_DEFAULT = ("seedcnn_2d", "resnet18_2d", "seedcnn_3d", "unet_2d", "dynunet
 DATA = Path(os.environ.get("MEDLENS_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Many small convolutions on a shared 2-core machine: one thread each (see tests/models)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -1,13 +1,13 @@
 """Predicting a case of several inputs (issue 16): Predictor, bundle, model card, HTTP service and web page.
 
-One tiny fused run per module: 40 synthetic cases of two 16x16 PNG views (axial, coronal) and two clinical
-columns (Age numeric in years, M/F categorical), trained for two epochs of one ``seedcnn_2d``; its bundle carries
-the TorchScript and ONNX exports (two inputs: images and clinical values).
+One tiny fused run (``fused_run`` in tests/conftest.py, shared with the CLI tests): 40 synthetic cases of two
+16x16 PNG views (axial, coronal) and two clinical columns (Age numeric in years, M/F categorical), trained for two
+epochs of one ``seedcnn_2d``; its bundle carries the TorchScript and ONNX exports (two inputs: images and clinical
+values).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -20,52 +20,9 @@ from medlens.errors import ConfigError, DatasetError
 VIEWS = ("axial", "coronal")
 
 
-def write_cases(root: Path, n: int = 40) -> Path:
-    """``root/cases.csv``: ``subject, image:axial, image:coronal, Age, M/F, label``; the dementia cases have a bright
-    square in both views, so the views carry the label."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        row = {"subject": f"s{i:02d}"}
-        for v, view in enumerate(VIEWS):
-            pixels = rng.integers(0, 80, (16, 16)).astype(np.uint8)
-            if label:
-                pixels[4:12, 4:12] += 120 if v == 0 else 60
-            (root / view).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / view / f"s{i:02d}.png")
-            row[f"image:{view}"] = f"{view}/s{i:02d}.png"
-        row.update({"Age": str(60 + int(rng.integers(0, 20))), "M/F": "FM"[int(rng.integers(0, 2))],
-                    "label": ["normal", "dementia"][label]})
-        rows.append(row)
-    with open(root / "cases.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root / "cases.csv"
-
-
-TRAIN = ("--set", "train.max_epochs=2", "--set", "train.patience=50", "--set", "model.name=seedcnn_2d",
-         "--set", "model.members=1", "--set", "clinical.units=[Age=years]", "--no-progress")
-
-
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> Path:
-    return write_cases(tmp_path_factory.mktemp("mm-data"))
-
-
-@pytest.fixture(scope="module")
-def fused_run(cases, tmp_path_factory) -> Path:
-    import torch
-
-    from tests.conftest import medlens_in_process
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("mm-run") / "run"
-    medlens_in_process("train", cases, "--out", out, *TRAIN)
-    return out
+def cases(fused_cases) -> Path:
+    return fused_cases
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +237,8 @@ def test_the_service_predicts_a_case_of_several_files_and_clinical_json(client, 
 @pytest.mark.parametrize(("files", "data", "status", "match"), [
     ({"file": ("a.png", b"x")}, {}, 400, "unknown form field 'file'; this model takes view:axial, view:coronal, "
                                          "clinical"),
-    (None, {"clinical": "{Age: 71"}, 400, "the field 'clinical' is not valid JSON"),
-    (None, {"clinical": "[71]"}, 400, "must be a JSON object"),
+    (None, {"clinical": "{Age: 71"}, 400, "the field 'clinical': not valid JSON"),
+    (None, {"clinical": "[71]"}, 400, "expected a JSON object"),
     (None, {"notes": "x"}, 400, "unknown form field 'notes'"),
     ("three", {}, 400, "more files than this model takes"),
     (None, {"clinical": '{"M/F": "X"}'}, 422, "a category the model was not trained with"),

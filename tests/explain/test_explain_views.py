@@ -18,12 +18,7 @@ SIZE = (16, 16)
 ABSENT = (0.0, 1.0, 0.0, 0.0, 1.0)  # one numeric column (z, flag), one categorical of two (one-hot, flag)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fused(views: int, encoder: str = "shared", seed: int = 0, **kwargs):

@@ -21,12 +21,7 @@ from medlens.types import Case
 SIZE = (8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(monitor: str = "val_auc", views=("front", "side")):

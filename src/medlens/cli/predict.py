@@ -7,7 +7,6 @@ per view, or ``image``, and the clinical columns; paths relative to the CSV), on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 ARGUMENTS = [
@@ -67,6 +66,7 @@ def parse_clinical(value: str | None) -> dict | None:
     Raises:
         ConfigError: neither a JSON object nor a readable file holding one.
     """
+    from medlens.data.clinical import record_from_json
     from medlens.errors import ConfigError
 
     if value is None:
@@ -79,13 +79,9 @@ def parse_clinical(value: str | None) -> dict | None:
                               "--clinical '{\"Age\": 71, \"M/F\": \"F\"}' or --clinical values.json")
         text = path.read_text(encoding="utf-8")
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--clinical: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); give an "
-                          "object such as {\"Age\": 71, \"M/F\": \"F\"}") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"--clinical: expected a JSON object {{column: value}}, got {type(record).__name__}")
-    return record
+        return record_from_json(text)
+    except ValueError as exc:
+        raise ConfigError(f"--clinical: {exc}") from None
 
 
 def case_sources(predictor, paths: list[Path], views: dict[str, Path], clinical: dict | None) -> list:

@@ -78,6 +78,29 @@ def read_number(value, column: str, where: str) -> float | None:
                        f"reads {column!r} as numeric; {how}")
 
 
+EXAMPLE_RECORD = '{"Age": 71, "M/F": "F"}'
+
+
+def record_from_json(text: str) -> dict:
+    """A clinical record ``{column: value}`` from JSON text (what ``medlens predict --clinical`` and the service's
+    ``clinical`` field take).
+
+    Raises:
+        ValueError: not JSON, or not an object; the message says which, and gives an example.
+    """
+    import json
+
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos}); give an object such as "
+                         f"{EXAMPLE_RECORD}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object {{column: value}} such as {EXAMPLE_RECORD}, got "
+                         f"{type(record).__name__}")
+    return record
+
+
 def parse_categories(section: ClinicalSection) -> dict[str, tuple[str, ...]]:
     """``clinical.categorical`` entries ``"COLUMN=A|B|C"`` as ``{column: (A, B, C)}``, in the plan's order.
 

@@ -213,7 +213,6 @@ def _content_length(scope) -> int:
 
 
 async def _send_json(send, status: int, error: str) -> None:
-    import json
 
     body = json.dumps({"error": error}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -416,6 +415,8 @@ def _uploads(form, fields: FormFields) -> dict:
 
 def _clinical_field(form) -> dict | None:
     """The ``clinical`` form field as a JSON object (``None`` when absent or empty)."""
+    from medlens.data.clinical import record_from_json
+
     values = form.getlist(CLINICAL_FIELD)
     if not values:
         return None
@@ -427,13 +428,9 @@ def _clinical_field(form) -> dict | None:
     if len(text) > MAX_CLINICAL_CHARS:
         raise UploadError(f"the field 'clinical' is longer than {MAX_CLINICAL_CHARS} characters; send the values only")
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UploadError(f"the field 'clinical' is not valid JSON ({exc.msg} at character {exc.pos}); send an "
-                          "object such as {\"Age\": 71, \"M/F\": \"F\"}") from None
-    if not isinstance(record, dict):
-        raise UploadError(f"the field 'clinical' must be a JSON object {{column: value}}, got {type(record).__name__}")
-    return record
+        return record_from_json(text)
+    except ValueError as exc:
+        raise UploadError(f"the field 'clinical': {exc}") from None
 
 
 def _options(form, request) -> dict[str, bool]:
