@@ -59,7 +59,6 @@ class DataSection:
     num_workers: int = 0
     views: tuple[str, ...] = ()  # several images per case, by name (manifest `image:NAME` columns, DICOM series rules)
     fusion: typing.Literal["channels", "views"] = "channels"  # channels: co-registered, stacked; views: encoded apart
-    series_rules: tuple[str, ...] = ()  # DICOM study folders: "NAME=REGEX" on "Modality SeriesDescription"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def test_a_rule_must_match_exactly_one_series(study, rules, match):
 
 @pytest.mark.parametrize(("rules", "match"), [
     (["t1"], "is not NAME=REGEX"), (["t1=T1", "t1=T2"], "two rules"), (["t1=T1("], "not a regular expression"),
-    ([], "series_rules is empty"),
+    ([], "no series rule given"),
 ])
 def test_malformed_rules_are_config_errors(study, rules, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,4 +1,6 @@
-"""DICOM studies of several series (T1, T2, FLAIR...): the plan's ``data.series_rules`` pick one series per view.
+"""DICOM studies of several series (T1, T2, FLAIR...): rules pick one series per view, read as one image.
+
+A library function for now (:func:`read_study`): a folder of such studies is not yet a dataset layout.
 
 A study folder holds one subfolder per series. A rule ``"NAME=REGEX"`` names a view and the series it is:
 ``REGEX`` is searched, ignoring case, in ``"<Modality> <SeriesDescription>"`` of the series' first readable
@@ -44,18 +46,18 @@ def parse_series_rules(rules) -> list[SeriesRule]:
         name, sep, regex = str(text).partition("=")
         name = name.strip()
         if not sep or not name or not regex.strip():
-            raise ConfigError(f"data.series_rules: {text!r} is not NAME=REGEX; write e.g. t1=T1pre or flair=FLAIR "
+            raise ConfigError(f"series rule {text!r} is not NAME=REGEX; write e.g. t1=T1pre or flair=FLAIR "
                               "(REGEX is searched in '<Modality> <SeriesDescription>')")
         if any(rule.name == name for rule in parsed):
-            raise ConfigError(f"data.series_rules: the view {name!r} has two rules; give each view one rule")
+            raise ConfigError(f"series rules: the view {name!r} has two rules; give each view one rule")
         try:
             pattern = re.compile(regex.strip(), re.IGNORECASE)
         except re.error as exc:
-            raise ConfigError(f"data.series_rules: {text!r}: {regex.strip()!r} is not a regular expression "
+            raise ConfigError(f"series rule {text!r}: {regex.strip()!r} is not a regular expression "
                               f"({exc}); escape special characters such as + ( [ with a backslash") from None
         parsed.append(SeriesRule(name, pattern))
     if not parsed:
-        raise ConfigError("data.series_rules is empty; a DICOM study needs one NAME=REGEX rule per view")
+        raise ConfigError("no series rule given; a DICOM study needs one NAME=REGEX rule per view")
     return parsed
 
 
@@ -95,7 +97,7 @@ def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
 
     Args:
         study_folder: a folder of series folders.
-        rules: ``"NAME=REGEX"`` texts (``data.series_rules``).
+        rules: ``"NAME=REGEX"`` texts.
 
     Returns:
         ``{name: series folder}``.
