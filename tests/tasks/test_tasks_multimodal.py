@@ -176,3 +176,18 @@ def test_a_downloaded_layout_is_refused_for_a_fused_network_with_what_to_do(tmp_
                                     width=0.25)
     with pytest.raises(ConfigError, match="one-image run from it with --init-from"):
         transfer_weights(fused, tmp_path / "resnet.pt")
+
+
+def test_a_plan_whose_view_the_manifest_lacks_is_refused(tmp_path):
+    from medlens.config import Config, DatasetSection
+    from medlens.data import open_dataset
+    from medlens.data.prepared import check_plan_fits
+    from medlens.data.synthetic_views import write_interaction_set
+    from medlens.errors import ConfigError
+
+    dataset = open_dataset(write_interaction_set(tmp_path, cases=8))
+    config = Config(dataset=DatasetSection(source="cases.csv", class_names=dataset.class_names),
+                    data=DataSection(views=("front", "top"), fusion="views"))
+    with pytest.raises(ConfigError, match=r"takes the view\(s\) top, but the manifest has no image:top column "
+                                          r"\(its views: front, side\)"):
+        check_plan_fits(config, dataset)

@@ -45,7 +45,14 @@ def open_config_dataset(config: Config) -> Dataset:
 
 
 def check_plan_fits(config: Config, dataset: Dataset) -> None:
-    """The plan's classes must be the dataset's (a plan made for other data is refused)."""
+    """The plan's classes must be the dataset's, and its views the manifest's (a plan made for other data is
+    refused)."""
+    lacking = [v for v in config.data.views if v not in (dataset.meta.get("views") or ())]
+    if lacking:
+        have = dataset.meta.get("views") or ()
+        raise ConfigError(f"{config.dataset.source}: the plan takes the view(s) {', '.join(lacking)}, but the manifest "
+                          f"has no {', '.join(f'image:{v}' for v in lacking)} column (its views: "
+                          f"{', '.join(have) or 'none'}); add the column, or make a new plan with `medlens plan`")
     if not dataset.class_names:
         return  # image/mask pairs name no classes; the plan took them from the mask values
     if tuple(dataset.class_names) != tuple(config.dataset.class_names):
