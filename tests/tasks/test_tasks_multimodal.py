@@ -191,3 +191,15 @@ def test_a_plan_whose_view_the_manifest_lacks_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"takes the view\(s\) top, but the manifest has no image:top column "
                                           r"\(its views: front, side\)"):
         check_plan_fits(config, dataset)
+
+
+def test_the_clinical_only_model_gives_every_class_a_column():
+    from medlens.tasks.classification.sources import _fit_one
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 3))
+    labels = (features[:, 0] > 0).astype(int) + 2 * (features[:, 1] > 1)  # classes 0..3, 1 rare
+    probs = _fit_one(features, labels, features[:5], 0, 5)  # class 4 never in training
+
+    assert probs.shape == (5, 5) and np.allclose(probs.sum(axis=1), 1) and (probs[:, 4] == 0).all()
+    assert np.array_equal(_fit_one(features, np.ones(60, dtype=int), features[:2], 0, 2), [[0, 1], [0, 1]])

@@ -27,11 +27,14 @@ from medlens.transforms import Preprocessor
 from medlens.types import Case
 
 
+def view_count(data: DataSection) -> int:
+    """``V``: the views encoded apart (``fusion: views`` with named views), else 1 (one image, or views stacked)."""
+    return len(data.views) if data.fusion == "views" and data.views else 1
+
+
 def input_channels(data: DataSection) -> int:
     """Channels of the network input: ``V * C`` with ``fusion: views`` and ``V`` named views, else ``C``."""
-    if data.fusion == "views" and data.views:
-        return len(data.views) * data.channels
-    return data.channels
+    return view_count(data) * data.channels
 
 
 def read_view(dataset: Dataset, case: Case, name: str) -> Image | None:

@@ -12,11 +12,9 @@ import numpy as np
 import torch
 
 from medlens.config import ClinicalSection, Config, DataSection, ModelSection
+from medlens.data.views import view_count
 
-
-def view_count(data: DataSection) -> int:
-    """``V``: the views encoded apart (``data.fusion == "views"``), else 1 (one image, or channels stacked)."""
-    return len(data.views) if data.fusion == "views" and data.views else 1
+__all__ = ["view_count"]  # re-exported: the tasks ask this module how many views a plan encodes apart
 
 
 def has_clinical(clinical: ClinicalSection) -> bool:

@@ -23,8 +23,9 @@ from medlens.config import (
     ModelSection,
     TrainSection,
 )
+from medlens.data.views import input_channels
 from medlens.errors import DatasetError
-from medlens.tasks.classification.inputs import build_network, has_clinical, view_count
+from medlens.tasks.classification.inputs import build_network, has_clinical
 from medlens.tasks.classification.plan_inputs import plan_clinical, plan_fusion, plan_views
 from medlens.tasks.planning import epochs_in_budget, fastest_step, per_process_batch, processes_reason
 
@@ -269,7 +270,7 @@ def short_budget_batch(batch: int, epochs: int) -> int:
 
 
 def _batch_size(data: DataSection, dims: int) -> int:
-    voxels = int(np.prod(data.input_size)) * data.channels * view_count(data)
+    voxels = int(np.prod(data.input_size)) * input_channels(data)
     budget = 32 * 28**3 if dims == 3 else 128 * 28**3 // 4  # voxels per batch (~2.8 MB of float32 input)
     for batch in (128, 64, 32, 16, 8):
         if batch * voxels <= budget:
@@ -409,7 +410,7 @@ def time_training_step(model_section: ModelSection, data: DataSection, dataset: 
     torch_device = torch.device("cuda" if device == "gpu" else "cpu")
     net = build_network(replace(model_section, dropout=0.0), data, max(len(dataset.class_names), 2),
                         clinical or ClinicalSection()).to(torch_device)
-    x = torch.randn(batch, data.channels * view_count(data), *data.input_size, device=torch_device)
+    x = torch.randn(batch, input_channels(data), *data.input_size, device=torch_device)
     y = torch.randint(0, max(len(dataset.class_names), 2), (batch,), device=torch_device)
     speed, _ = choose_speed_options(net, x)  # the layout / precision training will pick (3D on a CPU)
     net, x = speed.apply(net), speed.layout(x)

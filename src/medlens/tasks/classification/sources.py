@@ -91,27 +91,28 @@ def _only_view(images: np.ndarray, keep: int, views: int) -> np.ndarray:
 
 
 def _boosted(train: tuple[np.ndarray, np.ndarray], clinical: np.ndarray, config: Config) -> np.ndarray:
-    """Probabilities ``(N, K)`` of a gradient-boosting classifier of the clinical values alone."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
+    """Probabilities ``(N, K)`` of a gradient-boosting classifier of the clinical values alone (one per label for
+    multi-label)."""
     features, labels = train
-    k = len(config.dataset.class_names)
+    k, seed = len(config.dataset.class_names), config.train.seed
     if config.dataset.task == "multilabel":
-        return np.stack([_fit_one(features, labels[:, j], clinical, config.train.seed)[:, 1] for j in range(k)], 1)
-    model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=config.train.seed,
-                                           early_stopping=False).fit(features, labels)
-    probs = np.zeros((len(clinical), k), dtype=np.float64)
-    probs[:, model.classes_] = model.predict_proba(clinical)
-    return probs
+        return np.stack([_fit_one(features, labels[:, j], clinical, seed, 2)[:, 1] for j in range(k)], 1)
+    return _fit_one(features, labels, clinical, seed, k)
 
 
-def _fit_one(features, labels, clinical, seed) -> np.ndarray:
+def _fit_one(features, labels, clinical, seed: int, k: int) -> np.ndarray:
+    """``(N, k)`` probabilities of classes ``0..k-1`` (a class absent from training gets 0)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    if len(np.unique(labels)) < 2:
-        return np.tile([1.0 - labels[0], labels[0]], (len(clinical), 1))
+    probs = np.zeros((len(clinical), k), dtype=np.float64)
+    present = np.unique(labels)
+    if len(present) < 2:
+        probs[:, int(present[0])] = 1.0
+        return probs
     model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed, early_stopping=False)
-    return model.fit(features, labels).predict_proba(clinical)
+    model.fit(features, labels)
+    probs[:, model.classes_.astype(int)] = model.predict_proba(clinical)
+    return probs
 
 
 def _scored(labels, probs, kind, names, common) -> dict:
