@@ -13,9 +13,13 @@ TORCH := torch==2.13.0
 PIP_PIN := $(shell grep -E '^pip==' $(LOCK) 2>/dev/null || echo pip)
 FAST_TESTS := not slow and not realdata and not browser and not e2e
 
-.PHONY: setup lock browser demo test test-all test-adversarial check lint docs bench clean
+.PHONY: setup lock browser pacs viewer demo test test-all test-adversarial check lint docs bench clean
 
-setup: $(STAMP)
+# The 3D viewer (NiiVue, npm package pinned in viewer/package-lock.json) is copied into the package, so the
+# service and the reports serve it themselves (no CDN at run time).
+VIEWER_JS := src/medlens/report/static/niivue.umd.js
+
+setup: $(STAMP) viewer
 
 # torch first, with pip and the exact pin (uv/poetry would not see the local CPU build), then the lock,
 # then medlens itself without dependencies (the lock has them all) and without build isolation (the
@@ -88,16 +92,29 @@ demo: setup
 	@echo "      the deployable bundle in $(DEMO_DIR)/model.bundle: serve it with"
 	@echo "      $(VENV)/bin/medlens serve $(DEMO_DIR)/model.bundle   (then open http://127.0.0.1:8000/)"
 
+viewer: $(VIEWER_JS)
+
+$(VIEWER_JS): viewer/package.json viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $(VIEWER_JS))
+	cp viewer/node_modules/@niivue/niivue/dist/niivue.umd.js $(VIEWER_JS)
+
+# A real PACS for the DICOM network tests: Orthanc with its DICOMweb plugin (Debian packages; the tests start
+# their own instance on free localhost ports, never the system service).
+pacs:
+	@command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)
+
 # The report's browser test drives the system chromium (Debian package; the machine runs as root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 # What CI runs (.ci/run): lint, the import contracts, the documentation build, then every test but the slow
 # ones (real-data tests included; they skip when ../shared/datasets is absent).
-test: setup browser lint docs
+test: setup browser pacs lint docs
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: setup browser
+test-all: setup browser pacs
 	$(PY) -m pytest -q
 
 # The whole adversarial corpus (458 hostile files) against the CLI and a real service; make test runs
