@@ -349,6 +349,26 @@ def _check_spacing(positions: list[float], ordered: list[SliceHeader], folder: P
                              f"is {step:.3f} mm; resample the series or export it as one volume (NIfTI)")
 
 
+def series_paths(folder: Path, series_uid: str | None = None) -> list[Path]:
+    """The files of one series in the order :func:`read_dicom_series` stacks them: entry ``k`` is slice
+    ``k`` of the image's last axis. What SEG / RTSTRUCT / SR writers reference, and readers map onto.
+
+    Raises:
+        DicomError: as :func:`read_dicom_series` (no series, several and none named, gaps, uneven spacing).
+    """
+    series, _ = scan_folder(Path(folder))
+    ordered, _ = sort_slices(select_series(series, Path(folder), series_uid), Path(folder))
+    return [h.path for h in ordered]
+
+
+def series_datasets(folder: Path, series_uid: str | None = None, *, pixels: bool = False) -> list:
+    """The pydicom datasets of one series, in :func:`series_paths` order (headers only unless ``pixels``)."""
+    import pydicom
+
+    with quiet_pydicom():
+        return [pydicom.dcmread(p, stop_before_pixels=not pixels) for p in series_paths(folder, series_uid)]
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     """Read one DICOM series from a folder into a 3D image (a 1-slice series gives 2D).
 
