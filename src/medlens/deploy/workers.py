@@ -184,6 +184,10 @@ def _answer(predictor, job: dict, memory_mb: float) -> tuple:
     from medlens.errors import BudgetError
 
     try:
+        if "dicom" in job:  # the PACS listener: predict a series and write its DICOM results (medlens.deploy.pacs)
+            from medlens.deploy.pacs.results import answer_dicom_job
+
+            return "ok", answer_dicom_job(predictor, job)
         source = job["views"] if "views" in job else job["path"]  # a case of several views: {view: staged path}
         extra = {"clinical": job["clinical"]} if job.get("clinical") is not None else {}
         result = predictor.predict(source, heatmap=job["options"].get("heatmap", False), **extra)
@@ -331,6 +335,7 @@ class WorkerPool:
         self._closing = False
         self.replaced = 0  # workers killed for a limit or lost, and replaced
         self.ready = 0  # workers loaded and alive (idle or predicting)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the event loop the pool started on
         # a request waits for a free worker at most this long: a few requests' time limits, or a worker's start
         self.queue_timeout_s = max(4 * spec.timeout_s, 120.0)
 
@@ -344,6 +349,7 @@ class WorkerPool:
 
         if self._started is None:
             self._started = asyncio.Lock()
+            self.loop = asyncio.get_running_loop()  # the PACS listener's threads hand their jobs to this loop
         async with self._started:
             if self._free is not None:
                 return

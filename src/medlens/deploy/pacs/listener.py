@@ -1,0 +1,327 @@
+"""The DICOM listener of ``medlens serve BUNDLE --dicom AE_TITLE@PORT``: a C-STORE SCP (pynetdicom).
+
+>>> listener = PacsListener(predictor, pool, ListenerConfig("MEDLENS", 11112, allow=("SCANNER",),
+...                                                         destination=Destination.parse("PACS@pacs:104")))
+>>> listener.start(); ...; listener.stop()
+
+Only the calling AE titles in ``allow`` may associate (others are rejected at association, and the log says
+so). Each received instance is written into a spool folder of its series. A series is complete
+``settle_s`` seconds after its last instance, or ``RELEASE_GRACE_S`` after the association that sent it is
+released (a sender that opens one association per instance then still makes one series). A completed series
+the model's rules take is predicted in one of the service's worker processes (its time, memory and voxel
+limits: a hostile series costs a worker, never the listener), its DICOM results are sent to the destination,
+and its spool folder is removed. A series that matches no rule is logged with the reason and dropped; nothing
+is sent. A series whose prediction or sending fails stays under ``spool/failed/`` and the log says why.
+Log lines name a series by number, modality and slice count: never a patient, a UID or a description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medlens.deploy.pacs.send import Destination
+
+LOG = logging.getLogger("medlens.pacs")
+RELEASE_GRACE_S = 0.5  # after an association's release, how long its series wait for a next association
+CHECK_INTERVAL_S = 0.1
+ANY_AE = "*"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """How the listener is reached, whom it accepts, and where results go.
+
+    Attributes:
+        ae_title: this node's AE title (what senders call).
+        port: TCP port; ``host`` the address bound.
+        allow: calling AE titles accepted; ``("*",)`` accepts any.
+        destination: where results are sent.
+        kinds: DICOM result kinds sent for each series (``seg``, ``rtstruct``, ``sr``, ``capture``).
+        spool: where received instances wait (a temporary folder when ``None``).
+        settle_s: a series is complete this long after its last instance.
+    """
+
+    ae_title: str
+    port: int
+    allow: tuple[str, ...]
+    destination: Destination
+    kinds: tuple[str, ...]
+    host: str = "127.0.0.1"
+    spool: Path | None = None
+    settle_s: float = 5.0
+
+
+@dataclass
+class _Series:
+    folder: Path
+    last_s: float
+    count: int = 0
+    open_associations: set = field(default_factory=set)
+    released_s: float | None = None
+
+
+class SeriesSpool:
+    """Received instances by series, and which series are complete (thread-safe)."""
+
+    def __init__(self, root: Path, settle_s: float):
+        self.root, self.settle_s = Path(root), settle_s
+        self._lock = threading.Lock()
+        self._open: dict[str, _Series] = {}
+        self._made = 0
+
+    def folder_for(self, series_uid: str, association: int) -> Path:
+        """The spool folder of an arriving instance's series (a new one after that series was completed)."""
+        with self._lock:
+            series = self._open.get(series_uid)
+            if series is None:
+                self._made += 1
+                key = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
+                series = self._open[series_uid] = _Series(self.root / f"{self._made:05d}-{key}", time.monotonic())
+                series.folder.mkdir(parents=True)
+            series.last_s, series.count = time.monotonic(), series.count + 1
+            series.open_associations.add(association)
+            series.released_s = None
+            return series.folder
+
+    def released(self, association: int) -> None:
+        with self._lock:
+            for series in self._open.values():
+                series.open_associations.discard(association)
+                if not series.open_associations:
+                    series.released_s = time.monotonic()
+
+    def complete(self) -> list[Path]:
+        """The folders of series now complete (each returned once)."""
+        now, done = time.monotonic(), []
+        with self._lock:
+            for uid, series in list(self._open.items()):
+                settled = now - series.last_s >= self.settle_s
+                released = series.released_s is not None and now - series.released_s >= RELEASE_GRACE_S
+                if settled or released:
+                    done.append(self._open.pop(uid).folder)
+        return done
+
+
+class PacsListener:
+    """A Storage SCP predicting each completed series on a :class:`~medlens.deploy.workers.WorkerPool`.
+
+    Args:
+        predictor: the model (its rules; the pool's workers load the same model and predict).
+        pool: a :class:`~medlens.deploy.workers.WorkerPool`; with ``shared_pool`` the HTTP service starts it (the
+            listener waits for that), else the listener starts it on an event loop of its own at the first series.
+        config: see :class:`ListenerConfig`.
+    """
+
+    def __init__(self, predictor, pool, config: ListenerConfig, *, shared_pool: bool = False):
+        from medlens.deploy.pacs.rules import SeriesRules
+
+        self.predictor, self.pool, self.config, self.shared_pool = predictor, pool, config, shared_pool
+        self.rules = SeriesRules.of(predictor)
+        self._temp = None
+        self._server = None
+        self._stop = threading.Event()
+        self._executor = ThreadPoolExecutor(max(2, pool.spec.workers), thread_name_prefix="medlens-pacs")
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self.spool: SeriesSpool | None = None
+        self.delivered = 0  # series whose results were sent
+        self.refused = 0  # series no rule took, or whose prediction or sending failed
+
+    def start(self) -> None:
+        """Listen (returns at once; the server and the completion check run in threads)."""
+        import tempfile
+
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every object received
+        root = self.config.spool
+        if root is None:
+            self._temp = tempfile.TemporaryDirectory(prefix="medlens-spool-")
+            root = Path(self._temp.name)
+        self.spool = SeriesSpool(Path(root), self.config.settle_s)
+        ae = AE(ae_title=self.config.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.require_calling_aet = [] if ANY_AE in self.config.allow else list(self.config.allow)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_RELEASED, self._on_end),
+                    (evt.EVT_ABORTED, self._on_end), (evt.EVT_REJECTED, self._on_rejected)]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        threading.Thread(target=self._watch, name="medlens-pacs-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening, finish the series being predicted, stop this listener's own event loop (if any)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        self._executor.shutdown(wait=True)
+        if self._own_loop is not None:
+            self._own_loop.call_soon_threadsafe(self._own_loop.stop)
+        if self._temp is not None:
+            self._temp.cleanup()
+
+    # ---- receiving --------------------------------------------------------------------------------------------
+    def _on_store(self, event) -> int:
+        """Write one instance into its series' spool folder; 0x0000, or a failure status (never raises)."""
+        from medlens._files import write_bytes_atomic
+
+        try:
+            ds = event.dataset
+            series_uid, sop_uid = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
+            if not series_uid or not sop_uid:
+                LOG.warning("an instance without SeriesInstanceUID or SOPInstanceUID was refused")
+                return 0xC000
+            folder = self.spool.folder_for(series_uid, id(event.assoc))
+            name = hashlib.sha256(sop_uid.encode()).hexdigest()[:20] + ".dcm"
+            write_bytes_atomic(folder / name, event.encoded_dataset(include_meta=True))
+            return 0x0000
+        except Exception as exc:  # noqa: BLE001 - a bad instance is refused; the listener keeps listening
+            LOG.error("an instance could not be stored in the spool (%s)", type(exc).__name__)
+            return 0xA700
+
+    def _on_end(self, event) -> None:
+        self.spool.released(id(event.assoc))
+
+    def _on_rejected(self, event) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        LOG.warning("association from AE title %r refused: not in --dicom-allow (%s)", calling,
+                    ", ".join(self.config.allow))
+
+    # ---- completed series -------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.wait(CHECK_INTERVAL_S):
+            for folder in self.spool.complete():
+                self._executor.submit(self._process, folder)
+
+    def _process(self, folder: Path) -> None:
+        """Check the rules, predict in a worker, send, clean up (in an executor thread; never raises)."""
+        from medlens.deploy.pacs.rules import summarise
+
+        try:
+            summary = summarise(folder)
+            reason = self.rules.refusal(summary)
+            if reason:
+                self.refused += 1
+                LOG.info("not predicted: %s; nothing sent", reason)
+                shutil.rmtree(folder, ignore_errors=True)
+                return
+            self._predict_and_send(folder, summary)
+        except Exception as exc:  # noqa: BLE001 - one series failing must not stop the listener
+            self.refused += 1
+            LOG.error("a received series failed unexpectedly (%s); kept under %s", type(exc).__name__,
+                      self._keep(folder))
+
+    def _predict_and_send(self, folder: Path, summary) -> None:
+        from medlens.deploy.pacs.send import SendError, send_files
+        from medlens.deploy.service import scrub_paths
+        from medlens.deploy.workers import WorkerRefusal
+
+        started, out = time.monotonic(), folder.with_name(folder.name + ".results")
+        job = {"path": str(folder), "folder": str(folder), "options": {},
+               "dicom": {"out": str(out), "kinds": list(self.config.kinds)}}
+        try:
+            files = [Path(p) for p in self._run(job)["files"]]
+            send_files(files, self.config.destination)
+        except (WorkerRefusal, SendError) as exc:
+            self.refused += 1
+            message = scrub_paths(str(exc)).replace(str(folder), "the series")
+            LOG.warning("%s: %s; nothing sent, kept under %s", summary.describe(), message, self._keep(folder, out))
+            return
+        self.delivered += 1
+        LOG.info("%s: %d result object(s) sent to %s in %.1f s", summary.describe(), len(files),
+                 self.config.destination.describe(), time.monotonic() - started)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+    def _run(self, job: dict) -> dict:
+        """``pool.predict(job)`` on the pool's event loop, from this thread."""
+        loop = self._pool_loop()
+        return asyncio.run_coroutine_threadsafe(self.pool.predict(job), loop).result()
+
+    def _pool_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the service started the pool on; without a service, one of this listener's own."""
+        from medlens.deploy.workers import START_TIMEOUT_S
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.shared_pool and self.pool.loop is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the service has not started its workers yet
+        with _LOOP_LOCK:
+            if self.pool.loop is None:
+                self._own_loop = start_loop_thread()
+                asyncio.run_coroutine_threadsafe(self.pool.start(), self._own_loop).result()
+        return self.pool.loop
+
+    def _keep(self, folder: Path, *more: Path) -> str:
+        failed = self.spool.root / "failed"
+        failed.mkdir(exist_ok=True)
+        for path in (folder, *more):
+            if path.exists():
+                shutil.move(str(path), str(failed / path.name))
+        return str(failed)
+
+
+_LOOP_LOCK = threading.Lock()
+
+
+def start_loop_thread() -> asyncio.AbstractEventLoop:
+    """An event loop running in a daemon thread (for a pool used without the HTTP service)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="medlens-pacs-loop", daemon=True).start()
+    return loop
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``--dicom AE_TITLE@PORT`` as ``(ae_title, port)``.
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    from medlens.errors import ConfigError
+
+    ae, sep, port = text.strip().rpartition("@")
+    if not sep or not 1 <= len(ae) <= 16 or "\\" in ae or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--dicom {text!r}: expected AE_TITLE@PORT, an AE title of 1-16 characters and a port "
+                          "1..65535, e.g. --dicom MEDLENS@11112")
+    return ae, int(port)
+
+
+def parse_allow(text: str | None) -> tuple[str, ...]:
+    """``--dicom-allow AE[,AE]`` (or ``*``: any AE title) as a tuple.
+
+    Raises:
+        ConfigError: missing (the listener never accepts anyone by default), or an AE title longer than 16.
+    """
+    from medlens.errors import ConfigError
+
+    if not text or not text.strip():
+        raise ConfigError("--dicom needs --dicom-allow AE[,AE]: the calling AE titles of the scanners / PACS that "
+                          "may send (or --dicom-allow '*' to accept any AE title on a trusted network)")
+    titles = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in titles if len(t) > 16]
+    if bad:
+        raise ConfigError(f"--dicom-allow: {', '.join(bad)} is longer than an AE title's 16 characters")
+    return titles
+
+
+def parse_kinds(text: str | None, task: str) -> tuple[str, ...]:
+    """``--dicom-outputs seg,sr`` as a tuple (the task's default when ``None``).
+
+    Raises:
+        ConfigError: a kind medlens does not write.
+    """
+    from medlens.deploy.pacs.results import default_outputs
+    from medlens.errors import ConfigError
+
+    if text is None:
+        return default_outputs(task)
+    kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
+    known = ("seg", "rtstruct", "sr", "capture")
+    unknown = [k for k in kinds if k not in known]
+    if unknown or not kinds:
+        raise ConfigError(f"--dicom-outputs {text!r}: expected a comma list of {', '.join(known)}, e.g. seg,sr")
+    return kinds
