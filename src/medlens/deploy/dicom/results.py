@@ -1,0 +1,132 @@
+"""``write_results``: a prediction on a DICOM series written back as DICOM objects in the series' study.
+
+Kinds: ``seg`` (DICOM SEG), ``rtstruct`` (RT Structure Set), ``sr`` (Comprehensive 3D SR, TID 1500) and
+``capture`` (the heat-map overlay as a Secondary Capture). Every object is built before any is written, each
+is written atomically, and each gets new Series / SOP Instance UIDs; patient and study are copied from the
+source series (what links a result to its study), nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medlens.errors import ConfigError
+
+DICOM_KINDS = ("seg", "rtstruct", "sr", "capture")
+#: what each task's answer can be written as
+TASK_KINDS = {"segmentation": ("seg", "rtstruct", "sr"), "classification": ("sr", "capture"),
+              "detection": ("sr",), "anomaly": ("capture",)}
+FILE_NAMES = {"seg": "seg.dcm", "rtstruct": "rtstruct.dcm", "sr": "sr.dcm", "capture": "capture.dcm"}
+
+
+def parse_kinds(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"seg,sr"`` (or a sequence of kinds) as ``("seg", "sr")``, in :data:`DICOM_KINDS` order, each once.
+
+    Raises:
+        ConfigError: an unknown kind, or none.
+    """
+    given = [k.strip().lower() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    unknown = [k for k in given if k not in DICOM_KINDS]
+    if unknown or not given:
+        raise ConfigError(f"DICOM result kind {', '.join(map(repr, unknown)) or '(none)'}: choose from "
+                          f"{', '.join(DICOM_KINDS)}, comma-separated (e.g. --dicom seg,sr)")
+    return tuple(k for k in DICOM_KINDS if k in given)
+
+
+def check_kinds(predictor, kinds: Sequence[str]) -> None:
+    """Refuse a kind this model's task cannot give, before anything is predicted.
+
+    Raises:
+        ConfigError: naming the kinds the task gives.
+    """
+    task = predictor.task.name
+    possible = TASK_KINDS.get(task, ())
+    refused = [k for k in kinds if k not in possible]
+    if refused:
+        reason = {"seg": "it predicts no mask", "rtstruct": "it predicts no mask", "sr": "it has no measurements",
+                  "capture": "it draws no heat map"}
+        raise ConfigError(f"--dicom {','.join(refused)}: a {task} model cannot give "
+                          + "; ".join(f"{k} ({reason[k]})" for k in refused)
+                          + (f"; it gives {','.join(possible)}: use --dicom {','.join(possible)}" if possible
+                             else "; it writes no DICOM results"))
+
+
+def write_results(predictor, series_folder: Path, result: dict, out_dir: Path, kinds: Sequence[str], *,
+                  series_uid: str | None = None) -> list[Path]:
+    """Write the DICOM objects of ``result`` (``predictor.predict(series_folder, heatmap="capture" in kinds)``)
+    into ``out_dir``: ``seg.dcm``, ``rtstruct.dcm``, ``sr.dcm``, ``capture.dcm`` as asked.
+
+    Args:
+        series_folder: the DICOM series the prediction was made on.
+        kinds: a subset of :data:`DICOM_KINDS`.
+        series_uid: the series, when the folder holds several (as ``read_image``'s ``series_uid``).
+
+    Returns:
+        The written paths, in :data:`DICOM_KINDS` order.
+
+    Raises:
+        ConfigError: a kind the task cannot give, or a result without what a kind needs (no heat map).
+        DicomError: the series cannot be read again. MedlensError: the mask is not on the series' grid.
+    """
+    from medlens.deploy.dicom._common import save_dataset
+    from medlens.io.dicom import series_datasets
+
+    kinds = parse_kinds(kinds)
+    check_kinds(predictor, kinds)
+    mask = result.get("mask")
+    uid = series_uid or (mask.meta.get("series_uid") if mask is not None else None)
+    source = series_datasets(Path(series_folder), uid)
+    built = _build(predictor, result, source, kinds, where=str(series_folder))
+    written = []
+    for kind, dataset in built.items():
+        target = Path(out_dir) / FILE_NAMES[kind]
+        written.append(dataset(target) if callable(dataset) else save_dataset(dataset, target))
+    return written
+
+
+def _build(predictor, result: dict, source: list, kinds: tuple[str, ...], *, where: str) -> dict:
+    """``{kind: dataset}`` (``rtstruct``: a writer of its file), all built before anything is written."""
+    from medlens.deploy.dicom.capture import build_capture
+    from medlens.deploy.dicom.seg import build_segmentation
+    from medlens.deploy.dicom.sr import build_report
+
+    version, built = result.get("model_version"), {}
+    classes = _classes(predictor) if "mask" in result else None
+    if {"seg", "rtstruct"} & set(kinds) and "mask" not in result:
+        raise ConfigError(f"{where}: the prediction holds no mask for seg / rtstruct")
+    if "seg" in kinds:
+        built["seg"] = build_segmentation(result["mask"], classes, source, model_version=version, where=where)
+    if "rtstruct" in kinds:
+        built["rtstruct"] = _rtstruct_writer(result["mask"], classes, source)
+    if "sr" in kinds:
+        built["sr"] = build_report(result, source, classes=classes, segmentation=built.get("seg"))
+    if "capture" in kinds:
+        if not result.get("heatmap_png"):
+            raise ConfigError(f"{where}: capture needs the heat map: predict with heatmap=True")
+        built["capture"] = build_capture(result["heatmap_png"], source, model_version=version)
+    return built
+
+
+def _classes(predictor) -> dict[int, str]:
+    from medlens.tasks.segmentation.infer import class_labels
+
+    return class_labels(predictor.config)
+
+
+def _rtstruct_writer(mask, classes: dict[int, str], source: list):
+    """``out -> path``: the RT Structure Set of ``mask`` (one ROI per class, values relabelled 1..K in class
+    order), written by :func:`medlens.io.rtstruct.write_rtstruct`."""
+    try:
+        from medlens.io.rtstruct import write_rtstruct
+    except ImportError:
+        raise ConfigError("rtstruct: this medlens has no RTSTRUCT writer (medlens.io.rtstruct); write seg instead "
+                          "(--dicom seg), or update medlens") from None
+    import numpy as np
+
+    array = np.asarray(mask.array)
+    numbered = np.zeros(array.shape, dtype=np.int16)
+    for number, value in enumerate(classes, start=1):
+        numbered[array == value] = number
+    relabelled = mask.with_array(numbered)
+    return lambda out: write_rtstruct(relabelled, list(classes.values()), source, out)
