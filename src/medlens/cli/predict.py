@@ -21,6 +21,8 @@ ARGUMENTS = [
                                        "only); segmentation: the folder for the masks (default: predictions/)"}),
     (["--tta"], {"action": "store_true", "default": None, "help": "test-time augmentation (flips / mirroring)"}),
     (["--probabilities"], {"action": "store_true", "help": "segmentation: also write class probability maps"}),
+    (["--dicom"], {"metavar": "KINDS", "help": "for DICOM series inputs, also write DICOM results into "
+                                               "<out>/<series>_dicom/: a comma list of seg, rtstruct, sr, capture"}),
     (["--backend"], {"default": "torch", "choices": ["torch", "torchscript", "onnx"],
                      "help": "classification with a bundle: run its TorchScript or ONNX export (default: torch)"}),
 ]
@@ -36,6 +38,11 @@ def run(args) -> int:
         raise ConfigError("nothing to predict: give image files / folders / a CSV of cases, or --input NAME=FILE")
     predictor = Predictor.from_path(args.run, backend=args.backend)
     inputs = case_sources(predictor, list(args.inputs), views, clinical)
+    if args.dicom:
+        from medlens.deploy.dicom.alongside import DicomAlongside
+
+        base = args.out if args.out and not args.out.suffix else args.out.parent if args.out else Path("predictions")
+        predictor = DicomAlongside(predictor, args.dicom, base, print)
     failed = predictor.task.write_outputs(predictor, inputs, args.out, tta=args.tta,
                                           probabilities=args.probabilities, log=print)
     return 1 if failed else 0

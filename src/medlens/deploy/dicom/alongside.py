@@ -1,0 +1,59 @@
+"""DICOM results written alongside ``medlens predict``'s usual outputs, from the same prediction.
+
+The task's ``write_outputs`` predicts each input once through a :class:`Predictor`; handing it a
+:class:`DicomAlongside` instead writes, for each DICOM series folder it predicts, the DICOM objects of that
+same result (no second prediction) into ``<base>/<series folder name>_dicom/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medlens.deploy.dicom.results import check_kinds, parse_kinds, write_results
+
+
+class DicomAlongside:
+    """A predictor that also writes DICOM results for DICOM series inputs; otherwise the predictor it wraps.
+
+    Args:
+        predictor: the :class:`~medlens.deploy.Predictor`.
+        kinds: DICOM result kinds (``"seg,sr"`` or a sequence), checked against the task at once.
+        base: the folder that gets one ``<name>_dicom/`` folder per series.
+        log: prints one line per object written, and what was skipped.
+
+    Attributes:
+        written: every path written so far.
+
+    Raises:
+        ConfigError: an unknown kind, or one the task cannot give.
+    """
+
+    def __init__(self, predictor, kinds: str | Sequence[str], base: Path, log: Callable[[str], None]):
+        self._predictor, self.kinds, self.base, self.log = predictor, parse_kinds(kinds), Path(base), log
+        check_kinds(predictor, self.kinds)
+        self.written: list[Path] = []
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def predict(self, source, **options) -> dict:
+        """``Predictor.predict``; for a DICOM series folder the heat map too when a capture is asked for, and
+        the DICOM results written from the answer."""
+        series = isinstance(source, (str, Path)) and Path(source).is_dir()
+        if series and "capture" in self.kinds:
+            options["heatmap"] = True
+        result = self._predictor.predict(source, **options)
+        if not series:
+            self.log(f"{_name(source)}: not a DICOM series folder, no DICOM results (--dicom writes them for "
+                     "DICOM series folders; give the folder that holds the slices)")
+            return result
+        out_dir = self.base / f"{Path(source).name}_dicom"
+        for kind, path in zip(self.kinds, write_results(self._predictor, Path(source), result, out_dir, self.kinds)):
+            self.log(f"{source} -> {path}  (DICOM {kind})")
+            self.written.append(path)
+        return result
+
+
+def _name(source) -> str:
+    return str(source) if isinstance(source, (str, Path)) else "case"
