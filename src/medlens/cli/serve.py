@@ -30,6 +30,15 @@ ARGUMENTS = [
     (["--header-timeout-s"], {"type": float, "default": 10.0,
                               "help": "a connection that has not sent its request headers within this time (or "
                                       "pauses a body upload this long x3) is closed (default 10)"}),
+    (["--dicom"], {"metavar": "AE_TITLE@PORT", "help": "also listen for DICOM C-STORE as this AE title on this port "
+                                                       "(needs --dicom-allow and --dicom-destination)"}),
+    (["--dicom-allow"], {"metavar": "AE[,AE]", "help": "calling AE titles allowed to send ('*': any, with a warning)"}),
+    (["--dicom-destination"], {"metavar": "AE@HOST:PORT|URL",
+                               "help": "where results go: a DICOM node (C-STORE) or a DICOMweb root (STOW-RS)"}),
+    (["--dicom-outputs"], {"metavar": "KINDS", "help": "DICOM results per series: seg,rtstruct,sr,capture "
+                                                       "(default: seg,sr for segmentation, sr otherwise)"}),
+    (["--dicom-settle-s"], {"type": float, "default": 5.0,
+                            "help": "a received series is complete this long after its last instance (default 5)"}),
 ]
 
 
@@ -50,16 +59,49 @@ def run(args) -> int:
     predictor = Predictor.from_path(args.model, backend=args.backend)  # the card, the task's options
     spec = WorkerSpec(Path(args.model), workers=args.workers or default_workers(), backend=args.backend,
                       budget=budget, timeout_s=args.request_timeout_s, memory_mb=args.worker_memory_mb)
+    pool = WorkerPool(spec)
     app = create_app(predictor, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     limits=UploadLimits(max_voxels=budget.max_voxels), workers=WorkerPool(spec))
+                     limits=UploadLimits(max_voxels=budget.max_voxels), workers=pool)
+    listener = pacs_listener(args, predictor, pool) if args.dicom else None  # beside uvicorn, on the same workers
     log_scrubbed()
     print(f"medlens serve: {predictor.task.name} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
           f" ({spec.workers} worker(s), {spec.timeout_s:g} s and {spec.memory_mb:.0f} MiB per request)"
           + ("  (bearer token required)" if token else ""), flush=True)
     config = server_config(app, host=args.host, port=args.port, max_connections=args.max_connections,
                            head_timeout_s=args.header_timeout_s, body_timeout_s=3 * args.header_timeout_s)
-    uvicorn.Server(config).run()
+    if listener is not None:
+        listener.start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if listener is not None:
+            listener.stop()
     return 0
+
+
+def pacs_listener(args, predictor, pool):
+    """The DICOM listener of ``--dicom`` on the service's worker pool (see ``medlens.deploy.pacs.listener``)."""
+    from medlens.deploy.pacs.listener import ListenerConfig, PacsListener, parse_allow, parse_kinds, parse_listen
+    from medlens.deploy.pacs.send import Destination
+    from medlens.errors import ConfigError
+
+    ae_title, port = parse_listen(args.dicom)
+    allow = parse_allow(args.dicom_allow)
+    if not args.dicom_destination:
+        raise ConfigError("--dicom needs --dicom-destination AE@HOST:PORT (a DICOM node) or http(s)://HOST/dicom-web "
+                          "(a DICOMweb server): where the results of each series are sent")
+    if args.dicom_settle_s <= 0:
+        raise ConfigError(f"--dicom-settle-s {args.dicom_settle_s}: must be a positive number of seconds")
+    kinds = parse_kinds(args.dicom_outputs, predictor.task.name)
+    config = ListenerConfig(ae_title, port, allow, Destination.parse(args.dicom_destination), kinds, host=args.host,
+                            settle_s=args.dicom_settle_s)
+    listener = PacsListener(predictor, pool, config, shared_pool=True)
+    print(f"medlens serve: DICOM C-STORE as {ae_title} on {args.host}:{port}, results to "
+          f"{config.destination.describe()} ({','.join(config.kinds)}); takes {listener.rules.describe()}", flush=True)
+    if "*" in allow:
+        print("medlens serve: WARNING: --dicom-allow '*' accepts any calling AE title; anyone who can reach the "
+              "port can send images and have results sent on; list the senders' AE titles instead", flush=True)
+    return listener
 
 
 def check_limits(args) -> None:
