@@ -11,8 +11,10 @@ from pathlib import Path
 
 ARGUMENTS = [
     (["run"], {"type": Path, "help": "a run folder from `medlens train`, or a bundle from `medlens export`"}),
-    (["inputs"], {"type": Path, "nargs": "*", "help": "image files, DICOM series folders, folders of images, or a CSV "
-                                                      "of cases (image:NAME / image and clinical columns)"}),
+    (["inputs"], {"type": lambda text: text if text.lower().startswith(("dicomweb:", "dicomwebs:")) else Path(text),
+                  "nargs": "*", "help": "image files, DICOM series folders, folders of images, a CSV of cases "
+                                        "(image:NAME / image and clinical columns), or a study on a DICOMweb server: "
+                                        "dicomweb://HOST[:PORT]/PATH/studies/UID"}),
     (["--input"], {"action": "append", "default": [], "metavar": "NAME=FILE",
                    "help": "one view of one case (repeat for each view), for a model of several views"}),
     (["--clinical"], {"metavar": "JSON_OR_FILE",
@@ -23,6 +25,8 @@ ARGUMENTS = [
     (["--probabilities"], {"action": "store_true", "help": "segmentation: also write class probability maps"}),
     (["--dicom"], {"metavar": "KINDS", "help": "for DICOM series inputs, also write DICOM results into "
                                                "<out>/<series>_dicom/: a comma list of seg, rtstruct, sr, capture"}),
+    (["--push"], {"action": "store_true", "help": "dicomweb:// inputs: store the DICOM results (--dicom, default "
+                                                  "seg,sr / sr) back in their study over STOW-RS"}),
     (["--backend"], {"default": "torch", "choices": ["torch", "torchscript", "onnx"],
                      "help": "classification with a bundle: run its TorchScript or ONNX export (default: torch)"}),
 ]
@@ -37,14 +41,20 @@ def run(args) -> int:
 
         raise ConfigError("nothing to predict: give image files / folders / a CSV of cases, or --input NAME=FILE")
     predictor = Predictor.from_path(args.run, backend=args.backend)
-    inputs = case_sources(predictor, list(args.inputs), views, clinical)
-    if args.dicom:
-        from medlens.deploy.dicom.alongside import DicomAlongside
+    from medlens.deploy.pacs.dicomweb import dicomweb_inputs
 
-        base = args.out if args.out and not args.out.suffix else args.out.parent if args.out else Path("predictions")
-        predictor = DicomAlongside(predictor, args.dicom, base, print)
-    failed = predictor.task.write_outputs(predictor, inputs, args.out, tta=args.tta,
-                                          probabilities=args.probabilities, log=print)
+    with dicomweb_inputs(predictor, args.inputs, kinds=args.dicom, push=args.push, log=print) as pulled:
+        inputs = case_sources(predictor, pulled.inputs, views, clinical)
+        if pulled.kinds:
+            from medlens.deploy.dicom.alongside import DicomAlongside
+
+            base = (args.out if args.out and not args.out.suffix else args.out.parent if args.out
+                    else Path("predictions"))
+            predictor = DicomAlongside(predictor, pulled.kinds, base, print)
+        failed = predictor.task.write_outputs(predictor, inputs, args.out, tta=args.tta,
+                                              probabilities=args.probabilities, log=print)
+        if args.push:
+            failed = pulled.push(predictor.written, failed) or failed
     return 1 if failed else 0
 
 

@@ -8,14 +8,14 @@ predicted. ``dicomweb://`` is plain HTTP, ``dicomwebs://`` HTTPS (``http(s)://``
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medlens.deploy.pacs.send import SendError, http_url
-from medlens.errors import MedlensError
 
 SCHEMES = ("dicomweb://", "dicomwebs://")
 _ADDRESS = re.compile(r"^(?P<base>https?://[^/\s]+(?:/[^\s]*?)?)/studies/(?P<study>[0-9.]+)"
@@ -56,8 +56,8 @@ class StudyAddress:
         return cls(match["base"], match["study"], match["series"])
 
 
-def pull_study(address: StudyAddress, folder: Path, *, timeout_s: float = 60.0) -> list[Path]:
-    """Write the study's instances into ``folder/series_K/`` (K: 1, 2... in the server's series order).
+def pull_study(address: StudyAddress, folder: Path, *, prefix: str = "", timeout_s: float = 60.0) -> list[Path]:
+    """Write the study's instances into ``folder/{prefix}series_K/`` (K: 1, 2... in the server's series order).
 
     Returns:
         The series folders.
@@ -69,7 +69,7 @@ def pull_study(address: StudyAddress, folder: Path, *, timeout_s: float = 60.0) 
     uids = [address.series_uid] if address.series_uid else _series_of(client, address)
     folders = []
     for k, series_uid in enumerate(uids, start=1):
-        target = Path(folder) / f"series_{k}"
+        target = Path(folder) / f"{prefix}series_{k}"
         target.mkdir(parents=True)
         count = 0
         for count, ds in enumerate(_call(address, "retrieve a series of the study",
@@ -119,49 +119,96 @@ def _call(address: StudyAddress, what: str, request: Callable):
                             f"({type(exc).__name__}); is it running, and are host and port right?") from None
 
 
-def predict_dicomweb(predictor, text: str, out: Path, kinds: Sequence[str], *, push: bool,
-                     log: Callable[[str], None] = print) -> int:
-    """Pull the study at ``text``, predict each series the model takes, write the results under ``out``, and
-    with ``push`` store them back in the server's study.
+@dataclass
+class PulledInputs:
+    """``medlens predict``'s inputs once the ``dicomweb://`` ones are pulled.
 
-    Returns:
-        The number of series that failed (0: every series taken was predicted, and pushed when asked).
+    Attributes:
+        inputs: the inputs in their order, each ``dicomweb://`` address replaced by the folders of its series
+            that the model's rules take.
+        kinds: the DICOM result kinds to write (``--dicom``, or the task's default when pushing), or None.
+        bases: series folder -> the DICOMweb root it came from (where ``--push`` stores its results).
+    """
+
+    inputs: list
+    kinds: str | None
+    bases: dict[str, str]
+    log: Callable[[str], None] = print
+
+    def push(self, written: Sequence[Path], failed: int) -> int:
+        """Store ``written`` (the DICOM results) back into the studies they came from, all in one request per
+        server, and only when nothing ``failed``; 1 when nothing could be pushed, else 0.
+
+        Raises:
+            SendError: a server refused or could not be reached (after the retries).
+        """
+        from medlens.deploy.pacs.send import Destination, send_files
+
+        if failed:
+            self.log("nothing pushed: a series failed (above); fix it and rerun with --push")
+            return 1
+        by_base: dict[str, list[Path]] = {}
+        for path in written:
+            base = self.bases.get(Path(path).parent.name.removesuffix("_dicom"))
+            if base is not None:
+                by_base.setdefault(base, []).append(Path(path))
+        for base, paths in by_base.items():
+            send_files(paths, Destination(url=base))
+            self.log(f"pushed {len(paths)} DICOM object(s) into the study at {base}")
+        return 0
+
+
+@contextlib.contextmanager
+def dicomweb_inputs(predictor, inputs: Sequence, *, kinds: str | None, push: bool,
+                    log: Callable[[str], None] = print) -> Iterator[PulledInputs]:
+    """Pull every ``dicomweb://`` input into a temporary folder (removed on exit); see :class:`PulledInputs`.
 
     Raises:
-        DicomwebError / SendError: pulling or pushing failed (nothing pushed); ConfigError: a bad address.
+        ConfigError: ``push`` without a ``dicomweb://`` input, or a malformed address.
+        DicomwebError: a server could not be read, or a study holds no series the model takes.
+    """
+    from medlens.deploy.pacs.results import default_outputs
+    from medlens.errors import ConfigError
+
+    addresses = [StudyAddress.parse(str(i)) for i in inputs if is_dicomweb(i)]
+    if push and not addresses:
+        raise ConfigError("--push stores the results back where a dicomweb:// input came from; give one, e.g. "
+                          "dicomweb://127.0.0.1:8042/dicom-web/studies/STUDY_UID")
+    if not addresses:
+        yield PulledInputs(list(inputs), kinds, {}, log)
+        return
+    kinds = kinds or (",".join(default_outputs(predictor.task.name)) if push else None)
+    with tempfile.TemporaryDirectory(prefix="medlens-dicomweb-") as pulled:
+        local, bases = [], {}
+        for k, item in enumerate(inputs):
+            if not is_dicomweb(item):
+                local.append(item)
+                continue
+            address = StudyAddress.parse(str(item))
+            prefix = f"study{k + 1}_" if len(addresses) > 1 else ""
+            taken = _taken(predictor, pull_study(address, Path(pulled), prefix=prefix), address, log)
+            local += taken
+            bases.update({folder.name: address.base_url for folder in taken})
+        yield PulledInputs(local, kinds, bases, log)
+
+
+def _taken(predictor, folders: list[Path], address: StudyAddress, log: Callable[[str], None]) -> list[Path]:
+    """The series folders the model's rules take; the others logged with the reason.
+
+    Raises:
+        DicomwebError: none is taken.
     """
     from medlens.deploy.pacs.rules import SeriesRules, summarise
-    from medlens.deploy.pacs.send import Destination, send_files
 
-    address, rules = StudyAddress.parse(text), SeriesRules.of(predictor)
-    results, failed = [], 0
-    with tempfile.TemporaryDirectory(prefix="medlens-dicomweb-") as pulled:
-        for folder in pull_study(address, Path(pulled)):
-            summary = summarise(folder)
-            reason = rules.refusal(summary)
-            if reason:
-                log(f"not predicted: {reason}")
-                continue
-            try:
-                paths = _predict_one(predictor, folder, Path(out) / folder.name, kinds)
-            except MedlensError as exc:  # one series failing leaves the others
-                failed += 1
-                log(f"{summary.describe()}: failed: {exc}")
-                continue
-            log(f"{summary.describe()}: {len(paths)} DICOM result object(s) in {Path(out) / folder.name}")
-            results += paths
-    if not results and not failed:
-        log(f"no series of the study matched the model's rules ({rules.describe()}); nothing predicted")
-        return 1
-    if push and failed:
-        log("nothing pushed: a series failed (above); fix it and rerun with --push")
-    elif push:
-        send_files(results, Destination(url=address.base_url))
-        log(f"pushed {len(results)} DICOM object(s) into the study at {address.base_url}")
-    return failed
-
-
-def _predict_one(predictor, folder: Path, out: Path, kinds: Sequence[str]) -> list[Path]:
-    from medlens.deploy.pacs.results import predict_series
-
-    return predict_series(predictor, folder, out, kinds)
+    rules, taken, reasons = SeriesRules.of(predictor), [], []
+    for folder in folders:
+        reason = rules.refusal(summarise(folder))
+        if reason:
+            log(f"not predicted: {reason}")
+            reasons.append(reason)
+        else:
+            taken.append(folder)
+    if not taken:
+        raise DicomwebError(f"no series of the study at {address.base_url} matches the model ({rules.describe()}): "
+                            + "; ".join(reasons) + "; nothing predicted or pushed")
+    return taken
