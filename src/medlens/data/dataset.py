@@ -68,6 +68,7 @@ class Dataset:
     meta: dict = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     loader: Callable[[Case], Image] | None = field(default=None, repr=False)
+    mask_loader: Callable[[Case], Image] | None = field(default=None, repr=False)  # reads case.mask when set
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -85,6 +86,8 @@ class Dataset:
     def load_mask(self, case: Case) -> Image | None:
         if case.mask is None:
             return None
+        if self.mask_loader is not None:
+            return self.mask_loader(case)
         return read_image(case.mask)  # a mask of the wrong dimensionality is a geometry finding, not unreadable
 
     def load_boxes(self, case: Case, image: Image) -> tuple[np.ndarray, np.ndarray]:
