@@ -101,7 +101,7 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
 
 
 def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Dataset:
-    from medlens.data import box_sources, folders, segmentation
+    from medlens.data import box_sources, dicom_studies, folders, segmentation
 
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
@@ -112,6 +112,8 @@ def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Data
         return box_sources.open_voc(root, allow_outside_root=allow_outside_root)
     if segmentation.find_pair_dirs(root):
         return segmentation.open_pairs(root)
+    if dicom_studies.looks_like_dicom_studies(root):  # before flat pairs: a study may hold liver_seg.nrrd beside
+        return dicom_studies.open_dicom_studies(root)
     if segmentation.looks_like_flat_pairs(root):
         return segmentation.open_flat_pairs(root)
     if folders.looks_like_class_folders(root):

@@ -213,7 +213,10 @@ def read_dicom_labels(label_file: str | os.PathLike, series_folder: str | os.Pat
 
 
 def _grid_or_explain(path: Path, folder: Path, uid: str, modality: str) -> SeriesGrid:
-    from medlens.io.dicom import scan_folder
+    """The referenced series' grid; one scan of ``folder`` (what :func:`series_datasets` does, plus the why)."""
+    import pydicom
+
+    from medlens.io.dicom import scan_folder, sort_slices
 
     if not folder.is_dir():
         raise FileNotFoundError(f"no such series folder: {folder}")
@@ -222,7 +225,10 @@ def _grid_or_explain(path: Path, folder: Path, uid: str, modality: str) -> Serie
         raise DicomError(f"{path}: the {modality} annotates a series that is not in {folder} (the folder holds "
                          f"{len(series)} image series, none with the referenced SeriesInstanceUID); copy the "
                          "referenced series into the folder, or point medlens at the folder that holds it")
-    return SeriesGrid.of_series(folder, uid)
+    ordered, _ = sort_slices(series[uid], folder)
+    with quiet_pydicom():
+        datasets = [pydicom.dcmread(h.path, stop_before_pixels=True) for h in ordered]
+    return SeriesGrid.of_datasets(datasets, where=str(folder))
 
 
 def assign_values(file_names: Sequence[str], names: Sequence[str] | None, path: Path
