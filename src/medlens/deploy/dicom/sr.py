@@ -3,8 +3,9 @@
 - segmentation: one TID 1411 volumetric group per class, ``Volume`` (SCT 118565006) in ml = voxels x voxel
   volume (``Area`` in mm2 for a one-slice image), referencing its SEG segment when a SEG was written, else a
   TID 1501 group naming the structure;
-- classification: one TID 1501 group per class, ``Probability`` (DCM 122157, unit 1) and the qualitative
-  evaluation ``Finding`` (DCM 121071) = ``Present`` / ``Absent`` (SCT) for the decided class(es);
+- classification: one TID 1501 group per class (its finding type the class), ``Probability`` (DCM 122157, unit
+  1) and the qualitative evaluation ``Presence of property`` (DCM 121052) = ``Present`` (DCM 121053) for the
+  decided class(es), ``Absent`` (DCM 121054) for the others;
 - detection: one TID 1410 planar group per box, a POLYLINE ``ImageRegion`` around the box on its centre slice,
   with its score as ``Probability``.
 
@@ -116,7 +117,8 @@ def volume_groups(result: dict, source: Sequence, classes: Mapping[int, str], se
 
 
 def finding_groups(result: dict, algorithm) -> list:
-    """One group per class: its probability, and Finding = Present for the decided class(es), else Absent."""
+    """One group per class: its probability, and Presence of property = Present for the decided class(es), else
+    Absent."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -129,7 +131,8 @@ def finding_groups(result: dict, algorithm) -> list:
             measurements=[hd.sr.Measurement(name=hd.sr.CodedConcept(*PROBABILITY), value=float(probability),
                                             unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                name=codes.DCM.Finding, value=codes.SCT.Present if name in decided else codes.SCT.Absent)]))
+                name=codes.DCM.PresenceOfProperty,
+                value=codes.DCM.Present if name in decided else codes.DCM.Absent)]))
     return groups
 
 
