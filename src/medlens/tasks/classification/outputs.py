@@ -19,7 +19,8 @@ CASE_KEYS = ("missing", "inputs")  # a model of several inputs: what the predict
 
 def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) -> dict:
     """``task, label, probabilities {class: p}, confidence, ood_score, in_distribution, model_version,
-    explained_class, heatmap_png``.
+    explained_class, heatmap_png``, and with ``heatmap`` ``heatmap_map`` (the map on the image's grid ``(*S)`` in
+    [0, 1]: the 3D viewer's overlay).
 
     ``label`` is decided at the card's threshold (binary), by argmax (multi-class) or every label >= 0.5
     (multi-label); ``confidence`` is the probability of the decided class (the lowest of several labels).
@@ -36,26 +37,30 @@ def predict(predictor, image, *, heatmap: bool, tta: bool | None, where: str) ->
     names = list(config.dataset.class_names)
     chosen = [n for n in result.predicted.split(";") if n] or [names[result.target]]
     case = {"missing": image.missing, "inputs": image.used} if isinstance(image, CaseInputs) else {}
+    png, on_grid = _heatmap(predictor.model, image, result.array, result.target) if heatmap else (None, None)
     return {"task": config.dataset.task, "label": result.predicted,
             "probabilities": {n: round(float(p), 6) for n, p in zip(names, result.probs)},
             "confidence": round(float(min(result.probs[names.index(n)] for n in chosen)), 6), **ood,
             "model_version": predictor.card.get("model_version"),
             "explained_class": names[result.target] if heatmap else None, **case,
-            "heatmap_png": _heatmap(predictor.model, image, result.array, result.target) if heatmap else None}
+            "heatmap_png": png, "heatmap_map": on_grid}
 
 
-def _heatmap(model, image, array, target: int) -> bytes:
-    """The Grad-CAM overlay; for a case of several inputs, the classification path as it is, over its first view
-    (per-view maps are :mod:`medlens.explain`'s), refused with the reason when that path cannot map the network."""
+def _heatmap(model, image, array, target: int) -> tuple:
+    """The Grad-CAM overlay (PNG bytes) and the map on the image's grid; for a case of several inputs, the
+    classification path as it is, over its first view (per-view maps are :mod:`medlens.explain`'s), refused with
+    the reason when that path cannot map the network."""
     from medlens.explain import compute_cams, map_on_grid, overlay_png
 
     if not isinstance(image, CaseInputs):
         cam = compute_cams(model, array[None], class_indices=[target])[0]
-        return overlay_png(image, map_on_grid(image, cam))
+        on_grid = map_on_grid(image, cam)
+        return overlay_png(image, on_grid), on_grid
     try:
         cam = compute_cams(model, array[None], class_indices=[target])[0]
         first = image.first_image
-        return overlay_png(first, map_on_grid(first, cam))
+        on_grid = map_on_grid(first, cam)
+        return overlay_png(first, on_grid), on_grid
     except (MedlensError, RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise MedlensError(f"no heat map for this model of several inputs ({type(exc).__name__}: "
                            f"{str(exc)[:200]}); predict without heatmap, or use `medlens explain`") from None
