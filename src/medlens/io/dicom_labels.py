@@ -3,7 +3,8 @@
 ``read_dicom_labels(label_file, series_folder)`` gives a mask ``(1, X, Y, Z)`` int16 on the grid
 ``read_image(series_folder, series_uid=referenced)`` gives (``(1, X, Y)`` for a one-slice series), values
 ``1..K`` for the structures, 0 for background. Structures that overlap are resolved by order: a later
-structure (in ``names`` order, else the file's) wins the voxels it shares with an earlier one, and
+structure (in ``names`` order, else the file's) wins the voxels it shares with an earlier one (the higher
+value is painted last), and
 ``meta["read_warnings"]`` says how many voxels that took (code ``labels.overlap``).
 
 SEG objects are read by highdicom. Frames are placed by their source instance when every frame names a
@@ -254,10 +255,11 @@ def assign_values(file_names: Sequence[str], names: Sequence[str] | None, path: 
 
 def combine(masks: Sequence[tuple[int, np.ndarray]], shape: tuple[int, int, int], path: Path
             ) -> tuple[np.ndarray, list[dict]]:
-    """``(value, bool (X, Y, Z))`` pairs painted in order into one int16 label map; later ones win overlaps."""
+    """``(value, bool (X, Y, Z))`` pairs painted by increasing value into one int16 label map: where structures
+    overlap, the higher value (the later name) wins."""
     labels = np.zeros(shape, np.int16)
     overlap = 0
-    for value, hit in masks:
+    for value, hit in sorted(masks, key=lambda pair: pair[0]):
         if value:
             overlap += int(np.count_nonzero(hit & (labels > 0) & (labels != value)))
             labels[hit] = value
