@@ -20,7 +20,7 @@ import numpy as np
 from medlens.config import Config
 from medlens.data.prepared import open_config_dataset, split_cases
 from medlens.data.splits import read_splits
-from medlens.io import write_image
+from medlens.io import Image, write_image
 from medlens.runs import RunFolder, now
 from medlens.tasks.base import EvaluateOptions, Evaluation
 from medlens.tasks.segmentation.infer import class_labels, segment_image
@@ -28,7 +28,8 @@ from medlens.tasks.segmentation.infer import class_labels, segment_image
 
 @dataclass
 class CaseOverlay:
-    """One case to draw: ``image (C, *S)``, ``reference`` and ``predicted`` label maps ``(*S)`` in mask values."""
+    """One case to draw: ``image (C, *S)``, ``reference`` and ``predicted`` label maps ``(*S)`` in mask values;
+    ``source`` the image with its geometry (the report's 3D viewer places the volumes with it)."""
 
     title: str
     case_id: str
@@ -36,6 +37,7 @@ class CaseOverlay:
     image: np.ndarray
     reference: np.ndarray
     predicted: np.ndarray
+    source: Image | None = None
 
 
 def evaluate_segmentation(run: RunFolder, config: Config, model, options: EvaluateOptions, log) -> Evaluation:
@@ -85,8 +87,9 @@ def _overlays(dataset, cases, table: str, names: list[str], kept: Path) -> list[
     for title, row in chosen_cases(rows, names):
         i = index[row["case_id"]]
         reference = np.rint(dataset.load_mask(cases[i]).array[0]).astype(np.int64)
-        overlays.append(CaseOverlay(title, row["case_id"], mean_dice(row, names), dataset.load_image(cases[i]).array,
-                                    reference, np.load(kept / f"{i}.npy")))
+        image = dataset.load_image(cases[i])
+        overlays.append(CaseOverlay(title, row["case_id"], mean_dice(row, names), image.array, reference,
+                                    np.load(kept / f"{i}.npy"), image))
     return overlays
 
 
