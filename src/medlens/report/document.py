@@ -37,8 +37,17 @@ class Table:
 
 
 @dataclass
+class Html:
+    """Markup placed as it is in report.html (the 3D viewer), and the Markdown text standing for it in report.md."""
+
+    html: str
+    markdown: str = ""
+
+
+@dataclass
 class Section:
-    """A heading and its blocks, in order: ``str`` paragraphs, :class:`Table`, ``list[Figure]`` (a row)."""
+    """A heading and its blocks, in order: ``str`` paragraphs, :class:`Table`, ``list[Figure]`` (a row),
+    :class:`Html`."""
 
     title: str
     blocks: list = field(default_factory=list)
@@ -55,6 +64,10 @@ class Section:
     def figures(self, *figures: Figure) -> Section:
         if figures:
             self.blocks.append(list(figures))
+        return self
+
+    def html(self, block: Html) -> Section:
+        self.blocks.append(block)
         return self
 
 
@@ -106,6 +119,8 @@ def _section_html(section: Section) -> str:
             parts.append(f"<p>{_inline_html(block)}</p>")
         elif isinstance(block, Table):
             parts.append(_table_html(block))
+        elif isinstance(block, Html):
+            parts.append(block.html)
         else:
             parts.append('<div class="row">' + "".join(_figure_html(f) for f in block) + "</div>")
     return "".join(parts) + "</section>"
@@ -154,6 +169,8 @@ def render_markdown(report: Report, files_dir: str) -> tuple[str, dict[str, byte
                 lines += [block, ""]
             elif isinstance(block, Table):
                 lines += _table_markdown(block) + [""]
+            elif isinstance(block, Html):
+                lines += [block.markdown, ""] if block.markdown else []
             else:
                 for figure in block:
                     path = f"{files_dir}/{figure.name}.png"
