@@ -94,11 +94,30 @@ def test_predict_writes_sr_and_capture_for_a_classifier(cli, blob_run_3d, blob_s
     assert out.exists()  # the CSV of predictions as usual
 
 
+def test_one_dicom_file_gets_sr_and_capture_from_the_2d_classifier(cli, cls_run, demo_dir, tmp_path, monkeypatch):
+    """A radiograph as one DICOM file (a demo chest image): without --out its results sit in
+    ``predictions/<stem>_dicom/``."""
+    png = sorted((demo_dir / "classification" / "lesion").glob("*.png"))[0]
+    image = read_image(png)
+    [dcm] = write_dicom_series(image.array[0][..., None].astype(float), tmp_path / "cr", rescale_intercept=0.0,
+                               spacing_mm=(*image.spacing_mm, 1.0))
+    monkeypatch.chdir(tmp_path)
+    done = cli("predict", cls_run.root, dcm, "--dicom", "sr,capture")
+    assert done.rc == 0, done.out + done.err
+    folder = Path("predictions") / "slice_000_dicom"
+    assert f"{dcm} -> {folder / 'sr.dcm'}  (DICOM sr)" in done.out
+    assert f"{dcm} -> {folder / 'capture.dcm'}  (DICOM capture)" in done.out
+    for path in (folder / "sr.dcm", folder / "capture.dcm"):
+        assert dciodvfy_errors(path) == [], path
+    capture = pydicom.dcmread(folder / "capture.dcm")
+    assert capture.pixel_array.ndim == 3 and capture.StudyInstanceUID == pydicom.dcmread(dcm).StudyInstanceUID
+
+
 def test_non_dicom_inputs_get_a_message_and_their_usual_outputs(cli, seg_run, demo_dir, tmp_path):
     volume = demo_dir / "segmentation" / "imagesTr" / "lesion_001.nii.gz"
     done = cli("predict", seg_run.root, volume, "--dicom", "seg", "--out", tmp_path)
     assert done.rc == 0, done.out + done.err
-    assert f"{volume}: not a DICOM series folder, no DICOM results" in done.out
+    assert f"{volume}: not a DICOM series folder or DICOM file, no DICOM results" in done.out
     assert (tmp_path / "lesion_001_seg.nii.gz").exists()
     assert not list(tmp_path.glob("*_dicom"))
 

@@ -383,3 +383,32 @@ def test_real_oblique_mr_series_round_trip(tmp_path):
     assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
     expected_ml = int(mask.sum()) * float(np.prod(image.spacing_mm)) / 1000
     assert sr_volumes(sr_path)["enhancing"][0] == pytest.approx(expected_ml, rel=1e-5)
+
+
+def test_one_dicom_file_gets_its_results_too(tmp_path):
+    """A radiograph-like single file: SR and capture reference it; a one-slice mask becomes a one-frame SEG."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    [path] = write_dicom_series(np.random.default_rng(1).normal(0, 40, (30, 26, 1)), tmp_path / "cr",
+                                spacing_mm=(0.5, 0.4, 1.0))
+    image = read_image(path)
+    assert image.spatial_dims == 2
+    mask = np.zeros((1, 30, 26), dtype=np.int16)
+    mask[0, 4:9, 10:20] = 2
+    paths = write_results(predictor_for("segmentation", CLASSES, VALUES), path, {"mask": image.with_array(mask)},
+                          tmp_path / "seg", ["seg", "sr"])
+    paths += write_results(predictor_for("binary", ("normal", "lesion")), path, classification_result(),
+                           tmp_path / "cls", ["sr", "capture"])
+    for written in paths:
+        assert dciodvfy_errors(written) == [], written
+    uid = pydicom.dcmread(path).SOPInstanceUID
+    np.testing.assert_array_equal(read_back_values(paths[0], [pydicom.dcmread(path)], {1: 2, 2: 5, 3: 7}),
+                                  mask[0][..., None])
+    [area] = hd.sr.srread(paths[1]).content.get_volumetric_roi_measurement_groups()[0].get_measurements(
+        name=codes.SCT.Area)
+    assert area.value == pytest.approx(50 * 0.5 * 0.4) and area.unit.value == "mm2"
+    assert uid in _evidence_uids(hd.sr.srread(paths[2]))
+    with pytest.raises(ConfigError, match="capture needs the heat map"):
+        write_results(predictor_for("binary", ("normal", "lesion")), path, classification_result(heatmap=False),
+                      tmp_path / "none", ["capture"])

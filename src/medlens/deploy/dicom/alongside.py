@@ -2,7 +2,8 @@
 
 The task's ``write_outputs`` predicts each input once through a :class:`Predictor`; handing it a
 :class:`DicomAlongside` instead writes, for each DICOM series folder it predicts, the DICOM objects of that
-same result (no second prediction) into ``<base>/<series folder name>_dicom/``.
+same result (no second prediction) into ``<base>/<series folder name>_dicom/`` (``<file stem>_dicom/`` for a
+DICOM file).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from medlens.deploy.dicom.results import check_kinds, parse_kinds, write_results
 
 
 class DicomAlongside:
-    """A predictor that also writes DICOM results for DICOM series inputs; otherwise the predictor it wraps.
+    """A predictor that also writes DICOM results for DICOM inputs; otherwise the predictor it wraps.
 
     Args:
         predictor: the :class:`~medlens.deploy.Predictor`.
@@ -38,21 +39,35 @@ class DicomAlongside:
         return getattr(self._predictor, name)
 
     def predict(self, source, **options) -> dict:
-        """``Predictor.predict``; for a DICOM series folder the heat map too when a capture is asked for, and
-        the DICOM results written from the answer."""
-        series = isinstance(source, (str, Path)) and Path(source).is_dir()
-        if series and "capture" in self.kinds:
+        """``Predictor.predict``; for a DICOM series folder or file the heat map too when a capture is asked for,
+        and the DICOM results written from the answer."""
+        dicom = is_dicom_source(source)
+        if dicom and "capture" in self.kinds:
             options["heatmap"] = True
         result = self._predictor.predict(source, **options)
-        if not series:
-            self.log(f"{_name(source)}: not a DICOM series folder, no DICOM results (--dicom writes them for "
-                     "DICOM series folders; give the folder that holds the slices)")
+        if not dicom:
+            self.log(f"{_name(source)}: not a DICOM series folder or DICOM file, no DICOM results (--dicom writes "
+                     "them for DICOM inputs; give the folder that holds the slices)")
             return result
-        out_dir = self.base / f"{Path(source).name}_dicom"
+        out_dir = self.base / f"{_stem(Path(source))}_dicom"
         for kind, path in zip(self.kinds, write_results(self._predictor, Path(source), result, out_dir, self.kinds)):
             self.log(f"{source} -> {path}  (DICOM {kind})")
             self.written.append(path)
         return result
+
+
+def is_dicom_source(source) -> bool:
+    """A DICOM series folder (``expand_inputs`` passes on a folder only when it is one) or a DICOM file."""
+    from medlens.io.formats import sniff
+
+    if not isinstance(source, (str, Path)):
+        return False
+    path = Path(source)
+    return path.is_dir() or (path.is_file() and sniff(path) == "dicom")
+
+
+def _stem(path: Path) -> str:
+    return path.name if path.is_dir() else path.name.removesuffix(path.suffix) or path.name
 
 
 def _name(source) -> str:

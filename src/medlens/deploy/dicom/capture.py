@@ -48,8 +48,12 @@ def build_capture(overlay_png: bytes, source: Sequence, *, model_version: str | 
 
 def patient_orientation(dataset) -> tuple[str, str]:
     """PatientOrientation ``(along a row, down a column)`` from ImageOrientationPatient: the main axis of each
-    direction (highdicom takes one letter each; an oblique series is named by its nearest axes); ``("L", "P")``
-    (axial) when the dataset has none."""
+    direction (highdicom takes one letter each; an oblique series is named by its nearest axes); else the
+    source's own PatientOrientation (a radiograph's), its first letters; ``("L", "P")`` (axial) when it has
+    neither."""
+    given = [str(v).strip()[:1] for v in dataset.get("PatientOrientation") or []]
+    if "ImageOrientationPatient" not in dataset and len(given) == 2 and all(v in "LRAPHF" and v for v in given):
+        return given[0], given[1]
     cosines = [float(v) for v in getattr(dataset, "ImageOrientationPatient", None) or (1, 0, 0, 0, 1, 0)]
     return _letters(cosines[:3]), _letters(cosines[3:])
 

@@ -58,7 +58,8 @@ def write_results(predictor, series_folder: Path, result: dict, out_dir: Path, k
     into ``out_dir``: ``seg.dcm``, ``rtstruct.dcm``, ``sr.dcm``, ``capture.dcm`` as asked.
 
     Args:
-        series_folder: the DICOM series the prediction was made on.
+        series_folder: the DICOM series folder the prediction was made on, or the one DICOM file (a
+            radiograph, a single slice).
         kinds: a subset of :data:`DICOM_KINDS`.
         series_uid: the series, when the folder holds several (as ``read_image``'s ``series_uid``).
 
@@ -70,19 +71,42 @@ def write_results(predictor, series_folder: Path, result: dict, out_dir: Path, k
         DicomError: the series cannot be read again. MedlensError: the mask is not on the series' grid.
     """
     from medlens.deploy.dicom._common import save_dataset
-    from medlens.io.dicom import series_datasets
 
     kinds = parse_kinds(kinds)
     check_kinds(predictor, kinds)
     mask = result.get("mask")
     uid = series_uid or (mask.meta.get("series_uid") if mask is not None else None)
-    source = series_datasets(Path(series_folder), uid)
+    source = source_datasets(Path(series_folder), uid)
     built = _build(predictor, result, source, kinds, where=str(series_folder))
     written = []
     for kind, dataset in built.items():
         target = Path(out_dir) / FILE_NAMES[kind]
         written.append(dataset(target) if callable(dataset) else save_dataset(dataset, target))
     return written
+
+
+def source_datasets(path: Path, series_uid: str | None = None) -> list:
+    """The source's pydicom datasets (headers) in the order of the image's last axis: a series folder's slices,
+    or one single-frame DICOM file.
+
+    Raises:
+        DicomError: the series cannot be read again; a multi-frame file (not supported here).
+    """
+    from medlens.errors import DicomError
+    from medlens.io.dicom import series_datasets
+
+    if not path.is_file():
+        return series_datasets(path, series_uid)
+    import pydicom
+
+    from medlens.io.dicom_checks import quiet_pydicom
+
+    with quiet_pydicom():
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    if int(dataset.get("NumberOfFrames") or 1) > 1:
+        raise DicomError(f"{path}: a multi-frame DICOM file; medlens writes DICOM results for series of single-frame "
+                         "files and single images only (convert it to a series, e.g. with dcmtk's dcmsplit)")
+    return [dataset]
 
 
 def _build(predictor, result: dict, source: list, kinds: tuple[str, ...], *, where: str) -> dict:
