@@ -364,6 +364,10 @@ def test_a_mask_off_the_series_grid_is_refused(oblique_series, tmp_path):
     with pytest.raises(MedlensError, match=r"the mask is 24x20x5 voxels but the series is 24x20x8"):
         write_results(predictor_for("segmentation", CLASSES, VALUES), oblique_series,
                       {"mask": small, "model_version": None}, tmp_path / "out", ["seg", "sr"])
+    if _has_rtstruct_writer():  # the RTSTRUCT is made before the SR is written: neither is
+        with pytest.raises(MedlensError):
+            write_results(predictor_for("segmentation", CLASSES, VALUES), oblique_series,
+                          {"mask": small, "model_version": None}, tmp_path / "out", ["rtstruct", "sr"])
     assert not (tmp_path / "out").exists()
 
 

@@ -78,11 +78,7 @@ def write_results(predictor, series_folder: Path, result: dict, out_dir: Path, k
     uid = series_uid or (mask.meta.get("series_uid") if mask is not None else None)
     source = source_datasets(Path(series_folder), uid)
     built = _build(predictor, result, source, kinds, where=str(series_folder))
-    written = []
-    for kind, dataset in built.items():
-        target = Path(out_dir) / FILE_NAMES[kind]
-        written.append(dataset(target) if callable(dataset) else save_dataset(dataset, target))
-    return written
+    return [save_dataset(dataset, Path(out_dir) / FILE_NAMES[kind]) for kind, dataset in built.items()]
 
 
 def source_datasets(path: Path, series_uid: str | None = None) -> list:
@@ -110,7 +106,7 @@ def source_datasets(path: Path, series_uid: str | None = None) -> list:
 
 
 def _build(predictor, result: dict, source: list, kinds: tuple[str, ...], *, where: str) -> dict:
-    """``{kind: dataset}`` (``rtstruct``: a writer of its file), all built before anything is written."""
+    """``{kind: dataset}``, all built before anything is written (a failure leaves no partial set)."""
     from medlens.deploy.dicom.capture import build_capture
     from medlens.deploy.dicom.seg import build_segmentation
     from medlens.deploy.dicom.sr import build_report
@@ -122,7 +118,7 @@ def _build(predictor, result: dict, source: list, kinds: tuple[str, ...], *, whe
     if "seg" in kinds:
         built["seg"] = build_segmentation(result["mask"], classes, source, model_version=version, where=where)
     if "rtstruct" in kinds:
-        built["rtstruct"] = _rtstruct_writer(result["mask"], classes, source)
+        built["rtstruct"] = _rtstruct(result["mask"], classes, source)
     if "sr" in kinds:
         built["sr"] = build_report(result, source, classes=classes, segmentation=built.get("seg"))
     if "capture" in kinds:
@@ -138,19 +134,23 @@ def _classes(predictor) -> dict[int, str]:
     return class_labels(predictor.config)
 
 
-def _rtstruct_writer(mask, classes: dict[int, str], source: list):
-    """``out -> path``: the RT Structure Set of ``mask`` (one ROI per class, values relabelled 1..K in class
-    order), written by :func:`medlens.io.rtstruct.write_rtstruct`."""
+def _rtstruct(mask, classes: dict[int, str], source: list):
+    """The RT Structure Set of ``mask`` (one ROI per class, values relabelled 1..K in class order), as
+    :func:`medlens.io.rtstruct.write_rtstruct` writes it (into a temporary folder, read back)."""
     try:
         from medlens.io.rtstruct import write_rtstruct
     except ImportError:
         raise ConfigError("rtstruct: this medlens has no RTSTRUCT writer (medlens.io.rtstruct); write seg instead "
                           "(--dicom seg), or update medlens") from None
+    import tempfile
+
     import numpy as np
+    import pydicom
 
     array = np.asarray(mask.array)
     numbered = np.zeros(array.shape, dtype=np.int16)
     for number, value in enumerate(classes, start=1):
         numbered[array == value] = number
-    relabelled = mask.with_array(numbered)
-    return lambda out: write_rtstruct(relabelled, list(classes.values()), source, out)
+    with tempfile.TemporaryDirectory(prefix="medlens-rtstruct-") as folder:
+        path = write_rtstruct(mask.with_array(numbered), list(classes.values()), source, Path(folder) / "rt.dcm")
+        return pydicom.dcmread(path)
