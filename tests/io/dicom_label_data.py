@@ -30,7 +30,8 @@ def write_series(folder: Path, shape=(24, 20, 8), *, spacing_mm=(0.8, 0.9, 2.0),
     """A CT series of ``shape (X, Y, Z)`` with a blob of bright voxels; tilted slices when ``oblique``."""
     x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
     volume = np.where((x - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2 < (min(shape[:2]) / 3) ** 2, 200.0, -100.0)
-    volume = volume + z  # slices differ
+    noise = np.random.default_rng(list(seed.encode())).integers(0, 20, shape)
+    volume = volume + z + noise  # slices differ, and so do series of other seeds
     paths = write_dicom_series(volume, folder, spacing_mm=spacing_mm, origin_mm=origin_mm, patient_id=patient_id,
                                uid_seed=seed)
     rotation = tilted() if oblique else np.eye(3)
