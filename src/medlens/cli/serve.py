@@ -67,6 +67,8 @@ def run(args) -> int:
     print(f"medlens serve: {predictor.task.name} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
           f" ({spec.workers} worker(s), {spec.timeout_s:g} s and {spec.memory_mb:.0f} MiB per request)"
           + ("  (bearer token required)" if token else ""), flush=True)
+    if listener is not None:
+        print(listener.describe(), flush=True)
     config = server_config(app, host=args.host, port=args.port, max_connections=args.max_connections,
                            head_timeout_s=args.header_timeout_s, body_timeout_s=3 * args.header_timeout_s)
     if listener is not None:
@@ -92,16 +94,10 @@ def pacs_listener(args, predictor, pool):
                           "(a DICOMweb server): where the results of each series are sent")
     if args.dicom_settle_s <= 0:
         raise ConfigError(f"--dicom-settle-s {args.dicom_settle_s}: must be a positive number of seconds")
-    kinds = parse_kinds(args.dicom_outputs, predictor.task.name)
+    kinds = parse_kinds(args.dicom_outputs, predictor)
     config = ListenerConfig(ae_title, port, allow, Destination.parse(args.dicom_destination), kinds, host=args.host,
                             settle_s=args.dicom_settle_s)
-    listener = PacsListener(predictor, pool, config, shared_pool=True)
-    print(f"medlens serve: DICOM C-STORE as {ae_title} on {args.host}:{port}, results to "
-          f"{config.destination.describe()} ({','.join(config.kinds)}); takes {listener.rules.describe()}", flush=True)
-    if "*" in allow:
-        print("medlens serve: WARNING: --dicom-allow '*' accepts any calling AE title; anyone who can reach the "
-              "port can send images and have results sent on; list the senders' AE titles instead", flush=True)
-    return listener
+    return PacsListener(predictor, pool, config, shared_pool=True)
 
 
 def check_limits(args) -> None:

@@ -134,6 +134,16 @@ class PacsListener:
         self.delivered = 0  # series whose results were sent
         self.refused = 0  # series no rule took, or whose prediction or sending failed
 
+    def describe(self) -> str:
+        """The startup lines: where it listens, whom it takes, where results go (and a warning for ``*``)."""
+        c = self.config
+        text = (f"medlens serve: DICOM C-STORE as {c.ae_title} on {c.host}:{c.port} from {', '.join(c.allow)}; "
+                f"takes {self.rules.describe()}; results ({','.join(c.kinds)}) to {c.destination.describe()}")
+        if ANY_AE in c.allow:
+            text += ("\nmedlens serve: WARNING: --dicom-allow '*' accepts any calling AE title: anyone who reaches "
+                     "the port can send images and have results sent on; list the senders' AE titles instead")
+        return text
+
     def start(self) -> None:
         """Listen (returns at once; the server and the completion check run in threads)."""
         import tempfile
@@ -308,20 +318,16 @@ def parse_allow(text: str | None) -> tuple[str, ...]:
     return titles
 
 
-def parse_kinds(text: str | None, task: str) -> tuple[str, ...]:
+def parse_kinds(text: str | None, predictor) -> tuple[str, ...]:
     """``--dicom-outputs seg,sr`` as a tuple (the task's default when ``None``).
 
     Raises:
-        ConfigError: a kind medlens does not write.
+        ConfigError: a kind medlens does not write, or one the model's task cannot give.
     """
+    from medlens.deploy.dicom import check_kinds
+    from medlens.deploy.dicom import parse_kinds as parse_dicom_kinds
     from medlens.deploy.pacs.results import default_outputs
-    from medlens.errors import ConfigError
 
-    if text is None:
-        return default_outputs(task)
-    kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
-    known = ("seg", "rtstruct", "sr", "capture")
-    unknown = [k for k in kinds if k not in known]
-    if unknown or not kinds:
-        raise ConfigError(f"--dicom-outputs {text!r}: expected a comma list of {', '.join(known)}, e.g. seg,sr")
-    return kinds
+    kinds = default_outputs(predictor.task.name) if text is None else parse_dicom_kinds(text)
+    check_kinds(predictor, kinds)
+    return tuple(kinds)

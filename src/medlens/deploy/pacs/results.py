@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_OUTPUTS = {"segmentation": ("seg", "sr"), "classification": ("sr",), "detection": ("sr",)}
+DEFAULT_OUTPUTS = {"segmentation": ("seg", "sr"), "classification": ("sr",), "detection": ("sr",),
+                   "anomaly": ("capture",)}
 
 
 def default_outputs(task: str) -> tuple[str, ...]:
-    """The DICOM result kinds sent when ``--dicom-outputs`` is not given: SEG and SR for segmentation, SR otherwise."""
+    """The DICOM result kinds sent when none are named: SEG and SR for segmentation, the heat map for anomaly,
+    SR otherwise."""
     return DEFAULT_OUTPUTS.get(task, ("sr",))
 
 
