@@ -52,6 +52,7 @@ def run(args) -> int:
     from medlens.deploy.workers import WorkerPool, WorkerSpec, default_workers
 
     check_limits(args)
+    dicom = dicom_config(args)  # checked before the model loads
     token = read_token(args.token_file) if args.token_file else None
     max_voxels = args.max_voxels or getattr(args, "budget_max_voxels", None)  # `medlens --max-voxels N serve` too
     budget = SERVICE_BUDGET if max_voxels is None else WorkBudget(max_voxels, SERVICE_BUDGET.hint)
@@ -62,7 +63,7 @@ def run(args) -> int:
     pool = WorkerPool(spec)
     app = create_app(predictor, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      limits=UploadLimits(max_voxels=budget.max_voxels), workers=pool)
-    listener = pacs_listener(args, predictor, pool) if args.dicom else None  # beside uvicorn, on the same workers
+    listener = pacs_listener(dicom, predictor, pool) if dicom else None  # beside uvicorn, on the same workers
     log_scrubbed()
     print(f"medlens serve: {predictor.task.name} model {predictor.card.get('model_version')} on http://{args.host}:{args.port}/"
           f" ({spec.workers} worker(s), {spec.timeout_s:g} s and {spec.memory_mb:.0f} MiB per request)"
@@ -81,23 +82,21 @@ def run(args) -> int:
     return 0
 
 
-def pacs_listener(args, predictor, pool):
-    """The DICOM listener of ``--dicom`` on the service's worker pool (see ``medlens.deploy.pacs.listener``)."""
-    from medlens.deploy.pacs.listener import ListenerConfig, PacsListener, parse_allow, parse_kinds, parse_listen
-    from medlens.deploy.pacs.send import Destination
-    from medlens.errors import ConfigError
+def dicom_config(args):
+    """The ``--dicom*`` options as a listener configuration (``None`` without ``--dicom``)."""
+    from medlens.deploy.pacs.listener import listener_config
 
-    ae_title, port = parse_listen(args.dicom)
-    allow = parse_allow(args.dicom_allow)
-    if not args.dicom_destination:
-        raise ConfigError("--dicom needs --dicom-destination AE@HOST:PORT (a DICOM node) or http(s)://HOST/dicom-web "
-                          "(a DICOMweb server): where the results of each series are sent")
-    if args.dicom_settle_s <= 0:
-        raise ConfigError(f"--dicom-settle-s {args.dicom_settle_s}: must be a positive number of seconds")
-    kinds = parse_kinds(args.dicom_outputs, predictor)
-    config = ListenerConfig(ae_title, port, allow, Destination.parse(args.dicom_destination), kinds, host=args.host,
-                            settle_s=args.dicom_settle_s)
-    return PacsListener(predictor, pool, config, shared_pool=True)
+    return listener_config(listen=args.dicom, allow=args.dicom_allow, destination=args.dicom_destination,
+                           outputs=args.dicom_outputs, settle_s=args.dicom_settle_s, host=args.host)
+
+
+def pacs_listener(config, predictor, pool):
+    """The DICOM listener on the service's worker pool (see ``medlens.deploy.pacs.listener``)."""
+    from dataclasses import replace
+
+    from medlens.deploy.pacs.listener import PacsListener, parse_kinds
+
+    return PacsListener(predictor, pool, replace(config, kinds=parse_kinds(config.kinds, predictor)), shared_pool=True)
 
 
 def check_limits(args) -> None:

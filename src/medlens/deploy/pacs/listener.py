@@ -285,6 +285,34 @@ def start_loop_thread() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def listener_config(*, listen: str | None, allow: str | None, destination: str | None, outputs: str | None,
+                    settle_s: float, host: str) -> ListenerConfig | None:
+    """``medlens serve``'s ``--dicom*`` options checked (before the model loads); ``None`` without ``--dicom``.
+    ``kinds`` holds ``--dicom-outputs`` as given (``()``: the task's default): :func:`parse_kinds` resolves it.
+
+    Raises:
+        ConfigError: a malformed option, a missing ``--dicom-allow`` / ``--dicom-destination``, or a ``--dicom-*``
+            option without ``--dicom``.
+    """
+    from medlens.deploy.pacs.send import Destination
+    from medlens.errors import ConfigError
+
+    if not listen:
+        if allow or destination or outputs:
+            raise ConfigError("--dicom-allow / --dicom-destination / --dicom-outputs configure the DICOM listener; "
+                              "add --dicom AE_TITLE@PORT to start it")
+        return None
+    ae_title, port = parse_listen(listen)
+    allowed = parse_allow(allow)
+    if not destination:
+        raise ConfigError("--dicom needs --dicom-destination AE@HOST:PORT (a DICOM node, C-STORE) or "
+                          "http(s)://HOST[:PORT]/dicom-web (a DICOMweb server, STOW-RS): where each series' results go")
+    if not settle_s > 0:
+        raise ConfigError(f"--dicom-settle-s {settle_s}: must be a positive number of seconds")
+    kinds = (outputs,) if outputs else ()
+    return ListenerConfig(ae_title, port, allowed, Destination.parse(destination), kinds, host=host, settle_s=settle_s)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``--dicom AE_TITLE@PORT`` as ``(ae_title, port)``.
 
@@ -318,8 +346,8 @@ def parse_allow(text: str | None) -> tuple[str, ...]:
     return titles
 
 
-def parse_kinds(text: str | None, predictor) -> tuple[str, ...]:
-    """``--dicom-outputs seg,sr`` as a tuple (the task's default when ``None``).
+def parse_kinds(given, predictor) -> tuple[str, ...]:
+    """``--dicom-outputs seg,sr`` (a string or a sequence of them) as a tuple (the task's default when empty).
 
     Raises:
         ConfigError: a kind medlens does not write, or one the model's task cannot give.
@@ -328,6 +356,7 @@ def parse_kinds(text: str | None, predictor) -> tuple[str, ...]:
     from medlens.deploy.dicom import parse_kinds as parse_dicom_kinds
     from medlens.deploy.pacs.results import default_outputs
 
-    kinds = default_outputs(predictor.task.name) if text is None else parse_dicom_kinds(text)
+    given = ",".join(given) if isinstance(given, (tuple, list)) else given
+    kinds = parse_dicom_kinds(given) if given else default_outputs(predictor.task.name)
     check_kinds(predictor, kinds)
     return tuple(kinds)
