@@ -290,6 +290,7 @@ def test_capture_is_the_overlay_in_the_study(oblique_series, tmp_path):
     assert capture.PhotometricInterpretation == "RGB" and capture.StudyInstanceUID == first.StudyInstanceUID
     assert capture.SeriesInstanceUID != first.SeriesInstanceUID
     assert list(capture.PatientOrientation) == ["L", "P"]  # the tilted rows run mostly left, columns posterior
+    assert capture.SoftwareVersions[-1] == "model test-1"
 
 
 def test_dciodvfy_reports_no_error_on_any_object(oblique_series, tmp_path):

@@ -24,11 +24,19 @@ _ABNORMAL = {"lesion": "Lesion", "lesions": "Lesion", "tumor": "Neoplasm", "tumo
 _ORGANS = ("liver", "kidney", "lung", "heart", "brain", "spleen", "pancreas", "prostate", "hippocampus")
 
 
-def software_versions(model_version: str | None) -> str:
-    """``medlens X.Y.Z model VERSION``: the algorithm, then the model that ran (both say what made an object)."""
+def software_versions(model_version: str | None) -> tuple[str, ...]:
+    """``("medlens X.Y.Z", "model VERSION")``: the program, then the model that ran (each value within LO's 64
+    characters)."""
     from medlens import __version__
 
-    return f"medlens {__version__}" + (f" model {model_version}" if model_version else "")
+    return (f"medlens {__version__}"[:64], *((f"model {model_version}"[:64],) if model_version else ()))
+
+
+def algorithm_version(model_version: str | None) -> str:
+    """The model card's version (or medlens' own without one), within LO's 64 characters."""
+    from medlens import __version__
+
+    return str(model_version or __version__)[:64]
 
 
 def structure_codes(name: str):

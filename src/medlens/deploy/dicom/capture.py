@@ -41,7 +41,7 @@ def build_capture(overlay_png: bytes, source: Sequence, *, model_version: str | 
             sop_instance_uid=new_uid(), instance_number=1, manufacturer=MANUFACTURER,
             patient_orientation=patient_orientation(first), series_description="medlens heat map")
     capture.Laterality = first.get("Laterality", "")  # Type 2C that dciodvfy asks for: the source's, or empty
-    capture.SoftwareVersions = software_versions(model_version)
+    capture.SoftwareVersions = list(software_versions(model_version))
     capture.ImageComments = "medlens heat map overlay; not for diagnosis on its own"
     return capture
 

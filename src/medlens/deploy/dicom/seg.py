@@ -15,6 +15,7 @@ import numpy as np
 from medlens.deploy.dicom._common import (
     MANUFACTURER,
     SERIES_NUMBERS,
+    algorithm_version,
     labels_frames,
     linkable,
     new_uid,
@@ -44,15 +45,13 @@ def build_segmentation(mask, classes: Mapping[int, str], source: Sequence, *, mo
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from medlens import __version__
-
     first = source[0]
     frames = labels_frames(mask, len(source), int(first.Rows), int(first.Columns), where)
     numbered = np.zeros(frames.shape, dtype=np.uint8 if len(classes) < 256 else np.uint16)
     for number, value in enumerate(classes, start=1):
         numbered[frames == value] = number
     algorithm = hd.AlgorithmIdentificationSequence(name=MANUFACTURER, family=codes.DCM.ArtificialIntelligence,
-                                                   version=model_version or __version__)
+                                                   version=algorithm_version(model_version))
     segments = [_segment(number, name, algorithm) for number, name in enumerate(classes.values(), start=1)]
     with quiet_highdicom():
         return hd.seg.Segmentation(

@@ -21,6 +21,7 @@ import numpy as np
 from medlens.deploy.dicom._common import (
     MANUFACTURER,
     SERIES_NUMBERS,
+    algorithm_version,
     class_concept,
     linkable,
     new_uid,
@@ -52,13 +53,11 @@ def build_report(result: dict, source: Sequence, *, classes: Mapping[int, str] |
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from medlens import __version__
-
-    algorithm = hd.sr.AlgorithmIdentification(name=MANUFACTURER, version=result.get("model_version") or __version__)
+    algorithm = hd.sr.AlgorithmIdentification(name=MANUFACTURER, version=algorithm_version(result.get("model_version")))
     groups = _groups(result, source, classes, segmentation, algorithm)
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=new_uid(), name=MANUFACTURER,
                                                        manufacturer_name=MANUFACTURER,
-                                                       model_name=software_versions(result.get("model_version")))
+                                                       model_name=software_versions(None)[0])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
