@@ -80,6 +80,34 @@ def test_seg_frames_without_source_references_are_placed_by_their_positions(obli
     np.testing.assert_array_equal(mask.array[0], np.where(tumour, 2, np.where(liver, 1, 0)))
 
 
+@pytest.mark.parametrize("factor, warnings", [(2.0, []), (1.5, ["labels.resampled"])])
+def test_seg_on_another_grid_of_the_same_frame_of_reference(tmp_path, factor, warnings):
+    """A SEG drawn on a fine series, read onto a coarser one (``factor`` times the pixel spacing, the first centre
+    a quarter of a fine voxel off): no frame sits on a coarse slice. Twice the spacing: highdicom's volume is
+    subsampled exactly (every other voxel); 1.5 times: resampled nearest-neighbour (``labels.resampled``)."""
+    fine = write_series(tmp_path / "fine", SHAPE, seed="fine")
+    size = (int(SHAPE[0] / factor), int(SHAPE[1] / factor), SHAPE[2])
+    offset = 0.25 if factor != 2 else 1.0  # in fine voxels
+    coarse = write_series(tmp_path / "coarse", size, spacing_mm=(0.8 * factor, 0.9 * factor, 2.0), seed="coarse",
+                          origin_mm=(-10.0 + 0.8 * offset, 5.0 + 0.9 * offset, 3.0))
+    first = pydicom.dcmread(fine[0])
+    for path in coarse:  # the same patient space
+        ds = pydicom.dcmread(path)
+        ds.FrameOfReferenceUID, ds.StudyInstanceUID = first.FrameOfReferenceUID, first.StudyInstanceUID
+        ds.save_as(path)
+    liver = ellipsoid(SHAPE, (10, 10, 3), (6, 5, 2))
+    write_seg(tmp_path / "fine", [liver], ["Liver"], tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    seg.ReferencedSeriesSequence[0].SeriesInstanceUID = pydicom.dcmread(coarse[0]).SeriesInstanceUID
+    seg.save_as(tmp_path / "seg.dcm")
+
+    mask, _ = read_dicom_labels(tmp_path / "seg.dcm", tmp_path / "coarse")
+    assert [w["code"] for w in mask.meta["read_warnings"]] == warnings
+    nearest = [np.rint(offset + factor * np.arange(n)).astype(int) for n in size[:2]]  # fine index of each centre
+    np.testing.assert_array_equal(mask.array[0], liver[np.ix_(*nearest, range(SHAPE[2]))].astype(np.int16))
+    assert mask.same_geometry(read_image(tmp_path / "coarse"))
+
+
 def test_seg_whose_series_is_not_in_the_folder_is_refused_with_the_fix(oblique_seg, tmp_path):
     root, _, _ = oblique_seg
     write_series(tmp_path / "other", SHAPE, seed="another series")
