@@ -128,9 +128,17 @@ def test_three_series_at_once_are_predicted_and_stored_in_orthanc(service, ortha
     print(f"3 series of 32 slices received, predicted and stored in {elapsed:.1f} s")
 
 
-def test_an_unknown_ae_title_is_refused_at_association(service, studies):
+def test_an_unknown_ae_title_is_refused_at_association_a_known_one_may_echo(service, studies):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
     assoc = send_series(studies["mr0"][:1], service.dicom_port, calling="INTRUDER")
     assert assoc.is_rejected
+    ae = AE(ae_title=SENDER)
+    ae.add_requested_context(Verification)
+    echo = ae.associate("127.0.0.1", service.dicom_port, ae_title="MEDLENS")
+    assert echo.is_established and echo.send_c_echo().Status == 0
+    echo.release()
     assert "association from AE title 'INTRUDER' refused" in service.wait_for_log("INTRUDER")
 
 

@@ -149,6 +149,7 @@ class PacsListener:
         import tempfile
 
         from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every object received
         root = self.config.spool
@@ -158,6 +159,7 @@ class PacsListener:
         self.spool = SeriesSpool(Path(root), self.config.settle_s)
         ae = AE(ae_title=self.config.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)  # C-ECHO: a PACS tests the connection with it
         ae.require_calling_aet = [] if ANY_AE in self.config.allow else list(self.config.allow)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_RELEASED, self._on_end),
                     (evt.EVT_ABORTED, self._on_end), (evt.EVT_REJECTED, self._on_rejected)]
@@ -249,9 +251,24 @@ class PacsListener:
         shutil.rmtree(out, ignore_errors=True)
 
     def _run(self, job: dict) -> dict:
-        """``pool.predict(job)`` on the pool's event loop, from this thread."""
+        """``pool.predict(job)`` on the pool's event loop, from this thread.
+
+        Raises:
+            WorkerRefusal: the worker refused the series or broke a limit, or the service stopped meanwhile.
+        """
+        from concurrent.futures import TimeoutError as Pending
+
+        from medlens.deploy.workers import WorkerRefusal
+
         loop = self._pool_loop()
-        return asyncio.run_coroutine_threadsafe(self.pool.predict(job), loop).result()
+        future = asyncio.run_coroutine_threadsafe(self.pool.predict(job), loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except Pending:
+                if not loop.is_running():  # the service stopped: nobody will finish this job
+                    future.cancel()
+                    raise WorkerRefusal("the service stopped before the series was predicted", 503) from None
 
     def _pool_loop(self) -> asyncio.AbstractEventLoop:
         """The loop the service started the pool on; without a service, one of this listener's own."""
