@@ -49,19 +49,21 @@ def write_series(folder: Path, shape=(24, 20, 8), *, spacing_mm=(0.8, 0.9, 2.0),
 
 
 def write_seg(series_folder: Path, segments: list[np.ndarray], names: list[str], out: Path, *,
-              omit_empty_frames: bool = True) -> Path:
-    """A BINARY SEG by highdicom: one segment per bool ``(X, Y, Z)`` array (they may overlap)."""
+              omit_empty_frames: bool = True, fractional: bool = False) -> Path:
+    """A BINARY SEG by highdicom: one segment per bool ``(X, Y, Z)`` array (they may overlap); FRACTIONAL for
+    float arrays in 0..1 when ``fractional``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     sources = series_datasets(series_folder, pixels=True)
-    pixels = np.stack([np.asarray(s).transpose(2, 1, 0) for s in segments], axis=-1).astype(np.uint8)  # (Z,Y,X,S)
+    pixels = np.stack([np.asarray(s).transpose(2, 1, 0) for s in segments], axis=-1)  # (Z, Y, X, S)
+    pixels = pixels.astype(np.float32 if fractional else np.uint8)
     descriptions = [hd.seg.SegmentDescription(
         segment_number=i, segment_label=name, segmented_property_category=codes.SCT.Tissue,
         segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
         for i, name in enumerate(names, start=1)]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=sources, pixel_array=pixels, segmentation_type="FRACTIONAL" if fractional else "BINARY",
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=100,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="tests", manufacturer_model_name="tests",
         software_versions="1", device_serial_number="1", omit_empty_frames=omit_empty_frames)

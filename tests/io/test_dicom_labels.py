@@ -80,6 +80,17 @@ def test_seg_frames_without_source_references_are_placed_by_their_positions(obli
     np.testing.assert_array_equal(mask.array[0], np.where(tumour, 2, np.where(liver, 1, 0)))
 
 
+def test_fractional_seg_is_thresholded_at_half_its_maximum(tmp_path):
+    write_series(tmp_path / "ct", SHAPE)
+    probability = ellipsoid(SHAPE, (10, 10, 3), (6, 5, 2)) * np.float32(0.8)
+    probability[:3] = 0.3  # below one half: background
+    write_seg(tmp_path / "ct", [probability], ["Liver"], tmp_path / "seg.dcm", fractional=True)
+    assert pydicom.dcmread(tmp_path / "seg.dcm").SegmentationType == "FRACTIONAL"
+
+    mask, _ = read_dicom_labels(tmp_path / "seg.dcm", tmp_path / "ct")
+    np.testing.assert_array_equal(mask.array[0], (probability > 0.5).astype(np.int16))
+
+
 @pytest.mark.parametrize("factor, warnings", [(2.0, []), (1.5, ["labels.resampled"])])
 def test_seg_on_another_grid_of_the_same_frame_of_reference(tmp_path, factor, warnings):
     """A SEG drawn on a fine series, read onto a coarser one (``factor`` times the pixel spacing, the first centre
@@ -152,6 +163,7 @@ def test_rtutils_phantom_rtstruct_fills_its_contours_on_the_first_slice():
     mask, names = read_dicom_labels(root / "rt.dcm", root)
 
     assert names == ("ROI-1",) and mask.array.shape == (1, 512, 512, 2) and mask.same_geometry(read_image(root))
+    assert [w["code"] for w in mask.meta["read_warnings"]] == ["labels.frame_of_reference"]  # rt-utils' own FoR
     # both contours lie on z = 60 mm, the first slice: a 24 mm square with a hole (the second contour lies
     # inside the first, so even-odd filling leaves it out); filled area = outer minus inner polygon within 3%
     ds = pydicom.dcmread(root / "rt.dcm")

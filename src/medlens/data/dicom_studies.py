@@ -63,7 +63,8 @@ def open_dicom_studies(root: Path) -> Dataset:
 
     files = list(_candidate_files(root))
     labels = [p for p in files if label_kind(p)]
-    series, skipped, findings = _scan(root, [p for p in files if p not in set(labels)])
+    label_set = set(labels)
+    series, skipped, findings = _scan(root, [p for p in files if p not in label_set])
     cases, names = [], []
     for path in labels:
         case, found, problem = _case(root, path, series)
@@ -122,12 +123,12 @@ def load_labels(case: Case, names: tuple[str, ...]) -> Image:
 
 def _case(root: Path, path: Path, series: dict) -> tuple[Case | None, list[str], Finding | None]:
     """The case of one label object, its structure names, or the finding that leaves it out."""
-    from medlens.io.dicom_labels import read_label_header, referenced_series_uid
+    from medlens.io.dicom_labels import read_label_header, series_referenced_by
 
     where = path.relative_to(root).as_posix()
     try:
         header = read_label_header(path)
-        uid = referenced_series_uid(path)
+        uid = series_referenced_by(header, path)
     except MedlensError as exc:
         code = "labels.no_reference" if "names no referenced" in str(exc) else "labels.unreadable"
         return None, [], Finding("warning", code, f"{exc}; left out", [where])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.budget import check_voxels
 from medlens.errors import DicomError, ReadError
 from medlens.io.dicom import series_datasets
 from medlens.io.dicom_checks import quiet_pydicom
@@ -63,6 +64,9 @@ class SeriesGrid:
         """
         if not datasets:
             raise DicomError(f"{where}: no image slices; labels need the series they annotate")
+        if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomError(f"{where}: the series is one multi-frame (enhanced) file; medlens places labels on "
+                             "series of one file per slice, export the series that way")
         lacking = [k for k, ds in enumerate(datasets) if not all(
             key in ds for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))]
         if lacking:
@@ -156,7 +160,11 @@ def referenced_series_uid(label_file: str | os.PathLike) -> str:
         DicomError: the object names no series (or, for a SEG, several).
     """
     path = Path(label_file)
-    ds = read_label_header(path)
+    return series_referenced_by(read_label_header(path), path)
+
+
+def series_referenced_by(ds, path: Path) -> str:
+    """:func:`referenced_series_uid` of a label object's header already read."""
     if ds.SOPClassUID == RTSTRUCT_SOP_CLASS:
         uids = [str(series.SeriesInstanceUID) for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
                 for study in frame.get("RTReferencedStudySequence", [])
@@ -198,7 +206,7 @@ def read_dicom_labels(label_file: str | os.PathLike, series_folder: str | os.Pat
     """
     path, folder = Path(label_file), Path(series_folder)
     header = read_label_header(path)
-    uid = referenced_series_uid(path)
+    uid = series_referenced_by(header, path)
     grid = _grid_or_explain(path, folder, uid, header.Modality)
     if header.SOPClassUID == RTSTRUCT_SOP_CLASS:
         from medlens.io.rtstruct import rasterise_rtstruct
@@ -283,10 +291,14 @@ def _read_seg(path: Path, grid: SeriesGrid, names: Sequence[str] | None
     segments = [(int(s.SegmentNumber), str(s.get("SegmentLabel", "") or f"segment {s.SegmentNumber}"))
                 for s in seg.SegmentSequence]
     values, out_names, warnings = assign_values([n for _, n in segments], names, path)
-    numbers = [number for number, _ in segments]
-    channels, how = _seg_channels(seg, grid, numbers, path)  # (X, Y, Z, S)
-    threshold = 0.5 if str(seg.SegmentationType) == "FRACTIONAL" else 0
-    masks = [(value, channels[..., i] > threshold) for i, value in enumerate(values)]
+    check_voxels((int(seg.get("NumberOfFrames", 1) or 1), int(seg.Rows), int(seg.Columns)), f"decoding {path.name}")
+    fractional = str(seg.SegmentationType) == "FRACTIONAL"
+    threshold = int(seg.get("MaximumFractionalValue", 255)) / 2 if fractional else 0
+    masks, how = [], "source"
+    for (number, _), value in zip(segments, values):
+        if value:  # one segment at a time: a SEG of many segments never holds them all in memory at once
+            pixels, how = _seg_channel(seg, grid, number, path)  # (X, Y, Z)
+            masks.append((value, pixels > threshold))
     labels, overlap = combine(masks, grid.shape, path)
     if how == "resampled":
         warnings.append({"code": "labels.resampled", "message": f"{path.name}: the SEG's frames are on another grid "
@@ -301,26 +313,26 @@ def _check_frame_of_reference(path: Path, seg, grid: SeriesGrid) -> None:
                          "positions cannot be compared with the slices'; export it again on that series")
 
 
-def _seg_channels(seg, grid: SeriesGrid, numbers: list[int], path: Path) -> tuple[np.ndarray, str]:
-    """Each segment's pixels on ``grid``: ``((X, Y, Z, S) array, how)``, ``how`` in source / geometry / resampled."""
+def _seg_channel(seg, grid: SeriesGrid, number: int, path: Path) -> tuple[np.ndarray, str]:
+    """One segment's stored values on ``grid``: ``((X, Y, Z) uint8, how)``, ``how`` in source / geometry / resampled."""
+    options = {"segment_numbers": [number], "rescale_fractional": False, "dtype": np.uint8}
     if _frames_sit_on_their_sources(seg, grid):
         # positions checked above, so highdicom's refusal to index non-"spatially preserved" frames does not apply
-        pixels = seg.get_pixels_by_source_instance(grid.sop_uids, segment_numbers=numbers,
-                                                   ignore_spatial_locations=True, dtype=np.float32)
-        return pixels.transpose(2, 1, 0, 3), "source"
+        pixels = seg.get_pixels_by_source_instance(grid.sop_uids, ignore_spatial_locations=True, **options)
+        return pixels[..., 0].transpose(2, 1, 0), "source"
     from highdicom.volume import VolumeGeometry
 
     try:
-        volume = seg.get_volume(segment_numbers=numbers, combine_segments=False, dtype=np.float32)
+        volume = seg.get_volume(combine_segments=False, **options)
     except (RuntimeError, ValueError) as exc:
         raise DicomError(f"{path}: the SEG's frames neither name slices of the series nor form a regular volume "
                          f"({str(exc)[:200]}); export it again on the series") from None
     target = VolumeGeometry(_hd_affine(grid), grid.shape[::-1], "PATIENT", grid.frame_of_reference_uid)
     try:
-        matched = volume.match_geometry(target)
-        return np.asarray(matched.array).transpose(2, 1, 0, 3), "geometry"
+        matched = volume.match_geometry(target)  # permute, flip, pad, crop or subsample: no interpolation
+        return np.asarray(matched.array)[..., 0].transpose(2, 1, 0), "geometry"
     except RuntimeError:
-        return _resample_channels(volume, grid), "resampled"
+        return _resample(volume, grid), "resampled"
 
 
 def _frames_sit_on_their_sources(seg, grid: SeriesGrid) -> bool:
@@ -364,16 +376,13 @@ def _hd_affine(grid: SeriesGrid) -> np.ndarray:
     return affine
 
 
-def _resample_channels(volume, grid: SeriesGrid) -> np.ndarray:
-    """Each channel of a highdicom volume resampled nearest-neighbour onto ``grid``: ``(X, Y, Z, S)``."""
+def _resample(volume, grid: SeriesGrid) -> np.ndarray:
+    """A one-channel highdicom volume resampled nearest-neighbour onto ``grid``: ``(X, Y, Z)``."""
     from medlens.io.image import simpleitk, to_sitk
 
     sitk = simpleitk()
     reference = to_sitk(Image(np.zeros((1, *grid.shape), np.uint8), grid.spacing_mm, tuple(grid.origin_mm),
                               tuple(grid.direction.ravel())))
-    out = np.zeros((*grid.shape, volume.shape[3]), np.float32)
-    for s in range(volume.shape[3]):
-        channel = volume.with_array(volume.array[..., s])
-        moved = sitk.Resample(channel.to_simpleitk(), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
-        out[..., s] = sitk.GetArrayFromImage(moved).T
-    return out
+    moving = volume.with_array(np.asarray(volume.array)[..., 0]).to_simpleitk()
+    moved = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return sitk.GetArrayFromImage(moved).T

@@ -64,7 +64,18 @@ def rasterise_rtstruct(path: Path, grid: SeriesGrid, names: Sequence[str] | None
             masks.append((value, _fill_roi(contours[number], name, grid, tally)))
     tally.raise_if_refused(_referenced_images(ds))
     labels, overlap = combine(masks, grid.shape, path)
-    return labels, out_names, warnings + tally.warnings() + overlap
+    return labels, out_names, warnings + _frame_warning(ds, grid, path) + tally.warnings() + overlap
+
+
+def _frame_warning(ds, grid: SeriesGrid, path: Path) -> list[dict]:
+    """``labels.frame_of_reference`` when the structure set names another frame of reference than the series."""
+    frames = {str(f.FrameOfReferenceUID) for f in ds.get("ReferencedFrameOfReferenceSequence", [])
+              if "FrameOfReferenceUID" in f}
+    if not frames or grid.frame_of_reference_uid is None or grid.frame_of_reference_uid in frames:
+        return []
+    return [{"code": "labels.frame_of_reference", "message": f"{path.name}: the structure set names another frame of "
+             "reference than its series (some tools write a new one); its contours are placed by their patient "
+             "coordinates as if they shared the series' frame"}]
 
 
 class _Tally:
