@@ -135,3 +135,29 @@ def test_contours_partly_past_the_edge_are_clipped_with_a_warning(oblique):
     expected = np.zeros_like(ball)
     expected[4:] = ball[:-4]
     np.testing.assert_array_equal(back.array[0] == 2, expected)
+
+
+@pytest.mark.realdata
+def test_round_trip_on_the_oblique_pgbm_series_is_exact_and_dciodvfy_clean(tmp_path):
+    """PGBM-003's T1 post-contrast series: 22 oblique slices (tilted about 11 degrees), real patient/study headers."""
+    import os
+
+    from scipy import ndimage
+
+    data = Path(os.environ.get("MEDLENS_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
+    folder = data / "dicom" / "brain_tumor_progression_PGBM-003" / "11-T1post-18670"
+    if not folder.exists():
+        pytest.skip(f"{folder} is missing from the datasets folder")
+    image = read_image(folder)
+    assert abs(np.asarray(image.direction).reshape(3, 3)[2, 2]) < 0.99  # the slices are oblique
+    smooth = ndimage.gaussian_filter(image.array[0].astype(np.float32), 2)
+    labels = np.zeros(image.array.shape, np.int16)
+    labels[0][smooth > np.percentile(smooth, 70)] = 1
+    labels[0][smooth > np.percentile(smooth, 95)] = 2
+
+    out = write_rtstruct(image.with_array(labels), ["head", "bright"], series_datasets(folder), tmp_path / "rt.dcm")
+    back, _ = read_dicom_labels(out, folder)
+    np.testing.assert_array_equal(back.array, labels)
+    report = subprocess.run([shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy"), str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
