@@ -10,7 +10,12 @@ def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+#: the 3D viewer's inlined scripts (NiiVue, whose comments cite web pages: nothing is fetched) and volumes
+VIEWER_SCRIPTS = re.compile(r"<script[^>]*data-medlens-viewer[^>]*>.*?</script>", re.S)
+
+
 def check_self_contained(pages, text: str, at_least: int) -> list:
+    text = VIEWER_SCRIPTS.sub("", text)
     page = pages.parse(text)
     assert len(page.images) >= at_least
     images = [pages.decode_png(src) for src in page.images]

@@ -4,11 +4,13 @@
 >>> uvicorn.run(app, host="127.0.0.1", port=8000)           # or `medlens serve model.bundle`
 
 Endpoints: ``POST /v1/predict`` (multipart field ``file``; ``heatmap=true``, ``mask=true`` as query or
-form fields), ``GET /v1/model`` (the model card), ``GET /healthz``, ``GET /metrics`` (Prometheus text)
-and ``GET /`` (the web page). A model of several inputs (issue 16) takes one file field per view,
+form fields; ``viewer=true``: a 3D image and its mask / heat map / boxes as NIfTI for the 3D viewer),
+``GET /v1/model`` (the model card), ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (the web
+page) and ``GET /static/niivue.js`` / ``/static/medlens_viewer.js`` (the 3D viewer's scripts, cached).
+A model of several inputs (issue 16) takes one file field per view,
 ``view:NAME`` (a model of one image keeps ``file``), and its clinical values as a JSON object in the form
 field ``clinical``; every file passes the same upload checks and the whole case runs under one work budget
-(and in one worker). With a token every endpoint but ``/healthz`` and ``/`` needs
+(and in one worker). With a token every endpoint but ``/healthz``, ``/`` and ``/static/`` needs
 ``Authorization: Bearer <token>``. Every refusal is JSON ``{"error": "..."}``; logs and errors carry
 status, size, type and latency only, never a file name, a path or anything from a DICOM header.
 """
@@ -31,14 +33,17 @@ from medlens.deploy.workers import WorkerPool, WorkerRefusal
 from medlens.errors import BudgetError, MedlensError
 
 LOG = logging.getLogger("medlens.service")
-ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict")
+ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict", "/static/niivue.js", "/static/medlens_viewer.js")
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # multipart boundaries and part headers around the file
 _FORM_OVERHEAD_BYTES = 64 * 1024
 # a refused body up to this much past the limit is read and dropped so the client sees the 413
 _DRAIN_BYTES = 16 << 20
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-OPTIONS = ("heatmap", "mask", "overlay", "map")  # POST /v1/predict's boolean options; each task answers some of them
+OPTIONS = ("heatmap", "mask", "overlay", "map", "viewer")  # POST /v1/predict's boolean options
+#: the options every model takes (the others: those its task answers); viewer: a 3D input's volumes for the 3D viewer
+SERVICE_OPTIONS = ("viewer",)
+STATIC_MAX_AGE_S = 86400  # the viewer's scripts change only with the installed medlens
 CLINICAL_FIELD, VIEW_PREFIX = "clinical", "view:"
 MAX_CLINICAL_CHARS = 64 * 1024  # the clinical form field: a JSON object of a few values
 
@@ -175,8 +180,10 @@ class Gate:
         async def tracked_send(message):
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
-                                                  (b"cache-control", b"no-store")]}
+                headers = message.get("headers", [])
+                cached = any(key.lower() == b"cache-control" for key, _ in headers)  # the viewer's scripts
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff"),
+                                                  *(() if cached else ((b"cache-control", b"no-store"),))]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()  # before the last byte goes out: a client that reads /metrics next sees this request
             await send(message)
@@ -317,7 +324,10 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, fields: F
     @app.get("/", include_in_schema=False)
     def index():
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'none'; img-src data: blob:; "
-                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
+                                           "style-src 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+                                           "connect-src 'self'"})
+
+    _add_viewer_routes(app)
 
     @app.get("/healthz")
     def healthz():  # says whether a token is needed, so the page asks for one before calling the API
@@ -327,7 +337,9 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, fields: F
 
     @app.get("/v1/model", dependencies=guard)
     def model_card():  # the card, and the options (and, for several inputs, the form) POST /v1/predict takes
-        service = {"options": list(predictor.task.service_options)}
+        from medlens.report.viewer import installed
+
+        service = {"options": list(predictor.task.service_options), "viewer": installed()}
         if fields.fused:
             service.update(files=list(fields.files), clinical_field=CLINICAL_FIELD if fields.clinical else None)
         return {**predictor.card, "service": service}
@@ -447,7 +459,7 @@ def _options(form, request) -> dict[str, bool]:
 def _check_options(task, options: dict[str, bool]) -> None:
     """An option the model's task does not answer with is refused, not ignored."""
     for name, wanted in options.items():
-        if wanted and name not in task.service_options:
+        if wanted and name not in task.service_options and name not in SERVICE_OPTIONS:
             offered = ", ".join(f"{o}=true" for o in task.service_options) or "none"
             raise UploadError(f"{name}=true: a {task.name} model does not answer with a {name} (its options: "
                               f"{offered})")
@@ -475,14 +487,66 @@ class _LockedRunner:
             source, extra = _source(staged, submission.clinical)
             try:
                 with self.lock:
-                    result = self.predictor.predict(source, heatmap=options["heatmap"], **extra)
+                    body = predict_body(self.predictor, source, options, next(iter(staged.values())).folder, extra)
             except BudgetError as exc:
                 raise UploadError(_scrub_all(str(exc), staged), exc.status) from None
             except MedlensError as exc:
                 raise UploadError(_scrub_all(str(exc), staged), 422) from None
-            body = self.predictor.task.to_json(result, options, next(iter(staged.values())).folder)
             body["input"] = _input_summary(staged)
             return body
+
+
+def predict_body(predictor, source, options: dict[str, bool], folder: Path, extra: dict) -> dict:
+    """Predict ``source`` and answer the task's JSON body; with ``viewer`` and a 3D image (a model of one input),
+    also ``viewer``: the image and what the prediction draws on it (mask, heat map, boxes) as the 3D viewer's
+    volumes (:func:`medlens.report.viewer.viewer_volumes`), or ``{"error": "3D viewer not installed: run make
+    viewer"}`` when NiiVue is not installed. The image is read once, for both."""
+    from medlens.report.viewer import NOT_INSTALLED, installed
+
+    image = predictor.read(source) if options.get("viewer") and not predictor.fused else None
+    result = predictor.predict(source if image is None else image, heatmap=options.get("heatmap", False), **extra)
+    body = predictor.task.to_json(result, options, folder)
+    if image is not None and image.spatial_dims == 3:
+        body["viewer"] = viewer_volumes_of(predictor, image, result) if installed() else {"error": NOT_INSTALLED}
+    return body
+
+
+def viewer_volumes_of(predictor, image, result: dict) -> dict:
+    """The 3D viewer's volumes for one prediction: ``image`` with the mask (segmentation), the heat map
+    (classification with a heat map) or the boxes (detection) its ``result`` holds."""
+    from medlens.report.viewer import boxes_overlay, heat_overlay, mask_overlay, viewer_volumes
+
+    overlays = []
+    if result.get("mask") is not None:
+        from medlens.tasks.segmentation.infer import class_labels
+
+        overlays.append(mask_overlay(result["mask"].array[0], class_labels(predictor.config)))
+    if result.get("heatmap_map") is not None:
+        overlays.append(heat_overlay(result["heatmap_map"], title=f"heat map ({result.get('explained_class')})"))
+    if result.get("boxes") is not None:
+        shown = [r for r in result["boxes"] if r["score"] >= result.get("display_threshold", 0)]
+        overlays.append(boxes_overlay(shown, image.spatial_shape, predictor.config.dataset.class_names))
+    return viewer_volumes(image, overlays)
+
+
+def _add_viewer_routes(app) -> None:
+    """``GET /static/niivue.js`` (NiiVue, 404 with the fix when ``make viewer`` has not run) and
+    ``GET /static/medlens_viewer.js``, cached for a day."""
+    from fastapi.responses import FileResponse, JSONResponse
+
+    from medlens.report import viewer
+
+    headers = {"Cache-Control": f"public, max-age={STATIC_MAX_AGE_S}"}
+
+    @app.get("/static/niivue.js", include_in_schema=False)
+    def niivue_js():
+        if not viewer.installed():
+            return JSONResponse({"error": viewer.NOT_INSTALLED}, status_code=404)
+        return FileResponse(viewer.NIIVUE_JS, media_type="text/javascript", headers=headers)
+
+    @app.get("/static/medlens_viewer.js", include_in_schema=False)
+    def helper_js():
+        return FileResponse(viewer.HELPER_JS, media_type="text/javascript", headers=headers)
 
 
 def _source(staged: dict, clinical: dict | None) -> tuple[object, dict]:

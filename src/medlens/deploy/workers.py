@@ -190,8 +190,9 @@ def _answer(predictor, job: dict, memory_mb: float) -> tuple:
             return "ok", answer_dicom_job(predictor, job)
         source = job["views"] if "views" in job else job["path"]  # a case of several views: {view: staged path}
         extra = {"clinical": job["clinical"]} if job.get("clinical") is not None else {}
-        result = predictor.predict(source, heatmap=job["options"].get("heatmap", False), **extra)
-        return "ok", predictor.task.to_json(result, job["options"], Path(job["folder"]))
+        from medlens.deploy.service import predict_body
+
+        return "ok", predict_body(predictor, source, job["options"], Path(job["folder"]), extra)
     except BudgetError as exc:
         return "error", exc.status, str(exc), True
     except MedlensError as exc:

@@ -135,6 +135,12 @@
 
   async function show(host, volumes) {
     if (!window.niivue) throw new Error("NiiVue is not loaded (run make viewer)");
+    if (host.medlens) {  // a new result in the same place: free the previous canvas's WebGL context
+      const lose = host.medlens.nv.gl && host.medlens.nv.gl.getExtension("WEBGL_lose_context");
+      if (lose) lose.loseContext();
+      host.medlens = null;
+    }
+    host.dataset.ready = "false";
     const canvas = element("canvas", { className: "mv-canvas" });
     const stage = element("div", { className: "mv-stage" }, canvas);
     stage.style.cssText = "position:relative;width:100%;height:" + (host.dataset.height || "420") + "px;background:#000";

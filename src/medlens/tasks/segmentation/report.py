@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._files import read_json
-from medlens.report.document import Figure, Section, Table, count_phrase, num, with_ci
+from medlens.report.document import Figure, Html, Section, Table, count_phrase, num, with_ci
 from medlens.report.plots import figure, to_png
 from medlens.report.published import decathlon_benchmark
 from medlens.tasks.segmentation.evaluate import CaseOverlay, mean_dice, parse_float
@@ -121,6 +121,38 @@ def overlays_section(overlays: list[CaseOverlay], values: dict[int, str]) -> Sec
     return section.figures(*figures)
 
 
+def viewer_section(overlays: list[CaseOverlay], values: dict[int, str]) -> Section | None:
+    """The worst, median and best 3D cases in the 3D viewer (NiiVue, inlined: report.html stays one file that opens
+    offline): the image with the predicted and the reference mask, each with its toggle. ``None`` for 2D cases."""
+    from medlens.report import viewer
+
+    cases = [o for o in overlays if o.source is not None and o.source.spatial_dims == 3]
+    if not cases:
+        return None
+    section = Section("Cases in 3D", key="viewer")
+    if not viewer.installed():
+        return section.text(f"info: {viewer.NOT_INSTALLED} to see these cases in 3D (the contour figures stay).")
+    blocks = [viewer.viewer_block(case_volumes(o, values), f"viewer-{o.title}",
+                                  f"{o.title}: {o.case_id}, Dice {o.dice:.3f}") for o in cases]
+    section.text(f"Scroll or drag the slider to move through slices, right-drag for window / level; the prediction "
+                 f"and the reference mask each have a toggle. Shown on at most {viewer.REPORT_MAX_VOXELS:,} voxels "
+                 "per case (every n-th voxel past that), grey values in 8 bits.")
+    return section.html(Html('<div class="row">' + "".join(blocks) + "</div>" + viewer.viewer_scripts(),
+                             "The worst, median and best cases are in report.html's 3D viewer."))
+
+
+def case_volumes(case: CaseOverlay, values: dict[int, str]) -> dict:
+    """The viewer's volumes of one case: its image, the predicted mask (dashed contours' colours) and the
+    reference (solid contours' colours)."""
+    from medlens.report.viewer import REPORT_MAX_VOXELS, mask_overlay, viewer_volumes
+
+    predicted = mask_overlay(case.predicted, values, key="predicted", title="prediction",
+                             colours=[pair[1] for pair in PAIRS])
+    reference = mask_overlay(case.reference, values, key="reference", title="reference",
+                             colours=[pair[0] for pair in PAIRS])
+    return viewer_volumes(case.source, [reference, predicted], max_voxels=REPORT_MAX_VOXELS, quantize=True)
+
+
 def published_section(doc: dict, card: dict) -> Section | None:
     """Our Dice per class beside nnU-Net's, for the Decathlon Hippocampus."""
     bench = decathlon_benchmark(card)
@@ -152,6 +184,8 @@ def segmentation_sections(run, doc: dict, card: dict, config, overlays: list[Cas
         sections.append(per_case_section(rows, names, doc["split"]))
     if overlays:
         sections.append(overlays_section(overlays, class_labels(config)))
+        if (viewer := viewer_section(overlays, class_labels(config))) is not None:
+            sections.append(viewer)
     return sections
 
 
