@@ -77,3 +77,34 @@ def reference_mask_of_worst_case(seg_run):
     for axis in (0, 1, 2):
         core &= np.roll(mask, 1, axis) & np.roll(mask, -1, axis)
     return (image, mask) if core.any() else None
+
+
+def test_a_heat_map_shows_above_its_threshold_and_boxes_as_outlines(gl_browser, tmp_path):
+    """The helper's other overlays on a synthetic volume in a page built like the report's (file://, inlined)."""
+    if not viewer.installed():
+        pytest.skip(viewer.NOT_INSTALLED)
+    from medlens.io import Image, identity_direction
+
+    image = Image(np.tile(np.linspace(0, 100, 40, dtype=np.float32)[:, None, None], (1, 1, 30, 12)), (1.0, 1.0, 2.0),
+                  (5.0, -3.0, 10.0), identity_direction(3))
+    heat = np.full(image.spatial_shape, 0.1, dtype=np.float32)
+    heat[8:18, 8:18, 3:9] = 0.6
+    box = {"label": "nodule", "score": 0.9, "box": [24, 4, 2, 36, 16, 10]}
+    volumes = viewer.viewer_volumes(image, [viewer.heat_overlay(heat),
+                                            viewer.boxes_overlay([box], image.spatial_shape, ["nodule"])])
+    page_file = tmp_path / "viewer.html"
+    page_file.write_text("<!doctype html><html><body>" + viewer.viewer_block(volumes, "case") +
+                         viewer.viewer_scripts() + "</body></html>", encoding="utf-8")
+    page, errors = gl.open_page(gl_browser, page_file.as_uri(), ("file:", "data:", "blob:"), (900, 800))
+    gl.wait_ready(page, "#case")
+    hot, cool, face, inside = (gl.world_ras(image, v) for v in ((12, 12, 5), (30, 25, 5), (24, 10, 5), (30, 10, 5)))
+    colours = page.evaluate(gl.PIXELS_AT, ["#case", [hot, cool, face, inside]])
+    assert colours[0][0] > colours[0][2] + 40, colours  # warm colours where the map (0.6) is above 0.3
+    assert gl.is_grey(colours[1]) and gl.is_grey(colours[3]), colours  # below the threshold; inside the box
+    assert np.abs(np.subtract(colours[2], [31, 119, 180])).max() <= 12, colours  # the outline in tab10 blue, opaque
+    page.eval_on_selector("#case .mv-threshold", "el => { el.value = 0.7; el.dispatchEvent(new Event('input')); }")
+    assert gl.is_grey(page.evaluate(gl.PIXELS_AT, ["#case", [hot]])[0])  # 0.6 is now below the threshold
+    page.click("#case .mv-toggle[data-key=boxes]")
+    assert gl.is_grey(page.evaluate(gl.PIXELS_AT, ["#case", [face]])[0])
+    page.close()
+    assert errors == []
