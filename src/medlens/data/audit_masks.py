@@ -36,6 +36,7 @@ def check_mask(dataset: Dataset, case: Case, image: Image, stats: CaseStats, rng
     """
     try:
         mask = dataset.load_mask(case)
+        stats.read_notes += mask.meta.get("read_warnings", [])  # a misnamed file, overlapping DICOM segments...
         _check_loaded_mask(dataset, case, image, mask, stats, rng)
     except Exception as exc:  # noqa: BLE001 - any failure reading one mask is that case's finding
         stats.problems.append(Finding.blocking("mask.unreadable", describe_read_failure(case.mask, exc),

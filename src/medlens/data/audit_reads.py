@@ -68,6 +68,14 @@ NOTE_HEADLINES = {
     "image.misnamed": "file(s) hold another image format than their suffix says; each was read by its content",
     "image.alpha": "image(s) have an alpha channel, removed on reading (dropped where every pixel is opaque, "
                    "else the image flattened onto black)",
+    "labels.overlap": "DICOM label object(s) have overlapping structures; the later structure took each shared voxel",
+    "labels.clipped": "structure set(s) have contours reaching past the image, clipped to it",
+    "labels.frame_of_reference": "structure set(s) name another frame of reference than their series; contours "
+                                 "were placed on the referenced slices",
+    "labels.resampled": "DICOM SEG(s) lie on another grid than their series, resampled onto it (nearest neighbour)",
+    "labels.dropped": "DICOM label object(s) hold structures not asked for, left out",
+    "labels.empty_roi": "structure set(s) have an ROI without contours (read as absent)",
+    "labels.not_closed": "structure set(s) have POINT or OPEN_PLANAR contours, which enclose no area and were skipped",
 }
 
 
@@ -79,7 +87,7 @@ def read_note_findings(stats: list[CaseStats]) -> list[Finding]:
             by_code[note["code"]].append((s.case_id, note["message"]))
     findings = []
     for code, notes in sorted(by_code.items()):
-        named = "; ".join(f"{case}: {message}" for case, message in notes[:SHOWN])
+        named = "; ".join(m if m.startswith(case) else f"{case}: {m}" for case, m in notes[:SHOWN])
         more = f"; and {len(notes) - SHOWN} more" if len(notes) > SHOWN else ""
         headline = NOTE_HEADLINES.get(code, "file(s) were read with a note")
         findings.append(Finding("warning", code, f"{len(notes)} {headline}: {named}{more}",
