@@ -107,3 +107,15 @@ def test_stow_to_a_wrong_path_stores_nothing(orthanc, uploaded, tmp_path):
     assert orthanc.get("/statistics")["CountInstances"] == before
     send_files(copies, Destination.parse(orthanc.dicomweb))  # the right root takes all three
     assert orthanc.get("/statistics")["CountInstances"] == before + 3
+
+
+def test_a_study_with_no_series_the_model_takes_is_refused_with_the_reason(orthanc, seg_run, cli, tmp_path):
+    ct = write_study(tmp_path / "ct", seed=12, modality="CT", shape=(24, 24, 6))
+    orthanc.upload(ct)
+    before = orthanc.get("/statistics")["CountInstances"]
+    result = cli("predict", seg_run.root, f"dicomweb://127.0.0.1:{orthanc.http_port}/dicom-web/studies/{study_uid(ct)}",
+                 "--push")
+    assert result.rc != 0
+    assert "no series of the study" in result.err and "modality CT, the model was trained on MR" in result.err
+    assert orthanc.get("/statistics")["CountInstances"] == before
+    assert not leaks(result.out + result.err)

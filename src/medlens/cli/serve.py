@@ -96,7 +96,7 @@ def pacs_listener(config, predictor, pool):
 
     from medlens.deploy.pacs.listener import PacsListener, parse_kinds
 
-    return PacsListener(predictor, pool, replace(config, kinds=parse_kinds(config.kinds, predictor)), shared_pool=True)
+    return PacsListener(predictor, pool, replace(config, kinds=parse_kinds(config.kinds, predictor)))
 
 
 def check_limits(args) -> None:

@@ -115,21 +115,20 @@ class PacsListener:
 
     Args:
         predictor: the model (its rules; the pool's workers load the same model and predict).
-        pool: a :class:`~medlens.deploy.workers.WorkerPool`; with ``shared_pool`` the HTTP service starts it (the
-            listener waits for that), else the listener starts it on an event loop of its own at the first series.
+        pool: the HTTP service's :class:`~medlens.deploy.workers.WorkerPool`: the service starts it on its event
+            loop (``pool.loop``); the listener's threads hand their jobs to that loop.
         config: see :class:`ListenerConfig`.
     """
 
-    def __init__(self, predictor, pool, config: ListenerConfig, *, shared_pool: bool = False):
+    def __init__(self, predictor, pool, config: ListenerConfig):
         from medlens.deploy.pacs.rules import SeriesRules
 
-        self.predictor, self.pool, self.config, self.shared_pool = predictor, pool, config, shared_pool
+        self.predictor, self.pool, self.config = predictor, pool, config
         self.rules = SeriesRules.of(predictor)
         self._temp = None
         self._server = None
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(max(2, pool.spec.workers), thread_name_prefix="medlens-pacs")
-        self._own_loop: asyncio.AbstractEventLoop | None = None
         self.spool: SeriesSpool | None = None
         self.delivered = 0  # series whose results were sent
         self.refused = 0  # series no rule took, or whose prediction or sending failed
@@ -167,13 +166,11 @@ class PacsListener:
         threading.Thread(target=self._watch, name="medlens-pacs-watch", daemon=True).start()
 
     def stop(self) -> None:
-        """Stop listening, finish the series being predicted, stop this listener's own event loop (if any)."""
+        """Stop listening; series still waiting for a worker are given up (the service has stopped its pool)."""
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
         self._executor.shutdown(wait=True)
-        if self._own_loop is not None:
-            self._own_loop.call_soon_threadsafe(self._own_loop.stop)
         if self._temp is not None:
             self._temp.cleanup()
 
@@ -208,7 +205,10 @@ class PacsListener:
     def _watch(self) -> None:
         while not self._stop.wait(CHECK_INTERVAL_S):
             for folder in self.spool.complete():
-                self._executor.submit(self._process, folder)
+                try:
+                    self._executor.submit(self._process, folder)
+                except RuntimeError:  # stopping: the executor takes no more series
+                    return
 
     def _process(self, folder: Path) -> None:
         """Check the rules, predict in a worker, send, clean up (in an executor thread; never raises)."""
@@ -271,16 +271,18 @@ class PacsListener:
                     raise WorkerRefusal("the service stopped before the series was predicted", 503) from None
 
     def _pool_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the service started the pool on; without a service, one of this listener's own."""
-        from medlens.deploy.workers import START_TIMEOUT_S
+        """The event loop the service started the pool on (waiting while the service starts its workers).
+
+        Raises:
+            WorkerRefusal: the service never started its workers.
+        """
+        from medlens.deploy.workers import START_TIMEOUT_S, WorkerRefusal
 
         deadline = time.monotonic() + START_TIMEOUT_S
-        while self.shared_pool and self.pool.loop is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # the service has not started its workers yet
-        with _LOOP_LOCK:
-            if self.pool.loop is None:
-                self._own_loop = start_loop_thread()
-                asyncio.run_coroutine_threadsafe(self.pool.start(), self._own_loop).result()
+        while self.pool.loop is None and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.05)
+        if self.pool.loop is None:
+            raise WorkerRefusal("the service's prediction workers never started", 503)
         return self.pool.loop
 
     def _keep(self, folder: Path, *more: Path) -> str:
@@ -290,16 +292,6 @@ class PacsListener:
             if path.exists():
                 shutil.move(str(path), str(failed / path.name))
         return str(failed)
-
-
-_LOOP_LOCK = threading.Lock()
-
-
-def start_loop_thread() -> asyncio.AbstractEventLoop:
-    """An event loop running in a daemon thread (for a pool used without the HTTP service)."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="medlens-pacs-loop", daemon=True).start()
-    return loop
 
 
 def listener_config(*, listen: str | None, allow: str | None, destination: str | None, outputs: str | None,
