@@ -55,6 +55,9 @@ def test_rules_name_the_reason_and_never_the_uid():
     assert "no image instances (1 other object(s))" in rules.refusal(SeriesSummary(None, "", 0, 1))
     assert "single images" in SeriesRules((), 2).refusal(SeriesSummary(1, "DX", 30, 0))
     assert SeriesRules((), 2).refusal(SeriesSummary(1, "DX", 1, 0)) is None
+    # before a DICOMweb pull: the series search's modality alone
+    assert rules.modality_refusal(3, "CT") == "series 3: modality CT, the model was trained on MR"
+    assert rules.modality_refusal(3, "MR") is None and SeriesRules((), 3).modality_refusal(3, "CT") is None
 
 
 def test_training_modalities_as_dicom_codes():

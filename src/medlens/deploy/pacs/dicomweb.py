@@ -3,7 +3,8 @@
 The study's series are pulled over WADO-RS (dicomweb-client) into a temporary folder, one folder per series;
 each series the model's rules take is predicted and its DICOM results written under ``--out``; with ``--push``
 they are stored back into the same server over STOW-RS, all in one request, and only when every series
-predicted. ``dicomweb://`` is plain HTTP, ``dicomwebs://`` HTTPS (``http(s)://`` URLs are taken as they are).
+predicted. ``dicomweb://`` is plain HTTP, ``dicomwebs://`` HTTPS (on the command line an ``http://`` address
+would read as a file path). Series of a modality the model was not trained on are not pulled at all.
 """
 
 from __future__ import annotations
@@ -56,31 +57,46 @@ class StudyAddress:
         return cls(match["base"], match["study"], match["series"])
 
 
-def pull_study(address: StudyAddress, folder: Path, *, prefix: str = "", timeout_s: float = 60.0) -> list[Path]:
+def pull_study(address: StudyAddress, folder: Path, *, prefix: str = "", skip: Callable | None = None,
+               timeout_s: float = 60.0) -> tuple[list[Path], list[str]]:
     """Write the study's instances into ``folder/{prefix}series_K/`` (K: 1, 2... in the server's series order).
 
+    Args:
+        skip: ``skip(number, modality)`` -> why a series is not wanted (``None``: pull it), asked with what the
+            server's series search says before anything of that series is pulled.
+
     Returns:
-        The series folders.
+        The series folders pulled, and the reasons of the series skipped.
 
     Raises:
         DicomwebError: the server could not be reached, answered an error, or holds no such study / series.
     """
     client = _client(address.base_url, timeout_s)
-    uids = [address.series_uid] if address.series_uid else _series_of(client, address)
-    folders = []
-    for k, series_uid in enumerate(uids, start=1):
+    listed = [(address.series_uid, None, "")] if address.series_uid else _series_of(client, address)
+    folders, skipped = [], []
+    for k, (series_uid, number, modality) in enumerate(listed, start=1):
+        reason = skip(number, modality) if skip is not None and modality else None
+        if reason:
+            skipped.append(reason)
+            continue
         target = Path(folder) / f"{prefix}series_{k}"
         target.mkdir(parents=True)
-        count = 0
-        for count, ds in enumerate(_call(address, "retrieve a series of the study",
-                                         lambda u=series_uid: list(client.iter_series(address.study_uid, u))),
-                                   start=1):
-            ds.save_as(target / f"{count:05d}.dcm", enforce_file_format=True)
-        if count == 0:
+        if _save_series(client, address, series_uid, target) == 0:
             raise DicomwebError(f"the DICOMweb server at {address.base_url} holds no instances of the series asked "
                                 "for; check the series UID")
         folders.append(target)
-    return folders
+    return folders, skipped
+
+
+def _save_series(client, address: StudyAddress, series_uid: str, target: Path) -> int:
+    """Stream one series' instances into ``target`` (one file each); how many."""
+    def fetch() -> int:
+        count = 0
+        for count, ds in enumerate(client.iter_series(address.study_uid, series_uid), start=1):
+            ds.save_as(target / f"{count:05d}.dcm", enforce_file_format=True)
+        return count
+
+    return _call(address, "retrieve a series of the study", fetch)
 
 
 def _client(base_url: str, timeout_s: float):
@@ -91,15 +107,22 @@ def _client(base_url: str, timeout_s: float):
     return client
 
 
-def _series_of(client, address: StudyAddress) -> list[str]:
+def _series_of(client, address: StudyAddress) -> list[tuple[str, int | None, str]]:
+    """``(SeriesInstanceUID, SeriesNumber, Modality)`` of each series of the study (QIDO-RS)."""
     from pydicom import Dataset
 
     found = _call(address, "list the study's series", lambda: client.search_for_series(address.study_uid))
-    uids = [str(Dataset.from_json(entry).get("SeriesInstanceUID", "")) for entry in found]
-    if not [u for u in uids if u]:
+    listed = []
+    for entry in found:
+        ds = Dataset.from_json(entry)
+        number = ds.get("SeriesNumber")
+        if ds.get("SeriesInstanceUID"):
+            listed.append((str(ds.SeriesInstanceUID), int(number) if number not in (None, "") else None,
+                           str(ds.get("Modality", "") or "")))
+    if not listed:
         raise DicomwebError(f"the DICOMweb server at {address.base_url} holds no study with that StudyInstanceUID "
                             "(no series found); check the UID, or upload the study first")
-    return [u for u in uids if u]
+    return listed
 
 
 def _call(address: StudyAddress, what: str, request: Callable):
@@ -186,28 +209,33 @@ def dicomweb_inputs(predictor, inputs: Sequence, *, kinds: str | None, push: boo
                 continue
             address = StudyAddress.parse(str(item))
             prefix = f"study{k + 1}_" if len(addresses) > 1 else ""
-            taken = _taken(predictor, pull_study(address, Path(pulled), prefix=prefix), address, log)
+            taken = _taken(predictor, address, Path(pulled), prefix, log)
             local += taken
             bases.update({folder.name: address.base_url for folder in taken})
         yield PulledInputs(local, kinds, bases, log)
 
 
-def _taken(predictor, folders: list[Path], address: StudyAddress, log: Callable[[str], None]) -> list[Path]:
-    """The series folders the model's rules take; the others logged with the reason.
+def _taken(predictor, address: StudyAddress, folder: Path, prefix: str, log: Callable[[str], None]) -> list[Path]:
+    """Pull the study's series the model's rules take (a series of another modality is not even pulled); the
+    others are logged with the reason.
 
     Raises:
         DicomwebError: none is taken.
     """
     from medlens.deploy.pacs.rules import SeriesRules, summarise
 
-    rules, taken, reasons = SeriesRules.of(predictor), [], []
-    for folder in folders:
-        reason = rules.refusal(summarise(folder))
+    rules = SeriesRules.of(predictor)
+    folders, reasons = pull_study(address, folder, prefix=prefix,
+                                  skip=lambda number, modality: rules.modality_refusal(number, modality))
+    taken = []
+    for pulled in folders:
+        reason = rules.refusal(summarise(pulled))
         if reason:
-            log(f"not predicted: {reason}")
             reasons.append(reason)
         else:
-            taken.append(folder)
+            taken.append(pulled)
+    for reason in reasons:
+        log(f"not predicted: {reason}")
     if not taken:
         raise DicomwebError(f"no series of the study at {address.base_url} matches the model ({rules.describe()}): "
                             + "; ".join(reasons) + "; nothing predicted or pushed")

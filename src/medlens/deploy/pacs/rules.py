@@ -76,13 +76,22 @@ class SeriesRules:
             return (f"{series.describe()} holds no image instances ({series.skipped} other object(s)); the model "
                     "predicts on images")
         if self.modalities and series.modality not in self.modalities:
-            return (f"{series.describe()}: modality {series.modality or 'absent'}, the model was trained on "
-                    f"{'/'.join(self.modalities)}")
+            return self._wrong_modality(series.describe(), series.modality)
         if self.spatial_dims == 3 and series.slices < self.min_slices:
             return (f"{series.describe()}: the model is 3D and takes volumes of at least {self.min_slices} slices")
         if self.spatial_dims == 2 and series.slices != 1:
             return f"{series.describe()}: the model is 2D and takes single images; send one image per series"
         return None
+
+
+    def modality_refusal(self, number: int | None, modality: str) -> str | None:
+        """Why a series of this Modality is not taken, from a series search before its instances are fetched."""
+        if not self.modalities or modality in self.modalities:
+            return None
+        return self._wrong_modality(f"series {number}" if number is not None else "a series without a number", modality)
+
+    def _wrong_modality(self, series: str, modality: str) -> str:
+        return f"{series}: modality {modality or 'absent'}, the model was trained on {'/'.join(self.modalities)}"
 
 
 def dicom_modalities(names) -> tuple[str, ...]:
