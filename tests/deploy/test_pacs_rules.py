@@ -84,3 +84,13 @@ def test_a_series_completes_after_its_settle_time_or_soon_after_release(tmp_path
     assert sorted(spool.complete()) == sorted([a, b])  # a: settled; b: released
     assert spool.complete() == []
     assert spool.folder_for("1.2.3", association=3) != a  # a late instance starts a new series folder
+
+
+def test_a_series_past_the_work_budget_is_refused_and_dropped(tmp_path):
+    spool = SeriesSpool(tmp_path, settle_s=0.01, max_voxels=1000)
+    folder = spool.folder_for("1.2.3", association=1, voxels=600)
+    assert folder is not None and folder.is_dir()
+    assert spool.folder_for("1.2.3", association=1, voxels=600) is None  # 1200 > 1000
+    assert not folder.exists() and spool.folder_for("1.2.3", association=1, voxels=1) is None
+    time.sleep(0.02)
+    assert spool.complete() == []  # never predicted

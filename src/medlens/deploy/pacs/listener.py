@@ -64,21 +64,29 @@ class _Series:
     folder: Path
     last_s: float
     count: int = 0
+    voxels: int = 0
+    over_budget: bool = False
     open_associations: set = field(default_factory=set)
     released_s: float | None = None
 
 
 class SeriesSpool:
-    """Received instances by series, and which series are complete (thread-safe)."""
+    """Received instances by series, and which series are complete (thread-safe).
 
-    def __init__(self, root: Path, settle_s: float):
-        self.root, self.settle_s = Path(root), settle_s
+    Args:
+        max_voxels: pixels a series may hold in the spool (the service's work budget): past it, the series' further
+            instances are refused and the series is dropped, so a sender cannot fill the disk with one series.
+    """
+
+    def __init__(self, root: Path, settle_s: float, max_voxels: int | None = None):
+        self.root, self.settle_s, self.max_voxels = Path(root), settle_s, max_voxels
         self._lock = threading.Lock()
         self._open: dict[str, _Series] = {}
         self._made = 0
 
-    def folder_for(self, series_uid: str, association: int) -> Path:
-        """The spool folder of an arriving instance's series (a new one after that series was completed)."""
+    def folder_for(self, series_uid: str, association: int, voxels: int = 0) -> Path | None:
+        """The spool folder of an arriving instance of ``voxels`` pixels (a new folder after that series was
+        completed); ``None`` when the series would exceed ``max_voxels`` (it is then dropped whole)."""
         with self._lock:
             series = self._open.get(series_uid)
             if series is None:
@@ -86,9 +94,17 @@ class SeriesSpool:
                 key = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
                 series = self._open[series_uid] = _Series(self.root / f"{self._made:05d}-{key}", time.monotonic())
                 series.folder.mkdir(parents=True)
-            series.last_s, series.count = time.monotonic(), series.count + 1
+            series.last_s, series.count, series.voxels = time.monotonic(), series.count + 1, series.voxels + voxels
             series.open_associations.add(association)
             series.released_s = None
+            if self.max_voxels is not None and series.voxels > self.max_voxels:
+                if not series.over_budget:
+                    series.over_budget = True
+                    shutil.rmtree(series.folder, ignore_errors=True)
+                    LOG.warning("a series passed the work budget of %d voxels after %d instances; its instances are "
+                                "refused (the limit is set by `medlens serve --max-voxels`)", self.max_voxels,
+                                series.count)
+                return None
             return series.folder
 
     def released(self, association: int) -> None:
@@ -106,7 +122,9 @@ class SeriesSpool:
                 settled = now - series.last_s >= self.settle_s
                 released = series.released_s is not None and now - series.released_s >= RELEASE_GRACE_S
                 if settled or released:
-                    done.append(self._open.pop(uid).folder)
+                    series = self._open.pop(uid)
+                    if not series.over_budget:
+                        done.append(series.folder)
         return done
 
 
@@ -155,7 +173,7 @@ class PacsListener:
         if root is None:
             self._temp = tempfile.TemporaryDirectory(prefix="medlens-spool-")
             root = Path(self._temp.name)
-        self.spool = SeriesSpool(Path(root), self.config.settle_s)
+        self.spool = SeriesSpool(Path(root), self.config.settle_s, self.pool.spec.budget.max_voxels)
         ae = AE(ae_title=self.config.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)  # C-ECHO: a PACS tests the connection with it
@@ -185,7 +203,11 @@ class PacsListener:
             if not series_uid or not sop_uid:
                 LOG.warning("an instance without SeriesInstanceUID or SOPInstanceUID was refused")
                 return 0xC000
-            folder = self.spool.folder_for(series_uid, id(event.assoc))
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            folder = self.spool.folder_for(series_uid, id(event.assoc),
+                                           int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames)
+            if folder is None:
+                return 0xA700  # Out of resources: the series is past the work budget
             name = hashlib.sha256(sop_uid.encode()).hexdigest()[:20] + ".dcm"
             write_bytes_atomic(folder / name, event.encoded_dataset(include_meta=True))
             return 0x0000
