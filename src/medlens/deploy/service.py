@@ -337,9 +337,7 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, fields: F
 
     @app.get("/v1/model", dependencies=guard)
     def model_card():  # the card, and the options (and, for several inputs, the form) POST /v1/predict takes
-        from medlens.report.viewer import installed
-
-        service = {"options": list(predictor.task.service_options), "viewer": installed()}
+        service = {"options": list(predictor.task.service_options)}
         if fields.fused:
             service.update(files=list(fields.files), clinical_field=CLINICAL_FIELD if fields.clinical else None)
         return {**predictor.card, "service": service}
