@@ -472,27 +472,13 @@ def cli(capsys):
     return run
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Debian chromium driven by playwright (never `playwright install`). `make test` installs
-    chromium; where the variable CI is set, a missing browser fails instead of skipping."""
-    import os
+    """Headless Debian chromium driven by playwright (never `playwright install`); see tests/chromium.py."""
+    from tests.chromium import QUIET_ARGS, launch
 
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launch(["--disable-gpu", *QUIET_ARGS]) as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Where the variable CI is set, a missing browser fails instead of skipping.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -14,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-GL_ARGS = ["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-           "--ignore-gpu-blocklist", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"]
+from tests.chromium import QUIET_ARGS, launch
+
+GL_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+           *QUIET_ARGS]
 
 #: colours at world points (RAS mm) in the axial plane through each, read from the drawing buffer right after a draw;
 #: the point goes through the image's full affine (convertMM2Frac with isForceSliceMM: NiiVue's own mm2frac uses an
@@ -53,21 +52,9 @@ CANVAS_STATS = """(selector) => {
 }"""
 
 
-@contextlib.contextmanager
 def gl_chromium():
-    """Headless chromium with WebGL2 on SwiftShader (never `playwright install`)."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing; `make browser` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=GL_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    """Headless chromium with WebGL2 on SwiftShader."""
+    return launch(GL_ARGS)
 
 
 def open_page(browser, url: str, allowed: tuple[str, ...], size=(1200, 1100)):

@@ -103,3 +103,13 @@ def limited(predictor):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin on free localhost ports (tests/deploy/orthanc.py), one per module."""
+    from tests.deploy.orthanc import start_orthanc
+
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.orthanc import free_port, start_orthanc
+from tests.deploy.orthanc import free_port
 from tests.deploy.pacs_data import leaks, study_uid, write_study
 
 LAUNCH = "import sys; from medlens.cli import main; sys.exit(main())"
@@ -85,13 +85,6 @@ def send_series(paths, port: int, *, calling: str = SENDER):
     assoc.release()
     assert statuses == [0] * len(datasets)
     return assoc
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

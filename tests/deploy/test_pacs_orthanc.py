@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.deploy.orthanc import start_orthanc
 from tests.deploy.pacs_data import leaks, study_uid, write_study
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

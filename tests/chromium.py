@@ -1,0 +1,34 @@
+"""Headless Debian chromium driven by playwright (never `playwright install`), for the browser tests.
+
+`make test` installs chromium; where the variable CI is set, a missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: without the background-networking flags chromium's own connections are refused by a closed network
+QUIET_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def launch(args: list[str]):
+    """A launched chromium with ``args``; skips (fails on CI) when chromium or playwright is missing."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing; `make browser` installs it (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            yield launched
+        finally:
+            launched.close()
