@@ -83,10 +83,12 @@ demo: setup
 	$(VENV)/bin/medlens evaluate $(DEMO_DIR)/seg_run
 	$(VENV)/bin/medlens predict $(DEMO_DIR)/seg_run $(DEMO_DIR)/new_volumes/lesion_new.nii.gz --out $(DEMO_DIR)/seg_run/new_masks
 	$(VENV)/bin/medlens explain $(DEMO_DIR)/seg_run $(DEMO_DIR)/new_volumes/lesion_new.nii.gz --out $(DEMO_DIR)/seg_run/explanations
+	$(VENV)/bin/medlens predict $(DEMO_DIR)/seg_run $(DEMO_DIR)/new_dicom/lesion_series --dicom seg,rtstruct,sr --out $(DEMO_DIR)/seg_run/new_dicom
 	@echo "demo: cards and splits in $(DEMO_DIR)/; the classification run (plan, checkpoints, metrics.json,"
 	@echo "      metrics.csv, predictions) in $(DEMO_DIR)/run/; the truth for new_studies in $(DEMO_DIR)/new_studies/answers.csv;"
 	@echo "      the segmentation run in $(DEMO_DIR)/seg_run/, its mask for new_volumes/lesion_new.nii.gz in"
-	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/);"
+	@echo "      $(DEMO_DIR)/seg_run/new_masks/ (truth: $(DEMO_DIR)/new_volumes/truth/); its DICOM SEG, RTSTRUCT and"
+	@echo "      structured report for the DICOM series new_dicom/lesion_series in $(DEMO_DIR)/seg_run/new_dicom/;"
 	@echo "      open $(DEMO_DIR)/run/report.html and $(DEMO_DIR)/seg_run/report.html in a browser; Grad-CAM"
 	@echo "      overlays of the new studies in $(DEMO_DIR)/run/explanations/, of the new volume in $(DEMO_DIR)/seg_run/explanations/;"
 	@echo "      the deployable bundle in $(DEMO_DIR)/model.bundle: serve it with"

@@ -10,6 +10,8 @@
 - ``new_volumes/``: one fresh lesion volume on another grid (oblique direction, 0.7 x 0.7 x 1.9 mm)
   for ``medlens predict`` on a segmentation run; its true mask is in ``new_volumes/truth/``.
 - ``dicom/series_001/``: one CT series (64 x 64 x 20, HU, proper geometry tags).
+- ``new_dicom/lesion_series/``: one fresh lesion volume as an MR DICOM series (48 x 48 x 32, 0.8 x 0.8 x 1.5 mm)
+  for ``medlens predict --dicom`` (SEG / RTSTRUCT / SR answers); its true mask is in ``new_dicom/truth.nii.gz``.
 - ``detection/``: 2D smear-like images (96 x 96, 8-bit) with bright round ``cell`` and small dark
   ``spot`` objects, and ``detection.csv``, a box manifest (one row per box, empty coordinates for an
   image without objects). The segmentation lesions are a 3D detection set with ``--boxes-from-masks``.
@@ -54,6 +56,7 @@ def write_demo_data(out: str | Path, *, seed: int = 0, patients: int = 80, volum
         _write_segmentation(staging / "segmentation", rng, volumes)
         _write_new_volume(staging / "new_volumes", np.random.default_rng(seed + 2))
         _write_dicom(staging / "dicom" / "series_001", rng)
+        _write_lesion_series(staging / "new_dicom", np.random.default_rng(seed + 4))
         _write_detection(staging, np.random.default_rng(seed + 3), smears)
         (staging / MARKER).write_text(f"medlens demo data, seed {seed}\n")
         if out.exists():
@@ -152,6 +155,17 @@ def _write_new_volume(folder: Path, rng: np.random.Generator) -> None:
     origin = (12.5, -40.25, 7.0)
     write_image(Image(volume[None], spacing, origin, direction), folder / "lesion_new.nii.gz")
     write_image(Image(mask[None], spacing, origin, direction), folder / "truth" / "lesion_new.nii.gz")
+
+
+def _write_lesion_series(folder: Path, rng: np.random.Generator) -> None:
+    from medlens.io.dicom_write import write_dicom_series
+
+    spacing, origin = (0.8, 0.8, 1.5), (-19.2, -19.2, -24.0)
+    volume, mask = lesion_volume(rng, spacing=spacing)
+    write_dicom_series(np.clip(volume, 0, None), folder / "lesion_series", spacing_mm=spacing, origin_mm=origin,
+                       modality="MR", patient_id="DEMO002", uid_seed="medlens-demo-lesion", rescale_intercept=0.0,
+                       series_description="medlens demo lesion")
+    write_image(Image(mask[None], spacing, origin, identity_direction(3)), folder / "truth.nii.gz")
 
 
 def _write_dicom(folder: Path, rng: np.random.Generator) -> None:

@@ -110,6 +110,8 @@ class Task(Protocol):
         service_options: the boolean options ``POST /v1/predict`` accepts (``heatmap``, ``mask``).
         runs_exports: predictions can run through the bundle's TorchScript / ONNX network (whole images in,
             logits out); otherwise they run through the PyTorch weights.
+        dicom_kinds: the DICOM objects its answer on a DICOM series can be written as (``seg``, ``rtstruct``,
+            ``sr``, ``capture``: :mod:`medlens.deploy.dicom`).
     """
 
     name: str
@@ -118,6 +120,7 @@ class Task(Protocol):
     ignored: frozenset[str]
     service_options: tuple[str, ...]
     runs_exports: bool
+    dicom_kinds: tuple[str, ...]
 
     def plan(self, card: dict, *, time_budget_s: float | None, device: str, processes: int = 1,
              probe: bool = True) -> tuple[Config, dict[str, str]]:

@@ -13,10 +13,7 @@ from pathlib import Path
 
 from medlens.errors import ConfigError
 
-DICOM_KINDS = ("seg", "rtstruct", "sr", "capture")
-#: what each task's answer can be written as
-TASK_KINDS = {"segmentation": ("seg", "rtstruct", "sr"), "classification": ("sr", "capture"),
-              "detection": ("sr",), "anomaly": ("capture",)}
+DICOM_KINDS = ("seg", "rtstruct", "sr", "capture")  # what a task's answer can be written as: Task.dicom_kinds
 FILE_NAMES = {"seg": "seg.dcm", "rtstruct": "rtstruct.dcm", "sr": "sr.dcm", "capture": "capture.dcm"}
 
 
@@ -40,8 +37,7 @@ def check_kinds(predictor, kinds: Sequence[str]) -> None:
     Raises:
         ConfigError: naming the kinds the task gives.
     """
-    task = predictor.task.name
-    possible = TASK_KINDS.get(task, ())
+    task, possible = predictor.task.name, predictor.task.dicom_kinds
     refused = [k for k in kinds if k not in possible]
     if refused:
         reason = {"seg": "it predicts no mask", "rtstruct": "it predicts no mask", "sr": "it has no measurements",

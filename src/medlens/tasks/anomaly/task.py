@@ -28,6 +28,7 @@ class AnomalyTask:
                          "train.label_smoothing", "train.sampler", "train.freeze_epochs", "train.finetune_lr_factor",
                          "train.ema_fraction", "evaluate.tta", "evaluate.baseline"})
     runs_exports = True
+    dicom_kinds = ("capture",)  # the anomaly map overlay
     service_options = ("heatmap", "map")
 
     # ---- plan ----------------------------------------------------------------------------------------

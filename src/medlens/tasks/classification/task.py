@@ -24,6 +24,7 @@ class ClassificationTask:
                          "segment", "model.filters", "model.strides", "model.kernels", "model.deep_supervision",
                          "data.target_spacing", "data.foreground_stats"})
     runs_exports = True
+    dicom_kinds = ("sr", "capture")  # the finding with its probability; the heat-map overlay
     service_options = ("heatmap",)
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class DetectionTask:
                          "augment.rotate_deg", "augment.scale", "augment.translate", "augment.gamma",
                          "augment.elastic", "dataset.label_values"})
     runs_exports = False
+    dicom_kinds = ("sr",)  # boxes as planar regions with their scores
     service_options = ("overlay",)
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class PretrainingTask:
                          "train.sampler", "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.tta",
                          "evaluate.baseline"})
     runs_exports = False
+    dicom_kinds = ()  # an encoder answers nothing a PACS stores
     service_options = ()
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class SegmentationTask:
                          "model.width", "model.members", "train.sampler", "train.label_smoothing",
                          "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.baseline"})
     runs_exports = False
+    dicom_kinds = ("seg", "rtstruct", "sr")  # a mask: as SEG or structure set, its volumes in a report
     service_options = ("mask",)
 
     # ---- plan ----------------------------------------------------------------------------------------
