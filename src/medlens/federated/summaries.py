@@ -1,0 +1,163 @@
+"""What a site tells the federation about its data: aggregate statistics of medlens' own audit, nothing else.
+
+A site's summary is built from :func:`medlens.data.audit.inspect_dataset` on the site's data and the split
+medlens makes of it (:func:`medlens.data.prepared.resolve_splits`: patient-grouped, stratified, seeded), so
+every site counts the cases it will train on. Only whitelisted aggregates are copied out of the card (counts,
+label balance, class names, dimensionality, size / spacing / channel / intensity statistics, modality, the
+audit's finding codes): never the data's location, file names, case or patient ids, or image bytes. The
+server checks the summaries (:func:`check_summaries`) and plans from them (:mod:`medlens.federated.plan`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from medlens.config import Config
+from medlens.data import open_dataset
+from medlens.data.audit import inspect_dataset
+from medlens.data.prepared import resolve_splits
+from medlens.errors import ConfigError, DatasetError
+
+SUMMARY_VERSION = 1
+TASKS = ("binary", "multiclass", "multilabel", "ordinal", "segmentation")  # what a site can train (AUC or Dice)
+MASK_KEYS = ("declared_labels", "cases_with_label", "label_voxels", "foreground_fraction", "foreground_intensity")
+
+
+def site_summary(data: str | Path, *, name: str, seed: int = 0) -> dict:
+    """The JSON-ready summary of the site data at ``data``, labelled ``name``.
+
+    Args:
+        data: anything :func:`medlens.data.open_dataset` opens (class folders, a CSV manifest, Decathlon, ...).
+        name: the site's name in the federation (what errors and reports call it).
+        seed: the split's seed (the plan's ``train.seed``; :class:`~medlens.federated.local.SiteTrainer` splits
+            with the same one).
+
+    Returns:
+        ``{"site", "summary_version", "dataset": {task, class_names, spatial_dims, modality, layout, num_cases,
+        num_readable}, "counts": {"by_split": {split: {class: n}}, "total", "patients_by_split"}, "images": {shape,
+        channels, dtypes, spacing, intensity}, "masks": {...} (segmentation), "findings": [{code, severity}]}``.
+
+    Raises:
+        DatasetError: the audit found the data unusable (the findings are listed; this message stays at the site).
+    """
+    dataset = open_dataset(data)
+    card = inspect_dataset(dataset)
+    _refuse_blocking(card, name)
+    splits = site_splits(dataset, card, seed=seed)
+    return summary_from_card(card, dataset, splits, name=name)
+
+
+def site_splits(dataset, card: dict, *, seed: int = 0) -> dict:
+    """medlens' split of a site's data (the dataset's own splits kept, the rest made patient-grouped)."""
+    config = Config()
+    config = replace(config, train=replace(config.train, seed=seed))
+    return resolve_splits(dataset, config, card)
+
+
+def summary_from_card(card: dict, dataset, splits: dict, *, name: str) -> dict:
+    """The whitelisted aggregates of ``card``, with counts taken from ``splits`` (see :func:`site_summary`)."""
+    described = card["dataset"]
+    summary = {
+        "site": name,
+        "summary_version": SUMMARY_VERSION,
+        "dataset": {k: described.get(k) for k in ("task", "class_names", "spatial_dims", "modality", "layout",
+                                                  "num_cases", "num_readable")},
+        "counts": split_counts(dataset, splits),
+        "images": _images(card.get("images") or {}),
+        "findings": [{"code": f["code"], "severity": f["severity"]} for f in card.get("findings", [])],
+    }
+    if card.get("masks"):
+        summary["masks"] = {k: card["masks"].get(k) for k in MASK_KEYS}
+    return summary
+
+
+def split_counts(dataset, splits: dict) -> dict:
+    """Cases per split and class (``cases`` for masks), and patients per split, from a splits document."""
+    by_id = {c.case_id: c for c in dataset.cases}
+    fold = splits["folds"][0]
+    by_split, patients = {}, {}
+    for split, ids in (("train", fold["train"]), ("val", fold["val"]), ("test", splits["test"])):
+        cases = [by_id[i] for i in ids]
+        by_split[split] = _class_counts(dataset, cases)
+        patients[split] = len({c.patient_id or c.case_id for c in cases})
+    total = sum((Counter(c) for c in by_split.values()), Counter())
+    order = ["cases", *dataset.class_names]
+    return {"by_split": by_split, "total": {k: total[k] for k in order if k in total},
+            "patients_by_split": patients}
+
+
+def _class_counts(dataset, cases) -> dict:
+    form = dataset.task.label_form
+    if form == "class":
+        counts = Counter(dataset.class_names[c.label] for c in cases if c.label is not None)
+        return {n: counts.get(n, 0) for n in dataset.class_names}
+    if form == "flags":
+        return {"cases": len(cases), **{n: sum(int(c.label[k]) for c in cases if c.label is not None)
+                                        for k, n in enumerate(dataset.class_names)}}
+    return {"cases": len(cases)}
+
+
+def _images(images: dict) -> dict:
+    keep = ("shape", "distinct_shapes", "channels", "dtypes", "spacing_known", "spacing_mm", "intensity")
+    return {k: images[k] for k in keep if k in images}
+
+
+def _refuse_blocking(card: dict, name: str) -> None:
+    blocking = [f for f in card["findings"] if f.get("blocks_training")]
+    if blocking:
+        raise DatasetError(f"site {name}: the data cannot be trained on:\n"
+                           + "\n".join(f"  [{f['code']}] {f['message']}" for f in blocking)
+                           + "\nfix them (`medlens inspect DATA` lists every finding) before joining the federation")
+
+
+def train_count(summary: dict) -> int:
+    """Training cases of a site's summary."""
+    train = summary["counts"]["by_split"].get("train") or {}
+    return int(train.get("cases") or sum(train.values()))
+
+
+def check_summaries(summaries: dict[str, dict], *, batch_size: int | None = None) -> None:
+    """Refuse sites that cannot train one model together, naming the site and the fix.
+
+    Checks: at least one site; a task federated training covers; the same task, classes, spatial dimensions and
+    channels at every site (compared with the first site); training cases at every site, and at least
+    ``batch_size`` of them when given.
+
+    Raises:
+        ConfigError: the first disagreement found.
+    """
+    if not summaries:
+        raise ConfigError("no site summaries: start at least one site (`medlens fl site --server HOST:PORT --data "
+                          "SITE_DATA`)")
+    names = list(summaries)
+    first, reference = names[0], summaries[names[0]]
+    for name in names:
+        _check_one(name, summaries[name], first, reference, batch_size)
+
+
+def _check_one(name: str, summary: dict, first: str, reference: dict, batch_size: int | None) -> None:
+    described, expected = summary["dataset"], reference["dataset"]
+    if described["task"] not in TASKS:
+        raise ConfigError(f"site {name} holds {described['task']} data; federated training covers "
+                          f"{', '.join(TASKS)} data")
+    for key, what in (("task", "task"), ("class_names", "classes"), ("spatial_dims", "image dimensions")):
+        if described[key] != expected[key]:
+            raise ConfigError(f"site {name}: its {what} {described[key]!r} disagree with site {first}'s "
+                              f"{expected[key]!r}; every site must label the same classes in the same order on "
+                              f"images of the same dimensionality: relabel the data at {name} (or leave it out)")
+    channels, expected_channels = _main_channels(summary), _main_channels(reference)
+    if channels != expected_channels:
+        raise ConfigError(f"site {name}: its images have {channels} channel(s), site {first}'s have "
+                          f"{expected_channels}; convert the images at {name} to {expected_channels} channel(s)")
+    n = train_count(summary)
+    if n == 0 or (batch_size and n < batch_size):
+        need = f"at least one batch of {batch_size}" if batch_size else "at least one"
+        raise ConfigError(f"site {name} has {n} training case(s) (medlens' split of its data), {need} needed; "
+                          "add cases at that site, or leave it out of the federation")
+
+
+def _main_channels(summary: dict) -> int | None:
+    channels = summary["images"].get("channels") or {}
+    return int(max(channels, key=channels.get)) if channels else None
