@@ -99,8 +99,8 @@ class SiteTrainer:
         dataset = open_dataset(data)
         config = replace(config, dataset=replace(config.dataset, source=str(data), layout=dataset.layout))
         check_plan_fits(config, dataset)
-        splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
-        self.cases = split_cases(dataset, splits, 0)
+        self.splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
+        self.cases = split_cases(dataset, self.splits, 0)
         torch.manual_seed(config.train.seed)
         self.fit_ = task_for(config).prepare_fit(config, dataset, self.cases, world_size=1, log=log)
         self.config = self.fit_.config

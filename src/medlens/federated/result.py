@@ -1,0 +1,130 @@
+"""The federation's result as an ordinary run folder: what ``medlens evaluate / export / serve`` take.
+
+``write_run`` writes, beside the server's ``federated/`` checkpoints:
+
+- ``plan.yaml``: the task plan every site trained with (reasons beside the values);
+- ``weights.pt``: the final global weights, in the network the plan describes;
+- ``federation.yaml``: the federation plan (:class:`~medlens.federated.plan.FederationPlan`);
+- ``run.json``: ``status: finished``, and under ``federation`` the strategy, rounds, each site's rounds,
+  training cases and the differential privacy ``(epsilon, delta)`` it spent, and what the calibration was fitted on;
+- ``federated/history.json``: one record per round;
+- with ``calibrate_on`` (a site's data on this machine, as in ``medlens federate``): the task's own
+  calibration hook (:meth:`medlens.tasks.Task.finish`: temperature and threshold, validation metrics, the
+  out-of-distribution guard for classification; post-processing for segmentation) fitted on that site's
+  validation split, and ``splits.json`` of that site, so ``medlens evaluate RUN`` scores that
+  site's test split. Without it (a server that holds no data) there is no calibration: temperature 1 and
+  threshold 0.5, which ``run.json`` says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medlens._files import write_json_atomic, write_text_atomic
+from medlens.config import Config, render_plan
+from medlens.errors import ConfigError
+from medlens.federated.plan import FederationPlan, write_federation
+from medlens.runs import RUN_VERSION, RunFolder, json_safe, now
+
+FEDERATION = "federation.yaml"
+NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
+
+
+def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
+              history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
+              calibrate_on: str | Path | None = None, calibration_site: str | None = None, log=print) -> RunFolder:
+    """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
+
+    Args:
+        config: the task plan the sites trained with.
+        plan: the federation plan.
+        weights: the final global weights ``{state_dict key: array}``.
+        history: one record per round (what the server kept: ``round``, ``seconds``, ``sites``, ...).
+        sites: ``{site: {"rounds", "n_examples", "privacy": (epsilon, delta) | None, "counts"}}``.
+        reasons: the task plan's reasons (``plan.yaml`` comments).
+        calibrate_on: a site's data on this machine to fit the task's calibration on (its validation split).
+        calibration_site: that site's name (for run.json).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ConfigError: the weights do not fit the planned network; ``out`` holds a finished non-federated run.
+    """
+    from medlens.tasks import task_for
+
+    run = RunFolder(Path(out))
+    _check_target(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    task = task_for(config)
+    model = _global_model(task, config, plan, weights)
+    calibration, config = _calibrate(run, task, config, plan, weights, model, calibrate_on, calibration_site, log)
+    from medlens.models.weights import save_atomic
+
+    save_atomic(model.state_dict(), run.weights)
+    header = (f"medlens federated plan ({plan.strategy}, {len(sites)} sites), written {now()}.\nEvery site trained "
+              "with these values; federation.yaml holds the federation's own.")
+    write_text_atomic(run.plan, render_plan(config, dict(reasons or {}), header, omit=task.ignored))
+    write_federation(run.root / FEDERATION, plan)
+    write_json_atomic(run.root / "federated" / "history.json", json_safe(history))
+    run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
+                    dataset=config.dataset.source, task=config.dataset.task, epochs_run=plan.rounds * plan.local_epochs,
+                    federation=json_safe(_federation_record(plan, history, sites, calibration)))
+    log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
+    return run
+
+
+def _check_target(run: RunFolder) -> None:
+    if run.info.exists() and not (run.root / "federated").exists() and not (run.root / FEDERATION).exists():
+        raise ConfigError(f"{run.root} already holds a run that is not a federation's; choose another --out")
+
+
+def _global_model(task, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The planned network holding ``weights`` (refused, naming keys, when they do not fit)."""
+    from medlens.federated.local import dp_network
+
+    model = dp_network(task.build_model(config), plan)[0]
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or extra:
+        raise ConfigError(f"the global weights do not fit the planned {config.model.name}: {len(missing)} key(s) "
+                          f"missing (e.g. {missing[:2]}), {len(extra)} unknown (e.g. {extra[:2]})")
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()})
+    return model.eval()
+
+
+def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weights, model, calibrate_on,
+               calibration_site, log) -> tuple[str, Config]:
+    """The task's calibration hook on a site's validation split (see module docstring); what it was fitted on."""
+    if calibrate_on is None:
+        return NO_CALIBRATION, config
+    from medlens.federated.local import SiteTrainer
+
+    name = calibration_site or Path(str(calibrate_on)).name
+    site = SiteTrainer(config, plan, calibrate_on, site=name, log=log)
+    site.load(weights)
+    site_config = site.config
+    write_json_atomic(run.splits, site.splits)  # its test split is what `medlens evaluate RUN` scores
+    summary = task.finish(run, site_config, site.module.model.eval(), site.fit_, log)
+    model.load_state_dict(site.module.model.state_dict())  # finish may settle what the weights hold (none today)
+    config = replace(config, dataset=replace(config.dataset, source=site_config.dataset.source,
+                                             layout=site_config.dataset.layout))
+    return f"site {name}'s validation split ({site.n_val} cases): {summary}", config
+
+
+def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str) -> dict:
+    record = {"strategy": plan.strategy, "rounds": plan.rounds, "local_epochs": plan.local_epochs,
+              "proximal_mu": plan.proximal_mu, "min_sites": plan.min_sites, "rounds_run": len(history),
+              "calibration": calibration, "sites": {}}
+    for name, site in sites.items():
+        privacy = site.get("privacy")
+        record["sites"][name] = {"rounds": site.get("rounds"), "n_examples": site.get("n_examples"),
+                                 "dp": None if privacy is None else {"epsilon": privacy[0], "delta": privacy[1]}}
+    if plan.dp_epsilon is not None:
+        record["dp"] = {"target_epsilon": plan.dp_epsilon, "max_grad_norm": plan.dp_max_grad_norm,
+                        "delta": plan.dp_delta or "1 / (10 x training cases) per site"}
+    return record
