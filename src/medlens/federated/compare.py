@@ -42,6 +42,7 @@ from medlens.data.audit import inspect_dataset
 from medlens.data.prepared import resolve_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.federated.plan import read_federation
+from medlens.federated.summaries import site_splits
 from medlens.runs import RunFolder, json_safe, now, open_run
 from medlens.tasks import EvaluateOptions, load_model, task_for
 
@@ -144,8 +145,7 @@ def test_sets(sources: dict[str, Path], config: Config, work: Path, log=print) -
     tests, rows = {}, []
     for name, source in sources.items():
         dataset = open_dataset(source)
-        site_config = replace(config, dataset=replace(config.dataset, source=str(source), splits="", image_root=""))
-        splits = resolve_splits(dataset, site_config, inspect_dataset(dataset))
+        splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)  # as the site trained
         tests[name] = TestSet(source, "", splits, len(splits["test"]))
         rows += _pooled_rows(name, dataset, splits)
     root = Path(os.path.commonpath([str(Path(r["image"]).resolve().parent) for r in rows]))
