@@ -388,9 +388,7 @@ def _fit_batch(config: Config, reasons: dict, summaries: dict[str, dict]) -> Con
         return config
     lowered = batch
     while lowered > MIN_BATCH and lowered > n:
-        lowered //= 2
-    if lowered > n:
-        return config  # check_summaries refuses the site, naming it
+        lowered //= 2  # below MIN_BATCH the site is refused (check_summaries), naming it
     reasons["train.batch_size"] = (f"{lowered}: the planned {batch} lowered so site {smallest}'s {n} training cases "
                                    "hold at least one batch")
     return replace(config, train=replace(config.train, batch_size=lowered))

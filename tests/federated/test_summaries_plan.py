@@ -1,0 +1,181 @@
+"""Site summaries (aggregates only, checked across sites) and the federation plan made from them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlens.data import open_dataset
+from medlens.errors import ConfigError
+from medlens.federated.plan import (
+    FederationPlan,
+    merged_card,
+    plan_federation,
+    pooled_quantiles,
+    read_federation,
+    write_federation,
+)
+from medlens.federated.summaries import check_summaries, site_summary, train_count
+
+
+def write_site(root: Path, *, patients: int, lesion_share: float, seed: int, brightness: float = 0.0,
+               prefix: str = "ZQX", classes=("normal", "lesion")) -> Path:
+    """A CSV site of the demo data's chest images (32 x 32), two studies a patient; returns the manifest."""
+    from medlens.data.synthetic import chest_image
+    from medlens.io import Image, identity_direction, write_image
+
+    rng, rows = np.random.default_rng(seed), []
+    for p in range(patients):
+        lesion = rng.random() < lesion_share
+        for s in range(2):
+            pixels = np.clip(chest_image(rng, lesion=lesion, size=32).astype(float) + brightness, 0, 255)
+            rel = f"scans/{prefix}img{p:03d}x{s}.png"
+            write_image(Image(pixels.astype(np.uint8).T[None], (0.6, 0.6), (0.0, 0.0), identity_direction(2)),
+                        root / rel)
+            rows.append({"image": rel, "label": classes[int(lesion)], "patient_id": f"PAT{prefix}{p:03d}"})
+    with open(root / "site.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "site.csv"
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sites")
+    return {"a": write_site(root / "a-dataroot", patients=30, lesion_share=0.5, seed=1, prefix="AQX"),
+            "b": write_site(root / "b-dataroot", patients=30, lesion_share=0.12, seed=2, prefix="BQX"),  # label skew
+            "c": write_site(root / "c-dataroot", patients=30, lesion_share=0.5, seed=3, brightness=60,
+                            prefix="CQX"),  # intensity shift
+            "d": write_site(root / "d-dataroot", patients=30, lesion_share=0.5, seed=4, prefix="DQX")}  # like a
+
+
+@pytest.fixture(scope="module")
+def summaries(sites) -> dict[str, dict]:
+    return {name: site_summary(path, name=name) for name, path in sites.items()}
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        assert len(value) <= 16, f"a list of {len(value)} values in a summary: per-case data?"
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def test_summary_holds_aggregates_only(sites, summaries):
+    summary, path = summaries["a"], sites["a"]
+    text = json.dumps(summary)  # JSON-able as it is
+    dataset = open_dataset(path)
+    forbidden = {str(path.parent), path.parent.name, "scans", ".png"}
+    forbidden |= {c.case_id for c in dataset.cases} | {c.patient_id for c in dataset.cases}
+    forbidden |= {Path(str(c.image)).stem for c in dataset.cases}
+    leaked = sorted(f for f in forbidden if f in text)
+    assert not leaked, f"the summary names {leaked[:5]}"
+    assert "AQX" not in text  # no fragment of any file name or patient id
+    for leaf in _leaves(summary):
+        assert leaf is None or isinstance(leaf, (int, float, bool)) or (isinstance(leaf, str) and len(leaf) < 80)
+    # the counts are medlens' patient-grouped split of the site's 60 images of 30 patients
+    by_split = summary["counts"]["by_split"]
+    assert sum(sum(c.values()) for c in by_split.values()) == 60
+    assert sum(summary["counts"]["patients_by_split"].values()) == 30
+    assert train_count(summary) == sum(by_split["train"].values()) > 0
+    assert summary["dataset"]["class_names"] == ["normal", "lesion"]
+    assert summary["images"]["intensity"]["percentiles"]["50"] > 0
+
+
+def test_sites_whose_classes_disagree_are_refused_naming_the_site(tmp_path, summaries):
+    other = write_site(tmp_path / "e", patients=10, lesion_share=0.5, seed=5, classes=("normal", "nodule"))
+    bad = {"a": summaries["a"], "east": site_summary(other, name="east")}
+    with pytest.raises(ConfigError, match=r"site east: its classes \['normal', 'nodule'\].*site a"):
+        check_summaries(bad)
+    with pytest.raises(ConfigError, match="site east"):
+        plan_federation(bad, probe=False)
+
+
+def test_sites_whose_dimensions_disagree_are_refused(summaries):
+    volume = {**summaries["b"], "dataset": {**summaries["b"]["dataset"], "spatial_dims": 3}}
+    with pytest.raises(ConfigError, match="site b: its image dimensions 3 disagree with site a's 2"):
+        check_summaries({"a": summaries["a"], "b": volume})
+
+
+def test_a_site_with_fewer_training_cases_than_a_batch_is_refused(summaries):
+    tiny = json.loads(json.dumps(summaries["d"]))
+    tiny["counts"]["by_split"]["train"] = {"normal": 1, "lesion": 2}
+    with pytest.raises(ConfigError, match=r"site tiny has 3 training case\(s\).*at least one batch of 4"):
+        plan_federation({"a": summaries["a"], "tiny": tiny}, probe=False)
+
+
+def test_a_small_site_lowers_the_batch_so_it_holds_one(summaries):
+    small = json.loads(json.dumps(summaries["d"]))
+    small["counts"]["by_split"]["train"] = {"normal": 3, "lesion": 3}
+    reasons = {}
+    config, _ = plan_federation({"a": summaries["a"], "small": small}, probe=False, task_reasons=reasons)
+    assert config.train.batch_size == 4
+    assert "site small's 6 training cases" in reasons["train.batch_size"]
+
+
+@pytest.mark.parametrize(("pair", "strategy", "why"), [
+    (("a", "d"), "fedavg", "FedAvg: the sites are alike"),
+    (("a", "b"), "fedprox", "FedProx: label balance: largest Jensen-Shannon divergence"),
+    (("a", "c"), "fedbn", "FedBN: the sites' intensities"),
+])
+def test_strategy_follows_how_different_the_sites_are(summaries, pair, strategy, why):
+    config, plan = plan_federation({k: summaries[k] for k in pair}, probe=False)
+    assert plan.strategy == strategy
+    assert plan.reasons["strategy"].startswith(why)
+    assert plan.proximal_mu == (0.01 if strategy == "fedprox" else 0.0)
+    assert config.train.max_epochs == plan.rounds * plan.local_epochs
+    assert plan.min_sites == 2
+
+
+def test_no_fedbn_under_differential_privacy(summaries):
+    _, plan = plan_federation({k: summaries[k] for k in "ac"}, probe=False, dp_epsilon=8.0)
+    assert plan.strategy == "fedavg"
+    assert "no batch norm under differential privacy (group norm)" in plan.reasons["strategy"]
+    assert plan.dp_epsilon == 8.0 and "GroupNorm".lower() in plan.reasons["dp_epsilon"].replace(" ", "").lower()
+
+
+def test_one_plan_from_pooled_statistics(summaries):
+    alike = {k: summaries[k] for k in "ad"}
+    card = merged_card(alike)
+    assert card["counts"]["total"] == {"normal": sum(s["counts"]["total"]["normal"] for s in alike.values()),
+                                       "lesion": sum(s["counts"]["total"]["lesion"] for s in alike.values())}
+    merged, single = card["images"]["intensity"]["percentiles"], summaries["a"]["images"]["intensity"]["percentiles"]
+    assert merged["50"] == pytest.approx(single["50"], abs=3)  # alike sites: close to either
+    shifted = merged_card({k: summaries[k] for k in "ac"})["images"]["intensity"]["percentiles"]
+    low, high = sorted((summaries["a"]["images"]["intensity"]["percentiles"]["50"],
+                        summaries["c"]["images"]["intensity"]["percentiles"]["50"]))
+    assert low < shifted["50"] < high  # between the two sites' medians
+    config, plan = plan_federation(alike, probe=False, rounds=3)
+    assert config.data.input_size == (32, 32) and config.data.normalization == "scale01"
+    assert config.dataset.class_names == ("normal", "lesion")
+    assert "/" not in config.dataset.source  # the server never learns where a site's data is
+    assert plan.rounds == 3 and plan.reasons["rounds"] == "3: asked for"
+
+
+def test_pooled_quantiles_of_two_uniform_sites():
+    # site 1 uniform on [0, 100], site 2 on [100, 200], equal weights: the pooled median is 100, quartiles 50 / 150
+    curves = [{0.0: 0.0, 50.0: 50.0, 100.0: 100.0}, {0.0: 100.0, 50.0: 150.0, 100.0: 200.0}]
+    assert pooled_quantiles(curves, [1, 1], (25.0, 50.0, 75.0)) == pytest.approx([50.0, 100.0, 150.0])
+    assert pooled_quantiles(curves, [3, 1], (50.0,)) == pytest.approx([200 / 3])  # 3:1 -> median in site 1
+
+
+def test_federation_yaml_round_trip_and_unknown_keys(tmp_path):
+    plan = FederationPlan("fedprox", rounds=4, local_epochs=2, proximal_mu=0.01, reasons={"strategy": "why"})
+    path = write_federation(tmp_path / "federation.yaml", plan)
+    assert read_federation(path) == plan
+    path.write_text(path.read_text().replace("local_epochs", "local_epoch"))
+    with pytest.raises(ConfigError, match="unknown key `local_epoch`; did you mean `local_epochs`"):
+        read_federation(path)
+    with pytest.raises(ConfigError, match="strategy 'fedsgd'"):
+        replace(plan, strategy="fedsgd")
