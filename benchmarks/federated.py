@@ -1,0 +1,247 @@
+"""Federated training on one machine: federated beside local-only and pooled, Flower's overhead, DP's cost.
+
+    python benchmarks/federated.py [--data-dir DIR] [--runs-dir DIR] [--seed 0] [--quick]
+                                   [--only pneumonia hippocampus dp overhead]
+                                   [--time-budget 10m] [--rounds R] [--hippocampus-budget 5m]
+
+Every federation is ``medlens federate --sites ...`` in a fresh process: a Flower SuperLink, one SuperNode per
+site and the ServerApp on loopback, the code path real sites run. At its end ``federate`` trains each site's
+local-only model and the pooled model with the same plan and budget (rounds x local epochs epochs of their own
+data) and scores the three on every site's own test split and on all test cases, with 95% bootstrap CIs
+(:mod:`medlens.federated.compare`, ``RUN/federated/comparison.json``). The sites are written once under
+``RUNS/federated-sites/`` (:mod:`medlens.federated.sites`, never in the repository) and reused.
+
+1. ``pneumonia``: PneumoniaMNIST (28 px, official splits) in 4 sites by a seeded Dirichlet(0.5) draw over
+   labels, each official split divided in the same shares. Test AUC of the federated model (the plan's
+   strategy), the mean of the local-only models and the pooled model, per site and on the full test split.
+   Targets: federated AUC >= 0.96 on the full test split, at or above the mean local-only AUC, and within 0.02
+   of pooled.
+2. ``overhead``: Flower's overhead on run 1: the median wall time of a federated round (``history.json``)
+   beside the same local epochs run directly (:class:`medlens.federated.local.SiteTrainer` ``fit`` in this
+   process, no Flower, each site in turn; the sites of a round train side by side, so the round is compared
+   with the slowest site).
+3. ``hippocampus``: the Decathlon Hippocampus set (260 MRI crops) dealt by patient into 3 sites, a short CPU
+   budget. Dice per structure, federated beside pooled. Target: federated within 0.03 of pooled on each.
+4. ``dp``: run 1 again with DP-SGD at epsilon 8 per site (``--dp-epsilon 8``, the same rounds): the AUC cost on
+   the full test split, and the (epsilon, delta) each site spent.
+
+Printed beside ours: the FLamby figures (../shared/REFERENCES.md: pooled vs FedAvg on real multi-site data,
+where FedAvg ends well below pooled) and nnU-Net's Hippocampus Dice. ``--quick`` runs every part at a toy size
+(1 round, 20 s budgets) to check the script end to end; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("MEDLENS_DATA_DIR") or ROOT / ".." / "shared" / "datasets")
+PARTS = ("pneumonia", "overhead", "hippocampus", "dp")
+ALL_SITES = "all sites"
+
+# ../shared/REFERENCES.md, "Federated learning" (FLamby, NeurIPS 2022 datasets track, results files of its repository)
+FLAMBY = {"Fed-IXI (3 sites, brain MRI segmentation, Dice)": {"pooled": 0.987, "FedAvg": 0.787, "Scaffold": 0.791},
+          "Fed-Heart-Disease (4 sites, accuracy)": {"pooled": 0.776, "FedAvg": 0.654}}
+NNUNET_HIPPOCAMPUS = {"anterior": 0.8975, "posterior": 0.8807}  # nnU-Net 3d_fullres, 5-fold CV (REFERENCES.md)
+TARGET_AUC, TARGET_GAP, TARGET_DICE_GAP = 0.96, 0.02, 0.03
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "runs")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--seed", type=int, default=0, help="the Dirichlet / site draw")
+    parser.add_argument("--time-budget", default="10m", help="PneumoniaMNIST federation's training budget")
+    parser.add_argument("--hippocampus-budget", default="5m", help="Hippocampus federation's training budget")
+    parser.add_argument("--rounds", type=int, help="rounds (default: the plan's)")
+    parser.add_argument("--quick", action="store_true", help="toy size: 1 round, 20 s budgets (checks the script)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.time_budget, args.hippocampus_budget = 1, "20s", "20s"
+    runs = args.runs_dir / ("federated-quick" if args.quick else "federated")
+    ok = True
+    if {"pneumonia", "overhead", "dp"} & set(args.only):
+        sites = pneumonia_sites(args)
+        base = federate(sites, runs / "pneumonia", args.time_budget, args.rounds)
+        if "pneumonia" in args.only:
+            ok &= report_pneumonia(base, sites)
+        if "overhead" in args.only:
+            overhead(base, sites)
+        if "dp" in args.only:
+            rounds = read_json(base / "run.json")["federation"]["rounds_run"]
+            private = federate(sites, runs / "pneumonia-dp", args.time_budget, rounds, dp_epsilon=8.0, compare=False)
+            report_dp(base, private, sites)
+    if "hippocampus" in args.only:
+        ok &= hippocampus(args, runs)
+    print_flamby()
+    return 0 if ok else 1
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def pneumonia_sites(args):
+    from medlens.federated.sites import dirichlet_sites
+
+    npz = args.data_dir / "medmnist" / "pneumoniamnist.npz"
+    if not npz.exists():
+        raise SystemExit(f"{npz} not found; set --data-dir or MEDLENS_DATA_DIR (see ../shared/datasets/MANIFEST.md)")
+    out = args.runs_dir / "federated-sites" / f"pneumoniamnist-4-dirichlet0.5-seed{args.seed}"
+    sites = dirichlet_sites(npz, 4, 0.5, args.seed, out)
+    print(f"\nPneumoniaMNIST in 4 sites, Dirichlet(0.5) over labels, seed {args.seed} ({out}); cases per split "
+          "(normal / pneumonia):")
+    for name, site in sites.doc["sites"].items():
+        counts = site["counts"]
+        print(f"  {name}: " + "  ".join(f"{s} {counts[s].get('normal', 0)}/{counts[s].get('pneumonia', 0)}"
+                                        for s in ("train", "val", "test")))
+    return sites
+
+
+def federate(sites, out: Path, budget: str, rounds: int | None, *, dp_epsilon: float | None = None,
+             compare: bool = True) -> Path:
+    """``medlens federate`` in a fresh process (skipped when ``out`` already holds its finished result)."""
+    finished = (out / "run.json").exists() and read_json(out / "run.json").get("status") == "finished"
+    if finished and (not compare or (out / "federated" / "comparison.json").exists()):
+        print(f"reusing {out} (remove it to run again)")
+        return out
+    command = [sys.executable, "-m", "medlens.cli", "federate", "--sites", *map(str, sites.sources.values()),
+               "--time-budget", budget, "--out", str(out)]
+    command += (["--rounds", str(rounds)] if rounds else []) + (["--dp-epsilon", str(dp_epsilon)] if dp_epsilon else [])
+    command += [] if compare else ["--no-compare"]
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    print(f"federate took {time.perf_counter() - started:.0f} s (planning, federation, calibration"
+          + (", local-only and pooled models, evaluation)" if compare else ")"))
+    return out
+
+
+def value(doc: dict, model: str, test: str, metric: str) -> dict | None:
+    return next((r for r in doc["rows"] if (r["model"], r["test"], r["metric"]) == (model, test, metric)), None)
+
+
+def cell(row: dict | None) -> str:
+    return "-" if row is None else f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def report_pneumonia(run: Path, sites) -> bool:
+    doc = read_json(run / "federated" / "comparison.json")
+    print(f"\n== 1. PneumoniaMNIST, 4 Dirichlet(0.5) sites: test AUC (95% CI), {doc['strategy']}, "
+          f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs; local-only and pooled: "
+          f"{doc['budget']['epochs']} epochs ==")
+    print(f"{'test split':<16} {'federated':>22} {'pooled':>22} {'local (this site)':>22} {'local mean':>10}")
+    for test, n in doc["tests"].items():
+        local = [r["value"] for r in doc["rows"] if r["model"].startswith("local ") and r["test"] == test
+                 and r["metric"] == "auc"]
+        print(f"{f'{test} ({n})':<16} {cell(value(doc, 'federated', test, 'auc')):>22} "
+              f"{cell(value(doc, 'pooled', test, 'auc')):>22} {cell(value(doc, f'local {test}', test, 'auc')):>22} "
+              f"{statistics.fmean(local):10.3f}")
+    s = doc["summary"]["auc"]
+    fed, pooled, local = s["federated"], s["pooled"], s["local_mean_all_sites"]
+    wins = sum(value(doc, "federated", t, "auc")["value"] >= value(doc, f"local {t}", t, "auc")["value"]
+               for t in doc["sites"])
+    checks = {f"federated AUC {fed:.3f} >= {TARGET_AUC}": fed >= TARGET_AUC,
+              f"federated {fed:.3f} >= mean local-only {local:.3f} (full test split)": fed >= local,
+              f"federated {fed:.3f} within {TARGET_GAP} of pooled {pooled:.3f}": fed >= pooled - TARGET_GAP}
+    for text, passed in checks.items():
+        print(f"  target: {text}: {'PASS' if passed else 'FAIL'}")
+    print(f"  per site, the federated model at or above that site's own local-only model on its test split: "
+          f"{wins} of {len(doc['sites'])}; mean local-only on its own site's test split: "
+          f"{s['local_mean_own_site']:.3f}")
+    return all(checks.values())
+
+
+def overhead(run: Path, sites) -> None:
+    """Median federated round wall time against each site's local epochs run directly (no Flower)."""
+    from medlens.config import read_plan
+    from medlens.federated.local import SiteTrainer, initial_weights
+    from medlens.federated.plan import read_federation
+
+    history = read_json(run / "federated" / "history.json")
+    rounds = [h["seconds"] for h in history if h.get("seconds") is not None]
+    config, plan = read_plan(run / "plan.yaml")[0], read_federation(run / "federation.yaml")
+    weights = initial_weights(config, plan)
+    direct = {}
+    for name, source in sites.sources.items():
+        started = time.perf_counter()
+        site = SiteTrainer(config, plan, source, site=name, log=lambda *a: None)
+        prepared = time.perf_counter() - started
+        started = time.perf_counter()
+        site.fit(weights, round=1)
+        direct[name] = (prepared, time.perf_counter() - started)
+    slowest = max(fit for _, fit in direct.values())
+    median = statistics.median(rounds)
+    print(f"\n== 2. Flower overhead: a federated round vs the same {plan.local_epochs} local epoch(s) run directly "
+          f"({os.cpu_count()} CPUs; the sites of a round share them) ==")
+    for name, (prepared, fit) in direct.items():
+        print(f"  {name}: direct fit {fit:6.1f} s (data prepared in {prepared:.1f} s, once per site process)")
+    print(f"  federated round: median {median:.1f} s over {len(rounds)} round(s) (min {min(rounds):.1f}, max "
+          f"{max(rounds):.1f}); slowest site run directly {slowest:.1f} s, all sites in turn "
+          f"{sum(f for _, f in direct.values()):.1f} s")
+    print(f"  overhead of a round over its slowest site: {median - slowest:+.1f} s ({median / slowest:.2f}x)")
+
+
+def report_dp(base: Path, private: Path, sites) -> None:
+    from medlens.federated.compare import score_model, test_sets
+    from medlens.runs import RunFolder
+
+    doc = read_json(base / "federated" / "comparison.json")
+    run = RunFolder(private)
+    tests, _ = test_sets(sites.sources, run.read_config(), private / "federated" / "compare", log=lambda *a: None)
+    rows = {r["test"]: r for r in score_model("federated DP", run, tests, None) if r["metric"] == "auc"}
+    print("\n== 4. Differential privacy: DP-SGD at epsilon 8 per site, the same rounds: test AUC (95% CI) ==")
+    for test in doc["tests"]:
+        without = value(doc, "federated", test, "auc")
+        print(f"  {test:<12} without DP {cell(without):>22}   with DP {cell(rows[test]):>22}   cost "
+              f"{without['value'] - rows[test]['value']:+.3f}")
+    spent = (read_json(private / "run.json").get("federation") or {}).get("sites") or {}
+    for name, site in spent.items():
+        print(f"  {name}: (epsilon, delta) spent {site.get('privacy')}")
+
+
+def hippocampus(args, runs: Path) -> bool:
+    from medlens.federated.sites import split_sites_even
+
+    data = args.data_dir / "seg3d" / "Task04_Hippocampus"
+    if not data.exists():
+        print(f"hippocampus: {data} not found; set --data-dir or MEDLENS_DATA_DIR")
+        return False
+    sites = split_sites_even(data, 3, args.seed, args.runs_dir / "federated-sites" / f"hippocampus-3-seed{args.seed}")
+    run = federate(sites, runs / "hippocampus", args.hippocampus_budget, args.rounds)
+    doc = read_json(run / "federated" / "comparison.json")
+    names = sites.doc["class_names"]  # the Decathlon label names; the site manifests number them label_1, label_2
+    print(f"\n== 3. Hippocampus, 3 sites by patient: Dice (95% CI), budget {args.hippocampus_budget}, "
+          f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs ==")
+    ok = True
+    for index, name in enumerate(names[1:], start=1):
+        metric = f"dice label_{index}" if f"dice label_{index}" in doc["summary"] else f"dice {name}"
+        fed, pooled = value(doc, "federated", ALL_SITES, metric), value(doc, "pooled", ALL_SITES, metric)
+        passed = fed["value"] >= pooled["value"] - TARGET_DICE_GAP
+        ok &= passed
+        print(f"  {name:<10} federated {cell(fed)}  pooled {cell(pooled)}  nnU-Net (5-fold CV) "
+              f"{NNUNET_HIPPOCAMPUS.get(name, float('nan')):.3f}  target within {TARGET_DICE_GAP} of pooled: "
+              f"{'PASS' if passed else 'FAIL'}")
+        for test in doc["sites"]:
+            fed, pooled, local = (value(doc, m, test, metric) for m in ("federated", "pooled", f"local {test}"))
+            print(f"    {test}: federated {cell(fed)}  pooled {cell(pooled)}  local {cell(local)}")
+    return ok
+
+
+def print_flamby() -> None:
+    print("\nFLamby (NeurIPS 2022 datasets track; ../shared/REFERENCES.md): pooled vs federated, real multi-site data")
+    for name, figures in FLAMBY.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+              + f"; FedAvg below pooled by {figures['pooled'] - figures['FedAvg']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
