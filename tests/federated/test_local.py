@@ -142,3 +142,21 @@ def test_the_result_is_a_run_folder_medlens_evaluate_takes(site, tmp_path):
     doc = json.loads(run.metrics_json.read_text())
     assert doc["n_cases"] == len(trainer.cases["test"])
     assert doc["metrics"]["auc"]["value"] >= 0.9
+
+
+def test_differential_privacy_trains_a_group_norm_network_within_its_epsilon(site):
+    pytest.importorskip("opacus")
+    data, config, plan, _ = site
+    private = replace(plan, dp_epsilon=8.0, local_epochs=1)
+    trainer = SiteTrainer(config, private, data, site="north", log=lambda m: None)
+    kinds = {type(m) for m in trainer.module.model.modules()}
+    assert torch.nn.GroupNorm in kinds and not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm)
+                                                   for k in kinds)
+    start = initial_weights(config, private)  # the server builds the same DP-compatible network
+    assert set(start) == set(trainer.module.model.state_dict())
+    assert trainer.privacy_spent() is None
+    weights, _, metrics = trainer.fit(start, round=1)
+    epsilon, delta = trainer.privacy_spent()
+    assert 0 < epsilon <= 8.0 and delta == pytest.approx(1 / (10 * trainer.n_train))
+    assert metrics["dp_epsilon"] == epsilon and set(weights) == set(start)
+    assert any(not np.array_equal(weights[k], start[k]) for k in start)

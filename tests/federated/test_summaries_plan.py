@@ -115,6 +115,13 @@ def test_a_site_with_fewer_training_cases_than_a_batch_is_refused(summaries):
         plan_federation({"a": summaries["a"], "tiny": tiny}, probe=False)
 
 
+def test_a_site_without_training_cases_of_a_class_is_refused(summaries):
+    one_class = json.loads(json.dumps(summaries["d"]))
+    one_class["counts"]["by_split"]["train"] = {"normal": 20, "lesion": 0}
+    with pytest.raises(ConfigError, match="site west has no training case of class.es. lesion"):
+        check_summaries({"a": summaries["a"], "west": one_class})
+
+
 def test_a_small_site_lowers_the_batch_so_it_holds_one(summaries):
     small = json.loads(json.dumps(summaries["d"]))
     small["counts"]["by_split"]["train"] = {"normal": 3, "lesion": 3}

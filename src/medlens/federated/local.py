@@ -98,7 +98,11 @@ class SiteTrainer:
         self.plan, self.site, self.log = plan, site, log
         dataset = open_dataset(data)
         config = replace(config, dataset=replace(config.dataset, source=str(data), layout=dataset.layout))
-        check_plan_fits(config, dataset)
+        try:
+            check_plan_fits(config, dataset)
+        except ConfigError as exc:
+            raise ConfigError(f"site {site}: {exc}; the server's plan was made from every site's summary, so the "
+                              "data changed since the site joined: restart the site") from None
         self.splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
         self.cases = split_cases(dataset, self.splits, 0)
         torch.manual_seed(config.train.seed)
@@ -202,6 +206,7 @@ class SiteTrainer:
         from medlens.tasks.optim import build_optimizer
 
         module, t = self.module, self.module.config.train
+        module.trainer = None  # the steps run outside Lightning (an earlier evaluate left its Trainer attached)
         module.train()
         optimizer = build_optimizer(module.model.parameters(), t)
         self.private = privatise(module, optimizer, self.fit_.train_loader, epsilon=self.plan.dp_epsilon,

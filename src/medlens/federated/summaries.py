@@ -122,8 +122,8 @@ def check_summaries(summaries: dict[str, dict], *, batch_size: int | None = None
     """Refuse sites that cannot train one model together, naming the site and the fix.
 
     Checks: at least one site; a task federated training covers; the same task, classes, spatial dimensions and
-    channels at every site (compared with the first site); training cases at every site, and at least
-    ``batch_size`` of them when given.
+    channels at every site (compared with the first site); training cases of every class (class labels) at every
+    site, and at least ``batch_size`` training cases when given.
 
     Raises:
         ConfigError: the first disagreement found.
@@ -151,11 +151,24 @@ def _check_one(name: str, summary: dict, first: str, reference: dict, batch_size
     if channels != expected_channels:
         raise ConfigError(f"site {name}: its images have {channels} channel(s), site {first}'s have "
                           f"{expected_channels}; convert the images at {name} to {expected_channels} channel(s)")
+    _check_classes_trained(name, summary)
     n = train_count(summary)
     if n == 0 or (batch_size and n < batch_size):
         need = f"at least one batch of {batch_size}" if batch_size else "at least one"
         raise ConfigError(f"site {name} has {n} training case(s) (medlens' split of its data), {need} needed; "
                           "add cases at that site, or leave it out of the federation")
+
+
+def _check_classes_trained(name: str, summary: dict) -> None:
+    """Class-label tasks train on every class at every site (the task refuses a class without training cases)."""
+    if summary["dataset"]["task"] not in ("binary", "multiclass", "ordinal"):
+        return
+    train = summary["counts"]["by_split"].get("train") or {}
+    missing = [c for c in summary["dataset"]["class_names"] if not train.get(c)]
+    if missing:
+        raise ConfigError(f"site {name} has no training case of class(es) {', '.join(missing)} (its training "
+                          f"split: {train}); medlens trains every class at every site: add cases of "
+                          f"{', '.join(missing)} there, or leave the site out")
 
 
 def _main_channels(summary: dict) -> int | None:
