@@ -31,6 +31,8 @@ from medlens.federated.plan import FederationPlan, write_federation
 from medlens.runs import RUN_VERSION, RunFolder, json_safe, now
 
 FEDERATION = "federation.yaml"
+DP_NETWORK_NOTE = ("the weights are the DP-compatible network's (group norm instead of batch norm); medlens evaluate / "
+                   "export rebuild the network plan.yaml names, with batch norm, until the plan can name the norm")
 NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 
 
@@ -61,7 +63,7 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     _check_target(run)
     run.root.mkdir(parents=True, exist_ok=True)
     task = task_for(config)
-    model = _global_model(task, config, plan, weights)
+    model, dp_changes = _global_model(task, config, plan, weights)
     calibration, config = _calibrate(run, task, config, plan, weights, model, calibrate_on, calibration_site, log)
     from medlens.models.weights import save_atomic
 
@@ -73,7 +75,9 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     write_json_atomic(run.root / "federated" / "history.json", json_safe(history))
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
                     dataset=config.dataset.source, task=config.dataset.task, epochs_run=plan.rounds * plan.local_epochs,
-                    federation=json_safe(_federation_record(plan, history, sites, calibration)))
+                    federation=json_safe(_federation_record(plan, history, sites, calibration, dp_changes)))
+    if dp_changes:
+        log(f"warning: {DP_NETWORK_NOTE}")
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
 
@@ -83,18 +87,20 @@ def _check_target(run: RunFolder) -> None:
         raise ConfigError(f"{run.root} already holds a run that is not a federation's; choose another --out")
 
 
-def _global_model(task, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray]) -> torch.nn.Module:
-    """The planned network holding ``weights`` (refused, naming keys, when they do not fit)."""
+def _global_model(task, config: Config, plan: FederationPlan,
+                  weights: dict[str, np.ndarray]) -> tuple[torch.nn.Module, list[str]]:
+    """The planned network holding ``weights`` (refused, naming keys, when they do not fit), and what was changed to
+    make it DP-compatible (``[]`` without DP)."""
     from medlens.federated.local import dp_network
 
-    model = dp_network(task.build_model(config), plan)[0]
+    model, changes = dp_network(task.build_model(config), plan)
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or extra:
         raise ConfigError(f"the global weights do not fit the planned {config.model.name}: {len(missing)} key(s) "
                           f"missing (e.g. {missing[:2]}), {len(extra)} unknown (e.g. {extra[:2]})")
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()})
-    return model.eval()
+    return model.eval(), changes
 
 
 def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weights, model, calibrate_on,
@@ -116,7 +122,8 @@ def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weigh
     return f"site {name}'s validation split ({site.n_val} cases): {summary}", config
 
 
-def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str) -> dict:
+def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str,
+                       dp_changes: list[str]) -> dict:
     record = {"strategy": plan.strategy, "rounds": plan.rounds, "local_epochs": plan.local_epochs,
               "proximal_mu": plan.proximal_mu, "min_sites": plan.min_sites, "rounds_run": len(history),
               "calibration": calibration, "sites": {}}
@@ -126,5 +133,6 @@ def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[st
                                  "dp": None if privacy is None else {"epsilon": privacy[0], "delta": privacy[1]}}
     if plan.dp_epsilon is not None:
         record["dp"] = {"target_epsilon": plan.dp_epsilon, "max_grad_norm": plan.dp_max_grad_norm,
-                        "delta": plan.dp_delta or "1 / (10 x training cases) per site"}
+                        "delta": plan.dp_delta or "1 / (10 x training cases) per site",
+                        "network_changes": dp_changes, "note": DP_NETWORK_NOTE if dp_changes else None}
     return record
