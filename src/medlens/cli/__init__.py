@@ -28,6 +28,9 @@ COMMANDS = {
     "split": ("medlens.cli.split", "make reproducible patient-level train/val/test splits"),
     "info": ("medlens.cli.info", "read one image (file or DICOM folder) and print its geometry"),
     "demo-data": ("medlens.cli.demo_data", "generate the embedded synthetic demo dataset"),
+    "federate": ("medlens.cli.federate", "federated training on this machine: one site process per folder, then "
+                 "federated vs local-only vs pooled"),
+    "fl": ("medlens.cli.fl", "federated training across machines: `fl server` (coordinator), `fl site` (a hospital)"),
     "fetch": ("medlens.cli.fetch", "download a MedMNIST file or pretrained weights and verify its checksum"),
 }
 

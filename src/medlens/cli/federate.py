@@ -1,0 +1,35 @@
+"""``medlens federate --sites a/ b/ c/``: a federation on this machine (one site process per folder), then the
+federated model beside each site's local-only model and the pooled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlens.cli.train import parse_duration
+
+ARGUMENTS = [
+    (["--sites"], {"nargs": "+", "type": Path, "required": True, "metavar": "SITE_DATA",
+                   "help": "one dataset per site (folders or CSV manifests)"}),
+    (["--rounds"], {"type": int, "help": "federated rounds (default: the plan's)"}),
+    (["--min-sites"], {"type": int, "help": "sites a round needs (default 2)"}),
+    (["--time-budget"], {"type": parse_duration, "help": "training time to plan for, e.g. 10m"}),
+    (["--dp-epsilon"], {"type": float, "help": "DP-SGD target epsilon per site over the run (default off)"}),
+    (["--out"], {"type": Path, "help": "run folder (default runs/federated); run again to resume"}),
+    (["--no-compare"], {"action": "store_true", "help": "skip the local-only and pooled models"}),
+]
+
+
+def run(args) -> int:
+    from medlens.federated.launch import federate, site_names
+    from medlens.federated.server import ServerSettings
+
+    out = args.out or Path("runs") / "federated"
+    settings = ServerSettings(out, rounds=args.rounds, min_sites=args.min_sites or 2, time_budget_s=args.time_budget,
+                              dp_epsilon=args.dp_epsilon)
+    federate(args.sites, settings)
+    if not args.no_compare:
+        from medlens.federated.compare import compare_sites
+
+        compare_sites(out, dict(zip(site_names(args.sites), args.sites, strict=True)))
+    print(f"federated run written to {out}; evaluate / export / serve take it like any run")
+    return 0

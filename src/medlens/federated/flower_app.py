@@ -1,0 +1,319 @@
+"""medlens' Flower app: the ServerApp that coordinates rounds and the ClientApp every site runs.
+
+Round 0: each site sends its summary (:func:`medlens.federated.summaries.site_summary`); the server checks them
+and makes one plan (:func:`medlens.federated.plan.plan_federation`), then asks one site for the plan's freshly
+initialised weights. Rounds 1..R: the server sends the global weights with the plan, each site trains locally
+(:class:`medlens.federated.local.SiteTrainer`) and sends weights, its number of training cases and metrics;
+the server refuses unsound updates (:mod:`medlens.federated.updates`), averages the rest by training cases
+(FedAvg / FedProx; FedBN keeps BatchNorm layers on the sites) and checkpoints the global model. At the end it
+writes an ordinary run folder (:func:`medlens.federated.result.write_run`).
+
+Every message the ServerApp receives is described in ``RUN/federated/messages.jsonl`` (record names, array
+keys / shapes / bytes, config and metric values), so what crossed the wire can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from medlens.errors import MedlensError
+from medlens.federated import server as checkpoints
+from medlens.federated import site
+from medlens.federated.updates import Update, average, check_update, shared_keys
+
+server_app = ServerApp()
+client_app = ClientApp()
+POLL_S = 0.5
+
+
+def to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    # np.asarray(order="C"), not np.ascontiguousarray: that turns 0-d arrays (num_batches_tracked) into 1-d ones
+    return ArrayRecord.from_array_dict({key: Array(np.asarray(value, order="C")) for key, value in weights.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in record.items()}
+
+
+# ---- the site: ClientApp ----
+
+@client_app.query()
+def _query(msg: Message, context: Context) -> Message:
+    """Round 0: the site's summary."""
+    return _answer(msg, context, lambda: {"summary": ConfigRecord({"json": json.dumps(
+        site.summarise(context.node_config))})})
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    """One round of local training from the global weights; FedBN's local layers kept in ``context.state``."""
+    task, received = msg.content["task"], from_record(msg.content["global"])
+    local = from_record(context.state["local"]) if "local" in context.state else {}
+
+    def content() -> dict:
+        weights, n_examples, metrics = site.fit(context.node_config, task["config"], task["plan"], received,
+                                                round=int(task["round"]), local=local)
+        context.state["local"] = to_record({k: v for k, v in weights.items() if k not in received})
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return {"weights": to_record(weights), "metrics": MetricRecord({"num-examples": n_examples, **numbers})}
+
+    return _answer(msg, context, content)
+
+
+def _answer(msg: Message, context: Context, content) -> Message:
+    """Reply with ``content()`` and the site's name; a refusal (bad data, a plan it cannot honour) as its reason."""
+    meta = {"site": str(context.node_config.get("name", "site"))}
+    try:
+        records = content()
+    except (MedlensError, FileNotFoundError) as exc:
+        print(f"medlens site {meta['site']}: error: {exc}", flush=True)
+        records, meta = {}, {**meta, "error": str(exc)}
+    return Message(RecordDict({**records, "meta": ConfigRecord(meta)}), reply_to=msg)
+
+
+# ---- the coordinator: ServerApp ----
+
+@dataclass(frozen=True)
+class Settings:
+    """The ServerApp's run config (see :func:`medlens.federated.server.run_config`)."""
+
+    out: Path
+    rounds: int | None
+    min_sites: int
+    expect_sites: int
+    plan: Path | None
+    time_budget_s: float | None
+    dp_epsilon: float | None
+    round_timeout_s: float
+    wait_sites_s: float
+    calibrate_on: Path | None
+    calibration_site: str | None
+
+    @classmethod
+    def from_run_config(cls, config) -> Settings:
+        return cls(Path(str(config["out"])), int(config["rounds"]) or None, int(config["min-sites"]),
+                   int(config["expect-sites"]), Path(str(config["plan"])) if config["plan"] else None,
+                   float(config["time-budget-s"]) or None, float(config["dp-epsilon"]) or None,
+                   float(config["round-timeout-s"]), float(config["wait-sites-s"]),
+                   Path(str(config["calibrate-on"])) if config["calibrate-on"] else None,
+                   str(config["calibration-site"]) or None)
+
+
+@server_app.main()
+def _coordinate(grid: Grid, context: Context) -> None:
+    Federation(grid, Settings.from_run_config(context.run_config)).run()
+
+
+class Federation:
+    """The rounds of one federation, on Flower's :class:`~flwr.serverapp.Grid`."""
+
+    def __init__(self, grid: Grid, settings: Settings) -> None:
+        self.grid, self.settings, self.out = grid, settings, settings.out
+        self.refusals: dict[str, str] = {}  # site -> its own refusal, in the last exchange
+        (self.out / "federated").mkdir(parents=True, exist_ok=True)
+
+    def log(self, line: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {line}"
+        print(line, flush=True)
+        with open(self.out / "federated" / "server.log", "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+    def run(self) -> None:
+        state = checkpoints.read_state(self.out)
+        if state.get("finished"):
+            self.log(f"federation in {self.out} already finished; nothing to do")
+            return
+        try:
+            self._run(state)
+        except MedlensError as exc:
+            self.log(f"error: {exc}")
+            state = checkpoints.read_state(self.out)
+            from medlens._files import write_json_atomic
+
+            write_json_atomic(checkpoints.state_path(self.out), {**state, "error": str(exc)})
+            raise
+
+    def _run(self, state: dict) -> None:
+        if state:
+            self.log(f"resuming after round {state['round']} from {state['weights']}")
+            weights = checkpoints.load_weights(self.out, state)
+        else:
+            state, weights = self.start()
+        config, plan = _config(state["config"]), site.plan_from_json(json.dumps(state["plan"]))
+        for number in range(state["round"] + 1, plan.rounds + 1):
+            weights, record = self.train_round(number, config, plan, weights, state)
+            state = {**state, "round": number, "history": [*state["history"], record], "error": None}
+            checkpoints.save_round(self.out, state, weights)
+            self.log(f"round {number}/{plan.rounds}: global model checkpointed")
+        self.finish(config, plan, weights, state)
+
+    def start(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Round 0: summaries -> plan -> initial weights; checkpointed as round 0."""
+        from medlens.federated.plan import plan_federation
+
+        nodes = self.wait_for_sites(self.settings.expect_sites)
+        replies = self.exchange(nodes, "query", lambda node: {"task": ConfigRecord({"step": "summary"})},
+                                round=0, need=self.settings.min_sites)
+        summaries = {name: json.loads(reply.content["summary"]["json"]) for name, reply in replies.items()}
+        self.log(f"round 0: summaries from {len(summaries)} site(s): {', '.join(sorted(summaries))}")
+        reasons: dict[str, str] = {}
+        config, plan = plan_federation(summaries, rounds=self.settings.rounds, min_sites=self.settings.min_sites,
+                                       time_budget_s=self.settings.time_budget_s, dp_epsilon=self.settings.dp_epsilon,
+                                       task_reasons=reasons)
+        if self.settings.plan is not None:
+            from medlens.config import read_plan
+
+            config, reasons = read_plan(self.settings.plan)
+        self.log(f"plan: {plan.strategy} ({plan.reasons.get('strategy', '')}), {plan.rounds} round(s) x "
+                 f"{plan.local_epochs} local epoch(s), at least {plan.min_sites} site(s) a round")
+        from medlens.federated.local import initial_weights
+
+        weights = initial_weights(config, plan)  # the same seeded network every site builds
+        state = {"round": 0, "config": _plain(config), "plan": asdict(plan), "reasons": reasons, "summaries": summaries,
+                 "history": [], "finished": False, "error": None}
+        checkpoints.save_round(self.out, state, weights)
+        return state, weights
+
+    def train_round(self, number: int, config, plan, weights: dict[str, np.ndarray], state: dict):
+        """One round: send, collect, check, average. Returns the new global weights and the round's record."""
+        started = time.monotonic()
+        sent = {key: weights[key] for key in shared_keys(weights, plan.strategy)}
+        task = ConfigRecord({"config": json.dumps(_plain(config)), "plan": site.plan_to_json(plan), "round": number})
+        nodes = self.wait_for_sites(plan.min_sites)
+        replies = self.exchange(nodes, "train", lambda _: {"global": to_record(sent), "task": task}, round=number,
+                                need=plan.min_sites)
+        updates, rejected = self.sound_updates(replies, weights, state["summaries"])
+        rejected = {**self.refusals, **rejected}
+        if len(updates) < plan.min_sites:
+            raise MedlensError(f"round {number}: {len(updates)} sound update(s), the plan needs {plan.min_sites} "
+                               f"(refused: {rejected or 'none'}); the last global checkpoint is kept")
+        averaged = average(updates, list(weights))
+        self.log(f"round {number}: averaged {len(updates)} site(s) ({', '.join(u.site for u in updates)}) by "
+                 f"training cases" + (f"; refused {', '.join(rejected)}" if rejected else ""))
+        return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2), "rejected": rejected,
+                          "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}
+
+    def sound_updates(self, replies: dict, weights: dict, summaries: dict) -> tuple[list[Update], dict[str, str]]:
+        expected = {key: tuple(value.shape) for key, value in weights.items()}
+        updates, rejected = [], {}
+        for name, reply in replies.items():
+            metrics = dict(reply.content["metrics"])
+            update = Update(name, from_record(reply.content["weights"]), int(metrics.pop("num-examples", 0)),
+                            metrics)
+            reason = (check_update(update, expected) if name in summaries else
+                      f"site {name!r} was not in round 0, so the plan was not checked against its data")
+            if reason:
+                self.log(f"refused update: {reason}")
+                rejected[name] = reason
+            else:
+                updates.append(update)
+        return updates, rejected
+
+    def finish(self, config, plan, weights: dict[str, np.ndarray], state: dict) -> None:
+        from medlens.federated.result import write_run
+
+        sites = {name: _site_record(name, state) for name in state["summaries"]}
+        write_run(self.out, config, plan, weights, state["history"], sites, reasons=state.get("reasons"),
+                  calibrate_on=self.settings.calibrate_on, calibration_site=self.settings.calibration_site,
+                  log=self.log)
+        from medlens._files import write_json_atomic
+
+        write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})
+        self.log(f"federation finished after {plan.rounds} round(s); run folder {self.out}")
+
+    # ---- talking to sites through the Grid ----
+
+    def connected(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def wait_for_sites(self, count: int) -> list[int]:
+        """Connected sites once ``count`` are (within ``wait_sites_s``).
+
+        Raises:
+            MedlensError: fewer connected in time.
+        """
+        deadline = time.monotonic() + self.settings.wait_sites_s
+        while len(nodes := self.connected()) < count:
+            if time.monotonic() > deadline:
+                raise MedlensError(f"{len(nodes)} site(s) connected within {self.settings.wait_sites_s:.0f} s, "
+                                   f"{count} needed: start the sites (`medlens fl site --server ...`) or lower "
+                                   "--min-sites")
+            time.sleep(POLL_S)
+        return nodes
+
+    def exchange(self, nodes: list[int], kind: str, content, *, round: int, need: int | None = None) -> dict:
+        """Send one message per node and collect the answers (``{site: reply}``, errors logged and left out).
+
+        Waits until every node answered, or ``need`` answered and the others have left the federation, or the
+        round timeout passed.
+        """
+        self.refusals: dict[str, str] = {}
+        messages = [Message(RecordDict(content(node)), dst_node_id=node, message_type=kind) for node in nodes]
+        pending = {mid: node for mid, node in zip(self.grid.push_messages(messages), nodes, strict=True) if mid}
+        answers: dict[str, Message] = {}
+        deadline = time.monotonic() + self.settings.round_timeout_s
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                pending.pop(reply.metadata.reply_to_message_id, None)
+                self._take(reply, kind, round, answers)
+            gone = set(pending.values()) - set(self.connected())
+            if pending and len(answers) >= (need or len(nodes)) and gone == set(pending.values()):
+                break
+            time.sleep(POLL_S)
+        if pending:
+            self.log(f"round {round}: {len(pending)} site(s) did not answer ({kind}); going on without them")
+        return answers
+
+    def _take(self, reply: Message, kind: str, round: int, answers: dict) -> None:
+        if reply.has_error():
+            self.log(f"round {round}: a site failed ({kind}): {reply.error.reason}")
+            return
+        name = str(reply.content["meta"]["site"])
+        self._describe(reply, kind, round, name)
+        if "error" in reply.content["meta"]:
+            self.refusals[name] = str(reply.content["meta"]["error"])
+            self.log(f"round {round}: site {name!r} refused ({kind}): {self.refusals[name]}")
+        elif name in answers:
+            self.log(f"round {round}: two sites are named {name!r}; the second is left out (give each --name)")
+        else:
+            answers[name] = reply
+
+    def _describe(self, reply: Message, kind: str, round: int, name: str) -> None:
+        """Append what this message carried to ``messages.jsonl`` (the wire audit)."""
+        records = {}
+        for key, record in reply.content.items():
+            if isinstance(record, ArrayRecord):
+                records[key] = {"arrays": {k: [a.dtype, list(a.shape)] for k, a in record.items()},
+                                "bytes": int(record.count_bytes())}
+            else:
+                records[key] = {k: v for k, v in record.items()}
+        line = json.dumps({"round": round, "kind": kind, "site": name, "records": records}, default=str)
+        with open(self.out / "federated" / "messages.jsonl", "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+
+def _plain(config) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _config(raw: dict):
+    from medlens.config import config_from_dict
+
+    return config_from_dict(raw, where="the federation's state")
+
+
+def _site_record(name: str, state: dict) -> dict:
+    """What the run folder says about a site: rounds it took part in, training cases, DP spent (last round)."""
+    rounds = [record for record in state["history"] if name in record["sites"]]
+    last = rounds[-1]["sites"][name] if rounds else {}
+    privacy = (last["dp_epsilon"], last["dp_delta"]) if "dp_epsilon" in last else None
+    return {"rounds": [record["round"] for record in rounds], "n_examples": last.get("n_examples"),
+            "privacy": privacy, "counts": state["summaries"][name].get("counts")}

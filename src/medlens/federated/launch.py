@@ -1,0 +1,64 @@
+"""``medlens federate``: a whole federation on this machine, through the same processes real sites run.
+
+One SuperNode per site folder (:func:`medlens.federated.site.start_site`, as ``medlens fl site`` starts it) and
+the coordinator (:func:`medlens.federated.server.serve`, as ``medlens fl server`` runs it), all on loopback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from medlens.errors import ConfigError
+from medlens.federated.server import ServerSettings, free_port, serve, stop
+from medlens.federated.site import SiteSettings, start_site
+
+
+def site_names(folders: list[Path]) -> list[str]:
+    """One name per site folder: its name (a CSV's stem), numbered when two are alike."""
+    names: list[str] = []
+    for folder in folders:
+        base = Path(folder).name.removesuffix(".csv") or "site"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def federate(sites: list[Path], settings: ServerSettings, *, node_config: dict[str, dict] | None = None,
+             log=print) -> Path:
+    """Run a federation of ``sites`` (folders or CSV manifests on this machine) to its end.
+
+    Args:
+        sites: one dataset per site.
+        settings: the coordinator's settings (its ``address`` is replaced by a free loopback port).
+        node_config: extra node config per site name (``{name: {key: value}}``).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ConfigError: fewer than two sites; FileNotFoundError: a site's data is missing.
+    """
+    if len(sites) < 2:
+        raise ConfigError(f"federate needs at least two sites, got {len(sites)}: pass --sites a/ b/ [c/ ...]")
+    names = site_names(sites)
+    # the data is on this machine: the model is calibrated on the first site's validation split
+    settings = replace(settings, address=f"127.0.0.1:{free_port()}", expect_sites=settings.expect_sites or len(sites),
+                       calibrate_on=settings.calibrate_on or Path(sites[0]),
+                       calibration_site=settings.calibration_site or names[0])
+    logs = Path(settings.out) / "federated" / "sites"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = []
+    try:
+        for name, data in zip(names, sites, strict=True):
+            site = SiteSettings(settings.address, Path(data), name, node_config=(node_config or {}).get(name))
+            with open(logs / f"{name}.log", "ab") as site_log:
+                processes.append(start_site(site, clientappio_port=free_port(), log_file=site_log,
+                                            flwr_home=logs / "flwr"))
+        log(f"federate: {len(sites)} site process(es) started ({', '.join(names)}); logs in {logs}")
+        return serve(settings, log=log)
+    finally:
+        for process in processes:
+            stop(process)

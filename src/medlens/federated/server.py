@@ -1,0 +1,257 @@
+"""The coordinator's side: the Flower SuperLink process, the run submitted to it, and the round checkpoints.
+
+``medlens fl server`` starts ``flower-superlink`` (Fleet API for the sites, Control API and ServerAppIo API on
+loopback only), then submits medlens' Flower app with ``flwr run`` (Flower's Control API). The SuperLink runs
+the ServerApp (:mod:`medlens.federated.flower_app`) in a ``flwr-serverapp`` subprocess, which writes the run
+folder. After every round the global model is checkpointed atomically in ``RUN/federated/``; a server started
+again on the same ``--out`` resumes after the last completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medlens._files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from medlens.errors import ConfigError, MedlensError
+
+APP_PYPROJECT = """\
+# Written by medlens: the Flower app `flwr run` submits (a FAB holding only this file; the code is medlens').
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "medlens-federation"
+version = "1.0.0"
+description = "medlens federated training"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "medlens"
+
+[tool.flwr.app.components]
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
+
+[tool.flwr.app.config]
+{config}
+"""
+COMPONENTS = {"serverapp": "medlens.federated.flower_app:server_app",
+              "clientapp": "medlens.federated.flower_app:client_app"}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """One federation's coordinator.
+
+    Attributes:
+        out: the run folder (written by the ServerApp; resumed when it holds a checkpoint).
+        address: where sites reach the Fleet API, ``HOST:PORT`` (bound as given).
+        rounds / time_budget_s / dp_epsilon: passed to the plan (None: the plan decides / DP off).
+        min_sites: sites a round needs.
+        expect_sites: sites to wait for before round 0 (default ``min_sites``).
+        plan: a task ``plan.yaml`` to use instead of the one planned from the summaries.
+        round_timeout_s: the longest a round waits for a site that does not answer.
+        wait_sites_s: how long to wait for enough sites to connect.
+        tls: ``None`` (plain text: refused outside loopback unless ``insecure``), or (ca, cert, key) paths.
+        calibrate_on / calibration_site: a site's data readable by the server (``federate``), to calibrate on.
+        components: the Flower app's ``serverapp`` / ``clientapp`` references.
+    """
+
+    out: Path
+    address: str = "127.0.0.1:9092"
+    rounds: int | None = None
+    min_sites: int = 2
+    expect_sites: int | None = None
+    plan: Path | None = None
+    time_budget_s: float | None = None
+    dp_epsilon: float | None = None
+    round_timeout_s: float = 1800.0
+    wait_sites_s: float = 600.0
+    tls: tuple[Path, Path, Path] | None = None
+    calibrate_on: Path | None = None
+    calibration_site: str | None = None
+    components: dict = field(default_factory=lambda: dict(COMPONENTS))
+
+
+def run_config(settings: ServerSettings) -> dict:
+    """The ServerApp's run config (TOML scalars; 0 / "" stand for "not given")."""
+    return {"out": str(Path(settings.out).resolve()), "rounds": settings.rounds or 0,
+            "min-sites": settings.min_sites, "expect-sites": settings.expect_sites or settings.min_sites,
+            "plan": str(Path(settings.plan).resolve()) if settings.plan else "",
+            "time-budget-s": float(settings.time_budget_s or 0.0), "dp-epsilon": float(settings.dp_epsilon or 0.0),
+            "round-timeout-s": float(settings.round_timeout_s), "wait-sites-s": float(settings.wait_sites_s),
+            "calibrate-on": str(Path(settings.calibrate_on).resolve()) if settings.calibrate_on else "",
+            "calibration-site": settings.calibration_site or ""}
+
+
+def serve(settings: ServerSettings, *, log=print) -> Path:
+    """Run the SuperLink and the federation to its end; returns the run folder.
+
+    Raises:
+        MedlensError: the run failed (its reason from the ServerApp's log); the checkpoints are kept.
+    """
+    folder = Path(settings.out) / "federated"
+    folder.mkdir(parents=True, exist_ok=True)
+    home = folder / "flwr"
+    ports = {"control": free_port(), "serverappio": free_port()}
+    write_text_atomic(home / "config.toml", _connection(ports["control"], settings.tls))
+    app = _write_app(folder / "app", settings)
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    with open(folder / "superlink.log", "ab") as link_log:
+        link = subprocess.Popen(superlink_command(settings, ports), stdout=link_log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        try:
+            wait_for_port("127.0.0.1", ports["control"], process=link, what="the SuperLink's Control API")
+            log(f"federation server: sites connect to {settings.address} "
+                + ("(TLS)" if settings.tls else "(plain text)") + f"; run folder {settings.out}")
+            _submit(app, env, settings, log)
+        finally:
+            stop(link)
+    state = read_state(settings.out)
+    if not state.get("finished"):
+        raise MedlensError(f"the federation stopped before its last round (see {folder / 'server.log'}): "
+                           f"{state.get('error', 'no reason recorded')}; run the same command again to resume "
+                           f"after round {state.get('round', 0)}")
+    return Path(settings.out)
+
+
+def superlink_command(settings: ServerSettings, ports: dict) -> list[str]:
+    command = [flower("flower-superlink"), "--disable-runtime-dependency-installation",
+               "--fleet-api-address", settings.address,
+               "--control-api-address", f"127.0.0.1:{ports['control']}",
+               "--serverappio-api-address", f"127.0.0.1:{ports['serverappio']}"]
+    if settings.tls is None:
+        return [*command, "--insecure"]
+    ca, cert, key = settings.tls
+    return [*command, "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+
+
+def _connection(control_port: int, tls) -> str:
+    lines = ["[superlink]", 'default = "medlens"', "[superlink.medlens]",
+             f'address = "127.0.0.1:{control_port}"']
+    lines.append("insecure = true" if tls is None else f"root-certificates = {json.dumps(str(tls[0]))}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_app(folder: Path, settings: ServerSettings) -> Path:
+    config = "\n".join(f"{key} = {json.dumps(value)}" for key, value in run_config(settings).items())
+    write_text_atomic(folder / "pyproject.toml", APP_PYPROJECT.format(config=config, **settings.components))
+    return folder
+
+
+def _submit(app: Path, env: dict, settings: ServerSettings, log) -> None:
+    """``flwr run APP medlens --stream``: submit the run and follow its log until it ends."""
+    overrides = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config(settings).items())
+    command = [flower("flwr"), "run", str(app), "medlens", "--run-config", overrides, "--stream"]
+    with open(Path(settings.out) / "federated" / "flwr-run.log", "ab") as run_log:
+        done = subprocess.run(command, env=env, stdout=run_log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise MedlensError(f"`flwr run` could not submit the federation (exit {done.returncode}); see "
+                           f"{Path(settings.out) / 'federated' / 'flwr-run.log'}")
+
+
+def flower(executable: str) -> str:
+    """A Flower executable of this Python environment (the one medlens is installed in)."""
+    path = Path(sys.executable).parent / executable
+    return str(path) if path.exists() else executable
+
+
+def exit_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so the Flower processes started here are stopped with this one."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, *, process: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
+    """Return once ``host:port`` accepts connections.
+
+    Raises:
+        MedlensError: ``process`` exited or the port stayed closed for ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MedlensError(f"{what} did not start (exit {process.returncode}); is {host}:{port} or the Fleet "
+                               "address already in use? see the log in RUN/federated/")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise MedlensError(f"{what} did not open {host}:{port} within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Terminate a process group started here (SIGTERM, then SIGKILL after ``timeout_s``)."""
+    import signal
+
+    if process.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---- round checkpoints (written by the ServerApp) ----
+
+def state_path(out: Path) -> Path:
+    return Path(out) / "federated" / "state.json"
+
+
+def read_state(out: Path) -> dict:
+    """The federation's state (``{}`` before round 0 has finished)."""
+    return read_json(state_path(out), default={}) or {}
+
+
+def save_round(out: Path, state: dict, weights: dict[str, np.ndarray]) -> None:
+    """Checkpoint the global model of ``state['round']``: weights first, then the state naming them (atomic)."""
+    from safetensors.numpy import save
+
+    name = f"global_round_{state['round']}.safetensors"
+    write_bytes_atomic(Path(out) / "federated" / name, save({k: np.asarray(v, order="C") for k, v in weights.items()}))
+    write_json_atomic(state_path(out), {**state, "weights": name})
+
+
+def load_weights(out: Path, state: dict) -> dict[str, np.ndarray]:
+    """The global weights the state names.
+
+    Raises:
+        ConfigError: the checkpoint file is missing or unreadable.
+    """
+    from safetensors.numpy import load_file
+
+    path = Path(out) / "federated" / state["weights"]
+    try:
+        return load_file(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: the global checkpoint of round {state['round']} cannot be read ({exc}); "
+                          "start the federation in a new --out folder") from None

@@ -1,0 +1,137 @@
+"""A hospital's side: its Flower SuperNode process, and what its ClientApp does with each message.
+
+``medlens fl site --server HOST:PORT --data SITE_DATA`` starts ``flower-supernode`` with the site's data folder
+and name in its node config. For each message the SuperNode starts a ``flwr-clientapp`` process (Flower's
+default subprocess isolation) that calls the handlers here. Only three things ever leave the site: its
+summary (counts, label balance, intensity statistics: :func:`medlens.federated.summaries.site_summary`), the
+model's weights after local training, and numeric training metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medlens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """How one site joins a federation.
+
+    Attributes:
+        server: the SuperLink's Fleet API, ``HOST:PORT``.
+        data: the site's dataset (folder or CSV manifest), read only by this site.
+        name: the site's name in logs and results (never a patient identifier).
+        root_certificates: CA that signed the server's certificate (None: insecure, localhost only).
+        insecure: connect without TLS (refused unless the server is on this machine or this is set).
+        node_config: further node config entries (``key -> value``), for tests and plugins.
+    """
+
+    server: str
+    data: Path
+    name: str
+    root_certificates: Path | None = None
+    insecure: bool = False
+    node_config: dict | None = None
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback address (where plain text is acceptable)."""
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str]:
+    """The ``flower-supernode`` command line for ``settings``.
+
+    Raises:
+        ConfigError: no TLS certificate for a remote server, or the data is missing.
+    """
+    if not Path(settings.data).exists():
+        raise FileNotFoundError(f"site data {settings.data} does not exist; pass the site's dataset folder or CSV "
+                                "with --data")
+    host = settings.server.rpartition(":")[0]
+    if settings.root_certificates is None and not (settings.insecure or is_local(host)):
+        raise ConfigError(f"{settings.server} is not on this machine and no CA certificate was given: pass the CA "
+                          "that signed the server's certificate with --root-certificates (the server prints where "
+                          "it wrote one), or --insecure to send weights in plain text")
+    config = {"data": str(Path(settings.data).resolve()), "name": settings.name, **(settings.node_config or {})}
+    command = [_flower("flower-supernode"), "--superlink", settings.server, "--node-config",
+               " ".join(f"{key}={json.dumps(value)}" for key, value in config.items()),
+               "--clientappio-api-address", f"127.0.0.1:{clientappio_port}"]
+    if settings.root_certificates is not None:
+        return [*command, "--root-certificates", str(settings.root_certificates)]
+    return [*command, "--insecure"]
+
+
+def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
+               flwr_home: Path | None = None) -> subprocess.Popen:
+    """Start the site's SuperNode; it retries until the server is reachable and serves until stopped.
+
+    Args:
+        flwr_home: Flower's folder for the apps it receives (default ``~/.flwr``).
+    """
+    command = supernode_command(settings, clientappio_port)
+    env = {**os.environ, "FLWR_HOME": str(flwr_home)} if flwr_home else None
+    return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, env=env,
+                            start_new_session=True)
+
+
+def _flower(executable: str) -> str:
+    """A Flower executable of this Python environment (the one medlens is installed in)."""
+    path = Path(sys.executable).parent / executable
+    return str(path) if path.exists() else executable
+
+
+# ---- what the ClientApp does (runs in the site's flwr-clientapp process) ----
+
+def summarise(node_config: dict) -> dict:
+    """Round 0: the site's summary (no file names, paths, patient ids or image bytes)."""
+    from medlens.federated.summaries import site_summary
+
+    return site_summary(Path(node_config["data"]), name=str(node_config["name"]))
+
+
+def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, np.ndarray], *, round: int,
+        local: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, dict]:
+    """One round of local training from the global ``weights`` (completed by the site's own ``local`` ones).
+
+    Args:
+        local: arrays the site keeps between rounds (FedBN: its BatchNorm layers), overriding the initial model's.
+
+    Returns:
+        (weights after training, training cases, numeric metrics).
+    """
+    from medlens.federated.local import to_numpy
+
+    site = trainer(node_config, config_json, plan_json)
+    # Flower starts a new ClientApp process per message: FedBN's own layers come back from the SuperNode's
+    # context state, and before the first round from the planned network itself
+    full = {**to_numpy(site.module.model.state_dict()), **local, **weights}
+    trained, n_examples, metrics = site.fit(full, round=round)
+    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics
+
+
+def trainer(node_config: dict, config_json: str, plan_json: str):
+    """The site's :class:`~medlens.federated.local.SiteTrainer` for the plan the server sent."""
+    from medlens.config import config_from_dict
+    from medlens.federated.local import SiteTrainer
+
+    config = config_from_dict(json.loads(config_json), where="the server's plan")
+    return SiteTrainer(config, plan_from_json(plan_json), Path(node_config["data"]), site=str(node_config["name"]))
+
+
+def plan_from_json(text: str):
+    from medlens.federated.plan import FederationPlan
+
+    return FederationPlan(**json.loads(text))
+
+
+def plan_to_json(plan) -> str:
+    return json.dumps(asdict(plan))
