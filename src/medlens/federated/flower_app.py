@@ -54,14 +54,21 @@ def _query(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
-    """One round of local training from the global weights; FedBN's local layers kept in ``context.state``."""
+    """One round of local training from the global weights.
+
+    Flower starts a new ClientApp process per message; what a site keeps between rounds lives in the SuperNode's
+    ``context.state``: FedBN's own layers and the DP accountant (so epsilon is counted over the whole run).
+    """
     task, received = msg.content["task"], from_record(msg.content["global"])
     local = from_record(context.state["local"]) if "local" in context.state else {}
+    privacy = json.loads(context.state["privacy"]["json"]) if "privacy" in context.state else None
 
     def content() -> dict:
-        weights, n_examples, metrics = site.fit(context.node_config, task["config"], task["plan"], received,
-                                                round=int(task["round"]), local=local)
+        weights, n_examples, metrics, spent = site.fit(context.node_config, task["config"], task["plan"], received,
+                                                       round=int(task["round"]), local=local, privacy=privacy)
         context.state["local"] = to_record({k: v for k, v in weights.items() if k not in received})
+        if spent is not None:
+            context.state["privacy"] = ConfigRecord({"json": json.dumps(spent)})
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         return {"weights": to_record(weights), "metrics": MetricRecord({"num-examples": n_examples, **numbers})}
 

@@ -127,7 +127,10 @@ def serve(settings: ServerSettings, *, log=print) -> Path:
 
 
 def superlink_command(settings: ServerSettings, ports: dict) -> list[str]:
+    # a database on disk, not Flower's in-memory state: a restarted SuperLink still knows the sites' SuperNodes,
+    # which would otherwise stop when it no longer recognises them
     command = [flower("flower-superlink"), "--disable-runtime-dependency-installation",
+               "--database", str(Path(settings.out).resolve() / "federated" / "superlink.db"),
                "--fleet-api-address", settings.address,
                "--control-api-address", f"127.0.0.1:{ports['control']}",
                "--serverappio-api-address", f"127.0.0.1:{ports['serverappio']}"]

@@ -99,14 +99,15 @@ def summarise(node_config: dict) -> dict:
 
 
 def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, np.ndarray], *, round: int,
-        local: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, dict]:
+        local: dict[str, np.ndarray], privacy: dict | None = None) -> tuple[dict, int, dict, dict | None]:
     """One round of local training from the global ``weights`` (completed by the site's own ``local`` ones).
 
     Args:
         local: arrays the site keeps between rounds (FedBN: its BatchNorm layers), overriding the initial model's.
+        privacy: the DP accountant's state after the site's previous round (``Private.state()``), or None.
 
     Returns:
-        (weights after training, training cases, numeric metrics).
+        (weights after training, training cases, numeric metrics, the accountant's state now or None).
     """
     from medlens.federated.local import to_numpy
 
@@ -114,8 +115,11 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
     # Flower starts a new ClientApp process per message: FedBN's own layers come back from the SuperNode's
     # context state, and before the first round from the planned network itself
     full = {**to_numpy(site.module.model.state_dict()), **local, **weights}
+    if privacy:
+        site.private = privacy  # privatise(resume=...) takes the state: epsilon is counted over every round
     trained, n_examples, metrics = site.fit(full, round=round)
-    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics
+    spent = site.private.state() if site.private is not None and hasattr(site.private, "state") else None
+    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent
 
 
 def trainer(node_config: dict, config_json: str, plan_json: str):

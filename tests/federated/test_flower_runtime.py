@@ -1,0 +1,238 @@
+"""Federated training on Flower's real deployment runtime: a SuperLink, one SuperNode per site, the ServerApp
+submitted with ``flwr run``, all as processes on localhost (no mocks of Flower), on small synthetic sites."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlens.cli import main as medlens
+from medlens.data.synthetic import chest_image
+from medlens.federated.launch import federate
+from medlens.federated.server import COMPONENTS, ServerSettings, free_port, read_state, serve, stop
+from medlens.federated.site import SiteSettings, start_site
+from medlens.io import Image, identity_direction, write_image
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ("north", "south", "east")
+
+
+def write_site(folder: Path, name: str, first_patient: int, patients: int = 12, seed: int = 0) -> Path:
+    """A small chest-image site: ``folder/name.csv`` (image, label, patient_id) and its PNGs."""
+    rng = np.random.default_rng(seed + first_patient)
+    rows = []
+    for p in range(first_patient, first_patient + patients):
+        label = "lesion" if p % 2 else "normal"
+        for s in range(2):
+            rel = f"img/{label}_{p:03d}_{s}.png"
+            pixels = chest_image(rng, lesion=label == "lesion", size=32)
+            write_image(Image(pixels.T[None], (0.6, 0.6), (0.0, 0.0), identity_direction(2)), folder / rel)
+            rows.append({"image": rel, "label": label, "patient_id": f"PATIENT{p:04d}"})
+    manifest = folder / f"{name}.csv"
+    with open(manifest, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["image", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sites")
+    return {name: write_site(root / name, name, 100 * k) for k, name in enumerate(SITES)}
+
+
+@pytest.fixture(autouse=True)
+def flower_env(monkeypatch):
+    # the SuperNodes' ClientApp processes import the test-only poisoned app from this repository's tests/
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def settings(out: Path, **changes) -> ServerSettings:
+    values = {"rounds": 1, "min_sites": 2, "time_budget_s": 2.0, "round_timeout_s": 120.0, "wait_sites_s": 60.0}
+    return ServerSettings(out, **{**values, **changes})
+
+
+def test_unsound_updates_are_refused_with_the_site_and_key():
+    from medlens.federated.updates import Update, average, check_update, shared_keys
+
+    weights = {"conv.weight": np.ones((2, 3), np.float32), "bn.weight": np.ones(2, np.float32),
+               "bn.running_mean": np.zeros(2, np.float32), "bn.num_batches_tracked": np.array(4)}
+    shapes = {k: v.shape for k, v in weights.items()}
+    assert check_update(Update("a", weights, 10, {}), shapes) is None
+    inf = {**weights, "conv.weight": np.array([[1, np.inf, 1]] * 2, np.float32)}
+    assert "site 'b' sent 2 NaN / Inf value(s) in conv.weight" in check_update(Update("b", inf, 10, {}), shapes)
+    wide = {**weights, "conv.weight": np.ones((2, 4), np.float32)}
+    assert "shape (2, 4), expected (2, 3)" in check_update(Update("c", wide, 10, {}), shapes)
+    assert "wrong keys" in check_update(Update("d", {**weights, "extra": np.ones(1)}, 10, {}), shapes)
+    other = {**weights, "conv.weight": np.full((2, 3), 4, np.float32), "bn.num_batches_tracked": np.array(8)}
+    mean = average([Update("a", weights, 3, {}), Update("e", other, 1, {})], list(weights))
+    assert np.allclose(mean["conv.weight"], 1.75) and mean["bn.num_batches_tracked"] == 5
+    assert mean["bn.num_batches_tracked"].dtype == weights["bn.num_batches_tracked"].dtype
+    assert shared_keys(weights, "fedbn") == ["conv.weight"] and shared_keys(weights, "fedavg") == list(weights)
+
+
+@pytest.mark.e2e
+def test_the_superlink_serves_tls_with_the_local_certificates(tmp_path):
+    import socket
+    import ssl
+
+    from medlens.federated.server import superlink_command, wait_for_port
+    from medlens.federated.tls import local_certificates
+
+    files = local_certificates(tmp_path / "tls", ["127.0.0.1"])
+    assert local_certificates(tmp_path / "tls", ["127.0.0.1"]) == files and files.key.stat().st_mode & 0o077 == 0
+    fleet, ports = free_port(), {"control": free_port(), "serverappio": free_port()}
+    config = ServerSettings(tmp_path, address=f"127.0.0.1:{fleet}", tls=(files.ca, files.cert, files.key))
+    link = subprocess.Popen(superlink_command(config, ports), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")})
+    try:
+        wait_for_port("127.0.0.1", fleet, process=link, what="the SuperLink")
+        trusted = ssl.create_default_context(cafile=str(files.ca))
+        trusted.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", fleet)) as raw:
+            trusted.wrap_socket(raw, server_hostname="localhost").close()
+        stranger = local_certificates(tmp_path / "other", ["127.0.0.1"])
+        with pytest.raises(ssl.SSLCertVerificationError):
+            with socket.create_connection(("127.0.0.1", fleet)) as raw:
+                ssl.create_default_context(cafile=str(stranger.ca)).wrap_socket(raw, server_hostname="localhost")
+    finally:
+        stop(link)
+
+
+@pytest.fixture(scope="module")
+def federated_run(sites, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fl") / "run"
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return federate(list(sites.values()), settings(out))
+
+
+@pytest.mark.e2e
+def test_three_sites_end_to_end(federated_run, tmp_path):
+    state = read_state(federated_run)
+    assert state["finished"] and state["round"] == 1
+    assert [sorted(record["sites"]) for record in state["history"]] == [sorted(SITES)]
+    assert (federated_run / "federated" / "global_round_1.safetensors").is_file()
+    assert medlens(["evaluate", str(federated_run), "--bootstrap", "50", "--no-baseline"]) == 0
+    assert medlens(["export", str(federated_run), "--out", str(tmp_path / "bundle"), "--format", "none"]) == 0
+    assert (tmp_path / "bundle").is_dir()
+
+
+@pytest.mark.e2e
+def test_the_wire_carries_no_images_or_identifiers(federated_run, sites):
+    from safetensors.numpy import load_file
+
+    model = load_file(federated_run / "federated" / "global_round_0.safetensors")
+    model_bytes = sum(v.nbytes for v in model.values())
+    messages = [json.loads(line) for line in (federated_run / "federated" / "messages.jsonl").read_text().splitlines()]
+    assert {m["kind"] for m in messages} == {"query", "train"} and len(messages) == 3 * 2
+    forbidden = {row["patient_id"] for m in sites.values() for row in csv.DictReader(open(m))}
+    forbidden |= {row["image"] for m in sites.values() for row in csv.DictReader(open(m))}
+    forbidden |= {str(m.parent) for m in sites.values()} | {m.name for m in sites.values()}
+    for message in messages:
+        text = json.dumps(message)
+        assert not [word for word in forbidden if word in text], message["site"]
+        assert ".png" not in text
+        if message["kind"] == "query":
+            assert set(message["records"]) == {"summary", "meta"}
+        else:
+            assert set(message["records"]) == {"weights", "metrics", "meta"}
+            arrays = message["records"]["weights"]["arrays"]
+            assert {k: tuple(shape) for k, (_, shape) in arrays.items()} == {k: v.shape for k, v in model.items()}
+            # Flower's serialisation adds a dtype and shape per array, nothing more
+            assert message["records"]["weights"]["bytes"] <= model_bytes + 512 * len(model)
+            assert all(isinstance(v, int | float) for v in message["records"]["metrics"].values())
+
+
+@pytest.mark.e2e
+def test_a_poisoned_update_is_refused_and_never_averaged(sites, tmp_path):
+    from safetensors.numpy import load_file
+
+    poisoned = {**COMPONENTS, "clientapp": "tests.federated.poison_app:client_app"}
+    run = federate(list(sites.values()), settings(tmp_path / "run", rounds=1, components=poisoned),
+                   node_config={"east": {"poison": "nan"}})
+    record = read_state(run)["history"][0]
+    assert sorted(record["sites"]) == ["north", "south"]
+    assert "NaN" in record["rejected"]["east"]
+    assert "refused update: site 'east' sent" in (run / "federated" / "server.log").read_text()
+    weights = load_file(run / "federated" / "global_round_1.safetensors")
+    assert all(np.isfinite(v).all() for v in weights.values() if np.issubdtype(v.dtype, np.floating))
+
+
+def _start_sites(sites: dict[str, Path], address: str, logs: Path) -> dict[str, subprocess.Popen]:
+    logs.mkdir(parents=True, exist_ok=True)
+    return {name: _start_site(name, data, address, logs) for name, data in sites.items()}
+
+
+def _start_site(name: str, data: Path, address: str, logs: Path) -> subprocess.Popen:
+    with open(logs / f"{name}.log", "ab") as log:
+        return start_site(SiteSettings(address, data, name), clientappio_port=free_port(), log_file=log)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_a_site_killed_mid_round_does_not_stop_it_and_can_rejoin(sites, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    config = settings(tmp_path / "run", rounds=2, address=address, expect_sites=3)
+    processes = _start_sites(sites, address, tmp_path / "logs")
+    result = {}
+    server = threading.Thread(target=lambda: result.update(run=serve(config)))
+    try:
+        server.start()
+        east_log = tmp_path / "logs" / "east.log"
+        _wait_for(lambda: b"Receiving: train" in east_log.read_bytes(), 120, "round 1 to reach east")
+        stop(processes["east"])  # the site's SuperNode and its ClientApp, mid-training
+        processes["east"] = _start_site("east", sites["east"], address, tmp_path / "logs")  # it comes back
+        server.join(timeout=240)
+        assert not server.is_alive()
+    finally:
+        for process in processes.values():
+            stop(process)
+    history = read_state(tmp_path / "run")["history"]
+    assert sorted(history[0]["sites"]) == ["north", "south"]
+    assert "east" in history[-1]["sites"]
+    assert read_state(tmp_path / "run")["finished"]
+
+
+@pytest.mark.e2e
+def test_a_restarted_server_resumes_from_the_last_global_checkpoint(sites, tmp_path):
+    port, out = free_port(), tmp_path / "run"
+    command = [sys.executable, "-m", "medlens.cli", "fl", "server", "--address", f"127.0.0.1:{port}", "--rounds",
+               "2", "--min-sites", "2", "--expect-sites", "2", "--time-budget", "2", "--out", str(out)]
+    two = {name: sites[name] for name in SITES[:2]}
+    processes = _start_sites(two, f"127.0.0.1:{port}", tmp_path / "logs")
+    first = second = None
+    try:
+        first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+        _wait_for(lambda: read_state(out).get("round", 0) >= 1, 150, "round 1's checkpoint")
+        first.send_signal(signal.SIGTERM)  # the coordinator is stopped mid-run (its SuperLink with it)
+        first.wait()
+        second = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+        assert second.wait(timeout=180) == 0
+    finally:
+        for process in [*processes.values(), first, second]:
+            if process is not None:
+                stop(process)
+    state = read_state(out)
+    assert state["finished"] and [record["round"] for record in state["history"]] == [1, 2]
+    assert "resuming after round 1" in (out / "federated" / "server.log").read_text()
