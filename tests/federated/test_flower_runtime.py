@@ -236,3 +236,14 @@ def test_a_restarted_server_resumes_from_the_last_global_checkpoint(sites, tmp_p
     state = read_state(out)
     assert state["finished"] and [record["round"] for record in state["history"]] == [1, 2]
     assert "resuming after round 1" in (out / "federated" / "server.log").read_text()
+
+
+def test_fl_refuses_options_of_the_other_role_and_plain_text_to_a_remote_server(tmp_path, capsys):
+    assert medlens(["fl", "site", "--server", "127.0.0.1:9092", "--data", str(tmp_path), "--rounds", "3"]) == 2
+    assert "`medlens fl site` does not take --rounds" in capsys.readouterr().err
+    assert medlens(["fl", "server", "--data", str(tmp_path)]) == 2
+    assert "does not take --data; it is an option of `medlens fl site`" in capsys.readouterr().err
+    assert medlens(["fl", "site", "--server", "hospital.example.org:9092", "--data", str(tmp_path)]) == 2
+    assert "--root-certificates" in capsys.readouterr().err
+    assert medlens(["fl", "site", "--server", "127.0.0.1:9092", "--data", str(tmp_path / "absent")]) == 2
+    assert "site data" in capsys.readouterr().err

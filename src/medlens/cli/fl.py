@@ -42,24 +42,23 @@ _SITE = ("server", "data", "name", "root_certificates")
 
 def run(args) -> int:
     from medlens.errors import ConfigError
-    from medlens.federated.server import exit_on_sigterm
 
     wrong = [name for name in (_SITE if args.role == "server" else _SERVER) if getattr(args, name) is not None]
     if wrong:
         raise ConfigError(f"`medlens fl {args.role}` does not take --{wrong[0].replace('_', '-')}; it is an option "
                           f"of `medlens fl {'site' if args.role == 'server' else 'server'}`")
-    exit_on_sigterm()
     return _server(args) if args.role == "server" else _site(args)
 
 
 def _server(args) -> int:
-    from medlens.federated.server import ServerSettings, serve
+    from medlens.federated.server import ServerSettings, exit_on_sigterm, serve
 
     out = args.out or Path("runs") / "federated"
     settings = ServerSettings(out, address=args.address, rounds=args.rounds, min_sites=args.min_sites,
                               expect_sites=args.expect_sites, plan=args.plan, time_budget_s=args.time_budget,
                               dp_epsilon=args.dp_epsilon, round_timeout_s=args.round_timeout,
                               tls=server_tls(args, out))
+    exit_on_sigterm()  # stopping the server stops its SuperLink too
     serve(settings)
     print(f"federated run written to {out}; evaluate it with `medlens evaluate {out}`")
     return 0
@@ -94,7 +93,7 @@ def server_tls(args, out: Path):
 
 def _site(args) -> int:
     from medlens.errors import ConfigError
-    from medlens.federated.server import free_port
+    from medlens.federated.server import exit_on_sigterm, free_port
     from medlens.federated.site import SiteSettings, start_site
 
     if args.server is None or args.data is None:
@@ -104,6 +103,7 @@ def _site(args) -> int:
                             insecure=args.insecure)
     print(f"site {name}: joining {args.server} with {args.data} (only summaries and weights leave this machine)")
     process = start_site(settings, clientappio_port=free_port())
+    exit_on_sigterm()  # stopping the site stops its SuperNode too
     try:
         return process.wait()
     finally:
