@@ -247,3 +247,16 @@ def test_fl_refuses_options_of_the_other_role_and_plain_text_to_a_remote_server(
     assert "--root-certificates" in capsys.readouterr().err
     assert medlens(["fl", "site", "--server", "127.0.0.1:9092", "--data", str(tmp_path / "absent")]) == 2
     assert "site data" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_a_site_with_unreadable_data_is_refused_and_the_others_go_on(sites, tmp_path):
+    broken = tmp_path / "west" / "west.csv"
+    broken.parent.mkdir()
+    broken.write_text("image,label,patient_id\n")  # a manifest without a single case
+    run = federate([sites["north"], sites["south"], broken], settings(tmp_path / "run"))
+    log = (run / "federated" / "server.log").read_text()
+    assert "round 0: site 'west' refused (query)" in log
+    state = read_state(run)
+    assert sorted(state["summaries"]) == ["north", "south"] and state["finished"]
+    assert sorted(state["history"][0]["sites"]) == ["north", "south"] and "west" in state["history"][0]["rejected"]

@@ -170,6 +170,9 @@ class Federation:
         replies = self.exchange(nodes, "query", lambda node: {"task": ConfigRecord({"step": "summary"})},
                                 round=0, need=self.settings.min_sites)
         summaries = {name: json.loads(reply.content["summary"]["json"]) for name, reply in replies.items()}
+        if len(summaries) < self.settings.min_sites:
+            raise MedlensError(f"round 0: {len(summaries)} site(s) sent a summary, {self.settings.min_sites} needed "
+                               f"(refused: {self.refusals or 'none'}); fix the refused sites' data and start again")
         self.log(f"round 0: summaries from {len(summaries)} site(s): {', '.join(sorted(summaries))}")
         reasons: dict[str, str] = {}
         config, plan = plan_federation(summaries, rounds=self.settings.rounds, min_sites=self.settings.min_sites,
