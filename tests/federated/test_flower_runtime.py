@@ -83,6 +83,14 @@ def test_unsound_updates_are_refused_with_the_site_and_key():
     assert shared_keys(weights, "fedbn") == ["conv.weight"] and shared_keys(weights, "fedavg") == list(weights)
 
 
+def test_a_sites_refusal_crosses_the_wire_without_paths_or_file_names():
+    from medlens.federated.site import redact
+
+    text = ("/data/site/P0012_smith.dcm: unreadable; C:\\scans\\x.nii.gz too; see case_7.png, e.g. shape "
+            "(1, 64) in ct.nii.gz")
+    assert redact(text) == "<file>: unreadable; <file> too; see <file>, e.g. shape (1, 64) in <file>"
+
+
 @pytest.mark.e2e
 def test_the_superlink_serves_tls_with_the_local_certificates(tmp_path):
     import socket
@@ -256,7 +264,8 @@ def test_a_site_with_unreadable_data_is_refused_and_the_others_go_on(sites, tmp_
     broken.write_text("image,label,patient_id\n")  # a manifest without a single case
     run = federate([sites["north"], sites["south"], broken], settings(tmp_path / "run"))
     log = (run / "federated" / "server.log").read_text()
-    assert "round 0: site 'west' refused (query)" in log
+    assert "round 0: site 'west' refused (query): DatasetError: <file>: the CSV has no data rows" in log
+    assert "west.csv" not in log + (run / "federated" / "messages.jsonl").read_text()
     state = read_state(run)
     assert sorted(state["summaries"]) == ["north", "south"] and state["finished"]
     assert sorted(state["history"][0]["sites"]) == ["north", "south"] and "west" in state["history"][0]["rejected"]

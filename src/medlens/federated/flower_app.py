@@ -81,8 +81,9 @@ def _answer(msg: Message, context: Context, content) -> Message:
     try:
         records = content()
     except (MedlensError, FileNotFoundError) as exc:
-        print(f"medlens site {meta['site']}: error: {exc}", flush=True)
-        records, meta = {}, {**meta, "error": str(exc)}
+        print(f"medlens site {meta['site']}: error: {exc}", flush=True)  # in full, on the site's own log only
+        reason = f"{type(exc).__name__}: {site.redact(str(exc))} (details in the site's log)"
+        records, meta = {}, {**meta, "error": reason}
     return Message(RecordDict({**records, "meta": ConfigRecord(meta)}), reply_to=msg)
 
 

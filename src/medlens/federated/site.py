@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -90,6 +91,16 @@ def _flower(executable: str) -> str:
 
 
 # ---- what the ClientApp does (runs in the site's flwr-clientapp process) ----
+
+# paths and file names can hold patient names or ids: a site's refusal crosses the wire without them
+_PATH = re.compile(r"(?:\b[A-Za-z]:)?[^\s'\"(),;:]*[/\\][^\s'\"(),;:]*"  # a path (POSIX or Windows)
+                   r"|[^\s'\"(),;:/\\]{2,}\.[A-Za-z][A-Za-z0-9]{0,4}(?:\.gz)?\b")  # a file name with an extension
+
+
+def redact(text: str) -> str:
+    """``text`` with every path and file name replaced by ``<file>`` (what a site's refusal may say)."""
+    return _PATH.sub("<file>", text)
+
 
 def summarise(node_config: dict) -> dict:
     """Round 0: the site's summary (no file names, paths, patient ids or image bytes)."""
