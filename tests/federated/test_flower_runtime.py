@@ -92,31 +92,27 @@ def test_a_sites_refusal_crosses_the_wire_without_paths_or_file_names():
 
 
 @pytest.mark.e2e
-def test_the_superlink_serves_tls_with_the_local_certificates(tmp_path):
-    import socket
-    import ssl
-
-    from medlens.federated.server import superlink_command, wait_for_port
+def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sites, tmp_path):
     from medlens.federated.tls import local_certificates
 
     files = local_certificates(tmp_path / "tls", ["127.0.0.1"])
     assert local_certificates(tmp_path / "tls", ["127.0.0.1"]) == files and files.key.stat().st_mode & 0o077 == 0
-    fleet, ports = free_port(), {"control": free_port(), "serverappio": free_port()}
-    config = ServerSettings(tmp_path, address=f"127.0.0.1:{fleet}", tls=(files.ca, files.cert, files.key))
-    link = subprocess.Popen(superlink_command(config, ports), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr")})
+    stranger = local_certificates(tmp_path / "other", ["127.0.0.1"])
+    address, logs = f"127.0.0.1:{free_port()}", tmp_path / "logs"
+    logs.mkdir()
+    cas = {"north": files.ca, "south": files.ca, "east": stranger.ca}
+    processes = []
     try:
-        wait_for_port("127.0.0.1", fleet, process=link, what="the SuperLink")
-        trusted = ssl.create_default_context(cafile=str(files.ca))
-        trusted.set_alpn_protocols(["h2"])
-        with socket.create_connection(("127.0.0.1", fleet)) as raw:
-            trusted.wrap_socket(raw, server_hostname="localhost").close()
-        stranger = local_certificates(tmp_path / "other", ["127.0.0.1"])
-        with pytest.raises(ssl.SSLCertVerificationError):
-            with socket.create_connection(("127.0.0.1", fleet)) as raw:
-                ssl.create_default_context(cafile=str(stranger.ca)).wrap_socket(raw, server_hostname="localhost")
+        for name, ca in cas.items():
+            with open(logs / f"{name}.log", "ab") as log:
+                processes.append(start_site(SiteSettings(address, sites[name], name, root_certificates=ca),
+                                            clientappio_port=free_port(), log_file=log))
+        run = serve(settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key)))
     finally:
-        stop(link)
+        for process in processes:
+            stop(process)
+    assert sorted(read_state(run)["summaries"]) == ["north", "south"]
+    assert b"Receiving" not in (logs / "east.log").read_bytes()
 
 
 @pytest.fixture(scope="module")
