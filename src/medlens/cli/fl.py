@@ -105,7 +105,11 @@ def _site(args) -> int:
     process = start_site(settings, clientappio_port=free_port())
     exit_on_sigterm()  # stopping the site stops its SuperNode too
     try:
-        return process.wait()
+        if process.wait() != 0:
+            raise ConfigError(f"site {name}: Flower's SuperNode stopped (exit {process.returncode}; its messages are "
+                              f"above). 'SSL/TLS handshake error': --root-certificates is not the CA that signed the "
+                              f"server's certificate; connection refused: is the server running at {args.server}?")
+        return 0
     finally:
         from medlens.federated.server import stop
 
