@@ -100,10 +100,12 @@ def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sit
     stranger = local_certificates(tmp_path / "other", ["127.0.0.1"])
     address, logs = f"127.0.0.1:{free_port()}", tmp_path / "logs"
     logs.mkdir()
-    cas = {"north": files.ca, "south": files.ca, "east": stranger.ca}
-    processes = []
+    east = subprocess.Popen([sys.executable, "-m", "medlens.cli", "fl", "site", "--server", address, "--data",
+                             str(sites["east"]), "--root-certificates", str(stranger.ca)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    processes = [east]
     try:
-        for name, ca in cas.items():
+        for name, ca in {"north": files.ca, "south": files.ca}.items():
             with open(logs / f"{name}.log", "ab") as log:
                 processes.append(start_site(SiteSettings(address, sites[name], name, root_certificates=ca),
                                             clientappio_port=free_port(), log_file=log))
@@ -112,7 +114,9 @@ def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sit
         for process in processes:
             stop(process)
     assert sorted(read_state(run)["summaries"]) == ["north", "south"]
-    assert b"Receiving" not in (logs / "east.log").read_bytes()
+    assert east.returncode == 2
+    error = east.stderr.read()
+    assert "SSL/TLS handshake error" in error and "medlens fl: error: site east: Flower's SuperNode stopped" in error
 
 
 @pytest.fixture(scope="module")
