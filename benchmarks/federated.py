@@ -210,7 +210,8 @@ def report_dp(base: Path, private: Path, sites) -> None:
               f"{without['value'] - rows[test]['value']:+.3f}")
     spent = (read_json(private / "run.json").get("federation") or {}).get("sites") or {}
     for name, site in spent.items():
-        print(f"  {name}: (epsilon, delta) spent {site.get('privacy')}")
+        dp = site.get("dp") or {}
+        print(f"  {name}: spent epsilon {dp.get('epsilon')}, delta {dp.get('delta')} in {site.get('rounds')} rounds")
 
 
 def hippocampus(args, runs: Path) -> bool:
