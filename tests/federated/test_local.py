@@ -160,3 +160,12 @@ def test_differential_privacy_trains_a_group_norm_network_within_its_epsilon(sit
     assert 0 < epsilon <= 8.0 and delta == pytest.approx(1 / (10 * trainer.n_train))
     assert metrics["dp_epsilon"] == epsilon and set(weights) == set(start)
     assert any(not np.array_equal(weights[k], start[k]) for k in start)
+
+
+def test_privacy_without_opacus_is_refused_with_the_fix(site, monkeypatch):
+    import sys
+
+    data, config, plan, _ = site
+    monkeypatch.setitem(sys.modules, "opacus", None)  # as on a machine without the federated extra
+    with pytest.raises(ConfigError, match=r"differential privacy needs Opacus.*medlens\[federated\]"):
+        initial_weights(config, replace(plan, dp_epsilon=8.0))

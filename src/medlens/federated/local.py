@@ -69,6 +69,11 @@ def dp_network(model: torch.nn.Module, plan: FederationPlan) -> tuple[torch.nn.M
     """``model`` unchanged without DP; with it, :func:`medlens.federated.privacy.dp_compatible`'s copy."""
     if plan.dp_epsilon is None:
         return model, []
+    try:
+        import opacus  # noqa: F401 - DP-SGD's per-example gradients and accountant
+    except ImportError:
+        raise ConfigError(f"dp_epsilon={plan.dp_epsilon}: differential privacy needs Opacus, which is not installed; "
+                          "pip install 'medlens[federated]', or set dp_epsilon: null in federation.yaml") from None
     from medlens.federated.privacy import dp_compatible
 
     return dp_compatible(model)
@@ -112,7 +117,7 @@ class SiteTrainer:
         self.module.model, self.dp_changes = dp_network(self.module.model, plan)
         self.bn_keys = local_keys(self.module.model) if plan.strategy == "fedbn" else set()
         self.kept: dict[str, torch.Tensor] = {}  # FedBN: this site's batch-norm state between rounds
-        self.private = None  # DP: the previous round's medlens.federated.privacy.Private
+        self.private = None  # DP: the previous round's privacy.Private, or its state() from an earlier process
 
     @property
     def n_train(self) -> int:
@@ -161,7 +166,9 @@ class SiteTrainer:
 
     def privacy_spent(self) -> tuple[float, float] | None:
         """``(epsilon, delta)`` spent so far by this site's updates (``None`` without DP)."""
-        return None if self.private is None else tuple(float(v) for v in self.private.spent())
+        if not hasattr(self.private, "spent"):  # none yet, or a previous process's state before this one's fit
+            return None
+        return tuple(float(v) for v in self.private.spent())
 
     def load(self, weights: Weights) -> None:
         """``weights`` into the site's network (FedBN: its own batch-norm state once it has one).
@@ -207,7 +214,8 @@ class SiteTrainer:
 
         module, t = self.module, self.module.config.train
         module.trainer = None  # the steps run outside Lightning (an earlier evaluate left its Trainer attached)
-        module.train()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        module.to(device).train()
         optimizer = build_optimizer(module.model.parameters(), t)
         self.private = privatise(module, optimizer, self.fit_.train_loader, epsilon=self.plan.dp_epsilon,
                                  delta=self.plan.dp_delta or default_delta(self.n_train),
@@ -222,7 +230,7 @@ class SiteTrainer:
                     if len(batch[-1]) == 0:  # a Poisson batch may be empty
                         continue
                     self.private.optimizer.zero_grad()
-                    loss = module.training_step(batch, step)
+                    loss = module.training_step([b.to(device) for b in batch], step)
                     loss.backward()
                     self.private.optimizer.step()
                     losses.append(float(loss.detach()))
