@@ -207,21 +207,29 @@ def wait_for_port(host: str, port: int, *, process: subprocess.Popen, what: str,
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    """Terminate a process group started here (SIGTERM, then SIGKILL after ``timeout_s``)."""
+    """Stop a process started here in its own session, and every process it started (Flower's app processes).
+
+    SIGTERM to the group, up to ``timeout_s`` for the leader to exit, then SIGKILL to whatever is left of the
+    group: a ``flwr-serverapp`` whose SuperLink is gone would otherwise wait for it forever.
+    """
     import signal
 
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
         try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait_s)
-            return
+            process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            continue
+            pass
+    time.sleep(0.5)
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # ---- round checkpoints (written by the ServerApp) ----
