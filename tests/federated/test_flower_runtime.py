@@ -223,6 +223,7 @@ def test_a_site_killed_mid_round_does_not_stop_it_and_can_rejoin(sites, tmp_path
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~90-110 s on 2 cores: the SuperNodes' reconnection back-off after the SuperLink went away
 def test_a_restarted_server_resumes_from_the_last_global_checkpoint(sites, tmp_path):
     port, out = free_port(), tmp_path / "run"
     command = [sys.executable, "-m", "medlens.cli", "fl", "server", "--address", f"127.0.0.1:{port}", "--rounds",
