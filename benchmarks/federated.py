@@ -234,7 +234,7 @@ def hippocampus(args, runs: Path) -> bool:
         passed = fed["value"] >= pooled["value"] - TARGET_DICE_GAP
         ok &= passed
         print(f"  {name:<10} federated {cell(fed)}  pooled {cell(pooled)}  nnU-Net (5-fold CV) "
-              f"{NNUNET_HIPPOCAMPUS.get(name, float('nan')):.3f}  target within {TARGET_DICE_GAP} of pooled: "
+              f"{NNUNET_HIPPOCAMPUS.get(name.lower(), float('nan')):.3f}  target within {TARGET_DICE_GAP} of pooled: "
               f"{'PASS' if passed else 'FAIL'}")
         for test in doc["sites"]:
             fed, pooled, local = (value(doc, m, test, metric) for m in ("federated", "pooled", f"local {test}"))
