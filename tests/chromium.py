@@ -1,6 +1,8 @@
 """Headless Debian chromium driven by playwright (never `playwright install`), for the browser tests.
 
-`make test` installs chromium; where the variable CI is set, a missing browser fails instead of skipping.
+One playwright driver per test session (its sync API cannot be entered twice in one process); the
+``browser`` and ``gl_browser`` fixtures (tests/conftest.py) launch their chromium from it. `make test`
+installs chromium; where the variable CI is set, a missing browser fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: without the background-networking flags chromium's own connections are refused by a closed network
 QUIET_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
               "--disable-component-update", "--disable-sync"]
+#: WebGL2 on SwiftShader, for the 3D viewer (the usual --disable-gpu turns WebGL off)
+GL_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+           *QUIET_ARGS]
 
 
 @contextlib.contextmanager
-def launch(args: list[str]):
-    """A launched chromium with ``args``; skips (fails on CI) when chromium or playwright is missing."""
+def driver():
+    """The session's playwright driver; skips (fails on CI) when chromium or playwright is missing."""
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing; `make browser` installs it (apt-get install chromium)"
         if os.environ.get("CI"):
@@ -27,8 +32,14 @@ def launch(args: list[str]):
         pytest.skip(message)
     sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extra: pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        try:
-            yield launched
-        finally:
-            launched.close()
+        yield playwright
+
+
+@contextlib.contextmanager
+def launch(playwright, args: list[str]):
+    """A chromium launched with ``args`` from the session's driver."""
+    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        yield launched
+    finally:
+        launched.close()

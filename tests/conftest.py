@@ -473,11 +473,29 @@ def cli(capsys):
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Headless Debian chromium driven by playwright (never `playwright install`); see tests/chromium.py."""
+def playwright_driver():
+    """One playwright driver for the session (tests/chromium.py); skips when chromium is missing."""
+    from tests.chromium import driver
+
+    with driver() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver):
+    """Headless Debian chromium (never `playwright install`), WebGL off."""
     from tests.chromium import QUIET_ARGS, launch
 
-    with launch(["--disable-gpu", *QUIET_ARGS]) as launched:
+    with launch(playwright_driver, ["--disable-gpu", *QUIET_ARGS]) as launched:
+        yield launched
+
+
+@pytest.fixture(scope="session")
+def gl_browser(playwright_driver):
+    """Headless chromium with WebGL2 on SwiftShader, for the 3D viewer (NiiVue)."""
+    from tests.chromium import GL_ARGS, launch
+
+    with launch(playwright_driver, GL_ARGS) as launched:
         yield launched
 
 

@@ -1,7 +1,6 @@
 """Driving the 3D viewer (NiiVue) in headless chromium with software WebGL2, for the viewer's browser tests.
 
-The project's usual chromium flags carry ``--disable-gpu``, which turns WebGL off; these use ANGLE on SwiftShader.
-Where the variable CI is set, a missing browser fails instead of skipping.
+The browser is the ``gl_browser`` fixture (tests/conftest.py: WebGL2 on SwiftShader, tests/chromium.py).
 """
 
 from __future__ import annotations
@@ -12,11 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.chromium import QUIET_ARGS, launch
-
-GL_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-           *QUIET_ARGS]
 
 #: colours at world points (RAS mm) in the axial plane through each, read from the drawing buffer right after a draw;
 #: the point goes through the image's full affine (convertMM2Frac with isForceSliceMM: NiiVue's own mm2frac uses an
@@ -50,11 +44,6 @@ CANVAS_STATS = """(selector) => {
   }
   return { levels: levels.size, lit: lit, pixels: w * h, checksum: sum };
 }"""
-
-
-def gl_chromium():
-    """Headless chromium with WebGL2 on SwiftShader."""
-    return launch(GL_ARGS)
 
 
 def open_page(browser, url: str, allowed: tuple[str, ...], size=(1200, 1100)):

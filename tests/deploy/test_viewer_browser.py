@@ -22,12 +22,6 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def gl_browser():
-    with gl.gl_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
 def seg_server(serve, seg_bundle):
     return serve(Predictor.from_bundle(seg_bundle))
 

@@ -13,12 +13,6 @@ from tests import viewer_gl as gl
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def gl_browser():
-    with gl.gl_chromium() as browser:
-        yield browser
-
-
 def test_the_segmentation_report_shows_its_cases_in_the_3d_viewer_offline(gl_browser, seg_run, tmp_path):
     if not viewer.installed():
         pytest.skip(viewer.NOT_INSTALLED)

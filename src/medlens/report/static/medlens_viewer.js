@@ -94,30 +94,34 @@
     return element("label", {}, "window ", low, " – ", high);
   }
 
+  // one group per overlay (its toggle and its opacity or threshold), kept together when the bar wraps
   function overlayControls(nv, volumes, overlays, state) {
-    const parts = [];
+    const groups = [];
     for (const o of volumes.overlays) {
       const box = element("input", { type: "checkbox", checked: true, className: "mv-toggle" });
       box.dataset.key = o.key;
       box.addEventListener("change", () => state.setOverlay(o.key, box.checked));
-      parts.push(element("label", { className: "mv-overlay" }, box, " " + o.title));
+      let slider;
       if (o.kind === "heat") {
-        const threshold = element("input", { type: "range", min: 0, max: 0.95, step: 0.05, value: o.threshold,
-                                             className: "mv-threshold", title: "heat map lower threshold" });
-        threshold.addEventListener("input", () => {
-          nv.volumes[overlays[o.key]].cal_min = Number(threshold.value);
+        slider = element("input", { type: "range", min: 0, max: 0.95, step: 0.05, value: o.threshold,
+                                    className: "mv-threshold", title: o.title + " lower threshold" });
+        slider.addEventListener("input", () => {
+          nv.volumes[overlays[o.key]].cal_min = Number(slider.value);
           nv.updateGLVolume();
         });
-        parts.push(element("label", {}, "threshold ", threshold));
       } else {
-        const opacity = element("input", { type: "range", min: 0, max: 1, step: 0.05, value: o.opacity,
-                                           className: "mv-opacity", title: o.title + " opacity" });
-        opacity.addEventListener("input", () => { state.opacity[o.key] = Number(opacity.value);
-                                                  state.setOverlay(o.key, box.checked); });
-        parts.push(element("label", {}, "opacity ", opacity));
+        slider = element("input", { type: "range", min: 0, max: 1, step: 0.05, value: o.opacity,
+                                    className: "mv-opacity", title: o.title + " opacity" });
+        slider.addEventListener("input", () => { state.opacity[o.key] = Number(slider.value);
+                                                 state.setOverlay(o.key, box.checked); });
       }
+      const group = element("span", { className: "mv-overlay-group" },
+                            element("label", { className: "mv-overlay" }, box, " " + o.title),
+                            element("label", {}, o.kind === "heat" ? " threshold " : " opacity ", slider));
+      group.style.cssText = "display:inline-flex;align-items:center;gap:4px;white-space:nowrap";
+      groups.push(group);
     }
-    return parts;
+    return groups;
   }
 
   function legend(volumes) {
@@ -145,7 +149,9 @@
     const stage = element("div", { className: "mv-stage" }, canvas);
     stage.style.cssText = "position:relative;width:100%;height:" + (host.dataset.height || "420") + "px;background:#000";
     host.replaceChildren(stage);
+    // a thin cyan crosshair: red is a mask colour
     const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, isColorbar: false,
+                                   crosshairColor: [0.3, 0.85, 1, 0.7], crosshairWidth: 1,
                                    dragMode: niivue.DRAG_MODE.windowing, isResizeCanvas: true,
                                    multiplanarShowRender: niivue.SHOW_RENDER.NEVER, loadingText: "" });
     await nv.attachToCanvas(canvas);
