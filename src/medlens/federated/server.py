@@ -107,7 +107,7 @@ def serve(settings: ServerSettings, *, log=print) -> Path:
     ports = {"control": free_port(), "serverappio": free_port()}
     write_text_atomic(home / "config.toml", _connection(ports["control"], settings.tls))
     app = _write_app(folder / "app", settings)
-    env = {**os.environ, "FLWR_HOME": str(home)}
+    env = flower_env(home)
     with open(folder / "superlink.log", "ab") as link_log:
         link = subprocess.Popen(superlink_command(settings, ports), stdout=link_log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
@@ -153,15 +153,35 @@ def _write_app(folder: Path, settings: ServerSettings) -> Path:
     return folder
 
 
+SUBMIT_ATTEMPTS = 6
+
+
 def _submit(app: Path, env: dict, settings: ServerSettings, log) -> None:
     """``flwr run APP medlens --stream``: submit the run and follow its log until it ends."""
     overrides = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config(settings).items())
     command = [flower("flwr"), "run", str(app), "medlens", "--run-config", overrides, "--stream"]
-    with open(Path(settings.out) / "federated" / "flwr-run.log", "ab") as run_log:
-        done = subprocess.run(command, env=env, stdout=run_log, stderr=subprocess.STDOUT, check=False)
+    path = Path(settings.out) / "federated" / "flwr-run.log"
+    for attempt in range(SUBMIT_ATTEMPTS):  # the Control API's port opens before it answers (a busy machine)
+        start = path.stat().st_size if path.exists() else 0
+        with open(path, "ab") as run_log:
+            done = subprocess.run(command, env=env, stdout=run_log, stderr=subprocess.STDOUT, check=False)
+        unavailable = "unavailable" in path.read_bytes()[start:].decode(errors="replace")
+        if done.returncode == 0 or not unavailable:
+            break
+        time.sleep(1.0 + attempt)
     if done.returncode != 0:
         raise MedlensError(f"`flwr run` could not submit the federation (exit {done.returncode}); see "
                            f"{Path(settings.out) / 'federated' / 'flwr-run.log'}")
+
+
+def flower_env(home: Path | None) -> dict:
+    """The environment Flower's processes run in: this Python's scripts first on PATH (the SuperLink and the
+    SuperNode start ``flower-superexec`` / ``flwr-serverapp`` / ``flwr-clientapp`` by name), ``FLWR_HOME``."""
+    scripts = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    if home is not None:
+        env["FLWR_HOME"] = str(home)
+    return env
 
 
 def flower(executable: str) -> str:

@@ -10,16 +10,15 @@ model's weights after local training, and numeric training metrics.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medlens.errors import ConfigError
+from medlens.federated.server import flower, flower_env
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
                           "that signed the server's certificate with --root-certificates (the server prints where "
                           "it wrote one), or --insecure to send weights in plain text")
     config = {"data": str(Path(settings.data).resolve()), "name": settings.name, **(settings.node_config or {})}
-    command = [_flower("flower-supernode"), "--superlink", settings.server, "--node-config",
+    command = [flower("flower-supernode"), "--superlink", settings.server, "--node-config",
                " ".join(f"{key}={json.dumps(value)}" for key, value in config.items()),
                "--clientappio-api-address", f"127.0.0.1:{clientappio_port}"]
     if settings.root_certificates is not None:
@@ -79,15 +78,11 @@ def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
         flwr_home: Flower's folder for the apps it receives (default ``~/.flwr``).
     """
     command = supernode_command(settings, clientappio_port)
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)} if flwr_home else None
+    env = flower_env(flwr_home)
     return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, env=env,
                             start_new_session=True)
 
 
-def _flower(executable: str) -> str:
-    """A Flower executable of this Python environment (the one medlens is installed in)."""
-    path = Path(sys.executable).parent / executable
-    return str(path) if path.exists() else executable
 
 
 # ---- what the ClientApp does (runs in the site's flwr-clientapp process) ----
