@@ -160,10 +160,11 @@ def _check_one(name: str, summary: dict, first: str, reference: dict, batch_size
 
 
 def _check_classes_trained(name: str, summary: dict) -> None:
-    """Class-label tasks train on every class at every site (the task refuses a class without training cases)."""
-    if summary["dataset"]["task"] not in ("binary", "multiclass", "ordinal"):
-        return
+    """Class-label tasks train on every class at every site (the task refuses a class without training cases);
+    only their summaries count cases by class alone (masks, boxes and label flags also count ``cases``)."""
     train = summary["counts"]["by_split"].get("train") or {}
+    if "cases" in train or not any(c in train for c in summary["dataset"]["class_names"]):
+        return
     missing = [c for c in summary["dataset"]["class_names"] if not train.get(c)]
     if missing:
         raise ConfigError(f"site {name} has no training case of class(es) {', '.join(missing)} (its training "
