@@ -43,3 +43,16 @@ def launch(playwright, args: list[str]):
         yield launched
     finally:
         launched.close()
+
+
+def open_page(browser, url: str, allowed: tuple[str, ...], size=(1200, 820)):
+    """``(page, errors)``: the page loaded, and every console error, page error and request to an address
+    outside ``allowed`` (prefixes) it raised."""
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: None if request.url.startswith(allowed) else
+            errors.append(f"request outside {allowed}: {request.url}"))
+    page.goto(url, wait_until="load")
+    return page, errors

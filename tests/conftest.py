@@ -503,18 +503,12 @@ def gl_browser(playwright_driver):
 def open_watched(browser):
     """``open_watched(url, allowed=(prefixes...), viewport=(w, h))`` -> (page, errors): the page loaded, and
     every console error, page error and request to an address outside ``allowed`` it raised."""
+    from tests.chromium import open_page
 
-    def open_page(url: str, allowed: tuple[str, ...], viewport=(1200, 820)):
-        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-        errors = []
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: None if request.url.startswith(allowed) else
-                errors.append(f"request outside {allowed}: {request.url}"))
-        page.goto(url, wait_until="load")
-        return page, errors
+    def open_watched_page(url: str, allowed: tuple[str, ...], viewport=(1200, 820)):
+        return open_page(browser, url, allowed, viewport)
 
-    return open_page
+    return open_watched_page
 
 # ---- a tiny fused run (two views and two clinical columns), shared by the deploy and CLI tests of issue 16 --------
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import chromium
+
 #: colours at world points (RAS mm) in the axial plane through each, read from the drawing buffer right after a draw;
 #: the point goes through the image's full affine (convertMM2Frac with isForceSliceMM: NiiVue's own mm2frac uses an
 #: oblique image's nearest orthogonal frame, which its voxel-aligned slices are drawn in)
@@ -47,15 +49,8 @@ CANVAS_STATS = """(selector) => {
 
 
 def open_page(browser, url: str, allowed: tuple[str, ...], size=(1200, 1100)):
-    """``(page, errors)``: the page loaded; console errors, page errors and requests outside ``allowed``."""
-    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-    errors = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: None if request.url.startswith(allowed) else
-            errors.append(f"request outside {allowed}: {request.url}"))
-    page.goto(url, wait_until="load")
-    return page, errors
+    """``(page, errors)`` at the viewer tests' default size (tests/chromium.py ``open_page``)."""
+    return chromium.open_page(browser, url, allowed, size)
 
 
 def wait_ready(page, selector: str, timeout_s: float = 60) -> None:
