@@ -75,6 +75,7 @@ class ModelSection:
     deep_supervision: bool = False
     view_encoder: typing.Literal["shared", "separate"] = "shared"  # fusion=views: one encoder for all views or one each
     view_pooling: typing.Literal["concat", "attention"] = "concat"  # data.fusion=views: how view features are fused
+    norm: typing.Literal["batch", "group"] = "batch"  # group: batch norm layers become group norm (DP-SGD needs it)
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,8 @@ def test_strategy_follows_how_different_the_sites_are(summaries, pair, strategy,
 
 
 def test_no_fedbn_under_differential_privacy(summaries):
-    _, plan = plan_federation({k: summaries[k] for k in "ac"}, probe=False, dp_epsilon=8.0)
-    assert plan.strategy == "fedavg"
+    config, plan = plan_federation({k: summaries[k] for k in "ac"}, probe=False, dp_epsilon=8.0)
+    assert plan.strategy == "fedavg" and config.model.norm == "group"  # the plan names the network DP trains
     assert "no batch norm under differential privacy (group norm)" in plan.reasons["strategy"]
     assert plan.dp_epsilon == 8.0 and "GroupNorm".lower() in plan.reasons["dp_epsilon"].replace(" ", "").lower()
 
@@ -186,3 +186,26 @@ def test_federation_yaml_round_trip_and_unknown_keys(tmp_path):
         read_federation(path)
     with pytest.raises(ConfigError, match="strategy 'fedsgd'"):
         replace(plan, strategy="fedsgd")
+
+
+def test_an_asked_strategy_is_used_with_what_the_data_suggested(summaries):
+    _, plan = plan_federation({k: summaries[k] for k in "ad"}, probe=False, strategy="fedbn")
+    assert plan.strategy == "fedbn" and plan.reasons["strategy"] == "fedbn: asked for (--strategy); the sites' " \
+        "differences suggest fedavg"
+    with pytest.raises(ConfigError, match="--strategy fedbn keeps each site's batch-norm layers, but differential"):
+        plan_federation({k: summaries[k] for k in "ad"}, probe=False, strategy="fedbn", dp_epsilon=8.0)
+    with pytest.raises(ConfigError, match="--strategy fedsgd: choose one of fedavg, fedprox, fedbn"):
+        plan_federation({k: summaries[k] for k in "ad"}, probe=False, strategy="fedsgd")
+
+
+def test_sites_sharing_this_machine_get_the_epochs_it_fits_not_one_machine_each(summaries):
+    from medlens.federated.plan import _schedule
+
+    config, _ = plan_federation({k: summaries[k] for k in "ab"}, probe=False)
+    config = replace(config, train=replace(config.train, max_epochs=6))
+    timed = {"train.max_epochs": "6: the timing probe fits 6 epochs in the budget"}
+    apart = _schedule(config, dict(timed), {k: summaries[k] for k in "ab"}, None, {})
+    fed = {}
+    shared = _schedule(config, dict(timed), {k: summaries[k] for k in "ab"}, None, fed, shared_machine=True)
+    assert shared[0] * shared[1] == 6 < apart[0] * apart[1]  # two like sites apart: about twice the epochs
+    assert "every site trains here (federate), sharing it" in fed["rounds"]

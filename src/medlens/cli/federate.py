@@ -14,6 +14,8 @@ ARGUMENTS = [
     (["--min-sites"], {"type": int, "help": "sites a round needs (default 2)"}),
     (["--time-budget"], {"type": parse_duration, "help": "training time to plan for, e.g. 10m"}),
     (["--dp-epsilon"], {"type": float, "help": "DP-SGD target epsilon per site over the run (default off)"}),
+    (["--strategy"], {"choices": ["fedavg", "fedprox", "fedbn"],
+                      "help": "federated averaging to use (default: the plan chooses by how different the sites are)"}),
     (["--out"], {"type": Path, "help": "run folder (default runs/federated); run again to resume"}),
     (["--no-compare"], {"action": "store_true", "help": "skip the local-only and pooled models"}),
 ]
@@ -25,7 +27,7 @@ def run(args) -> int:
 
     out = args.out or Path("runs") / "federated"
     settings = ServerSettings(out, rounds=args.rounds, min_sites=args.min_sites or 2, time_budget_s=args.time_budget,
-                              dp_epsilon=args.dp_epsilon)
+                              dp_epsilon=args.dp_epsilon, strategy=args.strategy)
     federate(args.sites, settings)
     if not args.no_compare:
         from medlens.federated.compare import compare_sites

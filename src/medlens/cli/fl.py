@@ -23,6 +23,8 @@ ARGUMENTS = [
                                         "sites' summaries)"}),
     (["--time-budget"], {"type": parse_duration, "help": "server: training time to plan for, e.g. 10m"}),
     (["--dp-epsilon"], {"type": float, "help": "server: DP-SGD target epsilon per site over the run (default off)"}),
+    (["--strategy"], {"choices": ["fedavg", "fedprox", "fedbn"],
+                      "help": "server: federated averaging to use (default: the plan's choice, with its reason)"}),
     (["--out"], {"type": Path, "help": "server: run folder (default runs/federated); run again to resume"}),
     (["--round-timeout"], {"type": parse_duration, "default": 1800.0,
                            "help": "server: how long a round waits for slow sites (default 30m)"}),
@@ -36,7 +38,8 @@ ARGUMENTS = [
                                "help": "site: the CA that signed the server's certificate"}),
     (["--insecure"], {"action": "store_true", "help": "plain text even off loopback (weights readable on the way)"}),
 ]
-_SERVER = ("rounds", "expect_sites", "plan", "time_budget", "dp_epsilon", "out", "certfile", "keyfile", "ca_certfile")
+_SERVER = ("rounds", "expect_sites", "plan", "time_budget", "dp_epsilon", "strategy", "out", "certfile", "keyfile",
+           "ca_certfile")
 _SITE = ("server", "data", "name", "root_certificates")
 
 
@@ -56,7 +59,7 @@ def _server(args) -> int:
     out = args.out or Path("runs") / "federated"
     settings = ServerSettings(out, address=args.address, rounds=args.rounds, min_sites=args.min_sites,
                               expect_sites=args.expect_sites, plan=args.plan, time_budget_s=args.time_budget,
-                              dp_epsilon=args.dp_epsilon, round_timeout_s=args.round_timeout,
+                              dp_epsilon=args.dp_epsilon, strategy=args.strategy, round_timeout_s=args.round_timeout,
                               tls=server_tls(args, out))
     exit_on_sigterm()  # stopping the server stops its SuperLink too
     serve(settings)

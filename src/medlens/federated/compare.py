@@ -213,7 +213,7 @@ def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, i
 def score_model(label: str, model_run: RunFolder, tests: dict[str, TestSet], n_bootstrap: int | None) -> list[dict]:
     """Rows ``{model, test, metric, value, ci_low, ci_high, n_cases}`` of one model on every test split."""
     config = model_run.read_config()
-    model = load_trained(model_run, config)
+    model = load_model(model_run, config)  # a DP run's plan names its group norm (model.norm)
     rows = []
     for name, test in tests.items():
         doc = evaluate_on(model, model_run, config, test, n_bootstrap)
@@ -221,19 +221,6 @@ def score_model(label: str, model_run: RunFolder, tests: dict[str, TestSet], n_b
             rows.append({"model": label, "test": name, "metric": metric, "value": value["value"],
                          "ci_low": value["ci_low"], "ci_high": value["ci_high"], "n_cases": doc["n_cases"]})
     return rows
-
-
-def load_trained(run: RunFolder, config: Config):
-    """A run's network in eval mode; a federated run's as the federation built it (DP-compatible under DP: group
-    norm where the plan's network has batch norm)."""
-    if not (run.root / FEDERATION).is_file():
-        return load_model(run, config)
-    from medlens.federated.local import build_network
-    from medlens.models.weights import load_state_dict
-
-    model = build_network(config, read_federation(run.root / FEDERATION))
-    model.load_state_dict(load_state_dict(run.weights))
-    return model.eval()
 
 
 def evaluate_on(model, model_run: RunFolder, config: Config, test: TestSet, n_bootstrap: int | None) -> dict:

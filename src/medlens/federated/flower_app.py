@@ -104,6 +104,8 @@ class Settings:
     wait_sites_s: float
     calibrate_on: Path | None
     calibration_site: str | None
+    strategy: str | None = None
+    shared_machine: bool = False
 
     @classmethod
     def from_run_config(cls, config) -> Settings:
@@ -112,7 +114,8 @@ class Settings:
                    float(config["time-budget-s"]) or None, float(config["dp-epsilon"]) or None,
                    float(config["round-timeout-s"]), float(config["wait-sites-s"]),
                    Path(str(config["calibrate-on"])) if config["calibrate-on"] else None,
-                   str(config["calibration-site"]) or None)
+                   str(config["calibration-site"]) or None, str(config.get("strategy", "")) or None,
+                   bool(config.get("shared-machine", False)))
 
 
 @server_app.main()
@@ -178,11 +181,15 @@ class Federation:
         reasons: dict[str, str] = {}
         config, plan = plan_federation(summaries, rounds=self.settings.rounds, min_sites=self.settings.min_sites,
                                        time_budget_s=self.settings.time_budget_s, dp_epsilon=self.settings.dp_epsilon,
-                                       task_reasons=reasons)
+                                       task_reasons=reasons, strategy=self.settings.strategy,
+                                       shared_machine=self.settings.shared_machine)
         if self.settings.plan is not None:
             from medlens.config import read_plan
+            from medlens.federated.plan import private_network
 
             config, reasons = read_plan(self.settings.plan)
+            if plan.dp_epsilon is not None:
+                config = private_network(config, reasons)
         self.log(f"plan: {plan.strategy} ({plan.reasons.get('strategy', '')}), {plan.rounds} round(s) x "
                  f"{plan.local_epochs} local epoch(s), at least {plan.min_sites} site(s) a round")
         from medlens.federated.local import initial_weights

@@ -107,7 +107,8 @@ def read_federation(path: str | Path) -> FederationPlan:
 
 def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, time_budget_s: float | None = None,
                     dp_epsilon: float | None = None, min_sites: int | None = None, device: str | None = None,
-                    probe: bool = True, task_reasons: dict[str, str] | None = None) -> tuple[Config, FederationPlan]:
+                    probe: bool = True, task_reasons: dict[str, str] | None = None, strategy: str | None = None,
+                    shared_machine: bool = False) -> tuple[Config, FederationPlan]:
     """The task plan every site trains with, and the federation plan.
 
     Args:
@@ -119,6 +120,8 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
         device: ``cpu`` / ``gpu`` the sites train on (default: this machine's).
         probe: time the network on this machine to plan epochs (off in unit tests).
         task_reasons: filled with the task plan's ``{"section.key": reason}`` when given (for ``plan.yaml``).
+        strategy: ``fedavg`` / ``fedprox`` / ``fedbn`` instead of the one the sites' differences suggest.
+        shared_machine: every site trains on this machine (``medlens federate``), so their rounds share its CPUs.
 
     Raises:
         ConfigError: the sites disagree, or one cannot hold a batch (see :func:`check_summaries`).
@@ -133,8 +136,8 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     config = _fit_batch(config, reasons, summaries)
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
-    strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed)
-    rounds, local_epochs = _schedule(config, reasons, summaries, rounds, fed)
+    strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
+    rounds, local_epochs = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
     sites = len(summaries)
     min_sites = min_sites or min(2, sites)
     fed["min_sites"] = (f"a round goes on when {min_sites} of the {sites} site(s) answer"
@@ -337,13 +340,18 @@ def intensity_shift(summaries: dict[str, dict]) -> tuple[float, float]:
 
 
 def choose_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: float | None,
-                    reasons: dict[str, str]) -> tuple[str, float]:
-    """``(strategy, proximal_mu)`` by how different the sites are, with the reasons.
+                    reasons: dict[str, str], *, asked: str | None = None) -> tuple[str, float]:
+    """``(strategy, proximal_mu)`` by how different the sites are (or as ``asked``), with the reasons.
 
     FedBN (Li et al., ICLR 2021) when the intensities differ strongly (feature shift: each site keeps its batch-norm
     statistics), if the network has batch norm; FedProx (Li et al., MLSys 2020, mu 0.01) when the label balance
     differs strongly (label skew pulls local models apart); else FedAvg (McMahan et al., AISTATS 2017).
+
+    Raises:
+        ConfigError: ``asked`` is not a strategy, or FedBN for a network without batch norm (or under DP).
     """
+    if asked is not None:
+        return _asked_strategy(summaries, config, dp_epsilon, reasons, asked)
     jsd, pair = label_divergence(summaries)
     shift, scale = intensity_shift(summaries)
     skew = (f"label balance: largest Jensen-Shannon divergence {jsd:.3f} bits"
@@ -368,6 +376,21 @@ def choose_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: floa
                            "training cases (McMahan et al., AISTATS 2017)")
     reasons["proximal_mu"] = "0: no proximal term under FedAvg"
     return "fedavg", 0.0
+
+
+def _asked_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: float | None, reasons: dict[str, str],
+                    asked: str) -> tuple[str, float]:
+    if asked not in STRATEGIES:
+        raise ConfigError(f"--strategy {asked}: choose one of {', '.join(STRATEGIES)}")
+    if asked == "fedbn" and (dp_epsilon is not None or not has_batch_norm(config)):
+        why = "differential privacy replaces batch norm by group norm" if dp_epsilon is not None else (
+            f"{config.model.name} has no batch norm")
+        raise ConfigError(f"--strategy fedbn keeps each site's batch-norm layers, but {why}: choose fedavg or fedprox")
+    suggested, _ = choose_strategy(summaries, config, dp_epsilon, {})
+    reasons["strategy"] = f"{asked}: asked for (--strategy); the sites' differences suggest {suggested}"
+    mu = PROXIMAL_MU if asked == "fedprox" else 0.0
+    reasons["proximal_mu"] = f"{mu}" + (": FedProx's robust default (Li et al., MLSys 2020)" if mu else ": none")
+    return asked, mu
 
 
 def has_batch_norm(config: Config) -> bool:
@@ -395,15 +418,20 @@ def _fit_batch(config: Config, reasons: dict, summaries: dict[str, dict]) -> Con
 
 
 def _schedule(config: Config, reasons: dict, summaries: dict[str, dict], rounds: int | None,
-              fed: dict[str, str]) -> tuple[int, int]:
+              fed: dict[str, str], shared_machine: bool = False) -> tuple[int, int]:
     """Rounds x local epochs: the epochs the task's timing fits in the budget, at each site's pace."""
     planned = config.train.max_epochs
     timed = not reasons.get("train.max_epochs", "").startswith("default")
     counts = [train_count(s) for s in summaries.values()]
-    if timed:  # the task timed an epoch over every site's cases; the sites train in parallel, each on its own
+    if timed and shared_machine:  # every site's epoch on this machine's CPUs: the timed epoch of all cases
+        epochs = int(np.clip(planned, 1, MAX_SITE_EPOCHS))
+        why = (f"the task's timing fits {planned} epoch(s) of all {sum(counts)} training cases in the budget on this "
+               "machine, and every site trains here (federate), sharing it")
+    elif timed:  # the task timed an epoch over every site's cases; the sites train in parallel, each on its own
         epochs = int(np.clip(int(planned * sum(counts) / max(counts)), 1, MAX_SITE_EPOCHS))
         why = (f"the task's timing fits {planned} epoch(s) of all {sum(counts)} training cases in the budget on this "
-               f"machine; the sites train side by side, the largest on {max(counts)}, so about {epochs} fit")
+               f"machine; the sites train side by side, each on its own machine, the largest on {max(counts)}, so "
+               f"about {epochs} fit")
     else:
         epochs, why = planned, f"{planned} epoch(s): the task's default (the network was not timed)"
     if rounds is not None:
@@ -432,7 +460,15 @@ def _federated_train(config: Config, reasons: dict, rounds: int, local_epochs: i
                              "medlens.federated.privacy.dp_compatible (batch norm -> group norm, Opacus "
                              "ModuleValidator.fix), since batch norm mixes examples and breaks per-example privacy")
         fed["dp_delta"] = "1 / (10 x training cases) at each site: well below one over the number of patients"
+        config = private_network(config, reasons)
         fed["dp_max_grad_norm"] = "1.0: per-example gradients clipped to norm 1 (Abadi et al., CCS 2016)"
     else:
         fed["dp_epsilon"] = "off: no differential privacy (--dp-epsilon E turns DP-SGD on at every site)"
     return replace(config, train=train)
+
+
+def private_network(config: Config, reasons: dict[str, str]) -> Config:
+    """The plan's network as DP-SGD trains it: ``model.norm: group`` (its reason in ``reasons``)."""
+    reasons["model.norm"] = ("group: group norm in place of batch norm, since batch norm mixes a batch's examples and "
+                             "DP-SGD needs each example's own gradient (the saved weights are this network's)")
+    return replace(config, model=replace(config.model, norm="group"))

@@ -31,8 +31,6 @@ from medlens.federated.plan import FederationPlan, write_federation
 from medlens.runs import RUN_VERSION, RunFolder, json_safe, now
 
 FEDERATION = "federation.yaml"
-DP_NETWORK_NOTE = ("the weights are the DP-compatible network's (group norm instead of batch norm); medlens evaluate / "
-                   "export rebuild the network plan.yaml names, with batch norm, until the plan can name the norm")
 NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 
 
@@ -76,8 +74,6 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
                     dataset=config.dataset.source, task=config.dataset.task, epochs_run=plan.rounds * plan.local_epochs,
                     federation=json_safe(_federation_record(plan, history, sites, calibration, dp_changes)))
-    if dp_changes:
-        log(f"warning: {DP_NETWORK_NOTE}")
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
 
@@ -134,5 +130,5 @@ def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[st
     if plan.dp_epsilon is not None:
         record["dp"] = {"target_epsilon": plan.dp_epsilon, "max_grad_norm": plan.dp_max_grad_norm,
                         "delta": plan.dp_delta or "1 / (10 x training cases) per site",
-                        "network_changes": dp_changes, "note": DP_NETWORK_NOTE if dp_changes else None}
+                        "network_changes": dp_changes}
     return record

@@ -65,6 +65,8 @@ class ServerSettings:
         wait_sites_s: how long to wait for enough sites to connect.
         tls: ``None`` (plain text: refused outside loopback unless ``insecure``), or (ca, cert, key) paths.
         calibrate_on / calibration_site: a site's data readable by the server (``federate``), to calibrate on.
+        strategy: ``fedavg`` / ``fedprox`` / ``fedbn`` instead of the plan's choice (None: the plan's).
+        shared_machine: every site trains on this machine (``federate``): the schedule shares its CPUs.
         components: the Flower app's ``serverapp`` / ``clientapp`` references.
     """
 
@@ -81,6 +83,8 @@ class ServerSettings:
     tls: tuple[Path, Path, Path] | None = None
     calibrate_on: Path | None = None
     calibration_site: str | None = None
+    strategy: str | None = None
+    shared_machine: bool = False
     components: dict = field(default_factory=lambda: dict(COMPONENTS))
 
 
@@ -92,7 +96,8 @@ def run_config(settings: ServerSettings) -> dict:
             "time-budget-s": float(settings.time_budget_s or 0.0), "dp-epsilon": float(settings.dp_epsilon or 0.0),
             "round-timeout-s": float(settings.round_timeout_s), "wait-sites-s": float(settings.wait_sites_s),
             "calibrate-on": str(Path(settings.calibrate_on).resolve()) if settings.calibrate_on else "",
-            "calibration-site": settings.calibration_site or ""}
+            "calibration-site": settings.calibration_site or "", "strategy": settings.strategy or "",
+            "shared-machine": settings.shared_machine}
 
 
 def serve(settings: ServerSettings, *, log=print) -> Path:

@@ -21,7 +21,7 @@ class AnomalyTask:
     name = "anomaly"
     kinds = ()  # no data are anomaly data by themselves: class-labelled data train it when asked (--task anomaly)
     monitors = ("val_loss",)
-    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+    ignored = frozenset({"clinical", "model.norm", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
                          "segment", "detect", "dataset.boxes_from_masks", "data.target_spacing",
                          "data.foreground_stats", "model.filters", "model.strides", "model.kernels",
                          "model.deep_supervision", "model.members", "model.dropout", "train.loss",

@@ -35,16 +35,19 @@ def build_network(model: ModelSection, data: DataSection, num_classes: int, clin
     from medlens.data.clinical import absent_vector
     from medlens.models import build_classifier
     from medlens.models.fusion import build_fusion_classifier
+    from medlens.models.norms import with_norm
 
     views = view_count(data)
     if views == 1 and not has_clinical(clinical):
-        return build_classifier(model.name, in_channels=data.channels, num_classes=num_classes,
-                                input_size=tuple(data.input_size), width=model.width, dropout=model.dropout)
-    return build_fusion_classifier(model.name, in_channels=data.channels * views, views=views, num_classes=num_classes,
-                                   input_size=tuple(data.input_size), width=model.width, dropout=model.dropout,
-                                   encoder=model.view_encoder, pooling=model.view_pooling,
-                                   clinical_absent=tuple(absent_vector(clinical)) if has_clinical(clinical) else (),
-                                   clinical_fusion=clinical.fusion)
+        net = build_classifier(model.name, in_channels=data.channels, num_classes=num_classes,
+                               input_size=tuple(data.input_size), width=model.width, dropout=model.dropout)
+    else:
+        net = build_fusion_classifier(model.name, in_channels=data.channels * views, views=views,
+                                      num_classes=num_classes, input_size=tuple(data.input_size), width=model.width,
+                                      dropout=model.dropout, encoder=model.view_encoder, pooling=model.view_pooling,
+                                      clinical_absent=tuple(absent_vector(clinical)) if has_clinical(clinical) else (),
+                                      clinical_fusion=clinical.fusion)
+    return with_norm(net, model.norm)
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

@@ -30,7 +30,7 @@ class DetectionTask:
     name = "detection"
     kinds = KINDS
     monitors = ("val_map", "val_map50")
-    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+    ignored = frozenset({"clinical", "model.norm", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
                          "segment", "pretrain", "anomaly", "model.width", "model.members", "model.strides",
                          "model.kernels",
                          "model.deep_supervision", "train.sampler", "train.label_smoothing", "train.loss",

@@ -19,7 +19,7 @@ class PretrainingTask:
     name = "pretraining"
     kinds = ("pretraining",)
     monitors = ("val_loss",)
-    ignored = frozenset({"clinical", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
+    ignored = frozenset({"clinical", "model.norm", "model.view_encoder", "model.view_pooling", "train.modality_dropout",
                          "segment", "detect", "anomaly", "dataset.boxes_from_masks", "model.filters", "model.strides",
                          "model.kernels", "model.deep_supervision", "model.members", "model.dropout",
                          "data.target_spacing", "data.foreground_stats", "train.loss", "train.label_smoothing",

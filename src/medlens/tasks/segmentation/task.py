@@ -60,12 +60,13 @@ class SegmentationTask:
     # ---- training ------------------------------------------------------------------------------------
     def build_model(self, config: Config):
         from medlens.models import build_segmenter
+        from medlens.models.norms import with_norm
 
         m = config.model
-        return build_segmenter(m.name, in_channels=config.data.channels, num_classes=len(config.dataset.class_names),
-                               filters=m.filters, strides=m.strides, kernels=m.kernels,
-                               deep_supervision=m.deep_supervision, dropout=m.dropout,
-                               input_size=config.data.input_size)
+        return with_norm(build_segmenter(m.name, in_channels=config.data.channels,
+                                         num_classes=len(config.dataset.class_names), filters=m.filters,
+                                         strides=m.strides, kernels=m.kernels, deep_supervision=m.deep_supervision,
+                                         dropout=m.dropout, input_size=config.data.input_size), m.norm)
 
     def prepare_fit(self, config, dataset, cases, *, world_size, log) -> Fit:
         from medlens.tasks.segmentation.fit import prepare_fit
