@@ -270,3 +270,101 @@ def test_a_site_with_unreadable_data_is_refused_and_the_others_go_on(sites, tmp_
     state = read_state(run)
     assert sorted(state["summaries"]) == ["north", "south"] and state["finished"]
     assert sorted(state["history"][0]["sites"]) == ["north", "south"] and "west" in state["history"][0]["rejected"]
+
+
+@pytest.mark.e2e
+def test_only_sites_whose_keys_the_server_holds_may_join(sites, tmp_path, capsys):
+    import socket
+
+    from medlens.federated.tls import local_certificates, site_key
+
+    files = local_certificates(tmp_path / "tls", ["127.0.0.1"])
+    keys = {name: site_key(tmp_path / "keys", name) for name in SITES}  # (private, public)
+    port, logs = free_port(), tmp_path / "logs"
+    address = f"127.0.0.1:{port}"
+    logs.mkdir()
+    config = settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key),
+                      site_keys=(keys["north"][1], keys["south"][1]))
+    result = {}
+    server = threading.Thread(target=lambda: result.update(run=serve(config)))
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def cli_site(name: str, *options: str) -> subprocess.Popen:
+        with open(logs / f"{name}-cli.log", "w") as err:
+            return subprocess.Popen([sys.executable, "-m", "medlens.cli", "fl", "site", "--server", address, "--data",
+                                     str(sites["east"]), "--root-certificates", str(files.ca), "--name", name,
+                                     *options], stderr=err, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    processes = []
+    try:
+        server.start()
+        for name in ("north", "south"):
+            with open(logs / f"{name}.log", "ab") as log:
+                processes.append(start_site(SiteSettings(address, sites[name], name, root_certificates=files.ca,
+                                                         private_key=keys[name][0]),
+                                            clientappio_port=free_port(), log_file=log))
+        _wait_for(listening, 60, "the server's Fleet API")
+        unknown = cli_site("east", "--key", str(keys["east"][0]))  # a key the server was not given
+        keyless = cli_site("keyless")
+        processes += [unknown, keyless]
+        assert unknown.wait(timeout=60) == 2 and keyless.wait(timeout=60) == 2
+        server.join(timeout=180)
+        assert not server.is_alive()
+    finally:
+        for process in processes:
+            stop(process)
+    state = read_state(result["run"])
+    assert sorted(state["summaries"]) == ["north", "south"] and state["finished"]
+    assert "the server does not know this site's key: send east's public key" in (logs / "east-cli.log").read_text()
+    assert "the server admits known sites only: make a key pair with `medlens fl key --name keyless`" in \
+        (logs / "keyless-cli.log").read_text()
+    assert "2 site key(s) registered; only those sites may join" in capsys.readouterr().out
+
+
+def test_site_keys_are_made_once_and_checked_before_anything_starts(tmp_path, capsys):
+    assert medlens(["fl", "key", "--name", "north", "--out", str(tmp_path)]) == 0
+    assert "send it to the coordinator" in capsys.readouterr().out
+    assert (tmp_path / "north.key").stat().st_mode & 0o077 == 0
+    assert medlens(["fl", "key", "--name", "north", "--out", str(tmp_path)]) == 2  # never overwritten
+    assert "exists already" in capsys.readouterr().err
+    assert medlens(["fl", "server", "--site-keys", str(tmp_path / "north.pub"), "--insecure", "--out",
+                    str(tmp_path / "run")]) == 2
+    assert "Flower admits sites by their keys only over TLS" in capsys.readouterr().err
+    assert medlens(["fl", "server", "--site-keys", str(tmp_path / "north.key"), "--out", str(tmp_path / "run")]) == 2
+    assert "is not an OpenSSH public key" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert medlens(["fl", "server", "--site-keys", str(empty)]) == 2
+    assert "a folder without .pub files" in capsys.readouterr().err
+    assert medlens(["fl", "site", "--server", "127.0.0.1:9", "--data", str(tmp_path), "--key",
+                    str(tmp_path / "north.pub")]) == 2
+    assert "is not an OpenSSH private key" in capsys.readouterr().err
+    assert medlens(["fl", "key", "--name", "x", "--data", str(tmp_path)]) == 2
+    assert "does not take --data; it is an option of `medlens fl site`" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_differential_privacy_and_fedbn_in_a_full_flower_run(sites, tmp_path):
+    two = [sites["north"], sites["south"]]
+    private = federate(two, settings(tmp_path / "dp", rounds=2, dp_epsilon=8.0))
+    history = read_state(private)["history"]
+    spent = [record["sites"]["north"]["dp_epsilon"] for record in history]
+    assert 0 < spent[0] < spent[1] <= 8.0  # the accountant counts every round, not each round alone
+    assert "norm: group" in (private / "plan.yaml").read_text()  # the plan names the network the weights fit
+    assert medlens(["evaluate", str(private), "--bootstrap", "50", "--no-baseline"]) == 0
+    assert medlens(["export", str(private), "--out", str(tmp_path / "bundle"), "--format", "none"]) == 0
+    fedbn = federate(two, settings(tmp_path / "fedbn", strategy="fedbn"))
+    assert read_state(fedbn)["plan"]["strategy"] == "fedbn" and read_state(fedbn)["finished"]
+    from safetensors.numpy import load_file
+
+    kept = read_state(fedbn)["history"][0]["kept_at_sites"]  # never sent to the sites: each keeps its own
+    weights = load_file(fedbn / "federated" / "global_round_1.safetensors")
+    assert any(key.endswith("running_mean") for key in kept) and all(weights[key].ndim <= 1 for key in kept)
+    assert not any(key.endswith("conv1.weight") for key in kept)
+    assert not read_state(private)["history"][0]["kept_at_sites"]

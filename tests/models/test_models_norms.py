@@ -1,4 +1,4 @@
-"""``model.norm: group``: batch norm replaced by group norm, the layout Opacus's fix gives (DP runs load by their plan)."""
+"""``model.norm: group``: batch norm becomes group norm, in the layout Opacus's fix gives (DP runs load by plan)."""
 
 from __future__ import annotations
 

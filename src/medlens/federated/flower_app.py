@@ -217,6 +217,7 @@ class Federation:
         self.log(f"round {number}: averaged {len(updates)} site(s) ({', '.join(u.site for u in updates)}) by "
                  f"training cases" + (f"; refused {', '.join(rejected)}" if rejected else ""))
         return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2), "rejected": rejected,
+                          "kept_at_sites": sorted(set(weights) - set(sent)),  # FedBN: never sent, each site's own
                           "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}
 
     def sound_updates(self, replies: dict, weights: dict, summaries: dict) -> tuple[list[Update], dict[str, str]]:

@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from medlens._files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from medlens.errors import ConfigError, MedlensError
+from medlens.federated.tls import check_site_key
 
 APP_PYPROJECT = """\
 # Written by medlens: the Flower app `flwr run` submits (a FAB holding only this file; the code is medlens').
@@ -65,6 +66,8 @@ class ServerSettings:
         wait_sites_s: how long to wait for enough sites to connect.
         tls: ``None`` (plain text: refused outside loopback unless ``insecure``), or (ca, cert, key) paths.
         calibrate_on / calibration_site: a site's data readable by the server (``federate``), to calibrate on.
+        site_keys: the public keys of the sites allowed to join (``medlens fl key``); none: any site that reaches
+            the server (and trusts its certificate) may join. Needs TLS.
         strategy: ``fedavg`` / ``fedprox`` / ``fedbn`` instead of the plan's choice (None: the plan's).
         shared_machine: every site trains on this machine (``federate``): the schedule shares its CPUs.
         components: the Flower app's ``serverapp`` / ``clientapp`` references.
@@ -83,6 +86,7 @@ class ServerSettings:
     tls: tuple[Path, Path, Path] | None = None
     calibrate_on: Path | None = None
     calibration_site: str | None = None
+    site_keys: tuple[Path, ...] = ()
     strategy: str | None = None
     shared_machine: bool = False
     components: dict = field(default_factory=lambda: dict(COMPONENTS))
@@ -106,6 +110,11 @@ def serve(settings: ServerSettings, *, log=print) -> Path:
     Raises:
         MedlensError: the run failed (its reason from the ServerApp's log); the checkpoints are kept.
     """
+    if settings.site_keys and settings.tls is None:
+        raise ConfigError("--site-keys: Flower admits sites by their keys only over TLS; drop --insecure (a local "
+                          "certificate is made) or pass --certfile / --keyfile / --ca-certfile")
+    for key in settings.site_keys:
+        check_site_key(key, private=False)
     folder = Path(settings.out) / "federated"
     folder.mkdir(parents=True, exist_ok=True)
     home = folder / "flwr"
@@ -113,6 +122,8 @@ def serve(settings: ServerSettings, *, log=print) -> Path:
     write_text_atomic(home / "config.toml", _connection(ports["control"], settings.tls))
     app = _write_app(folder / "app", settings)
     env = flower_env(home)
+    if settings.site_keys:
+        _register_first(settings, ports, env, log)
     with open(folder / "superlink.log", "ab") as link_log:
         link = subprocess.Popen(superlink_command(settings, ports), stdout=link_log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
@@ -139,6 +150,8 @@ def superlink_command(settings: ServerSettings, ports: dict) -> list[str]:
                "--fleet-api-address", settings.address,
                "--control-api-address", f"127.0.0.1:{ports['control']}",
                "--serverappio-api-address", f"127.0.0.1:{ports['serverappio']}"]
+    if settings.site_keys:
+        command.append("--enable-supernode-auth")  # only the sites registered below may join
     if settings.tls is None:
         return [*command, "--insecure"]
     ca, cert, key = settings.tls
@@ -159,6 +172,46 @@ def _write_app(folder: Path, settings: ServerSettings) -> Path:
 
 
 SUBMIT_ATTEMPTS = 6
+
+
+def _register_first(settings: ServerSettings, ports: dict, env: dict, log) -> None:
+    """Register the site keys in the SuperLink's database before sites can reach it: a SuperLink whose Fleet API
+    listens on a private loopback port only, stopped once the keys are in (a site that connected while they were
+    being registered would be refused as unknown)."""
+    folder = Path(settings.out) / "federated"
+    private = replace(settings, address=f"127.0.0.1:{free_port()}")
+    with open(folder / "superlink.log", "ab") as link_log:
+        link = subprocess.Popen(superlink_command(private, ports), stdout=link_log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        try:
+            wait_for_port("127.0.0.1", ports["control"], process=link, what="the SuperLink's Control API")
+            register_sites(settings.site_keys, env, folder / "flwr-register.log", log)
+        finally:
+            stop(link)
+
+
+def register_sites(keys, env: dict, log_path: Path, log) -> None:
+    """Register each site's public key with the SuperLink (``flwr supernode register``); a key it knows already
+    (a restarted server) counts as registered.
+
+    Raises:
+        MedlensError: the SuperLink refused a key, naming the file.
+    """
+    for key in keys:
+        command = [flower("flwr"), "supernode", "register", str(Path(key).resolve()), "medlens"]
+        for attempt in range(SUBMIT_ATTEMPTS):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            output = done.stdout + done.stderr
+            with open(log_path, "a", encoding="utf-8") as file:
+                file.write(output)
+            if done.returncode == 0 or "already in use" in output or "unavailable" not in output.lower():
+                break
+            time.sleep(1.0 + attempt)
+        if done.returncode != 0 and "already in use" not in output:
+            raise MedlensError(f"the SuperLink refused site key {key} (see {log_path}): "
+                               f"{output.strip().splitlines()[-1] if output.strip() else 'no reason given'}")
+    if keys:
+        log(f"federation server: {len(keys)} site key(s) registered; only those sites may join")
 
 
 def _submit(app: Path, env: dict, settings: ServerSettings, log) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from medlens.errors import ConfigError
 from medlens.federated.server import flower, flower_env
+from medlens.federated.tls import check_site_key
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SiteSettings:
         root_certificates: CA that signed the server's certificate (None: insecure, localhost only).
         insecure: connect without TLS (refused unless the server is on this machine or this is set).
         node_config: further node config entries (``key -> value``), for tests and plugins.
+        private_key: the site's own key (``medlens fl key``), for a server that admits known sites only.
     """
 
     server: str
@@ -40,6 +42,7 @@ class SiteSettings:
     root_certificates: Path | None = None
     insecure: bool = False
     node_config: dict | None = None
+    private_key: Path | None = None
 
 
 def is_local(host: str) -> bool:
@@ -65,6 +68,9 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
     command = [flower("flower-supernode"), "--superlink", settings.server, "--node-config",
                " ".join(f"{key}={json.dumps(value)}" for key, value in config.items()),
                "--clientappio-api-address", f"127.0.0.1:{clientappio_port}"]
+    if settings.private_key is not None:
+        check_site_key(settings.private_key, private=True)
+        command += ["--auth-supernode-private-key", str(Path(settings.private_key).resolve())]
     if settings.root_certificates is not None:
         return [*command, "--root-certificates", str(settings.root_certificates)]
     return [*command, "--insecure"]
@@ -83,6 +89,49 @@ def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
                             start_new_session=True)
 
 
+def follow(process: subprocess.Popen, echo, keep: int = 60) -> str:
+    """Pass the SuperNode's output (``stdout=PIPE``) to ``echo`` line by line until it exits; its last lines.
+
+    Read in a thread: the processes the SuperNode starts (its SuperExec) hold the pipe open after it exits."""
+    import threading
+    from collections import deque
+
+    tail: deque[str] = deque(maxlen=keep)
+
+    def read() -> None:
+        for line in process.stdout:
+            text = line.decode(errors="replace") if isinstance(line, bytes) else line
+            echo(text.rstrip("\n"))
+            tail.append(text)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    process.wait()
+    reader.join(timeout=2.0)
+    return "".join(tail)
+
+
+# what Flower's SuperNode says when it cannot join -> what the site should do
+_EXITS = (
+    ("No SuperNode found with the given public key",
+     "the server does not know this site's key: send {name}'s public key (the .pub beside --key) to the "
+     "coordinator, who adds it with `medlens fl server --site-keys`"),
+    ("All SuperNodes must be registered",
+     "the server admits known sites only: make a key pair with `medlens fl key --name {name}`, send the .pub to "
+     "the coordinator and join with --key"),
+    ("SSL/TLS handshake error",
+     "SSL/TLS handshake error: --root-certificates is not the CA that signed the server's certificate"),
+    ("Unable to parse the private key", "--key is not a site private key: make one with `medlens fl key`"),
+)
+
+
+def explain_exit(output: str, settings: SiteSettings) -> str:
+    """Why the SuperNode stopped, from its output, in the words a site's operator can act on."""
+    for phrase, advice in _EXITS:
+        if phrase.lower() in output.lower():
+            return advice.format(name=settings.name)
+    return (f"see its messages above; 'connection refused' or repeated retries: is the server running at "
+            f"{settings.server}?")
 
 
 # ---- what the ClientApp does (runs in the site's flwr-clientapp process) ----
