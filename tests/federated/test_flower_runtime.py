@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -91,6 +92,45 @@ def test_a_sites_refusal_crosses_the_wire_without_paths_or_file_names():
     assert redact(text) == "<file>: unreadable; <file> too; see <file>, e.g. shape (1, 64) in <file>"
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cli_site(data: Path, address: str, log: Path, *options: str) -> subprocess.Popen:
+    """``medlens fl site`` in its own process, its stderr into ``log``."""
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "medlens.cli", "fl", "site", "--server", address, "--data",
+                                 str(data), *options], stderr=err, stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+def _serve_with_sites(config: ServerSettings, sites: dict[str, SiteSettings], logs: Path, refused) -> Path:
+    """Serve ``config`` with ``sites`` joining; once its Fleet API listens, ``refused()`` starts the processes that
+    must be turned away (``{log: process}``), which must exit with status 2 while the federation goes on."""
+    port = int(config.address.rpartition(":")[2])
+    result = {}
+    server = threading.Thread(target=lambda: result.update(run=serve(config)))
+    processes = []
+    try:
+        server.start()
+        for name, site in sites.items():
+            with open(logs / f"{name}.log", "ab") as log:
+                processes.append(start_site(site, clientappio_port=free_port(), log_file=log))
+        _wait_for(lambda: _listening(port), 60, "the server's Fleet API")
+        turned_away = refused()
+        processes += list(turned_away.values())
+        assert all(process.wait(timeout=60) == 2 for process in turned_away.values())
+        server.join(timeout=180)
+        assert not server.is_alive()
+    finally:
+        for process in processes:
+            stop(process)
+    return result["run"]
+
+
 @pytest.mark.e2e
 def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sites, tmp_path):
     from medlens.federated.tls import local_certificates
@@ -100,22 +140,13 @@ def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sit
     stranger = local_certificates(tmp_path / "other", ["127.0.0.1"])
     address, logs = f"127.0.0.1:{free_port()}", tmp_path / "logs"
     logs.mkdir()
-    east = subprocess.Popen([sys.executable, "-m", "medlens.cli", "fl", "site", "--server", address, "--data",
-                             str(sites["east"]), "--root-certificates", str(stranger.ca)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
-    processes = [east]
-    try:
-        for name, ca in {"north": files.ca, "south": files.ca}.items():
-            with open(logs / f"{name}.log", "ab") as log:
-                processes.append(start_site(SiteSettings(address, sites[name], name, root_certificates=ca),
-                                            clientappio_port=free_port(), log_file=log))
-        run = serve(settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key)))
-    finally:
-        for process in processes:
-            stop(process)
+    run = _serve_with_sites(
+        settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key)),
+        {name: SiteSettings(address, sites[name], name, root_certificates=files.ca) for name in ("north", "south")},
+        logs, lambda: {"east": _cli_site(sites["east"], address, logs / "east-cli.log", "--root-certificates",
+                                         str(stranger.ca))})
     assert sorted(read_state(run)["summaries"]) == ["north", "south"]
-    assert east.returncode == 2
-    error = east.stderr.read()
+    error = (logs / "east-cli.log").read_text()
     assert "SSL/TLS handshake error" in error and "medlens fl: error: site east: Flower's SuperNode stopped" in error
 
 
@@ -274,52 +305,23 @@ def test_a_site_with_unreadable_data_is_refused_and_the_others_go_on(sites, tmp_
 
 @pytest.mark.e2e
 def test_only_sites_whose_keys_the_server_holds_may_join(sites, tmp_path, capsys):
-    import socket
-
     from medlens.federated.tls import local_certificates, site_key
 
     files = local_certificates(tmp_path / "tls", ["127.0.0.1"])
     keys = {name: site_key(tmp_path / "keys", name) for name in SITES}  # (private, public)
-    port, logs = free_port(), tmp_path / "logs"
-    address = f"127.0.0.1:{port}"
+    address, logs = f"127.0.0.1:{free_port()}", tmp_path / "logs"
     logs.mkdir()
-    config = settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key),
-                      site_keys=(keys["north"][1], keys["south"][1]))
-    result = {}
-    server = threading.Thread(target=lambda: result.update(run=serve(config)))
-
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def cli_site(name: str, *options: str) -> subprocess.Popen:
-        with open(logs / f"{name}-cli.log", "w") as err:
-            return subprocess.Popen([sys.executable, "-m", "medlens.cli", "fl", "site", "--server", address, "--data",
-                                     str(sites["east"]), "--root-certificates", str(files.ca), "--name", name,
-                                     *options], stderr=err, stdout=subprocess.DEVNULL, start_new_session=True)
-
-    processes = []
-    try:
-        server.start()
-        for name in ("north", "south"):
-            with open(logs / f"{name}.log", "ab") as log:
-                processes.append(start_site(SiteSettings(address, sites[name], name, root_certificates=files.ca,
-                                                         private_key=keys[name][0]),
-                                            clientappio_port=free_port(), log_file=log))
-        _wait_for(listening, 60, "the server's Fleet API")
-        unknown = cli_site("east", "--key", str(keys["east"][0]))  # a key the server was not given
-        keyless = cli_site("keyless")
-        processes += [unknown, keyless]
-        assert unknown.wait(timeout=60) == 2 and keyless.wait(timeout=60) == 2
-        server.join(timeout=180)
-        assert not server.is_alive()
-    finally:
-        for process in processes:
-            stop(process)
-    state = read_state(result["run"])
+    trusted = ("--root-certificates", str(files.ca))
+    run = _serve_with_sites(
+        settings(tmp_path / "run", address=address, tls=(files.ca, files.cert, files.key),
+                 site_keys=(keys["north"][1], keys["south"][1])),
+        {name: SiteSettings(address, sites[name], name, root_certificates=files.ca, private_key=keys[name][0])
+         for name in ("north", "south")},
+        logs, lambda: {"east": _cli_site(sites["east"], address, logs / "east-cli.log", *trusted, "--key",
+                                         str(keys["east"][0])),  # a key the server was not given
+                       "keyless": _cli_site(sites["east"], address, logs / "keyless-cli.log", *trusted, "--name",
+                                            "keyless")})
+    state = read_state(run)
     assert sorted(state["summaries"]) == ["north", "south"] and state["finished"]
     assert "the server does not know this site's key: send east's public key" in (logs / "east-cli.log").read_text()
     assert "the server admits known sites only: make a key pair with `medlens fl key --name keyless`" in \

@@ -6,6 +6,7 @@ the coordinator (:func:`medlens.federated.server.serve`, as ``medlens fl server`
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,12 +52,13 @@ def federate(sites: list[Path], settings: ServerSettings, *, node_config: dict[s
     logs = Path(settings.out) / "federated" / "sites"
     logs.mkdir(parents=True, exist_ok=True)
     processes = []
+    threads = max(1, (os.cpu_count() or 1) // len(sites))  # the sites share this machine's cores, not each all
     try:
         for name, data in zip(names, sites, strict=True):
             site = SiteSettings(settings.address, Path(data), name, node_config=(node_config or {}).get(name))
             with open(logs / f"{name}.log", "ab") as site_log:
                 processes.append(start_site(site, clientappio_port=free_port(), log_file=site_log,
-                                            flwr_home=logs / "flwr"))
+                                            flwr_home=logs / "flwr", threads=threads))
         log(f"federate: {len(sites)} site process(es) started ({', '.join(names)}); logs in {logs}")
         return serve(settings, log=log)
     finally:

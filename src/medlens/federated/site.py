@@ -77,14 +77,18 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
 
 
 def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
-               flwr_home: Path | None = None) -> subprocess.Popen:
+               flwr_home: Path | None = None, threads: int | None = None) -> subprocess.Popen:
     """Start the site's SuperNode; it retries until the server is reachable and serves until stopped.
 
     Args:
         flwr_home: Flower's folder for the apps it receives (default ``~/.flwr``).
+        threads: CPU threads its training may use (sites sharing one machine); default: torch's choice, or
+            ``OMP_NUM_THREADS`` when set.
     """
     command = supernode_command(settings, clientappio_port)
     env = flower_env(flwr_home)
+    if threads is not None and "OMP_NUM_THREADS" not in env:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, env=env,
                             start_new_session=True)
 
