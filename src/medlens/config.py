@@ -177,6 +177,7 @@ class ClinicalSection:
     numeric: tuple[str, ...] = ()  # columns read as numbers (z-scored; a missing value gets an indicator)
     units: tuple[str, ...] = ()  # "COLUMN=UNIT" for numeric columns, shown in the model card and the web form
     categorical: tuple[str, ...] = ()  # "COLUMN=A|B|C": one-hot over these categories (an unseen one is refused)
+    rescale: tuple[str, ...] = ()  # "COLUMN<LIMIT*FACTOR" (or >): such values multiplied first (a lost decimal point)
     fusion: typing.Literal["concat", "film"] = "concat"  # concat: beside image features; film: scale and shift them
 
 

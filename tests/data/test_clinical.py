@@ -205,6 +205,30 @@ def test_numbers_on_two_scales_are_reported():
     assert "scales" not in describe_column(["60", "75", "96", "1.5"], labels)  # nothing wider than x100 apart
 
 
+def test_two_scales_a_power_of_ten_apart_get_a_rescale_rule_and_others_do_not():
+    from medlens.data.audit_clinical import scale_rule
+
+    labels = np.zeros(5, dtype=np.int64)
+    scales = describe_column(["0.78", "0.74", "823", "807", "813"], labels)["scales"]
+    assert scale_rule("nWBV", scales) == "nWBV<25.1*1000"  # the 2 rarer values multiplied, the limit in the gap
+    assert scale_rule("g", {"low": [2.0, 3.0, 9], "high": [2000.0, 3100.0, 2]}) == "g>77.5*0.001"
+    assert scale_rule("x", {"low": [1.0, 2.0, 3], "high": [500.0, 600.0, 3]}) is None  # x360: no lost decimal
+
+
+def test_a_rescale_rule_applies_in_training_and_at_prediction_and_round_trips():
+    section = ClinicalSection(numeric=("nWBV",), rescale=("nWBV<24.3*1000",))
+    cases = [case(str(i), nWBV=v) for i, v in enumerate(["0.78", "0.74", "823", "807", "813"])]
+    encoder = ClinicalEncoder.fit(section, cases)
+    assert encoder.means["nWBV"] == pytest.approx(np.mean([780, 740, 823, 807, 813]))
+    assert encoder.encode_record({"nWBV": 0.78}, "x")[0] == pytest.approx(encoder.encode_record({"nWBV": 780}, "x")[0])
+    again = ClinicalEncoder.from_dict(json.loads(json.dumps(encoder.to_dict())))
+    assert again.rescale == {"nWBV": ("<", 24.3, 1000.0)}
+    for entry, message in [("nWBV<24.3", "expected COLUMN<LIMIT"), ("nWBV<0*1000", "positive numbers"),
+                           ("Age<3*10", "must be a clinical.numeric column")]:
+        with pytest.raises(ConfigError, match=message):
+            ClinicalEncoder.fit(ClinicalSection(numeric=("nWBV",), rescale=(entry,)), cases)
+
+
 def leaky_manifest(tmp_path, make, n: int = 40) -> Path:
     """``n`` PNG cases, label alternating: ``copy`` follows the label, ``noise`` and ``Sex`` not; ``code`` is an id."""
     rng = np.random.default_rng(3)
@@ -288,6 +312,13 @@ def test_oasis_audit_flags_mmse_and_reads_the_demographics(tmp_path):
     assert not card["clinical"]["Hand"]["usable"]  # every subject right-handed: one value
     # nWBV and ASF hold some rows on another scale (0.78 beside 780): warned, as a lost decimal point
     assert sorted(f.message.split("'")[1] for f in findings if f.code == "clinical.scale") == ["ASF", "nWBV"]
+    from medlens.tasks.classification.plan_inputs import plan_clinical
+
+    reasons = {}
+    planned = plan_clinical(card, reasons)  # the rarer scale brought onto the other, so z-scores mean something
+    assert sorted(rule.split("<")[0] for rule in planned.rescale) == ["ASF", "nWBV"] and "clinical.rescale" in reasons
+    values = ClinicalEncoder.fit(planned, dataset.cases)
+    assert values.means["nWBV"] > 100 and values.stds["nWBV"] < 100  # one scale: no longer a 0.8-vs-800 mixture
     encoder = ClinicalEncoder.fit(ClinicalSection(numeric=("Age", "Educ", "SES", "eTIV", "nWBV", "ASF"),
                                                   categorical=("M/F=F|M",)), dataset.cases)
     encoded = encoder.encode(dataset.cases)

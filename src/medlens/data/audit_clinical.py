@@ -18,6 +18,7 @@ of such a column mix the two.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -28,6 +29,7 @@ from medlens.data.dataset import Dataset, Finding
 LEAKAGE_AUC = 0.85  # a column separating the classes better than this on its own is a label proxy
 MAX_CATEGORIES = 50  # category counts kept per column in the card (the most frequent; "distinct" counts all)
 SCALE_GAP = 100.0  # positive numbers with no value within a factor this wide between two groups: two scales
+POWER_TOLERANCE = 0.15  # two scales whose typical values are within this of a power of ten (log10) are rescaled
 MIN_IDENTIFIER_CASES = 5  # fewer cases with distinct values say nothing about a column being an identifier
 
 
@@ -171,9 +173,29 @@ def _leakage_finding(column: str, entry: dict) -> Finding:
                    "yourself only if it is measured before, and independently of, the diagnosis")
 
 
+def scale_rule(column: str, scales: dict) -> str | None:
+    """The ``clinical.rescale`` entry that brings the fewer values of a column on two scales onto the other's, when
+    the scales are a power of ten (>= 100) apart; ``None`` otherwise (a factor no lost decimal point explains).
+
+    >>> scale_rule("nWBV", {"low": [0.7, 0.84, 17], "high": [700, 840, 173]})
+    'nWBV<24.2*1000'
+    """
+    (low_min, low_max, n_low), (high_min, high_max, n_high) = scales["low"], scales["high"]
+    ratio = math.log10(math.sqrt(high_min * high_max) / math.sqrt(low_min * low_max))
+    power = round(ratio)
+    if power < 2 or abs(ratio - power) > POWER_TOLERANCE:
+        return None
+    limit = float(f"{math.sqrt(low_max * high_min):.3g}")  # in the gap between the two scales
+    return f"{column}<{limit:g}*{10 ** power:g}" if n_low < n_high else f"{column}>{limit:g}*{10.0 ** -power:g}"
+
+
 def _scale_finding(column: str, scales: dict) -> Finding:
     (low_min, low_max, n_low), (high_min, high_max, n_high) = scales["low"], scales["high"]
+    rule = scale_rule(column, scales)
+    fix = (f"The plan brings the {min(n_low, n_high)} values on the rarer scale onto the other (clinical.rescale "
+           f"{rule!r}, a power of ten apart); check that this is what happened, or fix the values in the manifest"
+           if rule else "Fix the values in the manifest: as an input, their z-scores would mix the two scales")
     return Finding("warning", "clinical.scale", f"clinical column {column!r} holds numbers on two scales: {n_low} from "
                    f"{low_min:g} to {low_max:g} and {n_high} from {high_min:g} to {high_max:g}, nothing between; a "
                    "decimal point or a unit was probably lost in some rows (0.78 written 780, grams for kilograms). "
-                   "Fix the values in the manifest: as an input, their z-scores would mix the two scales")
+                   + fix)

@@ -7,7 +7,10 @@ column also gets a missing-value flag, so a case without a value is still encode
     numeric column      ->  [z-score (0 when missing), missing flag]
     categorical column  ->  [one-hot over its categories..., missing flag]
 
-in the order numeric columns, then categorical columns, as the plan lists them. The encoding of a record
+in the order numeric columns, then categorical columns, as the plan lists them. A numeric column whose values
+lie on two scales a power of ten apart (a decimal point lost in some rows: 0.78 written 780) gets a
+``clinical.rescale`` rule ``"COLUMN<LIMIT*FACTOR"`` (or ``>``): values below (above) LIMIT are multiplied by
+FACTOR before anything else, in training and at prediction alike. The encoding of a record
 with every value missing (:func:`absent_vector`) follows from the plan alone; the means and standard
 deviations come from :meth:`ClinicalEncoder.fit` on the training cases only and are saved as
 ``clinical.json`` in the run folder (:meth:`ClinicalEncoder.to_dict`).
@@ -146,6 +149,35 @@ def parse_units(section: ClinicalSection) -> dict[str, str]:
     return units
 
 
+_NUMBER = r"[0-9.eE+-]+"
+_RESCALE = re.compile(rf"^\s*(?P<column>.+?)\s*(?P<side>[<>])\s*(?P<limit>{_NUMBER})\s*\*\s*(?P<factor>{_NUMBER})\s*$")
+
+
+def parse_rescale(section: ClinicalSection) -> dict[str, tuple[str, float, float]]:
+    """``clinical.rescale`` entries ``"COLUMN<LIMIT*FACTOR"`` as ``{column: ("<" | ">", limit, factor)}``.
+
+    Raises:
+        ConfigError: an entry not of that form, a column that is not in ``clinical.numeric`` or listed twice,
+            a limit or factor that is not a positive number.
+    """
+    rules: dict[str, tuple[str, float, float]] = {}
+    for entry in section.rescale:
+        match = _RESCALE.match(str(entry))
+        where = f"clinical.rescale entry {entry!r}"
+        try:
+            limit, factor = (float(match["limit"]), float(match["factor"])) if match else (0.0, 0.0)
+        except ValueError:
+            limit = factor = 0.0
+        if not match or not (limit > 0 and factor > 0):
+            raise ConfigError(f"{where}: expected COLUMN<LIMIT*FACTOR or COLUMN>LIMIT*FACTOR with positive numbers, "
+                              "e.g. 'nWBV>10*0.001' (values above 10 multiplied by 0.001)")
+        column = match["column"]
+        if column not in section.numeric or column in rules:
+            raise ConfigError(f"{where}: {column!r} must be a clinical.numeric column, with one rule")
+        rules[column] = (match["side"], limit, factor)
+    return rules
+
+
 def _check_numeric(section: ClinicalSection) -> tuple[str, ...]:
     numeric = tuple(str(c).strip() for c in section.numeric)
     if "" in numeric or len(set(numeric)) < len(numeric):
@@ -174,6 +206,7 @@ class ClinicalEncoder:
         means, stds: per numeric column, of the training values (a constant column gets std 1).
         categories: per categorical column, its categories (one-hot order), in the plan's order.
         units: unit per numeric column, where the plan gives one (for the model card and the web form).
+        rescale: per numeric column on two scales, ``(side, limit, factor)`` (see :func:`parse_rescale`).
     """
 
     numeric: tuple[str, ...] = ()
@@ -181,6 +214,7 @@ class ClinicalEncoder:
     stds: dict[str, float] = field(default_factory=dict)
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    rescale: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, section: ClinicalSection, cases: Iterable[Case]) -> ClinicalEncoder:
@@ -193,9 +227,9 @@ class ClinicalEncoder:
         """
         numeric, categories, units = _check_numeric(section), parse_categories(section), parse_units(section)
         cases = list(cases)
-        encoder = cls(numeric, {}, {}, categories, units)
+        encoder = cls(numeric, {}, {}, categories, units, parse_rescale(section))
         for column in numeric:
-            values = [read_number(_cell(case, column), column, f"case {case.case_id}") for case in cases]
+            values = [encoder._number(_cell(case, column), column, f"case {case.case_id}") for case in cases]
             known = np.array([v for v in values if v is not None], dtype=np.float64)
             if not known.size:
                 raise DatasetError(_no_value(column, len(cases)))
@@ -247,7 +281,8 @@ class ClinicalEncoder:
         """JSON-ready: what :meth:`from_dict` reads back (``clinical.json``)."""
         return {"version": FORMAT_VERSION, "numeric": list(self.numeric),
                 "means": dict(self.means), "stds": dict(self.stds),
-                "categorical": {c: list(names) for c, names in self.categories.items()}, "units": dict(self.units)}
+                "categorical": {c: list(names) for c, names in self.categories.items()}, "units": dict(self.units),
+                "rescale": {c: list(rule) for c, rule in self.rescale.items()}}
 
     @classmethod
     def from_dict(cls, raw: Mapping, where: str = CLINICAL_FILE) -> ClinicalEncoder:
@@ -262,21 +297,31 @@ class ClinicalEncoder:
             stds = {c: float(raw["stds"][c]) for c in numeric}
             categories = {str(c): tuple(str(n) for n in names) for c, names in raw["categorical"].items()}
             units = {str(c): str(u) for c, u in raw.get("units", {}).items()}
+            rescale = {str(c): (str(side), float(limit), float(factor))
+                       for c, (side, limit, factor) in raw.get("rescale", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{where}: not a clinical encoder ({type(exc).__name__}: {exc}); expected keys numeric, "
                               "means, stds, categorical as medlens writes them; train the model again") from None
-        return cls(numeric, means, stds, categories, units)
+        return cls(numeric, means, stds, categories, units, rescale)
 
     def _encode(self, value_of, where: str) -> np.ndarray:
         """``(F,)`` float32 from ``value_of(column)``, the value of each input column."""
         out = []
         for column in self.numeric:
-            number = read_number(value_of(column), column, where)
+            number = self._number(value_of(column), column, where)
             out += [0.0, 1.0] if number is None else [(number - self.means[column]) / self.stds[column], 0.0]
         for column, categories in self.categories.items():
             category = self._category(value_of(column), column, where)
             out += [float(category == c) for c in categories] + [float(category is None)]
         return np.asarray(out, dtype=np.float32)
+
+    def _number(self, value, column: str, where: str) -> float | None:
+        """The cell's number (``None`` when missing), brought onto the column's one scale by its rescale rule."""
+        number = read_number(value, column, where)
+        if number is None or column not in self.rescale:
+            return number
+        side, limit, factor = self.rescale[column]
+        return number * factor if (number < limit if side == "<" else number > limit) else number
 
     def _category(self, value, column: str, where: str) -> str | None:
         """The category ``value`` names (exactly, else ignoring case), ``None`` when missing.

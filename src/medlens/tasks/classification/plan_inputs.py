@@ -71,8 +71,10 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
     no value, categorical columns with more than :data:`MAX_CATEGORIES` categories, and leakage (a column whose
     values alone separate the classes with AUC above :data:`LEAKAGE_AUC`).
     """
+    from medlens.data.audit_clinical import scale_rule
+
     columns = card.get("clinical") or {}
-    numeric, categorical, left_out = [], [], []
+    numeric, categorical, left_out, rescale = [], [], [], []
     for name, info in columns.items():
         kind, auc = info.get("kind"), info.get("auc")
         if kind == "identifier":
@@ -84,6 +86,8 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
                             "label is leakage, not a feature)")
         elif kind == "numeric":
             numeric.append(name)
+            if info.get("scales") and (rule := scale_rule(name, info["scales"])):
+                rescale.append(rule)
         elif kind == "categorical":
             categories = _categories(info)
             if max(len(categories), int(info.get("distinct") or 0)) > MAX_CATEGORIES:
@@ -103,7 +107,11 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
     reasons["clinical.units"] = "units are not in the manifest: add COLUMN=UNIT entries for the model card and form"
     reasons["clinical.categorical"] = (f"{len(categorical)} categorical column(s), one-hot over the categories seen; "
                                        "an unseen category at prediction is refused")
-    return ClinicalSection(numeric=tuple(numeric), categorical=tuple(categorical))
+    if rescale:
+        reasons["clinical.rescale"] = ("values on two scales a power of ten apart (a decimal point lost in some rows: "
+                                       "the audit's clinical.scale warning): the fewer are brought onto the other "
+                                       "scale before the z-score, at prediction too")
+    return ClinicalSection(numeric=tuple(numeric), categorical=tuple(categorical), rescale=tuple(rescale))
 
 
 def _categories(info: dict) -> list[str]:
