@@ -2,7 +2,7 @@
 
     python benchmarks/federated.py [--data-dir DIR] [--runs-dir DIR] [--seed 0] [--quick]
                                    [--only pneumonia hippocampus dp overhead]
-                                   [--time-budget 10m] [--rounds R] [--hippocampus-budget 5m]
+                                   [--time-budget 10m] [--rounds R] [--dp-rounds R] [--hippocampus-budget 5m]
 
 Every federation is ``medlens federate --sites ...`` in a fresh process: a Flower SuperLink, one SuperNode per
 site and the ServerApp on loopback, the code path real sites run. At its end ``federate`` trains each site's
@@ -23,8 +23,9 @@ data) and scores the three on every site's own test split and on all test cases,
    prepares its site's data every round).
 3. ``hippocampus``: the Decathlon Hippocampus set (260 MRI crops) dealt by patient into 3 sites, a short CPU
    budget. Dice per structure, federated beside pooled. Target: federated within 0.03 of pooled on each.
-4. ``dp``: run 1 again with DP-SGD at epsilon 8 per site (``--dp-epsilon 8``, the same rounds): the AUC cost on
-   the full test split, and the (epsilon, delta) each site spent.
+4. ``dp``: run 1 again with DP-SGD at epsilon 8 per site (``--dp-epsilon 8``, the same rounds x local epochs): the
+   AUC cost on the full test split, and the (epsilon, delta) each site spent. DP-SGD's per-example gradients are
+   slow on a CPU: ``--dp-rounds R`` runs R rounds instead, beside run 1's schedule without DP for R rounds.
 
 Printed beside ours: the FLamby figures (../shared/REFERENCES.md: pooled vs FedAvg on real multi-site data,
 where FedAvg ends well below pooled) and nnU-Net's Hippocampus Dice. ``--quick`` runs every part at a toy size
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", default="10m", help="PneumoniaMNIST federation's training budget")
     parser.add_argument("--hippocampus-budget", default="5m", help="Hippocampus federation's training budget")
     parser.add_argument("--rounds", type=int, help="rounds (default: the plan's)")
+    parser.add_argument("--dp-rounds", type=int, help="rounds of the DP run (default: run 1's); fewer also runs "
+                        "run 1's schedule without DP for as many rounds, to compare with")
     parser.add_argument("--quick", action="store_true", help="toy size: 1 round, 20 s budgets (checks the script)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -77,9 +80,15 @@ def main(argv=None) -> int:
         if "overhead" in args.only:
             overhead(base, sites)
         if "dp" in args.only:
-            rounds = read_json(base / "run.json")["federation"]["rounds_run"]
-            private = federate(sites, runs / "pneumonia-dp", args.time_budget, rounds, dp_epsilon=8.0, compare=False)
-            report_dp(base, private, sites)
+            federation = read_json(base / "run.json")["federation"]
+            rounds, local = args.dp_rounds or federation["rounds_run"], federation["local_epochs"]
+            twin = base
+            if rounds != federation["rounds_run"]:  # the same schedule without DP, to compare with
+                twin = federate(sites, runs / f"pneumonia-{rounds}rounds", args.time_budget, rounds,
+                                local_epochs=local, compare=False)
+            private = federate(sites, runs / f"pneumonia-dp-{rounds}rounds", args.time_budget, rounds,
+                               local_epochs=local, dp_epsilon=8.0, compare=False)
+            report_dp(base, twin, private, sites)
     if "hippocampus" in args.only:
         ok &= hippocampus(args, runs)
     print_flamby()
@@ -108,7 +117,7 @@ def pneumonia_sites(args):
 
 
 def federate(sites, out: Path, budget: str, rounds: int | None, *, dp_epsilon: float | None = None,
-             compare: bool = True) -> Path:
+             compare: bool = True, local_epochs: int | None = None) -> Path:
     """``medlens federate`` in a fresh process (skipped when ``out`` already holds its finished result)."""
     finished = (out / "run.json").exists() and read_json(out / "run.json").get("status") == "finished"
     if finished and (not compare or (out / "federated" / "comparison.json").exists()):
@@ -118,6 +127,7 @@ def federate(sites, out: Path, budget: str, rounds: int | None, *, dp_epsilon: f
                "--time-budget", budget, "--out", str(out)]
     command += (["--rounds", str(rounds)] if rounds else []) + (["--dp-epsilon", str(dp_epsilon)] if dp_epsilon else [])
     command += [] if compare else ["--no-compare"]
+    command += ["--local-epochs", str(local_epochs)] if local_epochs else []
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -195,21 +205,26 @@ def overhead(run: Path, sites) -> None:
           "its data again)")
 
 
-def report_dp(base: Path, private: Path, sites) -> None:
+def report_dp(base: Path, twin: Path, private: Path, sites) -> None:
     from medlens.federated.compare import score_model, test_sets
     from medlens.runs import RunFolder
 
     doc = read_json(base / "federated" / "comparison.json")
-    run = RunFolder(private)
-    tests, _ = test_sets(sites.sources, run.read_config(), private / "federated" / "compare", log=lambda *a: None)
-    rows = {r["test"]: r for r in score_model("federated DP", run, tests, None) if r["metric"] == "auc"}
-    print("\n== 4. Differential privacy: DP-SGD at epsilon 8 per site, the same rounds: test AUC (95% CI) ==")
+    tests, _ = test_sets(sites.sources, RunFolder(private).read_config(), private / "federated" / "compare",
+                         log=lambda *a: None)
+
+    def aucs(label: str, run: Path) -> dict:
+        return {r["test"]: r for r in score_model(label, RunFolder(run), tests, None) if r["metric"] == "auc"}
+
+    with_dp = aucs("federated DP", private)
+    without = aucs("federated", twin) if twin != base else {t: value(doc, "federated", t, "auc") for t in doc["tests"]}
+    federation = read_json(private / "run.json")["federation"]
+    print(f"\n== 4. Differential privacy: DP-SGD at epsilon 8 per site, {federation['rounds']} rounds x "
+          f"{federation['local_epochs']} local epochs, beside the same schedule without DP: test AUC (95% CI) ==")
     for test in doc["tests"]:
-        without = value(doc, "federated", test, "auc")
-        print(f"  {test:<12} without DP {cell(without):>22}   with DP {cell(rows[test]):>22}   cost "
-              f"{without['value'] - rows[test]['value']:+.3f}")
-    spent = (read_json(private / "run.json").get("federation") or {}).get("sites") or {}
-    for name, site in spent.items():
+        print(f"  {test:<12} without DP {cell(without[test]):>22}   with DP {cell(with_dp[test]):>22}   cost "
+              f"{without[test]['value'] - with_dp[test]['value']:+.3f}")
+    for name, site in (federation.get("sites") or {}).items():
         dp = site.get("dp") or {}
         print(f"  {name}: spent epsilon {dp.get('epsilon')}, delta {dp.get('delta')} in {site.get('rounds')} rounds")
 

@@ -209,3 +209,11 @@ def test_sites_sharing_this_machine_get_the_epochs_it_fits_not_one_machine_each(
     shared = _schedule(config, dict(timed), {k: summaries[k] for k in "ab"}, None, fed, shared_machine=True)
     assert shared[0] * shared[1] == 6 < apart[0] * apart[1]  # two like sites apart: about twice the epochs
     assert "every site trains here (federate), sharing it" in fed["rounds"]
+
+
+def test_local_epochs_asked_for_replace_the_budgets(summaries):
+    config, plan = plan_federation({k: summaries[k] for k in "ad"}, probe=False, rounds=2, local_epochs=3)
+    assert (plan.rounds, plan.local_epochs, config.train.max_epochs) == (2, 3, 6)
+    assert plan.reasons["local_epochs"].startswith("3: asked for (the budget suggested")
+    with pytest.raises(ConfigError, match="--local-epochs 0: give 1 or more"):
+        plan_federation({k: summaries[k] for k in "ad"}, probe=False, local_epochs=0)

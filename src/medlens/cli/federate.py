@@ -11,6 +11,8 @@ ARGUMENTS = [
     (["--sites"], {"nargs": "+", "type": Path, "required": True, "metavar": "SITE_DATA",
                    "help": "one dataset per site (folders or CSV manifests)"}),
     (["--rounds"], {"type": int, "help": "federated rounds (default: the plan's)"}),
+    (["--local-epochs"], {"type": int, "help": "epochs each site trains per round (default: the budget's "
+                                               "epochs shared over the rounds)"}),
     (["--min-sites"], {"type": int, "help": "sites a round needs (default 2)"}),
     (["--time-budget"], {"type": parse_duration, "help": "training time to plan for, e.g. 10m"}),
     (["--dp-epsilon"], {"type": float, "help": "DP-SGD target epsilon per site over the run (default off)"}),
@@ -27,7 +29,7 @@ def run(args) -> int:
 
     out = args.out or Path("runs") / "federated"
     settings = ServerSettings(out, rounds=args.rounds, min_sites=args.min_sites or 2, time_budget_s=args.time_budget,
-                              dp_epsilon=args.dp_epsilon, strategy=args.strategy)
+                              dp_epsilon=args.dp_epsilon, strategy=args.strategy, local_epochs=args.local_epochs)
     federate(args.sites, settings)
     if not args.no_compare:
         from medlens.federated.compare import compare_sites

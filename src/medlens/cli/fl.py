@@ -22,6 +22,8 @@ ARGUMENTS = [
                      "help": "server: where sites connect (default 127.0.0.1:9092; 0.0.0.0:9092 for every "
                              "interface); TLS is on unless HOST is loopback or --insecure"}),
     (["--rounds"], {"type": int, "help": "server: federated rounds (default: the plan's)"}),
+    (["--local-epochs"], {"type": int, "help": "server: epochs each site trains per round (default: the budget's "
+                                               "epochs shared over the rounds)"}),
     (["--min-sites"], {"type": int, "default": 2, "help": "server: sites a round needs (default 2)"}),
     (["--expect-sites"], {"type": int, "help": "server: sites to wait for before planning (default --min-sites)"}),
     (["--plan"], {"type": Path, "help": "server: a task plan.yaml to train with (default: planned from the "
@@ -50,8 +52,8 @@ ARGUMENTS = [
                                "help": "site: the CA that signed the server's certificate"}),
     (["--insecure"], {"action": "store_true", "help": "plain text even off loopback (weights readable on the way)"}),
 ]
-_TAKES = {"server": ("rounds", "expect_sites", "plan", "time_budget", "dp_epsilon", "strategy", "out", "certfile",
-                     "keyfile", "ca_certfile", "site_keys"),
+_TAKES = {"server": ("rounds", "local_epochs", "expect_sites", "plan", "time_budget", "dp_epsilon", "strategy", "out",
+                     "certfile", "keyfile", "ca_certfile", "site_keys"),
           "site": ("server", "data", "name", "root_certificates", "key"),
           "key": ("name", "out")}
 
@@ -107,6 +109,7 @@ def _server(args) -> int:
     settings = ServerSettings(out, address=args.address, rounds=args.rounds, min_sites=args.min_sites,
                               expect_sites=args.expect_sites, plan=args.plan, time_budget_s=args.time_budget,
                               dp_epsilon=args.dp_epsilon, strategy=args.strategy, round_timeout_s=args.round_timeout,
+                              local_epochs=args.local_epochs,
                               site_keys=site_key_files(args.site_keys), tls=server_tls(args, out))
     exit_on_sigterm()  # stopping the server stops its SuperLink too
     serve(settings)

@@ -106,6 +106,7 @@ class Settings:
     calibration_site: str | None
     strategy: str | None = None
     shared_machine: bool = False
+    local_epochs: int | None = None
 
     @classmethod
     def from_run_config(cls, config) -> Settings:
@@ -115,7 +116,7 @@ class Settings:
                    float(config["round-timeout-s"]), float(config["wait-sites-s"]),
                    Path(str(config["calibrate-on"])) if config["calibrate-on"] else None,
                    str(config["calibration-site"]) or None, str(config.get("strategy", "")) or None,
-                   bool(config.get("shared-machine", False)))
+                   bool(config.get("shared-machine", False)), int(config.get("local-epochs", 0)) or None)
 
 
 @server_app.main()
@@ -182,7 +183,8 @@ class Federation:
         config, plan = plan_federation(summaries, rounds=self.settings.rounds, min_sites=self.settings.min_sites,
                                        time_budget_s=self.settings.time_budget_s, dp_epsilon=self.settings.dp_epsilon,
                                        task_reasons=reasons, strategy=self.settings.strategy,
-                                       shared_machine=self.settings.shared_machine)
+                                       shared_machine=self.settings.shared_machine,
+                                       local_epochs=self.settings.local_epochs)
         if self.settings.plan is not None:
             from medlens.config import read_plan
             from medlens.federated.plan import private_network

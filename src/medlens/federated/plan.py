@@ -108,7 +108,7 @@ def read_federation(path: str | Path) -> FederationPlan:
 def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, time_budget_s: float | None = None,
                     dp_epsilon: float | None = None, min_sites: int | None = None, device: str | None = None,
                     probe: bool = True, task_reasons: dict[str, str] | None = None, strategy: str | None = None,
-                    shared_machine: bool = False) -> tuple[Config, FederationPlan]:
+                    shared_machine: bool = False, local_epochs: int | None = None) -> tuple[Config, FederationPlan]:
     """The task plan every site trains with, and the federation plan.
 
     Args:
@@ -122,6 +122,7 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
         task_reasons: filled with the task plan's ``{"section.key": reason}`` when given (for ``plan.yaml``).
         strategy: ``fedavg`` / ``fedprox`` / ``fedbn`` instead of the one the sites' differences suggest.
         shared_machine: every site trains on this machine (``medlens federate``), so their rounds share its CPUs.
+        local_epochs: epochs each site trains per round (default: the budget's epochs shared over the rounds).
 
     Raises:
         ConfigError: the sites disagree, or one cannot hold a batch (see :func:`check_summaries`).
@@ -137,7 +138,12 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
     strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
-    rounds, local_epochs = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
+    rounds, planned_local = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
+    if local_epochs is not None:
+        if local_epochs < 1:
+            raise ConfigError(f"--local-epochs {local_epochs}: give 1 or more")
+        fed["local_epochs"] = f"{local_epochs}: asked for (the budget suggested {planned_local})"
+    local_epochs = local_epochs or planned_local
     sites = len(summaries)
     min_sites = min_sites or min(2, sites)
     fed["min_sites"] = (f"a round goes on when {min_sites} of the {sites} site(s) answer"

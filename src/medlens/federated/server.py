@@ -58,7 +58,7 @@ class ServerSettings:
     Attributes:
         out: the run folder (written by the ServerApp; resumed when it holds a checkpoint).
         address: where sites reach the Fleet API, ``HOST:PORT`` (bound as given).
-        rounds / time_budget_s / dp_epsilon: passed to the plan (None: the plan decides / DP off).
+        rounds / local_epochs / time_budget_s / dp_epsilon: passed to the plan (None: the plan decides / DP off).
         min_sites: sites a round needs.
         expect_sites: sites to wait for before round 0 (default ``min_sites``).
         plan: a task ``plan.yaml`` to use instead of the one planned from the summaries.
@@ -89,6 +89,7 @@ class ServerSettings:
     site_keys: tuple[Path, ...] = ()
     strategy: str | None = None
     shared_machine: bool = False
+    local_epochs: int | None = None
     components: dict = field(default_factory=lambda: dict(COMPONENTS))
 
 
@@ -101,7 +102,7 @@ def run_config(settings: ServerSettings) -> dict:
             "round-timeout-s": float(settings.round_timeout_s), "wait-sites-s": float(settings.wait_sites_s),
             "calibrate-on": str(Path(settings.calibrate_on).resolve()) if settings.calibrate_on else "",
             "calibration-site": settings.calibration_site or "", "strategy": settings.strategy or "",
-            "shared-machine": settings.shared_machine}
+            "shared-machine": settings.shared_machine, "local-epochs": settings.local_epochs or 0}
 
 
 def serve(settings: ServerSettings, *, log=print) -> Path:
