@@ -369,4 +369,14 @@ def test_differential_privacy_and_fedbn_in_a_full_flower_run(sites, tmp_path):
     weights = load_file(fedbn / "federated" / "global_round_1.safetensors")
     assert any(key.endswith("running_mean") for key in kept) and all(weights[key].ndim <= 1 for key in kept)
     assert not any(key.endswith("conv1.weight") for key in kept)
+    from medlens.federated.compare import compare_sites
+    from medlens.federated.server import load_site_norms
+
+    own = {name: load_site_norms(fedbn, name) for name in ("north", "south")}  # from each site's last update
+    assert all(set(arrays) == set(kept) for arrays in own.values())
+    assert any(not np.allclose(own["north"][k], own["south"][k]) for k in kept if k.endswith("running_mean"))
+    doc = compare_sites(fedbn, {"north": sites["north"], "south": sites["south"]}, pooled=False, n_bootstrap=20,
+                        log=lambda *a: None)
+    assert doc["federated_on_each_site"].startswith("with that site's own batch-norm layers")
+    assert {r["test"] for r in doc["rows"] if r["model"] == "federated"} == {"north", "south", "all sites"}
     assert not read_state(private)["history"][0]["kept_at_sites"]

@@ -94,9 +94,12 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
     rows = []
     for label, model_run in models.items():
         log(f"compare: scoring the {label} model on {len(tests)} test split(s)")
-        rows += score_model(label, model_run, tests, n_bootstrap)
+        norms = site_norms(run, sources) if label == "federated" else {}
+        rows += score_model(label, model_run, tests, n_bootstrap, own_layers=norms)
     doc = {"medlens_comparison_version": 1, "run": str(run.root), "created": now(), "task": config.dataset.task,
            "strategy": federation.strategy, "dp_epsilon": federation.dp_epsilon,
+           "federated_on_each_site": ("with that site's own batch-norm layers (FedBN), the global average on all sites"
+                                      if federation.strategy == "fedbn" else "the global model"),
            "budget": {"epochs": epochs, "rounds": federation.rounds, "local_epochs": federation.local_epochs,
                       "rule": "each local-only and the pooled model: rounds x local_epochs epochs of its data"},
            "sites": list(sources), "tests": {n: t.n_cases for n, t in tests.items()},
@@ -210,12 +213,35 @@ def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, i
                  progress_bar=False, log=lambda *a: None)
 
 
-def score_model(label: str, model_run: RunFolder, tests: dict[str, TestSet], n_bootstrap: int | None) -> list[dict]:
-    """Rows ``{model, test, metric, value, ci_low, ci_high, n_cases}`` of one model on every test split."""
+def site_norms(run: RunFolder, sources: dict) -> dict[str, dict]:
+    """``{site: its own batch-norm arrays}`` a FedBN run kept from each site's last update (``{}`` otherwise)."""
+    from medlens.federated.server import load_site_norms
+
+    return {name: arrays for name in sources if (arrays := load_site_norms(run.root, name)) is not None}
+
+
+def score_model(label: str, model_run: RunFolder, tests: dict[str, TestSet], n_bootstrap: int | None, *,
+                own_layers: dict[str, dict] | None = None) -> list[dict]:
+    """Rows ``{model, test, metric, value, ci_low, ci_high, n_cases}`` of one model on every test split.
+
+    Args:
+        own_layers: ``{test split: {state_dict key: array}}`` replacing the model's on that split (FedBN: the
+            site's own batch norm, as the site itself predicts).
+    """
     config = model_run.read_config()
-    model = load_model(model_run, config)  # a DP run's plan names its group norm (model.norm)
+    import copy
+
+    import torch
+
+    shared = load_model(model_run, config)  # a DP run's plan names its group norm (model.norm)
     rows = []
     for name, test in tests.items():
+        model = shared
+        if (own_layers or {}).get(name):
+            model = copy.deepcopy(shared)
+            state = model.state_dict()
+            state.update({k: torch.as_tensor(v).to(state[k].dtype) for k, v in own_layers[name].items()})
+            model.load_state_dict(state)
         doc = evaluate_on(model, model_run, config, test, n_bootstrap)
         for metric, value in headline(doc).items():
             rows.append({"model": label, "test": name, "metric": metric, "value": value["value"],

@@ -216,10 +216,13 @@ class Federation:
             raise MedlensError(f"round {number}: {len(updates)} sound update(s), the plan needs {plan.min_sites} "
                                f"(refused: {rejected or 'none'}); the last global checkpoint is kept")
         averaged = average(updates, list(weights))
+        kept = sorted(set(weights) - set(sent))
+        if kept:  # FedBN: each site's own layers, as it last sent them, for scoring the model it actually uses
+            checkpoints.save_site_norms(self.out, {u.site: {k: u.weights[k] for k in kept} for u in updates})
         self.log(f"round {number}: averaged {len(updates)} site(s) ({', '.join(u.site for u in updates)}) by "
                  f"training cases" + (f"; refused {', '.join(rejected)}" if rejected else ""))
         return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2), "rejected": rejected,
-                          "kept_at_sites": sorted(set(weights) - set(sent)),  # FedBN: never sent, each site's own
+                          "kept_at_sites": kept,  # FedBN: never sent back, each site's own
                           "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}
 
     def sound_updates(self, replies: dict, weights: dict, summaries: dict) -> tuple[list[Update], dict[str, str]]:

@@ -331,6 +331,29 @@ def save_round(out: Path, state: dict, weights: dict[str, np.ndarray]) -> None:
     write_json_atomic(state_path(out), {**state, "weights": name})
 
 
+def site_norms_path(out: Path, site: str) -> Path:
+    """Where a FedBN site's own batch-norm arrays from its last update are kept (``RUN/federated/site_norms/``)."""
+    import re
+
+    return Path(out) / "federated" / "site_norms" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', site)}.safetensors"
+
+
+def save_site_norms(out: Path, norms: dict[str, dict[str, np.ndarray]]) -> None:
+    """Keep each FedBN site's own batch-norm arrays ``{site: {key: array}}`` (atomic, one file per site)."""
+    from safetensors.numpy import save
+
+    for name, arrays in norms.items():
+        write_bytes_atomic(site_norms_path(out, name), save({k: np.asarray(v, order="C") for k, v in arrays.items()}))
+
+
+def load_site_norms(out: Path, site: str) -> dict[str, np.ndarray] | None:
+    """A FedBN site's own batch-norm arrays, or ``None`` when the run kept none for it."""
+    from safetensors.numpy import load_file
+
+    path = site_norms_path(out, site)
+    return load_file(path) if path.is_file() else None
+
+
 def load_weights(out: Path, state: dict) -> dict[str, np.ndarray]:
     """The global weights the state names.
 
