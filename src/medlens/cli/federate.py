@@ -25,11 +25,12 @@ ARGUMENTS = [
 
 def run(args) -> int:
     from medlens.federated.launch import federate, site_names
-    from medlens.federated.server import ServerSettings
+    from medlens.federated.server import ServerSettings, exit_on_sigterm
 
     out = args.out or Path("runs") / "federated"
     settings = ServerSettings(out, rounds=args.rounds, min_sites=args.min_sites or 2, time_budget_s=args.time_budget,
                               dp_epsilon=args.dp_epsilon, strategy=args.strategy, local_epochs=args.local_epochs)
+    exit_on_sigterm()  # stopping federate stops the SuperLink and the sites' SuperNodes it started
     federate(args.sites, settings)
     if not args.no_compare:
         from medlens.federated.compare import compare_sites
