@@ -361,6 +361,10 @@ def test_differential_privacy_and_fedbn_in_a_full_flower_run(sites, tmp_path):
     assert "norm: group" in (private / "plan.yaml").read_text()  # the plan names the network the weights fit
     assert medlens(["evaluate", str(private), "--bootstrap", "50", "--no-baseline"]) == 0
     assert medlens(["export", str(private), "--out", str(tmp_path / "bundle"), "--format", "none"]) == 0
+    card = json.loads((tmp_path / "bundle" / "card.json").read_text())  # the model card says what was spent
+    by_round = card["federation"]["dp"]["spent_by_round"]
+    assert [r["round"] for r in by_round] == [1, 2] and by_round[1]["sites"]["north"]["epsilon"] == spent[1]
+    assert "DP-SGD at target epsilon 8.0" in card["intended_use"] and "north epsilon" in card["intended_use"]
     fedbn = federate(two, settings(tmp_path / "fedbn", strategy="fedbn"))
     assert read_state(fedbn)["plan"]["strategy"] == "fedbn" and read_state(fedbn)["finished"]
     from safetensors.numpy import load_file

@@ -41,6 +41,7 @@ def model_card(run: RunFolder, config: Config, weights_sha256: str) -> dict:
                      "best_validation_score": info.get("best_score"), "seconds": info.get("train_seconds")},
         "validation_metrics": read_json(run.validation),
         "metrics": _metrics(run, details["metrics"]),
+        **({"federation": federation} if (federation := _federation(run, info)) else {}),
     }
     card["intended_use"] = intended_use(card)
     return card
@@ -78,6 +79,23 @@ def _training_data(run: RunFolder) -> dict:
             "counts_by_split": card.get("counts", {}).get("by_split"), "fingerprint_sha256": card.get("fingerprint")}
 
 
+def _federation(run: RunFolder, info: dict) -> dict | None:
+    """How a federated model was trained (``None`` for any other): strategy, rounds, each site's share and, under
+    differential privacy, the target and the (epsilon, delta) each site had spent after every round."""
+    record = info.get("federation")
+    if not record:
+        return None
+    card = {key: record.get(key) for key in ("strategy", "rounds", "local_epochs", "min_sites", "calibration")}
+    card["sites"] = {name: {"rounds": site.get("rounds"), "training_cases": site.get("n_examples"),
+                            "dp": site.get("dp")} for name, site in (record.get("sites") or {}).items()}
+    if record.get("dp"):
+        history = read_json(run.root / "federated" / "history.json", []) or []
+        card["dp"] = {**record["dp"], "spent_by_round": [
+            {"round": h.get("round"), "sites": {name: {"epsilon": m.get("dp_epsilon"), "delta": m.get("dp_delta")}
+                                                for name, m in (h.get("sites") or {}).items()}} for h in history]}
+    return card
+
+
 def _metrics(run: RunFolder, chosen: dict) -> dict | None:
     """The task's headline figures with their 95% CIs from ``medlens evaluate`` (None when never evaluated)."""
     doc = read_json(run.metrics_json)
@@ -95,7 +113,22 @@ def intended_use(card: dict) -> str:
             f"'preprocessing' says (network input {size}, {card['input']['channels']} channel(s)); images unlike "
             "the training data (another modality, scanner, population or view) are outside what was validated, "
             "and the figures under 'metrics' do not hold for them." + _inputs_sentence(card.get("inputs"))
-            + _guard_sentence(card.get("ood_guard")))
+            + _guard_sentence(card.get("ood_guard")) + _federation_sentence(card.get("federation")))
+
+
+def _federation_sentence(federation: dict | None) -> str:
+    """How a federated model learnt, and its privacy guarantee ('' for a model trained in one place)."""
+    if not federation:
+        return ""
+    sentence = (f" Trained by federated learning ({federation['strategy']}, {federation['rounds']} rounds) across "
+                f"{len(federation['sites'])} sites whose images never left them.")
+    dp = federation.get("dp")
+    if dp:
+        spent = ", ".join(f"{name} epsilon {site['dp']['epsilon']:.2f}" for name, site in federation["sites"].items()
+                          if site.get("dp") and site["dp"].get("epsilon") is not None)
+        sentence += (f" Each site trained with DP-SGD at target epsilon {dp['target_epsilon']} (delta "
+                     f"{dp['delta']}); spent: {spent or 'not recorded'}.")
+    return sentence
 
 
 def _inputs_sentence(inputs: dict | None) -> str:
