@@ -384,3 +384,19 @@ def test_differential_privacy_and_fedbn_in_a_full_flower_run(sites, tmp_path):
     assert doc["federated_on_each_site"].startswith("with that site's own batch-norm layers")
     assert {r["test"] for r in doc["rows"] if r["model"] == "federated"} == {"north", "south", "all sites"}
     assert not read_state(private)["history"][0]["kept_at_sites"]
+
+
+def test_rounds_planned_from_a_budget_stop_when_the_next_would_end_past_it(tmp_path):
+    from medlens.federated.flower_app import Federation, Settings
+    from medlens.federated.plan import FederationPlan
+    from medlens.federated.server import run_config
+
+    plan = FederationPlan("fedavg", rounds=10, local_epochs=2)
+    history = [{"round": 1, "seconds": 100.0}, {"round": 2, "seconds": 120.0}]
+    planned = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=300.0))))
+    assert planned.budget_spent(history, plan)  # 220 s spent, a third round would end near 330 s
+    assert not planned.budget_spent(history[:1], plan)  # 100 + 100 <= 300
+    assert "stopping after round 2 of the 10 planned" in (tmp_path / "federated" / "server.log").read_text()
+    asked = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=300.0,
+                                                                                rounds=10))))
+    assert not asked.budget_spent(history, plan)  # --rounds 10: every round runs

@@ -83,7 +83,8 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
     config, federation = run.read_config(), _read_federation(run)
     sources = site_sources(sites)
     work = run.root / "federated" / "compare"
-    epochs = federation.rounds * federation.local_epochs
+    rounds = (run.read_info().get("federation") or {}).get("rounds_run") or federation.rounds  # a budget may stop early
+    epochs = rounds * federation.local_epochs
     tests, pooled_csv = test_sets(sources, config, work, log)
     models = {"federated": run}
     for name, source in sources.items():
@@ -100,7 +101,7 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
            "strategy": federation.strategy, "dp_epsilon": federation.dp_epsilon,
            "federated_on_each_site": ("with that site's own batch-norm layers (FedBN), the global average on all sites"
                                       if federation.strategy == "fedbn" else "the global model"),
-           "budget": {"epochs": epochs, "rounds": federation.rounds, "local_epochs": federation.local_epochs,
+           "budget": {"epochs": epochs, "rounds": rounds, "local_epochs": federation.local_epochs,
                       "rule": "each local-only and the pooled model: rounds x local_epochs epochs of its data"},
            "sites": list(sources), "tests": {n: t.n_cases for n, t in tests.items()},
            "models": {label: _trained(m) for label, m in models.items()}, "rows": rows,

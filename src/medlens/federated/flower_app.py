@@ -161,11 +161,26 @@ class Federation:
             state, weights = self.start()
         config, plan = _config(state["config"]), site.plan_from_json(json.dumps(state["plan"]))
         for number in range(state["round"] + 1, plan.rounds + 1):
+            if self.budget_spent(state["history"], plan):
+                break
             weights, record = self.train_round(number, config, plan, weights, state)
             state = {**state, "round": number, "history": [*state["history"], record], "error": None}
             checkpoints.save_round(self.out, state, weights)
             self.log(f"round {number}/{plan.rounds}: global model checkpointed")
         self.finish(config, plan, weights, state)
+
+    def budget_spent(self, history: list[dict], plan) -> bool:
+        """Whether the next round would end past the time budget (the mean round so far), when the rounds were
+        planned from the budget; rounds asked for (``--rounds``) all run."""
+        budget = self.settings.time_budget_s
+        if not budget or self.settings.rounds or not history:
+            return False
+        spent = sum(float(h.get("seconds") or 0.0) for h in history)
+        if spent + spent / len(history) <= budget:
+            return False
+        self.log(f"time budget: {spent:.0f} s of {budget:.0f} s spent in {len(history)} round(s), the next would end "
+                 f"past it; stopping after round {len(history)} of the {plan.rounds} planned")
+        return True
 
     def start(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Round 0: summaries -> plan -> initial weights; checkpointed as round 0."""
@@ -251,7 +266,7 @@ class Federation:
         from medlens._files import write_json_atomic
 
         write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})
-        self.log(f"federation finished after {plan.rounds} round(s); run folder {self.out}")
+        self.log(f"federation finished after {len(state['history'])} round(s); run folder {self.out}")
 
     # ---- talking to sites through the Grid ----
 

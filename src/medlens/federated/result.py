@@ -72,7 +72,8 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     write_federation(run.root / FEDERATION, plan)
     write_json_atomic(run.root / "federated" / "history.json", json_safe(history))
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
-                    dataset=config.dataset.source, task=config.dataset.task, epochs_run=plan.rounds * plan.local_epochs,
+                    dataset=config.dataset.source, task=config.dataset.task,
+                    epochs_run=len(history) * plan.local_epochs,
                     federation=json_safe(_federation_record(plan, history, sites, calibration, dp_changes)))
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
