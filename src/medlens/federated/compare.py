@@ -95,7 +95,7 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
     rows = []
     for label, model_run in models.items():
         log(f"compare: scoring the {label} model on {len(tests)} test split(s)")
-        norms = site_norms(run, sources) if label == "federated" else {}
+        norms = site_norms(run, sources) if label == "federated" and federation.strategy == "fedbn" else {}
         rows += score_model(label, model_run, tests, n_bootstrap, own_layers=norms)
     doc = {"medlens_comparison_version": 1, "run": str(run.root), "created": now(), "task": config.dataset.task,
            "strategy": federation.strategy, "dp_epsilon": federation.dp_epsilon,
