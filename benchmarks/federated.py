@@ -149,6 +149,7 @@ def report_pneumonia(run: Path, sites) -> bool:
     print(f"\n== 1. PneumoniaMNIST, 4 Dirichlet(0.5) sites: test AUC (95% CI), {doc['strategy']}, "
           f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs; local-only and pooled: "
           f"{doc['budget']['epochs']} epochs ==")
+    print_epochs(doc)
     print(f"{'test split':<16} {'federated':>22} {'pooled':>22} {'local (this site)':>22} {'local mean':>10}")
     for test, n in doc["tests"].items():
         local = [r["value"] for r in doc["rows"] if r["model"].startswith("local ") and r["test"] == test
@@ -169,6 +170,13 @@ def report_pneumonia(run: Path, sites) -> bool:
           f"{wins} of {len(doc['sites'])}; mean local-only on its own site's test split: "
           f"{s['local_mean_own_site']:.3f}")
     return all(checks.values())
+
+
+def print_epochs(doc: dict) -> None:
+    """What each model actually trained: the local-only and pooled runs keep their plan's budget and early stopping."""
+    print("epochs run: " + ", ".join(f"{label} {m.get('epochs_run')}"
+                                     + (f" ({m['stopped_by'].replace('_', ' ')}, {m['train_seconds']:.0f} s)"
+                                        if m.get("stopped_by") else "") for label, m in doc["models"].items()))
 
 
 def overhead(run: Path, sites) -> None:
@@ -240,8 +248,9 @@ def hippocampus(args, runs: Path) -> bool:
     run = federate(sites, runs / "hippocampus", args.hippocampus_budget, args.rounds)
     doc = read_json(run / "federated" / "comparison.json")
     names = sites.doc["class_names"]  # the Decathlon label names; the site manifests number them label_1, label_2
-    print(f"\n== 3. Hippocampus, 3 sites by patient: Dice (95% CI), budget {args.hippocampus_budget}, "
-          f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs ==")
+    print(f"\n== 3. Hippocampus, 3 sites by patient: Dice (95% CI), {doc['budget']['rounds']} rounds x "
+          f"{doc['budget']['local_epochs']} local epochs ==")
+    print_epochs(doc)
     ok = True
     for index, name in enumerate(names[1:], start=1):
         metric = f"dice label_{index}" if f"dice label_{index}" in doc["summary"] else f"dice {name}"
