@@ -144,6 +144,47 @@ def test_the_result_is_a_run_folder_medlens_evaluate_takes(site, tmp_path):
     assert doc["metrics"]["auc"]["value"] >= 0.9
 
 
+def test_federate_calibrates_on_every_sites_validation_split(site, tmp_path):
+    from medlens.cli import main
+
+    data, config, plan, reasons = site
+    south = write_site(tmp_path / "south", patients=30, seed=2)
+    trainers = {name: SiteTrainer(config, plan, d, site=name, log=lambda m: None)
+                for name, d in (("north", data), ("south", south))}
+    weights, n, metrics = trainers["north"].fit(initial_weights(config, plan), round=1)
+    sites = {name: {"rounds": [1], "n_examples": t.n_train, "privacy": None} for name, t in trainers.items()}
+    run = write_run(tmp_path / "run", config, plan, weights, [{"round": 1, "sites": {"north": metrics}}], sites,
+                    reasons=reasons, calibrate_on={"north": data, "south": south}, log=lambda m: None)
+    n_val = sum(t.n_val for t in trainers.values())
+    assert run.read_info()["federation"]["calibration"].startswith(
+        f"the validation splits of all 2 sites (north, south) ({n_val} cases)")
+    with open(run.root / "federated" / "calibration.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name, trainer in trainers.items():  # each case in the split its own site gave it
+        for split in ("val", "test"):
+            listed = sum(r["split"] == split and r["patient_id"].startswith(f"{name}/") for r in rows)
+            assert listed == len(trainer.cases[split])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["evaluate", str(run.root), "--bootstrap", "50", "--no-baseline"]) == 0, printed.getvalue()[-2000:]
+    assert json.loads(run.metrics_json.read_text())["n_cases"] == sum(len(t.cases["test"]) for t in trainers.values())
+
+
+def test_sites_that_cannot_be_listed_in_one_manifest_calibrate_on_the_first(site, tmp_path):
+    data, config, plan, reasons = site
+    npz = tmp_path / "south.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, **{f"{s}_images": rng.integers(0, 255, (8, 32, 32), dtype=np.uint8) for s in ("train", "val", "test")},
+             **{f"{s}_labels": np.arange(8)[:, None] % 2 for s in ("train", "val", "test")})
+    trainer = SiteTrainer(config, plan, data, site="north", log=lambda m: None)
+    weights, n, metrics = trainer.fit(initial_weights(config, plan), round=1)
+    said = []
+    run = write_run(tmp_path / "run", config, plan, weights, [{"round": 1, "sites": {"north": metrics}}],
+                    {"north": {"rounds": [1], "n_examples": n, "privacy": None}}, reasons=reasons,
+                    calibrate_on={"north": data, "south": npz}, log=said.append)
+    assert any("cannot be pooled" in line and "site north's validation split" in line for line in said)
+    assert run.read_info()["federation"]["calibration"].startswith("site north's validation split")
+
+
 def test_differential_privacy_trains_a_group_norm_network_within_its_epsilon(site):
     pytest.importorskip("opacus")
     data, config, plan, _ = site

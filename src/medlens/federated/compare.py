@@ -42,12 +42,12 @@ from medlens.data.audit import inspect_dataset
 from medlens.data.prepared import resolve_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.federated.plan import read_federation
+from medlens.federated.result import ALL_SITES  # the name of the pooled test split in the table
 from medlens.federated.summaries import site_splits
 from medlens.runs import RunFolder, json_safe, now, open_run
 from medlens.tasks import EvaluateOptions, load_model, task_for
 
 FEDERATION = "federation.yaml"
-ALL_SITES = "all sites"  # the name of the pooled test split in the table
 CARRIED = ("calibration", "postprocess", "clinical")  # what a model's evaluation reads from its run folder
 
 
@@ -146,20 +146,43 @@ def test_sets(sources: dict[str, Path], config: Config, work: Path, log=print) -
         ``({site: TestSet, ALL_SITES: TestSet}, pooled manifest)``; the pooled manifest keeps every case's
         split, with paths relative to the sites' common folder (its ``image_root``).
     """
-    tests, rows = {}, []
-    for name, source in sources.items():
-        dataset = open_dataset(source)
-        splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)  # as the site trained
-        tests[name] = TestSet(source, "", splits, len(splits["test"]))
-        rows += _pooled_rows(name, dataset, splits)
-    root = Path(os.path.commonpath([str(Path(r["image"]).resolve().parent) for r in rows]))
-    pooled = work / "pooled.csv"
-    write_text_atomic(pooled, _manifest_text(rows, root))
+    sites = _site_rows(sources, config.train.seed)
+    tests = {name: TestSet(source, "", splits, len(splits["test"])) for name, (source, splits, _) in sites.items()}
+    pooled, root = _write_pooled(sites, work / "pooled.csv")
     dataset = open_dataset(pooled, image_root=root)
     splits = resolve_splits(dataset, replace(config, dataset=replace(config.dataset, splits="")), None)
     tests[ALL_SITES] = TestSet(pooled, str(root), splits, len(splits["test"]))
     log(f"compare: {len(sources)} sites, {tests[ALL_SITES].n_cases} test cases in all; pooled manifest {pooled}")
     return tests, pooled
+
+
+def pooled_manifest(sources: dict[str, Path], seed: int, path: Path) -> tuple[Path, Path]:
+    """Write ``path``: one manifest of every site's cases, each in the split its site gives it.
+
+    Returns:
+        ``(path, image root)``: the manifest, and the folder its image paths are relative to (``--image-root``).
+
+    Raises:
+        DatasetError: a site's data cannot be opened, or its cases are not one image file each.
+    """
+    return _write_pooled(_site_rows(sources, seed), path)
+
+
+def _write_pooled(sites: dict[str, tuple[Path, dict, list[dict]]], path: Path) -> tuple[Path, Path]:
+    rows = [row for _, _, site_rows in sites.values() for row in site_rows]
+    root = Path(os.path.commonpath([str(Path(r["image"]).parent) for r in rows]))
+    write_text_atomic(path, _manifest_text(rows, root))
+    return path, root
+
+
+def _site_rows(sources: dict[str, Path], seed: int) -> dict[str, tuple[Path, dict, list[dict]]]:
+    """``{site: (source, its splits as the site trained, its pooled manifest rows)}``."""
+    sites = {}
+    for name, source in sources.items():
+        dataset = open_dataset(source)
+        splits = site_splits(dataset, inspect_dataset(dataset), seed=seed)
+        sites[name] = (source, splits, _pooled_rows(name, dataset, splits))
+    return sites
 
 
 def _pooled_rows(site: str, dataset, splits: dict) -> list[dict]:

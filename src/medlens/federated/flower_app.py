@@ -102,8 +102,7 @@ class Settings:
     dp_epsilon: float | None
     round_timeout_s: float
     wait_sites_s: float
-    calibrate_on: Path | None
-    calibration_site: str | None
+    calibrate_on: dict[str, Path]  # {site: data} on the server's machine (federate), else empty
     strategy: str | None = None
     shared_machine: bool = False
     local_epochs: int | None = None
@@ -114,8 +113,8 @@ class Settings:
                    int(config["expect-sites"]), Path(str(config["plan"])) if config["plan"] else None,
                    float(config["time-budget-s"]) or None, float(config["dp-epsilon"]) or None,
                    float(config["round-timeout-s"]), float(config["wait-sites-s"]),
-                   Path(str(config["calibrate-on"])) if config["calibrate-on"] else None,
-                   str(config["calibration-site"]) or None, str(config.get("strategy", "")) or None,
+                   {k: Path(v) for k, v in json.loads(str(config["calibrate-on"]) or "{}").items()},
+                   str(config.get("strategy", "")) or None,
                    bool(config.get("shared-machine", False)), int(config.get("local-epochs", 0)) or None)
 
 
@@ -261,8 +260,7 @@ class Federation:
 
         sites = {name: _site_record(name, state) for name in state["summaries"]}
         write_run(self.out, config, plan, weights, state["history"], sites, reasons=state.get("reasons"),
-                  calibrate_on=self.settings.calibrate_on, calibration_site=self.settings.calibration_site,
-                  log=self.log)
+                  calibrate_on=self.settings.calibrate_on, log=self.log)
         from medlens._files import write_json_atomic
 
         write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})

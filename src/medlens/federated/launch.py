@@ -45,10 +45,10 @@ def federate(sites: list[Path], settings: ServerSettings, *, node_config: dict[s
     if len(sites) < 2:
         raise ConfigError(f"federate needs at least two sites, got {len(sites)}: pass --sites a/ b/ [c/ ...]")
     names = site_names(sites)
-    # the data is on this machine: the model is calibrated on the first site's validation split
+    # the data is on this machine: the model is calibrated on the sites' validation splits together
     settings = replace(settings, address=f"127.0.0.1:{free_port()}", expect_sites=settings.expect_sites or len(sites),
-                       calibrate_on=settings.calibrate_on or Path(sites[0]),
-                       calibration_site=settings.calibration_site or names[0], shared_machine=True)
+                       calibrate_on=settings.calibrate_on or {n: Path(s) for n, s in zip(names, sites, strict=True)},
+                       shared_machine=True)
     logs = Path(settings.out) / "federated" / "sites"
     logs.mkdir(parents=True, exist_ok=True)
     processes = []

@@ -91,18 +91,21 @@ class SiteTrainer:
         plan: the federation plan.
         data: the site's data (anything :func:`medlens.data.open_dataset` opens).
         site: the site's name (in logs and errors).
+        image_root: the folder a CSV's image paths are relative to (``""``: the CSV's own).
         log: where progress goes.
 
     Raises:
         ConfigError: the site's data do not fit the plan (other classes), or a split is empty.
     """
 
-    def __init__(self, config: Config, plan: FederationPlan, data: str | Path, *, site: str, log=print):
+    def __init__(self, config: Config, plan: FederationPlan, data: str | Path, *, site: str, image_root: str = "",
+                 log=print):
         from medlens.tasks import task_for
 
         self.plan, self.site, self.log = plan, site, log
-        dataset = open_dataset(data)
-        config = replace(config, dataset=replace(config.dataset, source=str(data), layout=dataset.layout))
+        dataset = open_dataset(data, image_root=image_root or None)
+        config = replace(config, dataset=replace(config.dataset, source=str(data), image_root=image_root,
+                                                 layout=dataset.layout))
         try:
             check_plan_fits(config, dataset)
         except ConfigError as exc:

@@ -8,11 +8,12 @@
 - ``run.json``: ``status: finished``, and under ``federation`` the strategy, rounds, each site's rounds,
   training cases and the differential privacy ``(epsilon, delta)`` it spent, and what the calibration was fitted on;
 - ``federated/history.json``: one record per round;
-- with ``calibrate_on`` (a site's data on this machine, as in ``medlens federate``): the task's own
+- with ``calibrate_on`` (the sites' data on this machine, as in ``medlens federate``): the task's own
   calibration hook (:meth:`medlens.tasks.Task.finish`: temperature and threshold, validation metrics, the
-  out-of-distribution guard for classification; post-processing for segmentation) fitted on that site's
-  validation split, and ``splits.json`` of that site, so ``medlens evaluate RUN`` scores that
-  site's test split. Without it (a server that holds no data) there is no calibration: temperature 1 and
+  out-of-distribution guard for classification; post-processing for segmentation) fitted on every site's
+  validation split together (``federated/calibration.csv`` lists the sites' cases in their splits), and its
+  ``splits.json``, so ``medlens evaluate RUN`` scores every site's test split. One site's label balance can be
+  far from the federation's: a threshold set on it alone misplaces the others' cases. Without it (a server that holds no data) there is no calibration: temperature 1 and
   threshold 0.5, which ``run.json`` says.
 """
 
@@ -31,12 +32,13 @@ from medlens.federated.plan import FederationPlan, write_federation
 from medlens.runs import RUN_VERSION, RunFolder, json_safe, now
 
 FEDERATION = "federation.yaml"
+ALL_SITES = "all sites"
 NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 
 
 def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
               history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
-              calibrate_on: str | Path | None = None, calibration_site: str | None = None, log=print) -> RunFolder:
+              calibrate_on: dict[str, Path] | str | Path | None = None, calibration_site: str | None = None, log=print) -> RunFolder:
     """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
 
     Args:
@@ -46,8 +48,9 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
         history: one record per round (what the server kept: ``round``, ``seconds``, ``sites``, ...).
         sites: ``{site: {"rounds", "n_examples", "privacy": (epsilon, delta) | None, "counts"}}``.
         reasons: the task plan's reasons (``plan.yaml`` comments).
-        calibrate_on: a site's data on this machine to fit the task's calibration on (its validation split).
-        calibration_site: that site's name (for run.json).
+        calibrate_on: the sites' data on this machine to fit the task's calibration on, ``{site: data}`` (their
+            validation splits together), or one site's data.
+        calibration_site: that one site's name (for run.json).
 
     Returns:
         The run folder.
@@ -102,21 +105,46 @@ def _global_model(task, config: Config, plan: FederationPlan,
 
 def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weights, model, calibrate_on,
                calibration_site, log) -> tuple[str, Config]:
-    """The task's calibration hook on a site's validation split (see module docstring); what it was fitted on."""
-    if calibrate_on is None:
+    """The task's calibration hook on the sites' validation splits (see module docstring); what it was fitted on."""
+    if not calibrate_on:
         return NO_CALIBRATION, config
     from medlens.federated.local import SiteTrainer
 
-    name = calibration_site or Path(str(calibrate_on)).name
-    site = SiteTrainer(config, plan, calibrate_on, site=name, log=log)
+    data, image_root, name = _calibration_data(run, config, calibrate_on, calibration_site, log)
+    site = SiteTrainer(config, plan, data, site=name, image_root=image_root, log=log)
     site.load(weights)
     site_config = site.config
     write_json_atomic(run.splits, site.splits)  # its test split is what `medlens evaluate RUN` scores
     summary = task.finish(run, site_config, site.module.model.eval(), site.fit_, log)
     model.load_state_dict(site.module.model.state_dict())  # finish may settle what the weights hold (none today)
     config = replace(config, dataset=replace(config.dataset, source=site_config.dataset.source,
+                                             image_root=site_config.dataset.image_root,
                                              layout=site_config.dataset.layout))
-    return f"site {name}'s validation split ({site.n_val} cases): {summary}", config
+    fitted_on = (f"site {name}'s validation split" if name != ALL_SITES else
+                 f"the validation splits of all {len(calibrate_on)} sites ({', '.join(calibrate_on)})")
+    return f"{fitted_on} ({site.n_val} cases): {summary}", config
+
+
+def _calibration_data(run: RunFolder, config: Config, calibrate_on, calibration_site,
+                      log) -> tuple[Path, str, str]:
+    """What to calibrate on: one site's data, or (``{site: data}`` of several) every site's cases in one manifest,
+    each in its site's split (``federated/calibration.csv``), so the threshold sees every site's label balance;
+    the first site when the cases are not image files. Returns ``(data, its image root or "", name)``."""
+    if not isinstance(calibrate_on, dict):
+        return Path(calibrate_on), "", calibration_site or Path(str(calibrate_on)).name
+    sources = {name: Path(path) for name, path in calibrate_on.items()}
+    if len(sources) == 1:
+        return next(iter(sources.values())), "", next(iter(sources))
+    from medlens.errors import DatasetError
+    from medlens.federated.compare import pooled_manifest
+
+    try:
+        data, root = pooled_manifest(sources, config.train.seed, run.root / "federated" / "calibration.csv")
+        return data, str(root), ALL_SITES
+    except DatasetError as exc:
+        first = next(iter(sources))
+        log(f"calibration: the sites' cases cannot be pooled ({exc}); calibrating on site {first}'s validation split")
+        return sources[first], "", first
 
 
 def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str,

@@ -65,7 +65,8 @@ class ServerSettings:
         round_timeout_s: the longest a round waits for a site that does not answer.
         wait_sites_s: how long to wait for enough sites to connect.
         tls: ``None`` (plain text: refused outside loopback unless ``insecure``), or (ca, cert, key) paths.
-        calibrate_on / calibration_site: a site's data readable by the server (``federate``), to calibrate on.
+        calibrate_on: ``{site: data}`` readable by the server (``federate``): the model is calibrated on their
+            validation splits together.
         site_keys: the public keys of the sites allowed to join (``medlens fl key``); none: any site that reaches
             the server (and trusts its certificate) may join. Needs TLS.
         strategy: ``fedavg`` / ``fedprox`` / ``fedbn`` instead of the plan's choice (None: the plan's).
@@ -84,8 +85,7 @@ class ServerSettings:
     round_timeout_s: float = 1800.0
     wait_sites_s: float = 600.0
     tls: tuple[Path, Path, Path] | None = None
-    calibrate_on: Path | None = None
-    calibration_site: str | None = None
+    calibrate_on: dict[str, Path] = field(default_factory=dict)
     site_keys: tuple[Path, ...] = ()
     strategy: str | None = None
     shared_machine: bool = False
@@ -100,8 +100,8 @@ def run_config(settings: ServerSettings) -> dict:
             "plan": str(Path(settings.plan).resolve()) if settings.plan else "",
             "time-budget-s": float(settings.time_budget_s or 0.0), "dp-epsilon": float(settings.dp_epsilon or 0.0),
             "round-timeout-s": float(settings.round_timeout_s), "wait-sites-s": float(settings.wait_sites_s),
-            "calibrate-on": str(Path(settings.calibrate_on).resolve()) if settings.calibrate_on else "",
-            "calibration-site": settings.calibration_site or "", "strategy": settings.strategy or "",
+            "calibrate-on": json.dumps({k: str(Path(v).resolve()) for k, v in settings.calibrate_on.items()}),
+            "strategy": settings.strategy or "",
             "shared-machine": settings.shared_machine, "local-epochs": settings.local_epochs or 0}
 
 
