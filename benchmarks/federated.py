@@ -2,7 +2,8 @@
 
     python benchmarks/federated.py [--data-dir DIR] [--runs-dir DIR] [--seed 0] [--quick]
                                    [--only pneumonia hippocampus dp overhead]
-                                   [--time-budget 10m] [--rounds R] [--local-epochs E] [--dp-rounds R] [--hippocampus-budget 5m]
+                                   [--time-budget 10m] [--rounds R] [--local-epochs E] [--dp-rounds R]
+                                   [--hippocampus-budget 5m]
 
 Every federation is ``medlens federate --sites ...`` in a fresh process: a Flower SuperLink, one SuperNode per
 site and the ServerApp on loopback, the code path real sites run. At its end ``federate`` trains each site's
@@ -64,7 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", default="10m", help="PneumoniaMNIST federation's training budget")
     parser.add_argument("--hippocampus-budget", default="5m", help="Hippocampus federation's training budget")
     parser.add_argument("--rounds", type=int, help="rounds (default: the plan's)")
-    parser.add_argument("--local-epochs", type=int, help="PneumoniaMNIST's local epochs per round (default: the plan's)")
+    parser.add_argument("--local-epochs", type=int,
+                        help="PneumoniaMNIST's local epochs per round (default: the plan's)")
     parser.add_argument("--dp-rounds", type=int, help="rounds of the DP run (default: run 1's); fewer also runs "
                         "run 1's schedule without DP for as many rounds, to compare with")
     parser.add_argument("--quick", action="store_true", help="toy size: 1 round, 20 s budgets (checks the script)")

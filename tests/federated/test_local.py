@@ -173,8 +173,9 @@ def test_sites_that_cannot_be_listed_in_one_manifest_calibrate_on_the_first(site
     data, config, plan, reasons = site
     npz = tmp_path / "south.npz"
     rng = np.random.default_rng(0)
-    np.savez(npz, **{f"{s}_images": rng.integers(0, 255, (8, 32, 32), dtype=np.uint8) for s in ("train", "val", "test")},
-             **{f"{s}_labels": np.arange(8)[:, None] % 2 for s in ("train", "val", "test")})
+    splits = ("train", "val", "test")
+    np.savez(npz, **{f"{s}_images": rng.integers(0, 255, (8, 32, 32), dtype=np.uint8) for s in splits},
+             **{f"{s}_labels": np.arange(8)[:, None] % 2 for s in splits})
     trainer = SiteTrainer(config, plan, data, site="north", log=lambda m: None)
     weights, n, metrics = trainer.fit(initial_weights(config, plan), round=1)
     said = []

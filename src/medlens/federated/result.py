@@ -13,8 +13,8 @@
   out-of-distribution guard for classification; post-processing for segmentation) fitted on every site's
   validation split together (``federated/calibration.csv`` lists the sites' cases in their splits), and its
   ``splits.json``, so ``medlens evaluate RUN`` scores every site's test split. One site's label balance can be
-  far from the federation's: a threshold set on it alone misplaces the others' cases. Without it (a server that holds no data) there is no calibration: temperature 1 and
-  threshold 0.5, which ``run.json`` says.
+  far from the federation's: a threshold set on it alone misplaces the others' cases. Without it (a server that
+  holds no data) there is no calibration: temperature 1 and threshold 0.5, which ``run.json`` says.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 
 def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
               history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
-              calibrate_on: dict[str, Path] | str | Path | None = None, calibration_site: str | None = None, log=print) -> RunFolder:
+              calibrate_on: dict[str, Path] | str | Path | None = None, calibration_site: str | None = None,
+              log=print) -> RunFolder:
     """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
 
     Args:
