@@ -113,7 +113,7 @@ class Settings:
                    int(config["expect-sites"]), Path(str(config["plan"])) if config["plan"] else None,
                    float(config["time-budget-s"]) or None, float(config["dp-epsilon"]) or None,
                    float(config["round-timeout-s"]), float(config["wait-sites-s"]),
-                   {k: Path(v) for k, v in json.loads(str(config["calibrate-on"]) or "{}").items()},
+                   checkpoints.decode_sites(str(config["calibrate-on"])),
                    str(config.get("strategy", "")) or None,
                    bool(config.get("shared-machine", False)), int(config.get("local-epochs", 0)) or None)
 

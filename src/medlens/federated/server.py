@@ -9,6 +9,7 @@ again on the same ``--out`` resumes after the last completed round.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -100,9 +101,20 @@ def run_config(settings: ServerSettings) -> dict:
             "plan": str(Path(settings.plan).resolve()) if settings.plan else "",
             "time-budget-s": float(settings.time_budget_s or 0.0), "dp-epsilon": float(settings.dp_epsilon or 0.0),
             "round-timeout-s": float(settings.round_timeout_s), "wait-sites-s": float(settings.wait_sites_s),
-            "calibrate-on": json.dumps({k: str(Path(v).resolve()) for k, v in settings.calibrate_on.items()}),
+            "calibrate-on": encode_sites(settings.calibrate_on),
             "strategy": settings.strategy or "",
             "shared-machine": settings.shared_machine, "local-epochs": settings.local_epochs or 0}
+
+
+def encode_sites(sites: dict[str, Path]) -> str:
+    """``{site: data}`` as one run-config string (base64 of JSON: Flower's ``--run-config`` takes no quotes inside a
+    value); :func:`decode_sites` reverses it."""
+    text = json.dumps({k: str(Path(v).resolve()) for k, v in sites.items()})
+    return base64.urlsafe_b64encode(text.encode()).decode() if sites else ""
+
+
+def decode_sites(value: str) -> dict[str, Path]:
+    return {k: Path(v) for k, v in json.loads(base64.urlsafe_b64decode(value) or b"{}").items()} if value else {}
 
 
 def serve(settings: ServerSettings, *, log=print) -> Path:
