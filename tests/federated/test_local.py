@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medlens.errors import ConfigError
-from medlens.federated.local import PriorAdjusted, SiteTrainer, initial_weights, label_prior, local_keys
+from medlens.federated.local import SiteTrainer, initial_weights, local_keys
 from medlens.federated.plan import plan_federation, read_federation
 from medlens.federated.result import write_run
 from medlens.federated.summaries import site_summary
@@ -110,31 +110,6 @@ def test_fedbn_keeps_batch_norm_at_the_site(site):
         assert kept_local == (strategy == "fedbn")
     assert scores["fedbn"][0] == pytest.approx(scores["fedbn"][1])  # the site's own BN ignored the foreign one
     assert scores["fedavg"][0] != pytest.approx(scores["fedavg"][1])
-
-
-def test_prior_adjusted_loss_adds_the_sites_log_prior_while_training_only():
-    prior = torch.tensor([0.9, 0.1])
-    loss = PriorAdjusted(torch.nn.CrossEntropyLoss(), prior)
-    logits, target = torch.tensor([[2.0, 0.5], [0.0, 1.0]]), torch.tensor([1, 0])
-    by_hand = torch.nn.functional.cross_entropy(logits + torch.log(prior), target)
-    assert loss.train()(logits, target) == pytest.approx(float(by_hand))
-    assert loss.eval()(logits, target) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)))
-    # a site with 1 lesion in 10: its minority-class errors cost more, so its update leans less toward "normal"
-    assert float(loss.train()(logits[:1], target[:1])) > float(loss.eval()(logits[:1], target[:1]))
-
-
-def test_a_site_under_prior_adjust_trains_on_its_own_label_balance(site):
-    data, config, plan, _ = site
-    trainer = SiteTrainer(config, replace(plan, prior_adjust=True, local_epochs=1), data, site="north",
-                          log=lambda m: None)
-    labels = [int(c.label) for c in trainer.cases["train"]]
-    expected = (np.bincount(labels, minlength=2) + 1) / (len(labels) + 2)
-    assert isinstance(trainer.module.loss, PriorAdjusted)
-    assert np.allclose(trainer.module.loss.log_prior.exp().numpy(), expected)
-    assert np.allclose(label_prior(trainer.cases["train"], 2).numpy(), expected)
-    weights, _, metrics = trainer.fit(initial_weights(config, plan), round=1)
-    assert np.isfinite(metrics["train_loss"])
-    assert set(weights) == set(initial_weights(config, plan))  # the loss's prior never travels with the weights
 
 
 def test_weights_of_another_network_are_refused_naming_the_site(site):

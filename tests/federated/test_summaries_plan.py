@@ -14,7 +14,6 @@ from medlens.data import open_dataset
 from medlens.errors import ConfigError
 from medlens.federated.plan import (
     FederationPlan,
-    choose_prior_adjust,
     merged_card,
     plan_federation,
     pooled_quantiles,
@@ -144,18 +143,6 @@ def test_strategy_follows_how_different_the_sites_are(summaries, pair, strategy,
     assert plan.proximal_mu == (0.01 if strategy == "fedprox" else 0.0)
     assert config.train.max_epochs == plan.rounds * plan.local_epochs
     assert plan.min_sites == 2
-
-
-def test_label_skew_turns_on_each_sites_prior_correction(summaries):
-    _, skewed = plan_federation({k: summaries[k] for k in "ab"}, probe=False)
-    assert skewed.prior_adjust and skewed.reasons["prior_adjust"].startswith("on: label balance differs")
-    _, alike = plan_federation({k: summaries[k] for k in "ad"}, probe=False)
-    assert not alike.prior_adjust and "label balance is alike" in alike.reasons["prior_adjust"]
-    config, _ = plan_federation({k: summaries[k] for k in "ab"}, probe=False)
-    reasons = {}
-    rebalanced = replace(config, train=replace(config.train, loss="weighted_ce"))
-    assert not choose_prior_adjust({k: summaries[k] for k in "ab"}, rebalanced, reasons)
-    assert "count the imbalance twice" in reasons["prior_adjust"]
 
 
 @pytest.mark.parametrize(("pair", "norm"), [("ab", "group"), ("ad", "batch"), ("ac", "batch")])

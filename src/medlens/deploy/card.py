@@ -85,8 +85,7 @@ def _federation(run: RunFolder, info: dict) -> dict | None:
     record = info.get("federation")
     if not record:
         return None
-    card = {key: record.get(key) for key in ("strategy", "rounds", "local_epochs", "prior_adjust", "min_sites",
-                                             "calibration")}
+    card = {key: record.get(key) for key in ("strategy", "rounds", "local_epochs", "min_sites", "calibration")}
     card["sites"] = {name: {"rounds": site.get("rounds"), "training_cases": site.get("n_examples"),
                             "dp": site.get("dp")} for name, site in (record.get("sites") or {}).items()}
     if record.get("dp"):

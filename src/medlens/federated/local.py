@@ -11,8 +11,6 @@ loads the global weights and trains ``local_epochs`` under a Lightning Trainer w
   parameters' gradients before each optimiser step, after mixed-precision unscaling);
 - FedBN: batch-norm weights and statistics are sent like the rest but the site keeps its own between rounds
   (the server does not average them, :func:`local_keys`);
-- ``plan.prior_adjust``: the training loss sees ``logits + log(prior)``, the prior being the site's own label
-  balance (:class:`PriorAdjusted`); validation and prediction see the plain logits;
 - differential privacy (``plan.dp_epsilon``): the network is made DP-compatible (:mod:`medlens.federated.privacy`)
   and trained with DP-SGD in a plain loop over the module's ``training_step``, the accountant kept across rounds.
 
@@ -120,9 +118,6 @@ class SiteTrainer:
         self.config = self.fit_.config
         self.module = self.fit_.module
         self.module.model, self.dp_changes = dp_network(self.module.model, plan)
-        if plan.prior_adjust:
-            self.module.loss = PriorAdjusted(self.module.loss, label_prior(self.cases["train"],
-                                                                           len(self.config.dataset.class_names)))
         self.bn_keys = local_keys(self.module.model) if plan.strategy == "fedbn" else set()
         self.kept: dict[str, torch.Tensor] = {}  # FedBN: this site's batch-norm state between rounds
         self.private = None  # DP: the previous round's privacy.Private, or its state() from an earlier process
@@ -243,31 +238,6 @@ class SiteTrainer:
                     self.private.optimizer.step()
                     losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
-
-
-def label_prior(cases, n_classes: int) -> torch.Tensor:
-    """``(K,)`` the share of each class among ``cases`` (one added to every count, so no class has none)."""
-    counts = np.bincount([int(c.label) for c in cases], minlength=n_classes)[:n_classes] + 1.0
-    return torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
-
-
-class PriorAdjusted(torch.nn.Module):
-    """``loss(logits + log(prior), y)`` while training, ``loss(logits, y)`` otherwise (logit adjustment).
-
-    Args:
-        loss: the task's loss on ``(N, K)`` logits and ``(N,)`` class indices.
-        prior: ``(K,)`` the site's label balance (:func:`label_prior`).
-    """
-
-    def __init__(self, loss: torch.nn.Module, prior: torch.Tensor):
-        super().__init__()
-        self.loss = loss
-        self.register_buffer("log_prior", torch.log(prior))
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            logits = logits + self.log_prior.to(logits)
-        return self.loss(logits, target)
 
 
 def _trainer(epochs: int, callbacks: list):

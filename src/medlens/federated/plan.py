@@ -44,10 +44,6 @@ class FederationPlan:
             pulled toward the global weights by ``proximal_mu / 2 * ||w - w_global||^2``), ``fedbn`` (batch-norm
             weights and statistics stay at each site; the rest is averaged).
         rounds, local_epochs: rounds of the federation; epochs each site trains per round.
-        prior_adjust: each site trains on ``logits + log(its own label prior)`` (logit adjustment, Menon et al.,
-            ICLR 2021, per site as in FedLC, Zhang et al., ICML 2022): the shared network learns the classes'
-            evidence rather than each site's label balance; prediction is unchanged (plain logits, then
-            calibration).
         min_sites: a round goes on when at least this many sites answer.
         dp_epsilon: DP-SGD target epsilon per site over the whole run (``None``: no differential privacy).
         dp_delta: DP delta per site (``None``: ``1 / (10 * n_train)`` at each site).
@@ -59,7 +55,6 @@ class FederationPlan:
     rounds: int
     local_epochs: int
     proximal_mu: float = 0.0
-    prior_adjust: bool = False
     min_sites: int = 2
     dp_epsilon: float | None = None
     dp_delta: float | None = None
@@ -143,7 +138,6 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
     strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
-    prior_adjust = choose_prior_adjust(summaries, config, fed)
     if dp_epsilon is None and strategy != "fedbn":
         config = _norm_under_label_skew(summaries, config, reasons)
     rounds, planned_local = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
@@ -158,7 +152,7 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
                         if min_sites < sites else f"every one of the {sites} site(s) must answer each round")
     config = _federated_train(config, reasons, rounds, local_epochs, dp_epsilon, fed)
     plan = FederationPlan(strategy=strategy, rounds=rounds, local_epochs=local_epochs, proximal_mu=mu,
-                          prior_adjust=prior_adjust, min_sites=min_sites, dp_epsilon=dp_epsilon, reasons=fed)
+                          min_sites=min_sites, dp_epsilon=dp_epsilon, reasons=fed)
     if task_reasons is not None:
         task_reasons.update(reasons)
     return config, plan
@@ -390,29 +384,6 @@ def choose_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: floa
                            "training cases (McMahan et al., AISTATS 2017)")
     reasons["proximal_mu"] = "0: no proximal term under FedAvg"
     return "fedavg", 0.0
-
-
-def choose_prior_adjust(summaries: dict[str, dict], config: Config, reasons: dict[str, str]) -> bool:
-    """Whether sites train with their label prior added to the logits (:class:`FederationPlan`): for single-label
-    classes under plain (or focal) cross-entropy and shuffled batches, when the sites' label balance differs."""
-    jsd, _ = label_divergence(summaries)
-    t = config.train
-    if config.dataset.task not in ("binary", "multiclass"):
-        why = f"off: {config.dataset.task} labels (it corrects the class prior of single-label classes)"
-    elif t.loss not in ("ce", "focal") or t.sampler != "shuffle":
-        why = (f"off: the plan already rebalances classes ({t.loss} loss, {t.sampler} sampling); a prior correction "
-               "on top would count the imbalance twice")
-    elif jsd <= JSD_THRESHOLD:
-        why = f"off: the sites' label balance is alike (largest Jensen-Shannon divergence {jsd:.3f} bits)"
-    else:
-        reasons["prior_adjust"] = (
-            f"on: label balance differs between sites (largest Jensen-Shannon divergence {jsd:.3f} bits, threshold "
-            f"{JSD_THRESHOLD}); each site adds log(its label prior) to the logits in its loss (logit adjustment, Menon "
-            "et al., ICLR 2021; per site as in FedLC, Zhang et al., ICML 2022), so a site with few cases of a class "
-            "does not pull the shared network away from it; predictions use the plain logits, then calibration")
-        return True
-    reasons["prior_adjust"] = why
-    return False
 
 
 def _norm_under_label_skew(summaries: dict[str, dict], config: Config, reasons: dict[str, str]) -> Config:

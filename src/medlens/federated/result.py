@@ -151,8 +151,7 @@ def _calibration_data(run: RunFolder, config: Config, calibrate_on, calibration_
 def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str,
                        dp_changes: list[str]) -> dict:
     record = {"strategy": plan.strategy, "rounds": plan.rounds, "local_epochs": plan.local_epochs,
-              "proximal_mu": plan.proximal_mu, "prior_adjust": plan.prior_adjust, "min_sites": plan.min_sites,
-              "rounds_run": len(history),
+              "proximal_mu": plan.proximal_mu, "min_sites": plan.min_sites, "rounds_run": len(history),
               "calibration": calibration, "sites": {}}
     for name, site in sites.items():
         privacy = site.get("privacy")
