@@ -145,13 +145,6 @@ def test_strategy_follows_how_different_the_sites_are(summaries, pair, strategy,
     assert plan.min_sites == 2
 
 
-@pytest.mark.parametrize(("pair", "norm"), [("ab", "group"), ("ad", "batch"), ("ac", "batch")])
-def test_label_skew_trains_group_norm(summaries, pair, norm):
-    config, plan = plan_federation({k: summaries[k] for k in pair}, probe=False, task_reasons=(reasons := {}))
-    assert config.model.norm == norm  # label skew: one-class batches; alike or FedBN (intensity shift): batch norm
-    assert ("Hsieh et al." in reasons.get("model.norm", "")) == (norm == "group")
-
-
 def test_no_fedbn_under_differential_privacy(summaries):
     config, plan = plan_federation({k: summaries[k] for k in "ac"}, probe=False, dp_epsilon=8.0)
     assert plan.strategy == "fedavg" and config.model.norm == "group"  # the plan names the network DP trains

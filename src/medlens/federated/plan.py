@@ -138,8 +138,6 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
     strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
-    if dp_epsilon is None and strategy != "fedbn":
-        config = _norm_under_label_skew(summaries, config, reasons)
     rounds, planned_local = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
     if local_epochs is not None:
         if local_epochs < 1:
@@ -384,22 +382,6 @@ def choose_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: floa
                            "training cases (McMahan et al., AISTATS 2017)")
     reasons["proximal_mu"] = "0: no proximal term under FedAvg"
     return "fedavg", 0.0
-
-
-def _norm_under_label_skew(summaries: dict[str, dict], config: Config, reasons: dict[str, str]) -> Config:
-    """Group norm in place of batch norm when the sites' class balance differs (``model.norm``; classification:
-    a segmentation patch holds several labels whatever the site)."""
-    if config.dataset.task not in ("binary", "multiclass", "multilabel", "ordinal") or config.model.norm != "batch":
-        return config
-    jsd, pair = label_divergence(summaries)
-    if jsd <= JSD_THRESHOLD or not has_batch_norm(config):
-        return config
-    reasons["model.norm"] = (
-        f"group: the sites' label balance differs (largest Jensen-Shannon divergence {jsd:.3f} bits, sites "
-        f"{pair[0]} and {pair[1]}), so a site's batches hold mostly one class: batch norm would learn statistics of "
-        "one-class batches, unlike those of any test batch and unlike the other sites'; group norm normalises each "
-        "example by itself (Hsieh et al., ICML 2020: batch norm fails under label skew, group norm recovers it)")
-    return replace(config, model=replace(config.model, norm="group"))
 
 
 def _asked_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: float | None, reasons: dict[str, str],
