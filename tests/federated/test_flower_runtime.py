@@ -146,6 +146,10 @@ def test_tls_with_the_local_certificates_and_a_site_with_another_ca_kept_out(sit
         logs, lambda: {"east": _cli_site(sites["east"], address, logs / "east-cli.log", "--root-certificates",
                                          str(stranger.ca))})
     assert sorted(read_state(run)["summaries"]) == ["north", "south"]
+    # a coordinator without data: calibration from the sites' validation aggregates
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["sites"] == ["north", "south"] and calibration["threshold_rule"].startswith("Youden J")
+    assert "from aggregates they sent" in json.loads((run / "run.json").read_text())["federation"]["calibration"]
     error = (logs / "east-cli.log").read_text()
     assert "SSL/TLS handshake error" in error and "medlens fl: error: site east: Flower's SuperNode stopped" in error
 

@@ -47,7 +47,12 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 @client_app.query()
 def _query(msg: Message, context: Context) -> Message:
-    """Round 0: the site's summary."""
+    """Round 0: the site's summary; after the last round (``step: calibration``), its calibration aggregates."""
+    task = msg.content["task"]
+    if task["step"] == "calibration":
+        return _answer(msg, context, lambda: {"calibration": ConfigRecord({"json": json.dumps(
+            site.calibration_statistics(context.node_config, task["config"], task["plan"],
+                                        from_record(msg.content["global"])))})})
     return _answer(msg, context, lambda: {"summary": ConfigRecord({"json": json.dumps(
         site.summarise(context.node_config))})})
 
@@ -259,12 +264,38 @@ class Federation:
         from medlens.federated.result import write_run
 
         sites = {name: _site_record(name, state) for name in state["summaries"]}
+        from_sites = None if self.settings.calibrate_on else self.calibrate_at_sites(config, plan, weights, state)
         write_run(self.out, config, plan, weights, state["history"], sites, reasons=state.get("reasons"),
-                  calibrate_on=self.settings.calibrate_on, log=self.log)
+                  calibrate_on=self.settings.calibrate_on, site_calibration=from_sites, log=self.log)
         from medlens._files import write_json_atomic
 
         write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})
         self.log(f"federation finished after {len(state['history'])} round(s); run folder {self.out}")
+
+    def calibrate_at_sites(self, config, plan, weights: dict[str, np.ndarray], state: dict) -> dict | None:
+        """``calibration.json`` from the sites' validation aggregates (:mod:`medlens.federated.calibration`), or
+        ``None`` (logged) for a task it does not cover, under DP, or when no site answered."""
+        from medlens.federated.calibration import TASKS, combine
+
+        task = config.dataset.task
+        if task not in TASKS or plan.dp_epsilon is not None:
+            why = (f"a {task} task" if task not in TASKS else
+                   "differential privacy (validation aggregates are not counted in the sites' epsilon)")
+            self.log(f"calibration: none from the sites under {why}; temperature 1, threshold 0.5")
+            return None
+        content = ConfigRecord({"step": "calibration", "config": json.dumps(_plain(config)),
+                                "plan": site.plan_to_json(plan)})
+        replies = self.exchange(self.connected(), "query", lambda _: {"task": content, "global": to_record(weights)},
+                                round=len(state["history"]), need=1)
+        stats = [json.loads(reply.content["calibration"]["json"]) for reply in replies.values()]
+        if not stats:
+            self.log(f"calibration: no site answered (refused: {self.refusals or 'none'}); temperature 1, "
+                     "threshold 0.5")
+            return None
+        result = {**combine(stats, task), "sites": sorted(replies)}
+        self.log(f"calibration from {len(stats)} site(s)' validation aggregates: temperature "
+                 f"{result['temperature']:.3f}, threshold {result['threshold']:.3f}")
+        return result
 
     # ---- talking to sites through the Grid ----
 

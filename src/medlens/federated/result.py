@@ -13,8 +13,11 @@
   out-of-distribution guard for classification; post-processing for segmentation) fitted on every site's
   validation split together (``federated/calibration.csv`` lists the sites' cases in their splits), and its
   ``splits.json``, so ``medlens evaluate RUN`` scores every site's test split. One site's label balance can be
-  far from the federation's: a threshold set on it alone misplaces the others' cases. Without it (a server that
-  holds no data) there is no calibration: temperature 1 and threshold 0.5, which ``run.json`` says.
+  far from the federation's: a threshold set on it alone misplaces the others' cases.
+- without it (a server that holds no data, ``medlens fl server``), classification gets ``calibration.json`` fitted
+  from the aggregates the sites sent of their validation splits (``site_calibration``,
+  :mod:`medlens.federated.calibration`: temperature, and for binary tasks the Youden threshold); other tasks and DP
+  runs get none: temperature 1 and threshold 0.5, which ``run.json`` says.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
               history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
               calibrate_on: dict[str, Path] | str | Path | None = None, calibration_site: str | None = None,
-              log=print) -> RunFolder:
+              site_calibration: dict | None = None, log=print) -> RunFolder:
     """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
 
     Args:
@@ -52,6 +55,8 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
         calibrate_on: the sites' data on this machine to fit the task's calibration on, ``{site: data}`` (their
             validation splits together), or one site's data.
         calibration_site: that one site's name (for run.json).
+        site_calibration: without ``calibrate_on``: ``calibration.json`` the server fitted from the sites'
+            validation aggregates (:mod:`medlens.federated.calibration`).
 
     Returns:
         The run folder.
@@ -67,6 +72,10 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     task = task_for(config)
     model, dp_changes = _global_model(task, config, plan, weights)
     calibration, config = _calibrate(run, task, config, plan, weights, model, calibrate_on, calibration_site, log)
+    if site_calibration and not calibrate_on:
+        write_json_atomic(run.calibration, site_calibration)
+        calibration = (f"{site_calibration['fitted_on']}: temperature {site_calibration['temperature']:.3f}, "
+                       f"threshold {site_calibration['threshold']:.3f} ({site_calibration['threshold_rule']})")
     from medlens.models.weights import save_atomic
 
     save_atomic(model.state_dict(), run.weights)
