@@ -287,6 +287,7 @@ class Federation:
                                 "plan": site.plan_to_json(plan)})
         replies = self.exchange(self.connected(), "query", lambda _: {"task": content, "global": to_record(weights)},
                                 round=len(state["history"]), need=1)
+        replies = {name: reply for name, reply in replies.items() if name in state["summaries"]}  # checked sites
         stats = [json.loads(reply.content["calibration"]["json"]) for reply in replies.values()]
         if not stats:
             self.log(f"calibration: no site answered (refused: {self.refusals or 'none'}); temperature 1, "
