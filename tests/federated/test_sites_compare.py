@@ -231,3 +231,14 @@ def test_compare_refuses_a_run_that_is_not_federated(compared, tmp_path):
         compare_sites(plain, sites.sources)
     with pytest.raises(ConfigError, match="at least two sites"):
         compare_sites(run, [sites.sources["site_1"]])
+
+
+def test_balanced_accuracy_compared_is_at_the_threshold_the_model_predicts_with():
+    from medlens.federated.compare import headline
+
+    figure = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    doc = {"metrics": {"auc": figure, "balanced_accuracy": {**figure, "value": 0.6}},  # the 0.5 rule
+           "metrics_youden": {"balanced_accuracy": {**figure, "value": 0.85}}}  # the calibrated threshold
+    assert headline(doc)["balanced_accuracy"]["value"] == 0.85
+    del doc["metrics_youden"]  # several classes: the argmax
+    assert headline(doc)["balanced_accuracy"]["value"] == 0.6

@@ -289,15 +289,17 @@ def evaluate_on(model, model_run: RunFolder, config: Config, test: TestSet, n_bo
 
 
 def headline(doc: dict) -> dict[str, dict]:
-    """The figures compared: AUC and balanced accuracy (classification), Dice per structure and mean
-    (segmentation), each ``{"value", "ci_low", "ci_high"}``.
+    """The figures compared: AUC and balanced accuracy (classification; for two classes at the threshold the model
+    predicts with, chosen at calibration), Dice per structure and mean (segmentation), each ``{"value", "ci_low",
+    "ci_high"}``.
 
     Raises:
         ConfigError: a metrics document with neither.
     """
     metrics = doc["metrics"]
     if "auc" in metrics:
-        return {"auc": metrics["auc"], "balanced_accuracy": metrics["balanced_accuracy"]}
+        decided = doc.get("metrics_youden") or metrics  # binary: the calibrated threshold `medlens predict` applies
+        return {"auc": metrics["auc"], "balanced_accuracy": decided["balanced_accuracy"]}
     if "mean" in metrics and "dice" in metrics["mean"]:
         dice = {f"dice {name}": values["dice"] for name, values in metrics["per_class"].items()}
         return {**dice, "dice mean": metrics["mean"]["dice"]}
