@@ -224,6 +224,7 @@ def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, i
 
     A finished run already at ``out`` is reused (the comparison can be repeated without training again).
     """
+    from medlens.config import read_plan, render_plan
     from medlens.engine.train import train
 
     if (read_json(out / "run.json") or {}).get("status") == "finished":
@@ -231,9 +232,12 @@ def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, i
         return RunFolder(out)
     if out.exists():
         shutil.rmtree(out)  # an unfinished earlier attempt
-    overrides = [f"train.max_epochs={epochs}"] + ([f"dataset.image_root={image_root}"] if image_root else [])
+    config, reasons = read_plan(federated.plan)  # its data: what the federated model was calibrated on
+    config = replace(config, dataset=replace(config.dataset, source=str(source), image_root=image_root))
+    plan = out.parent / f"{out.name}.plan.yaml"
+    write_text_atomic(plan, render_plan(config, reasons, f"the federated run's plan, for {out.name}"))
     log(f"compare: training {out.name} on {source} ({epochs} epochs, the federated run's plan)")
-    return train(source, plan=federated.plan, overrides=overrides, out=out, image_root=image_root or None,
+    return train(source, plan=plan, overrides=[f"train.max_epochs={epochs}"], out=out, image_root=image_root or None,
                  progress_bar=False, log=lambda *a: None)
 
 

@@ -265,21 +265,22 @@ class Federation:
 
         sites = {name: _site_record(name, state) for name in state["summaries"]}
         from_sites = None if self.settings.calibrate_on else self.calibrate_at_sites(config, plan, weights, state)
+        taking_part = {name: data for name, data in self.settings.calibrate_on.items() if name in state["summaries"]}
         write_run(self.out, config, plan, weights, state["history"], sites, reasons=state.get("reasons"),
-                  calibrate_on=self.settings.calibrate_on, site_calibration=from_sites, log=self.log)
+                  calibrate_on=taking_part, site_calibration=from_sites, log=self.log)
         from medlens._files import write_json_atomic
 
         write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})
         self.log(f"federation finished after {len(state['history'])} round(s); run folder {self.out}")
 
     def calibrate_at_sites(self, config, plan, weights: dict[str, np.ndarray], state: dict) -> dict | None:
-        """``calibration.json`` from the sites' validation aggregates (:mod:`medlens.federated.calibration`), or
+        """``calibration.json`` from the sites' validation aggregates (the task's ``aggregate_calibration``), or
         ``None`` (logged) for a task it does not cover, under DP, or when no site answered."""
-        from medlens.federated.calibration import TASKS, combine
+        from medlens.tasks import task_for
 
-        task = config.dataset.task
-        if task not in TASKS or plan.dp_epsilon is not None:
-            why = (f"a {task} task" if task not in TASKS else
+        aggregates = task_for(config).aggregate_calibration
+        if aggregates is None or not aggregates.applies(config) or plan.dp_epsilon is not None:
+            why = (f"{config.dataset.task} labels" if plan.dp_epsilon is None else
                    "differential privacy (validation aggregates are not counted in the sites' epsilon)")
             self.log(f"calibration: none from the sites under {why}; temperature 1, threshold 0.5")
             return None
@@ -293,7 +294,7 @@ class Federation:
             self.log(f"calibration: no site answered (refused: {self.refusals or 'none'}); temperature 1, "
                      "threshold 0.5")
             return None
-        result = {**combine(stats, task), "sites": sorted(replies)}
+        result = {**aggregates.combine(stats, config), "sites": sorted(replies)}
         self.log(f"calibration from {len(stats)} site(s)' validation aggregates: temperature "
                  f"{result['temperature']:.3f}, threshold {result['threshold']:.3f}")
         return result

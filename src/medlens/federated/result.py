@@ -16,8 +16,8 @@
   far from the federation's: a threshold set on it alone misplaces the others' cases.
 - without it (a server that holds no data, ``medlens fl server``), classification gets ``calibration.json`` fitted
   from the aggregates the sites sent of their validation splits (``site_calibration``,
-  :mod:`medlens.federated.calibration`: temperature, and for binary tasks the Youden threshold); other tasks and DP
-  runs get none: temperature 1 and threshold 0.5, which ``run.json`` says.
+  :mod:`medlens.tasks.classification.aggregates`: temperature, and for two classes the Youden threshold); other
+  tasks and DP runs get none: temperature 1 and threshold 0.5, which ``run.json`` says.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
             validation splits together), or one site's data.
         calibration_site: that one site's name (for run.json).
         site_calibration: without ``calibrate_on``: ``calibration.json`` the server fitted from the sites'
-            validation aggregates (:mod:`medlens.federated.calibration`).
+            validation aggregates (the task's ``aggregate_calibration``).
 
     Returns:
         The run folder.
@@ -152,8 +152,11 @@ def _calibration_data(run: RunFolder, config: Config, calibrate_on, calibration_
         data, root = pooled_manifest(sources, config.train.seed, run.root / "federated" / "calibration.csv")
         return data, str(root), ALL_SITES
     except DatasetError as exc:
+        from medlens.federated.site import redact
+
         first = next(iter(sources))
-        log(f"calibration: the sites' cases cannot be pooled ({exc}); calibrating on site {first}'s validation split")
+        log(f"calibration: the sites' cases cannot be listed in one manifest ({redact(str(exc))}); calibrating on "
+            f"site {first}'s validation split")
         return sources[first], "", first
 
 

@@ -184,15 +184,13 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
 def calibration_statistics(node_config: dict, config_json: str, plan_json: str,
                            weights: dict[str, np.ndarray]) -> dict:
     """After the last round: the final global model's aggregates on this site's validation split, for a server that
-    holds no data (:mod:`medlens.federated.calibration`; no single case's score, label or id)."""
-    from medlens.federated.calibration import site_statistics
-    from medlens.models.inference import predict_logits
+    holds no data (the task's ``aggregate_calibration``; no single case's score, label or id)."""
+    from medlens.tasks import task_for
 
     site = trainer(node_config, config_json, plan_json)
     site.load(weights)  # every key: the model the server deploys (FedBN: the averaged batch norm)
-    val = site.fit_.validation.val
-    logits = predict_logits(site.module.model.eval(), val.images, clinical=val.clinical)
-    return site_statistics(logits, val.labels, site.config.dataset.task)
+    aggregates = task_for(site.config).aggregate_calibration
+    return aggregates.statistics(site.module.model.eval(), site.config, site.fit_)
 
 
 def trainer(node_config: dict, config_json: str, plan_json: str):

@@ -112,6 +112,9 @@ class Task(Protocol):
             logits out); otherwise they run through the PyTorch weights.
         dicom_kinds: the DICOM objects its answer on a DICOM series can be written as (``seg``, ``rtstruct``,
             ``sr``, ``capture``: :mod:`medlens.deploy.dicom`).
+        aggregate_calibration: how its calibration is fitted from aggregates of validation splits it cannot see
+            (``statistics(model, config, fit)`` where the split is, ``combine([stats], config)`` where the
+            calibration is written; :mod:`medlens.tasks.classification.aggregates`), or ``None``.
     """
 
     name: str
@@ -121,6 +124,7 @@ class Task(Protocol):
     service_options: tuple[str, ...]
     runs_exports: bool
     dicom_kinds: tuple[str, ...]
+    aggregate_calibration: Any
 
     def plan(self, card: dict, *, time_budget_s: float | None, device: str, processes: int = 1,
              probe: bool = True) -> tuple[Config, dict[str, str]]:

@@ -29,6 +29,7 @@ class AnomalyTask:
                          "train.ema_fraction", "evaluate.tta", "evaluate.baseline"})
     runs_exports = True
     dicom_kinds = ("capture",)  # the anomaly map overlay
+    aggregate_calibration = None  # its calibration needs the validation cases themselves
     service_options = ("heatmap", "map")
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from medlens._files import read_json
 from medlens.config import Config
 from medlens.errors import ConfigError
 from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor
+from medlens.tasks.classification.aggregates import AGGREGATES
 from medlens.tasks.classification.plan import KINDS
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auc")  # the model card's figures
@@ -25,6 +26,7 @@ class ClassificationTask:
                          "data.target_spacing", "data.foreground_stats"})
     runs_exports = True
     dicom_kinds = ("sr", "capture")  # the finding with its probability; the heat-map overlay
+    aggregate_calibration = AGGREGATES  # temperature and threshold from validation aggregates (fl server)
     service_options = ("heatmap",)
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class DetectionTask:
                          "augment.elastic", "dataset.label_values"})
     runs_exports = False
     dicom_kinds = ("sr",)  # boxes as planar regions with their scores
+    aggregate_calibration = None  # its calibration needs the validation cases themselves
     service_options = ("overlay",)
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class PretrainingTask:
                          "evaluate.baseline"})
     runs_exports = False
     dicom_kinds = ()  # an encoder answers nothing a PACS stores
+    aggregate_calibration = None  # its calibration needs the validation cases themselves
     service_options = ()
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ class SegmentationTask:
                          "train.freeze_epochs", "train.finetune_lr_factor", "evaluate.baseline"})
     runs_exports = False
     dicom_kinds = ("seg", "rtstruct", "sr")  # a mask: as SEG or structure set, its volumes in a report
+    aggregate_calibration = None  # its calibration needs the validation cases themselves
     service_options = ("mask",)
 
     # ---- plan ----------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
-"""Calibration from the sites' validation splits when the coordinator holds no data (``medlens fl server``).
+"""Calibration from aggregates of validation splits held elsewhere (a federation's sites, ``medlens fl server``).
 
-After the last round the server sends the final global weights to every site with ``{"step": "calibration"}``.
-Each site scores its validation split and answers with aggregates only (:func:`site_statistics`):
+Each holder of a validation split scores it and sends aggregates only (:func:`site_statistics`):
 
 - ``nll``: the summed negative log-likelihood of ``softmax(logits / T)`` at each temperature of
   :data:`TEMPERATURES` (geometric, 0.05 to 20: the bounds of :func:`medlens.evaluation.fit_temperature`), with its
@@ -10,10 +9,11 @@ Each site scores its validation split and answers with aggregates only (:func:`s
   (0.05 wide from -20 to 20, values beyond counted in the end bins). The calibrated probability of class 1 is
   ``sigmoid(margin / T)``, so a threshold on it is a threshold on the margin, whatever ``T``.
 
-The server sums them (:func:`combine`): the temperature of least summed NLL (1 when no site's validation split
+Whoever calibrates sums them (:func:`combine`): the temperature of least summed NLL (1 when no site's validation split
 holds an error, as :func:`medlens.tasks.classification.calibrate.calibrate` does), and for binary tasks the Youden
 threshold of the pooled margin histograms, as a probability at that temperature. Scores of single cases, labels of
-single cases and case ids never leave a site.
+single cases and case ids never leave a site. One label per case only (binary, multi-class, ordinal):
+:data:`AGGREGATES` is what :class:`~medlens.tasks.classification.task.ClassificationTask` offers.
 
 >>> z = np.array([[2.0, -1.0], [0.5, 1.5], [-1.0, 2.0], [1.0, 0.2]]); y = np.array([0, 1, 1, 1])
 >>> result = combine([site_statistics(z, y, "binary")], "binary")
@@ -30,7 +30,7 @@ from medlens.evaluation.calibration import T_MAX, T_MIN
 
 TEMPERATURES = np.geomspace(T_MIN, T_MAX, 121)
 MARGIN_EDGES = np.linspace(-20.0, 20.0, 801)
-TASKS = ("binary", "multiclass", "ordinal")  # one label per case, softmax over the classes
+KINDS = ("binary", "multiclass", "ordinal")  # one label per case, softmax over the classes
 
 
 def site_statistics(logits: np.ndarray, labels: np.ndarray, task: str) -> dict:
@@ -72,3 +72,25 @@ def youden_margin(negative: np.ndarray, positive: np.ndarray) -> float:
     j = tpr - fpr
     best = int(np.flatnonzero(j == j.max())[-1])
     return float(MARGIN_EDGES[best])
+
+
+class Aggregates:
+    """The task's side of aggregate calibration (``Task.aggregate_calibration``)."""
+
+    def applies(self, config) -> bool:
+        """One label per case (several labels would need a threshold per label)."""
+        return config.dataset.task in KINDS
+
+    def statistics(self, model, config, fit) -> dict:
+        """``model``'s aggregates on ``fit``'s validation split."""
+        from medlens.models.inference import predict_logits
+
+        val = fit.validation.val
+        logits = predict_logits(model, val.images, clinical=val.clinical)
+        return site_statistics(logits, val.labels, config.dataset.task)
+
+    def combine(self, stats: list[dict], config) -> dict:
+        return combine(stats, config.dataset.task)
+
+
+AGGREGATES = Aggregates()

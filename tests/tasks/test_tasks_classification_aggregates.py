@@ -1,4 +1,4 @@
-"""Calibration a coordinator without data fits from the sites' validation aggregates."""
+"""Calibration fitted from aggregates of validation splits held elsewhere (a federation's sites)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medlens.evaluation import fit_temperature, youden_threshold
-from medlens.federated.calibration import TEMPERATURES, combine, site_statistics
+from medlens.tasks.classification.aggregates import TEMPERATURES, combine, site_statistics
 
 
 def _site(rng, n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
