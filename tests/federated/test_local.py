@@ -130,7 +130,7 @@ def test_the_result_is_a_run_folder_medlens_evaluate_takes(site, tmp_path):
     weights, n, metrics = trainer.fit(initial_weights(config, plan), round=1)
     sites = {"north": {"rounds": [1], "n_examples": n, "privacy": (2.5, 1e-3)}}
     run = write_run(tmp_path / "run", config, plan, weights, [{"round": 1, "sites": {"north": metrics}}], sites,
-                    reasons=reasons, calibrate_on=data, calibration_site="north", log=lambda m: None)
+                    reasons=reasons, calibrate_on={"north": data}, log=lambda m: None)
     info = run.read_info()
     assert info["status"] == "finished" and info["federation"]["strategy"] == plan.strategy
     assert info["federation"]["sites"]["north"]["dp"] == {"epsilon": 2.5, "delta": 1e-3}

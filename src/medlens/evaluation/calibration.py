@@ -67,7 +67,7 @@ def expected_calibration_error(y_true, probs, n_bins: int = 15) -> float:
     return _binned_gap(p.max(axis=1), correct, n_bins)
 
 
-def _nll(logits: np.ndarray, y: np.ndarray, multilabel: bool, temperature: float) -> float:
+def mean_nll(logits: np.ndarray, y: np.ndarray, multilabel: bool, temperature: float) -> float:
     """Mean negative log-likelihood of ``softmax(logits / T)`` (or summed-over-labels BCE)."""
     z = logits / temperature
     if multilabel:
@@ -114,7 +114,7 @@ def fit_temperature(logits, y_true, multilabel: bool = False) -> float:
     spread = np.ptp(z, axis=1) if not multilabel else np.abs(z)
     if len(z) == 0 or not np.any(spread > 0):
         return 1.0
-    result = minimize_scalar(lambda log_t: _nll(z, y, multilabel, math.exp(log_t)),
+    result = minimize_scalar(lambda log_t: mean_nll(z, y, multilabel, math.exp(log_t)),
                              bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
                              options={"xatol": 1e-5})
     return float(np.clip(math.exp(result.x), T_MIN, T_MAX))

@@ -41,8 +41,8 @@ NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 
 def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
               history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
-              calibrate_on: dict[str, Path] | str | Path | None = None, calibration_site: str | None = None,
-              site_calibration: dict | None = None, log=print) -> RunFolder:
+              calibrate_on: dict[str, Path] | None = None, site_calibration: dict | None = None,
+              log=print) -> RunFolder:
     """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
 
     Args:
@@ -52,9 +52,8 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
         history: one record per round (what the server kept: ``round``, ``seconds``, ``sites``, ...).
         sites: ``{site: {"rounds", "n_examples", "privacy": (epsilon, delta) | None, "counts"}}``.
         reasons: the task plan's reasons (``plan.yaml`` comments).
-        calibrate_on: the sites' data on this machine to fit the task's calibration on, ``{site: data}`` (their
-            validation splits together), or one site's data.
-        calibration_site: that one site's name (for run.json).
+        calibrate_on: ``{site: data}`` on this machine to fit the task's calibration on (their validation splits
+            together).
         site_calibration: without ``calibrate_on``: ``calibration.json`` the server fitted from the sites'
             validation aggregates (the task's ``aggregate_calibration``).
 
@@ -71,7 +70,7 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     run.root.mkdir(parents=True, exist_ok=True)
     task = task_for(config)
     model, dp_changes = _global_model(task, config, plan, weights)
-    calibration, config = _calibrate(run, task, config, plan, weights, model, calibrate_on, calibration_site, log)
+    calibration, config = _calibrate(run, task, config, plan, weights, model, calibrate_on, log)
     if site_calibration and not calibrate_on:
         write_json_atomic(run.calibration, site_calibration)
         calibration = (f"{site_calibration['fitted_on']}: temperature {site_calibration['temperature']:.3f}, "
@@ -114,13 +113,13 @@ def _global_model(task, config: Config, plan: FederationPlan,
 
 
 def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weights, model, calibrate_on,
-               calibration_site, log) -> tuple[str, Config]:
+               log) -> tuple[str, Config]:
     """The task's calibration hook on the sites' validation splits (see module docstring); what it was fitted on."""
     if not calibrate_on:
         return NO_CALIBRATION, config
     from medlens.federated.local import SiteTrainer
 
-    data, image_root, name = _calibration_data(run, config, calibrate_on, calibration_site, log)
+    data, image_root, name = _calibration_data(run, config, calibrate_on, log)
     site = SiteTrainer(config, plan, data, site=name, image_root=image_root, log=log)
     site.load(weights)
     site_config = site.config
@@ -135,13 +134,10 @@ def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weigh
     return f"{fitted_on} ({site.n_val} cases): {summary}", config
 
 
-def _calibration_data(run: RunFolder, config: Config, calibrate_on, calibration_site,
-                      log) -> tuple[Path, str, str]:
-    """What to calibrate on: one site's data, or (``{site: data}`` of several) every site's cases in one manifest,
-    each in its site's split (``federated/calibration.csv``), so the threshold sees every site's label balance;
-    the first site when the cases are not image files. Returns ``(data, its image root or "", name)``."""
-    if not isinstance(calibrate_on, dict):
-        return Path(calibrate_on), "", calibration_site or Path(str(calibrate_on)).name
+def _calibration_data(run: RunFolder, config: Config, calibrate_on: dict, log) -> tuple[Path, str, str]:
+    """What to calibrate on: one site's data, or every site's cases in one manifest, each in its site's split
+    (``federated/calibration.csv``), so the threshold sees every site's label balance; the first site when the
+    cases are not image files. Returns ``(data, its image root or "", name)``."""
     sources = {name: Path(path) for name, path in calibrate_on.items()}
     if len(sources) == 1:
         return next(iter(sources.values())), "", next(iter(sources))

@@ -24,19 +24,19 @@ single cases and case ids never leave a site. One label per case only (binary, m
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax
 
-from medlens.evaluation.calibration import T_MAX, T_MIN
+from medlens.evaluation.calibration import T_MAX, T_MIN, mean_nll
+from medlens.tasks.classification.calibrate import _tta_axes, without_sharpening
 
 TEMPERATURES = np.geomspace(T_MIN, T_MAX, 121)
 MARGIN_EDGES = np.linspace(-20.0, 20.0, 801)
-KINDS = ("binary", "multiclass", "ordinal")  # one label per case, softmax over the classes
+SINGLE_LABEL = ("binary", "multiclass", "ordinal")  # one label per case, softmax over the classes
 
 
 def site_statistics(logits: np.ndarray, labels: np.ndarray, task: str) -> dict:
     """One site's aggregates (see module docstring) of ``(N, K)`` validation logits and ``(N,)`` class indices."""
     z, y = np.asarray(logits, np.float64), np.asarray(labels).astype(int)
-    nll = [float(-np.take_along_axis(log_softmax(z / t, axis=1), y[:, None], axis=1).sum()) for t in TEMPERATURES]
+    nll = [mean_nll(z, y, False, t) * len(y) if len(y) else 0.0 for t in TEMPERATURES]
     stats = {"n": len(y), "errors": int((z.argmax(1) != y).sum()), "nll": nll}
     if task == "binary":
         margin = np.clip(z[:, 1] - z[:, 0], MARGIN_EDGES[0], MARGIN_EDGES[-1])
@@ -50,10 +50,8 @@ def combine(stats: list[dict], task: str) -> dict:
     n, errors = sum(s["n"] for s in stats), sum(s["errors"] for s in stats)
     temperature = float(TEMPERATURES[int(np.argmin(np.sum([s["nll"] for s in stats], axis=0)))])
     result = {"temperature": temperature, "threshold": 0.5, "threshold_rule": "0.5",
-              "fitted_on": f"the validation splits of {len(stats)} site(s) ({n} cases), from aggregates they sent"}
-    if temperature < 1.0 and errors == 0:
-        result.update(temperature=1.0, note=f"validation has no errors; fitted temperature {temperature:.3f} "
-                      "(sharpening) not applied")
+              "fitted_on": f"the validation splits of {len(stats)} site(s) ({n} cases), from aggregates they sent",
+              **without_sharpening(temperature, errors)}
     if task == "binary":
         negative, positive = (np.sum([s["margin"][c] for s in stats], axis=0) for c in (0, 1))
         if negative.sum() and positive.sum():
@@ -79,14 +77,14 @@ class Aggregates:
 
     def applies(self, config) -> bool:
         """One label per case (several labels would need a threshold per label)."""
-        return config.dataset.task in KINDS
+        return config.dataset.task in SINGLE_LABEL
 
     def statistics(self, model, config, fit) -> dict:
         """``model``'s aggregates on ``fit``'s validation split."""
         from medlens.models.inference import predict_logits
 
         val = fit.validation.val
-        logits = predict_logits(model, val.images, clinical=val.clinical)
+        logits = predict_logits(model, val.images, tta_flip_axes=_tta_axes(config), clinical=val.clinical)
         return site_statistics(logits, val.labels, config.dataset.task)
 
     def combine(self, stats: list[dict], config) -> dict:

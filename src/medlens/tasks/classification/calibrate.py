@@ -22,15 +22,22 @@ def calibrate(model, config: Config, val: SplitData) -> dict:
     temperature = float(fit_temperature(logits, val.labels, multilabel=multilabel))
     result = {"temperature": temperature, "threshold": 0.5, "threshold_rule": "0.5",
               "fitted_on": f"val ({len(val.cases)} cases)"}
-    if not multilabel and temperature < 1.0 and (logits.argmax(1) == val.labels).all():
-        # without a single validation error the NLL always falls by sharpening further: no evidence for it
-        result.update(temperature=1.0, note=f"validation has no errors; fitted temperature {temperature:.3f} "
-                      "(sharpening) not applied")
+    if not multilabel:
+        result.update(without_sharpening(temperature, int((logits.argmax(1) != val.labels).sum())))
     if config.dataset.task == "binary" and len(np.unique(val.labels)) == 2:
         probs = to_probs(logits, multilabel=False, temperature=result["temperature"])
         result["threshold"] = float(youden_threshold(val.labels, probs[:, 1]))
         result["threshold_rule"] = "Youden J on validation"
     return result
+
+
+def without_sharpening(temperature: float, errors: int) -> dict:
+    """``{"temperature": temperature}``, or temperature 1 with a note when it sharpens (< 1) and validation holds
+    no error: without a single error the NLL always falls by sharpening further, so it is no evidence for it."""
+    if temperature < 1.0 and errors == 0:
+        return {"temperature": 1.0, "note": f"validation has no errors; fitted temperature {temperature:.3f} "
+                "(sharpening) not applied"}
+    return {"temperature": temperature}
 
 
 def _tta_axes(config: Config) -> tuple[int, ...]:
