@@ -102,6 +102,21 @@ def test_every_value_has_a_reason_for_the_main_keys():
         assert reasons.get(key), key
 
 
+@pytest.mark.parametrize("epochs, processes, optimizer", [(4, 1, "adamw"), (50, 1, "sgd"), (12, 2, "adamw"),
+                                                         (40, 2, "sgd")])
+def test_a_budget_of_few_steps_trains_with_adamw_and_a_long_one_with_nnunets_sgd(monkeypatch, epochs, processes,
+                                                                               optimizer):
+    monkeypatch.setattr(planner, "_epochs", lambda *args, **kwargs: epochs)
+
+    config, reasons = plan(card(), processes=processes)
+
+    steps = epochs * math.ceil(config.segment.iterations_per_epoch / processes)
+    assert (steps < planner.ADAMW_BELOW_STEPS) == (optimizer == "adamw")
+    assert config.train.optimizer == optimizer
+    assert config.train.lr == (3e-3 if optimizer == "adamw" else 0.01)
+    assert ("AdamW" in reasons["train.optimizer"]) == (optimizer == "adamw")
+
+
 # ---- anisotropic 3D ---------------------------------------------------------------------------------
 
 def test_anisotropic_card_uses_the_p10_spacing_of_the_coarse_axis():

@@ -42,6 +42,11 @@ ANISOTROPY = 3.0  # nnU-Net: max/min spacing above this is "anisotropic"
 ITERATIONS = {"cpu": 100, "gpu": 250}
 TRANSFORMER_PAYS = 1.5  # SwinUNETR is used where a step costs at most this many DynUNet steps (GPU only)
 SWIN_FEATURES = 48  # SwinUNETR's feature size in its paper (MONAI's default is 24)
+# Below this many patch batches per process the plan trains with AdamW (lr 3e-3) instead of nnU-Net's SGD.
+# Chosen on Hippocampus validation Dice, 2-core CPU, default plan otherwise: after 400 batches AdamW 0.846 and
+# SGD 0.290; after 1200-1300 level (0.872 and 0.869); SGD's 7100 (55 minutes) match nnU-Net's published Dice.
+ADAMW_BELOW_STEPS = 1000
+ADAMW_EVIDENCE = "Hippocampus after 400 batches: 0.846 against 0.290; level from about 1250"
 KINDS = ("segmentation",)  # the label kinds this task trains: masks
 
 
@@ -68,6 +73,7 @@ def plan_segmentation(card: dict, *, time_budget_s: float | None = None, device:
     reasons["segment.keep_largest"] = "keep only the largest component of a class if that raises validation Dice"
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
     train = _train_section(card, dataset, data, model, segment, budget, device, probe, reasons, processes)
+    train = _short_budget_optimizer(train, segment, reasons)
     train = _transformer_optimizer(train, model, reasons)
     augment = _augment_section(dataset, reasons)
     config = Config(dataset=dataset, data=data, model=model, augment=augment, train=train, segment=segment,
@@ -280,6 +286,20 @@ def swin_candidate(data: DataSection, dataset: DatasetSection) -> tuple[DataSect
     model = ModelSection(name=f"swinunetr_{dataset.spatial_dims}d", width=1.0, dropout=0.0, filters=(SWIN_FEATURES,),
                          strides=(), kernels=(), deep_supervision=False)
     return replace(data, input_size=tuple(patch)), model
+
+
+def _short_budget_optimizer(train: TrainSection, segment: SegmentSection, reasons: dict) -> TrainSection:
+    """AdamW at 3e-3 where the budget fits fewer than ``ADAMW_BELOW_STEPS`` patch batches: nnU-Net's SGD
+    (momentum 0.99, lr 0.01) is tuned for 250 000 steps and is still starting after a few hundred."""
+    steps = train.max_epochs * math.ceil(segment.iterations_per_epoch / train.processes)
+    if steps >= ADAMW_BELOW_STEPS:
+        return train
+    reasons["train.optimizer"] = (f"AdamW: the budget fits {steps} patch batches, fewer than {ADAMW_BELOW_STEPS}"
+                                  + (" in each process" if train.processes > 1 else "") + ", "
+                                  f"where AdamW led nnU-Net's SGD on validation Dice ({ADAMW_EVIDENCE})")
+    reasons["train.lr"] = "0.003 with polynomial decay (AdamW's rate for short training)"
+    reasons["train.momentum"] = "unused: AdamW keeps its own decays"
+    return replace(train, optimizer="adamw", lr=3e-3)
 
 
 def _transformer_optimizer(train: TrainSection, model: ModelSection, reasons: dict) -> TrainSection:
