@@ -33,6 +33,7 @@ class DatasetSection:
     allow_outside_root: bool = False  # follow manifest paths that leave the dataset folder / image_root
     boxes_from_masks: bool = False  # detection: one box per connected component of each label of a mask dataset
     skip_unreadable: bool = False  # leave out files no reader opens (listed in the card and report) instead of refusing
+    series_rules: tuple[str, ...] = ()  # NAME=REGEX per series read from each DICOM study of a CSV's study column
     layout: str = ""
     task: typing.Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection", "anomaly",
                          "pretraining"] = "binary"

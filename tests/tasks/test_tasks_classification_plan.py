@@ -53,6 +53,13 @@ def test_small_8bit_images_keep_their_size_and_scale_0_255():
     assert "8-bit" in reasons["data.normalization"]
 
 
+def test_a_thin_volume_is_resized_to_the_networks_smallest_input_on_its_thin_axis():
+    config, reasons = plan(card(shape=(12, 10, 4)))
+
+    assert config.data.input_size == (12, 10, 8)
+    assert "axes under 8 resized to 8" in reasons["data.input_size"]
+
+
 def test_ct_windows_to_the_percentiles():
     config, reasons = plan(card(shape=(64, 64, 32), dtypes=("int16",), modality="CT",
                                 percentiles={"0.5": -950.25, "1": -900.0, "50": 30.0, "99": 1100.0,

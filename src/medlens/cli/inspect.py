@@ -14,6 +14,10 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
+    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
+                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
+                                 "NAME, the one whose '<Modality> <SeriesDescription>' matches REGEX (repeat per "
+                                 "series; kept in the plan)"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -37,7 +41,8 @@ def run(args) -> int:
     from medlens.data.splits import read_splits
 
     dataset = open_dataset(args.data, image_root=args.image_root, strict=False,
-                           allow_outside_root=args.allow_outside_root, boxes_from_masks=args.boxes_from_masks)
+                           allow_outside_root=args.allow_outside_root, boxes_from_masks=args.boxes_from_masks,
+                           series_rules=args.series_rule)
     splits = read_splits(args.splits, dataset) if args.splits else None
     card = inspect_dataset(dataset, splits=splits, progress=_progress if sys.stderr.isatty() else None,
                            skip_unreadable=args.skip_unreadable)

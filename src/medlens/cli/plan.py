@@ -23,6 +23,10 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
+    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
+                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
+                                 "NAME, the one whose '<Modality> <SeriesDescription>' matches REGEX (repeat per "
+                                 "series; kept in the plan)"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -38,7 +42,12 @@ ARGUMENTS = [
 def run(args) -> int:
     from medlens.cli.train import skip_unreadable_requested, task_request
     from medlens.config import apply_overrides
-    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed, unreadable_skipped
+    from medlens.data.dataset import (
+        boxes_from_masks_requested,
+        outside_root_allowed,
+        series_rules_given,
+        unreadable_skipped,
+    )
     from medlens.engine.race import drop_overridden_rivals
     from medlens.engine.train import make_plan, write_plan
     from medlens.errors import ConfigError
@@ -49,7 +58,7 @@ def run(args) -> int:
     task, task_options = task_request(args)
     skip, overrides = skip_unreadable_requested(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
-            unreadable_skipped(skip):
+            unreadable_skipped(skip), series_rules_given(args.series_rule):
         config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root,
                                                      time_budget_s=args.time_budget,
                                                      processes=args.devices * args.num_nodes, task=task,

@@ -103,7 +103,9 @@ def parse_clinical(value: str | None) -> dict | None:
 
 def case_sources(predictor, paths: list[Path], views: dict[str, Path], clinical: dict | None) -> list:
     """What ``write_outputs`` predicts: the ``--input`` views as one case; with ``--clinical``, each image path
-    as a case with those values (a CSV of cases carries its own)."""
+    as a case with those values (a CSV of cases carries its own); with the plan's ``dataset.series_rules``, a folder
+    of series folders is one study, its series picked by those rules."""
+    paths = [study_source(predictor, p, clinical) or p for p in paths]
     if not views and clinical is None:
         return paths
     from medlens.errors import ConfigError
@@ -118,5 +120,21 @@ def case_sources(predictor, paths: list[Path], views: dict[str, Path], clinical:
         name = " ".join(f"{n}={p}" for n, p in views.items())
         cases.append(CaseSource({n: str(p) for n, p in views.items()}, clinical or {}, name))
     for path in paths:
-        cases.append(path if path.suffix.lower() == ".csv" else CaseSource(str(path), clinical or {}, str(path)))
+        plain = not isinstance(path, Path) or path.suffix.lower() == ".csv"
+        cases.append(path if plain else CaseSource(str(path), clinical or {}, str(path)))
     return cases
+
+
+def study_source(predictor, path: Path, clinical: dict | None):
+    """A DICOM study folder as one case of the views the model's series rules pick; ``None`` for anything else
+    (a file, a series folder, or a model trained without series rules)."""
+    rules = predictor.config.dataset.series_rules
+    from medlens.data.inputs import is_series_folder
+
+    if not rules or not isinstance(path, Path) or not path.is_dir() or is_series_folder(path):
+        return None
+    from medlens.data.series import pick_series
+    from medlens.tasks.classification.predict import CaseSource
+
+    picked = pick_series(path, rules)
+    return CaseSource({name: str(folder) for name, folder in picked.items()}, clinical or {}, str(path))

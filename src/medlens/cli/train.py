@@ -41,6 +41,10 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
+    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
+                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
+                                 "NAME, the one whose '<Modality> <SeriesDescription>' matches REGEX (repeat per "
+                                 "series; kept in the plan)"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -82,7 +86,12 @@ def task_request(args) -> tuple[str | None, dict | None]:
 
 
 def run(args) -> int:
-    from medlens.data.dataset import boxes_from_masks_requested, outside_root_allowed, unreadable_skipped
+    from medlens.data.dataset import (
+        boxes_from_masks_requested,
+        outside_root_allowed,
+        series_rules_given,
+        unreadable_skipped,
+    )
     from medlens.engine.train import train
 
     if args.data is None and args.resume is None:
@@ -92,7 +101,8 @@ def run(args) -> int:
     task, task_options = task_request(args)
     skip, overrides = skip_unreadable_requested(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
-            unreadable_skipped(skip):  # the engine opens and audits the dataset, layers down
+            unreadable_skipped(skip), series_rules_given(args.series_rule):
+        # the engine opens and audits the dataset, layers down
         run_folder = train(args.data, plan=args.plan, overrides=overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                            num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,

@@ -222,6 +222,26 @@ def skip_unreadable_in_force(explicit: bool | None = None) -> bool:
     return _SKIP_UNREADABLE.get() if explicit is None else bool(explicit)
 
 
+_SERIES_RULES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("medlens_series_rules", default=())
+
+
+@contextlib.contextmanager
+def series_rules_given(rules) -> Iterator[None]:
+    """Within the block, datasets opened without explicit ``series_rules`` use ``rules`` (``"NAME=REGEX"`` texts:
+    the CLI's ``--series-rule``, put in force around ``inspect`` / ``plan`` / ``train``) to pick the series of
+    each DICOM study a CSV's ``study`` column names (:mod:`medlens.data.series`)."""
+    token = _SERIES_RULES.set(tuple(rules or ()))
+    try:
+        yield
+    finally:
+        _SERIES_RULES.reset(token)
+
+
+def series_rules_in_force(explicit=None) -> tuple[str, ...]:
+    """``explicit`` when given, else what :func:`series_rules_given` put in force (default: none)."""
+    return _SERIES_RULES.get() if explicit is None else tuple(explicit)
+
+
 _UNLABELLED_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_unlabelled", default=False)
 
 #: layouts of images without labels (a flat folder of images, a CSV with an image column only)

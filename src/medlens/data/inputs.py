@@ -16,20 +16,21 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise ConfigError(f"{path}: no such file or folder")
-        if path.is_file() or _is_series(path):
+        if path.is_file() or is_series_folder(path):
             expanded.append(path)
             continue
         for item in sorted(path.rglob("*")):
-            if is_image_file(item) and not _is_series(item.parent):
+            if is_image_file(item) and not is_series_folder(item.parent):
                 expanded.append(item)
-            elif item.is_dir() and _is_series(item):
+            elif item.is_dir() and is_series_folder(item):
                 expanded.append(item)
     if not expanded:
         raise ConfigError(f"no image found in {', '.join(map(str, paths))}")
     return expanded
 
 
-def _is_series(folder: Path) -> bool:
+def is_series_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds DICOM slices (files named .dcm, .dicom, .ima or without a suffix)."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
     return bool(files) and all(suffix_of(p) in (".dcm", ".dicom", ".ima", "") for p in files[:20])
 

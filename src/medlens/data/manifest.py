@@ -13,6 +13,11 @@ patient column's value when it is unique per row, else the first present view's 
 (not image, label, mask, patient, split) is a candidate clinical column: ``Case.clinical`` holds its cell text
 (``""`` when empty), ``Dataset.meta["clinical_columns"]`` the names; the plan says which are inputs.
 
+DICOM studies: a ``study`` column (``study|study_folder|study_path``), one study folder of series folders per row,
+and ``series_rules`` (``NAME=REGEX``, :mod:`medlens.data.series`) naming the series to read: each rule becomes a
+view ``image:NAME`` holding the series it matches in that study (``series.unmatched`` when it matches none or
+several). The case is then named by its study.
+
 Rows are checked before they become cases, each problem a finding naming the CSV lines:
 ``file.missing``, ``path.outside_root`` (a path leaving the root once ``..`` and links are resolved,
 refused unless ``allow_outside_root``), ``label.missing``, ``label.invalid`` (``nan``, ``None``,
@@ -25,7 +30,7 @@ it is listed, so a splits file never names it twice.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medlens.data.dataset import (
@@ -37,7 +42,7 @@ from medlens.data.dataset import (
     order_class_names,
     parse_split,
 )
-from medlens.errors import DatasetError
+from medlens.errors import ConfigError, DatasetError
 from medlens.types import Case, Task
 
 COLUMNS = {
@@ -46,6 +51,7 @@ COLUMNS = {
     "mask": ("mask", "mask_path", "segmentation", "seg", "label_map", "annotation"),
     "patient_id": ("patient_id", "patient", "patientid", "subject", "subject_id"),
     "split": ("split", "set", "subset"),
+    "study": ("study", "study_folder", "study_path"),
 }
 LABEL_SEPARATORS = (";", "|")
 VIEW_PREFIX = "image:"  # a column per view: image:axial, image:t1...
@@ -105,7 +111,7 @@ class _Row:
 
 
 def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outside_root: bool | None = None,
-                  unlabelled: bool = False) -> Dataset:
+                  unlabelled: bool = False, series_rules=()) -> Dataset:
     """List the cases of a CSV manifest.
 
     Args:
@@ -116,20 +122,28 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
             links pointing out); ``None`` = what :func:`~medlens.data.dataset.outside_root_allowed` says.
         unlabelled: a CSV with neither a label nor a mask column lists images without labels (for
             self-supervised pretraining) instead of being refused.
+        series_rules: ``"NAME=REGEX"`` per series to read from each study of a ``study`` column.
 
     Raises:
+        ConfigError: a study column without series rules, or series rules without a study column.
         DatasetError: no image column, no label column (unless ``unlabelled``), an empty CSV, fewer than
             two classes.
     """
     table, columns, inputs = _read_rows(csv_path, unlabelled)
     image_root = Path(image_root) if image_root else csv_path.parent
-    rows = [_row(line, raw, columns, inputs, image_root) for line, raw in enumerate(table, start=2)]
     allow = allow_outside_root_in_force(allow_outside_root)
+    numbered, inputs, study_findings = _studies(csv_path, list(enumerate(table, start=2)), columns, inputs,
+                                                image_root, series_rules, allow)
+    rows = [_row(line, raw, columns, inputs, image_root) for line, raw in numbered]
     meta = _meta(columns, inputs, image_root)
     if "mask" in columns and "label" not in columns:
-        return _open_segmentation_manifest(csv_path, rows, meta, image_root, allow)
+        dataset = _open_segmentation_manifest(csv_path, rows, meta, image_root, allow)
+        dataset.findings[:0] = study_findings
+        return dataset
     if "label" not in columns:
-        return _open_unlabelled_manifest(csv_path, rows, meta, image_root, allow)
+        dataset = _open_unlabelled_manifest(csv_path, rows, meta, image_root, allow)
+        dataset.findings[:0] = study_findings
+        return dataset
     multilabel = any(sep in row.label for row in rows for sep in LABEL_SEPARATORS)
     labelled, label_findings = _check_labels(csv_path, rows, multilabel)
     class_names = _class_names([row.label for row in labelled], multilabel)
@@ -144,14 +158,33 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
              for row, inputs in zip(unique, _case_inputs(unique))]
     task = Task.MULTILABEL if multilabel else (Task.BINARY if len(class_names) == 2 else Task.MULTICLASS)
     return Dataset(csv_path, "manifest", task, tuple(class_names), cases,
-                   findings=path_findings + label_findings + duplicate_findings + _view_findings(csv_path, unique,
-                                                                                                 cases),
+                   findings=study_findings + path_findings + label_findings + duplicate_findings
+                   + _view_findings(csv_path, unique, cases),
                    meta=meta)
+
+
+def _studies(csv_path: Path, numbered: list[tuple[int, dict]], columns: dict, inputs: _Inputs, image_root: Path,
+             rules, allow_outside_root: bool) -> tuple[list[tuple[int, dict]], _Inputs, list[Finding]]:
+    """A study column's series as view columns (see :func:`medlens.data.series.study_views`); other manifests as
+    they are."""
+    if "study" not in columns:
+        if rules:
+            raise ConfigError(f"{csv_path}: series rules ({', '.join(rules)}) were given, and the CSV has no study "
+                              f"column ({', '.join(COLUMNS['study'])}) naming DICOM study folders; add one, or drop "
+                              "the rules")
+        return numbered, inputs, []
+    from medlens.data.series import study_views
+
+    numbered, headers, findings = study_views(csv_path, numbered, columns["study"], image_root, rules,
+                                              allow_outside_root)
+    return numbered, replace(inputs, views=tuple((h[len(VIEW_PREFIX):], h) for h in headers)), findings
 
 
 def _row(line: int, raw: dict, columns: dict, inputs: _Inputs, image_root: Path) -> _Row:
     views = tuple((name, _cell(raw, header), image_root / _cell(raw, header)) for name, header in inputs.views)
     rel = next((rel for _, rel, _ in views if rel), "") if views else _cell(raw, columns["image"])
+    if "study" in columns:  # the case is its study, named as the CSV writes it
+        rel = _cell(raw, columns["study"])
     patient_id, split = _cell(raw, columns.get("patient_id")) or None, _cell(raw, columns.get("split")) or None
     row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split, views=views,
                clinical={name: _cell(raw, header) for name, header in inputs.clinical})
@@ -221,7 +254,11 @@ def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], di
         if found:
             columns[role] = found
     inputs = _inputs(csv_path, header, columns)
-    if "image" not in columns and not inputs.views:
+    if "study" in columns and ("image" in columns or inputs.views):
+        raise DatasetError(f"{csv_path}: both a study column ({columns['study']!r}) and image columns "
+                           f"({', '.join([columns.get('image', '')] + [h for _, h in inputs.views]).strip(', ')}); a "
+                           "row is one study (its series picked by --series-rule) or its image file(s): drop one")
+    if "image" not in columns and not inputs.views and "study" not in columns:
         raise DatasetError(f"{csv_path}: no image column; expected one of {', '.join(COLUMNS['image'])}, or one "
                            f"column per view named {VIEW_PREFIX}NAME (e.g. image:axial), found columns {header}")
     if "label" not in columns and "mask" not in columns and not unlabelled:

@@ -9,15 +9,17 @@ from medlens.data.dataset import (
     Dataset,
     allow_outside_root_in_force,
     boxes_from_masks_in_force,
+    series_rules_in_force,
     unlabelled_in_force,
 )
-from medlens.errors import DatasetError
+from medlens.errors import ConfigError, DatasetError
 from medlens.io.formats import suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                  strict: bool = True, allow_outside_root: bool | None = None,
-                 boxes_from_masks: bool | None = None, unlabelled: bool | None = None) -> Dataset:
+                 boxes_from_masks: bool | None = None, unlabelled: bool | None = None,
+                 series_rules=None) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
@@ -36,6 +38,9 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
         unlabelled: open a folder of images without class folders, or a CSV without a label column, as
             images without labels (``medlens pretrain``); ``None`` = what
             :func:`~medlens.data.dataset.unlabelled_allowed` put in force (refused by default).
+        series_rules: ``"NAME=REGEX"`` texts picking the series of each DICOM study that a CSV's ``study`` column
+            names (:mod:`medlens.data.series`); ``None`` = what :func:`~medlens.data.dataset.series_rules_given`
+            put in force.
 
     Raises:
         FileNotFoundError / DataMissingError: nothing at ``source``.
@@ -43,10 +48,15 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
     """
     path = Path(source).expanduser()
     allow, bare = allow_outside_root_in_force(allow_outside_root), unlabelled_in_force(unlabelled)
+    rules = series_rules_in_force(series_rules)
+    if rules and not (path.is_file() and suffix_of(path) in (".csv", ".tsv")):
+        raise ConfigError(f"series rules ({', '.join(rules)}) pick the series of DICOM studies listed in a CSV's "
+                          f"study column, and {source} is not a CSV; write a CSV with a study column (one study "
+                          "folder per row) and a label column, or drop the rules")
     if not path.exists():
         dataset = _open_by_name(str(source))
     elif path.is_file():
-        dataset = _open_file(path, image_root, allow, bare)
+        dataset = _open_file(path, image_root, allow, bare, rules)
     else:
         dataset = _open_folder(path, allow, bare)
     if boxes_from_masks_in_force(boxes_from_masks):
@@ -68,7 +78,7 @@ def _open_by_name(text: str) -> Dataset:
     return open_medmnist(locate(name, size))
 
 
-def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: bool) -> Dataset:
+def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: bool, series_rules=()) -> Dataset:
     suffix = suffix_of(path)
     if suffix in (".csv", ".tsv"):
         from medlens.data.box_manifest import is_box_csv, open_box_manifest
@@ -79,7 +89,7 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
                                      allow_outside_root=allow_outside_root)
 
         return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root,
-                             unlabelled=unlabelled)
+                             unlabelled=unlabelled, series_rules=series_rules)
     if suffix == ".npz":
         from medlens.data.medmnist import open_medmnist
 

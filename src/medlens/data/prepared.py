@@ -39,6 +39,7 @@ def open_config_dataset(config: Config) -> Dataset:
     dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
                            allow_outside_root=config.dataset.allow_outside_root or None,
                            boxes_from_masks=config.dataset.boxes_from_masks,
+                           series_rules=config.dataset.series_rules,
                            unlabelled=config.dataset.layout in UNLABELLED_LAYOUTS or None)
     check_plan_fits(config, dataset)
     return dataset

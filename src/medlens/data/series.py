@@ -1,6 +1,10 @@
 """DICOM studies of several series (T1, T2, FLAIR...): rules pick one series per view, read as one image.
 
-A library function for now (:func:`read_study`): a folder of such studies is not yet a dataset layout.
+A dataset of studies is a CSV manifest with a ``study`` column (one study folder per row) and one rule per view
+(``medlens train studies.csv --series-rule t1=T1 --series-rule flair=FLAIR``): :func:`study_views` turns each
+row's study into one ``image:NAME`` cell per rule, so the case is a multi-view case like any other (co-registered
+series are stacked as channels, :mod:`medlens.data.views`). The rules are kept in the plan
+(``dataset.series_rules``) and ``medlens predict RUN STUDY_FOLDER`` applies them to a new study.
 
 A study folder holds one subfolder per series. A rule ``"NAME=REGEX"`` names a view and the series it is:
 ``REGEX`` is searched, ignoring case, in ``"<Modality> <SeriesDescription>"`` of the series' first readable
@@ -15,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medlens.data.dataset import Finding, lies_outside
 from medlens.data.views import stack_views
 from medlens.errors import ConfigError, DatasetError
 from medlens.io import Image, read_image
@@ -141,3 +146,60 @@ def read_study(study_folder: str | os.PathLike, rules) -> Image:
     stacked = stack_views(images, list(picked), where=str(study_folder))
     stacked.meta["views"] = list(picked)
     return stacked
+
+
+def study_views(csv_path: Path, rows: list[tuple[int, dict]], column: str, image_root: Path, rules,
+                allow_outside_root: bool) -> tuple[list[tuple[int, dict]], list[str], list[Finding]]:
+    """A CSV's study column as view columns: each row gains one ``image:NAME`` cell per rule, its series folder.
+
+    Args:
+        csv_path: the manifest (for messages).
+        rows: ``(CSV line, row dict)`` pairs.
+        column: the header of the study column; its cells are study folders relative to ``image_root``.
+        rules: ``"NAME=REGEX"`` texts (see :func:`parse_series_rules`).
+        allow_outside_root: read studies outside ``image_root``; if not, such a row keeps its study path in every
+            view cell, so the manifest's path check refuses it (``path.outside_root``) before any file is read.
+
+    Returns:
+        ``(rows, headers, findings)``: the rows whose rules each matched one series (a missing study folder is
+        kept, for the path check's ``file.missing``), the new headers ``image:NAME`` in rule order, and a
+        ``series.unmatched`` finding for the rows left out (a rule matching no series, or several).
+
+    Raises:
+        ConfigError: no rules, or a malformed one.
+    """
+    if not rules:
+        raise ConfigError(f"{csv_path}: column {column!r} names DICOM study folders, and no series rule says which "
+                          f"series to read; give one --series-rule NAME=REGEX per series (REGEX is searched in "
+                          f"'<Modality> <SeriesDescription>'){_first_study_series(rows, column, image_root)}")
+    headers = [f"image:{rule.name}" for rule in parse_series_rules(rules)]
+    kept, unmatched, lines = [], [], []
+    for line, raw in rows:
+        rel = (raw.get(column) or "").strip()
+        folder = image_root / rel
+        if not rel or not folder.is_dir() or (not allow_outside_root and lies_outside(folder, image_root)):
+            kept.append((line, {**raw, **dict.fromkeys(headers, rel)}))  # the path check names it
+            continue
+        try:
+            picked = pick_series(folder, rules)
+        except DatasetError as exc:
+            unmatched.append(rel)
+            lines.append(f"line {line}: {str(exc).removeprefix(str(folder) + ': ')}")
+            continue
+        kept.append((line, {**raw, **{h: str(Path(rel) / p.name) for h, p in zip(headers, picked.values())}}))
+    findings = [Finding.blocking("series.unmatched", f"{csv_path}: in {len(lines)} stud(ies) a series rule matches "
+                                 f"no series or several ({'; '.join(lines[:3])}); rewrite the rules so that each "
+                                 "matches one series of every study, or remove these rows", unmatched)
+                ] if lines else []
+    return kept, headers, findings
+
+
+def _first_study_series(rows: list[tuple[int, dict]], column: str, image_root: Path) -> str:
+    for _, raw in rows:
+        folder = image_root / (raw.get(column) or "").strip()
+        try:
+            seen = list_series(folder)
+        except (OSError, DatasetError):
+            continue
+        return f". The series of {folder}: " + "; ".join(f"{s.folder.name}: {s.label!r}" for s in seen)
+    return ""

@@ -22,7 +22,12 @@ from medlens._files import write_json_atomic, write_text_atomic
 from medlens.config import Config, apply_overrides, read_plan, render_plan
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
-from medlens.data.dataset import allow_outside_root_in_force, skip_unreadable_in_force, unreadable_skipped
+from medlens.data.dataset import (
+    allow_outside_root_in_force,
+    series_rules_in_force,
+    skip_unreadable_in_force,
+    unreadable_skipped,
+)
 from medlens.data.prepared import check_plan_fits, open_config_dataset, resolve_splits, split_cases
 from medlens.data.splits import read_splits
 from medlens.engine import distributed
@@ -66,6 +71,9 @@ def make_plan(source, *, image_root=None, time_budget_s: float | None = None, pr
         config = replace(config, dataset=replace(config.dataset, image_root=str(image_root)))
     if allow_outside_root_in_force():  # evaluate, report and other processes reopen the data as it was planned
         config = replace(config, dataset=replace(config.dataset, allow_outside_root=True))
+    if series_rules_in_force():
+        config = replace(config, dataset=replace(config.dataset, series_rules=series_rules_in_force()))
+        reasons["dataset.series_rules"] = "--series-rule: the series read from each DICOM study (NAME=REGEX)"
     if skip_unreadable_in_force():
         config = replace(config, dataset=replace(config.dataset, skip_unreadable=True))
         reasons["dataset.skip_unreadable"] = "--skip-unreadable: files no reader opens are left out (card: skipped)"
@@ -222,7 +230,8 @@ def _initial_config(source, plan, image_root, time_budget_s, processes: int, log
     if time_budget_s:
         config = replace(config, train=replace(config.train, time_budget_s=float(time_budget_s)))
     dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None,
-                           boxes_from_masks=config.dataset.boxes_from_masks)
+                           boxes_from_masks=config.dataset.boxes_from_masks,
+                           series_rules=series_rules_in_force() or config.dataset.series_rules)
     card = inspect_dataset(dataset)
     check_card(card, log)
     return config, reasons, card, dataset

@@ -76,7 +76,8 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     ids = {"train": fold["train"], "val": fold["val"], "test": splits["test"]}
     try:
         dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
-                               boxes_from_masks=config.dataset.boxes_from_masks)
+                               boxes_from_masks=config.dataset.boxes_from_masks,
+                               series_rules=config.dataset.series_rules)
     except (MedlensError, OSError, ValueError):
         return None
     labels = {c.case_id: c.label for c in dataset.cases}

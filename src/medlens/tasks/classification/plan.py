@@ -87,7 +87,12 @@ def _data_section(card: dict, dataset: DatasetSection, device: str, reasons: dic
     cap = {2: {"cpu": 128, "gpu": 224}, 3: {"cpu": 64, "gpu": 96}}[dims][device]
     side = max(median)
     if side <= 64:
+        from medlens.models.classifiers import MIN_INPUT
+
         size, why = tuple(median), f"native size (median {'x'.join(map(str, median))}); small enough to keep"
+        if min(size) < MIN_INPUT:  # thin volumes (a few slices): the networks pool every axis
+            size = tuple(max(m, MIN_INPUT) for m in median)
+            why += f"; axes under {MIN_INPUT} resized to {MIN_INPUT}, the networks' smallest input"
     else:
         target = min(cap, 8 * round(side / 8))
         size = (target,) * dims
