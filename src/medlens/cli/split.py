@@ -20,6 +20,9 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
+    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
+                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
+                                 "NAME (repeat per series; as given to train)"}),
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "
@@ -33,7 +36,7 @@ def run(args) -> int:
     from medlens.data.splits import make_splits, summarize_splits
 
     dataset = open_dataset(args.data, image_root=args.image_root, allow_outside_root=args.allow_outside_root,
-                           boxes_from_masks=args.boxes_from_masks)
+                           boxes_from_masks=args.boxes_from_masks, series_rules=args.series_rule)
     card = read_card(args.card) if args.card else _audit(dataset)
     skipped = [entry["case"] for entry in card.get("skipped", [])]
     splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
