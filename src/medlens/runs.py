@@ -14,8 +14,8 @@
       postprocess.json     per class, keep the largest connected component or not (segmentation)
       metrics.csv          one row per epoch: losses, validation metrics, learning rate, time
       tensorboard/         TensorBoard event files
-      metrics.json         written by ``medlens evaluate``
-      report.html          the run's report (and report.md), rewritten after training and each evaluation
+      metrics.json         written by ``medlens evaluate`` (the test split; ``--split val``: metrics_val.json)
+      report.html          the run's report (and report.md), rewritten after training and each test evaluation
 
 Every layer reads and writes a run through :class:`RunFolder`, which sits below the engine, the
 tasks and the report: none of them needs another to find a file.

@@ -1,7 +1,8 @@
 """``evaluate``: a run's locked test split (or validation) through its trained model, every figure with a 95% CI.
 
 The run's task scores the split (:meth:`medlens.tasks.Task.evaluate`); this module writes what it
-returns into the run folder (``metrics.json``, per-case or per-image CSVs) and the report.
+returns into the run folder (``metrics.json``, per-case or per-image CSVs) and the report. The validation split's
+figures go to ``metrics_val.json`` alone: they never replace the test split's or the report's.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     options = EvaluateOptions(split=split, tta=tta, n_bootstrap=n_bootstrap, baseline=baseline, save_masks=save_masks)
     result = task.evaluate(run, config, load_model(run, config), options, log)
     doc = {**result.doc, "seconds": round(time.perf_counter() - started, 2)}
-    write_json_atomic(run.metrics_json, json_safe(doc))
+    target = run.metrics_json if split == "test" else run.root / f"metrics_{split}.json"
+    write_json_atomic(target, json_safe(doc))
     for name, text in result.files.items():
         write_text_atomic(run.root / name, text)
     if result.summary:
         log(result.summary)
-    log(f"metrics written to {run.metrics_json}" + "".join(f"; {run.root / n}" for n in result.files))
-    write_run_report(run, config, result.evidence, log=log)
+    log(f"metrics written to {target}" + "".join(f"; {run.root / n}" for n in result.files))
+    if split == "test":
+        write_run_report(run, config, result.evidence, log=log)
+    else:  # the report and metrics.json stay the locked test split's
+        log(f"{run.metrics_json.name} and the report keep the test split's figures")
     return doc
 
 
