@@ -84,6 +84,16 @@ def test_a_study_column_without_rules_says_which_series_the_first_study_has(stud
         open_dataset(studies)
 
 
+def test_the_hint_without_rules_never_lists_a_study_outside_the_root(studies, tmp_path):
+    rows = list(csv.DictReader(studies.open()))
+    rows[0]["study"] = str(write_study(tmp_path / "elsewhere", 60, False, flair="FLAIR outside"))
+    manifest = write_csv(studies.parent / "hint.csv", rows)
+
+    with pytest.raises(ConfigError, match="The series of .*s01: ") as refused:
+        open_dataset(manifest)
+    assert "FLAIR outside" not in str(refused.value)
+
+
 def test_rules_for_a_csv_without_a_study_column_or_for_a_folder_are_refused(tmp_path):
     plain = write_csv(tmp_path / "plain.csv", [{"image": "a.png", "label": "x"}, {"image": "b.png", "label": "y"}])
     with pytest.raises(ConfigError, match="no study column"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlens.cli.train import parse_duration
+from medlens.cli.train import SERIES_RULE_ARGUMENT, parse_duration
 
 ARGUMENTS = [
     (["data"], {"help": "dataset: class folders, CSV manifest, MedMNIST .npz or name; for segmentation a Decathlon "
@@ -23,10 +23,7 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
-    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
-                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
-                                 "NAME, the one whose '<Modality> <SeriesDescription>' matches REGEX (repeat per "
-                                 "series; kept in the plan)"}),
+    SERIES_RULE_ARGUMENT,
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "

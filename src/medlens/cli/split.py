@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medlens.cli.train import SERIES_RULE_ARGUMENT
+
 ARGUMENTS = [
     (["data"], {"help": "dataset (as for `medlens inspect`)"}),
     (["--out"], {"type": Path, "help": "splits file to write (default: ./<dataset>.splits.json)"}),
@@ -20,9 +22,7 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
-    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
-                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
-                                 "NAME (repeat per series; as given to train)"}),
+    SERIES_RULE_ARGUMENT,
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "

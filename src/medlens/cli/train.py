@@ -15,6 +15,12 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+#: ``--series-rule``, shared by the commands that open a dataset (inspect, split, plan, train)
+SERIES_RULE_ARGUMENT = (["--series-rule"], {
+    "action": "append", "default": [], "metavar": "NAME=REGEX",
+    "help": "for a CSV whose study column names DICOM study folders: the series read as view NAME, the one whose "
+            "'<Modality> <SeriesDescription>' matches REGEX (repeat per series; kept in the plan)"})
+
 ARGUMENTS = [
     (["data"], {"nargs": "?", "help": "dataset (as for `medlens plan`); not needed with --resume"}),
     (["--plan"], {"type": Path, "help": "a plan from `medlens plan` (default: plan now)"}),
@@ -41,10 +47,7 @@ ARGUMENTS = [
     (["--boxes-from-masks"], {"action": "store_true",
                               "help": "detection from a segmentation dataset: one box per connected component of "
                                       "each mask label"}),
-    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
-                         "help": "for a CSV whose study column names DICOM study folders: the series read as view "
-                                 "NAME, the one whose '<Modality> <SeriesDescription>' matches REGEX (repeat per "
-                                 "series; kept in the plan)"}),
+    SERIES_RULE_ARGUMENT,
     (["--allow-outside-root"], {"action": "store_true",
                                 "help": "follow CSV / dataset.json paths that leave the dataset's folder (or "
                                         "--image-root): ../.., absolute paths elsewhere, links pointing out "

@@ -171,7 +171,8 @@ def study_views(csv_path: Path, rows: list[tuple[int, dict]], column: str, image
     if not rules:
         raise ConfigError(f"{csv_path}: column {column!r} names DICOM study folders, and no series rule says which "
                           f"series to read; give one --series-rule NAME=REGEX per series (REGEX is searched in "
-                          f"'<Modality> <SeriesDescription>'){_first_study_series(rows, column, image_root)}")
+                          f"'<Modality> <SeriesDescription>')"
+                          f"{_first_study_series(rows, column, image_root, allow_outside_root)}")
     headers = [f"image:{rule.name}" for rule in parse_series_rules(rules)]
     kept, unmatched, lines = [], [], []
     for line, raw in rows:
@@ -194,9 +195,13 @@ def study_views(csv_path: Path, rows: list[tuple[int, dict]], column: str, image
     return kept, headers, findings
 
 
-def _first_study_series(rows: list[tuple[int, dict]], column: str, image_root: Path) -> str:
+def _first_study_series(rows: list[tuple[int, dict]], column: str, image_root: Path, allow_outside_root: bool) -> str:
+    """``". The series of FOLDER: ..."``, of the first study that can be listed (none outside ``image_root`` unless
+    allowed: a refused path is not read, even for a message); ``""`` when none can."""
     for _, raw in rows:
         folder = image_root / (raw.get(column) or "").strip()
+        if not allow_outside_root and lies_outside(folder, image_root):
+            continue
         try:
             seen = list_series(folder)
         except (OSError, DatasetError):

@@ -288,10 +288,15 @@ def swin_candidate(data: DataSection, dataset: DatasetSection) -> tuple[DataSect
     return replace(data, input_size=tuple(patch)), model
 
 
+def steps_per_epoch(segment: SegmentSection, processes: int) -> int:
+    """Optimisation steps of one epoch in each process: each draws its share of the epoch's patch batches."""
+    return math.ceil(segment.iterations_per_epoch / processes)
+
+
 def _short_budget_optimizer(train: TrainSection, segment: SegmentSection, reasons: dict) -> TrainSection:
     """AdamW at 3e-3 where the budget fits fewer than ``ADAMW_BELOW_STEPS`` patch batches: nnU-Net's SGD
     (momentum 0.99, lr 0.01) is tuned for 250 000 steps and is still starting after a few hundred."""
-    steps = train.max_epochs * math.ceil(segment.iterations_per_epoch / train.processes)
+    steps = train.max_epochs * steps_per_epoch(segment, train.processes)
     if steps >= ADAMW_BELOW_STEPS:
         return train
     reasons["train.optimizer"] = (f"AdamW: the budget fits {steps} patch batches, fewer than {ADAMW_BELOW_STEPS}"
@@ -345,7 +350,7 @@ def _epochs(card, data, model, dataset, segment, batch, budget_s, device, probe,
     val_cases = max(int(round(card["dataset"].get("num_readable", 10) * 0.16)), 1)
     median = [axis_stat(card["images"]["shape"], a, "median", 32) for a in range(dataset.spatial_dims)]
     windows = math.prod(max(1, math.ceil(m / (p * (1 - segment.overlap)))) for m, p in zip(median, data.input_size))
-    steps = math.ceil(segment.iterations_per_epoch / processes)  # each process draws its share of the patches
+    steps = steps_per_epoch(segment, processes)
     epoch_s = steps * step_s * 1.1 + val_cases * windows * forward_s / segment.sw_batch_size
     epochs, fits = epochs_in_budget(budget_s, epoch_s, most=1000)
     reasons["train.max_epochs"] = (f"{epoch_s:.0f} s per epoch measured here ({steps} steps of "
