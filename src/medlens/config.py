@@ -165,9 +165,10 @@ class AnomalySection:
     """One-class anomaly detection: trained on normal cases only, thresholded on normal validation cases."""
 
     normal: tuple[str, ...] = ()  # the class name(s) that are normal; every other class is used for evaluation only
-    method: typing.Literal["gaussian", "patchcore", "autoencoder"] = "gaussian"  # gaussian: of pooled encoder features
+    # gaussian_knn: a Gaussian of deepest-stage statistics + the distance to the nearest normal image (whole image)
+    method: typing.Literal["gaussian_knn", "gaussian", "patchcore", "autoencoder"] = "gaussian_knn"
     fpr: float = 0.05  # the share of normal validation cases allowed above the threshold
-    memory_size: int = 0  # patchcore: feature vectors kept by coreset subsampling (the plan sets it)
+    memory_size: int = 0  # patchcore, gaussian_knn: feature vectors kept by coreset subsampling (the plan sets it)
     neighbours: int = 1  # patchcore: nearest memory vectors averaged into a patch's distance
 
 

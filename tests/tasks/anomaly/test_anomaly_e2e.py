@@ -100,14 +100,15 @@ def test_autoencoder_run(blob_csv, tmp_path):
     assert m["auroc"]["value"] >= 0.75, m  # 0.92 measured at 5 epochs; reconstruction is the weaker method here
 
 
-def test_default_gaussian_run_evaluates_and_exports(blob_csv, tmp_path):
+def test_default_gaussian_knn_run_evaluates_and_exports(blob_csv, tmp_path):
     from medlens.deploy import Predictor
 
-    out = tmp_path / "gaussian"
-    medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, *FAST)
+    out = tmp_path / "gaussian_knn"
+    printed = medlens("train", blob_csv, "--task", "anomaly", "--normal", "normal", "--out", out, *FAST)
+    assert "nearest normal image: " in printed and "normal validation cases" in printed
     medlens("evaluate", out, "--bootstrap", "50")
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["method"] == "gaussian" and doc["metrics"]["auroc"]["value"] >= 0.75, doc["metrics"]
+    assert doc["method"] == "gaussian_knn" and doc["metrics"]["auroc"]["value"] >= 0.75, doc["metrics"]
     medlens("export", out, "--out", tmp_path / "bundle", "--format", "onnx")
     image = blob_csv.parent / "blob" / "case070.png"
     expected = Predictor.from_path(out).predict(image)

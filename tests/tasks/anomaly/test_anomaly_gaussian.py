@@ -65,3 +65,51 @@ def test_refusals_say_what_to_do():
         fit_normal_gaussians(gaussian(), np.zeros((1, 1, 32, 32), dtype=np.float32))
     with pytest.raises(ConfigError, match="use one of resnet18/34/50 or seedcnn"):
         stages_of("densenet121_2d")
+
+
+def with_memory(size=16):
+    torch.manual_seed(0)
+    classifier = build_classifier("resnet18_2d", in_channels=1, num_classes=2, input_size=(32, 32), width=0.25)
+    return GaussianModel(classifier, memory_size=size).eval()
+
+
+def test_gaussian_knn_keeps_every_normal_image_and_scales_its_terms():
+    from medlens.tasks.anomaly.gaussian import scale_terms
+
+    model = with_memory(size=16)
+    assert set(model.state_dict()) - set(gaussian().state_dict()) == {"memory", "term_scales"}
+    generator = np.random.default_rng(0)
+    normal = (0.5 + 0.05 * generator.standard_normal((12, 1, 32, 32))).astype(np.float32)
+    fit_normal_gaussians(model, normal)
+    assert torch.allclose(model.memory.norm(dim=1), torch.ones(16))  # normalised pooled features
+    assert len(torch.unique(model.memory, dim=0)) == 12  # 12 images in 16 rows: all kept, 4 repeated
+    with torch.no_grad():
+        seen = model.terms(torch.from_numpy(normal))
+    assert seen.shape == (12, 2) and torch.allclose(seen[:, 1], torch.zeros(12), atol=1e-3)  # each its own nearest
+    validation = (0.5 + 0.05 * generator.standard_normal((10, 1, 32, 32))).astype(np.float32)
+    with torch.no_grad():
+        raw = model.terms(torch.from_numpy(validation)).numpy()
+    scales = scale_terms(model, validation)
+    assert np.allclose(scales, np.median(raw, axis=0), rtol=1e-5)
+    with torch.no_grad():
+        scores = model.image_scores(torch.from_numpy(validation)).numpy()
+        changed = model.image_scores(torch.from_numpy(validation) * 1.5).numpy()
+    assert np.allclose(scores, (raw / np.array(scales)).sum(1), rtol=1e-4)
+    assert abs(np.median(scores) - 2) < 0.5 and changed.min() > np.median(scores)  # a typical normal image: ~2
+
+
+def test_the_memory_is_a_coreset_when_normal_images_outnumber_it():
+    model = with_memory(size=5)
+    fit_normal_gaussians(model, np.random.default_rng(2).random((20, 1, 32, 32), dtype=np.float32))
+    assert len(torch.unique(model.memory, dim=0)) == 5
+
+
+def test_gaussian_knn_traces_with_any_batch():
+    model = with_memory(size=8)
+    fit_normal_gaussians(model, np.random.default_rng(1).random((12, 1, 32, 32), dtype=np.float32))
+    model.set_scales(np.array([[1.5, 0.2], [2.5, 0.4]]))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.zeros(1, 1, 32, 32))
+        x = torch.randn(3, 1, 32, 32)
+        assert torch.allclose(traced(x), model(x), rtol=1e-4)
+    assert torch.allclose(model.term_scales, torch.tensor([2.0, 0.3]))

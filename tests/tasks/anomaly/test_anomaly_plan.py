@@ -26,15 +26,28 @@ def test_plan_takes_the_classification_preprocessing_and_bounds_the_memory(card)
     assert config.dataset.task == "anomaly" and config.dataset.class_names == ("normal", "blob")
     assert config.data.input_size == (32, 32) and config.model.name == "resnet18_2d"
     a = config.anomaly
-    assert a.normal == ("normal",) and a.method == "gaussian" and a.fpr == 0.05
-    assert "chosen on validation AUROC" in reasons["anomaly.method"]
+    assert a.normal == ("normal",) and a.method == "gaussian_knn" and a.fpr == 0.05
+    assert "Chosen on validation AUROC" in reasons["anomaly.method"]
     grid = task_named("anomaly").build_model(replace(config, anomaly=replace(a, method="patchcore"))).grid
     normal_train = int(60 * 0.64)  # generated splits: ~64% of the 60 normal cases train
-    assert a.memory_size == min(math.ceil(0.1 * normal_train * math.prod(grid)), MEMORY_CAP["cpu"])
+    patchcore = math.ceil(0.1 * normal_train * math.prod(grid))
+    assert a.memory_size == min(max(patchcore, normal_train), MEMORY_CAP["cpu"])  # room for every normal image
     assert config.train.monitor == "val_loss"
     for key in ("anomaly.method", "anomaly.memory_size", "anomaly.fpr", "train.max_epochs", "data.input_size"):
         assert reasons[key], key
     task_named("anomaly").check(config)
+
+
+def test_8_bit_images_are_z_scored_per_image_and_ct_windows_kept(card):
+    """A one-class model would flag an acquisition's brightness and contrast; CT's units are absolute."""
+    config, reasons = plan_anomaly(card, device="cpu", probe=False, normal=("normal",))
+    assert set(card["images"]["dtypes"]) == {"uint8"}
+    assert config.data.normalization == "zscore" and config.data.intensity_range == ()
+    assert "z-score per image" in reasons["data.normalization"] and "data.intensity_range" not in reasons
+    ct = copy.deepcopy(card)
+    ct["dataset"]["modality"] = "CT"
+    config, reasons = plan_anomaly(ct, device="cpu", probe=False, normal=("normal",))
+    assert config.data.normalization == "ct_window" and "Hounsfield" in reasons["data.normalization"]
 
 
 def test_memory_is_capped_as_data_grow(card):

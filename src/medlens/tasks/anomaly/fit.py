@@ -3,8 +3,9 @@
 Training sees normal training images only: the encoder (methods gaussian and patchcore) learns from them by
 contrastive self-supervision (SimCLR, :class:`~medlens.tasks.pretraining.module.ContrastiveModule`), unless
 ``--init-from`` gave it weights to start from; the autoencoder learns to reconstruct them. Once the best weights
-are back, :func:`finish` fits the Gaussians or fills PatchCore's memory bank from the same normal training images
-and sets the threshold on normal validation images alone (``calibration.json``).
+are back, :func:`finish` fits the Gaussians (and the nearest-image memory) or fills PatchCore's memory bank from
+the same normal training images, and sets the threshold (and ``gaussian_knn``'s term scales) on normal
+validation images alone (``calibration.json``).
 """
 
 from __future__ import annotations
@@ -68,12 +69,17 @@ def finish(run, config: Config, model, fit: Fit, log) -> str:
     from medlens.models.weights import save_atomic
 
     data: OneClassData = fit.validation
-    if config.anomaly.method == "gaussian":
-        from medlens.tasks.anomaly.gaussian import fit_normal_gaussians
+    if config.anomaly.method in ("gaussian", "gaussian_knn"):
+        from medlens.tasks.anomaly.gaussian import fit_normal_gaussians, scale_terms
 
-        fitted = fit_normal_gaussians(model, data.fit.images)
-        save_atomic(model.state_dict(), run.weights)
+        fitted = fit_normal_gaussians(model, data.fit.images, seed=config.train.seed)
         log(f"gaussian: fitted to the encoder's deepest-stage statistics of {fitted} normal training images")
+        if model.has_memory:
+            scales = scale_terms(model, data.threshold.images)
+            log(f"nearest normal image: {min(fitted, model.memory.shape[0])} pooled features in memory; score = "
+                f"Mahalanobis / {scales[0]:.4g} + nearest-image distance / {scales[1]:.4g} (each term's median over "
+                f"the {len(data.threshold.images)} normal validation cases)")
+        save_atomic(model.state_dict(), run.weights)
     if config.anomaly.method == "patchcore":
         distinct = fill_memory(model, data.fit.images, seed=config.train.seed)
         save_atomic(model.state_dict(), run.weights)

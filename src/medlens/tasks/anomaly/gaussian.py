@@ -1,22 +1,32 @@
-"""The ``gaussian`` method: a Gaussian of normal images' feature statistics at the encoder's deepest stage.
+"""The ``gaussian`` and ``gaussian_knn`` methods: whole-image statistics at the encoder's deepest stage.
 
-Rippel et al., "Modeling the distribution of normal data in pre-trained deep features for anomaly
-detection", ICPR 2020: a stage of the encoder summarises an image by its channel means and standard
-deviations over space; a multivariate Gaussian (mean, Ledoit-Wolf shrunk covariance) is fitted to these
-vectors of the normal training images; an image scores its squared Mahalanobis distance divided by the
+``gaussian`` (Rippel et al., "Modeling the distribution of normal data in pre-trained deep features for
+anomaly detection", ICPR 2020): a stage of the encoder summarises an image by its channel means and
+standard deviations over space; a multivariate Gaussian (mean, Ledoit-Wolf shrunk covariance) is fitted to
+these vectors of the normal training images; an image scores its squared Mahalanobis distance divided by the
 vector's length (about 1 for a normal image; summed when several stages are listed in :data:`STAGES`).
-It judges the whole image, which suits diffuse changes (pneumonia, a tumour's texture); its map is that
-score over the whole image (no localisation). The deepest stage alone was chosen on validation over all
-four stages summed and over PatchCore; the figures are in :mod:`medlens.tasks.anomaly`.
+
+``gaussian_knn`` adds the distance from the image's L2-normalised channel means (the encoder's pooled
+feature) to the nearest normal training image's (Bergman et al., "Deep nearest neighbor anomaly detection",
+2020; with a contrastive encoder, Tack et al., CSI, NeurIPS 2020). The Gaussian sees an image far from the
+bulk of the normal ones; the nearest neighbour sees one unlike any single normal image even when the normal
+images are too varied for one Gaussian. Each term is divided by its median over the normal validation
+cases, so both count alike and a typical normal image scores about 2.
+
+Both judge the whole image, which suits diffuse changes (pneumonia, a tumour's texture); the map is the score
+over the whole image (no localisation). The choices were made on validation; the figures are in
+:mod:`medlens.tasks.anomaly`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medlens.errors import ConfigError
+from medlens.tasks.anomaly.memory import nearest_distances
 
 #: (the modules run first, the stages summarised) per classifier family: the deepest stage, chosen on validation
 STAGES = {
@@ -40,18 +50,22 @@ def stages_of(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 class GaussianModel(nn.Module):
-    """A classifier's encoder and one Gaussian per summarised stage (:data:`STAGES`) of its channel statistics.
+    """A classifier's encoder, one Gaussian per summarised stage (:data:`STAGES`) of its channel statistics, and
+    optionally a memory of normal pooled features.
 
     Args:
         classifier: a registry :class:`~medlens.models.Classifier` (ResNet or SeedCNN); its ``backbone``
             is kept (the classifier's key names, so ``--init-from`` loads into it), its head dropped.
+        memory_size: ``M`` > 0 adds the nearest-normal-image term (``gaussian_knn``): a bank of the normal
+            training images' normalised pooled features (a coreset when there are more than ``M``).
 
     Shapes: ``forward``: ``(B, C, *input_size) -> (B, 1, *input_size)`` (the image score everywhere);
     ``stage_statistics``: ``(B, C, *input_size) -> [(B, 2 C_s) per stage s]``; buffers ``mean_s`` ``(2 C_s,)``
-    and ``precision_s`` ``(2 C_s, 2 C_s)`` (zeros until :meth:`fit_gaussians`).
+    and ``precision_s`` ``(2 C_s, 2 C_s)`` (zeros until :meth:`fit_gaussians`); with a memory, ``memory``
+    ``(M, C_last)`` and ``term_scales`` ``(2,)``, what each term is divided by (ones until :meth:`set_scales`).
     """
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, *, memory_size: int = 0):
         super().__init__()
         self.name, self.input_size = classifier.name, tuple(classifier.input_size)
         self.in_channels, self.num_features = classifier.in_channels, classifier.num_features
@@ -63,6 +77,10 @@ class GaussianModel(nn.Module):
         for s, stats in enumerate(probe):
             self.register_buffer(f"mean_{s}", torch.zeros(stats.shape[1]))
             self.register_buffer(f"precision_{s}", torch.zeros(stats.shape[1], stats.shape[1]))
+        self.has_memory = memory_size > 0
+        if self.has_memory:
+            self.register_buffer("memory", torch.zeros(memory_size, probe[-1].shape[1] // 2))
+            self.register_buffer("term_scales", torch.ones(2))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, num_features)``, as the classifier's (what contrastive pretraining trains)."""
@@ -83,13 +101,24 @@ class GaussianModel(nn.Module):
             stats.append(torch.cat([flat.mean(2), flat.std(2, unbiased=False)], dim=1))
         return stats
 
+    def terms(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T)``: the squared Mahalanobis distance over the vector's length, summed over the stages, and
+        (with a memory) the distance of the normalised pooled feature to its nearest in the memory."""
+        stats = self.stage_statistics(x)
+        mahalanobis = []
+        for s, row in enumerate(stats):
+            centred = row - getattr(self, f"mean_{s}")
+            mahalanobis.append((centred @ getattr(self, f"precision_{s}") * centred).sum(1) / row.shape[1])
+        terms = [torch.stack(mahalanobis, 1).sum(1)]
+        if self.has_memory:
+            pooled = stats[-1][:, : stats[-1].shape[1] // 2]  # the channel means: the encoder's pooled feature
+            terms.append(nearest_distances(F.normalize(pooled, dim=1), self.memory))
+        return torch.stack(terms, 1)
+
     def image_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B,)``: the squared Mahalanobis distance over the vector's length, summed over the stages."""
-        terms = []
-        for s, stats in enumerate(self.stage_statistics(x)):
-            centred = stats - getattr(self, f"mean_{s}")
-            terms.append((centred @ getattr(self, f"precision_{s}") * centred).sum(1) / stats.shape[1])
-        return torch.stack(terms, 1).sum(1)
+        """``(B,)``: the sum of :meth:`terms`, each divided by its scale (``gaussian``: the Mahalanobis term)."""
+        terms = self.terms(x)
+        return (terms / self.term_scales).sum(1) if self.has_memory else terms[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The anomaly map ``(B, 1, *input_size)``: the image score at every voxel."""
@@ -106,10 +135,25 @@ class GaussianModel(nn.Module):
             getattr(self, f"mean_{s}").copy_(torch.from_numpy(fitted.location_))
             getattr(self, f"precision_{s}").copy_(torch.from_numpy(fitted.precision_))
 
+    @torch.no_grad()
+    def fill_memory(self, pooled: torch.Tensor, *, seed: int = 0) -> int:
+        """Keep the coreset of the normal pooled features ``(N, C_last)`` (normalised here); returns the rows kept."""
+        from medlens.tasks.anomaly.memory import fill_bank
+
+        return fill_bank(self.memory, F.normalize(pooled.float(), dim=1), seed=seed)
+
+    @torch.no_grad()
+    def set_scales(self, normal_terms: np.ndarray) -> tuple[float, ...]:
+        """Divide each term by its median over ``normal_terms (N, 2)`` (normal validation cases); returns them."""
+        medians = np.maximum(np.median(normal_terms, axis=0), 1e-6)  # a zero median must not blow a term up
+        self.term_scales.copy_(torch.from_numpy(medians))
+        return tuple(float(m) for m in medians)
+
 
 @torch.no_grad()
-def fit_normal_gaussians(model: GaussianModel, images: np.ndarray) -> int:
-    """Fit ``model``'s Gaussians to the normal training ``images (N, C, *input_size)``; returns ``N``.
+def fit_normal_gaussians(model: GaussianModel, images: np.ndarray, *, seed: int = 0) -> int:
+    """Fit ``model``'s Gaussians to the normal training ``images (N, C, *input_size)`` (and fill its memory, the
+    coreset drawn with ``seed``); returns ``N``.
 
     Raises:
         ValueError: fewer than two images (no covariance).
@@ -126,5 +170,22 @@ def fit_normal_gaussians(model: GaussianModel, images: np.ndarray) -> int:
     for start in range(0, len(images), size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + size], dtype=np.float32)).to(device)
         parts.append([s.cpu().numpy() for s in model.stage_statistics(x)])
-    model.fit_gaussians([np.concatenate(column) for column in zip(*parts)])
+    stats = [np.concatenate(column) for column in zip(*parts)]
+    model.fit_gaussians(stats)
+    if model.has_memory:
+        model.fill_memory(torch.from_numpy(stats[-1][:, : stats[-1].shape[1] // 2]), seed=seed)
     return len(images)
+
+
+@torch.no_grad()
+def scale_terms(model: GaussianModel, images: np.ndarray) -> tuple[float, ...]:
+    """Set ``model``'s term scales from normal validation ``images (N, C, *input_size)``; returns the scales."""
+    from medlens.models.inference import best_device
+    from medlens.tasks.anomaly.infer import batch_size_for
+
+    device = best_device()
+    model = model.to(device).eval()
+    size = batch_size_for(images)
+    terms = [model.terms(torch.from_numpy(np.ascontiguousarray(images[i:i + size], dtype=np.float32)).to(device))
+             .cpu().numpy() for i in range(0, len(images), size)]
+    return model.set_scales(np.concatenate(terms))

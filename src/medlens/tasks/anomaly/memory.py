@@ -48,6 +48,18 @@ def greedy_coreset(features: torch.Tensor, size: int, *, seed: int = 0) -> torch
     return pool[chosen]
 
 
+def fill_bank(memory: torch.Tensor, features: torch.Tensor, *, seed: int = 0) -> int:
+    """Copy the greedy k-center coreset of ``features (N, D)`` into ``memory (M, D)``; returns the rows kept.
+
+    When ``N < M`` every feature is kept and the rows left over repeat them (a repeated vector changes no
+    nearest-neighbour distance with one neighbour).
+    """
+    chosen = features[greedy_coreset(features, memory.shape[0], seed=seed)]
+    rows = torch.arange(memory.shape[0]) % len(chosen)
+    memory.copy_(chosen[rows].to(memory))
+    return len(chosen)
+
+
 def _project(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``(N, D) -> (N, min(D, 128))``: distances approximately kept (a Gaussian random projection)."""
     if points.shape[1] <= PROJECTION_DIM:

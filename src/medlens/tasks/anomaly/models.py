@@ -136,12 +136,9 @@ class PatchCoreModel(nn.Module):
         When ``N < M`` every feature is kept and the rows left over repeat them (a repeated vector changes no
         nearest-neighbour distance with ``neighbours == 1``).
         """
-        from medlens.tasks.anomaly.memory import greedy_coreset
+        from medlens.tasks.anomaly.memory import fill_bank
 
-        chosen = features[greedy_coreset(features, self.memory.shape[0], seed=seed)]
-        rows = torch.arange(self.memory.shape[0]) % len(chosen)
-        self.memory.copy_(chosen[rows].to(self.memory))
-        return len(chosen)
+        return fill_bank(self.memory, features, seed=seed)
 
 
 class AutoencoderModel(nn.Module):

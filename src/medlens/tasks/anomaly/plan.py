@@ -1,10 +1,10 @@
 """Self-configuration for anomaly detection: from a class-labelled dataset card and the normal class(es) to a
 plan with a reason per value.
 
-Preprocessing, input size and encoder come from the classification planner for the same data (the same
-images, the same network a classifier would get); then the anomaly settings: the method, the memory size
-(bounded as the data grow), the false-positive rate the threshold is set at, and the epochs of encoder
-training timed on this machine for the budget.
+Input size and encoder come from the classification planner for the same data (the same images, the same
+network a classifier would get), and its preprocessing, except that 8-bit images are z-scored per image; then
+the anomaly settings: the method, the memory size (bounded as the data grow), the false-positive rate the
+threshold is set at, and the epochs of encoder training timed on this machine for the budget.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from medlens.config import AnomalySection, AugmentSection, Config, TrainSection
+from medlens.config import AnomalySection, AugmentSection, Config, DataSection, TrainSection
 from medlens.errors import ConfigError, DatasetError
 from medlens.tasks.planning import epochs_in_budget, fastest_step, per_process_batch, processes_reason
 
@@ -51,14 +51,14 @@ def plan_anomaly(card: dict, *, time_budget_s: float | None = None, device: str 
     reasons["dataset.task"] = (f"anomaly: trained on the normal class(es) {', '.join(normal)} only; {others} used "
                                "for evaluation only")
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
-    config = Config(dataset=replace(base.dataset, task="anomaly"), data=base.data,
+    config = Config(dataset=replace(base.dataset, task="anomaly"), data=_data(base.data, reasons),
                     model=replace(base.model, members=1, dropout=0.0), augment=_augment(base.augment, reasons))
     anomaly = _anomaly_section(config, normal, normal_train, device, reasons)
     config = replace(config, anomaly=anomaly)
     train = _train_section(config, normal_train, budget, device, probe, processes, reasons)
     reasons.pop("model.members", None)
     reasons.pop("model.dropout", None)
-    reasons["pretrain.method"] = ("the encoder (gaussian, patchcore) learns from the normal training images by "
+    reasons["pretrain.method"] = ("the encoder (gaussian_knn, gaussian, patchcore) learns from the normal training images by "
                                   "SimCLR (unless --init-from gives it weights to start from); the autoencoder "
                                   "ignores pretrain.*")
     reasons["evaluate.n_bootstrap"] = "1000 bootstrap resamples (patients when known) for 95% CIs"
@@ -101,6 +101,19 @@ def normal_training_count(card: dict, normal: tuple[str, ...]) -> int:
     return n
 
 
+def _data(data: DataSection, reasons: dict) -> DataSection:
+    """Per-image z-scores instead of the fixed 8-bit scaling; CT windows (absolute units) are kept."""
+    if data.normalization != "scale01":
+        return data
+    reasons["data.normalization"] = (
+        "z-score per image: a one-class model flags whatever differs from its normal images, and the brightness "
+        "and contrast an acquisition sets (exposure, gain) would count as such. Chosen on validation AUROC "
+        "(gaussian_knn, 5-minute encoders): PneumoniaMNIST 0.913 -> 0.948 (135 normal / 389 pneumonia), "
+        "BreastMNIST 0.824 -> 0.753 (57 / 21 cases: +/-0.1); the larger split decides")
+    reasons.pop("data.intensity_range", None)
+    return replace(data, normalization="zscore", intensity_range=())
+
+
 def _augment(augment: AugmentSection, reasons: dict) -> AugmentSection:
     reasons["augment.probability"] = ("the classification recipe: the encoder's self-supervised views are augmented "
                                       "copies of normal images (no colour jitter)")
@@ -111,21 +124,24 @@ def _anomaly_section(config: Config, normal: tuple[str, ...], normal_train: int,
                      reasons: dict) -> AnomalySection:
     reasons["anomaly.normal"] = "--normal"
     reasons["anomaly.method"] = (
-        "gaussian: a Gaussian of normal images' channel means and sds at the encoder's deepest stage, scored by "
-        "Mahalanobis distance (Rippel et al. 2020); chosen on validation AUROC over both PneumoniaMNIST and "
-        "BreastMNIST (0.95 / 0.81, mean 0.88; PatchCore 0.33 / 0.82, all four stages 0.94 / 0.75): it judges the "
-        "whole image, and these changes are diffuse. anomaly.method=patchcore keeps a memory of normal patch "
-        f"features (small local anomalies); anomaly.method=autoencoder (model.name=autoencoder_"
-        f"{config.dataset.spatial_dims}d) to compare")
+        "gaussian_knn: a Gaussian of normal images' channel means and sds at the encoder's deepest stage (Mahalanobis "
+        "distance, Rippel et al. 2020) plus the distance to the nearest normal training image's pooled feature "
+        "(Bergman et al. 2020), each term divided by its median on normal validation cases. Chosen on validation "
+        "AUROC, 5-minute SimCLR encoders, per-image z-scores: PneumoniaMNIST 0.948, BreastMNIST 0.753 (gaussian "
+        "alone 0.957 / 0.652; nearest image alone 0.813 / 0.771): the Gaussian sees an image far from the bulk of "
+        "the normal ones, the nearest image one unlike any single normal image. Both judge the whole image, and "
+        "these changes are diffuse. anomaly.method=patchcore keeps a memory of normal patch features (small local "
+        f"anomalies); anomaly.method=autoencoder (model.name=autoencoder_{config.dataset.spatial_dims}d) to compare")
     reasons["anomaly.fpr"] = "5% of normal validation cases may score above the threshold (set it with --set)"
     reasons["anomaly.neighbours"] = "patchcore: distance to the single nearest normal patch (PatchCore's score)"
     patches = math.prod(patch_grid(config))
     features = normal_train * patches
-    size = max(1, min(math.ceil(MEMORY_FRACTION * features), MEMORY_CAP[device]))
-    reasons["anomaly.memory_size"] = (f"patchcore: {MEMORY_FRACTION:.0%} of the ~{features} normal patch features "
-                                      f"({normal_train} images x {patches} patches), at most {MEMORY_CAP[device]} "
-                                      f"on {device} so memory and scoring time stay bounded as data grow")
-    return AnomalySection(normal=tuple(normal), method="gaussian", fpr=0.05, memory_size=size, neighbours=1)
+    size = max(1, min(max(math.ceil(MEMORY_FRACTION * features), normal_train), MEMORY_CAP[device]))
+    reasons["anomaly.memory_size"] = (f"gaussian_knn: every normal training image (~{normal_train}); patchcore: "
+                                      f"{MEMORY_FRACTION:.0%} of the ~{features} normal patch features ({patches} "
+                                      f"per image); the larger, at most {MEMORY_CAP[device]} on {device} (a coreset "
+                                      "beyond) so memory and scoring time stay bounded as data grow")
+    return AnomalySection(normal=tuple(normal), method="gaussian_knn", fpr=0.05, memory_size=size, neighbours=1)
 
 
 def patch_grid(config: Config) -> tuple[int, ...]:

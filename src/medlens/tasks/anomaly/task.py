@@ -14,9 +14,9 @@ AUTOENCODER_CHANNELS = (16, 32, 64)
 
 
 class AnomalyTask:
-    """A Gaussian of feature statistics or PatchCore on a registry encoder, or MONAI's AutoEncoder; see
-    :mod:`.plan`, :mod:`.fit`, :mod:`.evaluate`, :mod:`.outputs`. Trained with ``medlens train DATA --task anomaly
-    --normal CLASS``."""
+    """A Gaussian of feature statistics (with the nearest normal image) or PatchCore on a registry encoder, or
+    MONAI's AutoEncoder; see :mod:`.plan`, :mod:`.fit`, :mod:`.evaluate`, :mod:`.outputs`. Trained with
+    ``medlens train DATA --task anomaly --normal CLASS``."""
 
     name = "anomaly"
     kinds = ()  # no data are anomaly data by themselves: class-labelled data train it when asked (--task anomaly)
@@ -60,7 +60,8 @@ class AnomalyTask:
 
     # ---- training ------------------------------------------------------------------------------------
     def build_model(self, config: Config):
-        """Gaussian (encoder + per-stage Gaussians), PatchCore (encoder + memory) or the autoencoder."""
+        """Gaussian (encoder + per-stage Gaussians, + a memory of normal images for gaussian_knn), PatchCore
+        (encoder + memory) or the autoencoder."""
         from medlens.tasks.anomaly.gaussian import GaussianModel
         from medlens.tasks.anomaly.models import AutoencoderModel, PatchCoreModel, autoencoder_levels
 
@@ -80,8 +81,9 @@ class AnomalyTask:
         classifier = build_classifier(name, in_channels=config.data.channels,
                                       num_classes=max(len(config.dataset.class_names), 1), input_size=size,
                                       width=config.model.width)
-        if config.anomaly.method == "gaussian":
-            return GaussianModel(classifier)
+        if config.anomaly.method in ("gaussian", "gaussian_knn"):
+            knn = config.anomaly.method == "gaussian_knn"
+            return GaussianModel(classifier, memory_size=max(config.anomaly.memory_size, 1) if knn else 0)
         return PatchCoreModel(classifier, memory_size=max(config.anomaly.memory_size, 1),
                               neighbours=config.anomaly.neighbours)
 
