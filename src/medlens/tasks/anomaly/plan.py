@@ -58,9 +58,9 @@ def plan_anomaly(card: dict, *, time_budget_s: float | None = None, device: str 
     train = _train_section(config, normal_train, budget, device, probe, processes, reasons)
     reasons.pop("model.members", None)
     reasons.pop("model.dropout", None)
-    reasons["pretrain.method"] = ("the encoder (gaussian_knn, gaussian, patchcore) learns from the normal training images by "
-                                  "SimCLR (unless --init-from gives it weights to start from); the autoencoder "
-                                  "ignores pretrain.*")
+    reasons["pretrain.method"] = ("the encoder (gaussian_knn, gaussian, patchcore) learns from the normal training "
+                                  "images by SimCLR (unless --init-from gives it weights to start from); the "
+                                  "autoencoder ignores pretrain.*")
     reasons["evaluate.n_bootstrap"] = "1000 bootstrap resamples (patients when known) for 95% CIs"
     return replace(config, train=train), reasons
 
