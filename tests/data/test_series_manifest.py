@@ -158,6 +158,18 @@ def test_train_keeps_the_rules_in_the_plan_and_predict_applies_them_to_a_new_stu
     assert row["path"] == str(new) and row["error"] == "" and row["predicted"] in ("none", "tumour")
     assert row["missing_views"] == ""
 
+    # a CSV of studies (paths relative to it): each row one case; a study the rules cannot read fails alone
+    write_study(tmp_path / "cases" / "good", 78, False)
+    write_study(tmp_path / "cases" / "no_flair", 79, True, flair="T2 axial")
+    listed = write_csv(tmp_path / "cases.csv", [{"Study_Folder": "cases/good", "label": "none"},
+                                                {"Study_Folder": "cases/no_flair", "label": "tumour"}])
+    r = cli("predict", run, listed, "--out", out)
+    assert r.rc != 0  # one case failed, and the command says so
+    good, bad = list(csv.DictReader(out.open()))
+    assert good["path"] == "cases.csv line 2" and good["error"] == "" and good["predicted"] in ("none", "tumour")
+    assert bad["path"] == "cases.csv line 3" and bad["predicted"] == ""
+    assert "flair=FLAIR matches no series" in bad["error"] and "T2 axial" in bad["error"]
+
 
 @pytest.mark.realdata
 def test_the_brain_tumor_progression_study_is_one_case_of_four_channels(tmp_path):
@@ -174,3 +186,13 @@ def test_the_brain_tumor_progression_study_is_one_case_of_four_channels(tmp_path
     image = read_channels(dataset, case, case.views)
     assert image.array.shape == (4, 280, 320, 22)
     assert all(image.array[c].std() > 10 for c in range(4))
+
+
+def test_a_study_for_a_model_without_series_rules_is_refused_with_what_to_do():
+    from medlens.config import Config
+    from medlens.tasks.classification.predict import CaseSource
+
+    case = CaseSource(None, {}, "cases.csv line 2", study="studies/s00")
+    with pytest.raises(ConfigError, match=r"cases.csv line 2: a study folder .* trained without series rules"):
+        case.views(Config())
+    assert CaseSource("a.png", {}, "a.png").views(Config()) == "a.png"

@@ -133,8 +133,6 @@ def study_source(predictor, path: Path, clinical: dict | None):
 
     if not rules or not isinstance(path, Path) or not path.is_dir() or is_series_folder(path):
         return None
-    from medlens.data.series import pick_series
     from medlens.tasks.classification.predict import CaseSource
 
-    picked = pick_series(path, rules)
-    return CaseSource({name: str(folder) for name, folder in picked.items()}, clinical or {}, str(path))
+    return CaseSource(None, clinical or {}, str(path), study=str(path))

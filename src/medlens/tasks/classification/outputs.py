@@ -89,7 +89,7 @@ def write_outputs(predictor, inputs: list, out: Path | None, *, tta: bool | None
     for item in _cases(predictor, inputs):
         name = item.name if isinstance(item, CaseSource) else str(item)
         try:
-            result = (predictor.predict(item.source, clinical=item.clinical or None, tta=tta)
+            result = (predictor.predict(item.views(predictor.config), clinical=item.clinical or None, tta=tta)
                       if isinstance(item, CaseSource) else predictor.predict(item, tta=tta))
         except (MedlensError, OSError, ValueError) as exc:
             rows.append({"path": name, "error": str(exc)})
@@ -118,8 +118,8 @@ def _cases(predictor, inputs: list) -> list:
 
 
 def is_case_list(path: Path) -> bool:
-    """A ``.csv`` file whose header names an ``image`` or ``image:NAME`` column (anything else is an input file,
-    refused by the reader like any file that is not an image)."""
+    """A ``.csv`` file whose header names an ``image``, ``image:NAME`` or ``study`` column (anything else is an
+    input file, refused by the reader like any file that is not an image)."""
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     try:
@@ -127,12 +127,20 @@ def is_case_list(path: Path) -> bool:
             header = next(csv.reader([f.readline(64 * 1024)]), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return any(c.strip() == "image" or c.strip().startswith("image:") for c in header)
+    return any(c.strip() == "image" or c.strip().startswith("image:") or _is_study(c) for c in header)
+
+
+def _is_study(column: str) -> bool:
+    """A study column, named as the training manifest may name it (``study``, ``study_folder``...)."""
+    from medlens.data.manifest import COLUMNS
+
+    return column.strip().lower() in COLUMNS["study"]
 
 
 def read_case_list(path: Path, predictor) -> list[CaseSource]:
     """One case per row of a CSV whose columns are the training manifest's: ``image:NAME`` per view (or
-    ``image``) and the clinical columns; paths relative to the CSV's folder, other columns (label, ids) ignored.
+    ``image``, or ``study``: a DICOM study folder read by the model's series rules) and the clinical columns;
+    paths relative to the CSV's folder, other columns (label, ids) ignored.
 
     Raises:
         ConfigError: the CSV has no image column this model takes.
@@ -141,18 +149,22 @@ def read_case_list(path: Path, predictor) -> list[CaseSource]:
         rows = list(csv.DictReader(f))
     header = list(rows[0]) if rows else []
     views = [c.removeprefix("image:") for c in header if c.startswith("image:")]
-    if not views and "image" not in header:
+    study = next((c for c in header if _is_study(c)), None)
+    if not views and "image" not in header and study is None:
         raise ConfigError(f"{path}: no image column (found {', '.join(header) or 'no columns'}); a CSV of cases has "
-                          "an image:NAME column per view (or one image column) and the clinical columns, as the "
-                          "training manifest")
+                          "an image:NAME column per view (or one image column, or a study column of DICOM study "
+                          "folders) and the clinical columns, as the training manifest")
     columns = predictor.clinical.columns if predictor.clinical is not None else []
     cases = []
     for line, row in enumerate(rows, start=2):
         def located(cell):
             return str(path.parent / cell) if cell and cell.strip() else None
 
-        source = ({v: located(row.get(f"image:{v}")) for v in views} if views else located(row.get("image")))
         clinical = {c: row[c] for c in columns if c in row}
+        if not views and "image" not in header:
+            cases.append(CaseSource(None, clinical, f"{path.name} line {line}", study=located(row.get(study))))
+            continue
+        source = ({v: located(row.get(f"image:{v}")) for v in views} if views else located(row.get("image")))
         cases.append(CaseSource(source, clinical, f"{path.name} line {line}"))
     return cases
 

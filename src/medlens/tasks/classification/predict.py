@@ -52,14 +52,34 @@ class CaseSource:
     """One case to predict from files (``medlens predict`` with ``--input`` / ``--clinical``, or a CSV row).
 
     Attributes:
-        source: a path (one image) or ``{view: path}``.
+        source: a path (one image) or ``{view: path}``; ``None`` for a study.
         clinical: ``{column: value}`` (text or numbers; ``""`` / ``None``: missing).
         name: how the case is named in printed lines and in ``--out`` (its ``path`` column).
+        study: a DICOM study folder, its views the series the model's ``dataset.series_rules`` pick
+            (:meth:`views`), resolved when the case is predicted, so that one study's error is that case's.
     """
 
     source: object
     clinical: dict
     name: str
+    study: str | None = None
+
+    def views(self, config: Config):
+        """``source``, or the study's ``{view: series folder}`` by the plan's series rules.
+
+        Raises:
+            ConfigError: a study for a model trained without series rules.
+            DatasetError: a rule that matches no series of the study, or several.
+        """
+        if self.study is None:
+            return self.source
+        if not config.dataset.series_rules:
+            raise ConfigError(f"{self.name}: a study folder ({self.study}), but this model was trained without "
+                              "series rules (--series-rule NAME=REGEX), so it cannot tell which series to read; "
+                              "give the images themselves")
+        from medlens.data.series import pick_series
+
+        return {name: str(folder) for name, folder in pick_series(self.study, config.dataset.series_rules).items()}
 
 
 def case_array(inputs: CaseInputs, config: Config, where: str) -> np.ndarray:
