@@ -180,7 +180,9 @@ class ClinicalSection:
     units: tuple[str, ...] = ()  # "COLUMN=UNIT" for numeric columns, shown in the model card and the web form
     categorical: tuple[str, ...] = ()  # "COLUMN=A|B|C": one-hot over these categories (an unseen one is refused)
     rescale: tuple[str, ...] = ()  # "COLUMN<LIMIT*FACTOR" (or >): such values multiplied first (a lost decimal point)
-    fusion: typing.Literal["concat", "film"] = "concat"  # concat: beside image features; film: scale and shift them
+    # concat: beside image features; film: scale and shift them; residual: concat plus a logistic regression of the
+    # clinical values alone added to the logits (fitted on training first; the rest learns what it leaves)
+    fusion: typing.Literal["concat", "film", "residual"] = "concat"
 
 
 @dataclass(frozen=True)

@@ -277,3 +277,23 @@ def test_the_fused_model_learns_an_interaction_of_two_views_and_a_clinical_value
     assert train_accuracy >= 0.9 and new_accuracy >= 0.9
     assert abs(blind_accuracy - 0.5) < 0.15  # without the clinical bit, the label is not in the images
     assert np.isfinite(loss.item())
+
+
+def test_residual_fusion_starts_as_the_clinical_regression_and_keeps_it_fixed():
+    model = build(2, clinical_absent=ABSENT, clinical_fusion="residual")
+    x, clinical = images(model), clinical_values()
+    assert torch.equal(model(x, clinical), torch.zeros(3, NUM_CLASSES))  # nothing learnt yet: the head is zero
+    weight, bias = torch.randn(NUM_CLASSES, len(ABSENT)), torch.randn(NUM_CLASSES)
+    model.set_clinical_logits(weight, bias)
+    assert torch.allclose(model(x, clinical), clinical @ weight.T + bias, atol=1e-6)  # the regression, exactly
+    assert torch.allclose(model(x), torch.tensor(ABSENT) @ weight.T + bias, atol=1e-6)  # no values: the absent record
+    assert not any(p.requires_grad for p in model.clinical_logits.parameters())
+    assert hasattr(model, "clinical_embedding")  # the images still meet the clinical values (interactions)
+    encoder = [p.detach().clone() for p in model.encoders.parameters()]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):  # step 1 moves the head off zero, step 2 reaches the encoders
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x, clinical), torch.tensor([0, 1, 2])).backward()
+        optimizer.step()
+    assert model.head.fc.weight.abs().sum() > 0 and torch.equal(model.clinical_logits.weight, weight)
+    assert any(not torch.equal(a, b) for a, b in zip(encoder, model.encoders.parameters()))

@@ -70,12 +70,14 @@ def test_no_clinical_column_gives_an_empty_section():
     assert plan_clinical({}, {}) == ClinicalSection()
 
 
-@pytest.mark.parametrize(("cases", "encoder", "fusion"), [(150, "shared", "concat"), (3000, "separate", "film")])
-def test_fusion_follows_the_data_size(cases, encoder, fusion):
+@pytest.mark.parametrize(("cases", "kind", "encoder", "fusion"), [
+    (150, "binary", "shared", "residual"), (150, "multilabel", "shared", "concat"), (700, "binary", "shared", "concat"),
+    (3000, "binary", "separate", "film")])
+def test_fusion_follows_the_data_size(cases, kind, encoder, fusion):
     data = DataSection(views=("a", "b"), fusion="views")
     reasons = {}
     model, train, clinical = plan_fusion(ModelSection(), TrainSection(), data, ClinicalSection(numeric=("Age",)),
-                                         cases, reasons)
+                                         cases, reasons, kind=kind)
 
     assert (model.view_encoder, model.view_pooling, clinical.fusion) == (encoder, "concat", fusion)
     assert train.modality_dropout == pytest.approx(0.2)
@@ -203,3 +205,29 @@ def test_the_clinical_only_model_gives_every_class_a_column():
 
     assert probs.shape == (5, 5) and np.allclose(probs.sum(axis=1), 1) and (probs[:, 4] == 0).all()
     assert np.array_equal(_fit_one(features, np.ones(60, dtype=int), features[:2], 0, 2), [[0, 1], [0, 1]])
+
+
+def test_residual_fusion_starts_from_a_logistic_regression_of_the_training_clinical_values():
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegression
+
+    from medlens.config import Config, DatasetSection
+    from medlens.tasks.classification.inputs import build_network, fit_clinical_logits
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((60, 3)).astype(np.float32)
+    labels = (values[:, 0] + 0.5 * rng.standard_normal(60) > 0).astype(np.int64)
+    clinical = ClinicalSection(numeric=("age",), fusion="residual")  # encodes as [z, missing]: 2 features
+    config = Config(dataset=DatasetSection(class_names=("no", "yes")), clinical=clinical,
+                    model=ModelSection(name="seedcnn_2d", width=0.25), data=DataSection(input_size=(8, 8)))
+    network = build_network(config.model, config.data, 2, clinical)
+    train = SimpleNamespace(clinical=values[:, :2], labels=labels)
+    said = []
+    fit_clinical_logits(network, config, train, said.append)
+
+    with torch.no_grad():
+        probs = torch.softmax(network(torch.zeros(60, 1, 8, 8), torch.from_numpy(values[:, :2])), dim=1).numpy()
+    expected = LogisticRegression(C=1.0, max_iter=2000).fit(values[:, :2], labels).predict_proba(values[:, :2])
+    assert np.allclose(probs, expected, atol=1e-5)
+    assert "logistic regression on 60 training cases" in said[0]

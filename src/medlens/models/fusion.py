@@ -10,7 +10,12 @@ Each of the ``V`` views (channels ``[v*C, (v+1)*C)`` of the input) goes through 
 learnt score per view, softmax over the views the case has), the clinical vector joins (an MLP
 embedding concatenated before the fusion layer, or FiLM: a scale and shift of the fused features,
 Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018), and the same
-``Dropout -> Linear`` head as :class:`~medlens.models.Classifier` gives the logits. A fusion layer
+``Dropout -> Linear`` head as :class:`~medlens.models.Classifier` gives the logits. ``residual`` is the
+concatenation plus a linear map of the clinical values alone added to the logits (``clinical_logits``, set
+from a logistic regression fitted on the training split and kept fixed) with the head starting at zero: the
+network starts as that regression, and the images (and their interactions with the clinical values) learn
+what it leaves, the way a radiologist reads images beside a risk score. For few cases, where an image
+network alone barely learns. A fusion layer
 (``Linear -> ReLU``) sits between the pooled features and the head so that the logits can depend on
 an interaction of the views and the clinical values, not only on a sum of each source's evidence.
 
@@ -34,9 +39,9 @@ from medlens.models.classifiers import Backbone, _is_whole, build_classifier
 
 ViewEncoder = Literal["shared", "separate"]
 ViewPooling = Literal["concat", "attention"]
-ClinicalFusion = Literal["concat", "film"]
+ClinicalFusion = Literal["concat", "film", "residual"]
 
-ENCODERS, POOLINGS, CLINICAL_FUSIONS = ("shared", "separate"), ("concat", "attention"), ("concat", "film")
+ENCODERS, POOLINGS, CLINICAL_FUSIONS = ("shared", "separate"), ("concat", "attention"), ("concat", "film", "residual")
 CLINICAL_EMBEDDING = 32  # width of the clinical MLP embedding (concat fusion)
 ENCODER_PREFIX = "encoders"  # parameters under it are the backbone; everything else is trained from scratch
 
@@ -58,7 +63,7 @@ class FusionClassifier(nn.Module):
         pooling: ``"concat"`` or ``"attention"``.
         clinical_absent: ``(Fc,)`` encoding of a record with every clinical value missing (used when
             ``forward`` gets no clinical values); empty for a network without clinical inputs.
-        clinical_fusion: ``"concat"`` or ``"film"``.
+        clinical_fusion: ``"concat"``, ``"film"`` or ``"residual"``.
 
     Attributes:
         name, spatial_dims, num_classes, input_size: as for a :class:`~medlens.models.Classifier`.
@@ -96,7 +101,7 @@ class FusionClassifier(nn.Module):
         pooled = view_features * views + views if pooling == "concat" else view_features
         if pooling == "attention":
             self.attention = nn.Linear(view_features, 1)
-        if self.clinical_features and clinical_fusion == "concat":
+        if self.clinical_features and clinical_fusion in ("concat", "residual"):
             self.clinical_embedding = nn.Sequential(nn.Linear(self.clinical_features, CLINICAL_EMBEDDING), nn.ReLU())
             pooled += CLINICAL_EMBEDDING
         self.fusion = nn.Sequential(nn.Linear(pooled, self.num_features), nn.ReLU())
@@ -107,6 +112,14 @@ class FusionClassifier(nn.Module):
         self.head = nn.Sequential(
             OrderedDict(dropout=nn.Dropout(dropout), fc=nn.Linear(self.num_features, num_classes))
         )
+        self.residual = bool(self.clinical_features) and clinical_fusion == "residual"
+        if self.residual:  # the network starts as the clinical regression (set_clinical_logits), kept fixed
+            self.clinical_logits = nn.Linear(self.clinical_features, num_classes)
+            self.clinical_logits.requires_grad_(False)
+            nn.init.zeros_(self.clinical_logits.weight)
+            nn.init.zeros_(self.clinical_logits.bias)
+            nn.init.zeros_(self.head.fc.weight)
+            nn.init.zeros_(self.head.fc.bias)
         shared = self.encoder == "shared"
         self.cam_layers = [f"{ENCODER_PREFIX}.{0 if shared else v}.{backbones[0].cam_layer}" for v in range(views)]
         self.cam_layer = self.cam_layers[0]
@@ -123,7 +136,16 @@ class FusionClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, num_classes)``; ``clinical=None``: every clinical value missing."""
-        return self.head(self.forward_features(x, clinical))
+        logits = self.head(self.forward_features(x, clinical))
+        if self.residual:
+            logits = logits + self.clinical_logits(self._clinical(clinical, logits)).to(logits.dtype)
+        return logits
+
+    @torch.no_grad()
+    def set_clinical_logits(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """``residual``: the clinical values' own logits, ``weight (num_classes, Fc)`` and ``bias (num_classes,)``."""
+        self.clinical_logits.weight.copy_(weight)
+        self.clinical_logits.bias.copy_(bias)
 
     def member_logits(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(1, B, num_classes)``: a single network is an ensemble of one (see :mod:`.ensemble`)."""
@@ -177,7 +199,7 @@ class FusionClassifier(nn.Module):
 
     def _fuse(self, pooled: torch.Tensor, clinical: torch.Tensor | None) -> torch.Tensor:
         """``(B, num_features)`` from pooled image features and clinical values."""
-        if clinical is not None and self.clinical_fusion == "concat":
+        if clinical is not None and self.clinical_fusion in ("concat", "residual"):
             pooled = torch.cat([pooled, self.clinical_embedding(clinical)], dim=1)
         fused = self.fusion(pooled)
         if clinical is not None and self.clinical_fusion == "film":
@@ -204,7 +226,8 @@ def build_fusion_classifier(
         pooling: ``"concat"`` or ``"attention"``.
         clinical_absent: ``(Fc,)`` encoding of a record with every clinical value missing
             (``ClinicalEncoder.absent_vector``); empty: no clinical inputs.
-        clinical_fusion: ``"concat"`` (MLP embedding concatenated) or ``"film"`` (scale and shift).
+        clinical_fusion: ``"concat"`` (MLP embedding concatenated), ``"film"`` (scale and shift) or
+            ``"residual"`` (concatenated, plus the clinical values' own fixed logits; see the module docstring).
 
     Returns:
         A :class:`FusionClassifier` mapping ``(B, in_channels, *input_size)`` and ``(B, Fc)`` to ``(B, num_classes)``.

@@ -15,7 +15,7 @@ from medlens.data.prepared import SplitData, prepare_split
 from medlens.errors import DatasetError
 from medlens.runs import json_safe
 from medlens.tasks.base import Fit
-from medlens.tasks.classification.inputs import attach_clinical, is_fused
+from medlens.tasks.classification.inputs import attach_clinical, fit_clinical_logits, is_fused
 
 CSV_METRICS = ("train_loss", "val_loss", "val_auc", "val_accuracy")
 
@@ -43,7 +43,9 @@ def prepare_fit(task, config: Config, dataset, cases: dict, *, world_size: int, 
     encoder = attach_clinical(config, train, val)
     config = fit_monitor(config, val, log)
     torch.manual_seed(config.train.seed)
-    module = ClassificationModule(task.build_model(config), config, class_weights(config, train.labels))
+    model = task.build_model(config)
+    fit_clinical_logits(model, config, train, log)
+    module = ClassificationModule(model, config, class_weights(config, train.labels))
     t, workers = config.train, config.data.num_workers
     weights = balanced_weights(train.labels) if t.sampler == "weighted" else None
     loader = make_loader(train.images, train.labels, t.batch_size, sampler=EpochSampler(len(train.images), t.seed,

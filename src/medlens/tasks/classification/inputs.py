@@ -124,6 +124,26 @@ def attach_clinical(config: Config, train, *others):
     return encoder
 
 
+def fit_clinical_logits(model, config: Config, train, log) -> None:
+    """``clinical.fusion: residual``: set the network's clinical logits from a logistic regression fitted on the
+    training split's encoded clinical values (``train.clinical (N, F)``, ``train.labels (N,)``); the image path,
+    whose head starts at zero, then learns what the regression leaves."""
+    if config.clinical.fusion != "residual" or train.clinical is None:
+        return
+    from sklearn.linear_model import LogisticRegression
+
+    regression = LogisticRegression(C=1.0, max_iter=2000).fit(train.clinical, train.labels)
+    weight, bias = regression.coef_, regression.intercept_
+    if len(config.dataset.class_names) == 2:  # one log-odds w.x + b: logits (-(w.x + b) / 2, (w.x + b) / 2)
+        weight, bias = np.concatenate([-weight, weight]) / 2, np.concatenate([-bias, bias]) / 2
+    for member in getattr(model, "members", [model]):  # an Ensemble's members, or the one network
+        member.set_clinical_logits(torch.as_tensor(weight, dtype=torch.float32),
+                                   torch.as_tensor(bias, dtype=torch.float32))
+    score = regression.score(train.clinical, train.labels)
+    log(f"clinical values: a logistic regression on {len(train.labels)} training cases (training accuracy "
+        f"{score:.3f}) gives the network's starting logits; the images learn what it leaves")
+
+
 def read_clinical(path):
     """The encoder a run or bundle saved (``clinical.json``); ``None`` when there is none."""
     from pathlib import Path

@@ -52,7 +52,8 @@ def plan_classification(card: dict, *, time_budget_s: float | None = None, devic
     budget = float(time_budget_s or DEFAULT_BUDGET_S[device])
     train, members = _train_section(card, dataset, data, model, budget, device, probe, reasons, processes, clinical)
     model = replace(model, members=members)
-    model, train, clinical = plan_fusion(model, train, data, clinical, _split_count(card, "train"), reasons)
+    model, train, clinical = plan_fusion(model, train, data, clinical, _split_count(card, "train"), reasons,
+                                         kind=dataset.task)
     if data.views or has_clinical(clinical):
         train = _no_network_race(train, reasons, "the race covers one image per case; this plan fuses several inputs")
     else:

@@ -16,6 +16,7 @@ LEAKAGE_AUC = 0.85  # a clinical column alone above this on the labelled cases i
 MAX_CATEGORIES = 20  # a categorical column with more is left out (one-hot would outgrow the data)
 SHARED_ENCODER_BELOW = 2000  # training cases: fewer share one encoder across views
 FILM_FROM = 1000  # training cases: from this many, clinical values condition the image features (FiLM)
+RESIDUAL_BELOW = 500  # training cases: fewer start from a regression of the clinical values (residual fusion)
 MODALITY_DROPOUT = 0.2  # chance each input is withheld from a training case, when a case has several
 MIN_VIEW_SIDE = 64  # views are not shrunk below this many pixels per axis
 
@@ -120,9 +121,10 @@ def _categories(info: dict) -> list[str]:
 
 
 def plan_fusion(model: ModelSection, train: TrainSection, data: DataSection, clinical: ClinicalSection,
-                train_cases: int, reasons: dict) -> tuple[ModelSection, TrainSection, ClinicalSection]:
-    """How views share an encoder and are pooled, how clinical values meet the image features, and the
-    modality dropout that lets a case missing an input still be predicted."""
+                train_cases: int, reasons: dict, *, kind: str = "binary",
+                ) -> tuple[ModelSection, TrainSection, ClinicalSection]:
+    """How views share an encoder and are pooled, how clinical values meet the image features (``kind``: the
+    dataset's task), and the modality dropout that lets a case missing an input still be predicted."""
     views = len(data.views) if data.fusion == "views" else 1
     clinical_in = bool(clinical.numeric or clinical.categorical)
     if views > 1:
@@ -137,13 +139,7 @@ def plan_fusion(model: ModelSection, train: TrainSection, data: DataSection, cli
             "view features concatenated (with a presence flag per view): the head sees which view said what"
             if views <= 4 else f"attention pooling over {views} views: weights learnt per case, missing views masked")
     if clinical_in:
-        film = train_cases >= FILM_FROM
-        clinical = replace(clinical, fusion="film" if film else "concat")
-        reasons["clinical.fusion"] = (
-            f"FiLM: the clinical values scale and shift the image features ({train_cases} training cases are "
-            "enough to learn the conditioning; DAFT, Pölsterl et al. 2021)" if film else
-            f"concatenated beside the image features: {train_cases} training cases are few for a conditioning "
-            "network (FiLM from 1000)")
+        clinical = replace(clinical, fusion=_clinical_fusion(train_cases, kind, reasons))
     if views > 1 or clinical_in:
         sources = views + int(clinical_in)
         train = replace(train, modality_dropout=MODALITY_DROPOUT)
@@ -151,3 +147,22 @@ def plan_fusion(model: ModelSection, train: TrainSection, data: DataSection, cli
                                              f"chance {MODALITY_DROPOUT} (one view is always kept), so a case "
                                              "missing a view or its clinical values can still be predicted")
     return model, train, clinical
+
+
+def _clinical_fusion(train_cases: int, kind: str, reasons: dict) -> str:
+    if train_cases >= FILM_FROM:
+        reasons["clinical.fusion"] = (f"FiLM: the clinical values scale and shift the image features ({train_cases} "
+                                      "training cases are enough to learn the conditioning; DAFT, Pölsterl et al. "
+                                      "2021)")
+        return "film"
+    if train_cases < RESIDUAL_BELOW and kind in ("binary", "multiclass"):
+        reasons["clinical.fusion"] = (
+            f"residual: a logistic regression of the clinical values, fitted on the {train_cases} training cases, "
+            "gives the starting logits, and the images (beside the clinical values) learn what it leaves: with "
+            f"fewer than {RESIDUAL_BELOW} cases an image network learns little, and it should not drown what a "
+            "linear model of the clinical values knows (OASIS-1, 150 training subjects: see the multi-modal "
+            "guide)")
+        return "residual"
+    reasons["clinical.fusion"] = (f"concatenated beside the image features: {train_cases} training cases are few "
+                                  f"for a conditioning network (FiLM from {FILM_FROM})")
+    return "concat"
