@@ -160,8 +160,8 @@ def _clinical_fusion(train_cases: int, kind: str, reasons: dict) -> str:
             f"residual: a logistic regression of the clinical values, fitted on the {train_cases} training cases, "
             "gives the starting logits, and the images (beside the clinical values) learn what it leaves: with "
             f"fewer than {RESIDUAL_BELOW} cases an image network learns little, and it should not drown what a "
-            "linear model of the clinical values knows (OASIS-1, 150 training subjects: see the multi-modal "
-            "guide)")
+            "linear model of the clinical values knows (OASIS-1, 150 training subjects: pooled AUC 0.783 against "
+            "0.484 concatenated; the benchmarks page)")
         return "residual"
     reasons["clinical.fusion"] = (f"concatenated beside the image features: {train_cases} training cases are few "
                                   f"for a conditioning network (FiLM from {FILM_FROM})")
