@@ -330,11 +330,15 @@ def fusion_inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("options", [{"encoder": "shared", "pooling": "concat", "clinical_fusion": "concat"},
-                                     {"encoder": "separate", "pooling": "attention", "clinical_fusion": "film"}])
+                                     {"encoder": "separate", "pooling": "attention", "clinical_fusion": "film"},
+                                     {"encoder": "shared", "pooling": "concat", "clinical_fusion": "residual"}])
 def test_a_fusion_network_with_clinical_inputs_exports_with_two_inputs(options, tmp_path):
     model, example = fusion_network(CLINICAL_ABSENT, **options)
     if options["clinical_fusion"] == "film":  # FiLM starts as the identity; make the clinical values matter
         torch.nn.init.normal_(model.film.weight, std=0.5)
+    if options["clinical_fusion"] == "residual":  # zero head and regression until trained; give both values
+        torch.nn.init.normal_(model.head.fc.weight, std=0.5)
+        model.set_clinical_logits(torch.randn(model.num_classes, len(CLINICAL_ABSENT)), torch.randn(model.num_classes))
 
     onnx_path = export_onnx(model, example, tmp_path / "model.onnx", exporter="torchscript")
     runners = {"torchscript": TorchScriptRunner(export_torchscript(model, example, tmp_path / "model.ts")),
