@@ -231,3 +231,15 @@ def test_residual_fusion_starts_from_a_logistic_regression_of_the_training_clini
     expected = LogisticRegression(C=1.0, max_iter=2000).fit(values[:, :2], labels).predict_proba(values[:, :2])
     assert np.allclose(probs, expected, atol=1e-5)
     assert "logistic regression on 60 training cases" in said[0]
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "ordinal"])
+def test_residual_fusion_is_refused_where_a_case_has_no_single_class(kind):
+    from medlens.config import Config, DatasetSection
+    from medlens.errors import ConfigError
+    from medlens.tasks import task_named
+
+    config = Config(dataset=DatasetSection(task=kind, class_names=("a", "b", "c")),
+                    clinical=ClinicalSection(numeric=("age",), fusion="residual"))
+    with pytest.raises(ConfigError, match=f"this plan is for {kind} classification; use clinical.fusion=concat"):
+        task_named("classification").check(config)

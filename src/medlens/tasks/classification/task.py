@@ -54,6 +54,10 @@ class ClassificationTask:
                               f"axes but the data are {dims}D")
         if config.model.members < 1:
             raise ConfigError(f"model.members={config.model.members}: give 1 (one network) or more (an ensemble)")
+        if config.clinical.fusion == "residual" and config.dataset.task not in ("binary", "multiclass"):
+            raise ConfigError(f"clinical.fusion=residual starts from a logistic regression of one class per case, "
+                              f"and this plan is for {config.dataset.task} classification; use clinical.fusion="
+                              "concat (or film)")
         check_loss(config.train.loss, "multilabel" if config.dataset.task == "multilabel" else "index")
         check_monitor(self, config)
         if config.train.monitor == "val_qwk" and config.dataset.task != "ordinal":
