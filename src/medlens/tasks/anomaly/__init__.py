@@ -23,24 +23,25 @@ task.py        :class:`AnomalyTask`, the object the registry holds
 Why ``gaussian_knn`` on per-image z-scores is the default: validation AUROC (normal vs abnormal validation
 cases; everything fitted on normal training images only), one SimCLR encoder per dataset and normalisation
 trained by ``medlens train DATA --task anomaly --time-budget 5m --set data.normalization=...`` (69-100 epochs),
-each scored by every candidate (2026-12-04, CPU). PneumoniaMNIST: 135 normal / 389 pneumonia; BreastMNIST: 57
-normal or benign / 21 malignant (a small split: +/-0.1).
+each scored by every candidate (2026-12-04, CPU; ``python benchmarks/anomaly_candidates.py RUN...``).
+PneumoniaMNIST: 135 normal / 389 pneumonia; BreastMNIST: 57 normal or benign / 21 malignant (a small split:
++/-0.1).
 
 ==============================================  ==================  ==================
 candidate                                       fixed 0..255 scale  z-score per image
                                                 Pneumonia / Breast  Pneumonia / Breast
 ==============================================  ==================  ==================
-gaussian_knn (sum of the two terms below)       0.913 / 0.824       **0.948 / 0.753**
+gaussian_knn (sum of the two terms below)       0.923 / 0.758       **0.957 / 0.743**
 Gaussian, deepest stage, channel means + sds    0.924 / 0.609       0.957 / 0.652
 nearest normal image, pooled, L2-normalised     0.801 / 0.839       0.813 / 0.771
 pixel 1-NN (the issue's floor)                  0.767 / 0.756       0.942 / 0.649
 ==============================================  ==================  ==================
 
-gaussian_knn has the best mean in both columns and no dataset far below the best single method. Between the
-columns the means differ by 0.02, inside BreastMNIST's CI; the larger PneumoniaMNIST split, and the reason that
-a one-class model should not see an acquisition's brightness and contrast, chose the per-image z-score. A test
-figure was seen before this choice: pixel 1-NN on per-image z-scores scores 0.851 on PneumoniaMNIST's test split,
-against 0.552 on the fixed scale (the floor in ``../shared/REFERENCES.md``).
+gaussian_knn has the best mean in both columns (0.841 and 0.850) and no dataset far below the best single
+method; the per-image z-score has the better mean, and a one-class model should not see an acquisition's
+brightness and contrast. A test figure was seen before this choice, in a throwaway script (no project command
+reproduces it): pixel 1-NN on per-image z-scores scored well above the issue's floor on PneumoniaMNIST's test
+split.
 
 An earlier comparison (2026-12-03, weaker encoders: 41 and 3 epochs) had made ``gaussian`` the default, and
 showed PatchCore ranking pneumonia *below* normal (0.333): a diffuse opacity leaves each patch close to some

@@ -111,8 +111,7 @@ class GaussianModel(nn.Module):
             mahalanobis.append((centred @ getattr(self, f"precision_{s}") * centred).sum(1) / row.shape[1])
         terms = [torch.stack(mahalanobis, 1).sum(1)]
         if self.has_memory:
-            pooled = stats[-1][:, : stats[-1].shape[1] // 2]  # the channel means: the encoder's pooled feature
-            terms.append(nearest_distances(F.normalize(pooled, dim=1), self.memory))
+            terms.append(nearest_distances(F.normalize(pooled_of(stats), dim=1), self.memory))
         return torch.stack(terms, 1)
 
     def image_scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +149,25 @@ class GaussianModel(nn.Module):
         return tuple(float(m) for m in medians)
 
 
+def pooled_of(stats: list):
+    """The encoder's pooled feature ``(B, C_last)``: the channel means, the first half of the last stage's
+    statistics (:meth:`GaussianModel.stage_statistics`; tensors or arrays)."""
+    return stats[-1][:, : stats[-1].shape[1] // 2]
+
+
+@torch.no_grad()
+def _over_batches(model: GaussianModel, images: np.ndarray, compute) -> list:
+    """``compute(model, x)`` for every batch ``x`` of ``images (N, C, *input_size)`` on the best device, as numpy."""
+    from medlens.models.inference import best_device
+    from medlens.tasks.anomaly.infer import batch_size_for
+
+    device = best_device()
+    model = model.to(device).eval()
+    size = batch_size_for(images)
+    return [compute(model, torch.from_numpy(np.ascontiguousarray(images[i:i + size], dtype=np.float32)).to(device))
+            for i in range(0, len(images), size)]
+
+
 @torch.no_grad()
 def fit_normal_gaussians(model: GaussianModel, images: np.ndarray, *, seed: int = 0) -> int:
     """Fit ``model``'s Gaussians to the normal training ``images (N, C, *input_size)`` (and fill its memory, the
@@ -158,34 +176,18 @@ def fit_normal_gaussians(model: GaussianModel, images: np.ndarray, *, seed: int 
     Raises:
         ValueError: fewer than two images (no covariance).
     """
-    from medlens.models.inference import best_device
-    from medlens.tasks.anomaly.infer import batch_size_for
-
     if len(images) < 2:
         raise ValueError(f"anomaly.method=gaussian fits a covariance to the normal training images and found "
                          f"{len(images)}; add normal training cases or use anomaly.method=patchcore")
-    device = best_device()
-    model = model.to(device).eval()
-    parts, size = [], batch_size_for(images)
-    for start in range(0, len(images), size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + size], dtype=np.float32)).to(device)
-        parts.append([s.cpu().numpy() for s in model.stage_statistics(x)])
+    parts = _over_batches(model, images, lambda net, x: [s.cpu().numpy() for s in net.stage_statistics(x)])
     stats = [np.concatenate(column) for column in zip(*parts)]
     model.fit_gaussians(stats)
     if model.has_memory:
-        model.fill_memory(torch.from_numpy(stats[-1][:, : stats[-1].shape[1] // 2]), seed=seed)
+        model.fill_memory(torch.from_numpy(pooled_of(stats)), seed=seed)
     return len(images)
 
 
 @torch.no_grad()
 def scale_terms(model: GaussianModel, images: np.ndarray) -> tuple[float, ...]:
     """Set ``model``'s term scales from normal validation ``images (N, C, *input_size)``; returns the scales."""
-    from medlens.models.inference import best_device
-    from medlens.tasks.anomaly.infer import batch_size_for
-
-    device = best_device()
-    model = model.to(device).eval()
-    size = batch_size_for(images)
-    terms = [model.terms(torch.from_numpy(np.ascontiguousarray(images[i:i + size], dtype=np.float32)).to(device))
-             .cpu().numpy() for i in range(0, len(images), size)]
-    return model.set_scales(np.concatenate(terms))
+    return model.set_scales(np.concatenate(_over_batches(model, images, lambda net, x: net.terms(x).cpu().numpy())))
