@@ -180,6 +180,9 @@ class ClinicalSection:
     units: tuple[str, ...] = ()  # "COLUMN=UNIT" for numeric columns, shown in the model card and the web form
     categorical: tuple[str, ...] = ()  # "COLUMN=A|B|C": one-hot over these categories (an unseen one is refused)
     rescale: tuple[str, ...] = ()  # "COLUMN<LIMIT*FACTOR" (or >): such values multiplied first (a lost decimal point)
+    # "COLUMN=MEAN,SD": z-score numeric columns with these instead of the training split's own (a federation pools
+    # its sites' training statistics, so every site encodes alike); empty: from the training split
+    standardise: tuple[str, ...] = ()
     # concat: beside image features; film: scale and shift them; residual: concat plus a logistic regression of the
     # clinical values alone added to the logits (fitted on training first; the rest learns what it leaves)
     fusion: typing.Literal["concat", "film", "residual"] = "concat"

@@ -12,8 +12,10 @@ lie on two scales a power of ten apart (a decimal point lost in some rows: 0.78 
 ``clinical.rescale`` rule ``"COLUMN<LIMIT*FACTOR"`` (or ``>``): values below (above) LIMIT are multiplied by
 FACTOR before anything else, in training and at prediction alike. The encoding of a record
 with every value missing (:func:`absent_vector`) follows from the plan alone; the means and standard
-deviations come from :meth:`ClinicalEncoder.fit` on the training cases only and are saved as
-``clinical.json`` in the run folder (:meth:`ClinicalEncoder.to_dict`).
+deviations come from :meth:`ClinicalEncoder.fit` on the training cases only (or from the plan's
+``clinical.standardise``, ``"COLUMN=MEAN,SD"``, where a federation pooled its sites' training statistics:
+:meth:`ClinicalEncoder.moments`, :func:`standardise_entries`) and are saved as ``clinical.json`` in the run
+folder (:meth:`ClinicalEncoder.to_dict`).
 
 A value is missing when its cell is empty or holds a missing-value marker (``NA``, ``nan``, ``N/A``...:
 :data:`~medlens.data.dataset.MISSING_VALUE_MARKERS`). Anything else that is not what the plan says (a word in
@@ -178,6 +180,52 @@ def parse_rescale(section: ClinicalSection) -> dict[str, tuple[str, float, float
     return rules
 
 
+def parse_standardise(section: ClinicalSection) -> dict[str, tuple[float, float]]:
+    """``clinical.standardise`` entries ``"COLUMN=MEAN,SD"`` as ``{column: (mean, sd)}``.
+
+    Raises:
+        ConfigError: an entry not of that form, a column that is not in ``clinical.numeric`` or listed twice, a
+            standard deviation that is not positive.
+    """
+    fixed: dict[str, tuple[float, float]] = {}
+    for entry in section.standardise:
+        column, _, numbers = str(entry).rpartition("=")
+        where = f"clinical.standardise entry {entry!r}"
+        try:
+            mean, sd = (float(n) for n in numbers.split(","))
+        except ValueError:
+            mean = sd = math.nan
+        if not column or not (math.isfinite(mean) and sd > 0):
+            raise ConfigError(f"{where}: expected COLUMN=MEAN,SD with a positive SD, e.g. 'Age=72.4,8.9'")
+        if column not in section.numeric or column in fixed:
+            raise ConfigError(f"{where}: {column!r} must be a clinical.numeric column, with one entry")
+        fixed[column] = (mean, sd)
+    return fixed
+
+
+def standardise_entries(moments: Iterable[Mapping[str, tuple[float, float, float]]]) -> tuple[str, ...]:
+    """``clinical.standardise`` entries from several training splits' moments (:meth:`ClinicalEncoder.moments`,
+    e.g. one per federated site): the mean and standard deviation of all their values together, exactly as one
+    training split holding them all would give (a column with no spread gets SD 1, as :meth:`ClinicalEncoder.fit`
+    does).
+
+    Raises:
+        DatasetError: a column with no value in any of them.
+    """
+    totals: dict[str, np.ndarray] = {}
+    for part in moments:
+        for column, values in part.items():
+            totals[column] = totals.get(column, np.zeros(3)) + np.asarray(values, dtype=np.float64)
+    entries = []
+    for column, (n, total, squares) in totals.items():
+        if n <= 0:
+            raise DatasetError(_no_value(column, 0))
+        mean = total / n
+        sd = math.sqrt(max(squares / n - mean * mean, 0.0))
+        entries.append(f"{column}={mean:.6g},{sd if sd > 1e-12 * max(abs(mean), 1.0) else 1.0:.6g}")
+    return tuple(entries)
+
+
 def _check_numeric(section: ClinicalSection) -> tuple[str, ...]:
     numeric = tuple(str(c).strip() for c in section.numeric)
     if "" in numeric or len(set(numeric)) < len(numeric):
@@ -226,11 +274,14 @@ class ClinicalEncoder:
                 plan says numeric, a category the plan does not list, a column with no value in these cases.
         """
         numeric, categories, units = _check_numeric(section), parse_categories(section), parse_units(section)
-        cases = list(cases)
+        cases, fixed = list(cases), parse_standardise(section)
         encoder = cls(numeric, {}, {}, categories, units, parse_rescale(section))
         for column in numeric:
             values = [encoder._number(_cell(case, column), column, f"case {case.case_id}") for case in cases]
             known = np.array([v for v in values if v is not None], dtype=np.float64)
+            if column in fixed:  # the plan's statistics (a federation's, pooled over its sites)
+                encoder.means[column], encoder.stds[column] = fixed[column]
+                continue
             if not known.size:
                 raise DatasetError(_no_value(column, len(cases)))
             std = float(known.std())
@@ -240,6 +291,38 @@ class ClinicalEncoder:
             if all(f is None for f in found):
                 raise DatasetError(_no_value(column, len(cases)))
         return encoder
+
+    @classmethod
+    def from_plan(cls, section: ClinicalSection) -> ClinicalEncoder:
+        """The encoder a plan defines by itself: every numeric column in ``clinical.standardise``.
+
+        Raises:
+            ConfigError: a numeric column without fixed statistics (the encoder must be fitted on cases).
+        """
+        fixed = parse_standardise(section)
+        unfixed = [c for c in _check_numeric(section) if c not in fixed]
+        if unfixed:
+            raise ConfigError(f"clinical.standardise has no statistics for {', '.join(map(repr, unfixed))}; the "
+                              "encoder must be fitted on training cases (ClinicalEncoder.fit)")
+        return cls(_check_numeric(section), {c: fixed[c][0] for c in fixed}, {c: fixed[c][1] for c in fixed},
+                   parse_categories(section), parse_units(section), parse_rescale(section))
+
+    @staticmethod
+    def moments(section: ClinicalSection, cases: Iterable[Case]) -> dict[str, tuple[float, float, float]]:
+        """``{numeric column: (count, sum, sum of squares)}`` of the cases' values after ``clinical.rescale``:
+        aggregates from which :func:`standardise_entries` pools several training splits' statistics without any
+        single value leaving its split.
+
+        Raises:
+            DatasetError: as :meth:`fit` (a missing column, a value that is not a number).
+        """
+        reader = ClinicalEncoder(_check_numeric(section), rescale=parse_rescale(section))
+        cases, out = list(cases), {}
+        for column in reader.numeric:
+            values = [reader._number(_cell(case, column), column, f"case {case.case_id}") for case in cases]
+            known = np.array([v for v in values if v is not None], dtype=np.float64)
+            out[column] = (float(known.size), float(known.sum()), float((known * known).sum()))
+        return out
 
     def feature_names(self) -> list[str]:
         """A name per encoded feature (``F``): ``Age``, ``Age missing``, ``M/F=F``, ``M/F=M``, ``M/F missing``."""

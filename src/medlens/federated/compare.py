@@ -233,7 +233,8 @@ def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, i
     if out.exists():
         shutil.rmtree(out)  # an unfinished earlier attempt
     config, reasons = read_plan(federated.plan)  # its data: what the federated model was calibrated on
-    config = replace(config, dataset=replace(config.dataset, source=str(source), image_root=image_root))
+    config = replace(config, dataset=replace(config.dataset, source=str(source), image_root=image_root),
+                     clinical=replace(config.clinical, standardise=()))  # its own training statistics, as alone
     plan = out.parent / f"{out.name}.plan.yaml"
     write_text_atomic(plan, render_plan(config, reasons, f"the federated run's plan, for {out.name}"))
     log(f"compare: training {out.name} on {source} ({epochs} epochs, the federated run's plan)")

@@ -47,8 +47,12 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 @client_app.query()
 def _query(msg: Message, context: Context) -> Message:
-    """Round 0: the site's summary; after the last round (``step: calibration``), its calibration aggregates."""
+    """Round 0: the site's summary, then (``step: clinical``) its clinical columns' training moments; after the
+    last round (``step: calibration``), its calibration aggregates."""
     task = msg.content["task"]
+    if task["step"] == "clinical":
+        return _answer(msg, context, lambda: {"clinical": ConfigRecord({"json": json.dumps(
+            site.clinical_moments(context.node_config, task["config"]))})})
     if task["step"] == "calibration":
         return _answer(msg, context, lambda: {"calibration": ConfigRecord({"json": json.dumps(
             site.calibration_statistics(context.node_config, task["config"], task["plan"],
@@ -211,6 +215,8 @@ class Federation:
             config, reasons = read_plan(self.settings.plan)
             if plan.dp_epsilon is not None:
                 config = private_network(config, reasons)
+        if config.clinical.numeric and not config.clinical.standardise:
+            config = self.pool_clinical(nodes, config, reasons, summaries)
         self.log(f"plan: {plan.strategy} ({plan.reasons.get('strategy', '')}), {plan.rounds} round(s) x "
                  f"{plan.local_epochs} local epoch(s), at least {plan.min_sites} site(s) a round")
         from medlens.federated.local import initial_weights
@@ -220,6 +226,32 @@ class Federation:
                  "history": [], "finished": False, "error": None}
         checkpoints.save_round(self.out, state, weights)
         return state, weights
+
+    def pool_clinical(self, nodes: list[int], config, reasons: dict, summaries: dict):
+        """The plan with ``clinical.standardise``: the numeric clinical columns' mean and SD over every site's
+        training split together, from each site's count, sum and sum of squares, so that every site (and the
+        deployed model) z-scores a value alike.
+
+        Raises:
+            MedlensError: fewer than ``min_sites`` sites sent their moments.
+        """
+        from dataclasses import replace
+
+        from medlens.data.clinical import standardise_entries
+
+        content = ConfigRecord({"step": "clinical", "config": json.dumps(_plain(config))})
+        replies = self.exchange(nodes, "query", lambda _: {"task": content}, round=0, need=self.settings.min_sites)
+        moments = {n: json.loads(r.content["clinical"]["json"]) for n, r in replies.items() if n in summaries}
+        if len(moments) < self.settings.min_sites:
+            raise MedlensError(f"round 0: {len(moments)} site(s) sent their clinical statistics, "
+                               f"{self.settings.min_sites} needed (refused: {self.refusals or 'none'})")
+        entries = standardise_entries(moments.values())
+        reasons["clinical.standardise"] = (
+            f"the mean and SD of each numeric column over the training splits of {len(moments)} sites together "
+            f"({', '.join(sorted(moments))}), pooled from each site's count, sum and sum of squares (no single "
+            "value left a site): every site, and the deployed model, z-scores a value alike")
+        self.log(f"round 0: clinical statistics pooled from {len(moments)} site(s): {', '.join(entries)}")
+        return replace(config, clinical=replace(config.clinical, standardise=entries))
 
     def train_round(self, number: int, config, plan, weights: dict[str, np.ndarray], state: dict):
         """One round: send, collect, check, average. Returns the new global weights and the round's record."""

@@ -11,6 +11,9 @@ loads the global weights and trains ``local_epochs`` under a Lightning Trainer w
   parameters' gradients before each optimiser step, after mixed-precision unscaling);
 - FedBN: batch-norm weights and statistics are sent like the rest but the site keeps its own between rounds
   (the server does not average them, :func:`local_keys`);
+- residual clinical fusion: in round 1 the site trains on top of the logistic regression it fitted on its own
+  training split (:func:`regression_state`); the server averages the sites' regressions like any weight, and
+  from round 2 on every site keeps that average, fixed;
 - differential privacy (``plan.dp_epsilon``): the network is made DP-compatible (:mod:`medlens.federated.privacy`)
   and trained with DP-SGD in a plain loop over the module's ``training_step``, the accountant kept across rounds.
 
@@ -48,6 +51,12 @@ def local_keys(model: torch.nn.Module) -> set[str]:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             keys |= {f"{name}.{k}" if name else k for k in module.state_dict()}
     return keys
+
+
+def regression_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` entries of residual fusion's clinical regression (``clinical_logits``), copied; ``{}``
+    for a network without one. Fitted at each site, averaged by the server after round 1, fixed from then on."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".clinical_logits." in f".{k}"}
 
 
 def build_network(config: Config, plan: FederationPlan) -> torch.nn.Module:
@@ -119,6 +128,7 @@ class SiteTrainer:
         self.module = self.fit_.module
         self.module.model, self.dp_changes = dp_network(self.module.model, plan)
         self.bn_keys = local_keys(self.module.model) if plan.strategy == "fedbn" else set()
+        self.own_regression = regression_state(self.module.model)  # residual fusion: fitted on this site's split
         self.kept: dict[str, torch.Tensor] = {}  # FedBN: this site's batch-norm state between rounds
         self.private = None  # DP: the previous round's privacy.Private, or its state() from an earlier process
 
@@ -139,6 +149,8 @@ class SiteTrainer:
         """
         started = time.perf_counter()
         self.load(weights)
+        if round == 1 and self.own_regression:  # residual fusion: the site's regression, averaged by the server
+            self.module.model.load_state_dict(self.own_regression, strict=False)
         self.module.config = self._round_config(round)
         sampler = getattr(self.fit_.train_loader, "sampler", None)
         if hasattr(sampler, "seed"):  # the epoch sampler draws from (seed, epoch): a new seed each round

@@ -167,7 +167,7 @@ def _this_device() -> str:
 
 def merged_card(summaries: dict[str, dict]) -> dict:
     """One dataset card out of the site summaries: what :meth:`Task.plan` reads of a card (dataset, counts, images,
-    masks), counts summed, statistics pooled (:func:`pooled_quantiles`), weighted by each site's readable cases."""
+    masks, views, clinical columns), counts summed, statistics pooled (:func:`pooled_quantiles`), weighted by each site's readable cases."""
     names, items = list(summaries), list(summaries.values())
     first = items[0]["dataset"]
     weights = [max(float(s["dataset"].get("num_readable") or 0), 1.0) for s in items]
@@ -185,7 +185,79 @@ def merged_card(summaries: dict[str, dict]) -> dict:
     masks = [s.get("masks") for s in items]
     if all(masks):
         card["masks"] = _merged_masks(masks, weights)
+    if items[0].get("views"):  # check_summaries: every site names the same views
+        card["views"] = _merged_views([s["views"] for s in items])
+    if any(s.get("clinical") for s in items):
+        card["clinical"] = _merged_clinical({name: s.get("clinical") or {} for name, s in summaries.items()})
     return card
+
+
+def _merged_views(views: list[dict]) -> dict:
+    """The views of every site: co-registered only where they are at every site; cases with / without each summed."""
+    names = views[0]["names"]
+    per_view = {}
+    for name in names:
+        entries = [v.get("per_view", {}).get(name) or {} for v in views]
+        channels = Counter(e["channels"] for e in entries if e.get("channels"))
+        per_view[name] = {"cases": sum(int(e.get("cases") or 0) for e in entries),
+                          "missing": sum(int(e.get("missing") or 0) for e in entries),
+                          **({"channels": channels.most_common(1)[0][0]} if channels else {})}
+    together = all(v.get("co_registered") for v in views)
+    return {"names": names, "co_registered": together, "per_view": per_view,
+            "grid_note": "" if together else "the views share one grid at some sites only"}
+
+
+def _merged_clinical(blocks: dict[str, dict]) -> dict:
+    """The clinical columns of every site as one card entry each (what :func:`plan_clinical` reads).
+
+    Counts and categories are summed; the separation AUC is the sites' mean weighted by their cases with a value (a
+    column that defines the label does so at every site); two scales are joined where the sites' groups do not
+    overlap. A column that some site lacks, or that is numeric at one site and not at another, is described as
+    such, and the plan leaves it out with that reason.
+    """
+    from medlens.tasks.classification.plan_inputs import LEAKAGE_AUC
+
+    names = list(blocks)
+    columns = list(dict.fromkeys(c for block in blocks.values() for c in block))
+    merged = {}
+    for column in columns:
+        lacking = [n for n in names if column not in blocks[n]]
+        entries = [blocks[n][column] for n in names if column in blocks[n]]
+        present = sum(int(e.get("present") or 0) for e in entries)
+        if lacking:
+            merged[column] = {"kind": "absent", "present": present, "why": f"not in the manifest at site(s) "
+                              f"{', '.join(lacking)}; every site must have the column"}
+            continue
+        kinds = {n: blocks[n][column].get("kind") for n in names if blocks[n][column].get("kind") != "empty"}
+        if len(set(kinds.values())) > 1:
+            merged[column] = {"kind": "inconsistent", "present": present, "why": "read as " + ", ".join(
+                f"{k} at {n}" for n, k in kinds.items()) + "; make its values the same kind at every site"}
+            continue
+        entry = {"kind": next(iter(kinds.values()), "empty"), "present": present,
+                 "missing": sum(int(e.get("missing") or 0) for e in entries)}
+        scored = [(float(e["auc"]), int(e.get("present") or 0)) for e in entries if e.get("auc") is not None]
+        if scored and sum(w for _, w in scored) > 0:
+            entry["auc"] = round(sum(a * w for a, w in scored) / sum(w for _, w in scored), 4)
+        entry["leakage"] = entry.get("auc") is not None and entry["auc"] > LEAKAGE_AUC
+        if entry["kind"] == "categorical":
+            if all("categories" in e for e in entries):
+                entry["categories"] = dict(sum((Counter(e["categories"]) for e in entries), Counter()))
+            entry["distinct"] = max([len(entry.get("categories") or {})] + [int(e.get("distinct") or 0)
+                                                                             for e in entries])
+        if scales := _merged_scales([e.get("scales") for e in entries]):
+            entry["scales"] = scales
+        merged[column] = entry
+    return merged
+
+
+def _merged_scales(parts: list[dict | None]) -> dict | None:
+    """The sites' two value scales joined: each group's min / max / count, when the groups do not overlap."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    low = [min(p["low"][0] for p in parts), max(p["low"][1] for p in parts), sum(p["low"][2] for p in parts)]
+    high = [min(p["high"][0] for p in parts), max(p["high"][1] for p in parts), sum(p["high"][2] for p in parts)]
+    return {"low": low, "high": high} if low[1] < high[0] else None
 
 
 def _merged_counts(items: list[dict]) -> dict:
@@ -470,11 +542,21 @@ def _federated_train(config: Config, reasons: dict, rounds: int, local_epochs: i
         fed["dp_max_grad_norm"] = "1.0: per-example gradients clipped to norm 1 (Abadi et al., CCS 2016)"
     else:
         fed["dp_epsilon"] = "off: no differential privacy (--dp-epsilon E turns DP-SGD on at every site)"
+        if config.clinical.fusion == "residual":
+            reasons["clinical.fusion"] = (reasons.get("clinical.fusion", "residual") + ". In a federation, each site "
+                                          "fits the regression on its own training split in round 1; from round 2 "
+                                          "on every site keeps their average (weighted by training cases), fixed")
     return replace(config, train=train)
 
 
 def private_network(config: Config, reasons: dict[str, str]) -> Config:
-    """The plan's network as DP-SGD trains it: ``model.norm: group`` (its reason in ``reasons``)."""
+    """The plan's network as DP-SGD trains it: ``model.norm: group``, and clinical values concatenated rather than
+    added through a regression fitted outside DP-SGD (reasons in ``reasons``)."""
     reasons["model.norm"] = ("group: group norm in place of batch norm, since batch norm mixes a batch's examples and "
                              "DP-SGD needs each example's own gradient (the saved weights are this network's)")
+    if config.clinical.fusion == "residual":
+        reasons["clinical.fusion"] = ("concatenated beside the image features: residual fusion starts from a logistic "
+                                      "regression fitted on each site's clinical values, which DP-SGD's privacy "
+                                      "accounting does not cover")
+        config = replace(config, clinical=replace(config.clinical, fusion="concat"))
     return replace(config, model=replace(config.model, norm="group"))

@@ -8,6 +8,7 @@
 - ``run.json``: ``status: finished``, and under ``federation`` the strategy, rounds, each site's rounds,
   training cases and the differential privacy ``(epsilon, delta)`` it spent, and what the calibration was fitted on;
 - ``federated/history.json``: one record per round;
+- ``clinical.json`` (clinical inputs): the encoder of the plan's pooled statistics (``clinical.standardise``);
 - with ``calibrate_on`` (the sites' data on this machine, as in ``medlens federate``): the task's own
   calibration hook (:meth:`medlens.tasks.Task.finish`: temperature and threshold, validation metrics, the
   out-of-distribution guard for classification; post-processing for segmentation) fitted on every site's
@@ -75,6 +76,7 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
         write_json_atomic(run.calibration, site_calibration)
         calibration = (f"{site_calibration['fitted_on']}: temperature {site_calibration['temperature']:.3f}, "
                        f"threshold {site_calibration['threshold']:.3f} ({site_calibration['threshold_rule']})")
+    _write_clinical(run, config, calibrate_on)
     from medlens.models.weights import save_atomic
 
     save_atomic(model.state_dict(), run.weights)
@@ -89,6 +91,17 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
                     federation=json_safe(_federation_record(plan, history, sites, calibration, dp_changes)))
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
+
+
+def _write_clinical(run: RunFolder, config: Config, calibrate_on) -> None:
+    """``clinical.json`` from the plan (its pooled ``clinical.standardise`` and categories) when no calibration on
+    the sites' data wrote it: what evaluate, predict and the bundle encode a case's clinical values with."""
+    clinical = config.clinical
+    if calibrate_on or not (clinical.numeric or clinical.categorical):
+        return
+    from medlens.data.clinical import ClinicalEncoder
+
+    write_json_atomic(run.clinical, ClinicalEncoder.from_plan(clinical).to_dict())
 
 
 def _check_target(run: RunFolder) -> None:

@@ -2,9 +2,10 @@
 
 ``medlens fl site --server HOST:PORT --data SITE_DATA`` starts ``flower-supernode`` with the site's data folder
 and name in its node config. For each message the SuperNode starts a ``flwr-clientapp`` process (Flower's
-default subprocess isolation) that calls the handlers here. Only three things ever leave the site: its
-summary (counts, label balance, intensity statistics: :func:`medlens.federated.summaries.site_summary`), the
-model's weights after local training, and numeric training metrics.
+default subprocess isolation) that calls the handlers here. Only aggregates and weights ever leave the site: its
+summary (counts, label balance, intensity statistics: :func:`medlens.federated.summaries.site_summary`), its
+clinical columns' count, sum and sum of squares (:func:`clinical_moments`), the model's weights after local
+training, numeric training metrics, and its validation aggregates for calibration.
 """
 
 from __future__ import annotations
@@ -179,6 +180,23 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
     trained, n_examples, metrics = site.fit(full, round=round)
     spent = site.private.state() if site.private is not None and hasattr(site.private, "state") else None
     return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent
+
+
+def clinical_moments(node_config: dict, config_json: str) -> dict:
+    """After round 0, for a plan with numeric clinical inputs: ``{column: (count, sum, sum of squares)}`` of this
+    site's training split (:meth:`~medlens.data.clinical.ClinicalEncoder.moments`), from which the server pools the
+    z-score statistics every site encodes with; no single case's value."""
+    from medlens.config import config_from_dict
+    from medlens.data import open_dataset
+    from medlens.data.audit import inspect_dataset
+    from medlens.data.clinical import ClinicalEncoder
+    from medlens.data.prepared import split_cases
+    from medlens.federated.summaries import site_splits
+
+    config = config_from_dict(json.loads(config_json), where="the server's plan")
+    dataset = open_dataset(Path(node_config["data"]))
+    splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
+    return ClinicalEncoder.moments(config.clinical, split_cases(dataset, splits, 0)["train"])
 
 
 def calibration_statistics(node_config: dict, config_json: str, plan_json: str,

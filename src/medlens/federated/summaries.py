@@ -4,7 +4,8 @@ A site's summary is built from :func:`medlens.data.audit.inspect_dataset` on the
 medlens makes of it (:func:`medlens.data.prepared.resolve_splits`: patient-grouped, stratified, seeded), so
 every site counts the cases it will train on. Only whitelisted aggregates are copied out of the card (counts,
 label balance, class names, dimensionality, size / spacing / channel / intensity statistics, modality, the
-audit's finding codes): never the data's location, file names, case or patient ids, or image bytes. The
+audit's finding codes, the names of the image inputs, the clinical columns' kinds, value counts and separation
+AUCs and a categorical column's categories): never the data's location, file names, case or patient ids, or image bytes. The
 server checks the summaries (:func:`check_summaries`) and plans from them (:mod:`medlens.federated.plan`).
 """
 
@@ -70,7 +71,33 @@ def summary_from_card(card: dict, dataset, splits: dict, *, name: str) -> dict:
     }
     if card.get("masks"):
         summary["masks"] = {k: card["masks"].get(k) for k in MASK_KEYS}
+    if card.get("views"):
+        summary["views"] = _views(card["views"])
+    if card.get("clinical"):
+        summary["clinical"] = {column: _clinical_column(entry) for column, entry in card["clinical"].items()}
     return summary
+
+
+def _views(views: dict) -> dict:
+    """The views' names, whether they share a grid, and per view its channels and how many cases have or lack it
+    (not which cases: the card's examples and grid note name them)."""
+    per_view = {name: {k: entry[k] for k in ("cases", "missing", "channels") if k in entry}
+                for name, entry in (views.get("per_view") or {}).items()}
+    return {"names": list(views.get("names") or ()), "co_registered": bool(views.get("co_registered")),
+            "per_view": per_view}
+
+
+def _clinical_column(entry: dict) -> dict:
+    """What the plan needs of a clinical column: its kind, how many cases have a value, how well it alone separates
+    the classes, its two scales (a lost decimal point), and a categorical column's categories with their counts, only
+    when there are no more than the plan takes (:data:`~medlens.tasks.classification.plan_inputs.MAX_CATEGORIES`): a
+    column of many distinct words, or an identifier, may hold names, so its values stay at the site."""
+    from medlens.tasks.classification.plan_inputs import MAX_CATEGORIES
+
+    out = {k: entry[k] for k in ("kind", "present", "missing", "distinct", "auc", "leakage", "scales") if k in entry}
+    if entry.get("kind") == "categorical" and int(entry.get("distinct") or 0) <= MAX_CATEGORIES:
+        out["categories"] = dict(entry.get("categories") or {})
+    return out
 
 
 def split_counts(dataset, splits: dict) -> dict:
@@ -121,8 +148,8 @@ def train_count(summary: dict) -> int:
 def check_summaries(summaries: dict[str, dict], *, batch_size: int | None = None) -> None:
     """Refuse sites that cannot train one model together, naming the site and the fix.
 
-    Checks: at least one site; a task federated training covers; the same task, classes, spatial dimensions and
-    channels at every site (compared with the first site); training cases of every class (class labels) at every
+    Checks: at least one site; a task federated training covers; the same task, classes, spatial dimensions, image
+    inputs (views) and channels at every site (compared with the first site); training cases of every class (class labels) at every
     site, and at least ``batch_size`` training cases when given.
 
     Raises:
@@ -147,6 +174,11 @@ def _check_one(name: str, summary: dict, first: str, reference: dict, batch_size
             raise ConfigError(f"site {name}: its {what} {described[key]!r} disagree with site {first}'s "
                               f"{expected[key]!r}; every site must label the same classes in the same order on "
                               f"images of the same dimensionality: relabel the data at {name} (or leave it out)")
+    views, expected_views = (summary.get("views") or {}).get("names"), (reference.get("views") or {}).get("names")
+    if views != expected_views:
+        raise ConfigError(f"site {name}: its cases have the image inputs {views or 'one image'}, site {first}'s have "
+                          f"{expected_views or 'one image'}; every site must name the same image columns (image:NAME) "
+                          f"in its manifest: rename them at {name}")
     channels, expected_channels = _main_channels(summary), _main_channels(reference)
     if channels != expected_channels:
         raise ConfigError(f"site {name}: its images have {channels} channel(s), site {first}'s have "

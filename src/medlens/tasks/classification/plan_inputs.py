@@ -69,7 +69,7 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
     """The clinical columns that go in (numeric with units when known, categorical with their categories).
 
     Left out, each with its reason in ``clinical.numeric`` / ``clinical.categorical``: identifiers, columns with
-    no value, categorical columns with more than :data:`MAX_CATEGORIES` categories, and leakage (a column whose
+    no value, a federation's columns that some site lacks or reads as another kind, categorical columns with more than :data:`MAX_CATEGORIES` categories, and leakage (a column whose
     values alone separate the classes with AUC above :data:`LEAKAGE_AUC`).
     """
     from medlens.data.audit_clinical import scale_rule
@@ -98,6 +98,8 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
                 categorical.append(f"{name}={'|'.join(categories)}")
             else:
                 left_out.append(f"{name} (one category)")
+        elif info.get("why"):  # a federation's column that not every site can give alike
+            left_out.append(f"{name} ({info['why']})")
     if not numeric and not categorical:
         if left_out:
             reasons["clinical.numeric"] = f"no clinical input; left out: {'; '.join(left_out)}"
