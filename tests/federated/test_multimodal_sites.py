@@ -157,19 +157,30 @@ def regression_state_of(weights: dict) -> dict:
     return {k: v for k, v in weights.items() if ".clinical_logits." in f".{k}"}
 
 
-@pytest.mark.e2e
-def test_a_federation_of_sites_with_two_views_and_clinical_values_is_an_ordinary_run(sites, tmp_path, monkeypatch):
-    """Flower's real runtime on loopback: the plan fuses the views and clinical values, the statistics are pooled
-    from the sites' moments, and evaluate and predict take the result with its clinical encoder."""
-    from medlens.cli import main as medlens
-    from medlens.federated.launch import federate
-    from medlens.federated.server import ServerSettings
-
+@pytest.fixture
+def flower_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    out = tmp_path / "run"
-    run = federate(list(sites.values()), ServerSettings(out, rounds=1, min_sites=2, time_budget_s=5.0,
-                                                        round_timeout_s=240.0, wait_sites_s=60.0))
+
+
+def federate_cli(*arguments) -> str:
+    from medlens.cli import main as medlens
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert medlens(["federate", *map(str, arguments), "--rounds", "1", "--time-budget", "5s"]) == 0, \
+            printed.getvalue()[-3000:]
+    return printed.getvalue()
+
+
+@pytest.mark.e2e
+def test_a_federation_of_sites_with_two_views_and_clinical_values_is_an_ordinary_run(sites, tmp_path, flower_env):
+    """``medlens federate`` on Flower's real runtime: the plan fuses the views and clinical values, the statistics
+    are pooled from the sites' moments, the comparison trains on a pooled manifest of views and clinical columns,
+    and evaluate and predict take the result with its clinical encoder."""
+    from medlens.cli import main as medlens
+
+    run = tmp_path / "run"
+    printed = federate_cli("--sites", *sites.values(), "--out", run)
     plan = (run / "plan.yaml").read_text()
     assert "fusion: views" in plan and "standardise: [" in plan and "pooled from each site's count" in plan
     encoder = ClinicalEncoder.from_dict(json.loads((run / "clinical.json").read_text()))
@@ -178,6 +189,9 @@ def test_a_federation_of_sites_with_two_views_and_clinical_values_is_an_ordinary
     assert encoder.means["age"] == pytest.approx(together.means["age"], rel=1e-5)
     wire = (run / "federated" / "messages.jsonl").read_text()
     assert '"clinical"' in wire and "PATIENT" not in wire
+    pooled = (run / "federated" / "compare" / "pooled.csv").read_text().splitlines()[0]
+    assert pooled.startswith("image:front,image:side,label,") and pooled.endswith("marker,age,site")
+    assert "pooled" in printed and (run / "federated" / "comparison.csv").is_file()
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert medlens(["evaluate", str(run), "--bootstrap", "50", "--no-baseline"]) == 0, printed.getvalue()[-2000:]
     north = sites["north"].parent
@@ -185,7 +199,53 @@ def test_a_federation_of_sites_with_two_views_and_clinical_values_is_an_ordinary
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert medlens(["predict", str(run), "--input", f"front={north / 'front' / 'case0000.png'}", "--input",
                         f"side={north / 'side' / 'case0000.png'}", "--clinical", record,
-                        "--out", str(tmp_path / "pred")]) == 0, printed.getvalue()[-2000:]
+                        "--out", str(tmp_path / "pred.csv")]) == 0, printed.getvalue()[-2000:]
+
+
+@pytest.mark.e2e
+def test_sites_of_dicom_studies_federate_through_their_series_rules(tmp_path, flower_env):
+    """Two sites of DICOM studies (a T1 and a FLAIR series each, and a localizer): every site picks its series with
+    ``--series-rule``, the plan keeps the rules, and ``predict RUN STUDY`` reads a new study with them."""
+    from medlens.cli import main as medlens
+    from medlens.config import read_plan
+    from tests.data.test_series_manifest import write_csv, write_study
+
+    sites = []
+    for k, name in enumerate(("north", "south")):
+        rows = []
+        for i in range(12):
+            write_study(tmp_path / name / "studies" / f"s{i:02d}", 20 * k + i, i % 2 == 1)
+            rows.append({"study": f"studies/s{i:02d}", "label": "tumour" if i % 2 else "none",
+                         "patient": f"P{name}{i:02d}"})
+        sites.append(write_csv(tmp_path / name / f"{name}.csv", rows))
+    run = tmp_path / "run"
+    federate_cli("--sites", *sites, "--series-rule", "t1=T1", "--series-rule", "flair=FLAIR", "--out", run)
+    config, reasons = read_plan(run / "plan.yaml")
+    assert config.dataset.series_rules == ("t1=T1", "flair=FLAIR") and "every site reads" in reasons[
+        "dataset.series_rules"]
+    assert config.data.fusion == "channels" and config.data.channels == 2
+    pooled = (run / "federated" / "compare" / "pooled.csv").read_text().splitlines()
+    assert pooled[0].startswith("image:t1,image:flair,") and "5-flair" in pooled[1]
+    new = write_study(tmp_path / "new_study", 77, True)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert medlens(["predict", str(run), str(new), "--out", str(tmp_path / "pred.csv")]) == 0, \
+            printed.getvalue()[-2000:]
+    assert (tmp_path / "pred.csv").read_text().count("\n") == 2
+
+
+def test_a_sites_series_rules_travel_in_its_node_config_and_a_bad_one_is_refused_before_it_starts(tmp_path):
+    from medlens.federated.site import SiteSettings, series_rules_of, supernode_command
+
+    data = tmp_path / "studies.csv"
+    data.write_text("study,label\n")
+    rules = ("t1=T1 (POST|PRE)", 'flair="FLAIR"\\b')
+    command = supernode_command(SiteSettings("127.0.0.1:9092", data, "north", series_rules=rules), 9094)
+    from flwr.common.config import parse_config_args
+
+    config = parse_config_args([command[command.index("--node-config") + 1]])
+    assert series_rules_of(config) == rules and config["name"] == "north"
+    with pytest.raises(ConfigError, match="NAME=REGEX"):
+        supernode_command(SiteSettings("127.0.0.1:9092", data, "north", series_rules=("no rule",)), 9094)
 
 
 def _section(run: Path):

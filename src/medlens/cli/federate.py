@@ -20,6 +20,9 @@ ARGUMENTS = [
                       "help": "federated averaging to use (default: the plan chooses by how different the sites are)"}),
     (["--out"], {"type": Path, "help": "run folder (default runs/federated); run again to resume"}),
     (["--no-compare"], {"action": "store_true", "help": "skip the local-only and pooled models"}),
+    (["--series-rule"], {"action": "append", "default": [], "metavar": "NAME=REGEX",
+                         "help": "sites of DICOM studies (a CSV's study column): the series read as view NAME at "
+                                 "every site (repeat per series)"}),
 ]
 
 
@@ -31,10 +34,12 @@ def run(args) -> int:
     settings = ServerSettings(out, rounds=args.rounds, min_sites=args.min_sites or 2, time_budget_s=args.time_budget,
                               dp_epsilon=args.dp_epsilon, strategy=args.strategy, local_epochs=args.local_epochs)
     exit_on_sigterm()  # stopping federate stops the SuperLink and the sites' SuperNodes it started
-    federate(args.sites, settings)
+    federate(args.sites, settings, series_rules=tuple(args.series_rule))
     if not args.no_compare:
+        from medlens.data.dataset import series_rules_given
         from medlens.federated.compare import compare_sites
 
-        compare_sites(out, dict(zip(site_names(args.sites), args.sites, strict=True)))
+        with series_rules_given(args.series_rule):  # the comparison opens the sites' studies too
+            compare_sites(out, dict(zip(site_names(args.sites), args.sites, strict=True)))
     print(f"federated run written to {out}; evaluate / export / serve take it like any run")
     return 0

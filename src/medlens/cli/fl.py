@@ -51,10 +51,13 @@ ARGUMENTS = [
     (["--root-certificates"], {"type": Path, "metavar": "CA_PEM",
                                "help": "site: the CA that signed the server's certificate"}),
     (["--insecure"], {"action": "store_true", "help": "plain text even off loopback (weights readable on the way)"}),
+    (["--series-rule"], {"action": "append", "metavar": "NAME=REGEX",
+                         "help": "site: for a CSV of DICOM studies, the series read as view NAME (as for `medlens "
+                                 "train`; repeat per series; every site names the same views)"}),
 ]
 _TAKES = {"server": ("rounds", "local_epochs", "expect_sites", "plan", "time_budget", "dp_epsilon", "strategy", "out",
                      "certfile", "keyfile", "ca_certfile", "site_keys"),
-          "site": ("server", "data", "name", "root_certificates", "key"),
+          "site": ("server", "data", "name", "root_certificates", "key", "series_rule"),
           "key": ("name", "out")}
 
 
@@ -153,7 +156,7 @@ def _site(args) -> int:
         raise ConfigError("`medlens fl site` needs --server HOST:PORT and --data SITE_DATA")
     name = args.name or Path(args.data).name.removesuffix(".csv")
     settings = SiteSettings(args.server, args.data, name, root_certificates=args.root_certificates,
-                            insecure=args.insecure, private_key=args.key)
+                            insecure=args.insecure, private_key=args.key, series_rules=tuple(args.series_rule or ()))
     print(f"site {name}: joining {args.server} with {args.data} (only summaries and weights leave this machine)")
     process = start_site(settings, clientappio_port=free_port(), log_file=subprocess.PIPE)
     exit_on_sigterm()  # stopping the site stops its SuperNode too

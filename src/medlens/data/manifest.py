@@ -166,9 +166,13 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
 def _studies(csv_path: Path, numbered: list[tuple[int, dict]], columns: dict, inputs: _Inputs, image_root: Path,
              rules, allow_outside_root: bool) -> tuple[list[tuple[int, dict]], _Inputs, list[Finding]]:
     """A study column's series as view columns (see :func:`medlens.data.series.study_views`); other manifests as
-    they are."""
+    they are (with rules, only one that already names a view column per rule: the series they picked)."""
     if "study" not in columns:
-        if rules:
+        from medlens.data.series import parse_series_rules
+
+        if rules and [name for name, _ in inputs.views] != [rule.name for rule in parse_series_rules(rules)]:
+            # (a manifest of the series the rules picked, one image:NAME column per rule, needs them no more: the
+            # sites' cases pooled by a federation, read again through a plan that keeps the rules)
             raise ConfigError(f"{csv_path}: series rules ({', '.join(rules)}) were given, and the CSV has no study "
                               f"column ({', '.join(COLUMNS['study'])}) naming DICOM study folders; add one, or drop "
                               "the rules")

@@ -170,7 +170,7 @@ def pooled_manifest(sources: dict[str, Path], seed: int, path: Path) -> tuple[Pa
 
 def _write_pooled(sites: dict[str, tuple[Path, dict, list[dict]]], path: Path) -> tuple[Path, Path]:
     rows = [row for _, _, site_rows in sites.values() for row in site_rows]
-    root = Path(os.path.commonpath([str(Path(r["image"]).parent) for r in rows]))
+    root = Path(os.path.commonpath([str(Path(v).parent) for r in rows for k, v in r.items() if _is_image(k)]))
     write_text_atomic(path, _manifest_text(rows, root))
     return path, root
 
@@ -194,12 +194,14 @@ def _pooled_rows(site: str, dataset, splits: dict) -> list[dict]:
     for case in dataset.cases:
         if case.case_id not in split_of:
             continue  # left out of every split (unreadable, skipped)
-        if case.index is not None or len(case.images) != 1:
-            raise DatasetError(f"{dataset.root}: case {case.case_id} is not one image file; the pooled model is "
-                               "trained from a manifest of the sites' files (write sites with "
+        if case.index is not None or (len(case.images) != 1 and len(case.views) != len(case.images)):
+            raise DatasetError(f"{dataset.root}: case {case.case_id} is not one image file or named views; the "
+                               "pooled model is trained from a manifest of the sites' files (write sites with "
                                "medlens.federated.sites, one image file per case)")
-        row = {"image": str(Path(case.images[0]).resolve()), "split": split_of[case.case_id],
-               "patient_id": f"{site}/{case.patient_id or case.case_id}"}
+        images = ({f"image:{v}": str(Path(p).resolve()) for v, p in zip(case.views, case.images, strict=True)}
+                  if case.views else {"image": str(Path(case.images[0]).resolve())})  # views: files or series folders
+        row = {**images, "split": split_of[case.case_id], "patient_id": f"{site}/{case.patient_id or case.case_id}",
+               **case.clinical}
         if case.mask is not None:
             row["mask"] = str(Path(case.mask).resolve())
         else:
@@ -209,13 +211,22 @@ def _pooled_rows(site: str, dataset, splits: dict) -> list[dict]:
 
 
 def _manifest_text(rows: list[dict], root: Path) -> str:
-    columns = [c for c in ("image", "label", "mask", "patient_id", "split") if any(c in r for r in rows)]
+    """The pooled manifest: image (or ``image:VIEW``) columns, label / mask, patient and split, then the clinical
+    columns; paths relative to ``root``."""
+    named = list(dict.fromkeys(k for r in rows for k in r))
+    fixed = ("label", "mask", "patient_id", "split")
+    columns = [c for c in named if _is_image(c)] + [c for c in fixed if c in named] + \
+        [c for c in named if not _is_image(c) and c not in fixed]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: os.path.relpath(v, root) if k in ("image", "mask") else v for k, v in row.items()})
+        writer.writerow({k: os.path.relpath(v, root) if _is_image(k) or k == "mask" else v for k, v in row.items()})
     return buffer.getvalue()
+
+
+def _is_image(column: str) -> bool:
+    return column == "image" or column.startswith("image:")
 
 
 def train_alone(source: Path, federated: RunFolder, out: Path, epochs: int, *, image_root: str = "",

@@ -86,9 +86,12 @@ def _train(msg: Message, context: Context) -> Message:
 
 def _answer(msg: Message, context: Context, content) -> Message:
     """Reply with ``content()`` and the site's name; a refusal (bad data, a plan it cannot honour) as its reason."""
+    from medlens.data.dataset import series_rules_given
+
     meta = {"site": str(context.node_config.get("name", "site"))}
     try:
-        records = content()
+        with series_rules_given(site.series_rules_of(context.node_config)):  # a site of DICOM studies: its rules
+            records = content()
     except (MedlensError, FileNotFoundError) as exc:
         print(f"medlens site {meta['site']}: error: {exc}", flush=True)  # in full, on the site's own log only
         reason = f"{type(exc).__name__}: {site.redact(str(exc))} (details in the site's log)"

@@ -28,13 +28,14 @@ def site_names(folders: list[Path]) -> list[str]:
 
 
 def federate(sites: list[Path], settings: ServerSettings, *, node_config: dict[str, dict] | None = None,
-             log=print) -> Path:
+             series_rules: tuple[str, ...] = (), log=print) -> Path:
     """Run a federation of ``sites`` (folders or CSV manifests on this machine) to its end.
 
     Args:
         sites: one dataset per site.
         settings: the coordinator's settings (its ``address`` is replaced by a free loopback port).
         node_config: extra node config per site name (``{name: {key: value}}``).
+        series_rules: ``NAME=REGEX`` rules every site reads its DICOM studies with (sites of a CSV's study column).
 
     Returns:
         The run folder.
@@ -55,7 +56,8 @@ def federate(sites: list[Path], settings: ServerSettings, *, node_config: dict[s
     threads = max(1, (os.cpu_count() or 1) // len(sites))  # the sites share this machine's cores, not each all
     try:
         for name, data in zip(names, sites, strict=True):
-            site = SiteSettings(settings.address, Path(data), name, node_config=(node_config or {}).get(name))
+            site = SiteSettings(settings.address, Path(data), name, node_config=(node_config or {}).get(name),
+                                series_rules=tuple(series_rules))
             with open(logs / f"{name}.log", "ab") as site_log:
                 processes.append(start_site(site, clientappio_port=free_port(), log_file=site_log,
                                             flwr_home=logs / "flwr", threads=threads))

@@ -112,7 +112,11 @@ class SiteTrainer:
         from medlens.tasks import task_for
 
         self.plan, self.site, self.log = plan, site, log
-        dataset = open_dataset(data, image_root=image_root or None)
+        from medlens.data.dataset import series_rules_in_force
+
+        # a site's own --series-rule (in force in its ClientApp), else the plan's (the server calibrating on them)
+        dataset = open_dataset(data, image_root=image_root or None,
+                               series_rules=series_rules_in_force() or config.dataset.series_rules or None)
         config = replace(config, dataset=replace(config.dataset, source=str(data), image_root=image_root,
                                                  layout=dataset.layout))
         try:

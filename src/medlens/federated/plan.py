@@ -135,6 +135,7 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     config, reasons = task_for(card["dataset"]["task"]).plan(card, time_budget_s=time_budget_s, device=device,
                                                              processes=1, probe=probe)
     config = _fit_batch(config, reasons, summaries)
+    config = _series_rules(config, reasons, summaries)
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
     strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
@@ -154,6 +155,24 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     if task_reasons is not None:
         task_reasons.update(reasons)
     return config, plan
+
+
+def _series_rules(config: Config, reasons: dict, summaries: dict[str, dict]) -> Config:
+    """Sites of DICOM studies: their ``--series-rule`` texts kept in the plan when every site picks its series with
+    the same ones (so that ``predict RUN STUDY`` reads a new study alike); none kept, with the reason, when they
+    differ (each site names the same views its own way)."""
+    rules = {name: tuple(summary.get("series_rules") or ()) for name, summary in summaries.items()}
+    if not any(rules.values()):
+        return config
+    if len(set(rules.values())) > 1:
+        reasons["dataset.series_rules"] = (
+            "none kept: the sites pick their series with different rules (" + "; ".join(
+                f"{name}: {', '.join(r) or 'none'}" for name, r in rules.items()) + "); each reads its own studies "
+            "with its own, and a new case is predicted from its series given as views (--input NAME=SERIES_FOLDER)")
+        return config
+    reasons["dataset.series_rules"] = ("every site reads its DICOM studies with these rules (--series-rule): kept, so "
+                                       "that `medlens predict RUN STUDY_FOLDER` reads a new study alike")
+    return replace(config, dataset=replace(config.dataset, series_rules=next(iter(rules.values()))))
 
 
 def _this_device() -> str:

@@ -130,10 +130,12 @@ def _calibrate(run: RunFolder, task, config: Config, plan: FederationPlan, weigh
     """The task's calibration hook on the sites' validation splits (see module docstring); what it was fitted on."""
     if not calibrate_on:
         return NO_CALIBRATION, config
+    from medlens.data.dataset import series_rules_given, series_rules_in_force
     from medlens.federated.local import SiteTrainer
 
-    data, image_root, name = _calibration_data(run, config, calibrate_on, log)
-    site = SiteTrainer(config, plan, data, site=name, image_root=image_root, log=log)
+    with series_rules_given(series_rules_in_force() or config.dataset.series_rules):  # sites of DICOM studies
+        data, image_root, name = _calibration_data(run, config, calibrate_on, log)
+        site = SiteTrainer(config, plan, data, site=name, image_root=image_root, log=log)
     site.load(weights)
     site_config = site.config
     write_json_atomic(run.splits, site.splits)  # its test split is what `medlens evaluate RUN` scores

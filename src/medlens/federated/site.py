@@ -35,6 +35,9 @@ class SiteSettings:
         insecure: connect without TLS (refused unless the server is on this machine or this is set).
         node_config: further node config entries (``key -> value``), for tests and plugins.
         private_key: the site's own key (``medlens fl key``), for a server that admits known sites only.
+        series_rules: ``NAME=REGEX`` texts picking each DICOM study's series (a CSV's study column), as for
+            ``medlens train --series-rule``; they stay at the site, and only the view names (and the rule texts, so
+            that a new study can be read alike) reach the plan.
     """
 
     server: str
@@ -44,6 +47,26 @@ class SiteSettings:
     insecure: bool = False
     node_config: dict | None = None
     private_key: Path | None = None
+    series_rules: tuple[str, ...] = ()
+
+
+SERIES_RULES_KEY = "series-rules"
+
+
+def encode_rules(rules) -> str:
+    """The rules as one node-config value: base64 of their JSON list (Flower's node config takes plain strings
+    without quotes, and a rule is a regular expression)."""
+    import base64
+
+    return base64.b64encode(json.dumps(list(rules)).encode()).decode()
+
+
+def series_rules_of(node_config) -> tuple[str, ...]:
+    """The site's ``--series-rule`` texts from its node config (``()`` without)."""
+    import base64
+
+    value = node_config.get(SERIES_RULES_KEY) if hasattr(node_config, "get") else None
+    return tuple(json.loads(base64.b64decode(str(value)))) if value else ()
 
 
 def is_local(host: str) -> bool:
@@ -66,6 +89,11 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
                           "that signed the server's certificate with --root-certificates (the server prints where "
                           "it wrote one), or --insecure to send weights in plain text")
     config = {"data": str(Path(settings.data).resolve()), "name": settings.name, **(settings.node_config or {})}
+    if settings.series_rules:
+        from medlens.data.series import parse_series_rules
+
+        parse_series_rules(settings.series_rules)  # a malformed rule is refused here, before anything starts
+        config[SERIES_RULES_KEY] = encode_rules(settings.series_rules)
     command = [flower("flower-supernode"), "--superlink", settings.server, "--node-config",
                " ".join(f"{key}={json.dumps(value)}" for key, value in config.items()),
                "--clientappio-api-address", f"127.0.0.1:{clientappio_port}"]

@@ -73,6 +73,10 @@ def summary_from_card(card: dict, dataset, splits: dict, *, name: str) -> dict:
         summary["masks"] = {k: card["masks"].get(k) for k in MASK_KEYS}
     if card.get("views"):
         summary["views"] = _views(card["views"])
+    from medlens.data.dataset import series_rules_in_force
+
+    if rules := series_rules_in_force():  # a site of DICOM studies: how it picks each study's series
+        summary["series_rules"] = list(rules)
     if card.get("clinical"):
         summary["clinical"] = {column: _clinical_column(entry) for column, entry in card["clinical"].items()}
     return summary
