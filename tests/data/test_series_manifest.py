@@ -31,12 +31,13 @@ def write_study(folder: Path, seed: int, tumour: bool, *, flair: str = "FLAIR ax
     rng = np.random.default_rng(seed)
     t1 = 200 + 20 * rng.standard_normal((8, 8, 4))
     fl = 300 + 20 * rng.standard_normal((8, 8, 4)) + (400.0 if tumour else 0.0)
-    for name, volume, description in (("2-t1", t1, "T1 axial"), ("5-flair", fl, flair)):
+    for number, name, volume, description in ((2, "2-t1", t1, "T1 axial"), (5, "5-flair", fl, flair)):
         write_dicom_series(np.clip(volume, 0, None), folder / name, spacing_mm=(2.0, 2.0, 3.0), modality="MR",
                            uid_seed=f"{seed}-{name}", rescale_intercept=0.0, series_description=description,
-                           patient_id=f"P{seed:02d}")
+                           patient_id=f"P{seed:02d}", study_seed=str(seed), series_number=number)
     write_dicom_series(np.zeros((4, 4, 2)), folder / "1-loc", origin_mm=(500.0, 0.0, 0.0), modality="MR",
-                       uid_seed=f"{seed}-loc", rescale_intercept=0.0, series_description="Localizer")
+                       uid_seed=f"{seed}-loc", rescale_intercept=0.0, series_description="Localizer",
+                       patient_id=f"P{seed:02d}", study_seed=str(seed))
     return folder
 
 

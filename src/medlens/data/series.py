@@ -97,6 +97,15 @@ def _series_label(folder: Path) -> str | None:
     return None
 
 
+def rule_matches(series: list[SeriesInfo], rules) -> list[tuple[SeriesRule, list[SeriesInfo]]]:
+    """Each rule (in order) with the series whose label it matches (one is what :func:`pick_series` needs).
+
+    Raises:
+        ConfigError: a malformed rule (see :func:`parse_series_rules`).
+    """
+    return [(rule, [s for s in series if rule.pattern.search(s.label)]) for rule in parse_series_rules(rules)]
+
+
 def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
     """The series folder of each rule's view, in rule order.
 
@@ -115,8 +124,7 @@ def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
     series = list_series(study_folder)
     seen = "; ".join(f"{s.folder.name}: {s.label!r}" for s in series)
     picked: dict[str, Path] = {}
-    for rule in parse_series_rules(rules):
-        matches = [s for s in series if rule.pattern.search(s.label)]
+    for rule, matches in rule_matches(series, rules):
         if not matches:
             raise DatasetError(f"{study_folder}: series rule {rule.name}={rule.pattern.pattern} matches no series "
                                f"(seen {seen}); rewrite the rule to match one of them")

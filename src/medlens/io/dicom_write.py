@@ -13,7 +13,8 @@ import numpy as np
 def write_dicom_series(volume: np.ndarray, out_dir: Path, *, spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0),
                        modality: str = "CT", patient_id: str = "ANON", uid_seed: str = "medlens",
                        rescale_intercept: float = -1024.0, rescale_slope: float = 1.0,
-                       series_description: str = "medlens synthetic") -> list[Path]:
+                       series_description: str = "medlens synthetic", study_seed: str | None = None,
+                       series_number: int = 1) -> list[Path]:
     """Write ``volume`` as one axial DICOM series, one file per slice.
 
     Args:
@@ -22,6 +23,8 @@ def write_dicom_series(volume: np.ndarray, out_dir: Path, *, spacing_mm=(1.0, 1.
         out_dir: created if needed; files are named ``slice_000.dcm`` ...
         spacing_mm: ``(x, y, z)`` voxel size; z is the step between slice positions.
         origin_mm: position of the first voxel of the first slice.
+        study_seed: derive the StudyInstanceUID from this instead of ``uid_seed`` (series of one study share it).
+        series_number: the SeriesNumber written.
 
     Returns:
         The written paths, in slice order.
@@ -35,7 +38,7 @@ def write_dicom_series(volume: np.ndarray, out_dir: Path, *, spacing_mm=(1.0, 1.
     stored = stored.astype(np.uint16)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid = generate_uid(entropy_srcs=[uid_seed, "study"])
+    study_uid = generate_uid(entropy_srcs=[study_seed or uid_seed, "study"])
     series_uid = generate_uid(entropy_srcs=[uid_seed, "series"])
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
     paths = []
@@ -49,7 +52,8 @@ def write_dicom_series(volume: np.ndarray, out_dir: Path, *, spacing_mm=(1.0, 1.
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[uid_seed, "frame"])
-        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = modality, series_description, 1, k + 1
+        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = (modality, series_description,
+                                                                            series_number, k + 1)
         ds.PatientID, ds.PatientName = patient_id, patient_id
         ds.ImagePositionPatient = [float(origin_mm[0]), float(origin_mm[1]), float(origin_mm[2] + k * spacing_mm[2])]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

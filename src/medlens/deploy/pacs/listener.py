@@ -5,7 +5,11 @@
 >>> listener.start(); ...; listener.stop()
 
 Only the calling AE titles in ``allow`` may associate (others are rejected at association, and the log says
-so). Each received instance is written into a spool folder of its series. A series is complete
+so). Each received instance is written into a spool folder of its series; for a model of several series (its
+plan's ``dataset.series_rules``), into a folder of its study, a subfolder per series, and "series" below reads
+"study": the study's series that the rules pick (one each, else it is dropped with the reason) are the case, and
+a study is complete ``settle_s`` after its last instance only (each of its series may come on an association of
+its own). A series is complete
 ``settle_s`` seconds after its last instance, or ``RELEASE_GRACE_S`` after the association that sent it is
 released (a sender that opens one association per instance then still makes one series). A completed series
 the model's rules take is predicted in one of the service's worker processes (its time, memory and voxel
@@ -71,15 +75,19 @@ class _Series:
 
 
 class SeriesSpool:
-    """Received instances by series, and which series are complete (thread-safe).
+    """Received instances by series (or by study: the key is the listener's choice), and which are complete
+    (thread-safe).
 
     Args:
         max_voxels: pixels a series may hold in the spool (the service's work budget): past it, the series' further
             instances are refused and the series is dropped, so a sender cannot fill the disk with one series.
+        on_release: a series is also complete ``RELEASE_GRACE_S`` after the association that sent it ends (off for
+            studies: a PACS often sends each series of a study on an association of its own).
     """
 
-    def __init__(self, root: Path, settle_s: float, max_voxels: int | None = None):
+    def __init__(self, root: Path, settle_s: float, max_voxels: int | None = None, *, on_release: bool = True):
         self.root, self.settle_s, self.max_voxels = Path(root), settle_s, max_voxels
+        self.on_release = on_release
         self._lock = threading.Lock()
         self._open: dict[str, _Series] = {}
         self._made = 0
@@ -120,7 +128,8 @@ class SeriesSpool:
         with self._lock:
             for uid, series in list(self._open.items()):
                 settled = now - series.last_s >= self.settle_s
-                released = series.released_s is not None and now - series.released_s >= RELEASE_GRACE_S
+                released = (self.on_release and series.released_s is not None
+                            and now - series.released_s >= RELEASE_GRACE_S)
                 if settled or released:
                     series = self._open.pop(uid)
                     if not series.over_budget:
@@ -139,10 +148,11 @@ class PacsListener:
     """
 
     def __init__(self, predictor, pool, config: ListenerConfig):
-        from medlens.deploy.pacs.rules import SeriesRules
+        from medlens.deploy.pacs.rules import SeriesRules, StudyRules
 
         self.predictor, self.pool, self.config = predictor, pool, config
         self.rules = SeriesRules.of(predictor)
+        self.study_rules = StudyRules.of(predictor)  # a model of several series collects whole studies
         self._temp = None
         self._server = None
         self._stop = threading.Event()
@@ -155,7 +165,7 @@ class PacsListener:
         """The startup lines: where it listens, whom it takes, where results go (and a warning for ``*``)."""
         c = self.config
         text = (f"medlens serve: DICOM C-STORE as {c.ae_title} on {c.host}:{c.port} from {', '.join(c.allow)}; "
-                f"takes {self.rules.describe()}; results ({','.join(c.kinds)}) to {c.destination.describe()}")
+                f"takes {(self.study_rules or self.rules).describe()}; results ({','.join(c.kinds)}) to {c.destination.describe()}")
         if ANY_AE in c.allow:
             text += ("\nmedlens serve: WARNING: --dicom-allow '*' accepts any calling AE title: anyone who reaches "
                      "the port can send images and have results sent on; list the senders' AE titles instead")
@@ -173,7 +183,8 @@ class PacsListener:
         if root is None:
             self._temp = tempfile.TemporaryDirectory(prefix="medlens-spool-")
             root = Path(self._temp.name)
-        self.spool = SeriesSpool(Path(root), self.config.settle_s, self.pool.spec.budget.max_voxels)
+        self.spool = SeriesSpool(Path(root), self.config.settle_s, self.pool.spec.budget.max_voxels,
+                                 on_release=self.study_rules is None)
         ae = AE(ae_title=self.config.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)  # C-ECHO: a PACS tests the connection with it
@@ -204,10 +215,19 @@ class PacsListener:
                 LOG.warning("an instance without SeriesInstanceUID or SOPInstanceUID was refused")
                 return 0xC000
             frames = int(ds.get("NumberOfFrames", 1) or 1)
-            folder = self.spool.folder_for(series_uid, id(event.assoc),
+            key = series_uid
+            if self.study_rules is not None:  # a study's series in one spool folder, a subfolder each
+                key = str(ds.get("StudyInstanceUID", ""))
+                if not key:
+                    LOG.warning("an instance without StudyInstanceUID was refused (the model takes whole studies)")
+                    return 0xC000
+            folder = self.spool.folder_for(key, id(event.assoc),
                                            int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames)
             if folder is None:
-                return 0xA700  # Out of resources: the series is past the work budget
+                return 0xA700  # Out of resources: the series (or study) is past the work budget
+            if self.study_rules is not None:
+                folder = folder / hashlib.sha256(series_uid.encode()).hexdigest()[:12]
+                folder.mkdir(exist_ok=True)
             name = hashlib.sha256(sop_uid.encode()).hexdigest()[:20] + ".dcm"
             write_bytes_atomic(folder / name, event.encoded_dataset(include_meta=True))
             return 0x0000
@@ -237,37 +257,56 @@ class PacsListener:
         from medlens.deploy.pacs.rules import summarise
 
         try:
-            summary = summarise(folder)
-            reason = self.rules.refusal(summary)
+            if self.study_rules is not None:
+                picked, reason, what = self._study(folder)
+            else:
+                summary = summarise(folder)
+                picked, reason, what = {}, self.rules.refusal(summary), summary.describe()
             if reason:
                 self.refused += 1
                 LOG.info("not predicted: %s; nothing sent", reason)
                 shutil.rmtree(folder, ignore_errors=True)
                 return
-            self._predict_and_send(folder, summary)
+            self._predict_and_send(folder, what, picked)
         except Exception as exc:  # noqa: BLE001 - one series failing must not stop the listener
             self.refused += 1
-            LOG.error("a received series failed unexpectedly (%s); kept under %s", type(exc).__name__,
-                      self._keep(folder))
+            LOG.error("a received %s failed unexpectedly (%s); kept under %s",
+                      "study" if self.study_rules is not None else "series", type(exc).__name__, self._keep(folder))
 
-    def _predict_and_send(self, folder: Path, summary) -> None:
+    def _study(self, folder: Path) -> tuple[dict[str, Path], str | None, str]:
+        """The series the model's rules pick of a received study, why it is not taken, and its log name."""
+        from medlens.deploy.pacs.rules import summarise
+        from medlens.errors import DatasetError
+
+        try:
+            picked, reason = self.study_rules.pick(folder)
+        except DatasetError:
+            return {}, "a study without a DICOM image series", "a study"
+        what = "a study (" + ", ".join(f"{name}: {summarise(series).describe()}" for name, series in
+                                       picked.items()) + ")"
+        return picked, reason, what
+
+    def _predict_and_send(self, folder: Path, what: str, views: dict[str, Path]) -> None:
+        """Predict the series in ``folder`` (or the study's picked ``views``) in a worker, and send its results."""
         from medlens.deploy.pacs.send import SendError, send_files
         from medlens.deploy.service import scrub_paths
         from medlens.deploy.workers import WorkerRefusal
 
         started, out = time.monotonic(), folder.with_name(folder.name + ".results")
-        job = {"path": str(folder), "folder": str(folder), "options": {},
+        job = {"path": str(next(iter(views.values()), folder)), "folder": str(folder), "options": {},
                "dicom": {"out": str(out), "kinds": list(self.config.kinds)}}
+        if views:  # the results refer to the first view's series
+            job["views"] = {name: str(series) for name, series in views.items()}
         try:
             files = [Path(p) for p in self._run(job)["files"]]
             send_files(files, self.config.destination)
         except (WorkerRefusal, SendError) as exc:
             self.refused += 1
             message = scrub_paths(str(exc)).replace(str(folder), "the series")
-            LOG.warning("%s: %s; nothing sent, kept under %s", summary.describe(), message, self._keep(folder, out))
+            LOG.warning("%s: %s; nothing sent, kept under %s", what, message, self._keep(folder, out))
             return
         self.delivered += 1
-        LOG.info("%s: %d result object(s) sent to %s in %.1f s", summary.describe(), len(files),
+        LOG.info("%s: %d result object(s) sent to %s in %.1f s", what, len(files),
                  self.config.destination.describe(), time.monotonic() - started)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)

@@ -1,7 +1,9 @@
-"""Which series a bundle takes: the modality it was trained on (when the card says), 2D or 3D, enough slices.
+"""Which series a bundle takes: the modality it was trained on (when the card says), 2D or 3D, enough slices;
+and, for a model of several series (``dataset.series_rules``), which studies: one series per rule.
 
 >>> rules = SeriesRules.of(predictor)
 >>> rules.refusal(summarise(folder))       # None: take it; else why not, e.g. "modality CT, the model takes MR"
+>>> StudyRules.of(predictor).pick(study)   # ({"t1": folder, "flair": folder}, None), or ({}, why not)
 
 Reasons name the series by number, modality and slice count only (never a UID, a description or a patient).
 """
@@ -92,6 +94,54 @@ class SeriesRules:
 
     def _wrong_modality(self, series: str, modality: str) -> str:
         return f"{series}: modality {modality or 'absent'}, the model was trained on {'/'.join(self.modalities)}"
+
+
+@dataclass(frozen=True)
+class StudyRules:
+    """The studies a model of several series takes (its plan's ``dataset.series_rules``): each rule must pick
+    exactly one series of a received study, and each picked series must pass the model's :class:`SeriesRules`.
+
+    Attributes:
+        series_rules: ``NAME=REGEX`` texts, matched against each series' ``"<Modality> <SeriesDescription>"``.
+        series: what each picked series must be (modality, slices).
+    """
+
+    series_rules: tuple[str, ...]
+    series: SeriesRules
+
+    @classmethod
+    def of(cls, predictor) -> StudyRules | None:
+        """The model's study rules; ``None`` for a model of one series (it takes series, not studies)."""
+        rules = tuple(predictor.config.dataset.series_rules or ())
+        return cls(rules, SeriesRules.of(predictor)) if rules else None
+
+    def describe(self) -> str:
+        """One line for the startup message."""
+        return (f"studies, one series for each of the rules {', '.join(self.series_rules)} "
+                f"({self.series.describe()})")
+
+    def pick(self, study_folder: Path) -> tuple[dict[str, Path], str | None]:
+        """``({view: series folder}, None)`` for a study the model takes, else ``({}, why not)``. The reason names
+        rules and series by number, modality and slice count, never a description.
+
+        Raises:
+            DatasetError: no subfolder of ``study_folder`` holds a DICOM series.
+        """
+        from medlens.data.series import list_series, rule_matches
+
+        series = list_series(study_folder)
+        picked, problems = {}, []
+        for rule, matches in rule_matches(series, self.series_rules):
+            if len(matches) == 1:
+                picked[rule.name] = matches[0].folder
+            else:
+                problems.append(f"rule {rule.name} matches {len(matches) or 'no'} series")
+        if problems:
+            return {}, f"a study of {len(series)} series: {'; '.join(problems)}"
+        for name, folder in picked.items():
+            if reason := self.series.refusal(summarise(folder)):
+                return {}, f"{reason} (view {name})"
+        return picked, None
 
 
 def dicom_modalities(names) -> tuple[str, ...]:

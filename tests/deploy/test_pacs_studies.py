@@ -1,0 +1,69 @@
+"""``medlens serve RUN --dicom AE@PORT`` for a model of several series (trained with ``--series-rule``): the listener
+collects whole studies, the plan's rules pick one series per view, and the result goes into the source study in a
+real Orthanc; a study the rules cannot read is logged and nothing is sent. The log names no description or patient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.data.test_series_manifest import write_csv, write_study
+from tests.deploy.pacs_data import study_uid
+from tests.deploy.test_pacs_listener import ListeningService, send_series
+
+
+@pytest.fixture(scope="module")
+def study_model(tmp_path_factory) -> Path:
+    """A two-series classifier (T1 and FLAIR of 12 thin studies, one epoch): its plan keeps the series rules."""
+    from medlens.cli import main
+
+    root = tmp_path_factory.mktemp("study-model")
+    rows = []
+    for i in range(12):
+        write_study(root / "studies" / f"s{i:02d}", i, i % 2 == 1)
+        rows.append({"study": f"studies/s{i:02d}", "label": "tumour" if i % 2 else "none", "patient": f"P{i:02d}"})
+    run = root / "run"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["train", str(write_csv(root / "studies.csv", rows)), "--series-rule", "t1=T1", "--series-rule",
+                     "flair=FLAIR", "--out", str(run), "--set", "train.max_epochs=1", "--set",
+                     "evaluate.n_bootstrap=20", "--no-progress"]) == 0, printed.getvalue()[-2000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def service(study_model, orthanc, tmp_path_factory):
+    server = ListeningService(study_model, f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",
+                              tmp_path_factory.mktemp("serve") / "serve.log")
+    yield server
+    log = server.stop()
+    for secret in ("T1 axial", "FLAIR axial", "T2 axial", "Localizer", "P90", "P91"):  # descriptions, patients
+        assert secret not in log
+
+
+def files_of(study: Path) -> list[Path]:
+    return sorted(p for p in study.rglob("*.dcm"))
+
+
+def test_a_study_is_collected_its_series_picked_by_the_rules_and_the_result_stored_in_it(service, orthanc,
+                                                                                        tmp_path):
+    assert "takes studies, one series for each of the rules t1=T1, flair=FLAIR" in service.text()
+    study = write_study(tmp_path / "study", 90, True)
+    send_series(files_of(study), service.dicom_port)  # the study's three series in one association
+    log = service.wait_for_log("result object(s) sent to ORTHANC@", timeout_s=180)
+    assert "a study (t1: series 2 (MR, 4 slices), flair: series 5 (MR, 4 slices)): 1 result object(s) sent" in log
+    assert orthanc.modalities_of(study_uid(files_of(study))).count("SR") == 1
+
+
+def test_a_study_the_rules_cannot_read_is_logged_and_nothing_sent(service, orthanc, tmp_path):
+    study = write_study(tmp_path / "study", 91, True, flair="T2 axial")
+    for series in sorted(p for p in study.iterdir() if p.is_dir()):  # one association per series, as PACS may,
+        send_series(files_of(series), service.dicom_port)
+        time.sleep(0.7)  # each longer after the last than a series' release grace: the study still waits
+    log = service.wait_for_log("rule flair matches no series", timeout_s=120)
+    assert "not predicted: a study of 3 series: rule flair matches no series; nothing sent" in log
+    assert "SR" not in orthanc.modalities_of(study_uid(files_of(study)))
