@@ -186,7 +186,8 @@ def _this_device() -> str:
 
 def merged_card(summaries: dict[str, dict]) -> dict:
     """One dataset card out of the site summaries: what :meth:`Task.plan` reads of a card (dataset, counts, images,
-    masks, views, clinical columns), counts summed, statistics pooled (:func:`pooled_quantiles`), weighted by each site's readable cases."""
+    masks, views, clinical columns), counts summed, statistics pooled (:func:`pooled_quantiles`), weighted by each
+    site's readable cases."""
     names, items = list(summaries), list(summaries.values())
     first = items[0]["dataset"]
     weights = [max(float(s["dataset"].get("num_readable") or 0), 1.0) for s in items]

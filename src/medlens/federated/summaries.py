@@ -1,12 +1,12 @@
 """What a site tells the federation about its data: aggregate statistics of medlens' own audit, nothing else.
 
-A site's summary is built from :func:`medlens.data.audit.inspect_dataset` on the site's data and the split
-medlens makes of it (:func:`medlens.data.prepared.resolve_splits`: patient-grouped, stratified, seeded), so
-every site counts the cases it will train on. Only whitelisted aggregates are copied out of the card (counts,
-label balance, class names, dimensionality, size / spacing / channel / intensity statistics, modality, the
-audit's finding codes, the names of the image inputs, the clinical columns' kinds, value counts and separation
-AUCs and a categorical column's categories): never the data's location, file names, case or patient ids, or image bytes. The
-server checks the summaries (:func:`check_summaries`) and plans from them (:mod:`medlens.federated.plan`).
+A site's summary is built from :func:`medlens.data.audit.inspect_dataset` on the site's data and the split medlens
+makes of it (:func:`medlens.data.prepared.resolve_splits`: patient-grouped, stratified, seeded), so every site
+counts the cases it will train on. Only whitelisted aggregates are copied out of the card (counts, label balance,
+class names, dimensionality, size / spacing / channel / intensity statistics, modality, the audit's finding codes,
+the names of the image inputs, the clinical columns' kinds, value counts and separation AUCs and a categorical
+column's categories): never the data's location, file names, case or patient ids, or image bytes. The server checks
+the summaries (:func:`check_summaries`) and plans from them (:mod:`medlens.federated.plan`).
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def check_summaries(summaries: dict[str, dict], *, batch_size: int | None = None
     """Refuse sites that cannot train one model together, naming the site and the fix.
 
     Checks: at least one site; a task federated training covers; the same task, classes, spatial dimensions, image
-    inputs (views) and channels at every site (compared with the first site); training cases of every class (class labels) at every
-    site, and at least ``batch_size`` training cases when given.
+    inputs (views) and channels at every site (compared with the first site); training cases of every class (class
+    labels) at every site, and at least ``batch_size`` training cases when given.
 
     Raises:
         ConfigError: the first disagreement found.

@@ -165,7 +165,8 @@ class PacsListener:
         """The startup lines: where it listens, whom it takes, where results go (and a warning for ``*``)."""
         c = self.config
         text = (f"medlens serve: DICOM C-STORE as {c.ae_title} on {c.host}:{c.port} from {', '.join(c.allow)}; "
-                f"takes {(self.study_rules or self.rules).describe()}; results ({','.join(c.kinds)}) to {c.destination.describe()}")
+                f"takes {(self.study_rules or self.rules).describe()}; results ({','.join(c.kinds)}) to "
+                f"{c.destination.describe()}")
         if ANY_AE in c.allow:
             text += ("\nmedlens serve: WARNING: --dicom-allow '*' accepts any calling AE title: anyone who reaches "
                      "the port can send images and have results sent on; list the senders' AE titles instead")

@@ -68,9 +68,10 @@ def _view_channels(views: dict, names: tuple[str, ...]) -> int | None:
 def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
     """The clinical columns that go in (numeric with units when known, categorical with their categories).
 
-    Left out, each with its reason in ``clinical.numeric`` / ``clinical.categorical``: identifiers, columns with
-    no value, a federation's columns that some site lacks or reads as another kind, categorical columns with more than :data:`MAX_CATEGORIES` categories, and leakage (a column whose
-    values alone separate the classes with AUC above :data:`LEAKAGE_AUC`).
+    Left out, each with its reason in ``clinical.numeric`` / ``clinical.categorical``: identifiers, columns with no
+    value, a federation's columns that some site lacks or reads as another kind, categorical columns with more than
+    :data:`MAX_CATEGORIES` categories, and leakage (a column whose values alone separate the classes with AUC above
+    :data:`LEAKAGE_AUC`).
     """
     from medlens.data.audit_clinical import scale_rule
 
