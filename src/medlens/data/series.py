@@ -106,6 +106,19 @@ def rule_matches(series: list[SeriesInfo], rules) -> list[tuple[SeriesRule, list
     return [(rule, [s for s in series if rule.pattern.search(s.label)]) for rule in parse_series_rules(rules)]
 
 
+def picked_or_problems(series: list[SeriesInfo], rules) -> tuple[dict[str, Path], list[str]]:
+    """``({view: series folder}, [])`` when each rule matches one series, else ``({...}, problems)`` with one
+    ``"rule NAME matches no series"`` / ``"rule NAME matches 2 series"`` per rule that does not (no description or
+    folder name: the callers add what they may show)."""
+    picked, problems = {}, []
+    for rule, matches in rule_matches(series, rules):
+        if len(matches) == 1:
+            picked[rule.name] = matches[0].folder
+        else:
+            problems.append(f"rule {rule.name} matches {len(matches) or 'no'} series")
+    return picked, problems
+
+
 def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
     """The series folder of each rule's view, in rule order.
 
@@ -135,6 +148,27 @@ def pick_series(study_folder: str | os.PathLike, rules) -> dict[str, Path]:
                                "description or ^ and $")
         picked[rule.name] = matches[0].folder
     return picked
+
+
+def study_from_files(folder: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A study folder (one subfolder per series, as :func:`pick_series` reads) from the DICOM image files anywhere
+    under ``folder`` (a zipped study as it was uploaded, in any tree): each is moved into ``out/<series>/`` by its
+    SeriesInstanceUID. Files that are not DICOM images stay where they are.
+
+    Returns:
+        ``out``.
+    """
+    import hashlib
+
+    from medlens.io.dicom import scan_folder
+
+    out = Path(out)
+    for uid, headers in scan_folder(Path(folder))[0].items():
+        series = out / hashlib.sha256(uid.encode()).hexdigest()[:12]
+        series.mkdir(parents=True, exist_ok=True)
+        for k, header in enumerate(headers):
+            Path(header.path).rename(series / f"{k:05d}.dcm")
+    return out
 
 
 def read_study(study_folder: str | os.PathLike, rules) -> Image:

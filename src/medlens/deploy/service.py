@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medlens.budget import SERVICE_BUDGET, WorkBudget, work_budget
@@ -44,7 +44,7 @@ OPTIONS = ("heatmap", "mask", "overlay", "map", "viewer")  # POST /v1/predict's 
 #: the options every model takes (the others: those its task answers); viewer: a 3D input's volumes for the 3D viewer
 SERVICE_OPTIONS = ("viewer",)
 STATIC_MAX_AGE_S = 86400  # the viewer's scripts change only with the installed medlens
-CLINICAL_FIELD, VIEW_PREFIX = "clinical", "view:"
+CLINICAL_FIELD, VIEW_PREFIX, STUDY_FIELD = "clinical", "view:", "study"
 MAX_CLINICAL_CHARS = 64 * 1024  # the clinical form field: a JSON object of a few values
 
 
@@ -55,23 +55,29 @@ class FormFields:
     Attributes:
         files: the file fields: ``("file",)``, or ``("view:NAME", ...)`` for a model of named views.
         clinical: whether the ``clinical`` field (a JSON object) is taken.
+        series_rules: a model of several DICOM series (``dataset.series_rules``) also takes the field ``study``
+            instead of the views: a .zip of the study, whose series these rules pick.
     """
 
     files: tuple[str, ...]
     clinical: bool
+    series_rules: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, predictor) -> FormFields:
         views = tuple(getattr(predictor, "views", ()))
         files = tuple(f"{VIEW_PREFIX}{v}" for v in views) or ("file",)
-        return cls(files, getattr(predictor, "clinical", None) is not None)
+        config = getattr(predictor, "config", None)
+        rules = tuple(config.dataset.series_rules or ()) if config is not None else ()
+        return cls(files, getattr(predictor, "clinical", None) is not None, rules)
 
     @property
     def fused(self) -> bool:
         return self.files != ("file",) or self.clinical
 
     def describe(self) -> str:
-        return ", ".join([*self.files, *((CLINICAL_FIELD,) if self.clinical else ())])
+        study = f" (or {STUDY_FIELD}: a .zip of the DICOM study)" if self.series_rules else ""
+        return ", ".join([*self.files, *((CLINICAL_FIELD,) if self.clinical else ())]) + study
 
 
 @dataclass
@@ -253,7 +259,6 @@ def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 6
         A FastAPI app; run it with uvicorn.
     """
     import contextlib
-    from dataclasses import replace
 
     from fastapi import Depends, FastAPI
 
@@ -276,7 +281,8 @@ def create_app(predictor, *, token: str | None = None, max_upload_bytes: int = 6
                        max_body_bytes=max_upload_bytes * len(fields.files) + _FORM_OVERHEAD_BYTES)
     _add_error_handlers(app)
     guard = [Depends(_bearer_check(token))]
-    runner = _PoolRunner(workers, limits) if workers is not None else _LockedRunner(predictor, limits, budget)
+    runner = (_PoolRunner(workers, limits, fields.series_rules) if workers is not None
+              else _LockedRunner(predictor, limits, budget))
     _add_routes(app, predictor, guard, metrics, runner, fields, guard_needed=bool(token))
     return app
 
@@ -339,7 +345,8 @@ def _add_routes(app, predictor, guard: list, metrics: Metrics, runner, fields: F
     def model_card():  # the card, and the options (and, for several inputs, the form) POST /v1/predict takes
         service = {"options": list(predictor.task.service_options)}
         if fields.fused:
-            service.update(files=list(fields.files), clinical_field=CLINICAL_FIELD if fields.clinical else None)
+            service.update(files=list(fields.files), clinical_field=CLINICAL_FIELD if fields.clinical else None,
+                           study_field=STUDY_FIELD if fields.series_rules else None)
         return {**predictor.card, "service": service}
 
     @app.get("/metrics", dependencies=guard)
@@ -404,11 +411,14 @@ def _uploads(form, fields: FormFields) -> dict:
         if not isinstance(upload, UploadFile):
             raise UploadError("no file in the form field 'file'; send the image as multipart/form-data field 'file'")
         return {"file": upload}
-    known = {*fields.files, *((CLINICAL_FIELD,) if fields.clinical else ()), *OPTIONS}
+    known = {*fields.files, *((CLINICAL_FIELD,) if fields.clinical else ()), *OPTIONS,
+             *((STUDY_FIELD,) if fields.series_rules else ())}
     unknown = sorted({key for key in form.keys() if key not in known})
     if unknown:
         raise UploadError(f"unknown form field {', '.join(map(repr, unknown))[:200]}; this model takes "
                           f"{fields.describe()}")
+    if STUDY_FIELD in form.keys():
+        return {STUDY_FIELD: _study_upload(form, fields)}
     uploads = {}
     for name in fields.files:
         values = form.getlist(name)
@@ -421,6 +431,31 @@ def _uploads(form, fields: FormFields) -> dict:
     if not uploads:
         raise UploadError(f"no image in the form; send {_file_hint(fields)}")
     return uploads
+
+
+def field_limits(limits: UploadLimits, field: str, series_rules: tuple[str, ...]) -> UploadLimits:
+    """``limits`` for one form field: the ``study`` field holds every view's series, so what one series may cost
+    is allowed once per rule (the whole request is still bounded by the views' fields together)."""
+    if field != STUDY_FIELD or not series_rules:
+        return limits
+    n = len(series_rules)
+    return replace(limits, max_upload_bytes=limits.max_upload_bytes * n, max_voxels=limits.max_voxels * n,
+                   max_zip_entries=limits.max_zip_entries * n, max_uncompressed_bytes=limits.max_uncompressed_bytes * n)
+
+
+def _study_upload(form, fields: FormFields):
+    """The one file of the ``study`` field (a model of several series), refused beside view fields."""
+    from starlette.datastructures import UploadFile
+
+    sent = [name for name in fields.files if name in form.keys()]
+    if sent:
+        raise UploadError(f"the form has the field {STUDY_FIELD!r} and {', '.join(sent)}; send the study (a .zip) or "
+                          "its series one per view field, not both")
+    values = form.getlist(STUDY_FIELD)
+    if len(values) != 1 or not isinstance(values[0], UploadFile):
+        raise UploadError(f"the field {STUDY_FIELD!r} takes one file, a .zip of the study's DICOM files "
+                          f"(curl -F {STUDY_FIELD}=@study.zip)")
+    return values[0]
 
 
 def _clinical_field(form) -> dict | None:
@@ -468,6 +503,7 @@ class _LockedRunner:
 
     def __init__(self, predictor, limits: UploadLimits, budget: WorkBudget):
         self.predictor, self.limits, self.budget = predictor, limits, budget
+        self.series_rules = tuple(predictor.config.dataset.series_rules or ())
         self.lock = threading.Lock()
 
     async def __call__(self, submission: Submission, state) -> dict:
@@ -479,10 +515,11 @@ class _LockedRunner:
         """Stage every upload, predict under the lock, and build the JSON body (in a worker thread)."""
         options = submission.options
         with work_budget(self.budget), contextlib.ExitStack() as stack:
-            staged = {name: stack.enter_context(staged_upload(upload.file, self.limits))
+            staged = {name: stack.enter_context(staged_upload(upload.file, field_limits(self.limits, name,
+                                                                                       self.series_rules)))
                       for name, upload in submission.uploads.items()}
             state.upload_kind = _kinds(staged)
-            source, extra = _source(staged, submission.clinical)
+            source, extra = _source(staged, submission.clinical, self.series_rules)
             try:
                 with self.lock:
                     body = predict_body(self.predictor, source, options, next(iter(staged.values())).folder, extra)
@@ -547,12 +584,41 @@ def _add_viewer_routes(app) -> None:
         return FileResponse(viewer.HELPER_JS, media_type="text/javascript", headers=headers)
 
 
-def _source(staged: dict, clinical: dict | None) -> tuple[object, dict]:
-    """What ``Predictor.predict`` takes: the one staged path, or ``{view: path}``; and ``clinical=`` when sent."""
+def _source(staged: dict, clinical: dict | None, series_rules: tuple[str, ...] = ()) -> tuple[object, dict]:
+    """What ``Predictor.predict`` takes: the one staged path, or ``{view: path}`` (for a study, the series its
+    rules pick); and ``clinical=`` when sent.
+
+    Raises:
+        UploadError: a study that is not a zip of DICOM files, or whose series the rules cannot pick.
+    """
     extra = {"clinical": clinical} if clinical is not None else {}
     if list(staged) == ["file"]:
         return staged["file"].path, extra
+    if list(staged) == [STUDY_FIELD]:
+        return _study_views(staged[STUDY_FIELD], series_rules), extra
     return {name.removeprefix(VIEW_PREFIX): item.path for name, item in staged.items()}, extra
+
+
+def _study_views(item, series_rules: tuple[str, ...]) -> dict[str, Path]:
+    """``{view: series folder}`` of an uploaded study: its DICOM files grouped by series beside the upload, then
+    picked by the model's rules (headers only are read here; the pixels in the worker)."""
+    from medlens.data.series import list_series, picked_or_problems, study_from_files
+    from medlens.errors import DatasetError
+
+    if item.kind != "dicom_series":
+        raise UploadError(f"the field {STUDY_FIELD!r} takes a .zip of the study's DICOM files, got a {item.kind} "
+                          "file; zip the study folder (or send each series as its view:NAME field)", 415)
+    try:
+        series = list_series(study_from_files(item.path, item.folder / STUDY_FIELD))
+    except DatasetError:
+        raise UploadError("the study's zip holds no DICOM image series; zip the study's folder of series",
+                          422) from None
+    picked, problems = picked_or_problems(series, series_rules)
+    if problems:  # the series' labels are the uploader's own headers; no file name of the upload is quoted
+        raise UploadError(f"the study's series ({'; '.join(repr(s.label) for s in series)}): {'; '.join(problems)} "
+                          f"of the model's rules ({', '.join(series_rules)}); send a study with one series for each, "
+                          "or its series one per view:NAME field", 422)
+    return picked
 
 
 def _kinds(staged: dict) -> str:
@@ -561,8 +627,10 @@ def _kinds(staged: dict) -> str:
 
 def _input_summary(staged: dict) -> dict:
     """``{"type", "bytes"}`` of one upload; ``{"views": {view: {"type", "bytes"}}}`` of several."""
-    if list(staged) == ["file"]:
-        return {"type": staged["file"].kind, "bytes": staged["file"].size_bytes}
+    if list(staged) in (["file"], [STUDY_FIELD]):
+        item = next(iter(staged.values()))
+        summary = {"type": item.kind, "bytes": item.size_bytes}
+        return summary if "file" in staged else {STUDY_FIELD: summary}
     return {"views": {name.removeprefix(VIEW_PREFIX): {"type": item.kind, "bytes": item.size_bytes}
                       for name, item in staged.items()}}
 
@@ -576,8 +644,8 @@ def _scrub_all(message: str, staged: dict) -> str:
 class _PoolRunner:
     """Predictions in the pool's worker processes; this process only stages the upload (header checks)."""
 
-    def __init__(self, pool: WorkerPool, limits: UploadLimits):
-        self.pool, self.limits = pool, limits
+    def __init__(self, pool: WorkerPool, limits: UploadLimits, series_rules: tuple[str, ...] = ()):
+        self.pool, self.limits, self.series_rules = pool, limits, series_rules
 
     async def __call__(self, submission: Submission, state) -> dict:
         from starlette.concurrency import run_in_threadpool
@@ -586,9 +654,10 @@ class _PoolRunner:
         try:
             staged = {}
             for name, upload in submission.uploads.items():
-                staged[name] = await run_in_threadpool(stack.enter_context, staged_upload(upload.file, self.limits))
+                limits = field_limits(self.limits, name, self.series_rules)
+                staged[name] = await run_in_threadpool(stack.enter_context, staged_upload(upload.file, limits))
             state.upload_kind = _kinds(staged)
-            source, extra = _source(staged, submission.clinical)
+            source, extra = await run_in_threadpool(_source, staged, submission.clinical, self.series_rules)
             first = next(iter(staged.values()))
             job = {"folder": str(first.folder), "options": submission.options, **extra}
             job.update({"views": {k: str(v) for k, v in source.items()}} if isinstance(source, dict)

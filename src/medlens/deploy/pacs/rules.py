@@ -127,15 +127,10 @@ class StudyRules:
         Raises:
             DatasetError: no subfolder of ``study_folder`` holds a DICOM series.
         """
-        from medlens.data.series import list_series, rule_matches
+        from medlens.data.series import list_series, picked_or_problems
 
         series = list_series(study_folder)
-        picked, problems = {}, []
-        for rule, matches in rule_matches(series, self.series_rules):
-            if len(matches) == 1:
-                picked[rule.name] = matches[0].folder
-            else:
-                problems.append(f"rule {rule.name} matches {len(matches) or 'no'} series")
+        picked, problems = picked_or_problems(series, self.series_rules)
         if problems:
             return {}, f"a study of {len(series)} series: {'; '.join(problems)}"
         for name, folder in picked.items():
