@@ -108,6 +108,22 @@ def test_a_study_the_rules_cannot_read_or_a_study_beside_views_is_refused(predic
     assert ok.json()["probabilities"] == pytest.approx(expected["probabilities"])
 
 
+@pytest.mark.browser
+def test_the_page_offers_the_study_beside_the_views(open_watched, serve, predictor, tmp_path):
+    server = serve(predictor)
+    page, errors = open_watched(server.url + "/", (server.url, "data:", "blob:"))
+    page.wait_for_selector("#case-form:not([hidden])")
+    fields = page.eval_on_selector_all("#case-form .view-file", "ps => ps.map(p => p.dataset.field)")
+    assert fields == ["view:t1", "view:flair", "study"]
+    study = write_study(tmp_path / "study", 95, True)
+    (tmp_path / "study.zip").write_bytes(zipped(study))
+    page.set_input_files("#case-form .view-file[data-field='study']", tmp_path / "study.zip")
+    page.click("#case-form button")
+    page.wait_for_selector("#label:not(:empty)", timeout=60_000)
+    assert page.text_content("#label") == predictor.predict({"t1": study / "2-t1", "flair": study / "5-flair"})["label"]
+    assert errors == []
+
+
 @pytest.fixture(scope="module")
 def service(study_model, orthanc, tmp_path_factory):
     server = ListeningService(study_model, f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -53,11 +52,7 @@ def sites(tmp_path_factory) -> dict[str, Path]:
     return {name: write_site(root / name, name, 100 * k) for k, name in enumerate(SITES)}
 
 
-@pytest.fixture(autouse=True)
-def flower_env(monkeypatch):
-    # the SuperNodes' ClientApp processes import the test-only poisoned app from this repository's tests/
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("flower_env")  # tests/federated/conftest.py
 
 
 def settings(out: Path, **changes) -> ServerSettings:

@@ -19,13 +19,7 @@ from medlens.federated.plan import plan_federation, read_federation
 from medlens.federated.result import write_run
 from medlens.federated.summaries import site_summary
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_site(root: Path, *, patients: int, seed: int) -> Path:

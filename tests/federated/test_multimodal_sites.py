@@ -7,13 +7,11 @@ import contextlib
 import csv
 import io
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medlens.data import open_dataset
 from medlens.data.audit import inspect_dataset
@@ -25,15 +23,7 @@ from medlens.federated.local import SiteTrainer, initial_weights, regression_sta
 from medlens.federated.plan import merged_card, plan_federation
 from medlens.federated.summaries import check_summaries, site_splits, site_summary
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/federated/conftest.py, as flower_env
 
 
 def write_site(root: Path, *, seed: int, age_shift: float = 0.0, cases: int = 120) -> Path:
@@ -155,12 +145,6 @@ def test_every_site_encodes_with_the_plans_statistics_and_residual_regressions_a
 
 def regression_state_of(weights: dict) -> dict:
     return {k: v for k, v in weights.items() if ".clinical_logits." in f".{k}"}
-
-
-@pytest.fixture
-def flower_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def federate_cli(*arguments) -> str:
