@@ -74,9 +74,7 @@ def test_a_budget_shorter_than_one_epoch_stops_mid_epoch_and_says_so(cut_run):
     assert budget["mid_epoch"] is True and budget["epochs_completed"] == 0 and budget["stopped"] is True
     # at the end of the first step past the budget (how far past depends on the CPU's load), then the validation
     # and the checkpoints of the cut epoch
-    # (the budget counts from train()'s start: what the audit and planning took is off the training clock's share)
-    assert BUDGET_S <= info["time_budget"]["before_training_s"] + budget["stopped_at_s"]
-    assert budget["stopped_at_s"] <= budget["used_s"]
+    assert BUDGET_S <= budget["stopped_at_s"] <= budget["used_s"]
     assert len(rows) == 1 and rows[0]["val_auc"] != ""  # the cut epoch was validated
     assert any("stopped training mid-epoch, after 0 whole epoch(s)" in line for line in printed)
 
@@ -101,7 +99,7 @@ def test_the_report_says_the_budget_cut_an_epoch(cut_run):
 
     line = budget_line(json.loads(run.info.read_text()))
 
-    assert line.startswith(f"The {BUDGET_S:g} s time budget (") and "stopped training mid-epoch" in line
+    assert line.startswith(f"The {BUDGET_S:g} s time budget stopped training mid-epoch")
     assert "0 whole epoch(s)" in line
     assert "mid-epoch" in (run.root / "report.md").read_text()
 

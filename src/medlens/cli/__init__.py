@@ -82,12 +82,8 @@ def _add_arguments(name: str, module: str, command: argparse.ArgumentParser) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import time
-
-    started = time.perf_counter()  # a time budget counts from here (medlens train)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.started = started
     if args.command is None:
         parser.print_help()
         return 0

@@ -35,7 +35,6 @@ def run(args) -> int:
     with unlabelled_allowed():  # the engine opens the dataset, layers down
         run_folder = train(args.data, overrides=args.overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, image_root=args.image_root,
-                           progress_bar=not args.no_progress, task="pretraining",
-                           started=getattr(args, "started", None))
+                           progress_bar=not args.no_progress, task="pretraining")
     print(f"pretrained: {run_folder.root}  (next: medlens train DATA --init-from {run_folder.root})")
     return 0

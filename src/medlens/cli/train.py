@@ -109,8 +109,7 @@ def run(args) -> int:
         run_folder = train(args.data, plan=args.plan, overrides=overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,
                            num_nodes=args.num_nodes, strategy=args.strategy, image_root=args.image_root,
-                           progress_bar=not args.no_progress, task=task, task_options=task_options,
-                           started=getattr(args, "started", None))
+                           progress_bar=not args.no_progress, task=task, task_options=task_options)
     import os
 
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:  # other DDP processes stay quiet

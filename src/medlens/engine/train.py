@@ -36,8 +36,6 @@ from medlens.errors import ConfigError, DatasetError
 from medlens.runs import RunFolder, new_run, now, open_run
 from medlens.tasks import Fit, Task, task_for, task_named
 
-MIN_BUDGET_S = 1.0  # what training keeps of a budget that start-up has (nearly) used up
-
 
 def flush_denormals() -> None:
     """Treat denormal floats as zero on this process's CPU.
@@ -117,7 +115,7 @@ def write_plan(path: Path, config: Config, reasons: dict[str, str], source) -> P
 def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), out=None, resume=None,
           time_budget_s: float | None = None, init_from=None, devices: int = 1, num_nodes: int = 1,
           strategy: str = "auto", image_root=None, progress_bar: bool = True, task: str | None = None,
-          task_options: dict | None = None, started: float | None = None, log=print) -> RunFolder:
+          task_options: dict | None = None, log=print) -> RunFolder:
     """Train the model ``source``'s data call for; returns the run folder (see :mod:`medlens.runs`).
 
     Args:
@@ -125,11 +123,7 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
         devices, num_nodes: processes per node and nodes (``devices * num_nodes`` processes in all); under
             torchrun or SLURM the launcher starts them and rank 0 plans for all of them.
         strategy: Lightning's (``auto``, or ``ddp`` / ``ddp_spawn`` for several processes).
-        started: :func:`time.perf_counter` when the command began (``medlens train`` passes its start). The time
-            budget counts from there: start-up, the audit and planning come out of it, and the planner sizes the
-            epochs for what is left (:func:`budget_left`). Default: this call.
     """
-    started = time.perf_counter() if started is None else started
     world = distributed.Launch.detect(devices, num_nodes)
     if resume:
         return _resume(resume, world, strategy, progress_bar, log)
@@ -143,7 +137,7 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
                     strategy=strategy, checkpoint=None, progress_bar=progress_bar, log=log)
     with unreadable_skipped(skip_requested(plan, overrides)):  # --set or the plan file, for Python callers too
         config, reasons, card, dataset = _initial_config(source, plan, image_root, time_budget_s, world.processes,
-                                                         log, task=task, task_options=task_options, started=started)
+                                                         log, task=task, task_options=task_options)
     if init_from:
         from medlens.models.weights import resolve_source
 
@@ -159,12 +153,7 @@ def train(source=None, *, plan: Path | None = None, overrides: list[str] = (), o
     check_plan_fits(config, dataset)
     task.check(config)
     splits = resolve_splits(dataset, config, card)  # the audit's duplicate groups stay in one split
-    total_s = float(time_budget_s or config.train.time_budget_s)
-    config = budget_left(config, reasons, total_s, started)
     run = new_run(out, Path(str(source)).name.removesuffix(".npz").removesuffix(".csv"))
-    if total_s:
-        before = round(total_s - config.train.time_budget_s, 2)  # start-up, the audit, planning and the split
-        run.update_info(time_budget={"total_s": total_s, "before_training_s": before})
     write_plan(run.plan, config, reasons, source)
     write_json_atomic(run.card, card)
     write_json_atomic(run.splits, splits)
@@ -231,26 +220,8 @@ def _resume(path, world, strategy, progress_bar, log) -> RunFolder:
                 strategy=strategy, checkpoint=checkpoint, progress_bar=progress_bar, log=log)
 
 
-def budget_left(config: Config, reasons: dict, total_s: float, started: float) -> Config:
-    """``config`` whose ``train.time_budget_s`` is what is left of ``total_s`` since ``started`` (the command's
-    start), with its reason; unchanged without a budget. Training's own clock
-    (:class:`~medlens.engine.callbacks.TimeBudget`) starts after
-    this, so the command spends about ``total_s`` in all up to the saved model (then calibration and the report)."""
-    if not total_s:
-        return config
-    spent = time.perf_counter() - started
-    left = round(max(total_s - spent, MIN_BUDGET_S), 1)
-    reasons["train.time_budget_s"] = (f"hard stop: {left:g} s, what is left of the {total_s:g} s budget after "
-                                      f"{spent:.1f} s of start-up, audit and planning (the budget counts from the "
-                                      "command's start)")
-    return replace(config, train=replace(config.train, time_budget_s=left))
-
-
-def _initial_config(source, plan, image_root, time_budget_s, processes: int, log, *, task=None, task_options=None,
-                    started: float | None = None):
+def _initial_config(source, plan, image_root, time_budget_s, processes: int, log, *, task=None, task_options=None):
     if plan is None:
-        if time_budget_s and started is not None:  # the planner sizes the epochs for what start-up has left
-            time_budget_s = max(float(time_budget_s) - (time.perf_counter() - started), MIN_BUDGET_S)
         return make_plan(source, image_root=image_root, time_budget_s=time_budget_s, processes=processes, task=task,
                          task_options=task_options, log=log)
     config, reasons = read_plan(plan)

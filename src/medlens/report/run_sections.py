@@ -173,8 +173,6 @@ def budget_line(info: dict) -> str:
     if not budget.get("stopped"):
         return ""
     where = "mid-epoch, after" if budget.get("mid_epoch") else "after"
-    whole = info.get("time_budget") or {}  # the command's budget, of which start-up and planning took a part
-    head = (f"The {whole['total_s']:g} s time budget ({whole['before_training_s']:g} s of it before training: "
-            "start-up, audit, planning)" if whole.get("total_s") else f"The {budget['budget_s']:g} s time budget")
-    return (f"{head} stopped training {where} {budget['epochs_completed']} whole epoch(s) ({budget['used_s']:g} s "
-            "used in training, preparation included); the weights are the best validated so far.")
+    return (f"The {budget['budget_s']:g} s time budget stopped training {where} {budget['epochs_completed']} whole "
+            f"epoch(s) ({budget['used_s']:g} s used, preparation included); the weights are the best validated "
+            "so far.")
