@@ -1,4 +1,4 @@
-"""Fixtures of the federated tests: one torch thread in this process, and the environment of Flower's processes."""
+"""The environment of the federated tests' Flower processes."""
 
 from __future__ import annotations
 
@@ -6,18 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def one_thread():
-    """Local training in this process on one thread (the sites of a test share the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

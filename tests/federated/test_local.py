@@ -19,7 +19,7 @@ from medlens.federated.plan import plan_federation, read_federation
 from medlens.federated.result import write_run
 from medlens.federated.summaries import site_summary
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_site(root: Path, *, patients: int, seed: int) -> Path:

@@ -23,7 +23,7 @@ from medlens.federated.local import SiteTrainer, initial_weights, regression_sta
 from medlens.federated.plan import merged_card, plan_federation
 from medlens.federated.summaries import check_summaries, site_splits, site_summary
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/federated/conftest.py, as flower_env
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def write_site(root: Path, *, seed: int, age_shift: float = 0.0, cases: int = 120) -> Path:
