@@ -108,6 +108,15 @@ def test_a_study_the_rules_cannot_read_or_a_study_beside_views_is_refused(predic
     assert ok.json()["probabilities"] == pytest.approx(expected["probabilities"])
 
 
+def test_a_dicomweb_study_is_refused_before_anything_is_pulled_with_what_to_do_instead(predictor):
+    from medlens.deploy.pacs.dicomweb import dicomweb_inputs
+    from medlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"series by series.*medlens predict RUN STUDY_FOLDER.*--dicom"):
+        with dicomweb_inputs(predictor, ["dicomweb://127.0.0.1:9/dicom-web/studies/1.2.3"], kinds=None, push=False):
+            pass
+
+
 @pytest.mark.browser
 def test_the_page_offers_the_study_beside_the_views(open_watched, serve, predictor, tmp_path):
     server = serve(predictor)

@@ -187,13 +187,21 @@ def dicomweb_inputs(predictor, inputs: Sequence, *, kinds: str | None, push: boo
     """Pull every ``dicomweb://`` input into a temporary folder (removed on exit); see :class:`PulledInputs`.
 
     Raises:
-        ConfigError: ``push`` without a ``dicomweb://`` input, or a malformed address.
+        ConfigError: ``push`` without a ``dicomweb://`` input, a malformed address, or a model of several series
+            (its series rules pick a study's series; a DICOMweb study is predicted series by series).
         DicomwebError: a server could not be read, or a study holds no series the model takes.
     """
     from medlens.deploy.pacs.results import default_outputs
     from medlens.errors import ConfigError
 
     addresses = [StudyAddress.parse(str(i)) for i in inputs if is_dicomweb(i)]
+    if addresses and predictor.config.dataset.series_rules:
+        raise ConfigError(f"{next(str(i) for i in inputs if is_dicomweb(i))}: this model reads "
+                          "several series of a study (its plan's series rules "
+                          f"{', '.join(predictor.config.dataset.series_rules)}), and a DICOMweb study is predicted "
+                          "series by series; download the study into a folder of series folders and run `medlens "
+                          "predict RUN STUDY_FOLDER`, or let the PACS send it to `medlens serve RUN --dicom "
+                          "AE@PORT`, which collects whole studies")
     if push and not addresses:
         raise ConfigError("--push stores the results back where a dicomweb:// input came from; give one, e.g. "
                           "dicomweb://127.0.0.1:8042/dicom-web/studies/STUDY_UID")
