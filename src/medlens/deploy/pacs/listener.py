@@ -276,16 +276,12 @@ class PacsListener:
 
     def _study(self, folder: Path) -> tuple[dict[str, Path], str | None, str]:
         """The series the model's rules pick of a received study, why it is not taken, and its log name."""
-        from medlens.deploy.pacs.rules import summarise
         from medlens.errors import DatasetError
 
         try:
-            picked, reason = self.study_rules.pick(folder)
+            return self.study_rules.pick(folder)
         except DatasetError:
             return {}, "a study without a DICOM image series", "a study"
-        what = "a study (" + ", ".join(f"{name}: {summarise(series).describe()}" for name, series in
-                                       picked.items()) + ")"
-        return picked, reason, what
 
     def _predict_and_send(self, folder: Path, what: str, views: dict[str, Path]) -> None:
         """Predict the series in ``folder`` (or the study's picked ``views``) in a worker, and send its results."""

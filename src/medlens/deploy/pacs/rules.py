@@ -3,7 +3,7 @@ and, for a model of several series (``dataset.series_rules``), which studies: on
 
 >>> rules = SeriesRules.of(predictor)
 >>> rules.refusal(summarise(folder))       # None: take it; else why not, e.g. "modality CT, the model takes MR"
->>> StudyRules.of(predictor).pick(study)   # ({"t1": folder, "flair": folder}, None), or ({}, why not)
+>>> StudyRules.of(predictor).pick(study)   # ({"t1": folder, "flair": folder}, None, log name), or ({}, why, ...)
 
 Reasons name the series by number, modality and slice count only (never a UID, a description or a patient).
 """
@@ -120,9 +120,10 @@ class StudyRules:
         return (f"studies, one series for each of the rules {', '.join(self.series_rules)} "
                 f"({self.series.describe()})")
 
-    def pick(self, study_folder: Path) -> tuple[dict[str, Path], str | None]:
-        """``({view: series folder}, None)`` for a study the model takes, else ``({}, why not)``. The reason names
-        rules and series by number, modality and slice count, never a description.
+    def pick(self, study_folder: Path) -> tuple[dict[str, Path], str | None, str]:
+        """``({view: series folder}, None, log name)`` for a study the model takes, else ``({}, why not, log
+        name)``. The reason and the log name (``a study (t1: series 2 (MR, 4 slices), ...)``) name rules and series
+        by number, modality and slice count, never a description.
 
         Raises:
             DatasetError: no subfolder of ``study_folder`` holds a DICOM series.
@@ -132,11 +133,13 @@ class StudyRules:
         series = list_series(study_folder)
         picked, problems = picked_or_problems(series, self.series_rules)
         if problems:
-            return {}, f"a study of {len(series)} series: {'; '.join(problems)}"
-        for name, folder in picked.items():
-            if reason := self.series.refusal(summarise(folder)):
-                return {}, f"{reason} (view {name})"
-        return picked, None
+            return {}, f"a study of {len(series)} series: {'; '.join(problems)}", "a study"
+        summaries = {name: summarise(folder) for name, folder in picked.items()}  # headers read once per series
+        what = "a study (" + ", ".join(f"{name}: {s.describe()}" for name, s in summaries.items()) + ")"
+        for name, summary in summaries.items():
+            if reason := self.series.refusal(summary):
+                return {}, f"{reason} (view {name})", what
+        return picked, None, what
 
 
 def dicom_modalities(names) -> tuple[str, ...]:
