@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import time
 import zipfile
@@ -108,13 +109,36 @@ def test_a_study_the_rules_cannot_read_or_a_study_beside_views_is_refused(predic
     assert ok.json()["probabilities"] == pytest.approx(expected["probabilities"])
 
 
-def test_a_dicomweb_study_is_refused_before_anything_is_pulled_with_what_to_do_instead(predictor):
-    from medlens.deploy.pacs.dicomweb import dicomweb_inputs
-    from medlens.errors import ConfigError
+def test_a_dicomweb_study_is_pulled_by_the_rules_predicted_as_one_case_and_its_result_pushed(
+        orthanc, study_model, predictor, cli, tmp_path):
+    study = write_study(tmp_path / "study", 93, True)
+    orthanc.upload(files_of(study))
+    uid = study_uid(files_of(study))
+    address = f"dicomweb://127.0.0.1:{orthanc.http_port}/dicom-web/studies/{uid}"
+    result = cli("predict", study_model, address, "--push", "--out", tmp_path / "out" / "predictions.csv")
+    assert result.rc == 0, result.out + result.err
+    assert "pulled a study (t1: series 2 (MR, 4 slices), flair: series 5 (MR, 4 slices))" in result.out
+    assert "pushed 1 DICOM object(s)" in result.out
+    assert orthanc.modalities_of(uid).count("SR") == 1
+    expected = predictor.predict({"t1": study / "2-t1", "flair": study / "5-flair"})
+    with (tmp_path / "out" / "predictions.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert row["predicted"] == expected["label"]
+    assert float(row[f"p_{expected['label']}"]) == pytest.approx(expected["probabilities"][expected["label"]], abs=1e-4)
 
-    with pytest.raises(ConfigError, match=r"series by series.*medlens predict RUN STUDY_FOLDER.*--dicom"):
-        with dicomweb_inputs(predictor, ["dicomweb://127.0.0.1:9/dicom-web/studies/1.2.3"], kinds=None, push=False):
-            pass
+
+def test_a_dicomweb_study_the_rules_cannot_read_is_refused_before_anything_is_pushed(orthanc, study_model, cli,
+                                                                                    tmp_path):
+    study = write_study(tmp_path / "study", 94, True, flair="T2 axial")
+    orthanc.upload(files_of(study))
+    uid = study_uid(files_of(study))
+    address = f"dicomweb://127.0.0.1:{orthanc.http_port}/dicom-web/studies/{uid}"
+    result = cli("predict", study_model, address, "--push", "--out", tmp_path / "out")
+    assert result.rc != 0
+    assert "rule flair matches no series" in result.err and "series 5: 'MR T2 axial'" in result.err
+    assert "SR" not in orthanc.modalities_of(uid)
+    one_series = cli("predict", study_model, f"{address}/series/1.2.3", "--out", tmp_path / "out")
+    assert one_series.rc != 0 and "without /series/UID" in one_series.err
 
 
 @pytest.mark.browser

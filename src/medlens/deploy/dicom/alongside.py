@@ -3,7 +3,8 @@
 The task's ``write_outputs`` predicts each input once through a :class:`Predictor`; handing it a
 :class:`DicomAlongside` instead writes, for each DICOM series folder it predicts, the DICOM objects of that
 same result (no second prediction) into ``<base>/<series folder name>_dicom/`` (``<file stem>_dicom/`` for a
-DICOM file).
+DICOM file). A case of several DICOM series (a study's series picked by the plan's series rules) gets the results
+of that one prediction in ``<base>/<study folder name>_dicom/``, referring to its first view's series.
 """
 
 from __future__ import annotations
@@ -41,19 +42,29 @@ class DicomAlongside:
     def predict(self, source, **options) -> dict:
         """``Predictor.predict``; for a DICOM series folder or file the heat map too when a capture is asked for,
         and the DICOM results written from the answer."""
-        dicom = is_dicom_source(source)
-        if dicom and "capture" in self.kinds:
+        reference = dicom_reference(source)
+        if reference is not None and "capture" in self.kinds:
             options["heatmap"] = True
         result = self._predictor.predict(source, **options)
-        if not dicom:
+        if reference is None:
             self.log(f"{_name(source)}: not a DICOM series folder or DICOM file, no DICOM results (--dicom writes "
                      "them for DICOM inputs; give the folder that holds the slices)")
             return result
-        out_dir = self.base / f"{_stem(Path(source))}_dicom"
-        for kind, path in zip(self.kinds, write_results(self._predictor, Path(source), result, out_dir, self.kinds)):
-            self.log(f"{source} -> {path}  (DICOM {kind})")
+        shown = reference.parent if isinstance(source, dict) else reference  # a study's series: the study folder
+        out_dir = self.base / f"{shown.name if isinstance(source, dict) else _stem(reference)}_dicom"
+        for kind, path in zip(self.kinds, write_results(self._predictor, reference, result, out_dir, self.kinds)):
+            self.log(f"{shown} -> {path}  (DICOM {kind})")
             self.written.append(path)
         return result
+
+
+def dicom_reference(source) -> Path | None:
+    """The DICOM series (folder or file) the results of ``source`` refer to: ``source`` itself, or the first view of
+    a case of several views when that view is DICOM; ``None`` when there is none."""
+    if isinstance(source, dict):
+        first = next(iter(source.values()), None)
+        return Path(first) if is_dicom_source(first) else None
+    return Path(source) if is_dicom_source(source) else None
 
 
 def is_dicom_source(source) -> bool:

@@ -5,6 +5,10 @@ each series the model's rules take is predicted and its DICOM results written un
 they are stored back into the same server over STOW-RS, all in one request, and only when every series
 predicted. ``dicomweb://`` is plain HTTP, ``dicomwebs://`` HTTPS (on the command line an ``http://`` address
 would read as a file path). Series of a modality the model was not trained on are not pulled at all.
+
+A model of several series (its plan's ``dataset.series_rules``) predicts the study as one case: the rules pick one
+series each from the server's series search (``"<Modality> <SeriesDescription>"``), only those are pulled, into
+one study folder, and the results refer to the first rule's series, as the PACS listener's do.
 """
 
 from __future__ import annotations
@@ -57,6 +61,21 @@ class StudyAddress:
         return cls(match["base"], match["study"], match["series"])
 
 
+@dataclass(frozen=True)
+class ListedSeries:
+    """A series of a study as the server's series search (QIDO-RS) lists it."""
+
+    uid: str
+    number: int | None
+    modality: str
+    description: str
+
+    @property
+    def label(self) -> str:
+        """``"<Modality> <SeriesDescription>"``, what series rules are matched against."""
+        return f"{self.modality} {self.description}".strip()
+
+
 def pull_study(address: StudyAddress, folder: Path, *, prefix: str = "", skip: Callable | None = None,
                timeout_s: float = 60.0) -> tuple[list[Path], list[str]]:
     """Write the study's instances into ``folder/{prefix}series_K/`` (K: 1, 2... in the server's series order).
@@ -72,20 +91,64 @@ def pull_study(address: StudyAddress, folder: Path, *, prefix: str = "", skip: C
         DicomwebError: the server could not be reached, answered an error, or holds no such study / series.
     """
     client = _client(address.base_url, timeout_s)
-    listed = [(address.series_uid, None, "")] if address.series_uid else _series_of(client, address)
+    listed = ([ListedSeries(address.series_uid, None, "", "")] if address.series_uid
+              else _series_of(client, address))
     folders, skipped = [], []
-    for k, (series_uid, number, modality) in enumerate(listed, start=1):
-        reason = skip(number, modality) if skip is not None and modality else None
+    for k, series in enumerate(listed, start=1):
+        reason = skip(series.number, series.modality) if skip is not None and series.modality else None
         if reason:
             skipped.append(reason)
             continue
-        target = Path(folder) / f"{prefix}series_{k}"
-        target.mkdir(parents=True)
-        if _save_series(client, address, series_uid, target) == 0:
-            raise DicomwebError(f"the DICOMweb server at {address.base_url} holds no instances of the series asked "
-                                "for; check the series UID")
-        folders.append(target)
+        folders.append(_pull_series(client, address, series.uid, Path(folder) / f"{prefix}series_{k}"))
     return folders, skipped
+
+
+def pull_picked_series(address: StudyAddress, study_folder: Path, series_rules: Sequence[str], *,
+                       timeout_s: float = 60.0) -> dict[str, Path]:
+    """Pull the series of the study that ``series_rules`` pick, one per rule, into ``study_folder/series_K/``.
+
+    The rules are matched against the server's series search, so the study's other series (localizers, other
+    sequences) are never pulled.
+
+    Returns:
+        ``{view: series folder}`` in rule order.
+
+    Raises:
+        ConfigError: the address names one series (the model reads several series of a study).
+        DicomwebError: the server could not be read, or a rule matches no series of the study, or several.
+    """
+    from medlens.data.series import SeriesInfo, picked_or_problems
+    from medlens.errors import ConfigError
+
+    if address.series_uid:
+        raise ConfigError(f"{address.base_url}/studies/{address.study_uid}/series/{address.series_uid}: this model "
+                          "reads several series of a study (its series rules pick them); give the study's address "
+                          "without /series/UID")
+    client = _client(address.base_url, timeout_s)
+    listed = _series_of(client, address)
+    names = {f"series_{k}": series for k, series in enumerate(listed, start=1)}
+    picked, problems = picked_or_problems([SeriesInfo(Path(n), s.label) for n, s in names.items()], series_rules)
+    if problems:
+        seen = "; ".join(f"series {s.number if s.number is not None else '(no number)'}: {s.label!r}"
+                         for s in sorted(listed, key=lambda s: (s.number is None, s.number or 0)))
+        raise DicomwebError(f"the study at {address.base_url} cannot be read by the model's series rules "
+                            f"{', '.join(series_rules)}: {'; '.join(problems)} (the server lists {seen}); "
+                            "nothing predicted or pushed")
+    return {view: _pull_series(client, address, names[str(name)].uid, Path(study_folder) / str(name))
+            for view, name in picked.items()}
+
+
+def _pull_series(client, address: StudyAddress, series_uid: str, target: Path) -> Path:
+    """One series' instances into the new folder ``target`` (one file each).
+
+    Raises:
+        DicomwebError: the server could not be read, or holds no instance of the series.
+    """
+    target.mkdir(parents=True)
+    if _save_series(client, address, series_uid, target) == 0:
+        raise DicomwebError(f"the DICOMweb server at {address.base_url} holds no instances of the series asked "
+                            "for; check the series UID")
+    return target
 
 
 def _save_series(client, address: StudyAddress, series_uid: str, target: Path) -> int:
@@ -107,18 +170,20 @@ def _client(base_url: str, timeout_s: float):
     return client
 
 
-def _series_of(client, address: StudyAddress) -> list[tuple[str, int | None, str]]:
-    """``(SeriesInstanceUID, SeriesNumber, Modality)`` of each series of the study (QIDO-RS)."""
+def _series_of(client, address: StudyAddress) -> list[ListedSeries]:
+    """Each series of the study, in the server's order (QIDO-RS, the description asked for by name: not every
+    server returns it by default)."""
     from pydicom import Dataset
 
-    found = _call(address, "list the study's series", lambda: client.search_for_series(address.study_uid))
+    found = _call(address, "list the study's series",
+                  lambda: client.search_for_series(address.study_uid, fields=["SeriesDescription"]))
     listed = []
     for entry in found:
         ds = Dataset.from_json(entry)
         number = ds.get("SeriesNumber")
         if ds.get("SeriesInstanceUID"):
-            listed.append((str(ds.SeriesInstanceUID), int(number) if number not in (None, "") else None,
-                           str(ds.get("Modality", "") or "")))
+            listed.append(ListedSeries(str(ds.SeriesInstanceUID), int(number) if number not in (None, "") else None,
+                                       str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")))
     if not listed:
         raise DicomwebError(f"the DICOMweb server at {address.base_url} holds no study with that StudyInstanceUID "
                             "(no series found); check the UID, or upload the study first")
@@ -187,21 +252,15 @@ def dicomweb_inputs(predictor, inputs: Sequence, *, kinds: str | None, push: boo
     """Pull every ``dicomweb://`` input into a temporary folder (removed on exit); see :class:`PulledInputs`.
 
     Raises:
-        ConfigError: ``push`` without a ``dicomweb://`` input, a malformed address, or a model of several series
-            (its series rules pick a study's series; a DICOMweb study is predicted series by series).
-        DicomwebError: a server could not be read, or a study holds no series the model takes.
+        ConfigError: ``push`` without a ``dicomweb://`` input, a malformed address, or the address of one series for
+            a model of several series.
+        DicomwebError: a server could not be read, or a study holds no series the model takes (for a model of
+            several series: a rule matches no series of the study, or several).
     """
     from medlens.deploy.pacs.results import default_outputs
     from medlens.errors import ConfigError
 
     addresses = [StudyAddress.parse(str(i)) for i in inputs if is_dicomweb(i)]
-    if addresses and predictor.config.dataset.series_rules:
-        raise ConfigError(f"{next(str(i) for i in inputs if is_dicomweb(i))}: this model reads "
-                          "several series of a study (its plan's series rules "
-                          f"{', '.join(predictor.config.dataset.series_rules)}), and a DICOMweb study is predicted "
-                          "series by series; download the study into a folder of series folders and run `medlens "
-                          "predict RUN STUDY_FOLDER`, or let the PACS send it to `medlens serve RUN --dicom "
-                          "AE@PORT`, which collects whole studies")
     if push and not addresses:
         raise ConfigError("--push stores the results back where a dicomweb:// input came from; give one, e.g. "
                           "dicomweb://127.0.0.1:8042/dicom-web/studies/STUDY_UID")
@@ -217,7 +276,8 @@ def dicomweb_inputs(predictor, inputs: Sequence, *, kinds: str | None, push: boo
                 continue
             address = StudyAddress.parse(str(item))
             prefix = f"study{k + 1}_" if len(addresses) > 1 else ""
-            taken = _taken(predictor, address, Path(pulled), prefix, log)
+            taken = (_taken_study if predictor.config.dataset.series_rules else _taken)(
+                predictor, address, Path(pulled), prefix, log)
             local += taken
             bases.update({folder.name: address.base_url for folder in taken})
         yield PulledInputs(local, kinds, bases, log)
@@ -248,3 +308,23 @@ def _taken(predictor, address: StudyAddress, folder: Path, prefix: str, log: Cal
         raise DicomwebError(f"no series of the study at {address.base_url} matches the model ({rules.describe()}): "
                             + "; ".join(reasons) + "; nothing predicted or pushed")
     return taken
+
+
+def _taken_study(predictor, address: StudyAddress, folder: Path, prefix: str, log: Callable[[str], None]) -> list[Path]:
+    """For a model of several series: the study folder (``{prefix}study/``) of the series its rules pick, pulled
+    and checked as the PACS listener checks a study it received (modality, slices).
+
+    Raises:
+        DicomwebError: the rules do not pick one series each, or a picked series is not one the model takes.
+    """
+    from medlens.deploy.pacs.rules import StudyRules
+
+    rules = StudyRules.of(predictor)
+    study = folder / f"{prefix}study"
+    pull_picked_series(address, study, rules.series_rules)
+    _, reason, what = rules.pick(study)
+    if reason:
+        raise DicomwebError(f"the study at {address.base_url} is not one the model takes: {reason}; nothing "
+                            "predicted or pushed")
+    log(f"pulled {what}")
+    return [study]
