@@ -153,6 +153,7 @@ def report_pneumonia(run: Path, sites) -> bool:
           f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs; local-only and pooled: "
           f"{doc['budget']['epochs']} epochs ==")
     print_epochs(doc)
+    print_kept(run)
     print(f"{'test split':<16} {'federated':>22} {'pooled':>22} {'local (this site)':>22} {'local mean':>10}")
     for test, n in doc["tests"].items():
         local = [r["value"] for r in doc["rows"] if r["model"].startswith("local ") and r["test"] == test
@@ -173,6 +174,16 @@ def report_pneumonia(run: Path, sites) -> bool:
           f"{wins} of {len(doc['sites'])}; mean local-only on its own site's test split: "
           f"{s['local_mean_own_site']:.3f}")
     return all(checks.values())
+
+
+def print_kept(run: Path) -> None:
+    """Which round's global model the federation kept, by the sites' pooled validation aggregates."""
+    kept = read_json(run / "run.json").get("federation", {}).get("kept_round")
+    if kept:
+        scores = ", ".join(f"{r} {v:.4f}" for r, v in sorted(kept["scores"].items(), key=lambda rv: int(rv[0])))
+        print(f"federated model kept: round {kept['round']} (pooled validation score by round: {scores})")
+    else:
+        print("federated model kept: the last round's (no validation aggregates)")
 
 
 def print_epochs(doc: dict) -> None:

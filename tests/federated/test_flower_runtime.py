@@ -177,7 +177,8 @@ def test_the_wire_carries_no_images_or_identifiers(federated_run, sites):
     model = load_file(federated_run / "federated" / "global_round_0.safetensors")
     model_bytes = sum(v.nbytes for v in model.values())
     messages = [json.loads(line) for line in (federated_run / "federated" / "messages.jsonl").read_text().splitlines()]
-    assert {m["kind"] for m in messages} == {"query", "train"} and len(messages) == 3 * 2
+    # summaries, one round, and the final global model's validation aggregates (the kept round is chosen by them)
+    assert {m["kind"] for m in messages} == {"query", "train"} and len(messages) == 3 * 3
     forbidden = {row["patient_id"] for m in sites.values() for row in csv.DictReader(open(m))}
     forbidden |= {row["image"] for m in sites.values() for row in csv.DictReader(open(m))}
     forbidden |= {str(m.parent) for m in sites.values()} | {m.name for m in sites.values()}
@@ -186,9 +187,9 @@ def test_the_wire_carries_no_images_or_identifiers(federated_run, sites):
         assert not [word for word in forbidden if word in text], message["site"]
         assert ".png" not in text
         if message["kind"] == "query":
-            assert set(message["records"]) == {"summary", "meta"}
+            assert set(message["records"]) in ({"summary", "meta"}, {"calibration", "meta"})
         else:
-            assert set(message["records"]) == {"weights", "metrics", "meta"}
+            assert set(message["records"]) == {"weights", "metrics", "validation", "meta"}
             arrays = message["records"]["weights"]["arrays"]
             assert {k: tuple(shape) for k, (_, shape) in arrays.items()} == {k: v.shape for k, v in model.items()}
             # Flower's serialisation adds a dtype and shape per array, nothing more
@@ -250,6 +251,9 @@ def test_a_site_killed_mid_round_does_not_stop_it_and_can_rejoin(sites, tmp_path
     assert sorted(history[0]["sites"]) == ["north", "south"]
     assert "east" in history[-1]["sites"]
     assert read_state(tmp_path / "run")["finished"]
+    # both rounds' global models scored on all three sites' validation splits; the run keeps the better one
+    kept = json.loads((tmp_path / "run" / "run.json").read_text())["federation"]["kept_round"]
+    assert set(kept["scores"]) == {"1", "2"} and kept["scores"][str(kept["round"])] == max(kept["scores"].values())
 
 
 @pytest.mark.e2e
@@ -399,3 +403,35 @@ def test_rounds_planned_from_a_budget_stop_when_the_next_would_end_past_it(tmp_p
     asked = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=300.0,
                                                                                 rounds=10))))
     assert not asked.budget_spent(history, plan)  # --rounds 10: every round runs
+
+
+def test_the_run_keeps_the_round_whose_global_model_scores_best_over_every_sites_validation(tmp_path):
+    from medlens.config import Config
+    from medlens.federated.flower_app import Federation, Settings
+    from medlens.federated.plan import FederationPlan
+    from medlens.federated.server import run_config, save_round
+    from medlens.tasks.classification.aggregates import site_statistics
+
+    config, rng = Config(), np.random.default_rng(0)
+    federation = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path))))
+    assert federation.keeps_last(config, FederationPlan("fedprox", rounds=3, local_epochs=1)) is None
+    assert "FedBN" in federation.keeps_last(config, FederationPlan("fedbn", rounds=3, local_epochs=1))
+    assert "differential privacy" in federation.keeps_last(
+        config, FederationPlan("fedavg", rounds=3, local_epochs=1, dp_epsilon=8.0))
+
+    def validation(noise: float) -> dict[str, dict]:  # each site's aggregates of a model this noisy
+        labels = {name: rng.integers(0, 2, 200) for name in ("north", "south")}
+        return {name: site_statistics(np.c_[np.zeros(200), 4 * (y - 0.5) + rng.normal(0, noise, 200)], y, "binary")
+                for name, y in labels.items()}
+
+    state = {"summaries": {"north": {}, "south": {}}, "history": [], "round": 0}
+    for number, noise in ((1, 4.0), (2, 1.0), (3, 3.0)):  # round 2's global model separates the classes best
+        state = federation.score_round({**state, "round": number}, number, validation(noise), config)
+        save_round(tmp_path, state, {"w": np.full(2, float(number), np.float32)})
+    late = federation.score_round(state, 3, {"north": validation(0.1)["north"]}, config)  # one site: no candidate
+    assert late == state
+    weights, state = federation.keep_best({"w": np.full(2, 3.0, np.float32)}, state)
+    assert state["kept"]["round"] == 2 and weights["w"].tolist() == [2.0, 2.0]  # round 2's checkpoint, not the last
+    assert state["kept"]["scores"]["2"] > max(state["kept"]["scores"]["1"], state["kept"]["scores"]["3"])
+    assert "best validation AUC over all sites' validation splits" in state["kept"]["rule"]
+    assert "round 3, the last" in (tmp_path / "federated" / "server.log").read_text()

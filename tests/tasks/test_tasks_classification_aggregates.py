@@ -48,3 +48,22 @@ def test_no_validation_error_keeps_temperature_one():
     z, y = np.array([[0.0, 5.0], [0.0, -5.0], [0.0, 4.0]]), np.array([1, 0, 1])
     result = combine([site_statistics(z, y, "binary")], "binary")
     assert result["temperature"] == 1.0 and "no errors" in result["note"]
+
+
+def test_the_selection_score_is_the_auc_of_the_pooled_cases_and_ranks_models_alike():
+    from sklearn.metrics import roc_auc_score
+
+    from medlens.tasks.classification.aggregates import selection_score
+
+    rng = np.random.default_rng(2)
+    sites = [_site(rng, 300, 0.05), _site(rng, 500, 0.9), _site(rng, 80, 0.5)]
+    z, y = np.concatenate([s[0] for s in sites]), np.concatenate([s[1] for s in sites])
+    score, what = selection_score([site_statistics(z, y, "binary") for z, y in sites], "binary")
+    assert what == "validation AUC" and score == pytest.approx(roc_auc_score(y, z[:, 1]), abs=0.002)
+    # a noisier model of the same cases scores lower: the pooled AUC, not each site's, is compared
+    noisy = [(s[0] + np.stack([np.zeros(len(s[1])), rng.normal(0, 6.0, len(s[1]))], axis=1), s[1]) for s in sites]
+    worse, _ = selection_score([site_statistics(z, y, "binary") for z, y in noisy], "binary")
+    assert worse < score - 0.05
+    three = [(np.c_[z, rng.normal(0, 1, len(y))], y) for z, y in sites]
+    nll, what = selection_score([site_statistics(z, y, "multiclass") for z, y in three], "multiclass")
+    assert what == "validation NLL (negated)" and -np.log(3) < nll < 0

@@ -5,8 +5,11 @@ and makes one plan (:func:`medlens.federated.plan.plan_federation`), then asks o
 initialised weights. Rounds 1..R: the server sends the global weights with the plan, each site trains locally
 (:class:`medlens.federated.local.SiteTrainer`) and sends weights, its number of training cases and metrics;
 the server refuses unsound updates (:mod:`medlens.federated.updates`), averages the rest by training cases
-(FedAvg / FedProx; FedBN keeps BatchNorm layers on the sites) and checkpoints the global model. At the end it
-writes an ordinary run folder (:func:`medlens.federated.result.write_run`).
+(FedAvg / FedProx; FedBN keeps BatchNorm layers on the sites) and checkpoints the global model. Where the task
+offers validation aggregates, each site first scores the global model it received on its validation split, and
+after the last round the final one: the server keeps the round whose global model scores best over all sites'
+validation splits together (as ``medlens train`` keeps its best epoch). At the end it writes an ordinary run
+folder (:func:`medlens.federated.result.write_run`).
 
 Every message the ServerApp receives is described in ``RUN/federated/messages.jsonl`` (record names, array
 keys / shapes / bytes, config and metric values), so what crossed the wire can be audited.
@@ -73,13 +76,17 @@ def _train(msg: Message, context: Context) -> Message:
     privacy = json.loads(context.state["privacy"]["json"]) if "privacy" in context.state else None
 
     def content() -> dict:
-        weights, n_examples, metrics, spent = site.fit(context.node_config, task["config"], task["plan"], received,
-                                                       round=int(task["round"]), local=local, privacy=privacy)
+        weights, n_examples, metrics, spent, validation = site.fit(
+            context.node_config, task["config"], task["plan"], received, round=int(task["round"]), local=local,
+            privacy=privacy, validate=bool(task.get("validate", 0)))
         context.state["local"] = to_record({k: v for k, v in weights.items() if k not in received})
         if spent is not None:
             context.state["privacy"] = ConfigRecord({"json": json.dumps(spent)})
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        return {"weights": to_record(weights), "metrics": MetricRecord({"num-examples": n_examples, **numbers})}
+        records = {"weights": to_record(weights), "metrics": MetricRecord({"num-examples": n_examples, **numbers})}
+        if validation is not None:  # aggregates of the global model received, for the server's choice of round
+            records["validation"] = ConfigRecord({"json": json.dumps(validation)})
+        return records
 
     return _answer(msg, context, content)
 
@@ -171,11 +178,13 @@ class Federation:
         else:
             state, weights = self.start()
         config, plan = _config(state["config"]), site.plan_from_json(json.dumps(state["plan"]))
+        validate = self.keeps_last(config, plan) is None
         for number in range(state["round"] + 1, plan.rounds + 1):
             if self.budget_spent(state["history"], plan):
                 break
-            weights, record = self.train_round(number, config, plan, weights, state)
-            state = {**state, "round": number, "history": [*state["history"], record], "error": None}
+            weights, record, validation = self.train_round(number, config, plan, weights, state, validate=validate)
+            state = self.score_round({**state, "round": number, "history": [*state["history"], record],
+                                      "error": None}, number - 1, validation, config)
             checkpoints.save_round(self.out, state, weights)
             self.log(f"round {number}/{plan.rounds}: global model checkpointed")
         self.finish(config, plan, weights, state)
@@ -256,11 +265,18 @@ class Federation:
         self.log(f"round 0: clinical statistics pooled from {len(moments)} site(s): {', '.join(entries)}")
         return replace(config, clinical=replace(config.clinical, standardise=entries))
 
-    def train_round(self, number: int, config, plan, weights: dict[str, np.ndarray], state: dict):
-        """One round: send, collect, check, average. Returns the new global weights and the round's record."""
+    def train_round(self, number: int, config, plan, weights: dict[str, np.ndarray], state: dict, *,
+                    validate: bool = False):
+        """One round: send, collect, check, average.
+
+        Returns:
+            The new global weights, the round's record, and (``validate``) ``{site: validation aggregates}`` of the
+            global model the sites received, from the sites whose updates were sound.
+        """
         started = time.monotonic()
         sent = {key: weights[key] for key in shared_keys(weights, plan.strategy)}
-        task = ConfigRecord({"config": json.dumps(_plain(config)), "plan": site.plan_to_json(plan), "round": number})
+        task = ConfigRecord({"config": json.dumps(_plain(config)), "plan": site.plan_to_json(plan), "round": number,
+                             "validate": int(validate)})
         nodes = self.wait_for_sites(plan.min_sites)
         replies = self.exchange(nodes, "train", lambda _: {"global": to_record(sent), "task": task}, round=number,
                                 need=plan.min_sites)
@@ -275,9 +291,67 @@ class Federation:
             checkpoints.save_site_norms(self.out, {u.site: {k: u.weights[k] for k in kept} for u in updates})
         self.log(f"round {number}: averaged {len(updates)} site(s) ({', '.join(u.site for u in updates)}) by "
                  f"training cases" + (f"; refused {', '.join(rejected)}" if rejected else ""))
+        validation = {u.site: json.loads(replies[u.site].content["validation"]["json"]) for u in updates
+                      if "validation" in replies[u.site].content}
         return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2), "rejected": rejected,
                           "kept_at_sites": kept,  # FedBN: never sent back, each site's own
-                          "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}
+                          "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}, validation
+
+    # ---- which round's global model the run keeps ----
+
+    def keeps_last(self, config, plan) -> str | None:
+        """Why the run keeps the last round's global model (``None``: it keeps the round of the best validation
+        score over all sites' validation splits, from their aggregates)."""
+        from medlens.tasks import task_for
+
+        aggregates = task_for(config).aggregate_calibration
+        if aggregates is None or not aggregates.applies(config):
+            return f"{config.dataset.task} labels: the task offers no validation aggregates"
+        if plan.dp_epsilon is not None:
+            return "differential privacy: validation aggregates are not counted in the sites' epsilon"
+        if plan.strategy == "fedbn":
+            return "FedBN: a site scores the model with its own batch norm, the run deploys the averaged one"
+        return None
+
+    def score_round(self, state: dict, number: int, validation: dict[str, dict], config) -> dict:
+        """``state`` with round ``number``'s global model scored from the sites' validation aggregates, and the best
+        round so far (with its aggregates) under ``state["selection"]``. A round scored by fewer than every site
+        of round 0 is no candidate (its score would not compare); round 0, the untrained model, neither."""
+        everyone = sorted(state["summaries"])
+        if number < 1 or not validation:
+            return state
+        if sorted(validation) != everyone:
+            self.log(f"round {number}: validation scores from {len(validation)} of {len(everyone)} site(s); the "
+                     "round is not a candidate for the model kept")
+            return state
+        from medlens.tasks import task_for
+
+        stats = [validation[name] for name in everyone]
+        score, what = task_for(config).aggregate_calibration.score(stats, config)
+        selection = dict(state.get("selection") or {})
+        selection["scores"] = {**selection.get("scores", {}), str(number): score}
+        selection["what"] = what
+        if score >= selection.get("best_score", -np.inf):  # ties: the later round, trained longer
+            selection.update(best_round=number, best_score=score, best_stats=stats)
+        self.log(f"round {number}: the global model's {what} over {len(everyone)} sites' validation splits "
+                 f"together: {score:.4f}")
+        return {**state, "selection": selection}
+
+    def keep_best(self, weights: dict[str, np.ndarray], state: dict) -> tuple[dict[str, np.ndarray], dict]:
+        """The best round's global weights, and ``state`` with ``kept`` (what the run folder says of it)."""
+        selection, last = state.get("selection") or {}, state["round"]
+        best = selection.get("best_round")
+        if best is None:
+            return weights, state
+        scores = selection["scores"]
+        rule = (f"the round whose global model has the best {selection['what']} over all sites' validation splits "
+                f"together (from their aggregates): round {best} ({scores[str(best)]:.4f})")
+        if best != last and str(last) in scores:
+            rule += f"; round {last}, the last, {scores[str(last)]:.4f}"
+            weights = checkpoints.load_weights(self.out, {"weights": f"global_round_{best}.safetensors",
+                                                          "round": best})
+        self.log(f"model kept: {rule}")
+        return weights, {**state, "kept": {"round": best, "rule": rule, "scores": scores}}
 
     def sound_updates(self, replies: dict, weights: dict, summaries: dict) -> tuple[list[Update], dict[str, str]]:
         expected = {key: tuple(value.shape) for key, value in weights.items()}
@@ -299,10 +373,15 @@ class Federation:
         from medlens.federated.result import write_run
 
         sites = {name: _site_record(name, state) for name in state["summaries"]}
+        if (why := self.keeps_last(config, plan)) is None:
+            final = self.site_aggregates(config, plan, weights, state)
+            weights, state = self.keep_best(weights, self.score_round(state, state["round"], final, config))
+        else:
+            self.log(f"model kept: the last round's ({why})")
         from_sites = None if self.settings.calibrate_on else self.calibrate_at_sites(config, plan, weights, state)
         taking_part = {name: data for name, data in self.settings.calibrate_on.items() if name in state["summaries"]}
         write_run(self.out, config, plan, weights, state["history"], sites, reasons=state.get("reasons"),
-                  calibrate_on=taking_part, site_calibration=from_sites, log=self.log)
+                  calibrate_on=taking_part, site_calibration=from_sites, kept=state.get("kept"), log=self.log)
         from medlens._files import write_json_atomic
 
         write_json_atomic(checkpoints.state_path(self.out), {**state, "finished": True})
@@ -319,20 +398,29 @@ class Federation:
                    "differential privacy (validation aggregates are not counted in the sites' epsilon)")
             self.log(f"calibration: none from the sites under {why}; temperature 1, threshold 0.5")
             return None
-        content = ConfigRecord({"step": "calibration", "config": json.dumps(_plain(config)),
-                                "plan": site.plan_to_json(plan)})
-        replies = self.exchange(self.connected(), "query", lambda _: {"task": content, "global": to_record(weights)},
-                                round=len(state["history"]), need=1)
-        replies = {name: reply for name, reply in replies.items() if name in state["summaries"]}  # checked sites
-        stats = [json.loads(reply.content["calibration"]["json"]) for reply in replies.values()]
+        kept = state.get("kept")
+        if kept is not None:  # the kept round's aggregates, sent when it was scored: no second query
+            names, stats = sorted(state["summaries"]), state["selection"]["best_stats"]
+        else:
+            answered = self.site_aggregates(config, plan, weights, state)
+            names, stats = sorted(answered), [answered[name] for name in sorted(answered)]
         if not stats:
             self.log(f"calibration: no site answered (refused: {self.refusals or 'none'}); temperature 1, "
                      "threshold 0.5")
             return None
-        result = {**aggregates.combine(stats, config), "sites": sorted(replies)}
+        result = {**aggregates.combine(stats, config), "sites": names}
         self.log(f"calibration from {len(stats)} site(s)' validation aggregates: temperature "
                  f"{result['temperature']:.3f}, threshold {result['threshold']:.3f}")
         return result
+
+    def site_aggregates(self, config, plan, weights: dict[str, np.ndarray], state: dict) -> dict[str, dict]:
+        """``{site: aggregates}`` of ``weights`` on each checked site's validation split (``step: calibration``)."""
+        content = ConfigRecord({"step": "calibration", "config": json.dumps(_plain(config)),
+                                "plan": site.plan_to_json(plan)})
+        replies = self.exchange(self.connected(), "query", lambda _: {"task": content, "global": to_record(weights)},
+                                round=len(state["history"]), need=1)
+        return {name: json.loads(reply.content["calibration"]["json"]) for name, reply in replies.items()
+                if name in state["summaries"]}  # checked sites
 
     # ---- talking to sites through the Grid ----
 

@@ -43,7 +43,7 @@ NO_CALIBRATION = "none: the server holds no data (temperature 1, threshold 0.5)"
 def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: dict[str, np.ndarray],
               history: list[dict], sites: dict[str, dict], *, reasons: dict[str, str] | None = None,
               calibrate_on: dict[str, Path] | None = None, site_calibration: dict | None = None,
-              log=print) -> RunFolder:
+              kept: dict | None = None, log=print) -> RunFolder:
     """Write the run folder ``out`` (created, or the server's folder that already holds ``federated/``).
 
     Args:
@@ -57,6 +57,8 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
             together).
         site_calibration: without ``calibrate_on``: ``calibration.json`` the server fitted from the sites'
             validation aggregates (the task's ``aggregate_calibration``).
+        kept: ``{"round", "rule", "scores"}`` when ``weights`` are the round of the best validation score rather
+            than the last (the card's ``federation.kept_round``).
 
     Returns:
         The run folder.
@@ -88,7 +90,8 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
                     dataset=config.dataset.source, task=config.dataset.task,
                     epochs_run=len(history) * plan.local_epochs,
-                    federation=json_safe(_federation_record(plan, history, sites, calibration, dp_changes)))
+                    federation=json_safe({**_federation_record(plan, history, sites, calibration, dp_changes),
+                                          "kept_round": kept}))
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
 

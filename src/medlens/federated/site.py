@@ -187,15 +187,19 @@ def summarise(node_config: dict) -> dict:
 
 
 def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, np.ndarray], *, round: int,
-        local: dict[str, np.ndarray], privacy: dict | None = None) -> tuple[dict, int, dict, dict | None]:
+        local: dict[str, np.ndarray], privacy: dict | None = None,
+        validate: bool = False) -> tuple[dict, int, dict, dict | None, dict | None]:
     """One round of local training from the global ``weights`` (completed by the site's own ``local`` ones).
 
     Args:
         local: arrays the site keeps between rounds (FedBN: its BatchNorm layers), overriding the initial model's.
         privacy: the DP accountant's state after the site's previous round (``Private.state()``), or None.
+        validate: first score the global model received on this site's validation split (the task's
+            ``aggregate_calibration`` statistics), from which the server chooses the round it keeps.
 
     Returns:
-        (weights after training, training cases, numeric metrics, the accountant's state now or None).
+        (weights after training, training cases, numeric metrics, the accountant's state now or None, the received
+        model's validation aggregates or None).
     """
     from medlens.federated.local import to_numpy
 
@@ -203,11 +207,18 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
     # Flower starts a new ClientApp process per message: FedBN's own layers come back from the SuperNode's
     # context state, and before the first round from the planned network itself
     full = {**to_numpy(site.module.model.state_dict()), **local, **weights}
+    validation = None
+    if validate:
+        from medlens.tasks import task_for
+
+        site.load(full)
+        validation = task_for(site.config).aggregate_calibration.statistics(site.module.model.eval(), site.config,
+                                                                            site.fit_)
     if privacy:
         site.private = privacy  # privatise(resume=...) takes the state: epsilon is counted over every round
     trained, n_examples, metrics = site.fit(full, round=round)
     spent = site.private.state() if site.private is not None and hasattr(site.private, "state") else None
-    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent
+    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent, validation
 
 
 def clinical_moments(node_config: dict, config_json: str) -> dict:

@@ -114,7 +114,8 @@ class Task(Protocol):
             ``sr``, ``capture``: :mod:`medlens.deploy.dicom`).
         aggregate_calibration: how its calibration is fitted from aggregates of validation splits it cannot see
             (``statistics(model, config, fit)`` where the split is, ``combine([stats], config)`` where the
-            calibration is written; :mod:`medlens.tasks.classification.aggregates`), or ``None``.
+            calibration is written, ``score([stats], config)`` -> ``(higher is better, name)`` to choose a
+            federation's round; :mod:`medlens.tasks.classification.aggregates`), or ``None``.
     """
 
     name: str

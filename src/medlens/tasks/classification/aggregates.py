@@ -9,6 +9,8 @@ Each holder of a validation split scores it and sends aggregates only (:func:`si
   (0.05 wide from -20 to 20, values beyond counted in the end bins). The calibrated probability of class 1 is
   ``sigmoid(margin / T)``, so a threshold on it is a threshold on the margin, whatever ``T``.
 
+The same aggregates of each round's global model choose the round a federation keeps (:func:`selection_score`).
+
 Whoever calibrates sums them (:func:`combine`): the temperature of least summed NLL (1 when no site's validation split
 holds an error, as :func:`medlens.tasks.classification.calibrate.calibrate` does), and for binary tasks the Youden
 threshold of the pooled margin histograms, as a probability at that temperature. Scores of single cases, labels of
@@ -61,6 +63,29 @@ def combine(stats: list[dict], task: str) -> dict:
     return result
 
 
+def selection_score(stats: list[dict], task: str) -> tuple[float, str]:
+    """How good a model is on the sites' validation splits together, from their aggregates (higher is better):
+    binary tasks, the AUC of the pooled margin histograms (cases in one 0.05 bin count as ties); otherwise the mean
+    NLL at the best common temperature, negated (a model's ranking, not its calibration, which is fitted after).
+
+    Returns:
+        ``(score, what it is)``.
+    """
+    if task == "binary":
+        negative, positive = (np.sum([s["margin"][c] for s in stats], axis=0) for c in (0, 1))
+        if negative.sum() and positive.sum():
+            return histogram_auc(negative, positive), "validation AUC"
+    n = sum(s["n"] for s in stats)
+    return -float(np.min(np.sum([s["nll"] for s in stats], axis=0))) / max(n, 1), "validation NLL (negated)"
+
+
+def histogram_auc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """P(a positive's bin is above a negative's) + half P(the same bin), from per-bin counts."""
+    negative, positive = np.asarray(negative, np.float64), np.asarray(positive, np.float64)
+    below = np.cumsum(negative) - negative  # negatives in lower bins than each bin
+    return float((positive * (below + 0.5 * negative)).sum() / (positive.sum() * negative.sum()))
+
+
 def youden_margin(negative: np.ndarray, positive: np.ndarray) -> float:
     """The bin edge ``m`` maximising sensitivity + specificity - 1 when ``margin >= m`` is called positive (ties:
     the higher edge), from per-bin counts of negative and positive cases."""
@@ -89,6 +114,9 @@ class Aggregates:
 
     def combine(self, stats: list[dict], config) -> dict:
         return combine(stats, config.dataset.task)
+
+    def score(self, stats: list[dict], config) -> tuple[float, str]:
+        return selection_score(stats, config.dataset.task)
 
 
 AGGREGATES = Aggregates()
