@@ -558,9 +558,13 @@ def fused_run(fused_cases, tmp_path_factory) -> Path:
     """A fused classification run on :func:`fused_cases`, trained once per session."""
     import torch
 
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("mm-run") / "run"
-    medlens_in_process("train", fused_cases, "--out", out, *FUSED_TRAIN)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its own small network only: left at 1, every later test in the session ran on one
+    try:
+        out = tmp_path_factory.mktemp("mm-run") / "run"
+        medlens_in_process("train", fused_cases, "--out", out, *FUSED_TRAIN)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
