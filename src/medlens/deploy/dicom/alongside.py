@@ -50,8 +50,9 @@ class DicomAlongside:
             self.log(f"{_name(source)}: not a DICOM series folder or DICOM file, no DICOM results (--dicom writes "
                      "them for DICOM inputs; give the folder that holds the slices)")
             return result
-        shown = reference.parent if isinstance(source, dict) else reference  # a study's series: the study folder
-        out_dir = self.base / f"{shown.name if isinstance(source, dict) else _stem(reference)}_dicom"
+        study = isinstance(source, dict)  # a study's series: named by the study folder
+        shown = reference.parent if study else reference
+        out_dir = self.base / f"{shown.name if study else _stem(reference)}_dicom"
         for kind, path in zip(self.kinds, write_results(self._predictor, reference, result, out_dir, self.kinds)):
             self.log(f"{shown} -> {path}  (DICOM {kind})")
             self.written.append(path)

@@ -80,10 +80,12 @@ def selection_score(stats: list[dict], task: str) -> tuple[float, str]:
 
 
 def histogram_auc(negative: np.ndarray, positive: np.ndarray) -> float:
-    """P(a positive's bin is above a negative's) + half P(the same bin), from per-bin counts."""
-    negative, positive = np.asarray(negative, np.float64), np.asarray(positive, np.float64)
-    below = np.cumsum(negative) - negative  # negatives in lower bins than each bin
-    return float((positive * (below + 0.5 * negative)).sum() / (positive.sum() * negative.sum()))
+    """scikit-learn's AUC of per-bin counts: each bin one score, its count the weight (a shared bin is a tie)."""
+    from sklearn.metrics import roc_auc_score
+
+    bins = np.arange(len(negative), dtype=np.float64)
+    return float(roc_auc_score(np.r_[np.zeros(len(bins)), np.ones(len(bins))], np.r_[bins, bins],
+                               sample_weight=np.r_[np.asarray(negative, np.float64), np.asarray(positive, np.float64)]))
 
 
 def youden_margin(negative: np.ndarray, positive: np.ndarray) -> float:
