@@ -148,9 +148,11 @@ def cell(row: dict | None) -> str:
 
 
 def report_pneumonia(run: Path, sites) -> bool:
+    from medlens.federated.compare import rounds_text
+
     doc = read_json(run / "federated" / "comparison.json")
     print(f"\n== 1. PneumoniaMNIST, 4 Dirichlet(0.5) sites: test AUC (95% CI), {doc['strategy']}, "
-          f"{doc['budget']['rounds']} rounds x {doc['budget']['local_epochs']} local epochs; local-only and pooled: "
+          f"{rounds_text(doc['budget'])}; local-only and pooled: "
           f"{doc['budget']['epochs']} epochs ==")
     print_epochs(doc)
     print_kept(run)
@@ -200,8 +202,9 @@ def overhead(run: Path, sites) -> None:
     from medlens.federated.plan import read_federation
 
     history = read_json(run / "federated" / "history.json")
-    rounds = [h["seconds"] for h in history if h.get("seconds") is not None]
     config, plan = read_plan(run / "plan.yaml")[0], read_federation(run / "federation.yaml")
+    rounds = [h["seconds"] for h in history  # the rounds of the final plan's local epochs (round 1 may differ)
+              if h.get("seconds") is not None and h.get("local_epochs", plan.local_epochs) == plan.local_epochs]
     weights = initial_weights(config, plan)
     direct = {}
     for name, source in sites.sources.items():

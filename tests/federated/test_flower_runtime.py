@@ -164,6 +164,8 @@ def test_three_sites_end_to_end(federated_run, tmp_path):
     state = read_state(federated_run)
     assert state["finished"] and state["round"] == 1
     assert [sorted(record["sites"]) for record in state["history"]] == [sorted(SITES)]
+    # each site audited its data for its summary only: round 1 kept that split (the SuperNode's context state)
+    assert {name: site["audited"] for name, site in state["history"][0]["sites"].items()} == dict.fromkeys(SITES, 0)
     assert (federated_run / "federated" / "global_round_1.safetensors").is_file()
     assert medlens(["evaluate", str(federated_run), "--bootstrap", "50", "--no-baseline"]) == 0
     assert medlens(["export", str(federated_run), "--out", str(tmp_path / "bundle"), "--format", "none"]) == 0
@@ -403,6 +405,27 @@ def test_rounds_planned_from_a_budget_stop_when_the_next_would_end_past_it(tmp_p
     asked = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=300.0,
                                                                                 rounds=10))))
     assert not asked.budget_spent(history, plan)  # --rounds 10: every round runs
+
+
+def test_only_a_federation_planned_from_its_budget_is_replanned_after_round_1(tmp_path):
+    from dataclasses import replace
+
+    from medlens.federated.flower_app import Federation, Settings
+    from medlens.federated.plan import FederationPlan
+    from medlens.federated.server import run_config
+
+    plan = FederationPlan("fedavg", rounds=10, local_epochs=4)
+    record = {"seconds": 67.0, "sites": {"a": {"seconds": 40.0}}}
+
+    def federation(**asked) -> Federation:
+        return Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, **asked))))
+
+    new = federation(time_budget_s=600.0).replan(plan, record)
+    assert (new.rounds, new.local_epochs) == (5, 10)
+    assert "planned 10 x 4" in (tmp_path / "federated" / "server.log").read_text()
+    assert federation(time_budget_s=600.0, rounds=10).replan(plan, record) is None
+    assert federation(time_budget_s=600.0, local_epochs=4).replan(plan, record) is None
+    assert federation(time_budget_s=600.0).replan(replace(plan, dp_epsilon=8.0), record) is None  # noise set for 40
 
 
 def test_the_run_keeps_the_round_whose_global_model_scores_best_over_every_sites_validation(tmp_path):

@@ -217,3 +217,46 @@ def test_local_epochs_asked_for_replace_the_budgets(summaries):
     assert plan.reasons["local_epochs"].startswith("3: asked for (the budget suggested")
     with pytest.raises(ConfigError, match="--local-epochs 0: give 1 or more"):
         plan_federation({k: summaries[k] for k in "ad"}, probe=False, local_epochs=0)
+
+
+def test_a_sites_split_is_kept_between_messages_until_its_data_change(tmp_path, monkeypatch):
+    import shutil
+
+    import medlens.federated.summaries as summaries_module
+    from medlens.federated.summaries import split_for, summary_and_split
+
+    data = write_site(tmp_path / "site", patients=12, lesion_share=0.5, seed=5)
+    summary, kept = summary_and_split(data, name="north")
+    assert summary == site_summary(data, name="north") and set(kept) == {"key", "seed", "splits"}
+    assert "PATZQX000" not in json.dumps(summary)  # the split (case ids) stays out of what is sent
+
+    def no_audit(*args, **kwargs):
+        raise AssertionError("audited although the kept split still holds")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(summaries_module, "inspect_dataset", no_audit)
+        record, reused = split_for(open_dataset(data), seed=0, kept=kept)
+    assert reused and record["splits"] == kept["splits"]
+    assert not split_for(open_dataset(data), seed=1, kept=kept)[1]  # another seed: another split
+    image = next(data.parent.glob("scans/*.png"))
+    shutil.copy(next(p for p in data.parent.glob("scans/*.png") if p != image), image)  # one file rewritten
+    record, reused = split_for(open_dataset(data), seed=0, kept=kept)
+    assert not reused and record["key"] != kept["key"]
+
+
+def test_a_budget_planned_federation_is_replanned_at_the_pace_round_1_measured():
+    from medlens.federated.plan import EXCHANGE_SHARE, replan_after_first_round
+
+    plan = FederationPlan("fedprox", rounds=10, local_epochs=4, reasons={"strategy": "label skew"})
+    # the slowest site fitted 4 epochs in 40 s; the round took 67 s: 27 s of exchange a round
+    record = {"seconds": 67.0, "sites": {"a": {"seconds": 40.0}, "b": {"seconds": 5.0}}}
+    new = replan_after_first_round(plan, record, 600.0)
+    rounds_left = new.rounds - 1
+    assert rounds_left * 27.0 <= EXCHANGE_SHARE * 600.0 < (rounds_left + 2) * 27.0  # as many as the share allows
+    assert 67.0 + rounds_left * (27.0 + 10.0 * new.local_epochs) <= 600.0  # the rest fits the budget
+    assert 67.0 + rounds_left * (27.0 + 10.0 * (new.local_epochs + 1)) > 600.0  # and fills it
+    assert (new.rounds, new.local_epochs) == (5, 10) and new.strategy == "fedprox"
+    assert "re-planned after round 1" in new.reasons["rounds"] and new.reasons["strategy"] == "label skew"
+    cheap = replan_after_first_round(plan, {"seconds": 6.0, "sites": {"a": {"seconds": 4.0}}}, 600.0)
+    assert cheap.rounds == 10 and 4 + 9 * cheap.local_epochs <= 100  # at most 100 epochs in all
+    assert replan_after_first_round(plan, {"seconds": 350.0, "sites": {"a": {"seconds": 300.0}}}, 600.0) is None

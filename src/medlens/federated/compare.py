@@ -6,7 +6,7 @@ pooling the data would give (FLamby, NeurIPS 2022 datasets track, reports the th
 :func:`compare_sites` trains, with medlens' ordinary engine (:func:`medlens.engine.train.train`) and the
 federated run's own plan (``plan.yaml``: the same network, preprocessing, optimiser and seed):
 
-- each site's **local-only** model on that site's training split alone, for ``rounds x local_epochs`` epochs
+- each site's **local-only** model on that site's training split alone, for the local epochs of every round run
   (as many passes over its data as the site made in the federation);
 - the **pooled** model on every site's training split together, for as many epochs: the sites' total work.
 
@@ -83,8 +83,9 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
     config, federation = run.read_config(), _read_federation(run)
     sources = site_sources(sites)
     work = run.root / "federated" / "compare"
-    rounds = (run.read_info().get("federation") or {}).get("rounds_run") or federation.rounds  # a budget may stop early
-    epochs = rounds * federation.local_epochs
+    info = run.read_info()
+    rounds = (info.get("federation") or {}).get("rounds_run") or federation.rounds  # a budget may stop early
+    epochs = info.get("epochs_run") or rounds * federation.local_epochs  # round 1's local epochs may differ (re-plan)
     tests, pooled_csv = test_sets(sources, config, work, log)
     models = {"federated": run}
     for name, source in sources.items():
@@ -102,7 +103,8 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
            "federated_on_each_site": ("with that site's own batch-norm layers (FedBN), the global average on all sites"
                                       if federation.strategy == "fedbn" else "the global model"),
            "budget": {"epochs": epochs, "rounds": rounds, "local_epochs": federation.local_epochs,
-                      "rule": "each local-only and the pooled model: rounds x local_epochs epochs of its data"},
+                      "local_epochs_by_round": (info.get("federation") or {}).get("local_epochs_by_round"),
+                      "rule": "each local-only and the pooled model: the local epochs of every round run, of its data"},
            "sites": list(sources), "tests": {n: t.n_cases for n, t in tests.items()},
            "models": {label: _trained(m) for label, m in models.items()}, "rows": rows,
            "summary": summarize(rows, list(sources))}
@@ -359,12 +361,20 @@ def comparison_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def rounds_text(budget: dict) -> str:
+    """``8 rounds x 4 local epochs``, or ``5 rounds: 4 local epochs, then 10`` after a re-plan."""
+    by_round = budget.get("local_epochs_by_round") or []
+    if len(set(by_round)) > 1:
+        return f"{budget['rounds']} rounds: {by_round[0]} local epochs, then {by_round[-1]}"
+    return f"{budget['rounds']} rounds x {budget['local_epochs']} local epochs"
+
+
 def format_comparison(doc: dict) -> str:
     """One table per metric: a row per test split; federated, pooled, this site's local model, the local mean."""
     found = {(r["model"], r["test"], r["metric"]): r for r in doc["rows"]}
     lines = [f"federated ({doc['strategy']}{', DP epsilon ' + str(doc['dp_epsilon']) if doc['dp_epsilon'] else ''})"
-             f" vs local-only vs pooled, {doc['budget']['epochs']} epochs each ({doc['budget']['rounds']} rounds x "
-             f"{doc['budget']['local_epochs']} local epochs); 95% bootstrap CIs"]
+             f" vs local-only vs pooled, {doc['budget']['epochs']} epochs each ({rounds_text(doc['budget'])}); 95% "
+             "bootstrap CIs"]
     for metric in doc["summary"]:
         lines.append(f"\n{metric:<22} {'federated':>22} {'pooled':>22} {'local (this site)':>22} {'local (mean)':>12}")
         for test, n in doc["tests"].items():

@@ -52,16 +52,31 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 def _query(msg: Message, context: Context) -> Message:
     """Round 0: the site's summary, then (``step: clinical``) its clinical columns' training moments; after the
     last round (``step: calibration``), its calibration aggregates."""
-    task = msg.content["task"]
+    task, kept = msg.content["task"], _kept_split(context)
     if task["step"] == "clinical":
         return _answer(msg, context, lambda: {"clinical": ConfigRecord({"json": json.dumps(
-            site.clinical_moments(context.node_config, task["config"]))})})
+            site.clinical_moments(context.node_config, task["config"], kept_split=kept))})})
     if task["step"] == "calibration":
         return _answer(msg, context, lambda: {"calibration": ConfigRecord({"json": json.dumps(
             site.calibration_statistics(context.node_config, task["config"], task["plan"],
-                                        from_record(msg.content["global"])))})})
-    return _answer(msg, context, lambda: {"summary": ConfigRecord({"json": json.dumps(
-        site.summarise(context.node_config))})})
+                                        from_record(msg.content["global"]), kept_split=kept))})})
+
+    def summary() -> dict:
+        summary, split = site.summarise(context.node_config)
+        _keep_split(context, split)
+        return {"summary": ConfigRecord({"json": json.dumps(summary)})}
+
+    return _answer(msg, context, summary)
+
+
+def _kept_split(context: Context) -> dict | None:
+    """The split this site made at its first message of the run (kept in the SuperNode's ``context.state``, which
+    never leaves the site), so that later messages need not audit every image again."""
+    return json.loads(context.state["split"]["json"]) if "split" in context.state else None
+
+
+def _keep_split(context: Context, split: dict) -> None:
+    context.state["split"] = ConfigRecord({"json": json.dumps(split)})
 
 
 @client_app.train()
@@ -69,16 +84,18 @@ def _train(msg: Message, context: Context) -> Message:
     """One round of local training from the global weights.
 
     Flower starts a new ClientApp process per message; what a site keeps between rounds lives in the SuperNode's
-    ``context.state``: FedBN's own layers and the DP accountant (so epsilon is counted over the whole run).
+    ``context.state``: its split (audited once), FedBN's own layers and the DP accountant (so epsilon is counted
+    over the whole run).
     """
     task, received = msg.content["task"], from_record(msg.content["global"])
     local = from_record(context.state["local"]) if "local" in context.state else {}
     privacy = json.loads(context.state["privacy"]["json"]) if "privacy" in context.state else None
 
     def content() -> dict:
-        weights, n_examples, metrics, spent, validation = site.fit(
+        weights, n_examples, metrics, spent, validation, split = site.fit(
             context.node_config, task["config"], task["plan"], received, round=int(task["round"]), local=local,
-            privacy=privacy, validate=bool(task.get("validate", 0)))
+            privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=_kept_split(context))
+        _keep_split(context, split)
         context.state["local"] = to_record({k: v for k, v in weights.items() if k not in received})
         if spent is not None:
             context.state["privacy"] = ConfigRecord({"json": json.dumps(spent)})
@@ -185,9 +202,26 @@ class Federation:
             weights, record, validation = self.train_round(number, config, plan, weights, state, validate=validate)
             state = self.score_round({**state, "round": number, "history": [*state["history"], record],
                                       "error": None}, number - 1, validation, config)
+            if number == 1 and (replanned := self.replan(plan, record)) is not None:
+                plan, state = replanned, {**state, "plan": asdict(replanned)}
             checkpoints.save_round(self.out, state, weights)
             self.log(f"round {number}/{plan.rounds}: global model checkpointed")
         self.finish(config, plan, weights, state)
+
+    def replan(self, plan, record: dict):
+        """After round 1 of a federation planned from its time budget: rounds x local epochs for the rest of it at the
+        pace round 1 measured (:func:`~medlens.federated.plan.replan_after_first_round`); ``None`` when the rounds or
+        local epochs were asked for, under DP (its noise was set for the planned epochs), or without a budget."""
+        from medlens.federated.plan import replan_after_first_round
+
+        s = self.settings
+        if s.rounds or s.local_epochs or not s.time_budget_s or plan.dp_epsilon is not None or plan.rounds < 2:
+            return None
+        new = replan_after_first_round(plan, record, s.time_budget_s)
+        if new is not None:
+            self.log(f"plan: {new.rounds} round(s), {new.local_epochs} local epoch(s) from round 2 (planned "
+                     f"{plan.rounds} x {plan.local_epochs}): {new.reasons['rounds']}")
+        return new
 
     def budget_spent(self, history: list[dict], plan) -> bool:
         """Whether the next round would end past the time budget (the mean round so far), when the rounds were
@@ -293,7 +327,8 @@ class Federation:
                  f"training cases" + (f"; refused {', '.join(rejected)}" if rejected else ""))
         validation = {u.site: json.loads(replies[u.site].content["validation"]["json"]) for u in updates
                       if "validation" in replies[u.site].content}
-        return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2), "rejected": rejected,
+        return averaged, {"round": number, "seconds": round(time.monotonic() - started, 2),
+                          "local_epochs": plan.local_epochs, "rejected": rejected,
                           "kept_at_sites": kept,  # FedBN: never sent back, each site's own
                           "sites": {u.site: {"n_examples": u.n_examples, **u.metrics} for u in updates}}, validation
 

@@ -33,11 +33,10 @@ import torch
 
 from medlens.config import Config
 from medlens.data import open_dataset
-from medlens.data.audit import inspect_dataset
 from medlens.data.prepared import check_plan_fits, split_cases
 from medlens.errors import ConfigError
 from medlens.federated.plan import FederationPlan
-from medlens.federated.summaries import site_splits
+from medlens.federated.summaries import split_for
 from medlens.tasks.optim import schedule_factor
 
 Weights = dict[str, np.ndarray]
@@ -102,13 +101,16 @@ class SiteTrainer:
         site: the site's name (in logs and errors).
         image_root: the folder a CSV's image paths are relative to (``""``: the CSV's own).
         log: where progress goes.
+        kept_split: the site's split from an earlier message of the run (:func:`~medlens.federated.summaries.
+            split_record`), used while the data it rests on is unchanged; else the data are audited and split again
+            (``self.kept_split`` is what to keep for the next message).
 
     Raises:
         ConfigError: the site's data do not fit the plan (other classes), or a split is empty.
     """
 
     def __init__(self, config: Config, plan: FederationPlan, data: str | Path, *, site: str, image_root: str = "",
-                 log=print):
+                 log=print, kept_split: dict | None = None):
         from medlens.tasks import task_for
 
         self.plan, self.site, self.log = plan, site, log
@@ -124,7 +126,11 @@ class SiteTrainer:
         except ConfigError as exc:
             raise ConfigError(f"site {site}: {exc}; the server's plan was made from every site's summary, so the "
                               "data changed since the site joined: restart the site") from None
-        self.splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
+        self.kept_split, reused = split_for(dataset, seed=config.train.seed, kept=kept_split)
+        self.splits, self.audited = self.kept_split["splits"], not reused
+        if kept_split and kept_split.get("seed") == config.train.seed and not reused:
+            log(f"site {site}: its data changed since its last message (cases, labels or files): audited and split "
+                "again")
         self.cases = split_cases(dataset, self.splits, 0)
         torch.manual_seed(config.train.seed)
         self.fit_ = task_for(config).prepare_fit(config, dataset, self.cases, world_size=1, log=log)
@@ -149,7 +155,9 @@ class SiteTrainer:
 
         Returns:
             ``(weights, n_train, metrics)``: the new weights (same keys and shapes), the training cases they were
-            fitted on (FedAvg's weight), ``{"train_loss", "seconds", "epochs"}`` (and ``dp_epsilon`` spent).
+            fitted on (FedAvg's weight), ``{"train_loss", "seconds", "epochs", "audited"}`` (``audited``: 1 when
+            this message audited the site's data, 0 when it kept the split of an earlier one; and ``dp_epsilon``
+            spent).
         """
         started = time.perf_counter()
         self.load(weights)
@@ -167,7 +175,7 @@ class SiteTrainer:
             state = self.module.model.state_dict()
             self.kept = {k: state[k].detach().clone() for k in self.bn_keys}
         metrics = {"train_loss": loss, "seconds": float(np.round(time.perf_counter() - started, 2)),
-                   "epochs": self.plan.local_epochs}
+                   "epochs": self.plan.local_epochs, "audited": int(self.audited)}
         if (spent := self.privacy_spent()) is not None:
             metrics["dp_epsilon"], metrics["dp_delta"] = spent
         return to_numpy(self.module.model.state_dict()), self.n_train, metrics

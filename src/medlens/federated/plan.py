@@ -33,6 +33,7 @@ SHIFT_THRESHOLD = 0.25  # sites' median intensities apart by this share of the t
 SCALE_THRESHOLD = 1.5  # ... or one site's 1-99% intensity range this many times another's: FedBN
 PROXIMAL_MU = 0.01
 DEFAULT_ROUNDS, MAX_SITE_EPOCHS, MIN_BATCH = 10, 100, 4
+EXCHANGE_SHARE = 0.25  # re-planned after round 1: at most this share of the budget goes to the rounds' exchanges
 
 
 @dataclass(frozen=True)
@@ -543,6 +544,44 @@ def _schedule(config: Config, reasons: dict, summaries: dict[str, dict], rounds:
     fed["local_epochs"] = (f"{local}: {epochs} epoch(s) shared over {rounds} round(s) (FedAvg's local epochs, McMahan "
                            "et al. 2017: more local work per round, fewer exchanges)")
     return rounds, local
+
+
+def replan_after_first_round(plan: FederationPlan, record: dict, budget_s: float) -> FederationPlan | None:
+    """Rounds x local epochs for the rest of the budget, at the pace round 1 measured (``record``, its history entry).
+
+    The planner's timing counts the sites' epochs only. A round also costs an exchange: Flower starts a new process
+    per message at each site, which imports medlens, opens its data and scores the global model, then the weights
+    travel and are averaged. Round 1 measures both: the slowest site's seconds per local epoch, and the rest of the
+    round as the exchange's fixed cost. The remaining rounds are as many as keep all exchanges within
+    :data:`EXCHANGE_SHARE` of the budget (at most :data:`DEFAULT_ROUNDS` in all), each with the local epochs that
+    then fit (at most :data:`MAX_SITE_EPOCHS` in all).
+
+    Returns:
+        The plan for rounds 2..R, its reasons saying why; ``None`` when round 1 measured no fit, or the budget has
+        no room for a second round (the budget stop then ends the run).
+    """
+    fits = [float(s["seconds"]) for s in record.get("sites", {}).values() if s.get("seconds")]
+    took = float(record.get("seconds") or 0.0)
+    if not fits or not budget_s or budget_s - took < took:
+        return None
+    epoch_s = max(max(fits) / plan.local_epochs, 1e-3)
+    exchange_s = max(took - max(fits), 0.0)
+    left = budget_s - took
+    most = int(EXCHANGE_SHARE * budget_s // max(exchange_s, 1e-3)) - 1  # rounds after round 1
+    rounds_left = int(np.clip(most, 1, DEFAULT_ROUNDS - 1))
+    while rounds_left > 1 and (left / rounds_left - exchange_s) < epoch_s:  # each round holds an epoch
+        rounds_left -= 1
+    most_local = max((MAX_SITE_EPOCHS - plan.local_epochs) // rounds_left, 1)  # at most 100 epochs in all, as planned
+    local = int(np.clip((left / rounds_left - exchange_s) // epoch_s, 1, most_local))
+    why = (f"re-planned after round 1, which took {took:.0f} s: {epoch_s:.1f} s per local epoch at the slowest site "
+           f"and {exchange_s:.0f} s of exchange (processes started, data opened, the global model scored, weights "
+           f"sent); {left:.0f} s of the {budget_s:.0f} s budget left")
+    reasons = {**plan.reasons,
+               "rounds": f"{1 + rounds_left}: {why}; as many rounds as keep the exchanges within "
+                         f"{EXCHANGE_SHARE:.0%} of the budget (at most {DEFAULT_ROUNDS})",
+               "local_epochs": f"{local} from round 2 ({plan.local_epochs} in round 1): what fits each of the "
+                               f"{rounds_left} remaining round(s) beside its exchange"}
+    return replace(plan, rounds=1 + rounds_left, local_epochs=local, reasons=reasons)
 
 
 def _federated_train(config: Config, reasons: dict, rounds: int, local_epochs: int, dp_epsilon: float | None,

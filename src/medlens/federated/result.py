@@ -89,7 +89,7 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     write_json_atomic(run.root / "federated" / "history.json", json_safe(history))
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
                     dataset=config.dataset.source, task=config.dataset.task,
-                    epochs_run=len(history) * plan.local_epochs,
+                    epochs_run=sum(int(h.get("local_epochs") or plan.local_epochs) for h in history),
                     federation=json_safe({**_federation_record(plan, history, sites, calibration, dp_changes),
                                           "kept_round": kept}))
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
@@ -177,6 +177,7 @@ def _calibration_data(run: RunFolder, config: Config, calibrate_on: dict, log) -
 def _federation_record(plan: FederationPlan, history: list[dict], sites: dict[str, dict], calibration: str,
                        dp_changes: list[str]) -> dict:
     record = {"strategy": plan.strategy, "rounds": plan.rounds, "local_epochs": plan.local_epochs,
+              "local_epochs_by_round": [int(h.get("local_epochs") or plan.local_epochs) for h in history],
               "proximal_mu": plan.proximal_mu, "min_sites": plan.min_sites, "rounds_run": len(history),
               "calibration": calibration, "sites": {}}
     for name, site in sites.items():

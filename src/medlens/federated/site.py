@@ -179,16 +179,17 @@ def redact(text: str) -> str:
     return _PATH.sub("<file>", text)
 
 
-def summarise(node_config: dict) -> dict:
-    """Round 0: the site's summary (no file names, paths, patient ids or image bytes)."""
-    from medlens.federated.summaries import site_summary
+def summarise(node_config: dict) -> tuple[dict, dict]:
+    """Round 0: the site's summary (no file names, paths, patient ids or image bytes), and the split it counted as
+    the site keeps it for its later messages (:func:`~medlens.federated.summaries.split_record`; never sent)."""
+    from medlens.federated.summaries import summary_and_split
 
-    return site_summary(Path(node_config["data"]), name=str(node_config["name"]))
+    return summary_and_split(Path(node_config["data"]), name=str(node_config["name"]))
 
 
 def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, np.ndarray], *, round: int,
-        local: dict[str, np.ndarray], privacy: dict | None = None,
-        validate: bool = False) -> tuple[dict, int, dict, dict | None, dict | None]:
+        local: dict[str, np.ndarray], privacy: dict | None = None, validate: bool = False,
+        kept_split: dict | None = None) -> tuple[dict, int, dict, dict | None, dict | None, dict]:
     """One round of local training from the global ``weights`` (completed by the site's own ``local`` ones).
 
     Args:
@@ -196,14 +197,15 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
         privacy: the DP accountant's state after the site's previous round (``Private.state()``), or None.
         validate: first score the global model received on this site's validation split (the task's
             ``aggregate_calibration`` statistics), from which the server chooses the round it keeps.
+        kept_split: the site's split from its earlier messages (see :func:`trainer`).
 
     Returns:
         (weights after training, training cases, numeric metrics, the accountant's state now or None, the received
-        model's validation aggregates or None).
+        model's validation aggregates or None, the split to keep for the next message).
     """
     from medlens.federated.local import to_numpy
 
-    site = trainer(node_config, config_json, plan_json)
+    site = trainer(node_config, config_json, plan_json, kept_split=kept_split)
     # Flower starts a new ClientApp process per message: FedBN's own layers come back from the SuperNode's
     # context state, and before the first round from the planned network itself
     full = {**to_numpy(site.module.model.state_dict()), **local, **weights}
@@ -218,45 +220,47 @@ def fit(node_config: dict, config_json: str, plan_json: str, weights: dict[str, 
         site.private = privacy  # privatise(resume=...) takes the state: epsilon is counted over every round
     trained, n_examples, metrics = site.fit(full, round=round)
     spent = site.private.state() if site.private is not None and hasattr(site.private, "state") else None
-    return {key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent, validation
+    return ({key: np.asarray(value) for key, value in trained.items()}, int(n_examples), metrics, spent, validation,
+            site.kept_split)
 
 
-def clinical_moments(node_config: dict, config_json: str) -> dict:
+def clinical_moments(node_config: dict, config_json: str, *, kept_split: dict | None = None) -> dict:
     """After round 0, for a plan with numeric clinical inputs: ``{column: (count, sum, sum of squares)}`` of this
     site's training split (:meth:`~medlens.data.clinical.ClinicalEncoder.moments`), from which the server pools the
     z-score statistics every site encodes with; no single case's value."""
     from medlens.config import config_from_dict
     from medlens.data import open_dataset
-    from medlens.data.audit import inspect_dataset
     from medlens.data.clinical import ClinicalEncoder
     from medlens.data.prepared import split_cases
-    from medlens.federated.summaries import site_splits
+    from medlens.federated.summaries import split_for
 
     config = config_from_dict(json.loads(config_json), where="the server's plan")
     dataset = open_dataset(Path(node_config["data"]))
-    splits = site_splits(dataset, inspect_dataset(dataset), seed=config.train.seed)
-    return ClinicalEncoder.moments(config.clinical, split_cases(dataset, splits, 0)["train"])
+    record, _ = split_for(dataset, seed=config.train.seed, kept=kept_split)
+    return ClinicalEncoder.moments(config.clinical, split_cases(dataset, record["splits"], 0)["train"])
 
 
 def calibration_statistics(node_config: dict, config_json: str, plan_json: str,
-                           weights: dict[str, np.ndarray]) -> dict:
+                           weights: dict[str, np.ndarray], *, kept_split: dict | None = None) -> dict:
     """After the last round: the final global model's aggregates on this site's validation split, for a server that
     holds no data (the task's ``aggregate_calibration``; no single case's score, label or id)."""
     from medlens.tasks import task_for
 
-    site = trainer(node_config, config_json, plan_json)
+    site = trainer(node_config, config_json, plan_json, kept_split=kept_split)
     site.load(weights)  # every key: the model the server deploys (FedBN: the averaged batch norm)
     aggregates = task_for(site.config).aggregate_calibration
     return aggregates.statistics(site.module.model.eval(), site.config, site.fit_)
 
 
-def trainer(node_config: dict, config_json: str, plan_json: str):
-    """The site's :class:`~medlens.federated.local.SiteTrainer` for the plan the server sent."""
+def trainer(node_config: dict, config_json: str, plan_json: str, *, kept_split: dict | None = None):
+    """The site's :class:`~medlens.federated.local.SiteTrainer` for the plan the server sent; ``kept_split``, the
+    split its summary counted, spares it auditing every image again while its data are unchanged."""
     from medlens.config import config_from_dict
     from medlens.federated.local import SiteTrainer
 
     config = config_from_dict(json.loads(config_json), where="the server's plan")
-    return SiteTrainer(config, plan_from_json(plan_json), Path(node_config["data"]), site=str(node_config["name"]))
+    return SiteTrainer(config, plan_from_json(plan_json), Path(node_config["data"]), site=str(node_config["name"]),
+                       kept_split=kept_split)
 
 
 def plan_from_json(text: str):

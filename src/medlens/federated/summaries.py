@@ -11,6 +11,8 @@ the summaries (:func:`check_summaries`) and plans from them (:mod:`medlens.feder
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -43,11 +45,16 @@ def site_summary(data: str | Path, *, name: str, seed: int = 0) -> dict:
     Raises:
         DatasetError: the audit found the data unusable (the findings are listed; this message stays at the site).
     """
+    return summary_and_split(data, name=name, seed=seed)[0]
+
+
+def summary_and_split(data: str | Path, *, name: str, seed: int = 0) -> tuple[dict, dict]:
+    """:func:`site_summary`, and the split it counted as :func:`split_record` keeps it (for the site alone)."""
     dataset = open_dataset(data)
     card = inspect_dataset(dataset)
     _refuse_blocking(card, name)
     splits = site_splits(dataset, card, seed=seed)
-    return summary_from_card(card, dataset, splits, name=name)
+    return summary_from_card(card, dataset, splits, name=name), split_record(dataset, splits, seed=seed)
 
 
 def site_splits(dataset, card: dict, *, seed: int = 0) -> dict:
@@ -55,6 +62,43 @@ def site_splits(dataset, card: dict, *, seed: int = 0) -> dict:
     config = Config()
     config = replace(config, train=replace(config.train, seed=seed))
     return resolve_splits(dataset, config, card)
+
+
+# ---- the split a site keeps between messages ----------------------------------------------------------------
+
+
+def split_key(dataset, *, seed: int) -> str:
+    """A SHA-256 of what a site's split rests on besides the audit's reading of the images: the seed and, per case,
+    its id, label, patient, the split the data fixes, and its files' sizes and modification times."""
+    stats: dict[Path, tuple] = {}
+
+    def stat(path: Path) -> tuple:
+        if path not in stats:
+            try:
+                info = path.stat()
+                stats[path] = (info.st_size, info.st_mtime_ns)
+            except OSError:
+                stats[path] = ()
+        return stats[path]
+
+    rows = [[c.case_id, c.label, c.patient_id, c.split.value if c.split else None,
+             [[str(p), *stat(Path(p))] for p in (*c.images, *((c.mask,) if c.mask else ()))]] for c in dataset.cases]
+    return hashlib.sha256(json.dumps([seed, rows], default=str).encode()).hexdigest()
+
+
+def split_record(dataset, splits: dict, *, seed: int) -> dict:
+    """``{"key", "seed", "splits"}``: what a site keeps of its split between the messages of a run (in its SuperNode's
+    context state; never sent), so that only its first message audits every image."""
+    return {"key": split_key(dataset, seed=seed), "seed": seed, "splits": splits}
+
+
+def split_for(dataset, *, seed: int, kept: dict | None = None) -> tuple[dict, bool]:
+    """The site's :func:`split_record`, and whether it is ``kept``: the kept one while :func:`split_key` is unchanged,
+    else one made again from a fresh audit (a case added, removed, relabelled or rewritten since)."""
+    key = split_key(dataset, seed=seed)
+    if kept and kept.get("key") == key:
+        return kept, True
+    return {"key": key, "seed": seed, "splits": site_splits(dataset, inspect_dataset(dataset), seed=seed)}, False
 
 
 def summary_from_card(card: dict, dataset, splits: dict, *, name: str) -> dict:
