@@ -402,6 +402,8 @@ def test_rounds_planned_from_a_budget_stop_when_the_next_would_end_past_it(tmp_p
     assert planned.budget_spent(history, plan)  # 220 s spent, a third round would end near 330 s
     assert not planned.budget_spent(history[:1], plan)  # 100 + 100 <= 300
     assert "stopping after round 2 of the 10 planned" in (tmp_path / "federated" / "server.log").read_text()
+    replanned = [{"round": 1, "seconds": 30.0, "local_epochs": 1}, {"round": 2, "seconds": 140.0}]
+    assert planned.budget_spent(replanned, plan)  # the next takes 140 s as round 2 did, not their mean of 85
     asked = Federation(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=300.0,
                                                                                 rounds=10))))
     assert not asked.budget_spent(history, plan)  # --rounds 10: every round runs

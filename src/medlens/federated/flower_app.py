@@ -224,13 +224,15 @@ class Federation:
         return new
 
     def budget_spent(self, history: list[dict], plan) -> bool:
-        """Whether the next round would end past the time budget (the mean round so far), when the rounds were
-        planned from the budget; rounds asked for (``--rounds``) all run."""
+        """Whether the next round would end past the time budget (the mean round so far of the plan's local epochs:
+        round 1's may differ, :meth:`replan`), when the rounds were planned from the budget; rounds asked for
+        (``--rounds``) all run."""
         budget = self.settings.time_budget_s
         if not budget or self.settings.rounds or not history:
             return False
         spent = sum(float(h.get("seconds") or 0.0) for h in history)
-        if spent + spent / len(history) <= budget:
+        alike = [h for h in history if h.get("local_epochs", plan.local_epochs) == plan.local_epochs] or history
+        if spent + sum(float(h.get("seconds") or 0.0) for h in alike) / len(alike) <= budget:
             return False
         self.log(f"time budget: {spent:.0f} s of {budget:.0f} s spent in {len(history)} round(s), the next would end "
                  f"past it; stopping after round {len(history)} of the {plan.rounds} planned")
