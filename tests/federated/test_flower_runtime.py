@@ -430,6 +430,40 @@ def test_only_a_federation_planned_from_its_budget_is_replanned_after_round_1(tm
     assert federation(time_budget_s=600.0).replan(replace(plan, dp_epsilon=8.0), record) is None  # noise set for 40
 
 
+def test_the_rounds_run_are_the_replanned_ones(tmp_path):
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from medlens.config import Config
+    from medlens.federated.flower_app import Federation, Settings, _plain
+    from medlens.federated.plan import FederationPlan
+    from medlens.federated.server import run_config
+
+    class Scripted(Federation):  # the round loop alone: round 1 takes 67 s, 40 s of it fitting 4 epochs; then faster
+        trained: list = []
+
+        def start(self):
+            state = {"round": 0, "config": _plain(Config()), "plan": asdict(FederationPlan("fedavg", 10, 4)),
+                     "summaries": {"a": {}}, "history": [], "finished": False, "error": None}
+            return state, {"w": np.zeros(2, np.float32)}
+
+        def train_round(self, number, config, plan, weights, state, *, validate=False):
+            self.trained.append((number, plan.local_epochs))
+            record = {"round": number, "seconds": 67.0 if number == 1 else 30.0,  # the budget stops none
+                      "local_epochs": plan.local_epochs, "sites": {"a": {"seconds": 10.0 * plan.local_epochs}}}
+            return weights, record, {}
+
+        def finish(self, config, plan, weights, state):
+            self.finished = (plan, state)
+
+    federation = Scripted(None, Settings.from_run_config(run_config(ServerSettings(tmp_path, time_budget_s=600.0))))
+    federation._run({})
+    plan, state = federation.finished
+    assert (plan.rounds, plan.local_epochs) == (5, 10) and state["plan"]["rounds"] == 5
+    assert federation.trained == [(1, 4), (2, 10), (3, 10), (4, 10), (5, 10)]  # 5 rounds, not the 10 first planned
+
+
 def test_the_run_keeps_the_round_whose_global_model_scores_best_over_every_sites_validation(tmp_path):
     from medlens.config import Config
     from medlens.federated.flower_app import Federation, Settings

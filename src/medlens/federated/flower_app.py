@@ -196,7 +196,8 @@ class Federation:
             state, weights = self.start()
         config, plan = _config(state["config"]), site.plan_from_json(json.dumps(state["plan"]))
         validate = self.keeps_last(config, plan) is None
-        for number in range(state["round"] + 1, plan.rounds + 1):
+        number = state["round"] + 1
+        while number <= plan.rounds:  # the plan's rounds may change after round 1 (replan)
             if self.budget_spent(state["history"], plan):
                 break
             weights, record, validation = self.train_round(number, config, plan, weights, state, validate=validate)
@@ -206,6 +207,7 @@ class Federation:
                 plan, state = replanned, {**state, "plan": asdict(replanned)}
             checkpoints.save_round(self.out, state, weights)
             self.log(f"round {number}/{plan.rounds}: global model checkpointed")
+            number += 1
         self.finish(config, plan, weights, state)
 
     def replan(self, plan, record: dict):
