@@ -228,6 +228,10 @@ def overhead(run: Path, sites) -> None:
           f"fit alone; {median - slowest_whole:+.1f} s ({median / slowest_whole:.2f}x) over data preparation + fit "
           "(Flower starts a new ClientApp process per message, so each round's site imports medlens and prepares "
           "its data again)")
+    in_turn = sum(fit for _, fit in direct.values())
+    print(f"  here every site shares this machine's {os.cpu_count()} CPUs, so a round's sites cannot train faster "
+          f"than all of them in turn ({in_turn:.1f} s of fitting): the round's exchange is {median - in_turn:+.1f} s "
+          f"({median / in_turn:.2f}x) over that")
 
 
 def report_dp(base: Path, twin: Path, private: Path, sites) -> None:
