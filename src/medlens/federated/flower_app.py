@@ -3,7 +3,8 @@
 Round 0: each site sends its summary (:func:`medlens.federated.summaries.site_summary`); the server checks them
 and makes one plan (:func:`medlens.federated.plan.plan_federation`), then asks one site for the plan's freshly
 initialised weights. Rounds 1..R: the server sends the global weights with the plan, each site trains locally
-(:class:`medlens.federated.local.SiteTrainer`) and sends weights, its number of training cases and metrics;
+(:class:`medlens.federated.local.SiteTrainer`; its split, made at its summary, kept in its SuperNode's
+``context.state``) and sends weights, its number of training cases and metrics;
 the server refuses unsound updates (:mod:`medlens.federated.updates`), averages the rest by training cases
 (FedAvg / FedProx; FedBN keeps BatchNorm layers on the sites) and checkpoints the global model. Where the task
 offers validation aggregates, each site first scores the global model it received on its validation split, and

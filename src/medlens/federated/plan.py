@@ -4,8 +4,9 @@ The task plans (:meth:`medlens.tasks.Task.plan`) from one card merged out of the
 (:mod:`medlens.federated.summaries`): counts summed, intensity and size statistics pooled as estimates of the
 pooled data's (a mixture of the sites' quantile curves, weighted by cases), so normalisation, input size and
 batch are the same at every site. :class:`FederationPlan` holds what is federated: the strategy, chosen by
-how different the sites are, rounds x local epochs from the time budget, differential privacy, each with its
-reason; it is written as ``federation.yaml`` beside the task's ``plan.yaml``.
+how different the sites are, rounds x local epochs from the time budget (re-planned after round 1 at the pace it
+measured, :func:`replan_after_first_round`), differential privacy, each with its reason; it is written as
+``federation.yaml`` beside the task's ``plan.yaml``.
 """
 
 from __future__ import annotations
