@@ -216,19 +216,18 @@ def overhead(run: Path, sites) -> None:
         direct[name] = (prepared, time.perf_counter() - started)
     slowest = max(fit for _, fit in direct.values())
     slowest_whole = max(prepared + fit for prepared, fit in direct.values())
-    median = statistics.median(rounds)
+    median, in_turn = statistics.median(rounds), sum(fit for _, fit in direct.values())
     print(f"\n== 2. Flower overhead: a federated round vs the same {plan.local_epochs} local epoch(s) run directly "
           f"({os.cpu_count()} CPUs; the sites of a round share them) ==")
     for name, (prepared, fit) in direct.items():
         print(f"  {name}: direct fit {fit:6.1f} s, data prepared in {prepared:.1f} s")
     print(f"  federated round: median {median:.1f} s over {len(rounds)} round(s) (min {min(rounds):.1f}, max "
           f"{max(rounds):.1f}); slowest site run directly {slowest:.1f} s, all sites in turn "
-          f"{sum(f for _, f in direct.values()):.1f} s")
+          f"{in_turn:.1f} s")
     print(f"  overhead of a round over its slowest site: {median - slowest:+.1f} s ({median / slowest:.2f}x) over the "
           f"fit alone; {median - slowest_whole:+.1f} s ({median / slowest_whole:.2f}x) over data preparation + fit "
           "(Flower starts a new ClientApp process per message, so each round's site imports medlens and prepares "
           "its data again)")
-    in_turn = sum(fit for _, fit in direct.values())
     print(f"  here every site shares this machine's {os.cpu_count()} CPUs, so a round's sites cannot train faster "
           f"than all of them in turn ({in_turn:.1f} s of fitting): the round's exchange is {median - in_turn:+.1f} s "
           f"({median / in_turn:.2f}x) over that")

@@ -84,7 +84,8 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
     sources = site_sources(sites)
     work = run.root / "federated" / "compare"
     info = run.read_info()
-    rounds = (info.get("federation") or {}).get("rounds_run") or federation.rounds  # a budget may stop early
+    ran = info.get("federation") or {}
+    rounds = ran.get("rounds_run") or federation.rounds  # a budget may stop early
     epochs = info.get("epochs_run") or rounds * federation.local_epochs  # round 1's local epochs may differ (re-plan)
     tests, pooled_csv = test_sets(sources, config, work, log)
     models = {"federated": run}
@@ -103,7 +104,7 @@ def compare_sites(run, sites, *, pooled: bool = True, n_bootstrap: int | None = 
            "federated_on_each_site": ("with that site's own batch-norm layers (FedBN), the global average on all sites"
                                       if federation.strategy == "fedbn" else "the global model"),
            "budget": {"epochs": epochs, "rounds": rounds, "local_epochs": federation.local_epochs,
-                      "local_epochs_by_round": (info.get("federation") or {}).get("local_epochs_by_round"),
+                      "local_epochs_by_round": ran.get("local_epochs_by_round"),
                       "rule": "each local-only and the pooled model: the local epochs of every round run, of its data"},
            "sites": list(sources), "tests": {n: t.n_cases for n, t in tests.items()},
            "models": {label: _trained(m) for label, m in models.items()}, "rows": rows,

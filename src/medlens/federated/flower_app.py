@@ -92,11 +92,14 @@ def _train(msg: Message, context: Context) -> Message:
     local = from_record(context.state["local"]) if "local" in context.state else {}
     privacy = json.loads(context.state["privacy"]["json"]) if "privacy" in context.state else None
 
+    kept = _kept_split(context)
+
     def content() -> dict:
         weights, n_examples, metrics, spent, validation, split = site.fit(
             context.node_config, task["config"], task["plan"], received, round=int(task["round"]), local=local,
-            privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=_kept_split(context))
-        _keep_split(context, split)
+            privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=kept)
+        if split is not kept:  # made again: the site's data changed since (or no summary kept one)
+            _keep_split(context, split)
         context.state["local"] = to_record({k: v for k, v in weights.items() if k not in received})
         if spent is not None:
             context.state["privacy"] = ConfigRecord({"json": json.dumps(spent)})

@@ -87,11 +87,11 @@ def write_run(out: str | Path, config: Config, plan: FederationPlan, weights: di
     write_text_atomic(run.plan, render_plan(config, dict(reasons or {}), header, omit=task.ignored))
     write_federation(run.root / FEDERATION, plan)
     write_json_atomic(run.root / "federated" / "history.json", json_safe(history))
+    record = _federation_record(plan, history, sites, calibration, dp_changes)
     run.update_info(medlens_run_version=RUN_VERSION, status="finished", finished=now(),
                     dataset=config.dataset.source, task=config.dataset.task,
-                    epochs_run=sum(int(h.get("local_epochs") or plan.local_epochs) for h in history),
-                    federation=json_safe({**_federation_record(plan, history, sites, calibration, dp_changes),
-                                          "kept_round": kept}))
+                    epochs_run=sum(record["local_epochs_by_round"]),
+                    federation=json_safe({**record, "kept_round": kept}))
     log(f"federated run folder: {run.root} (weights {run.weights.name}, {FEDERATION}; calibration: {calibration})")
     return run
 

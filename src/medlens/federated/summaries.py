@@ -86,10 +86,11 @@ def split_key(dataset, *, seed: int) -> str:
     return hashlib.sha256(json.dumps([seed, rows], default=str).encode()).hexdigest()
 
 
-def split_record(dataset, splits: dict, *, seed: int) -> dict:
+def split_record(dataset, splits: dict, *, seed: int, key: str | None = None) -> dict:
     """``{"key", "seed", "splits"}``: what a site keeps of its split between the messages of a run (in its SuperNode's
-    context state; never sent), so that only its first message audits every image."""
-    return {"key": split_key(dataset, seed=seed), "seed": seed, "splits": splits}
+    context state; never sent), so that only its first message audits every image (``key``: :func:`split_key`, when
+    already made)."""
+    return {"key": key or split_key(dataset, seed=seed), "seed": seed, "splits": splits}
 
 
 def split_for(dataset, *, seed: int, kept: dict | None = None) -> tuple[dict, bool]:
@@ -98,7 +99,7 @@ def split_for(dataset, *, seed: int, kept: dict | None = None) -> tuple[dict, bo
     key = split_key(dataset, seed=seed)
     if kept and kept.get("key") == key:
         return kept, True
-    return {"key": key, "seed": seed, "splits": site_splits(dataset, inspect_dataset(dataset), seed=seed)}, False
+    return split_record(dataset, site_splits(dataset, inspect_dataset(dataset), seed=seed), seed=seed, key=key), False
 
 
 def summary_from_card(card: dict, dataset, splits: dict, *, name: str) -> dict:
