@@ -14,6 +14,7 @@ from medlens.data import open_dataset
 from medlens.errors import ConfigError
 from medlens.federated.plan import (
     FederationPlan,
+    has_batch_norm,
     merged_card,
     plan_federation,
     pooled_quantiles,
@@ -143,6 +144,19 @@ def test_strategy_follows_how_different_the_sites_are(summaries, pair, strategy,
     assert plan.proximal_mu == (0.01 if strategy == "fedprox" else 0.0)
     assert config.train.max_epochs == plan.rounds * plan.local_epochs
     assert plan.min_sites == 2
+
+
+@pytest.mark.parametrize(("pair", "norm"), [(("a", "d"), "batch"), (("a", "b"), "group"), (("a", "c"), "batch")])
+def test_label_skew_plans_group_norm(summaries, pair, norm):
+    # label skew: batch norm's statistics are each site's class mix (Hsieh et al. 2020); FedBN keeps them per site
+    reasons = {}
+    config, plan = plan_federation({k: summaries[k] for k in pair}, probe=False, task_reasons=reasons)
+    assert config.model.norm == norm
+    assert has_batch_norm(config) == (norm == "batch")  # the network the sites build is the one the plan names
+    if norm == "group":
+        assert reasons["model.norm"].startswith("group: the sites' label balance differs (largest Jensen-Shannon")
+    kept, asked = plan_federation({k: summaries[k] for k in pair}, probe=False, strategy="fedbn")
+    assert asked.strategy == "fedbn" and kept.model.norm == "batch"  # asked for: its batch norm stays, skew or not
 
 
 def test_no_fedbn_under_differential_privacy(summaries):

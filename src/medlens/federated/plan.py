@@ -141,6 +141,7 @@ def plan_federation(summaries: dict[str, dict], *, rounds: int | None = None, ti
     check_summaries(summaries, batch_size=config.train.batch_size)
     fed: dict[str, str] = {}
     strategy, mu = choose_strategy(summaries, config, dp_epsilon, fed, asked=strategy)
+    config = skew_norm(config, summaries, strategy, dp_epsilon, reasons)  # before the timing: the network it times
     rounds, planned_local = _schedule(config, reasons, summaries, rounds, fed, shared_machine)
     if local_epochs is not None:
         if local_epochs < 1:
@@ -476,6 +477,31 @@ def choose_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: floa
                            "training cases (McMahan et al., AISTATS 2017)")
     reasons["proximal_mu"] = "0: no proximal term under FedAvg"
     return "fedavg", 0.0
+
+
+def skew_norm(config: Config, summaries: dict[str, dict], strategy: str, dp_epsilon: float | None,
+              reasons: dict[str, str]) -> Config:
+    """``model.norm: group`` when the sites' label balance differs strongly (the reason in ``reasons``).
+
+    Under label skew, batch norm's running statistics are each site's own class mixture, and their average matches
+    no site nor the pooled data; group norm normalises each example by itself, which recovers most of what label
+    skew costs batch-normalised networks (Hsieh et al., ICML 2020, "The non-IID data quagmire of decentralized
+    machine learning"). PneumoniaMNIST in 4 Dirichlet(0.5) sites: pooled validation AUC 0.978 -> 0.991 at the
+    same budget (benchmarks/federated.py). Kept as planned under FedBN (which keeps each site's batch norm), under DP
+    (already group norm, :func:`private_network`), and for networks without batch norm or that do not take
+    ``model.norm`` (detection's).
+    """
+    jsd, _ = label_divergence(summaries)
+    if jsd <= JSD_THRESHOLD or strategy == "fedbn" or dp_epsilon is not None or not has_batch_norm(config):
+        return config
+    grouped = replace(config, model=replace(config.model, norm="group"))
+    if has_batch_norm(grouped):  # a task whose networks do not take model.norm (detection)
+        return config
+    reasons["model.norm"] = (f"group: the sites' label balance differs (largest Jensen-Shannon divergence {jsd:.3f} "
+                             f"bits, threshold {JSD_THRESHOLD}), and batch norm's statistics, each site's own class "
+                             "mix, average to no site's; group norm normalises each example by itself (Hsieh et al., "
+                             "ICML 2020)")
+    return grouped
 
 
 def _asked_strategy(summaries: dict[str, dict], config: Config, dp_epsilon: float | None, reasons: dict[str, str],
