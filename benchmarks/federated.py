@@ -156,6 +156,7 @@ def report_pneumonia(run: Path, sites) -> bool:
           f"{doc['budget']['epochs']} epochs ==")
     print_epochs(doc)
     print_kept(run)
+    print_test_by_round(run, sites)
     print(f"{'test split':<16} {'federated':>22} {'pooled':>22} {'local (this site)':>22} {'local mean':>10}")
     for test, n in doc["tests"].items():
         local = [r["value"] for r in doc["rows"] if r["model"].startswith("local ") and r["test"] == test
@@ -176,6 +177,28 @@ def report_pneumonia(run: Path, sites) -> bool:
           f"{wins} of {len(doc['sites'])}; mean local-only on its own site's test split: "
           f"{s['local_mean_own_site']:.3f}")
     return all(checks.values())
+
+
+def print_test_by_round(run: Path, sites) -> None:
+    """Each round's global checkpoint scored on the full test split: how the test figure moves while the round kept is
+    chosen on validation (printed only; nothing is chosen from it). FedBN's averaged batch norm, as the run deploys."""
+    import torch
+
+    from medlens.federated.compare import ALL_SITES, evaluate_on, headline, test_sets
+    from medlens.federated.server import load_weights
+    from medlens.runs import open_run
+    from medlens.tasks import load_model
+
+    folder = open_run(run)
+    config = folder.read_config()
+    tests, _ = test_sets(sites.sources, config, run / "federated" / "compare", log=lambda *a: None)
+    model, aucs = load_model(folder, config), []
+    for number in range(1, len(read_json(run / "federated" / "history.json")) + 1):
+        weights = load_weights(run, {"weights": f"global_round_{number}.safetensors", "round": number})
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+        aucs.append(headline(evaluate_on(model, folder, config, tests[ALL_SITES], 50))["auc"]["value"])
+    print("test AUC by round, full test split (not used for any choice): "
+          + ", ".join(f"{n} {auc:.3f}" for n, auc in enumerate(aucs, 1)))
 
 
 def print_kept(run: Path) -> None:
