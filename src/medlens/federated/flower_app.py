@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from medlens.errors import MedlensError
 from medlens.federated import server as checkpoints
-from medlens.federated import site
+from medlens.federated import site, worker
 from medlens.federated.updates import Update, average, check_update, shared_keys
 
 server_app = ServerApp()
@@ -56,14 +56,15 @@ def _query(msg: Message, context: Context) -> Message:
     task, kept = msg.content["task"], _kept_split(context)
     if task["step"] == "clinical":
         return _answer(msg, context, lambda: {"clinical": ConfigRecord({"json": json.dumps(
-            site.clinical_moments(context.node_config, task["config"], kept_split=kept))})})
+            worker.call(context.node_config, "clinical_moments", dict(context.node_config), task["config"],
+                        kept_split=kept))})})
     if task["step"] == "calibration":
         return _answer(msg, context, lambda: {"calibration": ConfigRecord({"json": json.dumps(
-            site.calibration_statistics(context.node_config, task["config"], task["plan"],
-                                        from_record(msg.content["global"]), kept_split=kept))})})
+            worker.call(context.node_config, "calibration_statistics", dict(context.node_config), task["config"],
+                        task["plan"], from_record(msg.content["global"]), kept_split=kept))})})
 
     def summary() -> dict:
-        summary, split = site.summarise(context.node_config)
+        summary, split = worker.call(context.node_config, "summarise", dict(context.node_config))
         _keep_split(context, split)
         return {"summary": ConfigRecord({"json": json.dumps(summary)})}
 
@@ -95,8 +96,8 @@ def _train(msg: Message, context: Context) -> Message:
     kept = _kept_split(context)
 
     def content() -> dict:
-        weights, n_examples, metrics, spent, validation, split = site.fit(
-            context.node_config, task["config"], task["plan"], received, round=int(task["round"]), local=local,
+        weights, n_examples, metrics, spent, validation, split = worker.call(
+            context.node_config, "fit", dict(context.node_config), task["config"], task["plan"], received, round=int(task["round"]), local=local,
             privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=kept)
         if split is not kept:  # made again: the site's data changed since (or no summary kept one)
             _keep_split(context, split)
@@ -114,12 +115,9 @@ def _train(msg: Message, context: Context) -> Message:
 
 def _answer(msg: Message, context: Context, content) -> Message:
     """Reply with ``content()`` and the site's name; a refusal (bad data, a plan it cannot honour) as its reason."""
-    from medlens.data.dataset import series_rules_given
-
     meta = {"site": str(context.node_config.get("name", "site"))}
     try:
-        with series_rules_given(site.series_rules_of(context.node_config)):  # a site of DICOM studies: its rules
-            records = content()
+        records = content()  # the site's work, in its warm worker (:mod:`medlens.federated.worker`) where it has one
     except (MedlensError, FileNotFoundError) as exc:
         print(f"medlens site {meta['site']}: error: {exc}", flush=True)  # in full, on the site's own log only
         reason = f"{type(exc).__name__}: {site.redact(str(exc))} (details in the site's log)"

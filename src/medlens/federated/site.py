@@ -1,8 +1,9 @@
 """A hospital's side: its Flower SuperNode process, and what its ClientApp does with each message.
 
 ``medlens fl site --server HOST:PORT --data SITE_DATA`` starts ``flower-supernode`` with the site's data folder
-and name in its node config. For each message the SuperNode starts a ``flwr-clientapp`` process (Flower's
-default subprocess isolation) that calls the handlers here. Only aggregates and weights ever leave the site: its
+and name in its node config, and the site's warm worker (:mod:`medlens.federated.worker`). For each message the
+SuperNode starts a ``flwr-clientapp`` process (Flower's default subprocess isolation) that hands the call of a
+handler here to that worker (or runs it itself where no worker answers). Only aggregates and weights ever leave the site: its
 summary (counts, label balance, intensity statistics: :func:`medlens.federated.summaries.site_summary`), its
 clinical columns' count, sum and sum of squares (:func:`clinical_moments`), the model's weights after local
 training, numeric training metrics, and its validation aggregates for calibration.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,20 +109,37 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
 
 
 def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
-               flwr_home: Path | None = None, threads: int | None = None) -> subprocess.Popen:
+               flwr_home: Path | None = None, threads: int | None = None, warm: bool = True) -> subprocess.Popen:
     """Start the site's SuperNode; it retries until the server is reachable and serves until stopped.
+
+    With ``warm`` (and Unix sockets), also the site's worker (:mod:`medlens.federated.worker`), which does the work
+    of every message in one long-lived process, in the SuperNode's process group.
 
     Args:
         flwr_home: Flower's folder for the apps it receives (default ``~/.flwr``).
         threads: CPU threads its training may use (sites sharing one machine); default: torch's choice, or
             ``OMP_NUM_THREADS`` when set.
     """
+    from medlens.federated import worker
+
+    folder = worker.prepare() if warm and worker.available() else None
+    if folder is not None:
+        settings = replace(settings, node_config={**(settings.node_config or {}), worker.NODE_KEY: str(folder)})
     command = supernode_command(settings, clientappio_port)
     env = flower_env(flwr_home)
     if threads is not None and "OMP_NUM_THREADS" not in env:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, env=env,
-                            start_new_session=True)
+    # its own process group (which server.stop signals), off the terminal's Ctrl-C; its worker joins that group
+    supernode = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, env=env,
+                                 process_group=0)
+    if folder is not None:
+        out = sys.stderr if log_file is subprocess.PIPE else log_file
+        try:
+            subprocess.Popen(worker.command(folder), stdout=out, stderr=subprocess.STDOUT if out else None, env=env,
+                             process_group=supernode.pid)
+        except OSError:  # the SuperNode exited at once (its group is gone): the caller reads why from its output
+            shutil.rmtree(folder, ignore_errors=True)
+    return supernode
 
 
 def follow(process: subprocess.Popen, echo, keep: int = 60) -> str:
