@@ -97,7 +97,8 @@ def _train(msg: Message, context: Context) -> Message:
 
     def content() -> dict:
         weights, n_examples, metrics, spent, validation, split = worker.call(
-            context.node_config, "fit", dict(context.node_config), task["config"], task["plan"], received, round=int(task["round"]), local=local,
+            context.node_config, "fit", dict(context.node_config), task["config"], task["plan"], received,
+            round=int(task["round"]), local=local,
             privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=kept)
         if split is not kept:  # made again: the site's data changed since (or no summary kept one)
             _keep_split(context, split)

@@ -578,8 +578,9 @@ def replan_after_first_round(plan: FederationPlan, record: dict, budget_s: float
 
     The planner's timing counts the sites' epochs only. A round also costs an exchange: Flower starts a new process
     per message at each site, which hands the work to the site's warm worker (:mod:`medlens.federated.worker`);
-    the site opens its data and scores the global model, then the weights travel and are averaged. Round 1 measures both: the slowest site's seconds per local epoch, and the rest of the
-    round as the exchange's fixed cost. The remaining rounds are as many as keep all exchanges within
+    the site opens its data and scores the global model, then the weights travel and are averaged. Round 1
+    measures both: the slowest site's seconds per local epoch, and the rest of the round as the exchange's fixed
+    cost. The remaining rounds are as many as keep all exchanges within
     :data:`EXCHANGE_SHARE` of the budget (at most :data:`DEFAULT_ROUNDS` in all), each with the local epochs that
     then fit (at most :data:`MAX_SITE_EPOCHS` in all).
 

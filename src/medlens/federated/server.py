@@ -298,7 +298,8 @@ def wait_for_port(host: str, port: int, *, process: subprocess.Popen, what: str,
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    """Stop a process started here in its own session or process group, and every process it started (Flower's app processes).
+    """Stop a process started here in its own session or process group, and every process it started (Flower's app
+    processes, a site's worker).
 
     SIGTERM to the group, up to ``timeout_s`` for the leader to exit, then SIGKILL to whatever is left of the
     group: a ``flwr-serverapp`` whose SuperLink is gone would otherwise wait for it forever.

@@ -3,10 +3,11 @@
 ``medlens fl site --server HOST:PORT --data SITE_DATA`` starts ``flower-supernode`` with the site's data folder
 and name in its node config, and the site's warm worker (:mod:`medlens.federated.worker`). For each message the
 SuperNode starts a ``flwr-clientapp`` process (Flower's default subprocess isolation) that hands the call of a
-handler here to that worker (or runs it itself where no worker answers). Only aggregates and weights ever leave the site: its
-summary (counts, label balance, intensity statistics: :func:`medlens.federated.summaries.site_summary`), its
-clinical columns' count, sum and sum of squares (:func:`clinical_moments`), the model's weights after local
-training, numeric training metrics, and its validation aggregates for calibration.
+handler here to that worker (or runs it itself where no worker answers). Only aggregates and weights ever leave
+the site: its summary (counts, label balance, intensity statistics:
+:func:`medlens.federated.summaries.site_summary`), its clinical columns' count, sum and sum of squares
+(:func:`clinical_moments`), the model's weights after local training, numeric training metrics, and its
+validation aggregates for calibration.
 """
 
 from __future__ import annotations
