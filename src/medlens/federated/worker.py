@@ -109,7 +109,7 @@ def serve(folder: Path) -> None:
     listener = Listener(str(folder / "socket"), family="AF_UNIX", authkey=key)  # calls queue while we import
     _exit_with(os.getppid(), folder)
     try:
-        import medlens.federated.local  # noqa: F401 - the training stack, once for the whole run
+        import medlens.federated.local  # the training stack, once for the whole run
         import medlens.federated.site  # noqa: F401
 
         print(f"medlens site worker {os.getpid()}: ready", flush=True)
