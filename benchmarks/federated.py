@@ -249,8 +249,8 @@ def overhead(run: Path, sites) -> None:
           f"{in_turn:.1f} s")
     print(f"  overhead of a round over its slowest site: {median - slowest:+.1f} s ({median / slowest:.2f}x) over the "
           f"fit alone; {median - slowest_whole:+.1f} s ({median / slowest_whole:.2f}x) over data preparation + fit "
-          "(Flower starts a new ClientApp process per message, so each round's site imports medlens and prepares "
-          "its data again)")
+          "(Flower starts a new ClientApp process per message, which hands the work to the site's warm worker; the "
+          "site prepares its data and scores the global model again each round)")
     print(f"  here every site shares this machine's {os.cpu_count()} CPUs, so a round's sites cannot train faster "
           f"than all of them in turn ({in_turn:.1f} s of fitting): the round's exchange is {median - in_turn:+.1f} s "
           f"({median / in_turn:.2f}x) over that")
