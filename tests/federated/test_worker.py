@@ -4,7 +4,9 @@ hands it, the site's refusals kept as they are, and the ClientApp doing the work
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,10 @@ def test_a_connection_without_the_key_is_refused(running):
             connection.send(("summarise", ({"data": "/", "name": "x"},), {}, {}))
             connection.recv()
     assert process.poll() is None  # and the worker goes on serving
+
+
+def test_a_workers_folder_is_removed_with_the_process_that_made_it_even_if_the_worker_never_ran():
+    made = subprocess.run([sys.executable, "-c", "from medlens.federated import worker; print(worker.prepare())"],
+                          capture_output=True, text=True, check=True)
+    folder = made.stdout.strip()
+    assert folder and not Path(folder).exists()

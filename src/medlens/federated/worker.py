@@ -39,8 +39,14 @@ def available() -> bool:
 
 
 def prepare() -> Path:
-    """A private folder (0700) holding the worker's key (0600); its socket is made there when the worker starts."""
+    """A private folder (0700) holding the worker's key (0600); its socket is made there when the worker starts.
+
+    The worker removes the folder when it stops; this process also does at its exit, for a worker killed before
+    it could (a site stopped while the worker was still starting)."""
+    import atexit
+
     folder = Path(tempfile.mkdtemp(prefix="medlens-site-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     key = folder / "key"
     key.touch(mode=0o600)
     key.write_bytes(secrets.token_bytes(32))
