@@ -32,16 +32,16 @@ def test_the_worker_answers_as_the_site_would_and_keeps_its_refusals(running, tm
     node, process, folder = running
     data = write_site(tmp_path / "north", "north", 0)
     here = site.summarise({"data": str(data), "name": "north"})
-    there = worker.call(node, "summarise", {**node, "data": str(data)})
+    there = worker.call({**node, "data": str(data)}, "summarise")
     assert there == here
     assert process.poll() is None  # served, and still there for the next message
 
     # a site that cannot take part says why, as in-process (the ClientApp sends the reason, redacted)
     with pytest.raises(FileNotFoundError):
-        worker.call(node, "summarise", {**node, "data": str(tmp_path / "missing.csv")})
+        worker.call({**node, "data": str(tmp_path / "missing.csv")}, "summarise")
     (tmp_path / "empty.csv").write_text("image,label,patient_id\n")
     with pytest.raises(MedlensError):
-        worker.call(node, "summarise", {**node, "data": str(tmp_path / "empty.csv")})
+        worker.call({**node, "data": str(tmp_path / "empty.csv")}, "summarise")
     with pytest.raises(RuntimeError, match="worker failed in open"):  # only the site's own calls are run
         worker.call(node, "open", "/etc/passwd")
 
@@ -53,7 +53,7 @@ def test_the_clientapp_does_the_work_itself_when_no_worker_answers(tmp_path, mon
     (gone / "key").write_bytes(b"k" * 32)
     monkeypatch.setattr(worker, "WAIT_S", 0.2)
     node = {"name": "south", "data": str(data), worker.NODE_KEY: str(gone)}
-    summary, split = worker.call(node, "summarise", node)
+    summary, split = worker.call(node, "summarise")
     assert summary == site.summarise(node)[0]
     assert "no warm worker" in capsys.readouterr().out
 
@@ -69,7 +69,7 @@ def test_a_connection_without_the_key_is_refused(running):
         time.sleep(0.1)
     with pytest.raises((AuthenticationError, EOFError, OSError)):
         with Client(str(folder / "socket"), family="AF_UNIX", authkey=b"x" * 32) as connection:
-            connection.send(("summarise", ({"data": "/", "name": "x"},), {}, {}))
+            connection.send(("summarise", {"data": "/", "name": "x"}, (), {}))
             connection.recv()
     assert process.poll() is None  # and the worker goes on serving
 

@@ -56,15 +56,14 @@ def _query(msg: Message, context: Context) -> Message:
     task, kept = msg.content["task"], _kept_split(context)
     if task["step"] == "clinical":
         return _answer(msg, context, lambda: {"clinical": ConfigRecord({"json": json.dumps(
-            worker.call(context.node_config, "clinical_moments", dict(context.node_config), task["config"],
-                        kept_split=kept))})})
+            worker.call(context.node_config, "clinical_moments", task["config"], kept_split=kept))})})
     if task["step"] == "calibration":
         return _answer(msg, context, lambda: {"calibration": ConfigRecord({"json": json.dumps(
-            worker.call(context.node_config, "calibration_statistics", dict(context.node_config), task["config"],
-                        task["plan"], from_record(msg.content["global"]), kept_split=kept))})})
+            worker.call(context.node_config, "calibration_statistics", task["config"], task["plan"],
+                        from_record(msg.content["global"]), kept_split=kept))})})
 
     def summary() -> dict:
-        summary, split = worker.call(context.node_config, "summarise", dict(context.node_config))
+        summary, split = worker.call(context.node_config, "summarise")
         _keep_split(context, split)
         return {"summary": ConfigRecord({"json": json.dumps(summary)})}
 
@@ -97,8 +96,7 @@ def _train(msg: Message, context: Context) -> Message:
 
     def content() -> dict:
         weights, n_examples, metrics, spent, validation, split = worker.call(
-            context.node_config, "fit", dict(context.node_config), task["config"], task["plan"], received,
-            round=int(task["round"]), local=local,
+            context.node_config, "fit", task["config"], task["plan"], received, round=int(task["round"]), local=local,
             privacy=privacy, validate=bool(task.get("validate", 0)), kept_split=kept)
         if split is not kept:  # made again: the site's data changed since (or no summary kept one)
             _keep_split(context, split)

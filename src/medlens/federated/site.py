@@ -110,10 +110,10 @@ def supernode_command(settings: SiteSettings, clientappio_port: int) -> list[str
 
 
 def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
-               flwr_home: Path | None = None, threads: int | None = None, warm: bool = True) -> subprocess.Popen:
+               flwr_home: Path | None = None, threads: int | None = None) -> subprocess.Popen:
     """Start the site's SuperNode; it retries until the server is reachable and serves until stopped.
 
-    With ``warm`` (and Unix sockets), also the site's worker (:mod:`medlens.federated.worker`), which does the work
+    Where Unix sockets exist, also the site's worker (:mod:`medlens.federated.worker`), which does the work
     of every message in one long-lived process, in the SuperNode's process group.
 
     Args:
@@ -123,7 +123,7 @@ def start_site(settings: SiteSettings, *, clientappio_port: int, log_file=None,
     """
     from medlens.federated import worker
 
-    folder = worker.prepare() if warm and worker.available() else None
+    folder = worker.prepare() if worker.available() else None
     if folder is not None:
         settings = replace(settings, node_config={**(settings.node_config or {}), worker.NODE_KEY: str(folder)})
     command = supernode_command(settings, clientappio_port)

@@ -58,16 +58,16 @@ def command(folder: Path) -> list[str]:
 
 
 def call(node_config, name: str, *args, **kwargs):
-    """``medlens.federated.site.<name>(*args, **kwargs)`` under the site's series rules: in the site's worker when
-    its node config names one that answers, else in this process.
+    """``medlens.federated.site.<name>(node_config, *args, **kwargs)`` under the site's series rules: in the site's
+    worker when ``node_config`` (the SuperNode's) names one that answers, else in this process.
 
     Raises:
         whatever the call raises (a :class:`~medlens.errors.MedlensError` refusal arrives as itself).
     """
-    folder = node_config.get(NODE_KEY) if hasattr(node_config, "get") else None
-    if folder:
+    node_config = dict(node_config)
+    if folder := node_config.get(NODE_KEY):
         try:
-            outcome = _remote(Path(str(folder)), (name, args, kwargs, dict(node_config)))
+            outcome = _remote(Path(str(folder)), (name, node_config, args, kwargs))
         except (OSError, EOFError) as exc:  # no worker answers: do the work here
             print(f"medlens site: no warm worker ({type(exc).__name__}: {exc}); running {name} in the ClientApp "
                   "process", flush=True)
@@ -78,10 +78,10 @@ def call(node_config, name: str, *args, **kwargs):
             if status == "refused":
                 raise value
             raise RuntimeError(f"the site's worker failed in {name}:\n{value}")
-    return run(name, args, kwargs, node_config)
+    return run(name, node_config, args, kwargs)
 
 
-def run(name: str, args: tuple, kwargs: dict, node_config):
+def run(name: str, node_config: dict, args: tuple, kwargs: dict):
     """The call itself (in the worker, or in a ClientApp without one)."""
     from medlens.data.dataset import series_rules_given
     from medlens.federated import site
@@ -89,7 +89,7 @@ def run(name: str, args: tuple, kwargs: dict, node_config):
     if name not in CALLS:
         raise ValueError(f"a site's worker runs {', '.join(CALLS)}, not {name!r}")
     with series_rules_given(site.series_rules_of(node_config)):  # a site of DICOM studies: its rules
-        return getattr(site, name)(*args, **kwargs)
+        return getattr(site, name)(node_config, *args, **kwargs)
 
 
 def _remote(folder: Path, request: tuple):
@@ -148,11 +148,11 @@ def _answer(connection) -> None:
     from medlens.errors import MedlensError
 
     try:
-        name, args, kwargs, node_config = connection.recv()
+        request = connection.recv()
     except (OSError, EOFError):
         return
     try:
-        outcome = ("ok", run(name, args, kwargs, node_config))
+        outcome = ("ok", run(*request))
     except (MedlensError, FileNotFoundError) as exc:  # the site's refusal, which the ClientApp reports as today
         outcome = ("refused", exc if _pickles(exc) else MedlensError(str(exc)))
     except Exception:  # noqa: BLE001 - a bug: its traceback goes to the ClientApp, which fails the message
