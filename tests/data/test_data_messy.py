@@ -89,15 +89,51 @@ def test_misnamed_files_are_a_warning_naming_each_file_and_do_not_stop_training(
 def test_files_that_are_no_image_by_name_are_a_warning_naming_them(tmp_path):
     root = class_folders(tmp_path / "data")
     (root / "normal" / "readme.txt").write_text("scanned 2021\n")
-    PILImage.fromarray(noise(3)).save(root / "lesion" / "photo.webp")
+    (root / "lesion" / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(40))
     (root / "lesion" / ".DS_Store").write_bytes(b"\0" * 8)
 
     dataset = open_dataset(root)
 
     finding = next(f for f in dataset.findings if f.code == "file.ignored")
     assert finding.severity == "warning" and not finding.blocks_training
-    assert finding.cases == ["normal/readme.txt", "lesion/photo.webp"] and "normal/readme.txt" in finding.message
+    assert finding.cases == ["normal/readme.txt", "lesion/photo.heic"] and "normal/readme.txt" in finding.message
     assert len(dataset.cases) == 24
+
+
+def test_what_the_system_writes_beside_the_images_is_skipped_without_a_word(tmp_path):
+    """A zip made on a Mac carries __MACOSX/ with a ._ copy of every file; Windows writes Thumbs.db."""
+    root = class_folders(tmp_path / "data")
+    for junk in ("__MACOSX/normal/._0.png", "__MACOSX/lesion/._1.png", "normal/Thumbs.db", "lesion/desktop.ini",
+                 "lesion/.DS_Store", "normal/@eaDir/0.png@SynoEAStream", ".ipynb_checkpoints/x.png"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_bytes(b"\0\0\0\x01Bud1" + bytes(64))
+    logged: list[str] = []
+
+    dataset = open_dataset(root)
+    card = inspect_dataset(dataset)
+    check_card(card, log=logged.append)
+
+    assert set(dataset.class_names) == {"lesion", "normal"} and len(dataset.cases) == 24
+    assert not card["unreadable"] and not logged
+
+
+def test_images_in_sub_folders_of_a_class_folder_are_cases_of_that_class_with_a_note(tmp_path):
+    root = class_folders(tmp_path / "data", per_class=4)
+    for patient in ("p1", "p2/visit1"):
+        (root / "lesion" / patient).mkdir(parents=True)
+        PILImage.fromarray(noise(50)).save(root / "lesion" / patient / "a.png")
+    (root / "lesion" / "p1" / "notes.txt").write_text("follow-up\n")
+
+    dataset = open_dataset(root)
+
+    by_id = {c.case_id: c for c in dataset.cases}
+    assert {"lesion/p1/a.png", "lesion/p2/visit1/a.png"} <= set(by_id) and len(by_id) == 10
+    assert by_id["lesion/p2/visit1/a.png"].label == dataset.class_names.index("lesion")
+    assert all(c.patient_id is None for c in dataset.cases)
+    note = next(f for f in dataset.findings if f.code == "class.subfolders")
+    assert note.severity == "info" and note.cases == ["lesion/p1/a.png", "lesion/p2/visit1/a.png"]
+    assert "patient column" in note.message
+    assert next(f for f in dataset.findings if f.code == "file.ignored").cases == ["lesion/p1/notes.txt"]
 
 
 # --- alpha -----------------------------------------------------------------------------------------

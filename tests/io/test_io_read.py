@@ -295,3 +295,55 @@ def test_npy_factory_layout_reads_back_unchanged(make_image, shape):
     written = make_image.npy("layout.npy", make_image.random_array(shape, np.int16, seed=30))
 
     np.testing.assert_array_equal(read_image(written.path).array, written.array)
+
+
+def test_lossless_webp_is_read_by_its_name_and_by_its_content_when_misnamed(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    PILImage.fromarray(rgb).save(tmp_path / "photo.webp", lossless=True)
+    (tmp_path / "photo.png").write_bytes((tmp_path / "photo.webp").read_bytes())
+
+    image, misnamed = read_image(tmp_path / "photo.webp"), read_image(tmp_path / "photo.png")
+
+    np.testing.assert_array_equal(image.array, rgb.transpose(2, 1, 0))
+    np.testing.assert_array_equal(misnamed.array, image.array)
+    assert [note["code"] for note in misnamed.meta["read_warnings"]] == ["image.misnamed"]
+
+
+@pytest.mark.parametrize("orientation, turn", [(3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)),
+                                                (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_is_applied_as_viewers_show_the_photo(tmp_path, orientation, turn):
+    stored = np.zeros((16, 24), np.uint8)
+    stored[:8, :8], stored[8:, 16:] = 255, 128  # 8 x 8 blocks survive JPEG: top left bright, bottom right grey
+    pil = PILImage.fromarray(stored)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    pil.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+
+    image = read_image(tmp_path / "photo.jpg")
+
+    upright = turn(stored).T.astype(int)  # (X, Y) of the upright (H, W)
+    assert image.array.shape[1:] == upright.shape and np.abs(image.array[0] - upright).max() < 40
+    assert image.meta["read_warnings"] == [{"code": "image.orientation",
+                                            "message": f"EXIF orientation {orientation} applied"}]
+
+
+def test_upright_exif_orientation_leaves_the_photo_without_a_note(tmp_path):
+    pil = PILImage.fromarray(np.arange(24, dtype=np.uint8).reshape(4, 6))
+    exif = pil.getexif()
+    exif[0x0112] = 1
+    pil.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+
+    image = read_image(tmp_path / "photo.jpg")
+
+    assert image.array.shape == (1, 6, 4) and "read_warnings" not in image.meta
+
+
+def test_a_few_translucent_pixels_are_counted_not_rounded_to_zero_percent(tmp_path):
+    rgba = np.full((40, 50, 4), 200, dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[0, 0, 3] = 0
+    PILImage.fromarray(rgba).save(tmp_path / "speck.png")
+
+    image = read_image(tmp_path / "speck.png")
+
+    assert "(1 pixel(s) not opaque)" in image.meta["read_warnings"][0]["message"]

@@ -2,8 +2,9 @@
 
 - ``image.unreadable`` (blocks training) or, with ``skip_unreadable``, ``image.skipped`` (a warning; the
   card's ``skipped`` lists each file, relative to the dataset, with its reason);
-- ``image.misnamed`` / ``image.alpha``: files read other than their name or pixels say (a PNG named
-  ``.jpg`` read by its content, an alpha channel removed), one warning per kind naming the files.
+- ``image.misnamed`` / ``image.alpha`` / ``image.orientation``: files read other than their name or pixels
+  say (a PNG named ``.jpg`` read by its content, an alpha channel removed, an EXIF orientation applied),
+  one warning per kind naming the files.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ NOTE_HEADLINES = {
     "image.misnamed": "file(s) hold another image format than their suffix says; each was read by its content",
     "image.alpha": "image(s) have an alpha channel, removed on reading (dropped where every pixel is opaque, "
                    "else the image flattened onto black)",
+    "image.orientation": "photo(s) are stored turned or mirrored with an EXIF orientation, applied on reading (as "
+                         "viewers show them)",
     "labels.overlap": "DICOM label object(s) have overlapping structures; the later structure took each shared voxel",
     "labels.clipped": "structure set(s) have contours reaching past the image, clipped to it",
     "labels.frame_of_reference": "structure set(s) name another frame of reference than their series; contours "

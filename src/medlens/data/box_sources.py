@@ -29,6 +29,7 @@ import numpy as np
 from medlens.data.dataset import Dataset, Finding, class_name_problem, lies_outside
 from medlens.data.folders import is_image_file
 from medlens.errors import DatasetError
+from medlens.io.formats import is_clutter
 from medlens.types import Boxes, Case, Split, Task
 
 VOC_SPLITS = ("train", "val", "test")
@@ -81,7 +82,7 @@ def find_voc_root(root: Path) -> Path | None:
 
     if is_voc(root):
         return root
-    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    subdirs = [p for p in root.iterdir() if p.is_dir() and not is_clutter(p.name)]
     return subdirs[0] if len(subdirs) == 1 and is_voc(subdirs[0]) else None
 
 

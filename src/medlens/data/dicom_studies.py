@@ -25,7 +25,7 @@ from pathlib import Path
 from medlens.data.dataset import Dataset, Finding, class_name_problem
 from medlens.errors import DatasetError, MedlensError
 from medlens.io import Image, read_image
-from medlens.io.formats import SUFFIXES
+from medlens.io.formats import SUFFIXES, is_clutter
 from medlens.types import Case, Task
 
 LAYOUT = "dicom_labels"
@@ -37,10 +37,10 @@ _NOT_DICOM = {s for s, fmt in SUFFIXES.items() if fmt != "dicom"} | {".csv", ".t
 def _candidate_files(root: Path):
     """Files under ``root`` that may be DICOM, in sorted order (hidden files and folders skipped)."""
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not is_clutter(d))
         for name in sorted(files):
             path = Path(folder) / name
-            if not name.startswith(".") and path.suffix.lower() not in _NOT_DICOM \
+            if not is_clutter(name) and path.suffix.lower() not in _NOT_DICOM \
                     and not name.lower().endswith(".nii.gz"):
                 yield path
 

@@ -1,7 +1,9 @@
 """Class folders: ``root/<class>/<image>`` with an optional split level ``root/<split>/<class>/``.
 
 The layout Keras' ``image_dataset_from_directory`` users know. An entry of a class folder may
-be an image file or a folder holding one DICOM series (one case per series folder). Without
+be an image file or a folder holding one DICOM series (one case per series folder); the image files
+of its other sub-folders, at any depth, are cases of the class too. What the system writes beside the
+images (``__MACOSX/``, ``.DS_Store``, ``Thumbs.db``) is skipped. Without
 labels (``medlens pretrain``), a flat folder of image files is a dataset too (:func:`open_image_folder`).
 """
 
@@ -11,14 +13,15 @@ from pathlib import Path
 
 from medlens.data.dataset import Dataset, Finding, class_name_problem, order_class_names, parse_split
 from medlens.errors import DatasetError
-from medlens.io.formats import IMAGE_SUFFIXES, suffix_of
+from medlens.io.formats import IMAGE_SUFFIXES, is_clutter, suffix_of
 from medlens.types import Case, Task
 
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and suffix_of(path) in IMAGE_SUFFIXES
+    return path.is_file() and not is_clutter(path.name) and suffix_of(path) in IMAGE_SUFFIXES
 
 
 def looks_like_class_folders(root: Path) -> bool:
@@ -49,14 +52,14 @@ def open_class_folders(root: Path) -> Dataset:
         for label, name in enumerate(class_names):
             folder = base / name
             entries = _entries(folder) if folder.is_dir() else []
-            _refuse_loose_series(folder, entries)
             if not entries:
                 findings.append(Finding("warning", "class.empty", f"{folder}: no images for class {name!r}"))
             for entry in entries:
                 cases.append(_case(root, entry, label, split))
     if not cases:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-    findings += _ignored_files(root, [base / name for _, base in groups for name in class_names])
+    class_folders = [base / name for _, base in groups for name in class_names]
+    findings += _ignored_files(root, class_folders) + _nested_images(root, class_folders, cases)
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
@@ -74,17 +77,18 @@ def open_image_folder(root: Path) -> Dataset:
                            "directly in the folder")
     _refuse_loose_series(root, entries)
     cases = [Case(case_id=entry.relative_to(root).as_posix(), images=(entry,)) for entry in entries]
-    others = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith(".")) - len(entries)
+    others = sum(1 for p in root.iterdir() if p.is_file() and not is_clutter(p.name)) - len(entries)
     findings = [Finding("warning", "file.ignored", f"{root}: {others} file(s) that are not images were left out")
                 ] if others else []
     return Dataset(root, "image_folder", Task.PRETRAINING, (), cases, findings=findings)
 
 
 def _ignored_files(root: Path, folders: list[Path]) -> list[Finding]:
-    """``file.ignored``: files in the class folders whose name is no image format medlens reads (``.webp``,
-    ``.txt``...), which are not cases; hidden files (``.DS_Store``) are not counted."""
-    ignored = [p.relative_to(root).as_posix() for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
-               if p.is_file() and not p.name.startswith(".") and not is_image_file(p)]
+    """``file.ignored``: files in the class folders (and their sub-folders that are no DICOM series) whose
+    name is no image format medlens reads (``.txt``, ``.heic``...), which are not cases; what the system
+    writes (``.DS_Store``, ``Thumbs.db``) is not counted."""
+    ignored = [p.relative_to(root).as_posix() for folder in folders if folder.is_dir() for p in _plain_files(folder)
+               if not is_image_file(p)]
     if not ignored:
         return []
     return [Finding("warning", "file.ignored", f"{len(ignored)} file(s) in the class folders are not images by their "
@@ -120,7 +124,7 @@ def _refuse_loose_series(folder: Path, entries: list[Path]) -> None:
     same place are copies of one image, which the audit reports as duplicates (or, when damaged, as
     unreadable), so they are listed, not refused.
     """
-    slices = [p for p in entries if p.is_file() and suffix_of(p) in (".dcm", ".dicom", ".ima")][:2]
+    slices = [p for p in entries if p.is_file() and suffix_of(p) in _DICOM_SUFFIXES][:2]
     headers = [_header_or_none(p) for p in slices]
     if len(headers) == 2 and all(headers) and _two_slices_of_one_series(*headers):
         raise DatasetError(f"{folder} holds slices of one DICOM series ({slices[0].name}, {slices[1].name}, ...); "
@@ -157,12 +161,50 @@ def _header_or_none(path: Path):
         return None
 
 
+def _nested_images(root: Path, folders: list[Path], cases: list[Case]) -> list[Finding]:
+    """``class.subfolders``: image files found in sub-folders of the class folders, read as cases of their
+    class. A sub-folder may be a patient, a scanner or a batch; medlens cannot tell, so it groups nothing
+    by it and says how to."""
+    parents = {str(folder.relative_to(root).as_posix()) for folder in folders}
+    nested = [case.case_id for case in cases if case.images[0].is_file()
+              and case.images[0].parent.relative_to(root).as_posix() not in parents]
+    if not nested:
+        return []
+    return [Finding("info", "class.subfolders", f"{len(nested)} image(s) lie in sub-folders of the class folders "
+                    f"(e.g. {', '.join(nested[:3])}) and were read as cases of their class folder; a sub-folder is "
+                    "not taken as a patient. If each sub-folder holds one patient's images, write a CSV manifest "
+                    "with a patient column (`medlens inspect` lists the cases) so that splits keep them together",
+                    nested)]
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not is_clutter(d.name))
 
 
 def _entries(folder: Path) -> list[Path]:
-    """Image files and DICOM series sub-folders of a class folder."""
-    files = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
-    series = [d for d in _visible_dirs(folder) if any(p.is_file() for p in d.iterdir())]
-    return files + series
+    """Image files and DICOM series sub-folders of a class folder; the image files and series of its other
+    sub-folders, at any depth.
+
+    Raises:
+        DatasetError: slices of one DICOM series lie loose in one of these folders.
+    """
+    entries = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
+    _refuse_loose_series(folder, entries)
+    for sub in _visible_dirs(folder):
+        entries += [sub] if _is_series(sub) else _entries(sub)
+    return entries
+
+
+def _plain_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` and of its sub-folders that are no DICOM series, the system's own skipped."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not is_clutter(p.name)]
+    for sub in _visible_dirs(folder):
+        files += [] if _is_series(sub) else _plain_files(sub)
+    return files
+
+
+def _is_series(folder: Path) -> bool:
+    """Whether a sub-folder of a class folder is one case, a DICOM series: it holds files and none is named
+    as an image of another format (scanners name slices ``.dcm``, ``IM0001`` or by their UID)."""
+    files = [p for p in folder.iterdir() if p.is_file() and not is_clutter(p.name)]
+    return bool(files) and not any(is_image_file(p) and suffix_of(p) not in _DICOM_SUFFIXES for p in files)

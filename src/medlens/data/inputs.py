@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.errors import ConfigError
-from medlens.io.formats import suffix_of
+from medlens.io.formats import is_clutter, suffix_of
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -31,7 +31,7 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
 
 def is_series_folder(folder: Path) -> bool:
     """Whether ``folder`` holds DICOM slices (files named .dcm, .dicom, .ima or without a suffix)."""
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
+    files = [p for p in folder.iterdir() if p.is_file() and not is_clutter(p.name)] if folder.is_dir() else []
     return bool(files) and all(suffix_of(p) in (".dcm", ".dicom", ".ima", "") for p in files[:20])
 
 

@@ -13,7 +13,7 @@ from medlens.data.dataset import (
     unlabelled_in_force,
 )
 from medlens.errors import ConfigError, DatasetError
-from medlens.io.formats import suffix_of
+from medlens.io.formats import is_clutter, suffix_of
 
 
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -113,7 +113,7 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
 def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Dataset:
     from medlens.data import box_sources, dicom_studies, folders, segmentation
 
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in root.iterdir() if not is_clutter(p.name)]
     if not entries:
         raise DatasetError(f"{root} is empty; expected class folders, images/ + labels/, or a dataset.json")
     if (root / "dataset.json").is_file():

@@ -23,6 +23,7 @@ from medlens.data.dataset import Finding, lies_outside
 from medlens.data.views import stack_views
 from medlens.errors import ConfigError, DatasetError
 from medlens.io import Image, read_image
+from medlens.io.formats import is_clutter
 
 HEADER_TRIES = 5  # files tried per series folder before it is taken for something other than DICOM
 
@@ -87,7 +88,7 @@ def _series_label(folder: Path) -> str | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not is_clutter(p.name))
     for path in files[:HEADER_TRIES]:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SeriesDescription"])

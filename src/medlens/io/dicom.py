@@ -35,6 +35,7 @@ from medlens.io.dicom_checks import (
     pixel_layout,
     quiet_pydicom,
 )
+from medlens.io.formats import is_clutter
 from medlens.io.image import Image, from_sitk, quiet_native_stderr, simpleitk
 
 _TAGS = ["SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
@@ -243,7 +244,7 @@ def scan_folder(folder: Path, keep: dict | None = None) -> tuple[dict[str, list[
     series: dict[str, list[SliceHeader]] = {}
     skipped: list[Path] = []
     values = HeaderValues() if keep is not None else None
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not is_clutter(p.name)):
         header = read_header(path, keep, values=values)
         if header is None or not header.is_image:
             skipped.append(path)

@@ -17,16 +17,27 @@ from medlens.errors import ReadError
 SUFFIXES = {
     ".nii": "nifti", ".nii.gz": "nifti", ".mha": "metaimage", ".mhd": "metaimage",
     ".nrrd": "nrrd", ".nhdr": "nrrd", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
-    ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".gif": "gif",
+    ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".gif": "gif", ".webp": "webp",
     ".npy": "npy", ".npz": "npz", ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom",
 }
-RASTER = {"png", "jpeg", "tiff", "bmp", "gif"}
+RASTER = {"png", "jpeg", "tiff", "bmp", "gif", "webp"}
 ITK = {"nifti", "metaimage", "nrrd"}
 IMAGE_SUFFIXES = tuple(SUFFIXES)
 # Formats whose readers decode from the bytes alone (Pillow, pydicom), so a file of one of them is read
 # whatever its name says. The ITK readers choose their decoder and checks by suffix: a NIfTI named .png
 # stays refused rather than decoded by the wrong reader.
 BY_CONTENT = RASTER | {"dicom"}
+# What operating systems, file managers and archivers write beside a user's files: never data. A zip
+# made on a Mac carries __MACOSX/ (with ._ copies of every file), Windows writes Thumbs.db and
+# desktop.ini, a Synology NAS @eaDir/.
+_CLUTTER = {"__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini", "@eadir", "$recycle.bin",
+            "system volume information", "__pycache__"}
+
+
+def is_clutter(name: str) -> bool:
+    """Whether a file or folder name is one the system or a tool wrote (hidden ``.x``, ``__MACOSX``,
+    ``Thumbs.db``, ...): listing a dataset skips these without a word."""
+    return name.startswith(".") or name.lower() in _CLUTTER
 
 
 def suffix_of(path: Path) -> str:
@@ -52,6 +63,8 @@ def sniff(path: Path) -> str | None:
         return "bmp"
     if head.startswith(b"GIF8"):
         return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"PK\x03\x04"):

@@ -1,7 +1,9 @@
-"""2D raster images (PNG, JPEG, TIFF, BMP, GIF) through Pillow.
+"""2D raster images (PNG, JPEG, TIFF, BMP, GIF, WebP) through Pillow.
 
 Grey images give one channel, colour images three. An alpha channel is dropped when it is opaque and
-otherwise flattened onto black (see :func:`remove_alpha`), each with a note in ``meta["read_warnings"]``.
+otherwise flattened onto black (see :func:`remove_alpha`); an EXIF orientation (a phone's or camera's
+photo stored sideways) is applied, so the pixels stand as every viewer shows them. Each of these leaves a
+note in ``meta["read_warnings"]``.
 8- and 16-bit integers keep their dtype. PNGs written by medlens carry their geometry in a text
 chunk (``medlens:geometry``), so a PNG round trip keeps spacing, origin and direction exactly.
 """
@@ -51,7 +53,7 @@ def read_raster(path: Path) -> Image:
                 pil.load()
                 text = dict(getattr(pil, "text", {}) or {})
                 notes: list[dict] = []
-                array = _to_array(pil, path, notes)
+                array = _to_array(_upright(pil, notes), path, notes)
                 dpi = pil.info.get("dpi")
     except ReadError:
         raise
@@ -93,6 +95,18 @@ def _check_before_decode(pil, data: bytes, path: Path) -> None:
 
 
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_ORIENTATION = 0x0112  # EXIF tag: 1 upright; 2-8 mirrored and / or turned by 90, 180 or 270 degrees
+
+
+def _upright(pil, notes: list[dict]):
+    """``pil`` turned as its EXIF orientation says (the way every viewer shows it), with a note; else itself."""
+    from PIL import ImageOps
+
+    orientation = pil.getexif().get(_ORIENTATION, 1)
+    if orientation in (1, None) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return pil
+    notes.append({"code": "image.orientation", "message": f"EXIF orientation {orientation} applied"})
+    return ImageOps.exif_transpose(pil)
 
 
 def _to_array(pil, path: Path, notes: list[dict]) -> np.ndarray:
@@ -135,8 +149,9 @@ def remove_alpha(rgba: np.ndarray, notes: list[dict]) -> np.ndarray:
     if alpha.min() == 255:
         notes.append({"code": "image.alpha", "message": "alpha channel dropped (every pixel is opaque)"})
         return rgba[..., :3]
-    share = float((alpha < 255).mean())
-    notes.append({"code": "image.alpha", "message": f"translucent alpha channel ({share:.1%} of pixels not opaque) "
+    count = int((alpha < 255).sum())
+    share = f"{count / alpha.size:.1%} of pixels" if count >= alpha.size / 1000 else f"{count} pixel(s)"
+    notes.append({"code": "image.alpha", "message": f"translucent alpha channel ({share} not opaque) "
                                                     "flattened onto black"})
     weight = alpha[..., None].astype(np.uint16)
     return ((rgba[..., :3].astype(np.uint16) * weight + 127) // 255).astype(np.uint8)
