@@ -358,3 +358,28 @@ def test_numeric_class_names_sort_by_value_grades_included():
     assert order_class_names(["2", "0.5", "1", "0"]) == ["0", "0.5", "1", "2"]  # CDR grades
     assert order_class_names(["b", "10", "2", "a"]) == ["2", "10", "a", "b"]
     assert order_class_names(["nan", "1"]) == ["1", "nan"]
+
+
+def test_a_class_spelled_in_another_case_in_one_split_folder_is_the_same_class_with_a_warning(tmp_path):
+    for split, names in (("train", ("NORMAL", "PNEUMONIA")), ("val", ("NORMAL", "PNEUMONIA")),
+                         ("test", ("normal", "Pneumonia"))):
+        for c, name in enumerate(names):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                PILImage.fromarray(noise(100 * c + i)).save(tmp_path / split / name / f"{i}.png")
+
+    dataset = open_dataset(tmp_path)
+
+    assert dataset.class_names == ("NORMAL", "PNEUMONIA") and len(dataset.cases) == 18
+    assert [c.label for c in dataset.cases if c.case_id.startswith("test/")] == [0, 0, 0, 1, 1, 1]
+    finding = next(f for f in dataset.findings if f.code == "class.spelling")
+    assert sorted(finding.cases) == ["test/Pneumonia read as 'PNEUMONIA'", "test/normal read as 'NORMAL'"]
+
+
+def test_two_class_folders_side_by_side_differing_only_in_case_are_refused(tmp_path):
+    for name in ("normal", "Normal", "lesion"):
+        (tmp_path / name).mkdir()
+        PILImage.fromarray(noise(1)).save(tmp_path / name / "0.png")
+
+    with pytest.raises(DatasetError, match="'Normal' and 'normal' differ only in case"):
+        open_dataset(tmp_path)

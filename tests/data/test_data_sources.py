@@ -167,6 +167,36 @@ def test_manifest_rows_without_label_give_label_missing(tmp_path, make):
     assert len(ds) == 2
 
 
+@pytest.mark.parametrize("name, delimiter, encoding, newline", [("m.csv", ";", "utf-8-sig", "\r\n"),
+                                                                ("m.tsv", "\t", "utf-8", "\n"),
+                                                                ("m.csv", "\t", "utf-8", "\n")])
+def test_manifest_as_spreadsheets_save_it_is_read_alike(tmp_path, make, name, delimiter, encoding, newline):
+    """European Excel saves semicolons (with a byte-order mark and CRLF), a sheet ends in empty rows, headers
+    come as 'Patient ID', and a path written on Windows has backslashes."""
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    for i in range(4):
+        make.png(tmp_path / "img" / "sub" / f"{i}.png", make.pixels(100 + i))
+    lines = [delimiter.join([" Image ", "Label", "Patient ID"]), "", delimiter.join(["img\\sub\\0.png", "a", "P1"]),
+             delimiter.join(["img/sub/1.png", "b", "P1"]), delimiter.join(["img\\sub\\2.png", "a", "P2"]),
+             delimiter.join(["", "", ""]), delimiter.join(["img/sub/3.png", "b", "P3"]), delimiter.join(["", "", ""])]
+    (tmp_path / name).write_text(newline.join(lines) + newline, encoding=encoding, newline="")
+
+    ds = open_dataset(tmp_path / name)
+
+    assert [c.case_id for c in ds.cases] == ["img\\sub\\0.png", "img/sub/1.png", "img\\sub\\2.png", "img/sub/3.png"]
+    assert [c.image for c in ds.cases] == [tmp_path / "img" / "sub" / f"{i}.png" for i in range(4)]
+    assert [c.patient_id for c in ds.cases] == ["P1", "P1", "P2", "P3"] and ds.findings == []
+
+
+def test_manifest_line_numbers_count_the_blank_and_empty_rows_before_them(tmp_path, make):
+    _manifest_images(tmp_path, make, 2)
+    (tmp_path / "m.csv").write_text("image,label\n\nimg/0.png,a\n,,\nimg/gone.png,b\nimg/1.png,b\n")
+
+    ds = open_dataset(tmp_path / "m.csv", strict=False)
+
+    assert next(f for f in ds.findings if f.code == "file.missing").cases == ["line 5: img/gone.png"]
+
+
 def test_manifest_paths_resolve_against_image_root(tmp_path, make):
     _manifest_images(tmp_path / "images_elsewhere", make, 2)
     csv_path = make.csv(tmp_path / "meta" / "m.csv", [{"file": "img/0.png", "class": "x"},

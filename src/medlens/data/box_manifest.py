@@ -14,12 +14,12 @@ A row whose coordinates are all empty lists an image without boxes (a negative);
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from medlens.data.box_sources import check_files
 from medlens.data.dataset import Dataset, Finding, allow_outside_root_in_force, class_name_problem, parse_split
-from medlens.data.manifest import COLUMNS
+from medlens.data.manifest import COLUMNS, joined
+from medlens.data.table import normal_name, read_header, read_table
 from medlens.errors import DatasetError
 from medlens.types import Boxes, Case, Task
 
@@ -28,7 +28,7 @@ ALIASES = {"coordx": "center_x_mm", "coordy": "center_y_mm", "coordz": "center_z
 
 
 def _normal(name: str) -> str:
-    key = (name or "").strip().lower().replace("centre", "center")
+    key = normal_name(name).replace("centre", "center")
     return ALIASES.get(key, key)
 
 
@@ -52,12 +52,7 @@ def coordinate_scheme(header: list[str]) -> tuple[list[str], str, str] | None:
 
 def is_box_csv(path: Path) -> bool:
     """Whether the CSV's header names box coordinates (read before the class / mask manifest takes it)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-    except (UnicodeDecodeError, csv.Error, OSError):
-        return False
-    return coordinate_scheme(header) is not None
+    return coordinate_scheme(read_header(path)) is not None
 
 
 def open_box_manifest(csv_path: Path, image_root: Path | None = None, *,
@@ -72,12 +67,12 @@ def open_box_manifest(csv_path: Path, image_root: Path | None = None, *,
     root = Path(image_root) if image_root else csv_path.parent
     by_image: dict[str, dict] = {}
     bad: dict[str, list[str]] = {}
-    for line, raw in enumerate(rows, start=2):
+    for line, raw in rows:
         cell = {_normal(k): (v or "").strip() for k, v in raw.items() if k is not None}
         _add_row(by_image, bad, line, cell, columns, coords)
     names = sorted({label for entry in by_image.values() for label in entry["labels"]})
     findings = _row_findings(csv_path, bad)
-    cases = [Case(case_id=rel, images=(root / rel,), patient_id=e["patient_id"],
+    cases = [Case(case_id=rel, images=(joined(root, rel),), patient_id=e["patient_id"],
                   split=parse_split(e["split"], f"{csv_path} line {e['line']}"),
                   boxes=Boxes(tuple(e["values"]), tuple(names.index(n) for n in e["labels"]), form=form, unit=unit))
              for rel, e in by_image.items()]
@@ -87,17 +82,8 @@ def open_box_manifest(csv_path: Path, image_root: Path | None = None, *,
                    findings=path_findings + findings)
 
 
-def _read(csv_path: Path) -> tuple[list[dict], list[str]]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows, header = list(reader), list(reader.fieldnames or [])
-    except UnicodeDecodeError:
-        raise DatasetError(f"{csv_path}: not a UTF-8 text CSV; save it as CSV (UTF-8)") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{csv_path}: malformed CSV ({exc}); check for an unbalanced quote") from None
-    if not rows:
-        raise DatasetError(f"{csv_path}: the CSV has no data rows (header: {header})")
+def _read(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    header, rows = read_table(csv_path)
     if coordinate_scheme(header) is None:
         raise DatasetError(f"{csv_path}: no box coordinate columns; expected x_min, y_min, x_max, y_max[, z_min, "
                            f"z_max], or center_*/size_* (voxels), or center_*_mm with size_*_mm or diameter_mm; "

@@ -42,15 +42,16 @@ def open_class_folders(root: Path) -> Dataset:
     subdirs = _visible_dirs(root)
     split_level = {d.name.lower() for d in subdirs} <= SPLIT_NAMES
     groups = [(parse_split(d.name, str(d)), d) for d in subdirs] if split_level else [(None, root)]
-    class_names = order_class_names({c.name for _, base in groups for c in _visible_dirs(base)})
+    folders_of, findings = _class_folders(root, [base for _, base in groups])
+    class_names = order_class_names(list(folders_of))
     _refuse_bad_class_names(root, class_names)
     if len(class_names) < 2:
         raise DatasetError(f"{root}: found {len(class_names)} class folder(s) ({', '.join(class_names) or 'none'}); "
                            "a classification dataset needs root/<class_name>/<images> with at least two classes")
-    cases, findings = [], []
+    cases = []
     for split, base in groups:
         for label, name in enumerate(class_names):
-            folder = base / name
+            folder = folders_of[name].get(base, base / name)
             entries = _entries(folder) if folder.is_dir() else []
             if not entries:
                 findings.append(Finding("warning", "class.empty", f"{folder}: no images for class {name!r}"))
@@ -58,11 +59,40 @@ def open_class_folders(root: Path) -> Dataset:
                 cases.append(_case(root, entry, label, split))
     if not cases:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-    class_folders = [base / name for _, base in groups for name in class_names]
+    class_folders = [folder for name in class_names for folder in folders_of[name].values()]
     findings += _ignored_files(root, class_folders) + _nested_images(root, class_folders, cases)
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
+
+
+def _class_folders(root: Path, bases: list[Path]) -> tuple[dict[str, dict[Path, Path]], list[Finding]]:
+    """Class name -> {split folder (or root): its class folder}, one class per name whatever its case.
+
+    ``train/NORMAL`` and ``test/normal`` are one class (a case-insensitive file system could not hold both in
+    one folder), named by its most frequent spelling; a ``class.spelling`` warning names the others.
+
+    Raises:
+        DatasetError: two folders side by side whose names differ only in case.
+    """
+    spellings: dict[str, list[Path]] = {}
+    for base in bases:
+        for folder in _visible_dirs(base):
+            twin = next((f for f in spellings.get(folder.name.casefold(), []) if f.parent == base), None)
+            if twin is not None:
+                raise DatasetError(f"{base}: class folders {twin.name!r} and {folder.name!r} differ only in case, so "
+                                   "they would be one class on Windows or macOS; merge them, or rename one")
+            spellings.setdefault(folder.name.casefold(), []).append(folder)
+    folders_of, others = {}, []
+    for folders in spellings.values():
+        names = [folder.name for folder in folders]
+        name = max(names, key=names.count)  # the most frequent spelling; the first on a tie
+        folders_of[name] = {folder.parent: folder for folder in folders}
+        others += [f"{folder.relative_to(root).as_posix()} read as {name!r}" for folder in folders if folder.name != name]
+    if not others:
+        return folders_of, []
+    return folders_of, [Finding("warning", "class.spelling", f"class folders spell a class differently across the "
+                                f"splits ({'; '.join(others[:3])}); rename them to one spelling", others)]
 
 
 def open_image_folder(root: Path) -> Dataset:

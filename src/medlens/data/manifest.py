@@ -29,7 +29,6 @@ it is listed, so a splits file never names it twice.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from medlens.data.dataset import (
     order_class_names,
     parse_split,
 )
+from medlens.data.table import normal_name, read_table
 from medlens.errors import ConfigError, DatasetError
 from medlens.types import Case, Task
 
@@ -132,7 +132,7 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
     table, columns, inputs = _read_rows(csv_path, unlabelled)
     image_root = Path(image_root) if image_root else csv_path.parent
     allow = allow_outside_root_in_force(allow_outside_root)
-    numbered, inputs, study_findings = _studies(csv_path, list(enumerate(table, start=2)), columns, inputs,
+    numbered, inputs, study_findings = _studies(csv_path, table, columns, inputs,
                                                 image_root, series_rules, allow)
     rows = [_row(line, raw, columns, inputs, image_root) for line, raw in numbered]
     meta = _meta(columns, inputs, image_root)
@@ -185,17 +185,27 @@ def _studies(csv_path: Path, numbered: list[tuple[int, dict]], columns: dict, in
 
 
 def _row(line: int, raw: dict, columns: dict, inputs: _Inputs, image_root: Path) -> _Row:
-    views = tuple((name, _cell(raw, header), image_root / _cell(raw, header)) for name, header in inputs.views)
+    views = tuple((name, _cell(raw, header), joined(image_root, _cell(raw, header))) for name, header in inputs.views)
     rel = next((rel for _, rel, _ in views if rel), "") if views else _cell(raw, columns["image"])
     if "study" in columns:  # the case is its study, named as the CSV writes it
         rel = _cell(raw, columns["study"])
     patient_id, split = _cell(raw, columns.get("patient_id")) or None, _cell(raw, columns.get("split")) or None
-    row = _Row(line, rel, image_root / rel, _cell(raw, columns.get("label")), patient_id, split, views=views,
+    row = _Row(line, rel, joined(image_root, rel), _cell(raw, columns.get("label")), patient_id, split, views=views,
                clinical={name: _cell(raw, header) for name, header in inputs.clinical})
     if "mask" in columns and "label" not in columns:  # segmentation: the mask is the label
         row.mask_rel = _cell(raw, columns["mask"])
-        row.mask = image_root / row.mask_rel
+        row.mask = joined(image_root, row.mask_rel)
     return row
+
+
+def joined(root: Path, written: str) -> Path:
+    """``root / written``; a path written on Windows (``scans\\p001.png``) is taken with ``/`` where only that
+    spelling exists here."""
+    path = root / written
+    if "\\" in written and not path.exists():
+        posix = root / written.replace("\\", "/")
+        return posix if posix.exists() else path
+    return path
 
 
 def _meta(columns: dict, inputs: _Inputs, image_root: Path) -> dict:
@@ -239,22 +249,12 @@ def _cell(raw: dict, column: str | None) -> str:
     return (raw.get(column) or "").strip() if column else ""
 
 
-def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[dict], dict[str, str], _Inputs]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except UnicodeDecodeError:
-        raise DatasetError(f"{csv_path}: not a UTF-8 text CSV; save it as CSV (UTF-8)") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{csv_path} line {reader.line_num}: malformed CSV ({exc}); check for an unbalanced "
-                           "quote") from None
-    if not rows:
-        raise DatasetError(f"{csv_path}: the CSV has no data rows (header: {header})")
+def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[tuple[int, dict]], dict[str, str], _Inputs]:
+    """The numbered rows (see :func:`~medlens.data.table.read_table`), the column of each role, the inputs."""
+    header, rows = read_table(csv_path)
     columns = {}
     for role, names in COLUMNS.items():
-        found = next((h for h in header if h and h.strip().lower() in names), None)
+        found = next((h for h in header if h and normal_name(h) in names), None)
         if found:
             columns[role] = found
     inputs = _inputs(csv_path, header, columns)
