@@ -88,7 +88,8 @@ def _class_folders(root: Path, bases: list[Path]) -> tuple[dict[str, dict[Path, 
         names = [folder.name for folder in folders]
         name = max(names, key=names.count)  # the most frequent spelling; the first on a tie
         folders_of[name] = {folder.parent: folder for folder in folders}
-        others += [f"{folder.relative_to(root).as_posix()} read as {name!r}" for folder in folders if folder.name != name]
+        others += [f"{folder.relative_to(root).as_posix()} read as {name!r}"
+                   for folder in folders if folder.name != name]
     if not others:
         return folders_of, []
     return folders_of, [Finding("warning", "class.spelling", f"class folders spell a class differently across the "
