@@ -383,3 +383,73 @@ def test_two_class_folders_side_by_side_differing_only_in_case_are_refused(tmp_p
 
     with pytest.raises(DatasetError, match="'Normal' and 'normal' differ only in case"):
         open_dataset(tmp_path)
+
+
+# --- masks as people save them -----------------------------------------------------------------------
+
+
+def disc(shape=(40, 48)) -> np.ndarray:
+    """``(H, W)`` uint8 mask: 255 inside a disc, 0 outside."""
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    return np.where((y - 20) ** 2 + (x - 22) ** 2 < 100, 255, 0).astype(np.uint8)
+
+
+def pairs(root: Path, mask_of, suffix: str, n: int = 3) -> Path:
+    """``root/images/<i>.png`` + ``root/masks/<i><suffix>`` written by ``mask_of(path)``."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        PILImage.fromarray(noise(i, (40, 48))).save(root / "images" / f"{i}.png")
+        mask_of(root / "masks" / f"{i}{suffix}")
+    return root
+
+
+def test_a_black_and_white_jpeg_mask_is_thresholded_to_the_values_its_png_twin_holds(tmp_path):
+    """Kvasir-SEG ships its masks as RGB JPEGs: every grey level from 0 to 255 along the edges."""
+    root = pairs(tmp_path / "data", lambda p: PILImage.fromarray(disc()).convert("RGB").save(p, quality=75), ".jpg")
+
+    dataset = open_dataset(root)
+    card = inspect_dataset(dataset)
+    mask = dataset.load_mask(dataset.cases[0])
+
+    assert mask.channels == 1 and set(np.unique(mask.array).tolist()) == {0, 255}
+    assert np.mean(mask.array[0] == disc().T) > 0.99
+    assert card["masks"]["cases_with_label"] == {"0": 3, "255": 3}
+    assert {"mask.grey_rgb", "mask.lossy"} <= set(findings(card)) and not card["unreadable"]
+    assert "thresholded at 128 to 0 / 255" in findings(card)["mask.lossy"]["message"]
+
+
+def test_a_grey_png_mask_stored_as_rgb_is_read_as_one_channel_unchanged(tmp_path):
+    root = pairs(tmp_path / "data", lambda p: PILImage.fromarray(disc() // 255).convert("RGB").save(p), ".png")
+
+    dataset = open_dataset(root)
+    mask = dataset.load_mask(dataset.cases[0])
+
+    np.testing.assert_array_equal(mask.array, (disc() // 255).T[None])
+    assert [note["code"] for note in mask.meta["read_warnings"]] == ["mask.grey_rgb"]
+
+
+def test_a_jpeg_mask_of_several_classes_is_refused_naming_png(tmp_path):
+    def three_classes(path):
+        mask = disc() // 255 * 80
+        mask[:, 30:] = 160
+        PILImage.fromarray(mask).save(path, quality=75)
+
+    root = pairs(tmp_path / "data", three_classes, ".jpg")
+
+    card = inspect_dataset(open_dataset(root))
+
+    finding = next(f for f in card["findings"] if f["code"] == "mask.unreadable")
+    assert "JPEG compression changes the class values" in finding["message"] and "PNG" in finding["message"]
+
+
+def test_a_colour_coded_mask_stays_refused_as_several_channels(tmp_path):
+    def colours(path):
+        rgb = np.zeros((40, 48, 3), np.uint8)
+        rgb[disc() > 0] = (255, 0, 0)
+        rgb[:5] = (0, 255, 0)
+        PILImage.fromarray(rgb).save(path)
+
+    card = inspect_dataset(open_dataset(pairs(tmp_path / "data", colours, ".png")))
+
+    assert "mask.channels" in {f["code"] for f in card["findings"]}

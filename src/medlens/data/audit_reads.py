@@ -71,6 +71,9 @@ NOTE_HEADLINES = {
                    "else the image flattened onto black)",
     "image.orientation": "photo(s) are stored turned or mirrored with an EXIF orientation, applied on reading (as "
                          "viewers show them)",
+    "mask.grey_rgb": "mask(s) are grey images stored as RGB, read as one channel",
+    "mask.lossy": "mask(s) are black-and-white JPEGs whose compression left grey edges, thresholded to 0 / 255 (save "
+                  "masks as PNG)",
     "labels.overlap": "DICOM label object(s) have overlapping structures; the later structure took each shared voxel",
     "labels.clipped": "structure set(s) have contours reaching past the image, clipped to it",
     "labels.frame_of_reference": "structure set(s) name another frame of reference than their series; contours "

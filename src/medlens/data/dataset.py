@@ -88,7 +88,9 @@ class Dataset:
             return None
         if self.mask_loader is not None:
             return self.mask_loader(case)
-        return read_image(case.mask)  # a mask of the wrong dimensionality is a geometry finding, not unreadable
+        from medlens.data.label_maps import as_label_map
+
+        return as_label_map(read_image(case.mask))  # a wrong dimensionality is a geometry finding, not unreadable
 
     def load_boxes(self, case: Case, image: Image) -> tuple[np.ndarray, np.ndarray]:
         """A case's boxes in voxel corners on ``image``, clipped to it, degenerate ones dropped.

@@ -54,13 +54,14 @@ def evaluate_anomaly(run: RunFolder, config: Config, model, options: EvaluateOpt
 
 def _pixel(data: SplitData, maps: np.ndarray, abnormal: np.ndarray, config: Config) -> dict:
     """Pixel-level AUROC over the cases that have masks; says so when none has one."""
+    from medlens.data.label_maps import as_label_map
     from medlens.io import read_image
     from medlens.transforms.volume import resample
 
     chosen = [i for i, c in enumerate(data.cases) if c.mask is not None]
     if not chosen:
         return {"auroc": None, "note": "no case of this split has a mask, so pixel-level AUROC is not measured"}
-    masks = [resample(read_image(data.cases[i].mask, spatial_dims=config.dataset.spatial_dims).array[:1],
+    masks = [resample(as_label_map(read_image(data.cases[i].mask, spatial_dims=config.dataset.spatial_dims)).array[:1],
                       tuple(config.data.input_size), nearest=True)[0] for i in chosen]
     return {"auroc": pixel_auroc([maps[i] for i in chosen], masks), "n_cases": len(chosen),
             "n_abnormal": int(abnormal[chosen].sum())}
