@@ -275,6 +275,21 @@ def test_four_digit_numbered_pairs_are_separate_cases(tmp_path, make):
     assert all(len(c.images) == 1 for c in ds.cases)
 
 
+def test_masks_named_like_their_image_with_a_mask_ending_pair_with_it(tmp_path, make):
+    """ISIC names ISIC_0000000.jpg's mask ISIC_0000000_segmentation.png; a second mask of one case is reported."""
+    for i, ending in enumerate(("_segmentation", "_mask", "-seg", "")):
+        make.png(tmp_path / "images" / f"ISIC_{i:07d}.png", make.pixels(i))
+        make.png(tmp_path / "masks" / f"ISIC_{i:07d}{ending}.png", np.zeros((8, 8), np.uint8))
+    make.png(tmp_path / "masks" / "ISIC_0000003_mask.png", np.zeros((8, 8), np.uint8))
+
+    ds = open_dataset(tmp_path)
+
+    assert [(c.case_id, c.mask.name) for c in ds.cases] == [
+        ("ISIC_0000000", "ISIC_0000000_segmentation.png"), ("ISIC_0000001", "ISIC_0000001_mask.png"),
+        ("ISIC_0000002", "ISIC_0000002-seg.png"), ("ISIC_0000003", "ISIC_0000003.png")]
+    assert [f.cases for f in ds.findings] == [["ISIC_0000003_mask"]]
+
+
 def test_images_without_masks_give_a_mask_missing_warning(tmp_path, make):
     make.volume(tmp_path / "images" / "a.nii.gz", _vol(1))
     make.volume(tmp_path / "images" / "b.nii.gz", _vol(2))

@@ -39,23 +39,39 @@ def find_pair_dirs(root: Path) -> tuple[Path, Path] | None:
 def open_pairs(root: Path) -> Dataset:
     """Pair ``images/`` with ``labels/`` (or ``masks/``) by file name.
 
+    A mask is named like its image, or like it with a ``_mask`` / ``_segmentation`` / ``_seg`` / ``_label``
+    ending (ISIC's ``ISIC_0000000_segmentation.png`` for ``ISIC_0000000.jpg``).
+
     Raises:
         DatasetError: no images, or no image has a mask.
     """
     image_dir, mask_dir = find_pair_dirs(root)
     channels: dict[str, list[Path]] = {}
-    masks = {stem(p): p for p in mask_dir.iterdir() if is_image_file(p)}
+    mask_files = [p for p in sorted(mask_dir.iterdir()) if is_image_file(p)]
+    named = {stem(p) for p in mask_files} | {m["case"] for p in mask_files if (m := _MASK_TOKEN.match(stem(p)))}
     for path in sorted(p for p in image_dir.iterdir() if is_image_file(p)):
         match = _CHANNEL.match(stem(path))
         # `scan_0001` with a mask `scan_0001` is numbering; `case_0000` with a mask `case` is a channel
-        case_id = match["case"] if match and stem(path) not in masks else stem(path)
+        case_id = match["case"] if match and stem(path) not in named else stem(path)
         channels.setdefault(case_id, []).append(path)
+    masks = _masks_by_case(mask_files, channels)
     cases = [Case(case_id=cid, images=tuple(paths), mask=masks[cid]) for cid, paths in channels.items() if cid in masks]
     findings = _unpaired(root, set(channels) - set(masks), set(masks) - set(channels))
     if not cases:
         raise DatasetError(f"{root}: no image in {image_dir.name}/ has a mask of the same name in {mask_dir.name}/ "
                            f"(e.g. {next(iter(channels), 'none')}); name each mask like its image")
     return Dataset(root, "segmentation_pairs", Task.SEGMENTATION, (), cases, findings=findings)
+
+
+def _masks_by_case(mask_files: list[Path], cases) -> dict[str, Path]:
+    """Each mask under the case it belongs to: its own name when a case has it, else that name less its
+    ``_mask``-like ending; a mask of neither stays under its own name (reported as having no image)."""
+    masks: dict[str, Path] = {}
+    for path in mask_files:
+        match = _MASK_TOKEN.match(stem(path))
+        key = match["case"] if stem(path) not in cases and match and match["case"] in cases else stem(path)
+        masks[stem(path) if key in masks else key] = path  # a second mask of one case: reported, not paired
+    return masks
 
 
 def looks_like_flat_pairs(root: Path) -> bool:
