@@ -92,11 +92,30 @@ def test_dicom_series_folders_are_one_case_each_with_a_pseudonymous_patient(tmp_
     assert ds.load_image(by_id["normal/study_a"]).array.shape == (1, 4, 5, 3)
 
 
-def test_a_single_class_folder_is_refused(tmp_path, make):
+def test_a_single_class_folder_is_refused_pointing_at_anomaly_detection(tmp_path, make):
     make.class_folders(tmp_path, {"normal": 3})
 
-    with pytest.raises(DatasetError, match="at least two classes"):
+    with pytest.raises(DatasetError, match="at least two.*--task anomaly --normal normal"):
         open_dataset(tmp_path)
+    assert codes(open_dataset(tmp_path, strict=False)) == ["class.single"]
+
+
+def test_one_class_opens_a_single_class_folder_or_label_column_for_anomaly_detection(tmp_path, make):
+    from medlens.data.dataset import one_class_allowed
+
+    make.class_folders(tmp_path / "folders", {"normal": 3})
+    _manifest_images(tmp_path / "csv", make, 2)
+    csv_path = make.csv(tmp_path / "csv" / "m.csv", [{"image": f"img/{i}.png", "label": "normal"} for i in range(2)])
+
+    folders = open_dataset(tmp_path / "folders", one_class=True)
+    with one_class_allowed():
+        manifest = open_dataset(csv_path)
+
+    for ds, n in ((folders, 3), (manifest, 2)):
+        assert ds.class_names == ("normal",) and ds.task is Task.MULTICLASS and ds.findings == []
+        assert [c.label for c in ds.cases] == [0] * n
+    with pytest.raises(DatasetError, match="column 'label'.*--task anomaly --normal normal"):
+        open_dataset(csv_path)
 
 
 # --- CSV manifests -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def run(args) -> int:
     from medlens.config import apply_overrides
     from medlens.data.dataset import (
         boxes_from_masks_requested,
+        one_class_allowed,
         outside_root_allowed,
         series_rules_given,
         unreadable_skipped,
@@ -55,7 +56,7 @@ def run(args) -> int:
     task, task_options = task_request(args)
     skip, overrides = skip_unreadable_requested(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
-            unreadable_skipped(skip), series_rules_given(args.series_rule):
+            unreadable_skipped(skip), series_rules_given(args.series_rule), one_class_allowed(bool(args.normal)):
         config, reasons, _card, _dataset = make_plan(args.data, image_root=args.image_root,
                                                      time_budget_s=args.time_budget,
                                                      processes=args.devices * args.num_nodes, task=task,

@@ -91,6 +91,7 @@ def task_request(args) -> tuple[str | None, dict | None]:
 def run(args) -> int:
     from medlens.data.dataset import (
         boxes_from_masks_requested,
+        one_class_allowed,
         outside_root_allowed,
         series_rules_given,
         unreadable_skipped,
@@ -104,7 +105,7 @@ def run(args) -> int:
     task, task_options = task_request(args)
     skip, overrides = skip_unreadable_requested(args)
     with outside_root_allowed(args.allow_outside_root), boxes_from_masks_requested(args.boxes_from_masks), \
-            unreadable_skipped(skip), series_rules_given(args.series_rule):
+            unreadable_skipped(skip), series_rules_given(args.series_rule), one_class_allowed(bool(args.normal)):
         # the engine opens and audits the dataset, layers down
         run_folder = train(args.data, plan=args.plan, overrides=overrides, out=args.out, resume=args.resume,
                            time_budget_s=args.time_budget, init_from=args.init_from, devices=args.devices,

@@ -267,6 +267,33 @@ def unlabelled_in_force(explicit: bool | None = None) -> bool:
     return _UNLABELLED_ALLOWED.get() if explicit is None else bool(explicit)
 
 
+_ONE_CLASS_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("medlens_one_class", default=False)
+
+
+@contextlib.contextmanager
+def one_class_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within the block, datasets opened without an explicit ``one_class`` follow ``allowed``: class folders
+    or a label column holding a single class open as a one-class dataset (``--normal`` puts this in force: an
+    anomaly model learns from normal images alone; elsewhere one class is refused, ``class.single``)."""
+    token = _ONE_CLASS_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _ONE_CLASS_ALLOWED.reset(token)
+
+
+def one_class_in_force(explicit: bool | None = None) -> bool:
+    """``explicit`` when given, else what :func:`one_class_allowed` put in force (default: refused)."""
+    return _ONE_CLASS_ALLOWED.get() if explicit is None else bool(explicit)
+
+
+def single_class_finding(source, class_name: str, what: str) -> Finding:
+    """``class.single``: a classifier needs two classes; one class of images is what anomaly detection learns."""
+    return Finding.blocking("class.single", f"{source}: one class only ({class_name!r}, in {what}); "
+                            "classification needs at least two. To learn what normal looks like from these images "
+                            f"alone and flag what departs from it, train with --task anomaly --normal {class_name}")
+
+
 def lies_outside(path: Path, root: Path) -> bool:
     """Whether ``path`` leaves ``root`` once ``..`` and symbolic links are resolved.
 

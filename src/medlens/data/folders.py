@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlens.data.dataset import Dataset, Finding, class_name_problem, order_class_names, parse_split
+from medlens.data.dataset import (
+    Dataset,
+    Finding,
+    class_name_problem,
+    order_class_names,
+    parse_split,
+    single_class_finding,
+)
 from medlens.errors import DatasetError
 from medlens.io.formats import IMAGE_SUFFIXES, is_clutter, suffix_of
 from medlens.types import Case, Task
@@ -33,11 +40,15 @@ def looks_like_class_folders(root: Path) -> bool:
     return any(_entries(d) for d in subdirs)
 
 
-def open_class_folders(root: Path) -> Dataset:
+def open_class_folders(root: Path, one_class: bool = False) -> Dataset:
     """List the cases of a class-folder dataset.
 
+    Args:
+        one_class: a single class folder is a one-class dataset (normal images for anomaly detection);
+            otherwise it is listed with a blocking ``class.single`` finding.
+
     Raises:
-        DatasetError: fewer than two classes, or the split folders disagree on class names.
+        DatasetError: no class folder, or class folders that cannot be class names.
     """
     subdirs = _visible_dirs(root)
     split_level = {d.name.lower() for d in subdirs} <= SPLIT_NAMES
@@ -45,9 +56,11 @@ def open_class_folders(root: Path) -> Dataset:
     folders_of, findings = _class_folders(root, [base for _, base in groups])
     class_names = order_class_names(list(folders_of))
     _refuse_bad_class_names(root, class_names)
-    if len(class_names) < 2:
-        raise DatasetError(f"{root}: found {len(class_names)} class folder(s) ({', '.join(class_names) or 'none'}); "
-                           "a classification dataset needs root/<class_name>/<images> with at least two classes")
+    if not class_names:
+        raise DatasetError(f"{root}: found no class folder; a classification dataset needs "
+                           "root/<class_name>/<images> with at least two classes")
+    if len(class_names) == 1 and not one_class:
+        findings.append(single_class_finding(root, class_names[0], "the class folders"))
     cases = []
     for split, base in groups:
         for label, name in enumerate(class_names):
@@ -61,7 +74,7 @@ def open_class_folders(root: Path) -> Dataset:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     class_folders = [folder for name in class_names for folder in folders_of[name].values()]
     findings += _ignored_files(root, class_folders) + _nested_images(root, class_folders, cases)
-    task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
+    task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS  # one class: multiclass of one
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
 

@@ -40,6 +40,7 @@ from medlens.data.dataset import (
     lies_outside,
     order_class_names,
     parse_split,
+    single_class_finding,
 )
 from medlens.data.table import normal_name, read_table
 from medlens.errors import ConfigError, DatasetError
@@ -111,7 +112,7 @@ class _Row:
 
 
 def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outside_root: bool | None = None,
-                  unlabelled: bool = False, series_rules=()) -> Dataset:
+                  unlabelled: bool = False, series_rules=(), one_class: bool = False) -> Dataset:
     """List the cases of a CSV manifest.
 
     Args:
@@ -123,6 +124,8 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
         unlabelled: a CSV with neither a label nor a mask column lists images without labels (for
             self-supervised pretraining) instead of being refused.
         series_rules: ``"NAME=REGEX"`` per series to read from each study of a ``study`` column.
+        one_class: a label column of one class is a one-class dataset (normal images for anomaly detection);
+            otherwise it is listed with a blocking ``class.single`` finding.
 
     Raises:
         ConfigError: a study column without series rules, or series rules without a study column.
@@ -147,7 +150,9 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
     multilabel = any(sep in row.label for row in rows for sep in LABEL_SEPARATORS)
     labelled, label_findings = _check_labels(csv_path, rows, multilabel)
     class_names = _class_names([row.label for row in labelled], multilabel)
-    if len(class_names) < 2:
+    if len(class_names) == 1 and not multilabel and not one_class:
+        label_findings.insert(0, single_class_finding(csv_path, class_names[0], f"column {columns['label']!r}"))
+    elif len(class_names) < (1 if one_class and not multilabel else 2):
         raise DatasetError(f"{csv_path}: column {columns['label']!r} holds {len(class_names)} distinct usable "
                            f"label(s) ({', '.join(class_names)}); classification needs at least two"
                            + "".join(f". {f.message}" for f in label_findings))

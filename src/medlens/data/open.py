@@ -9,6 +9,7 @@ from medlens.data.dataset import (
     Dataset,
     allow_outside_root_in_force,
     boxes_from_masks_in_force,
+    one_class_in_force,
     series_rules_in_force,
     unlabelled_in_force,
 )
@@ -19,7 +20,7 @@ from medlens.io.formats import is_clutter, suffix_of
 def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                  strict: bool = True, allow_outside_root: bool | None = None,
                  boxes_from_masks: bool | None = None, unlabelled: bool | None = None,
-                 series_rules=None) -> Dataset:
+                 series_rules=None, one_class: bool | None = None) -> Dataset:
     """Open a dataset in any layout medlens knows.
 
     Args:
@@ -41,6 +42,9 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
         series_rules: ``"NAME=REGEX"`` texts picking the series of each DICOM study that a CSV's ``study`` column
             names (:mod:`medlens.data.series`); ``None`` = what :func:`~medlens.data.dataset.series_rules_given`
             put in force.
+        one_class: class folders or a label column holding one class open as a one-class dataset (anomaly
+            detection from normal images alone); ``None`` = what :func:`~medlens.data.dataset.one_class_allowed`
+            put in force (otherwise listed with a blocking ``class.single`` finding).
 
     Raises:
         FileNotFoundError / DataMissingError: nothing at ``source``.
@@ -48,6 +52,7 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
     """
     path = Path(source).expanduser()
     allow, bare = allow_outside_root_in_force(allow_outside_root), unlabelled_in_force(unlabelled)
+    single = one_class_in_force(one_class)
     rules = series_rules_in_force(series_rules)
     if rules and not (path.is_file() and suffix_of(path) in (".csv", ".tsv")):
         raise ConfigError(f"series rules ({', '.join(rules)}) pick the series of DICOM studies listed in a CSV's "
@@ -56,9 +61,9 @@ def open_dataset(source: str | os.PathLike, *, image_root: str | os.PathLike | N
     if not path.exists():
         dataset = _open_by_name(str(source))
     elif path.is_file():
-        dataset = _open_file(path, image_root, allow, bare, rules)
+        dataset = _open_file(path, image_root, allow, bare, rules, single)
     else:
-        dataset = _open_folder(path, allow, bare)
+        dataset = _open_folder(path, allow, bare, single)
     if boxes_from_masks_in_force(boxes_from_masks):
         from medlens.data.box_sources import detection_from_masks
 
@@ -78,7 +83,8 @@ def _open_by_name(text: str) -> Dataset:
     return open_medmnist(locate(name, size))
 
 
-def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: bool, series_rules=()) -> Dataset:
+def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: bool, series_rules=(),
+               one_class: bool = False) -> Dataset:
     suffix = suffix_of(path)
     if suffix in (".csv", ".tsv"):
         from medlens.data.box_manifest import is_box_csv, open_box_manifest
@@ -89,13 +95,13 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
                                      allow_outside_root=allow_outside_root)
 
         return open_manifest(path, Path(image_root) if image_root else None, allow_outside_root=allow_outside_root,
-                             unlabelled=unlabelled, series_rules=series_rules)
+                             unlabelled=unlabelled, series_rules=series_rules, one_class=one_class)
     if suffix == ".npz":
         from medlens.data.medmnist import open_medmnist
 
         return open_medmnist(path)
     if path.name == "dataset.json":
-        return _open_folder(path.parent, allow_outside_root, unlabelled)
+        return _open_folder(path.parent, allow_outside_root, unlabelled, one_class)
     if suffix == ".json":
         from medlens.data.box_sources import open_box_json_file
 
@@ -110,7 +116,7 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
                        "To look at one image use `medlens info FILE`")
 
 
-def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Dataset:
+def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool, one_class: bool = False) -> Dataset:
     from medlens.data import box_sources, dicom_studies, folders, segmentation
 
     entries = [p for p in root.iterdir() if not is_clutter(p.name)]
@@ -127,7 +133,7 @@ def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool) -> Data
     if segmentation.looks_like_flat_pairs(root):
         return segmentation.open_flat_pairs(root)
     if folders.looks_like_class_folders(root):
-        return folders.open_class_folders(root)
+        return folders.open_class_folders(root, one_class)
     if all(p.is_file() for p in entries):
         if unlabelled:
             return folders.open_image_folder(root)

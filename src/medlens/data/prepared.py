@@ -40,7 +40,8 @@ def open_config_dataset(config: Config) -> Dataset:
                            allow_outside_root=config.dataset.allow_outside_root or None,
                            boxes_from_masks=config.dataset.boxes_from_masks,
                            series_rules=config.dataset.series_rules,
-                           unlabelled=config.dataset.layout in UNLABELLED_LAYOUTS or None)
+                           unlabelled=config.dataset.layout in UNLABELLED_LAYOUTS or None,
+                           one_class=len(config.dataset.class_names) == 1 or None)
     check_plan_fits(config, dataset)
     return dataset
 

@@ -231,7 +231,8 @@ def _initial_config(source, plan, image_root, time_budget_s, processes: int, log
         config = replace(config, train=replace(config.train, time_budget_s=float(time_budget_s)))
     dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None,
                            boxes_from_masks=config.dataset.boxes_from_masks,
-                           series_rules=series_rules_in_force() or config.dataset.series_rules)
+                           series_rules=series_rules_in_force() or config.dataset.series_rules,
+                           one_class=len(config.dataset.class_names) == 1 or None)
     card = inspect_dataset(dataset)
     check_card(card, log)
     return config, reasons, card, dataset

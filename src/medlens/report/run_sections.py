@@ -77,7 +77,8 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     try:
         dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
                                boxes_from_masks=config.dataset.boxes_from_masks,
-                               series_rules=config.dataset.series_rules)
+                               series_rules=config.dataset.series_rules,
+                               one_class=len(config.dataset.class_names) == 1 or None)
     except (MedlensError, OSError, ValueError):
         return None
     labels = {c.case_id: c.label for c in dataset.cases}

@@ -158,3 +158,23 @@ def test_init_from_loads_the_encoder(blob_run, blob_csv, tmp_path):
     transfer = json.loads((out / "run.json").read_text())["transfer"]
     # every encoder tensor matched by key and shape; the memory (another size here) is rebuilt after training
     assert transfer["reinitialised"] == ["memory"] and transfer["loaded"] > 20
+
+
+def test_a_folder_of_normal_images_alone_trains_an_anomaly_model_that_flags_blobs(blob_csv, cli, tmp_path):
+    """The one-class case the task exists for: no abnormal example at all, one class folder."""
+    from medlens.deploy import Predictor
+
+    shutil.copytree(blob_csv.parent / "normal", tmp_path / "data" / "normal")
+    refused = cli("train", tmp_path / "data", "--out", tmp_path / "classifier")
+    assert refused.rc != 0 and "--task anomaly --normal normal" in refused.err + refused.out
+
+    out = tmp_path / "run"
+    medlens("train", tmp_path / "data", "--task", "anomaly", "--normal", "normal", "--out", out, *FAST)
+    printed = medlens("evaluate", out, "--bootstrap", "50")
+
+    assert "no abnormal case in this split" in printed
+    test = json.loads((out / "splits.json").read_text())["test"]
+    predictor = Predictor.from_path(out)
+    normal = [predictor.predict(tmp_path / "data" / case)["anomaly_score"] for case in test]
+    blobs = [predictor.predict(p)["anomaly_score"] for p in sorted((blob_csv.parent / "blob").glob("*.png"))[:12]]
+    assert np.median(blobs) > np.median(normal), (blobs, normal)

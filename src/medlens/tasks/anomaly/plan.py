@@ -78,7 +78,7 @@ def check_normal(described: dict, normal: tuple[str, ...]) -> None:
     if unknown:
         raise ConfigError(f"--normal {', '.join(unknown)}: no such class in {described['source']}; the classes are "
                           f"{', '.join(names)}")
-    if len(set(normal)) == len(names):
+    if len(set(normal)) == len(names) > 1:  # one class of normal images alone is what --normal opened
         raise ConfigError(f"--normal names every class ({', '.join(names)}): nothing would be anomalous; name only "
                           "the normal class(es)")
 
