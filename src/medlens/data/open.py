@@ -140,6 +140,8 @@ def _open_folder(root: Path, allow_outside_root: bool, unlabelled: bool, one_cla
         raise DatasetError(f"{root} holds {len(entries)} files but no class folders or image/mask pairs; put images "
                            "in root/<class_name>/, or images/ + labels/ for segmentation, or write a CSV manifest "
                            "(a folder of DICOM slices is one image: `medlens info FOLDER`); to learn an encoder from "
-                           "images without labels use `medlens pretrain FOLDER`")
+                           "images without labels use `medlens pretrain FOLDER`; to learn what normal looks like from "
+                           "normal images alone, move them into root/normal/ and train --task anomaly --normal "
+                           "normal")
     raise DatasetError(f"{root}: layout not recognised; expected root/<class>/<images>, root/<split>/<class>/<images>, "
                        "images/ + labels/, or a dataset.json")
