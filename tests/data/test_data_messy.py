@@ -453,3 +453,74 @@ def test_a_colour_coded_mask_stays_refused_as_several_channels(tmp_path):
     card = inspect_dataset(open_dataset(pairs(tmp_path / "data", colours, ".png")))
 
     assert "mask.channels" in {f["code"] for f in card["findings"]}
+
+
+# --- near duplicates ---------------------------------------------------------------------------------
+
+
+def smooth(seed: int, shape=(96, 80)) -> np.ndarray:
+    """``(H, W)`` uint8: a smooth random picture (upsampled 8 x 8 noise) with fine noise, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    coarse = PILImage.fromarray(rng.uniform(40, 215, (8, 8)).astype(np.float32), mode="F").resize(shape[::-1],
+                                                                                                 PILImage.BICUBIC)
+    return np.clip(np.asarray(coarse) + rng.normal(0, 6, shape), 0, 255).astype(np.uint8)
+
+
+def with_planted_near_copies(tmp_path: Path) -> tuple[Path, list[set[str]]]:
+    """24 smooth pictures per class and, of 6 of them, a copy re-saved as JPEG at another size, one brighter."""
+    root = tmp_path / "data"
+    groups = []
+    for c, name in enumerate(("normal", "lesion")):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            PILImage.fromarray(smooth(100 * c + i)).save(root / name / f"{i}.png")
+        for i in range(3):
+            copy = PILImage.fromarray(np.clip(smooth(100 * c + i) * 1.1 + 5, 0, 255).astype(np.uint8))
+            copy.resize((60, 72), PILImage.BILINEAR).save(root / name / f"copy_{i}.jpg", quality=70)
+            groups.append({f"{name}/{i}.png", f"{name}/copy_{i}.jpg"})
+    return root, groups
+
+
+def test_near_identical_copies_are_found_and_kept_in_one_split(tmp_path):
+    root, groups = with_planted_near_copies(tmp_path)
+    dataset = open_dataset(root)
+
+    card = inspect_dataset(dataset)
+
+    assert card["duplicates"] == []  # no two files hold the same pixels
+    assert sorted(map(sorted, card["near_duplicates"])) == sorted(map(sorted, groups))
+    finding = findings(card)["duplicates.near"]
+    assert finding["severity"] == "warning" and "6 group(s) of near-identical images (12 cases" in finding["message"]
+    for seed in range(3):
+        assert straddling(groups, resolve_splits(dataset, seeded(seed), card)) == []
+    assert any(straddling(groups, make_splits(dataset, seed=seed)) for seed in range(3))
+
+
+def test_near_copies_across_a_datasets_own_splits_and_labels_are_warned(tmp_path):
+    root = tmp_path / "data"
+    for split, name, seed in (("train", "normal", 1), ("test", "normal", 1), ("train", "lesion", 2),
+                              ("test", "normal", 2), ("train", "lesion", 3), ("test", "lesion", 4)):
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(smooth(seed)).save(root / split / name / f"{seed}.jpg", quality=60 + 10 * (split == "test"))
+
+    card = inspect_dataset(open_dataset(root))
+
+    assert sorted(findings(card)["leakage.near_duplicates"]["cases"]) == [
+        "test/normal/1.jpg", "test/normal/2.jpg", "train/lesion/2.jpg", "train/normal/1.jpg"]
+    assert sorted(findings(card)["label.near_conflict"]["cases"]) == ["test/normal/2.jpg", "train/lesion/2.jpg"]
+
+
+def test_images_all_alike_are_not_taken_for_copies(tmp_path):
+    """A set whose pictures all look alike at thumbnail scale (one phantom, say) is no set of copies: one group of
+    all of them would leave nothing to split."""
+    root = tmp_path / "data"
+    base = smooth(7).astype(float)
+    for c, name in enumerate(("normal", "lesion")):
+        (root / name).mkdir(parents=True)
+        for i in range(15):
+            noisy = base + np.random.default_rng(100 * c + i).normal(0, 2, base.shape)
+            PILImage.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+
+    card = inspect_dataset(open_dataset(root))
+
+    assert card["near_duplicates"] == [] and "duplicates.near_skipped" in findings(card)

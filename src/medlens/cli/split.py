@@ -33,6 +33,7 @@ ARGUMENTS = [
 def run(args) -> int:
     from medlens._files import write_json_atomic
     from medlens.data import open_dataset
+    from medlens.data.prepared import kept_together
     from medlens.data.splits import make_splits, summarize_splits
 
     dataset = open_dataset(args.data, image_root=args.image_root, allow_outside_root=args.allow_outside_root,
@@ -40,12 +41,13 @@ def run(args) -> int:
     card = read_card(args.card) if args.card else _audit(dataset)
     skipped = [entry["case"] for entry in card.get("skipped", [])]
     splits = make_splits(dataset, folds=args.folds, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                         seed=args.seed, duplicates=card["duplicates"], skipped=skipped)
+                         seed=args.seed, duplicates=kept_together(card), skipped=skipped)
     name = Path(args.data).name.removesuffix(".npz").removesuffix(".csv") or "dataset"
     out = write_json_atomic(args.out or Path.cwd() / f"{name}.splits.json", splits)
     print(f"{dataset.root}: test from {splits['sources']['test']}, validation from {splits['sources']['val']}, "
           f"grouped by {splits['grouped_by']}, seed {splits['seed']}; {len(card['duplicates'])} group(s) of "
-          "identical images kept together" + (f", {len(skipped)} skipped file(s) left out" if skipped else ""))
+          f"identical and {len(card.get('near_duplicates', []))} of near-identical images kept together"
+          + (f", {len(skipped)} skipped file(s) left out" if skipped else ""))
     print("\n".join(summarize_splits(dataset, splits)))
     print(f"splits written to {out}")
     return 0

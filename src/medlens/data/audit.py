@@ -1,7 +1,8 @@
 """The data audit behind ``medlens inspect``: read every case, describe the dataset, flag problems.
 
 The card answers: how many cases per class and split, which task, 2D or 3D, what sizes,
-spacings and intensities, which files are unreadable, which images are exact duplicates, and
+spacings and intensities, which files are unreadable, which images are exact (or, in 2D, near)
+duplicates (:mod:`medlens.data.audit_near`), and
 whether duplicates or patients cross splits (leakage) or masks disagree with their images.
 For segmentation it also counts voxels per label and samples the image intensities under the
 foreground, which is what CT normalisation is planned from (nnU-Net's fingerprint does the same).
@@ -20,6 +21,7 @@ import numpy as np
 from medlens.data.audit_boxes import box_findings, box_summary, check_boxes
 from medlens.data.audit_clinical import audit_clinical
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
+from medlens.data.audit_near import near_duplicate_findings, near_duplicate_groups, thumbnail
 from medlens.data.audit_reads import read_note_findings, skipped_entries, skipped_findings, unreadable_findings
 from medlens.data.audit_views import read_for_audit, view_summary
 from medlens.data.dataset import Dataset, Finding, describe_read_failure, skip_unreadable_in_force
@@ -48,6 +50,7 @@ class CaseStats:
     problems: list[Finding] = field(default_factory=list)
     read_notes: list[dict] = field(default_factory=list)  # the reader's image.meta["read_warnings"]
     boxes: object | None = None  # detection: the case's CaseBoxes (medlens.data.audit_boxes)
+    thumbnail: np.ndarray | None = None  # 2D: (1024,) float16 unit vector (medlens.data.audit_near)
 
 
 def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=None,
@@ -77,6 +80,8 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
         "unreadable": unreadable,
         "duplicates": _duplicate_groups(stats),
     }
+    card["near_duplicates"], near_notes = near_duplicate_groups([s.case_id for s in stats],
+                                                                [s.thumbnail for s in stats], [s.sha1 for s in stats])
     if skip:
         card["skipped"] = skipped_entries(dataset, unreadable)
     findings += _content_findings(kept, stats, card)
@@ -86,6 +91,7 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     views = _split_views(kept, splits)
     findings += _duplicate_findings(card["duplicates"], views)
     findings += _label_conflicts(kept, card["duplicates"])
+    findings += near_notes + near_duplicate_findings(kept, card["near_duplicates"], views)
     findings += _patient_findings(kept, views)
     findings += _class_findings(kept, card["counts"])
     findings += audit_clinical(kept, card)  # card["clinical"]: manifest columns beside the images
@@ -138,7 +144,7 @@ def _scan_case(dataset: Dataset, case: Case, rng: np.random.Generator) -> CaseSt
     stats = CaseStats(case.case_id, image.spatial_shape, image.channels, str(array.dtype),
                       image.spacing_mm if image.spacing_known else None, low, high, mean, std,
                       digest.hexdigest(), sample.astype(np.float32), modality=image.meta.get("modality"),
-                      read_notes=list(image.meta.get("read_warnings", [])))
+                      read_notes=list(image.meta.get("read_warnings", [])), thumbnail=thumbnail(array))
     if case.mask is not None:
         check_mask(dataset, case, image, stats, rng)
     if dataset.task.label_form == "boxes":

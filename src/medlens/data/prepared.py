@@ -67,9 +67,9 @@ def resolve_splits(dataset: Dataset, config: Config, card: dict | None) -> dict:
 
     Args:
         card: the audit of ``dataset`` (:func:`~medlens.data.audit.inspect_dataset`): made splits keep each
-            group of identical images (``card["duplicates"]``) in one split, and every split leaves out the
-            unreadable files the audit skipped (``card["skipped"]``, ``--skip-unreadable``). ``None`` only
-            where no audit ran (the splits then ignore duplicates).
+            group of identical or near-identical images (:func:`kept_together`) in one split, and every split
+            leaves out the unreadable files the audit skipped (``card["skipped"]``, ``--skip-unreadable``).
+            ``None`` only where no audit ran (the splits then ignore duplicates).
 
     Raises:
         ConfigError: ``dataset.fold`` is not a fold of the splits.
@@ -79,11 +79,18 @@ def resolve_splits(dataset: Dataset, config: Config, card: dict | None) -> dict:
         splits = read_splits(Path(config.dataset.splits), dataset)
         splits = leave_out(splits, skipped) if skipped else splits
     else:
-        splits = make_splits(dataset, seed=config.train.seed, duplicates=(card or {}).get("duplicates") or None,
+        splits = make_splits(dataset, seed=config.train.seed, duplicates=kept_together(card) or None,
                              skipped=skipped)
     if not 0 <= config.dataset.fold < len(splits["folds"]):
         raise ConfigError(f"dataset.fold={config.dataset.fold} but the splits hold {len(splits['folds'])} fold(s)")
     return splits
+
+
+def kept_together(card: dict | None) -> list[list[str]]:
+    """The groups of case ids a split must not divide: exact and near duplicates (the card's ``duplicates`` and
+    ``near_duplicates``)."""
+    card = card or {}
+    return list(card.get("duplicates") or []) + list(card.get("near_duplicates") or [])
 
 
 def split_cases(dataset: Dataset, splits: dict, fold: int) -> dict[str, list[Case]]:

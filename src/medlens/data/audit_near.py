@@ -1,0 +1,135 @@
+"""Near-identical 2D images: one picture saved twice, resized, recompressed or re-exported.
+
+Exact duplicates (same pixels) are found by hash in :mod:`medlens.data.audit`. Sets gathered from
+several sources also hold copies that differ in every pixel: BUSI (and BreastMNIST, made from it)
+holds about 150 pairs of one ultrasound frame exported twice, which no hash finds, and which land in
+training and test alike unless the split keeps them together.
+
+Each 2D image is reduced to a 32 x 32 grey thumbnail (Pillow's antialiased bilinear), centred and
+scaled to unit length; two images whose thumbnails correlate at :data:`NEAR` or above are near
+duplicates. On the project's sets the threshold separates cleanly: PneumoniaMNIST's closest pair that
+is not an exact copy correlates 0.979 (chest X-rays of different patients look alike at this scale),
+while BUSI's re-exported frames reach 0.99-1.0; 0.99 leaves a margin on the X-ray side and still
+finds most of BUSI's pairs (same lesions in other frames, 0.95-0.98, are not taken: patients are
+what a patient column is for). Correlation ignores brightness and contrast, so a copy with other
+window settings is found too. 3D volumes are compared by hash only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from medlens.data.dataset import Dataset, Finding
+
+THUMB = 32  # thumbnail side, pixels
+NEAR = 0.99  # thumbnail correlation from which two images are near duplicates
+MAX_CASES = 20_000  # above this many 2D images the all-pairs search (N^2 x 1024 multiply-adds) is skipped
+MAX_GROUP = 10  # a group larger than this (and than MAX_SHARE of the images) is images alike, not copies
+MAX_SHARE = 0.02
+BLOCK = 1024  # thumbnails compared at a time
+
+
+def thumbnail(array: np.ndarray) -> np.ndarray | None:
+    """``(THUMB * THUMB,)`` float16 unit vector of a 2D image ``(C, X, Y)`` (channels averaged, centred); ``None``
+    for a volume or a flat image."""
+    from PIL import Image as PILImage
+
+    if array.ndim != 3 or min(array.shape[1:]) < 2:
+        return None
+    grey = np.ascontiguousarray(array.mean(axis=0, dtype=np.float32))
+    small = np.asarray(PILImage.fromarray(grey, mode="F").resize((THUMB, THUMB), PILImage.BILINEAR), np.float32)
+    vector = small.ravel() - small.mean()
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm).astype(np.float16) if norm > 1e-6 * THUMB * THUMB else None
+
+
+def near_duplicate_groups(ids: list[str], thumbs: list[np.ndarray | None], hashes: list[str]
+                          ) -> tuple[list[list[str]], list[Finding]]:
+    """Groups of near-identical images (at least one pair in each not an exact copy), and notes on what was not
+    searched or not grouped.
+
+    Args:
+        ids, thumbs, hashes: per case, its id, :func:`thumbnail` and pixel hash.
+
+    Returns:
+        (sorted groups of case ids, ``duplicates.near_skipped`` notes).
+    """
+    present = [i for i, t in enumerate(thumbs) if t is not None]
+    if len(present) < 2:
+        return [], []
+    if len(present) > MAX_CASES:
+        return [], [Finding("info", "duplicates.near_skipped", f"near-identical images were not searched among "
+                            f"{len(present)} 2D images (more than {MAX_CASES}); exact duplicates were")]
+    vectors = np.stack([thumbs[i] for i in present]).astype(np.float32)
+    components = _components(len(present), _pairs(vectors))
+    limit = max(MAX_GROUP, int(MAX_SHARE * len(present)))
+    groups, alike = [], []
+    for members in components:
+        names = [ids[present[m]] for m in members]
+        if len(members) > limit:
+            alike.append(names)
+        elif len({hashes[present[m]] for m in members}) > 1:
+            groups.append(sorted(names))
+    notes = [Finding("warning", "duplicates.near_skipped", f"{len(group)} images are all alike at thumbnail scale "
+                     f"(e.g. {', '.join(group[:3])}): too many to be copies of one picture, so they were not kept "
+                     "together in the splits (exact duplicates still are)", group) for group in alike]
+    return sorted(groups, key=lambda g: g[0]), notes
+
+
+def near_duplicate_findings(dataset: Dataset, groups: list[list[str]], views) -> list[Finding]:
+    """``duplicates.near`` (warning), ``leakage.near_duplicates`` where a dataset's own splits or a splits file
+    put one group in two splits, ``label.near_conflict`` where a group carries two labels."""
+    if not groups:
+        return []
+    n = sum(len(g) for g in groups)
+    findings = [Finding("warning", "duplicates.near", f"{len(groups)} group(s) of near-identical images ({n} cases: "
+                        f"one picture resized, recompressed or re-exported), e.g. {', '.join(groups[0][:3])}; the "
+                        "splits medlens makes keep each group in one split. Remove the copies if they are not "
+                        "meant to be there", [cid for g in groups for cid in g])]
+    for name, view in views:
+        crossing = [g for g in groups if len({view[c] for c in g if c in view}) > 1]
+        if crossing:
+            findings.append(Finding("warning", "leakage.near_duplicates", f"{name}: {len(crossing)} group(s) of "
+                                    f"near-identical images sit in more than one split (e.g. "
+                                    f"{', '.join(crossing[0][:3])}); the test figures may be optimistic",
+                                    [cid for g in crossing for cid in g]))
+    if dataset.task.label_form != "mask":
+        label_of = {c.case_id: c.label for c in dataset.cases}
+        conflicting = [g for g in groups if len({label_of.get(c) for c in g}) > 1]
+        if conflicting:
+            findings.append(Finding("warning", "label.near_conflict", f"{len(conflicting)} group(s) of "
+                                    f"near-identical images carry different labels (e.g. "
+                                    f"{', '.join(conflicting[0][:3])}); check which label is right",
+                                    [cid for g in conflicting for cid in g]))
+    return findings
+
+
+def _pairs(vectors: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` of rows of ``vectors`` ``(N, D)`` (unit length) whose dot product is at least NEAR."""
+    pairs = []
+    for start in range(0, len(vectors), BLOCK):
+        rows, cols = np.nonzero(vectors[start:start + BLOCK] @ vectors.T >= NEAR)
+        rows += start
+        keep = cols > rows
+        pairs += zip(rows[keep].tolist(), cols[keep].tolist())
+    return pairs
+
+
+def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components (of two or more) of the graph on ``range(n)`` with edges ``pairs`` (union-find)."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        members[find(i)].append(i)
+    return [m for m in members.values() if len(m) > 1]
