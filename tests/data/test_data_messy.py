@@ -511,8 +511,8 @@ def test_near_copies_across_a_datasets_own_splits_and_labels_are_warned(tmp_path
 
 
 def test_images_all_alike_are_not_taken_for_copies(tmp_path):
-    """A set whose pictures all look alike at thumbnail scale (one phantom, say) is no set of copies: one group of
-    all of them would leave nothing to split."""
+    """A set whose pictures all look alike at thumbnail scale (one phantom, say; the demo's radiographs) is no set
+    of copies: one group of all of them would leave nothing to split."""
     root = tmp_path / "data"
     base = smooth(7).astype(float)
     for c, name in enumerate(("normal", "lesion")):
@@ -523,4 +523,17 @@ def test_images_all_alike_are_not_taken_for_copies(tmp_path):
 
     card = inspect_dataset(open_dataset(root))
 
-    assert card["near_duplicates"] == [] and "duplicates.near_skipped" in findings(card)
+    assert card["near_duplicates"] == [] and "all alike at thumbnail scale" in card["near_duplicate_search"]
+    assert not any(code.startswith(("duplicates", "label.near")) for code in findings(card))
+
+
+def test_a_large_group_among_varied_images_is_warned_about_not_kept_together(tmp_path):
+    root, _ = with_planted_near_copies(tmp_path)
+    for i in range(12):  # twelve near copies of one picture among 54 varied ones
+        PILImage.fromarray(np.clip(smooth(5) + i, 0, 255).astype(np.uint8)).save(root / "normal" / f"again_{i}.png")
+
+    card = inspect_dataset(open_dataset(root))
+
+    finding = findings(card)["duplicates.near_skipped"]
+    assert finding["severity"] == "warning" and len(finding["cases"]) == 13  # the twelve and normal/5.png
+    assert len(card["near_duplicates"]) == 6 and card["near_duplicate_search"].startswith("66 2D images")

@@ -46,7 +46,8 @@ def run(args) -> int:
     out = write_json_atomic(args.out or Path.cwd() / f"{name}.splits.json", splits)
     print(f"{dataset.root}: test from {splits['sources']['test']}, validation from {splits['sources']['val']}, "
           f"grouped by {splits['grouped_by']}, seed {splits['seed']}; {len(card['duplicates'])} group(s) of "
-          f"identical and {len(card.get('near_duplicates', []))} of near-identical images kept together"
+          "identical images kept together"
+          + (f", {len(card['near_duplicates'])} of near-identical ones" if card.get("near_duplicates") else "")
           + (f", {len(skipped)} skipped file(s) left out" if skipped else ""))
     print("\n".join(summarize_splits(dataset, splits)))
     print(f"splits written to {out}")

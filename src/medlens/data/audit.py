@@ -80,8 +80,8 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
         "unreadable": unreadable,
         "duplicates": _duplicate_groups(stats),
     }
-    card["near_duplicates"], near_notes = near_duplicate_groups([s.case_id for s in stats],
-                                                                [s.thumbnail for s in stats], [s.sha1 for s in stats])
+    card["near_duplicates"], near_notes, card["near_duplicate_search"] = near_duplicate_groups(
+        [s.case_id for s in stats], [s.thumbnail for s in stats], [s.sha1 for s in stats])
     if skip:
         card["skipped"] = skipped_entries(dataset, unreadable)
     findings += _content_findings(kept, stats, card)

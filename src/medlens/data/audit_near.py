@@ -13,6 +13,12 @@ while BUSI's re-exported frames reach 0.99-1.0; 0.99 leaves a margin on the X-ra
 finds most of BUSI's pairs (same lesions in other frames, 0.95-0.98, are not taken: patients are
 what a patient column is for). Correlation ignores brightness and contrast, so a copy with other
 window settings is found too. 3D volumes are compared by hash only.
+
+Thumbnails cannot tell copies apart from images that are all alike at that scale (one phantom or one
+template imaged again and again, synthetic sets): where the median image's fifth nearest neighbour
+(copies come in twos and threes, so it is no copy) already correlates at :data:`ALIKE`, nothing is
+grouped, and the card's ``near_duplicate_search`` says why. Measured: BUSI 0.805, BreastMNIST 0.835,
+PneumoniaMNIST 0.879; the demo's synthetic radiographs 0.986.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from medlens.data.dataset import Dataset, Finding
 THUMB = 32  # thumbnail side, pixels
 NEAR = 0.99  # thumbnail correlation from which two images are near duplicates
 MAX_CASES = 20_000  # above this many 2D images the all-pairs search (N^2 x 1024 multiply-adds) is skipped
+ALIKE = 0.97  # median correlation with the RANK-th nearest image from which the images are too alike to search
+RANK = 5
 MAX_GROUP = 10  # a group larger than this (and than MAX_SHARE of the images) is images alike, not copies
 MAX_SHARE = 0.02
 BLOCK = 1024  # thumbnails compared at a time
@@ -46,24 +54,28 @@ def thumbnail(array: np.ndarray) -> np.ndarray | None:
 
 
 def near_duplicate_groups(ids: list[str], thumbs: list[np.ndarray | None], hashes: list[str]
-                          ) -> tuple[list[list[str]], list[Finding]]:
-    """Groups of near-identical images (at least one pair in each not an exact copy), and notes on what was not
-    searched or not grouped.
+                          ) -> tuple[list[list[str]], list[Finding], str]:
+    """Groups of near-identical images (at least one pair in each not an exact copy), warnings on groups too
+    large to be copies, and what was searched.
 
     Args:
         ids, thumbs, hashes: per case, its id, :func:`thumbnail` and pixel hash.
 
     Returns:
-        (sorted groups of case ids, ``duplicates.near_skipped`` notes).
+        (sorted groups of case ids, ``duplicates.near_skipped`` warnings, the search in words).
     """
     present = [i for i, t in enumerate(thumbs) if t is not None]
     if len(present) < 2:
-        return [], []
+        return [], [], "not searched: fewer than two 2D images"
     if len(present) > MAX_CASES:
-        return [], [Finding("info", "duplicates.near_skipped", f"near-identical images were not searched among "
-                            f"{len(present)} 2D images (more than {MAX_CASES}); exact duplicates were")]
+        return [], [], f"not searched: {len(present)} 2D images, more than {MAX_CASES}"
     vectors = np.stack([thumbs[i] for i in present]).astype(np.float32)
-    components = _components(len(present), _pairs(vectors))
+    pairs, neighbour = _pairs(vectors)
+    median = float(np.median(neighbour))
+    if median >= ALIKE:
+        return [], [], (f"not searched: the {len(present)} 2D images are all alike at thumbnail scale (the median "
+                        f"image's {_ordinal(RANK)} nearest neighbour correlates {median:.3f}, >= {ALIKE})")
+    components = _components(len(present), pairs)
     limit = max(MAX_GROUP, int(MAX_SHARE * len(present)))
     groups, alike = [], []
     for members in components:
@@ -75,7 +87,9 @@ def near_duplicate_groups(ids: list[str], thumbs: list[np.ndarray | None], hashe
     notes = [Finding("warning", "duplicates.near_skipped", f"{len(group)} images are all alike at thumbnail scale "
                      f"(e.g. {', '.join(group[:3])}): too many to be copies of one picture, so they were not kept "
                      "together in the splits (exact duplicates still are)", group) for group in alike]
-    return sorted(groups, key=lambda g: g[0]), notes
+    searched = (f"{len(present)} 2D images, thumbnail correlation >= {NEAR} (median {_ordinal(RANK)} nearest "
+                f"neighbour {median:.3f})")
+    return sorted(groups, key=lambda g: g[0]), notes, searched
 
 
 def near_duplicate_findings(dataset: Dataset, groups: list[list[str]], views) -> list[Finding]:
@@ -106,15 +120,25 @@ def near_duplicate_findings(dataset: Dataset, groups: list[list[str]], views) ->
     return findings
 
 
-def _pairs(vectors: np.ndarray) -> list[tuple[int, int]]:
-    """Index pairs ``i < j`` of rows of ``vectors`` ``(N, D)`` (unit length) whose dot product is at least NEAR."""
-    pairs = []
+def _pairs(vectors: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Index pairs ``i < j`` of rows of ``vectors`` ``(N, D)`` (unit length) whose dot product is at least NEAR,
+    and each row's dot product with its RANK-th nearest other row (or its farthest, in fewer rows) ``(N,)``."""
+    pairs, neighbour = [], np.empty(len(vectors), np.float32)
+    rank = min(RANK, len(vectors) - 1)
     for start in range(0, len(vectors), BLOCK):
-        rows, cols = np.nonzero(vectors[start:start + BLOCK] @ vectors.T >= NEAR)
+        similarity = vectors[start:start + BLOCK] @ vectors.T
+        block = np.arange(len(similarity))
+        similarity[block, block + start] = -2.0  # not its own neighbour
+        neighbour[start:start + BLOCK] = np.partition(similarity, -rank, axis=1)[:, -rank]
+        rows, cols = np.nonzero(similarity >= NEAR)
         rows += start
         keep = cols > rows
         pairs += zip(rows[keep].tolist(), cols[keep].tolist())
-    return pairs
+    return pairs, neighbour
+
+
+def _ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
 
 def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
