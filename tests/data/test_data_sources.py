@@ -207,6 +207,13 @@ def test_manifest_as_spreadsheets_save_it_is_read_alike(tmp_path, make, name, de
     assert [c.patient_id for c in ds.cases] == ["P1", "P1", "P2", "P3"] and ds.findings == []
 
 
+def test_a_spreadsheet_workbook_is_refused_saying_how_to_save_it_as_csv(tmp_path):
+    (tmp_path / "cases.xlsx").write_bytes(b"PK\x03\x04" + bytes(60))
+
+    with pytest.raises(DatasetError, match=r"spreadsheet workbook.*CSV UTF-8"):
+        open_dataset(tmp_path / "cases.xlsx")
+
+
 def test_manifest_line_numbers_count_the_blank_and_empty_rows_before_them(tmp_path, make):
     _manifest_images(tmp_path, make, 2)
     (tmp_path / "m.csv").write_text("image,label\n\nimg/0.png,a\n,,\nimg/gone.png,b\nimg/1.png,b\n")

@@ -112,6 +112,9 @@ def _open_file(path: Path, image_root, allow_outside_root: bool, unlabelled: boo
         raise DatasetError(f"{path}: a JSON medlens reads is a Decathlon dataset.json, a COCO file (images, "
                            "annotations, categories) or a detection data list (box_unit, training: [{image, box, "
                            "label}])")
+    if suffix in (".xlsx", ".xls", ".xlsm", ".ods", ".numbers"):
+        raise DatasetError(f"{path} is a spreadsheet workbook; medlens reads its table as CSV: save the sheet as CSV "
+                           "(Excel: File > Save As > CSV UTF-8), then pass the .csv")
     raise DatasetError(f"{path} is a single file; a dataset is a folder, a CSV manifest or a MedMNIST .npz. "
                        "To look at one image use `medlens info FILE`")
 
