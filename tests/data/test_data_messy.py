@@ -537,3 +537,33 @@ def test_a_large_group_among_varied_images_is_warned_about_not_kept_together(tmp
     finding = findings(card)["duplicates.near_skipped"]
     assert finding["severity"] == "warning" and len(finding["cases"]) == 13  # the twelve and normal/5.png
     assert len(card["near_duplicates"]) == 6 and card["near_duplicate_search"].startswith("66 2D images")
+
+
+# --- patients in file names -------------------------------------------------------------------------
+
+
+def test_file_names_that_seem_to_carry_patients_are_a_warning_and_nothing_is_inferred(tmp_path):
+    """Kermany's chest X-rays are named person1_bacteria_1.jpeg, person1_virus_6.jpeg: one patient, two files."""
+    root = tmp_path / "data"
+    for c, name in enumerate(("NORMAL", "PNEUMONIA")):
+        (root / name).mkdir(parents=True)
+        for p in range(4):
+            for k in range(2):
+                PILImage.fromarray(noise(100 * c + 10 * p + k)).save(root / name / f"person{10 * c + p}_img_{k}.png")
+
+    dataset = open_dataset(root)
+
+    finding = next(f for f in dataset.findings if f.code == "class.filename_patients")
+    assert finding.severity == "warning" and len(finding.cases) == 16 and "patient column" in finding.message
+    assert all(c.patient_id is None for c in dataset.cases)
+
+
+@pytest.mark.parametrize("names", [[f"img_{i}.png" for i in range(8)], [f"{i:03d}.png" for i in range(8)],
+                                   [f"scan{i}_a.png" for i in range(8)]])
+def test_names_without_a_shared_numbered_token_say_nothing(tmp_path, names):
+    for c, name in enumerate(("normal", "lesion")):
+        (tmp_path / name).mkdir()
+        for i, file in enumerate(names):
+            PILImage.fromarray(noise(100 * c + i)).save(tmp_path / name / file)
+
+    assert "class.filename_patients" not in {f.code for f in open_dataset(tmp_path).findings}

@@ -9,6 +9,8 @@ labels (``medlens pretrain``), a flat folder of image files is a dataset too (:f
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from pathlib import Path
 
 from medlens.data.dataset import (
@@ -74,6 +76,7 @@ def open_class_folders(root: Path, one_class: bool = False) -> Dataset:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     class_folders = [folder for name in class_names for folder in folders_of[name].values()]
     findings += _ignored_files(root, class_folders) + _nested_images(root, class_folders, cases)
+    findings += _patients_in_names(cases)
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS  # one class: multiclass of one
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
                    meta={"split_level": split_level})
@@ -219,6 +222,36 @@ def _nested_images(root: Path, folders: list[Path], cases: list[Case]) -> list[F
                     "not taken as a patient. If each sub-folder holds one patient's images, write a CSV manifest "
                     "with a patient column (`medlens inspect` lists the cases) so that splits keep them together",
                     nested)]
+
+
+_LEADING_TOKEN = re.compile(r"^([^_\-\s.()]*\d[^_\-\s.()]*)[_\-\s]")  # "person1" of person1_bacteria_1.jpeg
+NAMED_SHARE = 0.25  # of the image files whose leading token repeats, from which names seem to carry patients
+
+
+def _patients_in_names(cases: list[Case]) -> list[Finding]:
+    """``class.filename_patients``: image files whose names start with a token holding a digit that other files of
+    their folder share (``person1_bacteria_1.jpeg``, ``person1_virus_6.jpeg``), as when the name carries the
+    patient. Tokens are compared within one folder: numbering that restarts in each class folder
+    (``normal/0001_x.png``, ``lesion/0001_x.png``) is no patient.
+
+    Class folders give no patients, so such files may sit in training and test alike; a warning says so and how
+    to give the patients. Nothing is inferred from the names: a shared token may be a date or a scanner."""
+    files = [c for c in cases if c.patient_id is None and c.images[0].suffix]
+    tokens = {c.case_id: (c.images[0].parent, match[1]) for c in files
+              if (match := _LEADING_TOKEN.match(c.images[0].name))}
+    counts: dict[tuple, list[str]] = defaultdict(list)
+    for case_id, token in tokens.items():
+        counts[token].append(case_id)
+    shared = {t: ids for t, ids in counts.items() if len(ids) > 1}
+    named = sum(len(ids) for ids in shared.values())
+    if len(shared) < 3 or named < NAMED_SHARE * max(len(files), 1):
+        return []
+    (_, token), ids = max(shared.items(), key=lambda item: len(item[1]))
+    return [Finding("warning", "class.filename_patients", f"{named} of {len(files)} image files share a leading name "
+                    f"token with others, as when file names carry the patient (e.g. {token!r}: "
+                    f"{', '.join(Path(i).name for i in ids[:3])}); class folders give no patients, so one patient's "
+                    "images may land in training and test alike. If these are patients, write a CSV with a patient "
+                    "column so that splits keep them together", sorted(i for ids in shared.values() for i in ids))]
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
