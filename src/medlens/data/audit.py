@@ -21,7 +21,13 @@ import numpy as np
 from medlens.data.audit_boxes import box_findings, box_summary, check_boxes
 from medlens.data.audit_clinical import audit_clinical
 from medlens.data.audit_masks import background_findings, check_mask, mask_summary
-from medlens.data.audit_near import near_duplicate_findings, near_duplicate_groups, thumbnail
+from medlens.data.audit_near import (
+    across_splits,
+    mixed_labels,
+    near_duplicate_findings,
+    near_duplicate_groups,
+    thumbnail,
+)
 from medlens.data.audit_reads import read_note_findings, skipped_entries, skipped_findings, unreadable_findings
 from medlens.data.audit_views import read_for_audit, view_summary
 from medlens.data.dataset import Dataset, Finding, describe_read_failure, skip_unreadable_in_force
@@ -289,8 +295,7 @@ def _duplicate_findings(groups: list[list[str]], views) -> list[Finding]:
                                 f"e.g. {', '.join(groups[0][:3])}; remove copies or make sure they share a patient id",
                                 [cid for g in groups for cid in g]))
     for name, view in views:
-        crossing = [g for g in groups if len({view[c] for c in g if c in view}) > 1]
-        if crossing:
+        if crossing := across_splits(groups, view):
             findings.append(Finding("error", "leakage.duplicates", f"{name}: {len(crossing)} group(s) of identical "
                                     f"images sit in more than one split (e.g. {', '.join(crossing[0][:3])}); the "
                                     "test figures are optimistic. Remove the copies or re-split grouping them",
@@ -299,10 +304,7 @@ def _duplicate_findings(groups: list[list[str]], views) -> list[Finding]:
 
 
 def _label_conflicts(dataset: Dataset, groups: list[list[str]]) -> list[Finding]:
-    if dataset.task.label_form == "mask":
-        return []
-    label_of = {c.case_id: c.label for c in dataset.cases}
-    conflicting = [g for g in groups if len({label_of[c] for c in g}) > 1]
+    conflicting = mixed_labels(dataset, groups)
     if not conflicting:
         return []
     return [Finding("error", "label.conflict", f"{len(conflicting)} group(s) of identical images carry different "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from medlens.data.dataset import (
@@ -39,7 +40,7 @@ def looks_like_class_folders(root: Path) -> bool:
         return False
     if {d.name.lower() for d in subdirs} <= SPLIT_NAMES:
         return all(_visible_dirs(d) for d in subdirs)
-    return any(_entries(d) for d in subdirs)
+    return any(is_case for d in subdirs for is_case, _ in _walk(d))  # stops at the first case
 
 
 def open_class_folders(root: Path, one_class: bool = False) -> Dataset:
@@ -63,11 +64,13 @@ def open_class_folders(root: Path, one_class: bool = False) -> Dataset:
                            "root/<class_name>/<images> with at least two classes")
     if len(class_names) == 1 and not one_class:
         findings.append(single_class_finding(root, class_names[0], "the class folders"))
-    cases = []
+    cases, others = [], []
     for split, base in groups:
         for label, name in enumerate(class_names):
             folder = folders_of[name].get(base, base / name)
-            entries = _entries(folder) if folder.is_dir() else []
+            walked = list(_walk(folder)) if folder.is_dir() else []
+            entries = [path for is_case, path in walked if is_case]
+            others += [path for is_case, path in walked if not is_case]
             if not entries:
                 findings.append(Finding("warning", "class.empty", f"{folder}: no images for class {name!r}"))
             for entry in entries:
@@ -75,7 +78,7 @@ def open_class_folders(root: Path, one_class: bool = False) -> Dataset:
     if not cases:
         raise DatasetError(f"{root}: the class folders hold no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     class_folders = [folder for name in class_names for folder in folders_of[name].values()]
-    findings += _ignored_files(root, class_folders) + _nested_images(root, class_folders, cases)
+    findings += _ignored_files(root, others) + _nested_images(root, class_folders, cases)
     findings += _patients_in_names(cases)
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS  # one class: multiclass of one
     return Dataset(root, "class_folders", task, tuple(class_names), cases, findings=findings,
@@ -130,12 +133,11 @@ def open_image_folder(root: Path) -> Dataset:
     return Dataset(root, "image_folder", Task.PRETRAINING, (), cases, findings=findings)
 
 
-def _ignored_files(root: Path, folders: list[Path]) -> list[Finding]:
-    """``file.ignored``: files in the class folders (and their sub-folders that are no DICOM series) whose
-    name is no image format medlens reads (``.txt``, ``.heic``...), which are not cases; what the system
-    writes (``.DS_Store``, ``Thumbs.db``) is not counted."""
-    ignored = [p.relative_to(root).as_posix() for folder in folders if folder.is_dir() for p in _plain_files(folder)
-               if not is_image_file(p)]
+def _ignored_files(root: Path, others: list[Path]) -> list[Finding]:
+    """``file.ignored``: the files :func:`_walk` found in the class folders (and their sub-folders that are no
+    DICOM series) whose name is no image format medlens reads (``.txt``, ``.heic``...), which are not cases;
+    what the system writes (``.DS_Store``, ``Thumbs.db``) was skipped before."""
+    ignored = [p.relative_to(root).as_posix() for p in others]
     if not ignored:
         return []
     return [Finding("warning", "file.ignored", f"{len(ignored)} file(s) in the class folders are not images by their "
@@ -258,30 +260,33 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not is_clutter(d.name))
 
 
-def _entries(folder: Path) -> list[Path]:
-    """Image files and DICOM series sub-folders of a class folder; the image files and series of its other
-    sub-folders, at any depth.
+def _walk(folder: Path, listing: tuple[list[Path], list[Path]] | None = None) -> Iterator[tuple[bool, Path]]:
+    """The contents of a class folder, each folder listed once: ``(True, case)`` per image file and per DICOM
+    series sub-folder, ``(False, file)`` per other file (what the system writes skipped); sub-folders that are
+    no series are walked in turn, at any depth.
 
     Raises:
         DatasetError: slices of one DICOM series lie loose in one of these folders.
     """
-    entries = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
-    _refuse_loose_series(folder, entries)
-    for sub in _visible_dirs(folder):
-        entries += [sub] if _is_series(sub) else _entries(sub)
-    return entries
+    files, dirs = listing or _listing(folder)
+    _refuse_loose_series(folder, [p for p in files if suffix_of(p) in IMAGE_SUFFIXES])
+    yield from ((suffix_of(p) in IMAGE_SUFFIXES, p) for p in files)
+    for sub in dirs:
+        inside = _listing(sub)
+        if _is_series(inside[0]):
+            yield True, sub
+        else:
+            yield from _walk(sub, inside)
 
 
-def _plain_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` and of its sub-folders that are no DICOM series, the system's own skipped."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not is_clutter(p.name)]
-    for sub in _visible_dirs(folder):
-        files += [] if _is_series(sub) else _plain_files(sub)
-    return files
+def _listing(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(files, sub-folders)`` of ``folder``, sorted, without what the system writes."""
+    children = sorted(p for p in folder.iterdir() if not is_clutter(p.name))
+    return [p for p in children if p.is_file()], [p for p in children if p.is_dir()]
 
 
-def _is_series(folder: Path) -> bool:
-    """Whether a sub-folder of a class folder is one case, a DICOM series: it holds files and none is named
-    as an image of another format (scanners name slices ``.dcm``, ``IM0001`` or by their UID)."""
-    files = [p for p in folder.iterdir() if p.is_file() and not is_clutter(p.name)]
-    return bool(files) and not any(is_image_file(p) and suffix_of(p) not in _DICOM_SUFFIXES for p in files)
+def _is_series(files: list[Path]) -> bool:
+    """Whether a sub-folder holding ``files`` is one case, a DICOM series: it holds files and none is named as an
+    image of another format (scanners name slices ``.dcm``, ``IM0001`` or by their UID)."""
+    return bool(files) and not any(suffix_of(p) in IMAGE_SUFFIXES and suffix_of(p) not in _DICOM_SUFFIXES
+                                   for p in files)
