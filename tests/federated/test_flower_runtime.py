@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,21 +104,24 @@ def _cli_site(data: Path, address: str, log: Path, *options: str) -> subprocess.
 
 
 def _serve_with_sites(config: ServerSettings, sites: dict[str, SiteSettings], logs: Path, refused) -> Path:
-    """Serve ``config`` with ``sites`` joining; once its Fleet API listens, ``refused()`` starts the processes that
-    must be turned away (``{log: process}``), which must exit with status 2 while the federation goes on."""
+    """Serve ``config``; once its Fleet API listens, ``refused()`` starts the processes that must be turned away
+    (``{log: process}``), which must exit with status 2; then ``sites`` join and the federation runs.
+
+    The refused ones go first: each starts Python, torch and a SuperNode, which on a busy 2-core machine can take
+    longer than a whole federation, after which its SuperNode would wait for a server that is gone."""
     port = int(config.address.rpartition(":")[2])
     result = {}
-    server = threading.Thread(target=lambda: result.update(run=serve(config)))
+    server = threading.Thread(target=lambda: result.update(run=serve(replace(config, wait_sites_s=300.0))))
     processes = []
     try:
         server.start()
-        for name, site in sites.items():
-            with open(logs / f"{name}.log", "ab") as log:
-                processes.append(start_site(site, clientappio_port=free_port(), log_file=log))
         _wait_for(lambda: _listening(port), 60, "the server's Fleet API")
         turned_away = refused()
         processes += list(turned_away.values())
-        assert all(process.wait(timeout=60) == 2 for process in turned_away.values())
+        assert all(process.wait(timeout=180) == 2 for process in turned_away.values())
+        for name, site in sites.items():
+            with open(logs / f"{name}.log", "ab") as log:
+                processes.append(start_site(site, clientappio_port=free_port(), log_file=log))
         server.join(timeout=180)
         assert not server.is_alive()
     finally:
