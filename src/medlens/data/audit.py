@@ -195,8 +195,9 @@ def _describe(dataset: Dataset, stats: list[CaseStats]) -> dict:
     modality = dataset.meta.get("modality") or (modalities.most_common(1)[0][0] if modalities else None)
     if isinstance(modality, list):
         modality = ", ".join(modality)
+    label = f"{dataset.task.value} {spatial_dims}D" if spatial_dims else dataset.task.value  # no readable image
     return {"source": str(dataset.root), "layout": dataset.layout, "task": dataset.task.value,
-            "spatial_dims": spatial_dims, "task_label": f"{dataset.task.value} {spatial_dims}D",
+            "spatial_dims": spatial_dims, "task_label": label,
             "class_names": list(dataset.class_names), "num_cases": len(dataset.cases),
             "num_readable": len(stats), "modality": modality,
             "meta": {k: v for k, v in dataset.meta.items() if k != "columns"}}

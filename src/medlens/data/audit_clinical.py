@@ -11,6 +11,11 @@ That AUC is the leakage check: a column that predicts the label by itself too we
 malignancy), not a feature measured before it, and a model fed with it learns nothing from the images. It
 is a ``clinical.leakage`` warning, and the column is not usable as an input (``usable: false``).
 
+Categories that differ only in case or spacing (``F``, ``f``, `` F``) are one category, written as most cases
+write it (a ``clinical.spelling`` note; the encoder reads the other spellings as that one at prediction too). A
+column of numbers written with decimal commas (``"0,715"`` quoted in a comma-separated file, where ``1,234`` could
+be a thousands separator) is a ``clinical.decimal_comma`` warning, and the plan leaves it out.
+
 A numeric column whose values fall on two scales with nothing between (OASIS-1's nWBV holds 0.78 in some rows
 and 780 in others) is a ``clinical.scale`` warning: a decimal point or a unit was lost on the way, and z-scores
 of such a column mix the two.
@@ -23,8 +28,9 @@ from collections import Counter
 
 import numpy as np
 
-from medlens.data.clinical import as_number, is_missing
+from medlens.data.clinical import as_number, category_key, is_missing
 from medlens.data.dataset import Dataset, Finding
+from medlens.data.table import DECIMAL_COMMA
 
 LEAKAGE_AUC = 0.85  # a column separating the classes better than this on its own is a label proxy
 MAX_CATEGORIES = 50  # category counts kept per column in the card (the most frequent; "distinct" counts all)
@@ -46,25 +52,42 @@ def audit_clinical(dataset: Dataset, card: dict) -> list[Finding]:
     if not columns:
         return []
     labels = _class_labels(dataset)
-    card["clinical"] = {column: describe_column([case.clinical.get(column, "") for case in dataset.cases], labels)
-                        for column in columns}
-    findings = [_leakage_finding(column, entry) for column, entry in card["clinical"].items() if entry["leakage"]]
-    return findings + [_scale_finding(column, entry["scales"]) for column, entry in card["clinical"].items()
-                       if entry.get("scales")]
+    ids = [case.case_id for case in dataset.cases]
+    card["clinical"] = {column: describe_column([case.clinical.get(column, "") for case in dataset.cases], labels,
+                                                ids) for column in columns}
+    entries = card["clinical"].items()
+    findings = [_leakage_finding(column, entry) for column, entry in entries if entry["leakage"]]
+    findings += [_decimal_comma_finding(column, entry) for column, entry in entries if entry.get("decimal_comma")]
+    findings += [_spelling_finding(column, entry["spellings"]) for column, entry in entries if entry.get("spellings")]
+    findings += [_not_number_finding(column, entry) for column, entry in entries if entry.get("not_numbers")]
+    return findings + [_scale_finding(column, entry["scales"]) for column, entry in entries if entry.get("scales")]
 
 
-def describe_column(cells: list[str], labels: np.ndarray | None) -> dict:
-    """One column's card entry from its cells ``(N,)`` and the cases' class indices ``(N,)`` (-1: no label).
+def describe_column(cells: list[str], labels: np.ndarray | None, ids: list[str] | None = None) -> dict:
+    """One column's card entry from its cells ``(N,)`` and the cases' class indices ``(N,)`` (-1: no label);
+    ``ids`` name the cases in what the entry says about single cells.
 
     Returns:
         ``{"kind", "present", "missing", "numeric" | ("categories", "distinct"), "auc", "leakage", "usable"}``
         (JSON-ready): ``numeric`` = min / median / max / mean / std; ``categories`` = count per category (the
         :data:`MAX_CATEGORIES` most frequent), ``distinct`` = how many there are; ``auc`` = :func:`separation_auc`
-        (``None`` without class labels); ``usable`` = numeric or categorical, more than one value, no leakage.
+        (``None`` without class labels); ``usable`` = numeric or categorical, more than one value, no leakage,
+        no decimal comma. Also ``spellings`` (``{category: [other spellings]}``, categories that differ only in
+        case or spacing, counted as one), ``decimal_comma`` (numbers written ``0,715``) and ``not_numbers``
+        (``[[case, cell]]``: the few cells that keep a column of numbers from being numeric, ``<5`` or ``n.d.``)
+        when they occur.
     """
     present = [i for i, cell in enumerate(cells) if not is_missing(cell)]
     values = [cells[i].strip() for i in present]
     entry: dict = {"kind": _kind(values, len(cells)), "present": len(present), "missing": len(cells) - len(present)}
+    if entry["kind"] == "categorical":
+        values, spellings = _one_spelling(values)
+        if spellings:
+            entry["spellings"] = spellings
+        if all(DECIMAL_COMMA.fullmatch(v) or as_number(v) is not None for v in values):
+            entry["decimal_comma"] = True
+        elif odd := _not_numbers(values, [ids[i] if ids else str(i) for i in present]):
+            entry["not_numbers"] = odd
     if entry["kind"] == "numeric":
         numbers = np.array([as_number(v) for v in values], dtype=np.float64)
         entry["numeric"] = _numeric_summary(numbers)
@@ -81,8 +104,28 @@ def describe_column(cells: list[str], labels: np.ndarray | None) -> dict:
         auc = separation_auc(scores, labels[present], numeric=entry["kind"] == "numeric")
     entry["auc"] = None if auc is None else round(auc, 4)
     entry["leakage"] = auc is not None and auc > LEAKAGE_AUC
-    entry["usable"] = entry["kind"] in ("numeric", "categorical") and len(set(values)) > 1 and not entry["leakage"]
+    entry["usable"] = (entry["kind"] in ("numeric", "categorical") and len(set(values)) > 1 and not entry["leakage"]
+                       and not entry.get("decimal_comma"))
     return entry
+
+
+def _not_numbers(values: list[str], ids: list[str]) -> list[list[str]]:
+    """``[[case, cell]]`` of the cells that are not numbers, when they are few (at most 10% of the values, and at
+    least 5 values are numbers): a numeric column with a stray word. ``[]`` otherwise."""
+    odd = [[case, value] for case, value in zip(ids, values) if as_number(value) is None]
+    numbers = len(values) - len(odd)
+    return odd if odd and numbers >= MIN_IDENTIFIER_CASES and len(odd) <= 0.1 * len(values) else []
+
+
+def _one_spelling(values: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``values`` with the categories that differ only in case or spacing written one way (the most frequent
+    spelling), and ``{that spelling: [the others]}`` where there were several."""
+    counts = Counter(values)
+    groups: dict[str, list[str]] = {}
+    for value, _ in counts.most_common():
+        groups.setdefault(category_key(value), []).append(value)
+    one = {value: group[0] for group in groups.values() for value in group}
+    return [one[v] for v in values], {group[0]: group[1:] for group in groups.values() if len(group) > 1}
 
 
 def separation_auc(values: np.ndarray, labels: np.ndarray, *, numeric: bool) -> float | None:
@@ -90,9 +133,10 @@ def separation_auc(values: np.ndarray, labels: np.ndarray, *, numeric: bool) -> 
 
     Numeric values: the rank AUC (Mann-Whitney U / (n_pos * n_neg), ties counting half), folded to
     ``max(auc, 1 - auc)`` since a column may separate either way. Categories: each case is scored by the
-    positive rate of its category (in-sample, so it is an optimistic figure), then the same AUC. With more
-    than two classes, the mean over classes of one-vs-rest AUCs (macro). ``None`` when fewer than two classes
-    have a case with a value.
+    positive rate among the *other* cases of its category (leave-one-out, so a column of many small categories,
+    which would fit any labels in-sample, scores about 0.5), then the same AUC, taken at least 0.5 rather than
+    folded (the rates already point the right way). With more than two classes, the mean over classes of
+    one-vs-rest AUCs (macro). ``None`` when fewer than two classes have a case with a value.
     """
     keep = labels >= 0
     values, labels = values[keep], labels[keep]
@@ -103,9 +147,11 @@ def separation_auc(values: np.ndarray, labels: np.ndarray, *, numeric: bool) -> 
     aucs = []
     for k in targets:
         positive = labels == k
-        scores = values.astype(np.float64) if numeric else _category_rates(values, positive)
-        auc = rank_auc(scores, positive)
-        aucs.append(max(auc, 1.0 - auc))
+        if numeric:
+            auc = rank_auc(values.astype(np.float64), positive)
+            aucs.append(max(auc, 1.0 - auc))
+        else:
+            aucs.append(max(rank_auc(_category_rates(values, positive), positive), 0.5))
     return float(np.mean(aucs))
 
 
@@ -137,17 +183,27 @@ def two_scales(numbers: np.ndarray) -> dict | None:
 
 
 def _category_rates(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """``(N,)`` the share of positives among the cases of each case's category."""
-    rate = {v: positive[values == v].mean() for v in set(values.tolist())}
-    return np.array([rate[v] for v in values.tolist()], dtype=np.float64)
+    """``(N,)`` the share of positives among the other cases of each case's category (leave-one-out); a case
+    alone in its category gets the share among all other cases."""
+    own = positive.astype(np.float64)
+    totals = {v: (float(positive[values == v].sum()), int((values == v).sum())) for v in set(values.tolist())}
+    everyone = (float(own.sum()), own.size)
+    rates = []
+    for value, mine in zip(values.tolist(), own):
+        hits, n = totals[value] if totals[value][1] > 1 else everyone
+        rates.append((hits - mine) / (n - 1) if n > 1 else 0.5)
+    return np.array(rates, dtype=np.float64)
 
 
 def _kind(values: list[str], num_cases: int) -> str:
     if not values:
         return "empty"
-    if all(as_number(v) is not None for v in values):
+    numbers = sum(as_number(v) is not None or bool(DECIMAL_COMMA.fullmatch(v)) for v in values)
+    if numbers == len(values) and not any(DECIMAL_COMMA.fullmatch(v) for v in values):
         return "numeric"
-    if len(values) == num_cases >= MIN_IDENTIFIER_CASES and len(set(values)) == len(values):
+    # a different value in every case is an identifier, unless they are (mostly) numbers: a measurement
+    unique = len(values) == num_cases >= MIN_IDENTIFIER_CASES and len(set(values)) == len(values)
+    if unique and numbers < len(values) / 2:
         return "identifier"
     return "categorical"
 
@@ -163,6 +219,31 @@ def _class_labels(dataset: Dataset) -> np.ndarray | None:
         return None
     labels = np.array([-1 if case.label is None else int(case.label) for case in dataset.cases], dtype=np.int64)
     return labels if (labels >= 0).any() else None
+
+
+def _decimal_comma_finding(column: str, entry: dict) -> Finding:
+    example = next(iter(entry.get("categories") or {}), "")
+    return Finding("warning", "clinical.decimal_comma", f"clinical column {column!r} holds numbers written with a "
+                   f"decimal comma ({example!r}) in a comma-separated file, where a comma may also separate "
+                   "thousands, so medlens reads them as text and the plan leaves the column out. Write decimals "
+                   "with a point, or save the sheet with semicolons between columns (where a decimal comma is "
+                   "read as a point)")
+
+
+def _not_number_finding(column: str, entry: dict) -> Finding:
+    odd = entry["not_numbers"]
+    shown = "; ".join(f"case {case}: {cell!r}" for case, cell in odd[:5])
+    return Finding("warning", "clinical.not_number", f"clinical column {column!r} holds numbers in "
+                   f"{entry['present'] - len(odd)} case(s) and {len(odd)} cell(s) that are not ({shown}"
+                   f"{' ...' if len(odd) > 5 else ''}), so it reads as {entry.get('distinct')} categories and the plan "
+                   "does not use it as a number. Write each as a plain number (for '<5', a value below a detection "
+                   "limit, the limit itself), or leave the cell empty when the value is not known", [c for c, _ in odd])
+
+
+def _spelling_finding(column: str, spellings: dict[str, list[str]]) -> Finding:
+    said = "; ".join(f"{kept} (also written {', '.join(map(repr, others))})" for kept, others in spellings.items())
+    return Finding("info", "clinical.spelling", f"clinical column {column!r}: categories that differ only in case or "
+                   f"spacing are one: {said}; a prediction may write any of them")
 
 
 def _leakage_finding(column: str, entry: dict) -> Finding:

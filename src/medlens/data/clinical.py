@@ -51,6 +51,12 @@ def is_missing(value) -> bool:
     return isinstance(value, str) and value.strip() in MISSING_VALUE_MARKERS
 
 
+def category_key(text: str) -> str:
+    """What two spellings of one category share: ``"F"``, ``"f"`` and ``" f "`` -> ``"f"``; ``"Stage  II"`` ->
+    ``"stage ii"``."""
+    return " ".join(text.split()).casefold()
+
+
 def as_number(value) -> float | None:
     """The finite number a cell or record value holds, or ``None`` (missing, or not a plain number)."""
     if isinstance(value, bool) or is_missing(value):
@@ -407,7 +413,7 @@ class ClinicalEncoder:
         return number * factor if (number < limit if side == "<" else number > limit) else number
 
     def _category(self, value, column: str, where: str) -> str | None:
-        """The category ``value`` names (exactly, else ignoring case), ``None`` when missing.
+        """The category ``value`` names (exactly, else ignoring case and spacing), ``None`` when missing.
 
         A listed category wins over a missing-value marker: a plan may list ``None`` as a category.
         """
@@ -417,7 +423,7 @@ class ClinicalEncoder:
             return text
         if is_missing(value):
             return None
-        folded = [c for c in categories if c.lower() == text.lower()]
+        folded = [c for c in categories if category_key(c) == category_key(text)]
         if len(folded) == 1:
             return folded[0]
         raise DatasetError(f"{where}: clinical column {column!r} holds {text!r}, a category the model was not trained "

@@ -308,10 +308,35 @@ def lies_outside(path: Path, root: Path) -> bool:
     return not resolved.is_relative_to(resolved_root)
 
 
+def escaping_link(path: Path, root: Path) -> tuple[Path, Path] | None:
+    """The first symbolic link on ``path``'s way down from ``root`` that points outside it, and its target.
+
+    ``root/axial -> /data/oasis/axial`` makes ``root/axial/a.jpg`` lie outside ``root`` although it is written
+    inside; this names the link, so a message can say why. ``None`` when no link under ``root`` leads out.
+    """
+    try:
+        resolved_root = Path(root).resolve()
+        parts = Path(path).relative_to(root).parts
+    except (OSError, ValueError, RuntimeError):
+        return None
+    here = Path(root)
+    for part in parts:
+        here = here / part
+        try:
+            if here.is_symlink():
+                target = here.resolve()
+                return None if target.is_relative_to(resolved_root) else (here, target)
+        except (OSError, RuntimeError):
+            return None
+    return None
+
+
 # what spreadsheets and data tools write for an empty cell: pandas' default ``na_values`` (case as written;
-# lowercase ``none`` stays a class name, e.g. "no finding")
+# lowercase ``none`` stays a class name, e.g. "no finding"), and what people type for "not known": a dash, a
+# question mark (UCI's files), a lone point (SAS and Stata)
 MISSING_VALUE_MARKERS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-                                   "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+                                   "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+                                   "-", "--", "?", "."})
 FORMULA_PREFIXES = ("=", "+", "-", "@")  # a cell starting with one of these runs as a formula in a spreadsheet
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 

@@ -37,12 +37,13 @@ from medlens.data.dataset import (
     Finding,
     allow_outside_root_in_force,
     class_name_problem,
+    escaping_link,
     lies_outside,
     order_class_names,
     parse_split,
     single_class_finding,
 )
-from medlens.data.table import normal_name, read_table
+from medlens.data.table import Table, normal_name, read_table
 from medlens.errors import ConfigError, DatasetError
 from medlens.types import Case, Task
 
@@ -135,8 +136,9 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
     table, columns, inputs = _read_rows(csv_path, unlabelled)
     image_root = Path(image_root) if image_root else csv_path.parent
     allow = allow_outside_root_in_force(allow_outside_root)
-    numbered, inputs, study_findings = _studies(csv_path, table, columns, inputs,
+    numbered, inputs, study_findings = _studies(csv_path, table.rows, columns, inputs,
                                                 image_root, series_rules, allow)
+    study_findings = _decimal_comma_findings(csv_path, table.decimal_commas) + study_findings
     rows = [_row(line, raw, columns, inputs, image_root) for line, raw in numbered]
     meta = _meta(columns, inputs, image_root)
     if "mask" in columns and "label" not in columns:
@@ -254,9 +256,10 @@ def _cell(raw: dict, column: str | None) -> str:
     return (raw.get(column) or "").strip() if column else ""
 
 
-def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[tuple[int, dict]], dict[str, str], _Inputs]:
-    """The numbered rows (see :func:`~medlens.data.table.read_table`), the column of each role, the inputs."""
-    header, rows = read_table(csv_path)
+def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[Table, dict[str, str], _Inputs]:
+    """The table (see :func:`~medlens.data.table.read_table`), the column of each role, the inputs."""
+    table = read_table(csv_path)
+    header = table.header
     columns = {}
     for role, names in COLUMNS.items():
         found = next((h for h in header if h and normal_name(h) in names), None)
@@ -275,7 +278,17 @@ def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[list[tuple[int
                            f"and no mask column (segmentation: one of {', '.join(COLUMNS['mask'])}); found "
                            f"columns {header}. To learn an encoder from images without labels use "
                            "`medlens pretrain CSV`")
-    return rows, columns, inputs
+    return table, columns, inputs
+
+
+def _decimal_comma_findings(csv_path: Path, columns: tuple[str, ...]) -> list[Finding]:
+    """``table.decimal_comma`` (info): the columns whose numbers were written with a decimal comma."""
+    if not columns:
+        return []
+    return [Finding("info", "table.decimal_comma", f"{csv_path}: semicolon-separated, as spreadsheets save CSV where "
+                    f"the comma is the decimal separator: numbers such as 0,715 in column(s) {', '.join(columns)} are "
+                    "read as 0.715. If a comma there means something else, save the file with commas between "
+                    "columns")]
 
 
 def _inputs(csv_path: Path, header: list[str], columns: dict[str, str]) -> _Inputs:
@@ -349,18 +362,19 @@ def _check_paths(csv_path: Path, image_root: Path, rows: list[_Row], allow_outsi
 
     A path leaving the root is refused before anything looks at it (not even whether it exists).
     """
-    kept, outside, missing = [], [], []
+    kept, outside, missing, links = [], [], [], {}
     for row in rows:
         files = row.files()
         if not all(rel for rel, _ in files):
             missing.append(row.where)
         elif not allow_outside_root and any(lies_outside(path, image_root) for _, path in files):
             outside.append(row.where)
+            links.update(link for _, path in files if (link := escaping_link(path, image_root)))
         elif not all(path.exists() for _, path in files):
             missing.append(row.where)
         else:
             kept.append(row)
-    return kept, _path_findings(csv_path, image_root, outside, missing)
+    return kept, _path_findings(csv_path, image_root, outside, missing, links)
 
 
 def _check_repeats(csv_path: Path, rows: list[_Row], multilabel: bool) -> tuple[list[_Row], list[Finding]]:
@@ -392,20 +406,29 @@ def _shown(earlier: _Row, row: _Row) -> str:
     return f"{earlier.label!r} vs {row.label!r}"
 
 
-def _path_findings(csv_path: Path, image_root: Path, outside: list[str], missing: list[str]) -> list[Finding]:
+def _path_findings(csv_path: Path, image_root: Path, outside: list[str], missing: list[str],
+                   links: dict[Path, Path] | None = None) -> list[Finding]:
     findings = []
     if outside:
         findings.append(Finding.blocking("path.outside_root", f"{csv_path}: {len(outside)} row(s) point outside "
-                                         f"{image_root} (first: {'; '.join(outside[:3])}); medlens reads a "
-                                         "manifest's files only under its folder. Move the images under it, point "
-                                         "--image-root at the folder that holds them, or pass --allow-outside-root "
-                                         "if these paths are meant", outside))
+                                         f"{image_root} (first: {'; '.join(outside[:3])}){_links_said(links)}; "
+                                         "medlens reads a manifest's files only under its folder. Move the images "
+                                         "under it, point --image-root at the folder that holds them, or pass "
+                                         "--allow-outside-root if these paths are meant", outside))
     if missing:
         findings.append(Finding.blocking("file.missing", f"{csv_path}: {len(missing)} row(s) point at files that do "
                                          f"not exist under {image_root} (first: {'; '.join(missing[:3])}); fix the "
                                          "paths, or pass --image-root if they are relative to another folder",
                                          missing))
     return findings
+
+
+def _links_said(links: dict[Path, Path] | None) -> str:
+    """Where rows written inside the root leave it through symbolic links: ``", through the symbolic link(s) ..."``."""
+    if not links:
+        return ""
+    shown = ", ".join(f"{link} -> {target}" for link, target in list(links.items())[:3])
+    return f", through the symbolic link(s) {shown}{' ...' if len(links) > 3 else ''}"
 
 
 def _repeat_findings(csv_path: Path, conflicts: list, row_conflicts: list, repeats: list) -> list[Finding]:

@@ -1,28 +1,45 @@
-"""Reading a manifest's rows as spreadsheets write them: the delimiter, header spellings and blank rows.
+"""Reading a manifest's rows as spreadsheets write them: the delimiter, decimal commas, header spellings and
+blank rows.
 
-Excel in a European locale saves "CSV" with semicolons, a ``.tsv`` has tabs, headers come as
-``Patient ID`` or `` Image ``, and a sheet often ends in rows of empty cells. :func:`read_table` takes
-all of these; what the rows mean is the manifest readers' business.
+Excel in a European locale saves "CSV" with semicolons and writes decimals with a comma (``0,715``), a ``.tsv``
+has tabs, headers come as ``Patient ID`` or `` Image ``, and a sheet often ends in rows of empty cells.
+:func:`read_table` takes all of these; what the rows mean is the manifest readers' business.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 from medlens.errors import DatasetError
 
 DELIMITERS = (",", ";", "\t")
+DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")  # 0,715: a number where the decimal separator is a comma
 
 
-def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+class Table(NamedTuple):
+    """A CSV's header as written, its rows ``[(line number, {header: cell})]``, and the columns where decimal
+    commas were read as points (a semicolon-separated file: ``0,715`` -> ``0.715``)."""
+
+    header: list[str]
+    rows: list[tuple[int, dict]]
+    decimal_commas: tuple[str, ...] = ()
+
+
+def read_table(path: Path) -> Table:
     """The header and the rows of a CSV / TSV, each row with its line number in the file.
 
     The delimiter is the comma unless the header line holds none and holds semicolons or tabs (a
-    ``.tsv`` is tab-separated). Rows whose every cell is empty are left out.
+    ``.tsv`` is tab-separated). Rows whose every cell is empty are left out. In a semicolon-separated file
+    (what spreadsheets save where the comma is the decimal separator) a cell that is a number written with a
+    decimal comma (``0,715``, ``-1,5``) reads as that number with a point; in a comma- or tab-separated file
+    ``1,234`` may be a thousands separator, so cells stay as written there.
 
     Returns:
-        (header as written, [(line number of the row's last physical line, {header: cell text})]).
+        :class:`Table`: header as written, [(line number of the row's last physical line, {header: cell text})],
+        the columns with a decimal comma read as a point.
 
     Raises:
         DatasetError: not UTF-8 text, a malformed CSV (an unbalanced quote), or no data rows.
@@ -41,7 +58,7 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
                            "quote") from None
     if not rows:
         raise DatasetError(f"{path}: the CSV has no data rows (header: {header})")
-    return header, rows
+    return Table(header, rows, _decimal_points(rows) if delimiter == ";" else ())
 
 
 def read_header(path: Path) -> list[str]:
@@ -68,6 +85,18 @@ def _delimiter(path: Path, first_line: str) -> str:
     if "," in first_line:
         return ","
     return max(DELIMITERS[1:], key=first_line.count) if any(d in first_line for d in DELIMITERS[1:]) else ","
+
+
+def _decimal_points(rows: list[tuple[int, dict]]) -> tuple[str, ...]:
+    """Rewrite, in place, every cell that is a number with a decimal comma with a point; the columns touched."""
+    touched = []
+    for _, row in rows:
+        for key, cell in row.items():
+            if isinstance(cell, str) and DECIMAL_COMMA.fullmatch(cell.strip()):
+                row[key] = cell.strip().replace(",", ".")
+                if key not in touched:
+                    touched.append(key)
+    return tuple(touched)
 
 
 def _cells(row: dict) -> list:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 from pathlib import Path
 
 from medlens.data.inputs import expand_inputs
@@ -120,52 +119,65 @@ def _cases(predictor, inputs: list) -> list:
 def is_case_list(path: Path) -> bool:
     """A ``.csv`` file whose header names an ``image``, ``image:NAME`` or ``study`` column (anything else is an
     input file, refused by the reader like any file that is not an image)."""
+    from medlens.data.table import read_header
+
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader([f.readline(64 * 1024)]), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return any(c.strip() == "image" or c.strip().startswith("image:") or _is_study(c) for c in header)
+    return any(_image_column(c) or c.strip().lower().startswith("image:") or _is_study(c) for c in read_header(path))
+
+
+def _image_column(column: str) -> bool:
+    """The one-image column, spelled as the training manifest may spell it."""
+    from medlens.data.manifest import COLUMNS
+    from medlens.data.table import normal_name
+
+    return normal_name(column) in COLUMNS["image"]
 
 
 def _is_study(column: str) -> bool:
     """A study column, named as the training manifest may name it (``study``, ``study_folder``...)."""
     from medlens.data.manifest import COLUMNS
+    from medlens.data.table import normal_name
 
-    return column.strip().lower() in COLUMNS["study"]
+    return normal_name(column) in COLUMNS["study"]
 
 
 def read_case_list(path: Path, predictor) -> list[CaseSource]:
     """One case per row of a CSV whose columns are the training manifest's: ``image:NAME`` per view (or
     ``image``, or ``study``: a DICOM study folder read by the model's series rules) and the clinical columns;
-    paths relative to the CSV's folder, other columns (label, ids) ignored.
+    paths relative to the CSV's folder, other columns (label, ids) ignored. Read as the training manifest is
+    (:func:`~medlens.data.table.read_table`: semicolons, decimal commas, blank rows, Windows paths).
 
     Raises:
         ConfigError: the CSV has no image column this model takes.
+        DatasetError: not a readable CSV.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    header = list(rows[0]) if rows else []
-    views = [c.removeprefix("image:") for c in header if c.startswith("image:")]
-    study = next((c for c in header if _is_study(c)), None)
-    if not views and "image" not in header and study is None:
+    from medlens.data.manifest import joined
+    from medlens.data.table import read_table
+
+    header, rows, _ = read_table(path)
+    views = {c.strip()[len("image:"):].strip(): c for c in header if c and c.strip().lower().startswith("image:")}
+    image = next((c for c in header if c and _image_column(c)), None)
+    study = next((c for c in header if c and _is_study(c)), None)
+    if not views and image is None and study is None:
         raise ConfigError(f"{path}: no image column (found {', '.join(header) or 'no columns'}); a CSV of cases has "
                           "an image:NAME column per view (or one image column, or a study column of DICOM study "
                           "folders) and the clinical columns, as the training manifest")
     columns = predictor.clinical.columns if predictor.clinical is not None else []
-    cases = []
-    for line, row in enumerate(rows, start=2):
-        def located(cell):
-            return str(path.parent / cell) if cell and cell.strip() else None
+    named = {c.strip(): c for c in header if c}
 
-        clinical = {c: row[c] for c in columns if c in row}
-        if not views and "image" not in header:
-            cases.append(CaseSource(None, clinical, f"{path.name} line {line}", study=located(row.get(study))))
+    def located(cell):
+        return str(joined(path.parent, cell.strip())) if cell and cell.strip() else None
+
+    cases = []
+    for line, row in rows:
+        clinical = {c: row[named[c]] for c in columns if c in named}
+        where = f"{path.name} line {line}"
+        if not views and image is None:
+            cases.append(CaseSource(None, clinical, where, study=located(row.get(study))))
             continue
-        source = ({v: located(row.get(f"image:{v}")) for v in views} if views else located(row.get("image")))
-        cases.append(CaseSource(source, clinical, f"{path.name} line {line}"))
+        source = {v: located(row.get(h)) for v, h in views.items()} if views else located(row.get(image))
+        cases.append(CaseSource(source, clinical, where))
     return cases
 
 

@@ -69,7 +69,8 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
     """The clinical columns that go in (numeric with units when known, categorical with their categories).
 
     Left out, each with its reason in ``clinical.numeric`` / ``clinical.categorical``: identifiers, columns with no
-    value, a federation's columns that some site lacks or reads as another kind, categorical columns with more than
+    value, numbers written with decimal commas, a federation's columns that some site lacks or reads as another kind,
+    categorical columns with more than
     :data:`MAX_CATEGORIES` categories, and leakage (a column whose values alone separate the classes with AUC above
     :data:`LEAKAGE_AUC`).
     """
@@ -83,6 +84,8 @@ def plan_clinical(card: dict, reasons: dict) -> ClinicalSection:
             left_out.append(f"{name} (an identifier)")
         elif info.get("present", 1) == 0 or kind == "empty":
             left_out.append(f"{name} (no value)")
+        elif info.get("decimal_comma"):
+            left_out.append(f"{name} (numbers written with a decimal comma: write them with a point)")
         elif auc is not None and auc > LEAKAGE_AUC:
             left_out.append(f"{name} (alone it separates the classes with AUC {auc:.2f}: a score that defines the "
                             "label is leakage, not a feature)")
