@@ -143,7 +143,8 @@ def _clinical_column(entry: dict) -> dict:
     column of many distinct words, or an identifier, may hold names, so its values stay at the site."""
     from medlens.tasks.classification.plan_inputs import MAX_CATEGORIES
 
-    out = {k: entry[k] for k in ("kind", "present", "missing", "distinct", "auc", "leakage", "scales") if k in entry}
+    out = {k: entry[k] for k in ("kind", "present", "missing", "distinct", "auc", "leakage", "scales", "decimal_comma")
+           if k in entry}
     if entry.get("kind") == "categorical" and int(entry.get("distinct") or 0) <= MAX_CATEGORIES:
         out["categories"] = dict(entry.get("categories") or {})
     return out
