@@ -130,3 +130,18 @@ def test_rows_reaching_outside_through_a_link_name_the_link(tmp_path, make):
         open_dataset(path)
 
     assert f"through the symbolic link(s) {root / 'scans'} -> {outside};" in str(refused.value)
+
+
+def test_a_windows_1252_sheet_is_read_and_said_so(tmp_path, make):
+    make.png(tmp_path / "img/Müller.png", make.pixels(0))
+    make.png(tmp_path / "img/b.png", make.pixels(1))
+    path = tmp_path / "cases.csv"
+    path.write_bytes("image;label;Größe\r\nimg/Müller.png;gesund;1,72\r\nimg/b.png;krank;1,80\r\n".encode("cp1252"))
+
+    dataset = open_dataset(path)
+
+    assert [c.clinical["Größe"] for c in dataset.cases] == ["1.72", "1.80"] and dataset.cases[0].images[0].is_file()
+    assert {f.code for f in dataset.findings} >= {"table.encoding", "table.decimal_comma"}
+    path.write_bytes(b"image,label\n\x00\x9d\xff,a\n")
+    with pytest.raises(DatasetError, match=r"line 2 is neither UTF-8 nor Windows-1252 text"):
+        open_dataset(path)

@@ -83,7 +83,7 @@ def open_box_manifest(csv_path: Path, image_root: Path | None = None, *,
 
 
 def _read(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    header, rows, _ = read_table(csv_path)
+    header, rows = read_table(csv_path)[:2]
     if coordinate_scheme(header) is None:
         raise DatasetError(f"{csv_path}: no box coordinate columns; expected x_min, y_min, x_max, y_max[, z_min, "
                            f"z_max], or center_*/size_* (voxels), or center_*_mm with size_*_mm or diameter_mm; "

@@ -138,7 +138,7 @@ def open_manifest(csv_path: Path, image_root: Path | None = None, *, allow_outsi
     allow = allow_outside_root_in_force(allow_outside_root)
     numbered, inputs, study_findings = _studies(csv_path, table.rows, columns, inputs,
                                                 image_root, series_rules, allow)
-    study_findings = _decimal_comma_findings(csv_path, table.decimal_commas) + study_findings
+    study_findings = _table_findings(csv_path, table) + study_findings
     rows = [_row(line, raw, columns, inputs, image_root) for line, raw in numbered]
     meta = _meta(columns, inputs, image_root)
     if "mask" in columns and "label" not in columns:
@@ -281,14 +281,20 @@ def _read_rows(csv_path: Path, unlabelled: bool = False) -> tuple[Table, dict[st
     return table, columns, inputs
 
 
-def _decimal_comma_findings(csv_path: Path, columns: tuple[str, ...]) -> list[Finding]:
-    """``table.decimal_comma`` (info): the columns whose numbers were written with a decimal comma."""
-    if not columns:
-        return []
-    return [Finding("info", "table.decimal_comma", f"{csv_path}: semicolon-separated, as spreadsheets save CSV where "
-                    f"the comma is the decimal separator: numbers such as 0,715 in column(s) {', '.join(columns)} are "
-                    "read as 0.715. If a comma there means something else, save the file with commas between "
-                    "columns")]
+def _table_findings(csv_path: Path, table: Table) -> list[Finding]:
+    """Notes on how the sheet was read: ``table.encoding`` (not UTF-8) and ``table.decimal_comma`` (the columns
+    whose numbers were written with a decimal comma)."""
+    findings = []
+    if table.encoding != "utf-8":
+        findings.append(Finding("info", "table.encoding", f"{csv_path}: not UTF-8; read as {table.encoding} "
+                                "(Windows-1252: what Excel's plain CSV saves on Windows). If names show odd "
+                                "characters, save the sheet as CSV UTF-8"))
+    if table.decimal_commas:
+        findings.append(Finding("info", "table.decimal_comma", f"{csv_path}: semicolon-separated, as spreadsheets save "
+                                "CSV where the comma is the decimal separator: numbers such as 0,715 in column(s) "
+                                f"{', '.join(table.decimal_commas)} are read as 0.715. If a comma there means "
+                                "something else, save the file with commas between columns"))
+    return findings
 
 
 def _inputs(csv_path: Path, header: list[str], columns: dict[str, str]) -> _Inputs:

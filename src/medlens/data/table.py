@@ -9,6 +9,7 @@ has tabs, headers come as ``Patient ID`` or `` Image ``, and a sheet often ends 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -20,12 +21,14 @@ DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")  # 0,715: a number where the decimal
 
 
 class Table(NamedTuple):
-    """A CSV's header as written, its rows ``[(line number, {header: cell})]``, and the columns where decimal
-    commas were read as points (a semicolon-separated file: ``0,715`` -> ``0.715``)."""
+    """A CSV's header as written, its rows ``[(line number, {header: cell})]``, the columns where decimal
+    commas were read as points (a semicolon-separated file: ``0,715`` -> ``0.715``), and the text encoding when
+    it was not UTF-8 (``"cp1252"``: what Excel's plain "CSV" saves on Windows in Western Europe and the Americas)."""
 
     header: list[str]
     rows: list[tuple[int, dict]]
     decimal_commas: tuple[str, ...] = ()
+    encoding: str = "utf-8"
 
 
 def read_table(path: Path) -> Table:
@@ -37,37 +40,59 @@ def read_table(path: Path) -> Table:
     decimal comma (``0,715``, ``-1,5``) reads as that number with a point; in a comma- or tab-separated file
     ``1,234`` may be a thousands separator, so cells stay as written there.
 
+    Text that is not UTF-8 is read as Windows-1252 (Excel's plain "CSV" on Windows, where ``é`` is one byte)
+    when it decodes so and holds no NUL byte.
+
     Returns:
         :class:`Table`: header as written, [(line number of the row's last physical line, {header: cell text})],
-        the columns with a decimal comma read as a point.
+        the columns with a decimal comma read as a point, the encoding.
 
     Raises:
-        DatasetError: not UTF-8 text, a malformed CSV (an unbalanced quote), or no data rows.
+        DatasetError: neither UTF-8 nor Windows-1252 text, a malformed CSV (an unbalanced quote), or no data rows.
     """
+    text, encoding = _text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=(delimiter := _delimiter(path, text)))
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            delimiter = _delimiter(path, f.readline())
-            f.seek(0)  # (the utf-8-sig decoder skips the byte-order mark again)
-            reader = csv.DictReader(f, delimiter=delimiter)
-            rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in _cells(row))]
-            header = list(reader.fieldnames or [])
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a UTF-8 text CSV; save it as CSV (UTF-8)") from None
+        rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in _cells(row))]
+        header = list(reader.fieldnames or [])
     except csv.Error as exc:
         raise DatasetError(f"{path} line {reader.line_num}: malformed CSV ({exc}); check for an unbalanced "
                            "quote") from None
     if not rows:
         raise DatasetError(f"{path}: the CSV has no data rows (header: {header})")
-    return Table(header, rows, _decimal_points(rows) if delimiter == ";" else ())
+    return Table(header, rows, _decimal_points(rows) if delimiter == ";" else (), encoding)
+
+
+def _text(path: Path) -> tuple[str, str]:
+    """The file's text (a byte-order mark dropped) and its encoding: UTF-8, else Windows-1252."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        where = data[:exc.start].count(b"\n") + 1
+        if b"\0" not in data:
+            try:
+                return data.decode("cp1252"), "cp1252"
+            except UnicodeDecodeError:
+                pass
+    raise DatasetError(f"{path}: not a text CSV (line {where} is neither UTF-8 nor Windows-1252 text); save it as "
+                       "CSV (UTF-8)")
 
 
 def read_header(path: Path) -> list[str]:
     """The header line's cells (``[]`` when the file is no readable text)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            line = f.readline()
-    except (UnicodeDecodeError, OSError):
+        with open(path, "rb") as f:
+            raw = f.readline(64 * 1024)
+    except OSError:
         return []
+    try:
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            line = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return []
     try:
         return next(csv.reader([line], delimiter=_delimiter(path, line)), [])
     except csv.Error:
@@ -79,7 +104,9 @@ def normal_name(header: str) -> str:
     return " ".join((header or "").split()).lower().replace(" ", "_").replace("-", "_")
 
 
-def _delimiter(path: Path, first_line: str) -> str:
+def _delimiter(path: Path, text: str) -> str:
+    """The delimiter the header line (the first line of ``text``) uses."""
+    first_line = text.split("\n", 1)[0]
     if path.suffix.lower() == ".tsv":
         return "\t"
     if "," in first_line:

@@ -155,7 +155,7 @@ def read_case_list(path: Path, predictor) -> list[CaseSource]:
     from medlens.data.manifest import joined
     from medlens.data.table import read_table
 
-    header, rows, _ = read_table(path)
+    header, rows = read_table(path)[:2]
     views = {c.strip()[len("image:"):].strip(): c for c in header if c and c.strip().lower().startswith("image:")}
     image = next((c for c in header if c and _image_column(c)), None)
     study = next((c for c in header if c and _is_study(c)), None)
