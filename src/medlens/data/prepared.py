@@ -36,14 +36,20 @@ class SplitData:
 
 def open_config_dataset(config: Config) -> Dataset:
     """Re-open the dataset a plan was made for, checking it still matches."""
-    dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
-                           allow_outside_root=config.dataset.allow_outside_root or None,
-                           boxes_from_masks=config.dataset.boxes_from_masks,
-                           series_rules=config.dataset.series_rules,
-                           unlabelled=config.dataset.layout in UNLABELLED_LAYOUTS or None,
-                           one_class=len(config.dataset.class_names) == 1 or None)
+    dataset = open_dataset(config.dataset.source, **reopen_options(config))
     check_plan_fits(config, dataset)
     return dataset
+
+
+def reopen_options(config: Config) -> dict:
+    """The :func:`~medlens.data.open_dataset` options that the plan's ``dataset`` section records (how the data
+    was opened when the plan was made): image root, links and paths outside it, boxes from masks, series rules,
+    images without labels, one class."""
+    section = config.dataset
+    return {"image_root": section.image_root or None, "allow_outside_root": section.allow_outside_root or None,
+            "boxes_from_masks": section.boxes_from_masks, "series_rules": section.series_rules,
+            "unlabelled": section.layout in UNLABELLED_LAYOUTS or None,
+            "one_class": len(section.class_names) == 1 or None}
 
 
 def check_plan_fits(config: Config, dataset: Dataset) -> None:

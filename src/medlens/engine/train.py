@@ -28,7 +28,7 @@ from medlens.data.dataset import (
     skip_unreadable_in_force,
     unreadable_skipped,
 )
-from medlens.data.prepared import check_plan_fits, open_config_dataset, resolve_splits, split_cases
+from medlens.data.prepared import check_plan_fits, open_config_dataset, reopen_options, resolve_splits, split_cases
 from medlens.data.splits import read_splits
 from medlens.engine import distributed
 from medlens.engine.race import drop_overridden_rivals
@@ -229,10 +229,8 @@ def _initial_config(source, plan, image_root, time_budget_s, processes: int, log
         config = replace(config, dataset=replace(config.dataset, source=str(source)))
     if time_budget_s:
         config = replace(config, train=replace(config.train, time_budget_s=float(time_budget_s)))
-    dataset = open_dataset(source, image_root=image_root or config.dataset.image_root or None,
-                           boxes_from_masks=config.dataset.boxes_from_masks,
-                           series_rules=series_rules_in_force() or config.dataset.series_rules,
-                           one_class=len(config.dataset.class_names) == 1 or None)
+    dataset = open_dataset(source, **{**reopen_options(config), "image_root": image_root or config.dataset.image_root
+                                      or None, "series_rules": series_rules_in_force() or config.dataset.series_rules})
     card = inspect_dataset(dataset)
     check_card(card, log)
     return config, reasons, card, dataset

@@ -67,6 +67,7 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     A case with one class label counts for that class; a multi-label case for each label it carries; a
     case without a class label (a mask) only as a case."""
     from medlens.data import open_dataset
+    from medlens.data.prepared import reopen_options
     from medlens.errors import MedlensError
 
     splits = read_json(run.splits, {})
@@ -75,10 +76,7 @@ def split_counts(run: RunFolder, config) -> dict[str, Counter] | None:
     fold = splits["folds"][config.dataset.fold]
     ids = {"train": fold["train"], "val": fold["val"], "test": splits["test"]}
     try:
-        dataset = open_dataset(config.dataset.source, image_root=config.dataset.image_root or None,
-                               boxes_from_masks=config.dataset.boxes_from_masks,
-                               series_rules=config.dataset.series_rules,
-                               one_class=len(config.dataset.class_names) == 1 or None)
+        dataset = open_dataset(config.dataset.source, **reopen_options(config))
     except (MedlensError, OSError, ValueError):
         return None
     labels = {c.case_id: c.label for c in dataset.cases}
