@@ -18,7 +18,8 @@ COMMANDS = {
     "plan": ("medlens.cli.plan", "audit a dataset and write an editable training plan (plan.yaml)"),
     "train": ("medlens.cli.train", "train a model (plans first unless --plan); resumable"),
     "pretrain": ("medlens.cli.pretrain", "learn an encoder from images alone (self-supervised), to fine-tune later"),
-    "evaluate": ("medlens.cli.evaluate", "metrics with 95%% CIs, calibration and a baseline on the test split"),
+    "evaluate": ("medlens.cli.evaluate", "metrics with 95%% CIs, calibration and a baseline on the test split, "
+                 "or on other data (--data)"),
     "predict": ("medlens.cli.predict", "predict new images with a trained run"),
     "export": ("medlens.cli.export", "write a deployable bundle: weights, model card, exports, checksums"),
     "serve": ("medlens.cli.serve", "serve a bundle or run over HTTP: /v1/predict, a web page, metrics; token auth"),
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"resampling, overlays (default {CLI_BUDGET.max_voxels:,}); raise it where memory allows")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        # (argparse %-formats a help, not a description)
+        command = sub.add_parser(name, help=help_text, description=help_text.replace("%%", "%"))
         command.set_defaults(_module=module)
         _add_arguments(name, module, command)
     return parser

@@ -103,7 +103,11 @@ def inspect_dataset(dataset: Dataset, *, splits: dict | None = None, progress=No
     findings += audit_clinical(kept, card)  # card["clinical"]: manifest columns beside the images
     card["findings"] = [f.as_dict() for f in findings]
     card["fingerprint"] = _fingerprint(stats)
+    card["case_hashes"] = {s.case_id: s.sha1[:HASH_CHARS] for s in stats}  # what other data is checked against
     return card
+
+
+HASH_CHARS = 20  # of a case's pixel SHA-1 kept in the card (80 bits): enough to tell copies from other images
 
 
 def _scan_cases(dataset: Dataset, progress) -> tuple[list[CaseStats], list[dict]]:

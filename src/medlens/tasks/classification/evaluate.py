@@ -32,6 +32,7 @@ from medlens.config import Config
 from medlens.data.prepared import SplitData, open_config_dataset, prepare_split, split_cases
 from medlens.data.splits import read_splits
 from medlens.data.tensors import label_array
+from medlens.errors import ConfigError
 from medlens.models.inference import predict_logits, to_probs
 from medlens.runs import RunFolder, now
 from medlens.tasks.base import EvaluateOptions, Evaluation
@@ -71,6 +72,10 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
 
     dataset = open_config_dataset(config)
     cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)
+    if is_fused(config) and not cases["train"]:  # other data (medlens evaluate RUN --data): no training split
+        raise ConfigError("a model of several inputs is not evaluated on other data yet: its image-only and "
+                          "clinical-only comparisons need the run's training split; predict the cases with "
+                          "`medlens predict RUN CASES.csv --out predictions.csv`")
     split = options.split
     data = prepare_split(dataset, split, cases[split], config)
     encoder = read_clinical(run.clinical)
