@@ -81,10 +81,24 @@ def test_the_detector_scores_other_data(cli, det_run, demo_dir, tmp_path):
     assert doc["external"]["data"] == str(demo_dir / "detection.csv")
 
 
-def test_a_fused_model_is_refused_for_now_saying_what_to_do(cli, fused_run, fused_cases, tmp_path):
-    result = cli("evaluate", fused_run, "--data", fused_cases, "--out", tmp_path / "ext")
+def test_a_fused_model_is_compared_with_its_images_alone_without_a_clinical_model_it_cannot_fit(cli, fused_run,
+                                                                                                fused_cases, tmp_path):
+    result = cli("evaluate", fused_run, "--data", fused_cases, "--out", tmp_path / "ext", "--bootstrap", "20")
 
-    assert result.rc == 2 and "not evaluated on other data yet" in result.err and "medlens predict" in result.err
+    assert result.rc == 0, result.err
+    doc = json.loads((tmp_path / "ext/metrics.json").read_text())
+    sources = [row["source"] for row in doc["sources"]["rows"]]
+    assert sources[:2] == ["all inputs", "images only"] and "clinical values only" not in sources  # no training split
+    assert doc["importance"]["note"] == "no validation cases: importances not measured"
+
+
+def test_a_pretraining_run_is_refused_and_nothing_is_left(cli, demo_dir, tmp_path):
+    run = tmp_path / "encoder"
+    assert cli("pretrain", demo_dir / "classification", "--out", run, "--set", "train.max_epochs=1",
+               "--no-progress").rc == 0
+    result = cli("evaluate", run, "--data", demo_dir / "classification", "--out", tmp_path / "ext")
+
+    assert result.rc == 2 and "a pretraining run is an encoder" in result.err and "--init-from" in result.err
     assert not (tmp_path / "ext").exists()
 
 

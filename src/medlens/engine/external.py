@@ -17,7 +17,8 @@ The result is an evaluation folder (default ``RUN/external/<name>``), laid out l
     run.json         ``external_of``: the run folder
 
 What needs the run's own training data is left out: the k-nearest-neighbours baseline (fitted on training
-images), and for a model fusing several inputs the clinical-only and image-only comparisons (refused for now).
+images), and for a model fusing several inputs the clinical-values-only model and the input importances (fitted
+on, or measured on, the run's training and validation splits); its images-only comparison stays.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
         image_root, allow_outside_root: as for ``medlens train``, for ``data``.
 
     Raises:
-        ConfigError: the run's task cannot score other data (a fused model of several inputs, an encoder: the
-            task's evaluation says so, and the folder made for it is removed), or ``out`` is the run folder itself.
+        ConfigError: the run's task cannot score other data (an encoder: the task's evaluation says so, and the
+            folder made for it is removed), or ``out`` is the run folder itself.
         DatasetError: ``data`` has other classes than the run, or findings that block its use.
     """
     from medlens.data import open_dataset

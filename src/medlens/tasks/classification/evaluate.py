@@ -32,7 +32,6 @@ from medlens.config import Config
 from medlens.data.prepared import SplitData, open_config_dataset, prepare_split, split_cases
 from medlens.data.splits import read_splits
 from medlens.data.tensors import label_array
-from medlens.errors import ConfigError
 from medlens.models.inference import predict_logits, to_probs
 from medlens.runs import RunFolder, now
 from medlens.tasks.base import EvaluateOptions, Evaluation
@@ -72,10 +71,6 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
 
     dataset = open_config_dataset(config)
     cases = split_cases(dataset, read_splits(run.splits, dataset), config.dataset.fold)
-    if is_fused(config) and not cases["train"]:  # other data (medlens evaluate RUN --data): no training split
-        raise ConfigError("a model of several inputs is not evaluated on other data yet: its image-only and "
-                          "clinical-only comparisons need the run's training split; predict the cases with "
-                          "`medlens predict RUN CASES.csv --out predictions.csv`")
     split = options.split
     data = prepare_split(dataset, split, cases[split], config)
     encoder = read_clinical(run.clinical)
@@ -121,8 +116,9 @@ def evaluate_classification(run: RunFolder, config: Config, model, options: Eval
 
 
 def _clinical_training(dataset, cases: dict, encoder) -> tuple[np.ndarray, np.ndarray] | None:
-    """The training split's encoded clinical values and labels (no image is read), for the clinical-only model."""
-    if encoder is None:
+    """The training split's encoded clinical values and labels (no image is read), for the clinical-only model;
+    ``None`` without clinical inputs, or without training cases (other data: ``medlens evaluate RUN --data``)."""
+    if encoder is None or not cases["train"]:
         return None
     return encoder.encode(cases["train"]), label_array(dataset, cases["train"])
 
