@@ -3,7 +3,8 @@
 External validation is the question a hospital asks first: does the model hold up on *our* images? Every case of
 ``OTHER`` is scored, with the same metrics, CIs, calibration and report as the run's own test split. The data are
 read and preprocessed exactly as the plan says (its intensity window, spacing, patch, views and clinical columns),
-and the classes must be the run's, by name.
+and the classes must be the run's, by name (for an anomaly run: its normal class, every other class counting as
+abnormal, so a model fitted on normal images alone is scored on data that has abnormal ones).
 
 The result is an evaluation folder (default ``RUN/external/<name>``), laid out like a run so that ``evaluate``,
 ``report`` and ``predict`` read it as one:
@@ -29,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medlens._files import read_json, write_json_atomic
-from medlens.errors import ConfigError, DatasetError
+from medlens.errors import ConfigError
 from medlens.runs import CLINICAL, OOD_GUARD, RunFolder, open_run
 
 # what a run folder holds that an evaluation needs besides the plan, the card and the splits
@@ -42,21 +43,23 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
     """Score every case of ``data`` with the run at ``path``; returns the metrics document.
 
     Args:
-        data: a dataset as ``medlens train`` takes it (CSV, folders, .npz, Decathlon...), with the run's classes.
+        data: a dataset as ``medlens train`` takes it (CSV, folders, .npz, Decathlon...), with the run's classes
+            (an anomaly run: its normal class and any others, all abnormal; the task's ``for_other_data``).
         out: the evaluation folder (default ``RUN/external/<data's name>``); an earlier evaluation there is
             replaced.
         image_root, allow_outside_root: as for ``medlens train``, for ``data``.
 
     Raises:
-        ConfigError: the run's task cannot score other data (an encoder: the task's evaluation says so, and the
-            folder made for it is removed), or ``out`` is the run folder itself.
-        DatasetError: ``data`` has other classes than the run, or findings that block its use.
+        ConfigError: the run's task cannot score other data (an encoder), or ``out`` is the run folder itself.
+        DatasetError: ``data`` has other classes than the run, or findings that block its use (nothing is left
+            behind when the evaluation fails).
     """
     from medlens.data import open_dataset
     from medlens.data.audit import inspect_dataset
     from medlens.data.prepared import check_plan_fits, reopen_options
     from medlens.engine.evaluate import evaluate_run
     from medlens.engine.train import check_card
+    from medlens.tasks import task_for
 
     run = open_run(path)
     config, reasons = _read_plan(run)
@@ -65,7 +68,7 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
                       allow_outside_root=bool(allow_outside_root))
     external = replace(config, dataset=section)
     dataset = open_dataset(source, **reopen_options(external))
-    _check_classes(run, config, dataset)
+    external = task_for(config).for_other_data(external, tuple(dataset.class_names), str(dataset.root))
     check_plan_fits(external, dataset)
     card = inspect_dataset(dataset)
     check_card(card, log)
@@ -152,20 +155,6 @@ def _read_plan(run: RunFolder):
     return read_plan(run.plan)
 
 
-def _check_classes(run: RunFolder, config, dataset) -> None:
-    """The data's classes must be the run's, by name and in number (a label index means one class in both)."""
-    ours, theirs = list(config.dataset.class_names), list(dataset.class_names)
-    if not theirs or theirs == ours:
-        return
-    missing, extra = [c for c in ours if c not in theirs], [c for c in theirs if c not in ours]
-    said = "; ".join(part for part in (f"it lacks {', '.join(missing)}" if missing else "",
-                                       f"it has {', '.join(extra)}, which the model never learnt" if extra else "")
-                     if part) or f"they come in another order ({', '.join(theirs)})"
-    raise DatasetError(f"{dataset.root}: classes {theirs}, but {run.root} was trained on {ours}: {said}. Name the "
-                       "classes as the training data did (folder names or label values); a class the model never "
-                       "learnt cannot be scored")
-
-
 def _folder(run: RunFolder, source: Path, out) -> Path:
     folder = Path(out) if out else run.root / "external" / (source.stem if source.is_file() else source.name)
     if folder.resolve() == run.root.resolve():
@@ -185,7 +174,3 @@ def _link(source: Path, target: Path) -> None:
     except OSError:
         shutil.copy2(source, target)
 
-
-def read_external(folder) -> dict | None:
-    """``{"run", "data", "trained_on"}`` of an external evaluation folder, ``None`` for an ordinary run."""
-    return (read_json(Path(folder) / "metrics.json", {}) or {}).get("external")

@@ -134,6 +134,10 @@ class Task(Protocol):
     def check(self, config: Config) -> None:
         """Refuse a plan this task cannot train (network, sizes, loss, keys it ignores), saying how to fix it."""
 
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        """The plan that scores other data whose classes are ``class_names`` (``medlens evaluate RUN --data``), or a
+        ``DatasetError`` / ``ConfigError`` saying why this run cannot (:func:`same_classes` for most tasks)."""
+
     def build_model(self, config: Config):
         """The network the plan describes, freshly initialised from the current torch seed."""
 
@@ -177,6 +181,23 @@ class Task(Protocol):
 
     def sanity(self, model, config: Config, items: list, method: str) -> dict | None:
         """The model-parameter randomisation test over the explained inputs (``None`` if it does not apply)."""
+
+
+def same_classes(config: Config, class_names: tuple[str, ...], where: str) -> Config:
+    """``config`` when other data's classes are the plan's (by name, in its order; data that name no classes, such
+    as image / mask pairs, pass), else a ``DatasetError``: a label index must mean one class in both."""
+    from medlens.errors import DatasetError
+
+    ours, theirs = list(config.dataset.class_names), list(class_names)
+    if not theirs or theirs == ours:
+        return config
+    missing, extra = [c for c in ours if c not in theirs], [c for c in theirs if c not in ours]
+    said = "; ".join(part for part in (f"it lacks {', '.join(missing)}" if missing else "",
+                                       f"it has {', '.join(extra)}, which the model never learnt" if extra else "")
+                     if part) or f"they come in another order ({', '.join(theirs)})"
+    raise DatasetError(f"{where}: classes {theirs}, but the model was trained on {ours}: {said}. Name the classes as "
+                       "the training data did (folder names or label values); a class the model never learnt cannot "
+                       "be scored")
 
 
 def check_ignored(task: Task, config: Config) -> None:

@@ -178,3 +178,10 @@ def test_a_folder_of_normal_images_alone_trains_an_anomaly_model_that_flags_blob
     normal = [predictor.predict(tmp_path / "data" / case)["anomaly_score"] for case in test]
     blobs = [predictor.predict(p)["anomaly_score"] for p in sorted((blob_csv.parent / "blob").glob("*.png"))[:12]]
     assert np.median(blobs) > np.median(normal), (blobs, normal)
+
+    # scored on data that has abnormal images (other data: every class but the normal one is abnormal)
+    printed = medlens("evaluate", out, "--data", blob_csv, "--out", tmp_path / "ext", "--bootstrap", "50")
+    doc = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert doc["n_cases"] == 60 + 24  # every case of the blob set
+    assert doc["metrics"]["auroc"]["value"] > 0.5 and doc["external"]["overlap"]["training"] > 0
+    assert "trained or validated on" in printed

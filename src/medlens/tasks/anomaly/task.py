@@ -39,6 +39,19 @@ class AnomalyTask:
         return plan_anomaly(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe,
                             normal=tuple(normal))
 
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        """Other data hold the normal class(es) and any others, which are all abnormal: a model fitted on normal
+        images alone is scored on data that has abnormal ones too."""
+        from dataclasses import replace
+
+        from medlens.errors import DatasetError
+
+        if not any(name in class_names for name in config.anomaly.normal):
+            raise DatasetError(f"{where}: none of its classes ({', '.join(class_names) or 'none'}) is the run's normal "
+                               f"class ({', '.join(config.anomaly.normal)}); name the normal images' folder or label "
+                               "as the training data did, and every other class counts as abnormal")
+        return replace(config, dataset=replace(config.dataset, class_names=tuple(class_names)))
+
     def check(self, config: Config) -> None:
         """Normal classes of the data, a network for the method, a memory, a false-positive rate in [0, 1)."""
         a, names = config.anomaly, list(config.dataset.class_names)

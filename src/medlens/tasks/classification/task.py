@@ -7,7 +7,7 @@ from pathlib import Path
 from medlens._files import read_json
 from medlens.config import Config
 from medlens.errors import ConfigError
-from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor
+from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor, same_classes
 from medlens.tasks.classification.aggregates import AGGREGATES
 from medlens.tasks.classification.plan import KINDS
 
@@ -34,6 +34,9 @@ class ClassificationTask:
         from medlens.tasks.classification.plan import plan_classification
 
         return plan_classification(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe)
+
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        return same_classes(config, class_names, where)
 
     def check(self, config: Config) -> None:
         """A registry classifier of the data's dimensionality, an input size with as many axes, a

@@ -7,7 +7,7 @@ from pathlib import Path
 from medlens._files import read_json
 from medlens.config import Config
 from medlens.errors import ConfigError
-from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor
+from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor, same_classes
 from medlens.tasks.detection.plan import KINDS
 
 
@@ -47,6 +47,9 @@ class DetectionTask:
         from medlens.tasks.detection.plan import plan_detection
 
         return plan_detection(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe)
+
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        return same_classes(config, class_names, where)
 
     def check(self, config: Config) -> None:
         """A detector of the data's dimensionality, a patch the network divides, anchors of D sides, sane

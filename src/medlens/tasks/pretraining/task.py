@@ -36,6 +36,10 @@ class PretrainingTask:
 
         return plan_pretraining(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe)
 
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        raise ConfigError("a pretraining run is an encoder, not a predictor: fine-tune it (medlens train DATA "
+                          "--init-from RUN) and evaluate that run on the other data")
+
     def check(self, config: Config) -> None:
         """A registry classifier of the data's dimensionality, an input size with as many axes, a temperature
         and crop scale in range, and no key this task ignores."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from medlens._files import read_json
 from medlens.config import Config
 from medlens.errors import ConfigError
-from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor
+from medlens.tasks.base import EvaluateOptions, Evaluation, Explained, Fit, check_ignored, check_monitor, same_classes
 from medlens.tasks.segmentation.plan import KINDS
 
 
@@ -32,6 +32,9 @@ class SegmentationTask:
         from medlens.tasks.segmentation.plan import plan_segmentation
 
         return plan_segmentation(card, time_budget_s=time_budget_s, device=device, processes=processes, probe=probe)
+
+    def for_other_data(self, config: Config, class_names: tuple[str, ...], where: str) -> Config:
+        return same_classes(config, class_names, where)
 
     def check(self, config: Config) -> None:
         """A segmentation network of the data's dimensionality whose patch every level divides evenly, one
