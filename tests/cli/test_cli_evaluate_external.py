@@ -39,8 +39,10 @@ def test_the_runs_own_test_cases_as_other_data_give_the_runs_test_figures(cli, c
     assert theirs["metrics"]["accuracy"]["value"] == pytest.approx(ours["metrics"]["accuracy"]["value"])
     overlap = theirs["external"]["overlap"]
     assert overlap["checked"] and overlap["training"] == 0 and overlap["test"] == len(rows)
-    assert "are images of its own test split (not independent of its test figures)" in result.out
-    assert (tmp_path / "ext/report.html").is_file() and (tmp_path / "ext/predictions_test.csv").is_file()
+    assert "are images of the run's own test split (not independent of its test figures)" in result.out
+    assert (tmp_path / "ext/predictions_test.csv").is_file()
+    report = (tmp_path / "ext/report.md").read_text()
+    assert "## Other data" in report and "are images of the run's own test split" in report
     assert (cls_run.root / "metrics.json").read_text() == before  # the run itself is untouched
     assert (tmp_path / "ext/weights.pt").stat().st_ino == (cls_run.root / "weights.pt").stat().st_ino  # linked
 

@@ -80,7 +80,7 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
     log(f"evaluating {run.root} on {source}: {len(dataset.cases)} case(s), every one in the test split; results in "
         f"{folder}")
     try:
-        _lay_out(folder, run, external, reasons, card, dataset)
+        _lay_out(folder, run, external, reasons, card, dataset, overlap)
         doc = evaluate_run(folder, tta=tta, n_bootstrap=n_bootstrap, baseline=False, log=log)
     except BaseException:
         if created:  # nothing half-made is left behind
@@ -92,8 +92,10 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
     return doc
 
 
-def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, dataset) -> None:
-    """Write the evaluation folder's plan, card, splits (every readable case in test) and the run's model files."""
+def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, dataset, overlap: dict) -> None:
+    """Write the evaluation folder's plan, card, splits (every readable case in test), the run's model files, and
+    ``run.json`` saying what the folder is (``external_of``, ``external_data``, ``external_overlap``: the report
+    reads them)."""
     from medlens.engine.train import write_plan
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, 
         if (run.root / name).exists():
             _link(run.root / name, folder / name)
     write_json_atomic(folder / "run.json", {**run.read_info(), "external_of": str(run.root.resolve()),
-                                            "external_data": str(source)})
+                                            "external_data": str(source), "external_overlap": overlap})
 
 
 def shared_images(run: RunFolder, card: dict) -> dict:
@@ -140,9 +142,12 @@ def shared_images(run: RunFolder, card: dict) -> dict:
             by_hash[digest] = case
     shared = [[case, by_hash[digest], where[by_hash[digest]]] for case, digest in theirs.items() if digest in by_hash]
     training = sum(1 for *_, split in shared if split == "training")
-    parts = ([f"{training} are images {run.root} trained or validated on (its figures there are optimistic)"]
-             if training else []) + ([f"{len(shared) - training} are images of its own test split (not independent "
-                                      "of its test figures)"] if len(shared) > training else [])
+    parts = []
+    if training:
+        parts.append(f"{training} are images {run.root} trained or validated on (its figures there are optimistic)")
+    if len(shared) > training:
+        parts.append(f"{len(shared) - training} are images of the run's own test split (not independent of its "
+                     "test figures)")
     said = (f"warning: of the other data's cases, {' and '.join(parts)}, e.g. "
             f"{', '.join(f'{a} = {b}' for a, b, _ in shared[:3])}; remove them from the other data")
     return {"checked": True, "training": training, "test": len(shared) - training, "examples": shared[:20],
