@@ -44,6 +44,8 @@ def test_the_runs_own_test_cases_as_other_data_give_the_runs_test_figures(cli, c
     report = (tmp_path / "ext/report.md").read_text()
     assert "## Other data" in report and "are images of the run's own test split" in report
     assert (cls_run.root / "metrics.json").read_text() == before  # the run itself is untouched
+    refused = cli("export", tmp_path / "ext", "--out", tmp_path / "bundle", "--format", "none")
+    assert refused.rc == 2 and f"export the run itself: medlens export {cls_run.root.resolve()}" in refused.err
     assert (tmp_path / "ext/weights.pt").stat().st_ino == (cls_run.root / "weights.pt").stat().st_ino  # linked
 
 

@@ -61,7 +61,8 @@ def export_bundle(run_path, out: Path, *, formats: Format = "both", log=print) -
     """Write the bundle of the finished run at ``run_path`` to ``out`` (a folder, or a ``.zip`` archive).
 
     Raises:
-        ConfigError: the run did not finish, ``out`` already exists, or an unknown format.
+        ConfigError: the run did not finish, ``out`` already exists, an unknown format, or ``run_path`` is an
+            evaluation folder of other data (``medlens evaluate RUN --data``).
     """
     from medlens.runs import open_run
 
@@ -71,6 +72,9 @@ def export_bundle(run_path, out: Path, *, formats: Format = "both", log=print) -
     if formats not in ("torchscript", "onnx", "both", "none"):
         raise ConfigError(f"--format {formats}: choose torchscript, onnx, both or none")
     run = open_run(run_path)
+    if source := run.read_info().get("external_of"):  # its card describes the other data, not the training data
+        raise ConfigError(f"{run.root} is an evaluation of {source} on other data (medlens evaluate --data); export "
+                          f"the run itself: medlens export {source}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
