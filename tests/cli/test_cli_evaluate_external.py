@@ -44,6 +44,9 @@ def test_the_runs_own_test_cases_as_other_data_give_the_runs_test_figures(cli, c
     report = (tmp_path / "ext/report.md").read_text()
     assert "## Other data" in report and "are images of the run's own test split" in report
     assert (cls_run.root / "metrics.json").read_text() == before  # the run itself is untouched
+    again = cli("evaluate", cls_run.root, "--data", other, "--image-root", demo_dir, "--out", tmp_path / "ext",
+                "--bootstrap", "50")
+    assert again.rc == 0 and json.loads((tmp_path / "ext/metrics.json").read_text())["n_cases"] == len(rows)
     refused = cli("export", tmp_path / "ext", "--out", tmp_path / "bundle", "--format", "none")
     assert refused.rc == 2 and f"export the run itself: medlens export {cls_run.root.resolve()}" in refused.err
     assert (tmp_path / "ext/weights.pt").stat().st_ino == (cls_run.root / "weights.pt").stat().st_ino  # linked
@@ -115,3 +118,5 @@ def test_options_that_choose_within_the_runs_own_data_are_refused_with_data(cli,
     shutil.copytree(cls_run.root, copy)
     result = cli("evaluate", copy, "--data", demo_dir / "classification.csv", "--out", copy)
     assert result.rc == 2 and "is the run folder itself" in result.err
+    result = cli("evaluate", cls_run.root, "--data", demo_dir / "classification.csv", "--out", copy)
+    assert result.rc == 2 and "is not an earlier external evaluation" in result.err  # another run is never replaced

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from medlens._files import read_json, write_json_atomic
 from medlens.errors import ConfigError
-from medlens.runs import CLINICAL, OOD_GUARD, RunFolder, open_run
+from medlens.runs import CLINICAL, OOD_GUARD, RunFolder, json_safe, open_run
 
 # what a run folder holds that an evaluation needs besides the plan, the card and the splits
 MODEL_FILES = ("weights.pt", "calibration.json", "validation.json", "postprocess.json", CLINICAL, OOD_GUARD,
@@ -88,7 +88,7 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
         raise
     doc["external"] = {"run": str(run.root.resolve()), "data": str(source), "trained_on": config.dataset.source,
                        "overlap": overlap}
-    write_json_atomic(folder / "metrics.json", doc)
+    write_json_atomic(folder / "metrics.json", json_safe(doc))
     return doc
 
 
@@ -165,9 +165,10 @@ def _folder(run: RunFolder, source: Path, out) -> Path:
     if folder.resolve() == run.root.resolve():
         raise ConfigError(f"--out {folder} is the run folder itself; an external evaluation goes beside it (default "
                           f"{run.root / 'external' / source.stem})")
-    if folder.exists() and not (folder / "splits.json").exists() and any(folder.iterdir()):
-        raise ConfigError(f"--out {folder} exists and is not an earlier external evaluation; choose an empty or new "
-                          "folder")
+    earlier = (read_json(folder / "run.json", {}) or {}).get("external_of") if folder.is_dir() else None
+    if folder.exists() and not earlier and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"--out {folder} exists and is not an earlier external evaluation (a run, or other files, "
+                          "that would be overwritten); choose an empty or new folder")
     return folder
 
 
