@@ -40,6 +40,9 @@ MAX_SHARE = 0.02
 BLOCK = 1024  # thumbnails compared at a time
 
 
+SOURCE_SIDE = 512  # a thumbnail is made from at most this many pixels a side (strided), whatever the image's size
+
+
 def thumbnail(array: np.ndarray) -> np.ndarray | None:
     """``(THUMB * THUMB,)`` float16 unit vector of a 2D image ``(C, X, Y)`` (channels averaged, centred); ``None``
     for a volume or a flat image."""
@@ -47,7 +50,10 @@ def thumbnail(array: np.ndarray) -> np.ndarray | None:
 
     if array.ndim != 3 or min(array.shape[1:]) < 2:
         return None
-    grey = np.ascontiguousarray(array.mean(axis=0, dtype=np.float32))
+    # every k-th pixel down to at most SOURCE_SIDE a side first (a view): a float copy of a 12000 x 12000 image
+    # would take more memory than the image itself
+    steps = [max(1, -(-side // SOURCE_SIDE)) for side in array.shape[1:]]
+    grey = np.ascontiguousarray(array[:, ::steps[0], ::steps[1]].mean(axis=0, dtype=np.float32))
     small = np.asarray(PILImage.fromarray(grey, mode="F").resize((THUMB, THUMB), PILImage.BILINEAR), np.float32)
     vector = small.ravel() - small.mean()
     norm = float(np.linalg.norm(vector))
