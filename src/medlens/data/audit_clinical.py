@@ -198,9 +198,10 @@ def _category_rates(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
 def _kind(values: list[str], num_cases: int) -> str:
     if not values:
         return "empty"
-    numbers = sum(as_number(v) is not None or bool(DECIMAL_COMMA.fullmatch(v)) for v in values)
-    if numbers == len(values) and not any(DECIMAL_COMMA.fullmatch(v) for v in values):
+    plain = sum(as_number(v) is not None for v in values)
+    if plain == len(values):
         return "numeric"
+    numbers = plain + sum(bool(DECIMAL_COMMA.fullmatch(v)) for v in values)  # 0,715 is a number written otherwise
     # a different value in every case is an identifier, unless they are (mostly) numbers: a measurement
     unique = len(values) == num_cases >= MIN_IDENTIFIER_CASES and len(set(values)) == len(values)
     if unique and numbers < len(values) / 2:

@@ -66,35 +66,42 @@ def read_table(path: Path) -> Table:
 def _text(path: Path) -> tuple[str, str]:
     """The file's text (a byte-order mark dropped) and its encoding: UTF-8, else Windows-1252."""
     data = Path(path).read_bytes()
+    if (decoded := _decoded(data)) is not None:
+        return decoded
     try:
-        return data.decode("utf-8-sig"), "utf-8"
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = data[:exc.start].count(b"\n") + 1
-        if b"\0" not in data:
-            try:
-                return data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError:
-                pass
     raise DatasetError(f"{path}: not a text CSV (line {where} is neither UTF-8 nor Windows-1252 text); save it as "
                        "CSV (UTF-8)")
+
+
+def _decoded(data: bytes) -> tuple[str, str] | None:
+    """``(text, encoding)`` of ``data`` as UTF-8 (a byte-order mark dropped), else as Windows-1252 when it holds no
+    NUL byte and decodes so; ``None`` otherwise."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if b"\0" not in data:
+        try:
+            return data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError:
+            pass
+    return None
 
 
 def read_header(path: Path) -> list[str]:
     """The header line's cells (``[]`` when the file is no readable text)."""
     try:
         with open(path, "rb") as f:
-            raw = f.readline(64 * 1024)
+            decoded = _decoded(f.readline(64 * 1024))
     except OSError:
         return []
+    if decoded is None:
+        return []
     try:
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            line = raw.decode("cp1252")
-        except UnicodeDecodeError:
-            return []
-    try:
-        return next(csv.reader([line], delimiter=_delimiter(path, line)), [])
+        return next(csv.reader([decoded[0]], delimiter=_delimiter(path, decoded[0])), [])
     except csv.Error:
         return []
 
@@ -106,7 +113,8 @@ def normal_name(header: str) -> str:
 
 def _delimiter(path: Path, text: str) -> str:
     """The delimiter the header line (the first line of ``text``) uses."""
-    first_line = text.split("\n", 1)[0]
+    end = text.find("\n")
+    first_line = text if end < 0 else text[:end]
     if path.suffix.lower() == ".tsv":
         return "\t"
     if "," in first_line:

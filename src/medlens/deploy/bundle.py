@@ -72,7 +72,7 @@ def export_bundle(run_path, out: Path, *, formats: Format = "both", log=print) -
     if formats not in ("torchscript", "onnx", "both", "none"):
         raise ConfigError(f"--format {formats}: choose torchscript, onnx, both or none")
     run = open_run(run_path)
-    if source := run.read_info().get("external_of"):  # its card describes the other data, not the training data
+    if source := (run.read_info().get("external") or {}).get("run"):  # its card describes the other data
         raise ConfigError(f"{run.root} is an evaluation of {source} on other data (medlens evaluate --data); export "
                           f"the run itself: medlens export {source}")
     out.parent.mkdir(parents=True, exist_ok=True)

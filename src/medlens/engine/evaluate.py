@@ -32,6 +32,8 @@ def evaluate_run(path, *, split: str = "test", tta: bool | None = None, n_bootst
     options = EvaluateOptions(split=split, tta=tta, n_bootstrap=n_bootstrap, baseline=baseline, save_masks=save_masks)
     result = task.evaluate(run, config, load_model(run, config), options, log)
     doc = {**result.doc, "seconds": round(time.perf_counter() - started, 2)}
+    if external := run.read_info().get("external"):  # an evaluation folder of other data (engine.external)
+        doc["external"] = external
     target = run.metrics_json if split == "test" else run.root / f"metrics_{split}.json"
     write_json_atomic(target, json_safe(doc))
     for name, text in result.files.items():

@@ -13,9 +13,9 @@ The result is an evaluation folder (default ``RUN/external/<name>``), laid out l
     card.json        the audit of OTHER
     splits.json      every case of OTHER in the test split (no training or validation cases)
     weights.pt ...   the run's model files, linked (hard links where the file system allows, else copies)
-    metrics.json     the external figures; ``external`` says which run and which data
+    metrics.json     the external figures, with run.json's ``external``
     report.html      the report on OTHER
-    run.json         ``external_of``: the run folder
+    run.json         ``external``: the run, the data, what the run was trained on, the images they share
 
 What needs the run's own training data is left out: the k-nearest-neighbours baseline (fitted on training
 images), and for a model fusing several inputs the clinical-values-only model and the input importances (fitted
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from medlens._files import read_json, write_json_atomic
 from medlens.errors import ConfigError
-from medlens.runs import CLINICAL, OOD_GUARD, RunFolder, json_safe, open_run
+from medlens.runs import CLINICAL, OOD_GUARD, RunFolder, open_run
 
 # what a run folder holds that an evaluation needs besides the plan, the card and the splits
 MODEL_FILES = ("weights.pt", "calibration.json", "validation.json", "postprocess.json", CLINICAL, OOD_GUARD,
@@ -72,30 +72,28 @@ def evaluate_external(path, data, *, out=None, image_root=None, allow_outside_ro
     check_plan_fits(external, dataset)
     card = inspect_dataset(dataset)
     check_card(card, log)
-    overlap = shared_images(run, card)
-    if overlap["checked"] and (overlap["training"] or overlap["test"]):
-        log(overlap["said"])
+    overlap = shared_images(run, card, config.dataset.fold)
+    if overlap["said"] and overlap["checked"]:
+        log(f"warning: {overlap['said']}")
     folder = _folder(run, source, out)
     created = not folder.exists()
     log(f"evaluating {run.root} on {source}: {len(dataset.cases)} case(s), every one in the test split; results in "
         f"{folder}")
     try:
-        _lay_out(folder, run, external, reasons, card, dataset, overlap)
-        doc = evaluate_run(folder, tta=tta, n_bootstrap=n_bootstrap, baseline=False, log=log)
+        _lay_out(folder, run, external, reasons, card, dataset, {
+            "run": str(run.root.resolve()), "data": str(source), "trained_on": config.dataset.source,
+            "overlap": overlap})
+        return evaluate_run(folder, tta=tta, n_bootstrap=n_bootstrap, baseline=False, log=log)
     except BaseException:
         if created:  # nothing half-made is left behind
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    doc["external"] = {"run": str(run.root.resolve()), "data": str(source), "trained_on": config.dataset.source,
-                       "overlap": overlap}
-    write_json_atomic(folder / "metrics.json", json_safe(doc))
-    return doc
 
 
-def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, dataset, overlap: dict) -> None:
+def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, dataset, about: dict) -> None:
     """Write the evaluation folder's plan, card, splits (every readable case in test), the run's model files, and
-    ``run.json`` saying what the folder is (``external_of``, ``external_data``, ``external_overlap``: the report
-    reads them)."""
+    ``run.json`` saying what the folder is (``external``: ``about``, the run, the data, what the run was trained on
+    and the images they share; ``evaluate`` copies it into metrics.json, the report opens with it)."""
     from medlens.engine.train import write_plan
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,20 +110,22 @@ def _lay_out(folder: Path, run: RunFolder, external, reasons: dict, card: dict, 
     for name in MODEL_FILES:
         if (run.root / name).exists():
             _link(run.root / name, folder / name)
-    write_json_atomic(folder / "run.json", {**run.read_info(), "external_of": str(run.root.resolve()),
-                                            "external_data": str(source), "external_overlap": overlap})
+    write_json_atomic(folder / "run.json", {**run.read_info(), "external": about})
 
 
-def shared_images(run: RunFolder, card: dict) -> dict:
+def shared_images(run: RunFolder, card: dict, fold: int = 0) -> dict:
     """Which cases of the other data (their ``card``) are pixel for pixel images of the run's own splits.
 
     An image the model trained on (or chose its checkpoint and calibration on) makes an external figure
     optimistic; one of the run's test split makes it no longer independent of the run's own test figure.
 
+    Args:
+        fold: the run's fold (``dataset.fold``): its training and validation cases are the model's.
+
     Returns:
         ``{"checked": bool, "training": n, "test": n, "examples": [[case, run's case, its split]...],
-        "said": the warning}``; not checked when the run's card has no case hashes (trained before they were
-        kept).
+        "said": what to tell ("" when nothing is shared)}``; not checked when the run's card has no case hashes
+        (trained before they were kept).
     """
     ours, theirs = run.read_card().get("case_hashes"), card.get("case_hashes") or {}
     if not ours:
@@ -133,9 +133,9 @@ def shared_images(run: RunFolder, card: dict) -> dict:
                 "said": f"not checked for images shared with {run.root}: its card keeps no image hashes (trained "
                         "with an earlier medlens)"}
     splits = read_json(run.splits, {}) or {}
-    fold = (splits.get("folds") or [{}])[0]
+    chosen = (splits.get("folds") or [{}])[fold]
     where = {case: "test" for case in splits.get("test", [])}
-    where.update({case: "training" for key in ("train", "val") for case in fold.get(key, [])})
+    where.update({case: "training" for key in ("train", "val") for case in chosen.get(key, [])})
     by_hash: dict[str, str] = {}
     for case, digest in ours.items():  # an image in training and test counts as training
         if case in where and (digest not in by_hash or where[case] == "training"):
@@ -148,10 +148,10 @@ def shared_images(run: RunFolder, card: dict) -> dict:
     if len(shared) > training:
         parts.append(f"{len(shared) - training} are images of the run's own test split (not independent of its "
                      "test figures)")
-    said = (f"warning: of the other data's cases, {' and '.join(parts)}, e.g. "
-            f"{', '.join(f'{a} = {b}' for a, b, _ in shared[:3])}; remove them from the other data")
+    examples = ", ".join(f"{a} = {b}" for a, b, _ in shared[:3])
+    said = f"of the other data's cases, {' and '.join(parts)}, e.g. {examples}; remove them from the other data"
     return {"checked": True, "training": training, "test": len(shared) - training, "examples": shared[:20],
-            "said": said}
+            "said": said if shared else ""}
 
 
 def _read_plan(run: RunFolder):
@@ -165,7 +165,7 @@ def _folder(run: RunFolder, source: Path, out) -> Path:
     if folder.resolve() == run.root.resolve():
         raise ConfigError(f"--out {folder} is the run folder itself; an external evaluation goes beside it (default "
                           f"{run.root / 'external' / source.stem})")
-    earlier = (read_json(folder / "run.json", {}) or {}).get("external_of") if folder.is_dir() else None
+    earlier = (read_json(folder / "run.json", {}) or {}).get("external") if folder.is_dir() else None
     if folder.exists() and not earlier and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"--out {folder} exists and is not an earlier external evaluation (a run, or other files, "
                           "that would be overwritten); choose an empty or new folder")

@@ -31,8 +31,8 @@ def build_report(run: RunFolder, evaluation: list[Section] | None = None, omit: 
     report = Report(f"medlens report: {run.root.name}",
                     f"{config.dataset.task} {config.dataset.spatial_dims}D · {config.model.name} · "
                     f"{info.get('status', 'unknown')} · written {now()} · run folder {run.root}")
-    if info.get("external_of"):
-        report.sections.append(external_section(info))
+    if info.get("external"):
+        report.sections.append(external_section(info["external"]))
     report.sections += [dataset_section(run, config, card), plan_section(config, reasons, omit), training_section(run)]
     if evaluation is None:
         report.sections.append(Section("Evaluation", key="evaluation").text(
@@ -42,17 +42,15 @@ def build_report(run: RunFolder, evaluation: list[Section] | None = None, omit: 
     return report
 
 
-def external_section(info: dict) -> Section:
-    """What an evaluation folder of other data is (``medlens evaluate RUN --data``): the run, the data, and the
-    images of the run's own splits found in the data."""
-    overlap = info.get("external_overlap") or {}
+def external_section(external: dict) -> Section:
+    """What an evaluation folder of other data is (``medlens evaluate RUN --data``; its run.json's ``external``):
+    the run, the data, and the images of the run's own splits found in the data."""
+    overlap = external.get("overlap") or {}
     section = Section("Other data", key="external").text(
-        f"The model of **{info['external_of']}** scored on every case of **{info.get('external_data')}**, preprocessed "
-        "as its plan says. The sections below describe the other data; the plan and training are the run's.")
-    if not overlap.get("checked"):
-        return section.text(overlap.get("said") or "not checked for images shared with the run")
-    if overlap.get("training") or overlap.get("test"):
-        return section.text(f"**{overlap['said'].removeprefix('warning: ')}**")
+        f"The model of **{external['run']}** scored on every case of **{external.get('data')}**, preprocessed as its "
+        "plan says. The sections below describe the other data; the plan and training are the run's.")
+    if overlap.get("said"):
+        return section.text(f"**{overlap['said']}**" if overlap.get("checked") else overlap["said"])
     return section.text("No image of the other data is pixel for pixel an image of the run's own splits.")
 
 
